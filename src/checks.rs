@@ -1,0 +1,428 @@
+//! The data rules: checks that read every byte of an open bundle (spec section "Validation
+//! order", rules 4.3 to 4.7, 5.2, 5.3, 6.2, 7.1 and 7.2).
+//!
+//! [`crate::reader::Bundle::open`] has already proven the structure (shapes, offsets, sizes), so
+//! these checks index tensors freely. Each returns the first violation in a deterministic order
+//! (tensors in manifest order, lowest index first) even though tensors are checked in parallel.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::checksum::sha256_hex;
+use crate::encoding::Encoding;
+use crate::error::{Result, Violation};
+use crate::manifest::{FileRole, TensorSpec};
+use crate::quantize::scale_fits_f16;
+use crate::reader::{Bundle, PackedTensor, VALIDATION_INPUTS, VALIDATION_LABELS};
+use crate::rules::Rule;
+
+/// Runs every data check: digests first (so corruption is reported as such), then encoding,
+/// scales, passthrough values, exact dequantization and the validation set.
+pub fn check_all(bundle: &Bundle) -> Result<()> {
+    check_digests(bundle)?;
+    check_encoding(bundle)?;
+    check_scales(bundle)?;
+    check_passthrough(bundle)?;
+    check_dequantization(bundle)?;
+    check_validation_values(bundle)
+}
+
+/// The first error of `results`, in order.
+fn first_error(results: Vec<Result<()>>) -> Result<()> {
+    results.into_iter().collect()
+}
+
+fn quantized<'a>(bundle: &'a Bundle) -> Vec<PackedTensor<'a>> {
+    bundle
+        .manifest()
+        .tensors
+        .iter()
+        .filter(|t| t.quantized)
+        .map(|t| {
+            bundle
+                .packed(&t.name)
+                .expect("opening validated every quantized tensor")
+        })
+        .collect()
+}
+
+fn passthrough(bundle: &Bundle) -> Vec<&TensorSpec> {
+    bundle
+        .manifest()
+        .tensors
+        .iter()
+        .filter(|t| !t.quantized)
+        .collect()
+}
+
+/// Rules 7.1 and 7.2: whole-file and per-tensor SHA-256, hashed in parallel. A damaged tensor
+/// is named (7.2) before a whole-file mismatch is reported (7.1), so the message localizes.
+pub fn check_digests(bundle: &Bundle) -> Result<()> {
+    let files: Vec<_> = bundle.files().collect();
+    let mut jobs: Vec<(usize, Option<usize>)> = Vec::new();
+    for (fi, f) in files.iter().enumerate() {
+        jobs.push((fi, None));
+        let entry = bundle
+            .manifest()
+            .files
+            .get(f.role())
+            .expect("present file is declared");
+        jobs.extend((0..entry.tensors.len()).map(|ti| (fi, Some(ti))));
+    }
+    let mut results: Vec<(usize, Option<usize>, Result<()>)> = jobs
+        .into_par_iter()
+        .map(|(fi, ti)| {
+            let f = files[fi];
+            let entry = bundle.manifest().files.get(f.role()).expect("declared");
+            let r = match ti {
+                None => {
+                    let found = sha256_hex(f.bytes());
+                    if found == entry.sha256 {
+                        Ok(())
+                    } else {
+                        Err(Violation::new(
+                            f.path(),
+                            Rule::FileDigest,
+                            format!("sha256 {}", entry.sha256),
+                            format!("sha256 {found}"),
+                        )
+                        .into())
+                    }
+                }
+                Some(ti) => {
+                    let t = &entry.tensors[ti];
+                    let bytes = f
+                        .tensor_bytes(&t.name)
+                        .expect("rule 3.7 matched the listing");
+                    let found = sha256_hex(bytes);
+                    if found == t.sha256 {
+                        Ok(())
+                    } else {
+                        Err(Violation::new(
+                            f.path(),
+                            Rule::TensorDigest,
+                            format!("sha256 {}", t.sha256),
+                            format!("sha256 {found}"),
+                        )
+                        .tensor(&t.name)
+                        .into())
+                    }
+                }
+            };
+            (fi, ti, r)
+        })
+        .collect();
+    // Per file: tensor mismatches first (they localize), then the whole-file digest.
+    results.sort_by_key(|&(fi, ti, _)| (fi, ti.is_none(), ti));
+    first_error(results.into_iter().map(|(_, _, r)| r).collect())
+}
+
+/// Number of zero trits in each possible byte (padding positions decode to -1, never 0).
+fn zero_counts(encoding: Encoding) -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let n = encoding.trits_per_byte();
+    let mut trits = vec![0i8; n];
+    for (b, slot) in table.iter_mut().enumerate() {
+        if encoding.first_invalid_byte(&[b as u8]).is_none() {
+            encoding
+                .unpack_row(&[b as u8], &mut trits[..n])
+                .expect("one byte holds n trits");
+            *slot = trits.iter().filter(|&&t| t == 0).count() as u8;
+        }
+    }
+    table
+}
+
+/// Rules 4.3 (valid bytes), 4.4 (canonical padding) and the `zeros` statistic of rule 4.6.
+pub fn check_encoding(bundle: &Bundle) -> Result<()> {
+    let path = bundle
+        .file(FileRole::Ternary)
+        .expect("required")
+        .path()
+        .to_path_buf();
+    let zeros_table = zero_counts(bundle.params().encoding);
+    let results = quantized(bundle)
+        .par_iter()
+        .map(|p| {
+            let bpr = p.bytes_per_row();
+            let bad = |rule, expected: String, found: String| Violation::new(&path, rule, expected, found).tensor(&p.spec.name);
+            if let Some(i) = p.encoding.first_invalid_byte(p.packed) {
+                let (row, byte) = (i / bpr, i % bpr);
+                let expected = match p.encoding {
+                    Encoding::Trit5 => "bytes 0..=242 (trit5)",
+                    Encoding::Trit2 => "no 2-bit code 3 (trit2)",
+                };
+                return Err(bad(Rule::PackedByteValid, expected.into(), format!("byte 0x{:02x} at row {row}, byte {byte}", p.packed[i])).into());
+            }
+            let used = p.cols % p.encoding.trits_per_byte();
+            if used != 0 {
+                let max = p.encoding.max_last_byte(used);
+                for r in 0..p.rows {
+                    let last = p.packed[r * bpr + bpr - 1];
+                    if last > max {
+                        return Err(bad(
+                            Rule::CanonicalPadding,
+                            format!("a last byte <= 0x{max:02x} ({used} used positions, unused ones zero)"),
+                            format!("byte 0x{last:02x} at row {r}, byte {}", bpr - 1),
+                        )
+                        .into());
+                    }
+                }
+            }
+            let zeros: u64 = p.packed.iter().map(|&b| zeros_table[b as usize] as u64).sum();
+            if Some(zeros) != p.spec.zeros {
+                return Err(bad(Rule::TensorStats, format!("zeros {} (manifest)", p.spec.zeros.unwrap_or(0)), format!("{zeros} zero trits")).into());
+            }
+            Ok(())
+        })
+        .collect();
+    first_error(results)
+}
+
+/// Rule 4.5 (finite, positive, F16-representable scales) and scale_min/scale_max of rule 4.6.
+/// Assumes valid packed bytes (run [`check_encoding`] first).
+pub fn check_scales(bundle: &Bundle) -> Result<()> {
+    let path = bundle
+        .file(FileRole::Ternary)
+        .expect("required")
+        .path()
+        .to_path_buf();
+    let results = quantized(bundle)
+        .par_iter()
+        .map(|p| {
+            let bad = |rule, expected: String, found: String| Violation::new(&path, rule, expected, found).tensor(&p.spec.name);
+            let scales = p.scales();
+            if let Some((i, s)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+                return Err(bad(Rule::ScaleValid, "finite scales > 0".into(), format!("scale {s} at scale index {i}")).into());
+            }
+            if let Some(i) = scales.iter().position(|&s| !scale_fits_f16(s)) {
+                // Only a problem if the scale governs a non-zero trit: find one.
+                if let Some((r, c)) = nonzero_trit_under_scale(p, i) {
+                    return Err(bad(
+                        Rule::ScaleValid,
+                        "a scale whose F16 rounding is finite and non-zero where trits are non-zero".into(),
+                        format!("scale {:e} (F16 {}) at scale index {i}, governing the non-zero trit at row {r}, column {c}", scales[i], f16::from_f32(scales[i])),
+                    )
+                    .into());
+                }
+            }
+            let lo = scales.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = scales.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if Some(lo) != p.spec.scale_min || Some(hi) != p.spec.scale_max {
+                return Err(bad(
+                    Rule::TensorStats,
+                    format!("scale_min {:?} and scale_max {:?} (manifest)", p.spec.scale_min.unwrap_or(0.0), p.spec.scale_max.unwrap_or(0.0)),
+                    format!("scales from {lo:?} to {hi:?}"),
+                )
+                .into());
+            }
+            Ok(())
+        })
+        .collect();
+    first_error(results)
+}
+
+/// The first non-zero trit governed by scale index `i` of `p`, as (row, column).
+fn nonzero_trit_under_scale(p: &PackedTensor<'_>, i: usize) -> Option<(usize, usize)> {
+    let (per_row, group) = p.granularity.row_layout(p.cols);
+    let rows: Vec<usize> = match p.granularity {
+        crate::Granularity::Tensor => (0..p.rows).collect(),
+        crate::Granularity::Channel => vec![i],
+        crate::Granularity::Group(_) => vec![i / per_row],
+    };
+    let col_range = match p.granularity {
+        crate::Granularity::Group(_) => {
+            let g = i % per_row;
+            g * group..((g + 1) * group).min(p.cols)
+        }
+        _ => 0..p.cols,
+    };
+    let mut trits = vec![0i8; p.cols];
+    for r in rows {
+        p.encoding.unpack_row(p.row(r), &mut trits).ok()?;
+        if let Some(c) = col_range.clone().find(|&c| trits[c] != 0) {
+            return Some((r, c));
+        }
+    }
+    None
+}
+
+fn f32_values(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn f16_bits(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// Rule 4.7: passthrough values are finite and fit F16.
+pub fn check_passthrough(bundle: &Bundle) -> Result<()> {
+    let path = bundle
+        .file(FileRole::Ternary)
+        .expect("required")
+        .path()
+        .to_path_buf();
+    let results = passthrough(bundle)
+        .par_iter()
+        .map(|t| {
+            let bytes = bundle
+                .passthrough_bytes(&t.name)
+                .expect("validated at open");
+            match f32_values(bytes)
+                .enumerate()
+                .find(|(_, v)| !f16::from_f32(*v).is_finite())
+            {
+                None => Ok(()),
+                Some((i, v)) => Err(Violation::new(
+                    &path,
+                    Rule::PassthroughRange,
+                    "finite values within the F16 range (|v| < 65520)",
+                    format!("{v} at flat index {i}"),
+                )
+                .tensor(&t.name)
+                .into()),
+            }
+        })
+        .collect();
+    first_error(results)
+}
+
+/// Rules 5.2 and 5.3: every FP16 value equals the dequantized trit (or the F32 passthrough
+/// value) rounded to F16, bit for bit. Assumes valid packed bytes (run [`check_encoding`] first).
+pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
+    let path = bundle
+        .file(FileRole::Fp16)
+        .expect("required")
+        .path()
+        .to_path_buf();
+    let mismatch = |rule,
+                    name: &str,
+                    index: usize,
+                    shape: &[u64],
+                    expected: u16,
+                    found: u16|
+     -> crate::Error {
+        let position = match shape.split_first() {
+            Some((_, rest)) if !rest.is_empty() => {
+                let cols: u64 = rest.iter().product();
+                format!(
+                    "flat index {index} (row {}, column {})",
+                    index as u64 / cols,
+                    index as u64 % cols
+                )
+            }
+            _ => format!("flat index {index}"),
+        };
+        Violation::new(
+            &path,
+            rule,
+            format!(
+                "F16 0x{expected:04x} ({}) at {position}",
+                f16::from_bits(expected)
+            ),
+            format!("0x{found:04x} ({})", f16::from_bits(found)),
+        )
+        .tensor(name)
+        .into()
+    };
+    let q: Vec<Result<()>> = quantized(bundle)
+        .par_iter()
+        .map(|p| {
+            let expected = p.dequantize_f16();
+            let found = bundle.fp16_bytes(&p.spec.name).expect("validated at open");
+            match expected
+                .iter()
+                .zip(f16_bits(found))
+                .position(|(e, f)| e.to_bits() != f)
+            {
+                None => Ok(()),
+                Some(i) => Err(mismatch(
+                    Rule::DequantizationExact,
+                    &p.spec.name,
+                    i,
+                    &p.spec.shape,
+                    expected[i].to_bits(),
+                    f16_bits(found).nth(i).unwrap_or(0),
+                )),
+            }
+        })
+        .collect();
+    first_error(q)?;
+    let results = passthrough(bundle)
+        .par_iter()
+        .map(|t| {
+            let src = bundle
+                .passthrough_bytes(&t.name)
+                .expect("validated at open");
+            let found = bundle.fp16_bytes(&t.name).expect("validated at open");
+            match f32_values(src)
+                .zip(f16_bits(found))
+                .enumerate()
+                .find(|(_, (v, f))| f16::from_f32(*v).to_bits() != *f)
+            {
+                None => Ok(()),
+                Some((i, (v, f))) => Err(mismatch(
+                    Rule::PassthroughExact,
+                    &t.name,
+                    i,
+                    &t.shape,
+                    f16::from_f32(v).to_bits(),
+                    f,
+                )),
+            }
+        })
+        .collect();
+    first_error(results)
+}
+
+/// Rule 6.2: validation inputs are finite and labels index the last layer's outputs.
+pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
+    let Some(file) = bundle.file(FileRole::Validation) else {
+        return Ok(());
+    };
+    let inputs = file
+        .tensor_bytes(VALIDATION_INPUTS)
+        .expect("validated at open");
+    if let Some((i, v)) = f32_values(inputs).enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(Violation::new(
+            file.path(),
+            Rule::ValidationValues,
+            "finite inputs",
+            format!("{v} at flat index {i}"),
+        )
+        .tensor(VALIDATION_INPUTS)
+        .into());
+    }
+    let classes = bundle
+        .manifest()
+        .model
+        .layers
+        .last()
+        .expect("rule 2.9: at least one layer")
+        .out_features;
+    let labels = file
+        .tensor_bytes(VALIDATION_LABELS)
+        .expect("validated at open");
+    let mut labels_iter = labels
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if let Some((i, l)) = labels_iter
+        .by_ref()
+        .enumerate()
+        .find(|(_, l)| !(0..classes as i128).contains(&(*l as i128)))
+    {
+        return Err(Violation::new(
+            file.path(),
+            Rule::ValidationValues,
+            format!("labels in 0..{classes} (outputs of the last layer)"),
+            format!("{l} at index {i}"),
+        )
+        .tensor(VALIDATION_LABELS)
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! The absmean ternary quantizer (BitNet b1.58; spec section "Quantization").
+//!
+//! Owns the arithmetic that turns f32 weights into trits and scales, bit-exactly as the spec
+//! defines it: gamma accumulated in f64 in index order and rounded to f32, `scale = max(gamma,
+//! epsilon)`, `x = w * (1 / scale)` in f32, `t = sign(x)` when `|x| > threshold`. It writes the
+//! packed rows directly (no intermediate trit tensor) and does no I/O.
+
+use half::f16;
+
+use crate::encoding::Encoding;
+use crate::rules::Rule;
+
+/// Which elements share one scale (the manifest's `quantization.granularity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Granularity {
+    /// One scale for the whole tensor, shape `[1]`.
+    Tensor,
+    /// One scale per row (output channel), shape `[R]`; the default.
+    #[default]
+    Channel,
+    /// One scale per row per `G` consecutive columns, shape `[R, ceil(C / G)]`.
+    Group(u64),
+}
+
+impl Granularity {
+    /// The manifest name: `"tensor"`, `"channel"` or `"group"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::Tensor => "tensor",
+            Granularity::Channel => "channel",
+            Granularity::Group(_) => "group",
+        }
+    }
+
+    /// The group size, for [`Granularity::Group`].
+    pub fn group_size(self) -> Option<u64> {
+        match self {
+            Granularity::Group(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Shape of the scale tensor for a weight of `rows` x `cols` (rule 4.2).
+    pub fn scale_shape(self, rows: u64, cols: u64) -> Vec<u64> {
+        match self {
+            Granularity::Tensor => vec![1],
+            Granularity::Channel => vec![rows],
+            Granularity::Group(g) => vec![rows, cols.div_ceil(g.max(1))],
+        }
+    }
+
+    /// Number of scales of one row, and how many consecutive columns each covers.
+    /// A per-tensor scale is presented as one scale covering the row.
+    pub fn row_layout(self, cols: usize) -> (usize, usize) {
+        match self {
+            Granularity::Tensor | Granularity::Channel => (1, cols.max(1)),
+            Granularity::Group(g) => {
+                let g = usize::try_from(g).unwrap_or(usize::MAX).max(1);
+                (cols.div_ceil(g), g)
+            }
+        }
+    }
+
+    /// The scales that apply to row `row`, given all scales of the tensor.
+    pub fn row_scales(self, scales: &[f32], row: usize, cols: usize) -> &[f32] {
+        match self {
+            Granularity::Tensor => &scales[..1],
+            Granularity::Channel => &scales[row..row + 1],
+            Granularity::Group(_) => {
+                let n = self.row_layout(cols).0;
+                &scales[row * n..(row + 1) * n]
+            }
+        }
+    }
+}
+
+/// Quantization settings (the manifest's `quantization` block, minus the fixed fields).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantParams {
+    /// How trits are packed.
+    pub encoding: Encoding,
+    /// Which elements share a scale.
+    pub granularity: Granularity,
+    /// Lower bound of a scale (`scale = max(gamma, epsilon)`); finite and > 0.
+    pub epsilon: f32,
+    /// `|x|` must exceed this for a non-zero trit; finite, in `[0, 1)`. 0.5 is RoundClip.
+    pub sparsity_threshold: f32,
+}
+
+impl Default for QuantParams {
+    fn default() -> Self {
+        QuantParams {
+            encoding: Encoding::Trit5,
+            granularity: Granularity::Channel,
+            epsilon: 1e-5,
+            sparsity_threshold: 0.5,
+        }
+    }
+}
+
+impl QuantParams {
+    /// Checks the settings against rule 2.8; the error says which setting and why.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return Err(format!(
+                "epsilon must be finite and > 0, found {}",
+                self.epsilon
+            ));
+        }
+        if !(self.sparsity_threshold.is_finite() && (0.0..1.0).contains(&self.sparsity_threshold)) {
+            return Err(format!(
+                "sparsity_threshold must be finite and in [0, 1), found {}",
+                self.sparsity_threshold
+            ));
+        }
+        if let Granularity::Group(g) = self.granularity {
+            if g == 0 || g > crate::limits::MAX_GROUP_SIZE {
+                return Err(format!(
+                    "group_size must be in 1..={}, found {g}",
+                    crate::limits::MAX_GROUP_SIZE
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rows and columns of a weight of shape `[R, C1, C2, ...]`: `(R, C1 * C2 * ...)`.
+/// `None` for rank 0 or on overflow.
+pub fn rows_cols(shape: &[u64]) -> Option<(u64, u64)> {
+    let (&rows, rest) = shape.split_first()?;
+    let cols = rest.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
+    rows.checked_mul(cols)?;
+    Some((rows, cols))
+}
+
+/// Per-tensor figures of a quantization.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantStats {
+    /// Number of weights.
+    pub elements: u64,
+    /// Number of zero trits.
+    pub zeros: u64,
+    /// Smallest scale.
+    pub scale_min: f32,
+    /// Largest scale.
+    pub scale_max: f32,
+    /// Root-mean-square of `w - t * scale`.
+    pub rmse: f64,
+    /// `||w - t * scale|| / ||w||` (0 when `w` is all zeros).
+    pub relative_error: f64,
+}
+
+impl QuantStats {
+    /// Fraction of zero trits.
+    pub fn sparsity(&self) -> f64 {
+        if self.elements == 0 {
+            0.0
+        } else {
+            self.zeros as f64 / self.elements as f64
+        }
+    }
+}
+
+/// A quantized tensor: packed rows, scales and figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedTensor {
+    /// Rows (the first dimension).
+    pub rows: usize,
+    /// Columns (product of the other dimensions).
+    pub cols: usize,
+    /// `rows * bytes_per_row(cols)` packed bytes, row by row.
+    pub packed: Vec<u8>,
+    /// The scales, in the layout of [`Granularity::scale_shape`], row-major.
+    pub scales: Vec<f32>,
+    /// Figures about the result.
+    pub stats: QuantStats,
+}
+
+/// Why a tensor could not be quantized.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuantizeError {
+    /// Rule 8.1: a weight is NaN or infinite.
+    NonFinite {
+        /// Flat (C-order) index of the weight.
+        index: u64,
+        /// The value.
+        value: f32,
+    },
+    /// Rule 4.5: a scale that governs a non-zero trit rounds to 0 or infinity in F16.
+    ScaleNotRepresentable {
+        /// Index of the scale in the scale tensor.
+        index: u64,
+        /// The scale.
+        scale: f32,
+    },
+    /// The shape is not quantizable (rank 0, an empty dimension) or disagrees with the data.
+    Shape(String),
+    /// The settings break rule 2.8.
+    Params(String),
+}
+
+impl QuantizeError {
+    /// The spec rule the error corresponds to.
+    pub fn rule(&self) -> Rule {
+        match self {
+            QuantizeError::NonFinite { .. } => Rule::SourceWeights,
+            QuantizeError::ScaleNotRepresentable { .. } => Rule::ScaleValid,
+            QuantizeError::Shape(_) => Rule::TensorList,
+            QuantizeError::Params(_) => Rule::Quantization,
+        }
+    }
+
+    /// `(expected, found)` for an error message.
+    pub fn expected_found(&self) -> (String, String) {
+        match self {
+            QuantizeError::NonFinite { index, value } => (
+                "finite weights".into(),
+                format!("{value} at flat index {index}"),
+            ),
+            QuantizeError::ScaleNotRepresentable { index, scale } => (
+                "a scale whose F16 rounding is finite and non-zero (it governs non-zero trits)"
+                    .into(),
+                format!(
+                    "scale {scale:e} at scale index {index} (F16 {})",
+                    f16::from_f32(*scale)
+                ),
+            ),
+            QuantizeError::Shape(s) | QuantizeError::Params(s) => {
+                ("a quantizable tensor".into(), s.clone())
+            }
+        }
+    }
+}
+
+/// Is `scale` usable for a non-zero trit: its F16 rounding is finite and non-zero (rule 4.5)?
+pub fn scale_fits_f16(scale: f32) -> bool {
+    let h = f16::from_f32(scale);
+    h.is_finite() && h != f16::ZERO
+}
+
+/// Quantizes `weights` (C order, shape `shape`) per `params`.
+///
+/// ```
+/// use ternary_bundle::{quantize, QuantParams};
+/// let q = quantize(&[0.9, -0.05, -0.4, 2.0, 0.0, -2.0], &[2, 3], &QuantParams::default()).unwrap();
+/// assert_eq!(q.packed, vec![0x05, 0x05]); // both rows are [+1, 0, -1]
+/// assert_eq!(q.scales, vec![0.45, 4.0 / 3.0]);
+/// ```
+pub fn quantize(
+    weights: &[f32],
+    shape: &[u64],
+    params: &QuantParams,
+) -> Result<QuantizedTensor, QuantizeError> {
+    params.check().map_err(QuantizeError::Params)?;
+    let (rows, cols) = rows_cols(shape)
+        .ok_or_else(|| QuantizeError::Shape(format!("shape {shape:?} has no rows or overflows")))?;
+    if rows == 0 || cols == 0 {
+        return Err(QuantizeError::Shape(format!(
+            "shape {shape:?} is empty; quantized tensors need at least one row and column"
+        )));
+    }
+    let elements = rows * cols;
+    if weights.len() as u64 != elements {
+        return Err(QuantizeError::Shape(format!(
+            "{} values for shape {shape:?} ({elements} elements)",
+            weights.len()
+        )));
+    }
+    if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+        return Err(QuantizeError::NonFinite {
+            index: i as u64,
+            value: weights[i],
+        });
+    }
+    let (rows, cols) = (rows as usize, cols as usize);
+    let enc = params.encoding;
+    let bpr = enc.bytes_per_row(cols as u64) as usize;
+    let (groups_per_row, group) = params.granularity.row_layout(cols);
+
+    let scales = compute_scales(weights, rows, cols, params);
+    let mut packed = vec![0u8; rows * bpr];
+    let mut trits = vec![0i8; cols];
+    let mut zeros = 0u64;
+    let mut err_sq = 0f64;
+    let mut norm_sq = 0f64;
+    for r in 0..rows {
+        let row = &weights[r * cols..(r + 1) * cols];
+        let row_scales = params.granularity.row_scales(&scales, r, cols);
+        for (g, &scale) in row_scales.iter().enumerate() {
+            let lo = g * group;
+            let hi = ((g + 1) * group).min(cols);
+            let nonzero = ternarize(
+                &row[lo..hi],
+                &mut trits[lo..hi],
+                scale,
+                params.sparsity_threshold,
+            );
+            zeros += (hi - lo - nonzero) as u64;
+            if nonzero > 0 && !scale_fits_f16(scale) {
+                let index = match params.granularity {
+                    Granularity::Tensor => 0,
+                    Granularity::Channel => r,
+                    Granularity::Group(_) => r * groups_per_row + g,
+                };
+                return Err(QuantizeError::ScaleNotRepresentable {
+                    index: index as u64,
+                    scale,
+                });
+            }
+            for (&w, &t) in row[lo..hi].iter().zip(&trits[lo..hi]) {
+                let d = w as f64 - (t as f32 * scale) as f64;
+                err_sq += d * d;
+                norm_sq += w as f64 * w as f64;
+            }
+        }
+        enc.pack_row(&trits, &mut packed[r * bpr..(r + 1) * bpr])
+            .expect("ternarize produces trits and the row buffer has bytes_per_row bytes");
+    }
+    let scale_min = scales.iter().copied().fold(f32::INFINITY, f32::min);
+    let scale_max = scales.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    Ok(QuantizedTensor {
+        rows,
+        cols,
+        packed,
+        scales,
+        stats: QuantStats {
+            elements,
+            zeros,
+            scale_min,
+            scale_max,
+            rmse: (err_sq / elements as f64).sqrt(),
+            relative_error: if norm_sq > 0.0 {
+                (err_sq / norm_sq).sqrt()
+            } else {
+                0.0
+            },
+        },
+    })
+}
+
+/// The absmean scale of a group: mean |w| accumulated in f64 in index order, rounded to f32,
+/// clamped below by epsilon.
+pub fn absmean_scale(values: &[f32], epsilon: f32) -> f32 {
+    let gamma = if values.is_empty() {
+        0.0
+    } else {
+        let sum: f64 = values.iter().fold(0.0f64, |acc, &w| acc + (w.abs() as f64));
+        (sum / values.len() as f64) as f32
+    };
+    gamma.max(epsilon)
+}
+
+fn compute_scales(weights: &[f32], rows: usize, cols: usize, params: &QuantParams) -> Vec<f32> {
+    let eps = params.epsilon;
+    match params.granularity {
+        Granularity::Tensor => vec![absmean_scale(weights, eps)],
+        Granularity::Channel => weights
+            .chunks_exact(cols)
+            .map(|row| absmean_scale(row, eps))
+            .collect(),
+        Granularity::Group(_) => {
+            let (_, group) = params.granularity.row_layout(cols);
+            let mut scales = Vec::with_capacity(rows * cols.div_ceil(group));
+            for row in weights.chunks_exact(cols) {
+                scales.extend(row.chunks(group).map(|g| absmean_scale(g, eps)));
+            }
+            scales
+        }
+    }
+}
+
+/// Writes the trits of `w` under `scale` and returns how many are non-zero.
+#[inline]
+fn ternarize(w: &[f32], out: &mut [i8], scale: f32, threshold: f32) -> usize {
+    let inv = 1.0f32 / scale;
+    let mut nonzero = 0usize;
+    for (o, &w) in out.iter_mut().zip(w) {
+        let x = w * inv;
+        let t = (x > threshold) as i8 - (x < -threshold) as i8;
+        nonzero += (t != 0) as usize;
+        *o = t;
+    }
+    nonzero
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worked_example_from_the_spec() {
+        let q = quantize(
+            &[0.9, -0.05, -0.4, 2.0, 0.0, -2.0],
+            &[2, 3],
+            &QuantParams::default(),
+        )
+        .unwrap();
+        assert_eq!(q.scales, vec![0.45f32, 1.333_333_4]);
+        assert_eq!(q.packed, vec![5, 5]);
+        assert_eq!(q.stats.zeros, 2);
+    }
+
+    #[test]
+    fn group_scales_cover_short_last_group() {
+        let p = QuantParams {
+            granularity: Granularity::Group(2),
+            ..QuantParams::default()
+        };
+        let q = quantize(&[1.0, 3.0, 5.0], &[1, 3], &p).unwrap();
+        assert_eq!(q.scales, vec![2.0, 5.0]);
+        assert_eq!(Granularity::Group(2).scale_shape(1, 3), vec![1, 2]);
+    }
+
+    #[test]
+    fn all_zero_tensor_gets_epsilon_scale_and_zero_trits() {
+        let q = quantize(&[0.0; 6], &[2, 3], &QuantParams::default()).unwrap();
+        assert_eq!(q.scales, vec![1e-5, 1e-5]);
+        assert_eq!(q.stats.zeros, 6);
+    }
+
+    #[test]
+    fn non_finite_weight_is_refused_with_its_index() {
+        let e = quantize(&[0.0, f32::NAN], &[1, 2], &QuantParams::default()).unwrap_err();
+        assert!(matches!(e, QuantizeError::NonFinite { index: 1, .. }));
+        assert_eq!(e.rule(), Rule::SourceWeights);
+    }
+
+    #[test]
+    fn huge_scale_for_nonzero_trits_is_refused() {
+        let e = quantize(&[1e6, -1e6], &[1, 2], &QuantParams::default()).unwrap_err();
+        assert!(matches!(
+            e,
+            QuantizeError::ScaleNotRepresentable { index: 0, .. }
+        ));
+    }
+}

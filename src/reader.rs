@@ -1,0 +1,629 @@
+//! Opening a bundle: the validation pipeline of spec section "Validation order", then
+//! borrowed, zero-copy views of the tensors.
+//!
+//! [`Bundle::open`] reads only the manifest and the safetensors headers (its cost does not
+//! depend on the size of the weights), checks rules 1.1 to 6.1 that concern them, in order, and
+//! only then maps the files. The data rules (digests, trit validity, exact dequantization) read
+//! every byte and live in [`crate::checks`].
+//!
+//! Every file is opened relative to one handle on the bundle directory, without following
+//! symlinks, so a concurrent replacement by the writer is seen whole or not at all.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::encoding::Encoding;
+use crate::error::{escape_name, Error, Result, Violation};
+use crate::manifest::{
+    scale_tensor_name, FileRole, Manifest, ManifestFacts, TensorSpec, MANIFEST_FILE,
+};
+use crate::mmap::{self, Backing, FileBytes};
+use crate::quantize::{rows_cols, Granularity, QuantParams};
+use crate::rules::Rule;
+use crate::safetensors_file::{read_header, shape_string, Dtype, Header};
+
+/// Options for [`Bundle::open_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Map the files (default) or read them into memory.
+    pub backing: Backing,
+}
+
+/// One data file of an open bundle: its validated header and its bytes.
+#[derive(Debug)]
+pub struct DataFile {
+    role: FileRole,
+    path: PathBuf,
+    header: Header,
+    bytes: FileBytes,
+}
+
+impl DataFile {
+    /// Which file this is.
+    pub fn role(&self) -> FileRole {
+        self.role
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The data bytes of tensor `name`.
+    pub fn tensor_bytes(&self, name: &str) -> Option<&[u8]> {
+        let e = self.header.get(name)?;
+        let start = self.header.data_start() + e.start;
+        // In bounds: rule 3.6 proved the ranges tile the data buffer and `mmap::load` proved
+        // the buffer has the file's validated length.
+        self.bytes
+            .get(start as usize..(start + e.byte_len()) as usize)
+    }
+}
+
+/// An open, structurally valid bundle.
+#[derive(Debug)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: Manifest,
+    facts: ManifestFacts,
+    manifest_size: u64,
+    ternary: DataFile,
+    fp16: DataFile,
+    validation: Option<DataFile>,
+    extras: Vec<String>,
+}
+
+/// A quantized tensor of `ternary.safetensors`: packed rows and scales, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct PackedTensor<'a> {
+    /// The manifest's description.
+    pub spec: &'a TensorSpec,
+    /// Rows (first dimension).
+    pub rows: usize,
+    /// Columns (product of the other dimensions).
+    pub cols: usize,
+    /// Encoding of the rows.
+    pub encoding: Encoding,
+    /// Scale layout.
+    pub granularity: Granularity,
+    /// `rows * bytes_per_row` packed bytes.
+    pub packed: &'a [u8],
+    /// The scales as little-endian f32 bytes.
+    pub scale_bytes: &'a [u8],
+}
+
+impl<'a> PackedTensor<'a> {
+    /// Bytes per packed row.
+    pub fn bytes_per_row(&self) -> usize {
+        self.encoding.bytes_per_row(self.cols as u64) as usize
+    }
+
+    /// Packed bytes of row `r`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let n = self.bytes_per_row();
+        &self.packed[r * n..(r + 1) * n]
+    }
+
+    /// The scales, decoded from little-endian f32.
+    pub fn scales(&self) -> Vec<f32> {
+        self.scale_bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    /// Dequantizes the whole tensor to F16 (rule 5.2). The rows must be valid (rule 4.3).
+    pub fn dequantize_f16(&self) -> Vec<f16> {
+        crate::dequantize::dequantize_tensor_f16(
+            self.encoding,
+            self.granularity,
+            self.packed,
+            &self.scales(),
+            self.rows,
+            self.cols,
+        )
+        .expect("shapes were validated when the bundle was opened")
+    }
+}
+
+impl Bundle {
+    /// Opens the bundle in directory `dir`, memory-mapping its files.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
+        Bundle::open_with(dir, &OpenOptions::default())
+    }
+
+    /// Opens the bundle in directory `dir` with `options`.
+    ///
+    /// If the directory is replaced by a concurrent writer while it is being opened (a file
+    /// vanishes), opening starts again on the new directory, up to three times.
+    pub fn open_with(dir: impl AsRef<Path>, options: &OpenOptions) -> Result<Bundle> {
+        let dir = dir.as_ref();
+        let mut attempt = 0;
+        loop {
+            let dirfd = open_dir(dir)?;
+            match open_in(dir, &dirfd, options) {
+                Err(e) if attempt < 3 && vanished(&e) && replaced(dir, &dirfd) => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// The bundle directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Typed facts validated from the manifest (version, quantization settings, activations).
+    pub fn facts(&self) -> &ManifestFacts {
+        &self.facts
+    }
+
+    /// Quantization settings.
+    pub fn params(&self) -> &QuantParams {
+        &self.facts.params
+    }
+
+    /// Size of manifest.json in bytes.
+    pub fn manifest_size(&self) -> u64 {
+        self.manifest_size
+    }
+
+    /// The data file of `role`, if the bundle has it.
+    pub fn file(&self, role: FileRole) -> Option<&DataFile> {
+        match role {
+            FileRole::Ternary => Some(&self.ternary),
+            FileRole::Fp16 => Some(&self.fp16),
+            FileRole::Validation => self.validation.as_ref(),
+        }
+    }
+
+    /// The data files present, in role order.
+    pub fn files(&self) -> impl Iterator<Item = &DataFile> {
+        [
+            Some(&self.ternary),
+            Some(&self.fp16),
+            self.validation.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Directory entries that are not bundle files (rule 1.5), sorted.
+    pub fn extras(&self) -> &[String] {
+        &self.extras
+    }
+
+    /// The packed form of quantized tensor `name`.
+    pub fn packed(&self, name: &str) -> Option<PackedTensor<'_>> {
+        let spec = self.manifest.tensor(name).filter(|t| t.quantized)?;
+        let (rows, cols) = rows_cols(&spec.shape)?;
+        Some(PackedTensor {
+            spec,
+            rows: rows as usize,
+            cols: cols as usize,
+            encoding: self.facts.params.encoding,
+            granularity: self.facts.params.granularity,
+            packed: self.ternary.tensor_bytes(name)?,
+            scale_bytes: self.ternary.tensor_bytes(&scale_tensor_name(name))?,
+        })
+    }
+
+    /// The F32 little-endian bytes of passthrough (not quantized) tensor `name`.
+    pub fn passthrough_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.manifest.tensor(name).filter(|t| !t.quantized)?;
+        self.ternary.tensor_bytes(name)
+    }
+
+    /// The F16 little-endian bytes of tensor `name` in `fp16.safetensors`.
+    pub fn fp16_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.fp16.tensor_bytes(name)
+    }
+}
+
+fn errno_io(e: Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+fn open_dir(dir: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT | Errno::NOTDIR => Violation::new(
+            dir,
+            Rule::BundleIsDirectory,
+            "a bundle directory",
+            if e == Errno::NOENT {
+                "nothing at this path"
+            } else {
+                "something that is not a directory"
+            },
+        )
+        .into(),
+        e => Error::io(dir, "open", errno_io(e)),
+    })
+}
+
+/// Did opening fail because a file disappeared (as when a writer swaps the directory)?
+fn vanished(e: &Error) -> bool {
+    match e {
+        Error::Invalid(v) => {
+            v.rule == Rule::RequiredFiles || v.rule == Rule::ValidationFilePresence
+        }
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// Does `dir` now name a different directory than `dirfd`?
+fn replaced(dir: &Path, dirfd: &OwnedFd) -> bool {
+    match (rustix::fs::stat(dir), rustix::fs::fstat(dirfd)) {
+        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino),
+        _ => false,
+    }
+}
+
+/// Opens `name` in the bundle directory without following symlinks (rules 1.2 and 1.3).
+/// `Ok(None)` when it does not exist.
+fn open_member(dir: &Path, dirfd: &OwnedFd, name: &str) -> Result<Option<(File, u64)>> {
+    let path = dir.join(name);
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dirfd, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP) => {
+            return Err(Violation::new(
+                &path,
+                Rule::RegularFile,
+                "a regular file",
+                "a symbolic link",
+            )
+            .into())
+        }
+        Err(e) => return Err(Error::io(&path, "open", errno_io(e))),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io(&path, "stat", errno_io(e)))?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind != FileType::RegularFile {
+        let found = match kind {
+            FileType::Directory => "a directory",
+            FileType::Fifo => "a FIFO",
+            FileType::Socket => "a socket",
+            FileType::CharacterDevice | FileType::BlockDevice => "a device",
+            _ => "not a regular file",
+        };
+        return Err(Violation::new(&path, Rule::RegularFile, "a regular file", found).into());
+    }
+    Ok(Some((File::from(fd), stat.st_size as u64)))
+}
+
+fn require_member(dir: &Path, dirfd: &OwnedFd, name: &str) -> Result<(File, u64)> {
+    open_member(dir, dirfd, name)?.ok_or_else(|| {
+        Violation::new(
+            dir.join(name),
+            Rule::RequiredFiles,
+            "this required bundle file",
+            "no such file",
+        )
+        .into()
+    })
+}
+
+fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle> {
+    // Rules 1.2 and 1.3: open every file first, so the set is one directory's.
+    let manifest_file = require_member(dir, dirfd, MANIFEST_FILE)?;
+    let ternary_file = require_member(dir, dirfd, FileRole::Ternary.file_name())?;
+    let fp16_file = require_member(dir, dirfd, FileRole::Fp16.file_name())?;
+    let validation_file = open_member(dir, dirfd, FileRole::Validation.file_name())?;
+
+    // Rules 2.1 to 2.12.
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let (file, size) = manifest_file;
+    if size > crate::limits::MAX_MANIFEST_BYTES {
+        return Err(Violation::new(
+            &manifest_path,
+            Rule::ManifestSize,
+            format!("at most {} bytes", crate::limits::MAX_MANIFEST_BYTES),
+            format!("{size} bytes"),
+        )
+        .into());
+    }
+    let bytes = mmap::load(&file, size, &manifest_path, Backing::Read)?;
+    let (manifest, facts) = Manifest::parse(&manifest_path, &bytes)?;
+
+    // Rule 1.4.
+    let declared = manifest.files.validation.is_some();
+    if declared != validation_file.is_some() {
+        let path = dir.join(FileRole::Validation.file_name());
+        let (expected, found) = if declared {
+            (
+                "the validation file declared in manifest files.validation",
+                "no such file",
+            )
+        } else {
+            (
+                "no validation file (manifest files.validation is absent)",
+                "an undeclared validation file",
+            )
+        };
+        return Err(Violation::new(path, Rule::ValidationFilePresence, expected, found).into());
+    }
+
+    let ternary = open_data_file(dir, FileRole::Ternary, ternary_file, &manifest, options)?;
+    check_ternary_layout(&ternary, &manifest, &facts)?;
+    let fp16 = open_data_file(dir, FileRole::Fp16, fp16_file, &manifest, options)?;
+    check_fp16_layout(&fp16, &manifest)?;
+    let validation = match validation_file {
+        Some(f) => {
+            let v = open_data_file(dir, FileRole::Validation, f, &manifest, options)?;
+            check_validation_layout(&v, &manifest)?;
+            Some(v)
+        }
+        None => None,
+    };
+    let extras = list_extras(dir, dirfd)?;
+    Ok(Bundle {
+        dir: dir.to_path_buf(),
+        manifest,
+        facts,
+        manifest_size: size,
+        ternary,
+        fp16,
+        validation,
+        extras,
+    })
+}
+
+/// Rules 3.1 to 3.7 for one file, then loads its bytes.
+fn open_data_file(
+    dir: &Path,
+    role: FileRole,
+    (file, size): (File, u64),
+    manifest: &Manifest,
+    options: &OpenOptions,
+) -> Result<DataFile> {
+    let path = dir.join(role.file_name());
+    let entry = manifest
+        .files
+        .get(role)
+        .expect("rule 1.4 matched files to the manifest");
+    if size != entry.size {
+        return Err(Violation::new(
+            &path,
+            Rule::FileSize,
+            format!("{} bytes (manifest files.{})", entry.size, role.key()),
+            format!("{size} bytes"),
+        )
+        .into());
+    }
+    let header = read_header(&path, &file, size)?;
+    // Rule 3.7: the header's tensors are exactly the manifest's listing for this file.
+    let listed: HashMap<&str, ()> = entry
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), ()))
+        .collect();
+    if let Some(e) = header
+        .entries
+        .iter()
+        .find(|e| !listed.contains_key(e.name.as_str()))
+    {
+        return Err(Violation::new(
+            &path,
+            Rule::HeaderMatchesManifest,
+            format!(
+                "only the tensors listed in manifest files.{}.tensors",
+                role.key()
+            ),
+            "an unlisted tensor",
+        )
+        .tensor(&e.name)
+        .into());
+    }
+    if let Some(t) = entry.tensors.iter().find(|t| header.get(&t.name).is_none()) {
+        return Err(Violation::new(
+            &path,
+            Rule::HeaderMatchesManifest,
+            format!(
+                "every tensor listed in manifest files.{}.tensors",
+                role.key()
+            ),
+            "no such tensor in the file",
+        )
+        .tensor(&t.name)
+        .into());
+    }
+    let bytes = mmap::load(&file, size, &path, options.backing)?;
+    Ok(DataFile {
+        role,
+        path,
+        header,
+        bytes,
+    })
+}
+
+/// Compares a file's header with the tensors the manifest implies: `(name, dtype, shape)`.
+fn check_tensor_set(
+    file: &DataFile,
+    expected: &[(String, Dtype, Vec<u64>)],
+    set_rule: Rule,
+    shape_rule: Rule,
+) -> Result<()> {
+    let path = &file.path;
+    for (name, dtype, shape) in expected {
+        let Some(e) = file.header.get(name) else {
+            return Err(Violation::new(
+                path,
+                set_rule,
+                format!("a {dtype} tensor of shape {}", shape_string(shape)),
+                "no such tensor",
+            )
+            .tensor(name)
+            .into());
+        };
+        if e.dtype != *dtype || e.shape != *shape {
+            return Err(Violation::new(
+                path,
+                shape_rule,
+                format!("{dtype} of shape {}", shape_string(shape)),
+                format!("{} of shape {}", e.dtype, shape_string(&e.shape)),
+            )
+            .tensor(name)
+            .into());
+        }
+    }
+    if file.header.entries.len() != expected.len() {
+        let known: HashMap<&str, ()> = expected.iter().map(|(n, _, _)| (n.as_str(), ())).collect();
+        let extra = file
+            .header
+            .entries
+            .iter()
+            .find(|e| !known.contains_key(e.name.as_str()));
+        let found = extra
+            .map(|e| format!("unexpected tensor {}", escape_name(&e.name)))
+            .unwrap_or_default();
+        return Err(Violation::new(
+            path,
+            set_rule,
+            format!("exactly {} tensors", expected.len()),
+            found,
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The tensors `ternary.safetensors` must hold (rules 4.1 and 4.2).
+pub fn ternary_layout(manifest: &Manifest, params: &QuantParams) -> Vec<(String, Dtype, Vec<u64>)> {
+    let mut out = Vec::with_capacity(manifest.tensors.len() * 2);
+    for t in &manifest.tensors {
+        if t.quantized {
+            let (rows, cols) = rows_cols(&t.shape).expect("rule 2.7 validated quantized shapes");
+            out.push((
+                t.name.clone(),
+                Dtype::U8,
+                vec![rows, params.encoding.bytes_per_row(cols)],
+            ));
+            out.push((
+                scale_tensor_name(&t.name),
+                Dtype::F32,
+                params.granularity.scale_shape(rows, cols),
+            ));
+        } else {
+            out.push((t.name.clone(), Dtype::F32, t.shape.clone()));
+        }
+    }
+    out
+}
+
+/// The tensors `fp16.safetensors` must hold (rule 5.1).
+pub fn fp16_layout(manifest: &Manifest) -> Vec<(String, Dtype, Vec<u64>)> {
+    manifest
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), Dtype::F16, t.shape.clone()))
+        .collect()
+}
+
+fn check_ternary_layout(file: &DataFile, manifest: &Manifest, facts: &ManifestFacts) -> Result<()> {
+    check_tensor_set(
+        file,
+        &ternary_layout(manifest, &facts.params),
+        Rule::TernaryTensorSet,
+        Rule::TernaryShapes,
+    )
+}
+
+fn check_fp16_layout(file: &DataFile, manifest: &Manifest) -> Result<()> {
+    check_tensor_set(
+        file,
+        &fp16_layout(manifest),
+        Rule::Fp16TensorSet,
+        Rule::Fp16TensorSet,
+    )
+}
+
+/// Names of the validation set's tensors.
+pub const VALIDATION_INPUTS: &str = "inputs";
+/// Labels tensor of the validation set.
+pub const VALIDATION_LABELS: &str = "labels";
+/// Optional difficulty tensor of the validation set.
+pub const VALIDATION_DIFFICULTY: &str = "difficulty";
+
+fn check_validation_layout(file: &DataFile, manifest: &Manifest) -> Result<()> {
+    let bad = |expected: String, found: String| {
+        Violation::new(&file.path, Rule::ValidationTensors, expected, found)
+    };
+    let n = match file.header.get(VALIDATION_INPUTS) {
+        Some(e) if e.shape.len() == 2 && e.shape[0] >= 1 => e.shape[0],
+        Some(e) => {
+            return Err(bad(
+                format!("inputs of shape [N >= 1, {}]", manifest.model.input_dim),
+                shape_string(&e.shape),
+            )
+            .into())
+        }
+        None => return Err(bad("a tensor named inputs".into(), "none".into()).into()),
+    };
+    let mut expected = vec![
+        (
+            VALIDATION_INPUTS.to_string(),
+            Dtype::F32,
+            vec![n, manifest.model.input_dim],
+        ),
+        (VALIDATION_LABELS.to_string(), Dtype::I64, vec![n]),
+    ];
+    if file.header.get(VALIDATION_DIFFICULTY).is_some() {
+        expected.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
+    }
+    check_tensor_set(
+        file,
+        &expected,
+        Rule::ValidationTensors,
+        Rule::ValidationTensors,
+    )
+}
+
+fn list_extras(dir: &Path, dirfd: &OwnedFd) -> Result<Vec<String>> {
+    let known = [
+        MANIFEST_FILE,
+        FileRole::Ternary.file_name(),
+        FileRole::Fp16.file_name(),
+        FileRole::Validation.file_name(),
+    ];
+    let entries = rustix::fs::Dir::read_from(dirfd)
+        .map_err(|e| Error::io(dir, "read directory", errno_io(e)))?;
+    let mut extras = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, "read directory", errno_io(e)))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." && !known.contains(&name.as_str()) {
+            extras.push(name);
+        }
+    }
+    extras.sort();
+    Ok(extras)
+}

@@ -1,0 +1,211 @@
+//! Where the writer gets weights from: a safetensors checkpoint (F32, F16 or BF16, rule 8.2)
+//! or tensors held in memory. Sources hand out one tensor at a time as f32, so the writer's
+//! memory is bounded by the largest tensor, not by the model.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result, Violation};
+use crate::mmap::{self, Backing, FileBytes};
+use crate::rules::Rule;
+use crate::safetensors_file::{element_count, read_header, Dtype, Header};
+
+/// Name and shape of a source tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTensor {
+    /// Tensor name.
+    pub name: String,
+    /// Shape, C order.
+    pub shape: Vec<u64>,
+    /// Element type in the source.
+    pub dtype: Dtype,
+}
+
+/// A provider of named f32 tensors.
+pub trait TensorSource: Sync {
+    /// Where the tensors come from (named in errors).
+    fn path(&self) -> &Path;
+    /// Every tensor the source holds.
+    fn tensors(&self) -> Vec<SourceTensor>;
+    /// The values of tensor `name`, converted exactly to f32.
+    fn load_f32(&self, name: &str) -> Result<Vec<f32>>;
+}
+
+/// A safetensors checkpoint file, memory-mapped after its header is validated.
+#[derive(Debug)]
+pub struct CheckpointSource {
+    path: PathBuf,
+    header: Header,
+    bytes: FileBytes,
+}
+
+impl CheckpointSource {
+    /// Opens and validates (rules 3.2 to 3.6) the checkpoint at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
+        let meta = file.metadata().map_err(|e| Error::io(&path, "stat", e))?;
+        if !meta.is_file() {
+            return Err(Violation::new(
+                &path,
+                Rule::RegularFile,
+                "a regular safetensors file",
+                "not a regular file",
+            )
+            .into());
+        }
+        let header = read_header(&path, &file, meta.len())?;
+        let bytes = mmap::load(&file, meta.len(), &path, Backing::Map)?;
+        Ok(CheckpointSource {
+            path,
+            header,
+            bytes,
+        })
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The raw data bytes of tensor `name`.
+    pub fn tensor_bytes(&self, name: &str) -> Option<&[u8]> {
+        let e = self.header.get(name)?;
+        let start = (self.header.data_start() + e.start) as usize;
+        self.bytes.get(start..start + e.byte_len() as usize)
+    }
+}
+
+/// Converts little-endian F32, F16 or BF16 bytes to f32 (exactly); `None` for other dtypes.
+pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let out = match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    };
+    Some(out)
+}
+
+impl TensorSource for CheckpointSource {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn tensors(&self) -> Vec<SourceTensor> {
+        self.header
+            .entries
+            .iter()
+            .map(|e| SourceTensor {
+                name: e.name.clone(),
+                shape: e.shape.clone(),
+                dtype: e.dtype,
+            })
+            .collect()
+    }
+
+    fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let e = self.header.get(name).ok_or_else(|| {
+            Error::from(
+                Violation::new(
+                    &self.path,
+                    Rule::SourceDtype,
+                    "a tensor of this name",
+                    "none",
+                )
+                .tensor(name),
+            )
+        })?;
+        let bytes = self.tensor_bytes(name).expect("rule 3.6 proved the range");
+        to_f32(e.dtype, bytes).ok_or_else(|| {
+            Violation::new(
+                &self.path,
+                Rule::SourceDtype,
+                "dtype F32, F16 or BF16",
+                e.dtype.name(),
+            )
+            .tensor(name)
+            .into()
+        })
+    }
+}
+
+/// Tensors held in memory (tests, generated models).
+#[derive(Debug, Clone, Default)]
+pub struct MemorySource {
+    label: PathBuf,
+    tensors: Vec<(SourceTensor, Vec<f32>)>,
+}
+
+impl MemorySource {
+    /// An empty source; `label` names it in errors.
+    pub fn new(label: impl Into<PathBuf>) -> Self {
+        MemorySource {
+            label: label.into(),
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Adds an f32 tensor. Fails if the value count does not match the shape.
+    pub fn push(
+        &mut self,
+        name: impl Into<String>,
+        shape: Vec<u64>,
+        values: Vec<f32>,
+    ) -> Result<()> {
+        let name = name.into();
+        if element_count(&shape) != Some(values.len() as u64) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name}: {} values for shape {shape:?}",
+                values.len()
+            )));
+        }
+        self.tensors.push((
+            SourceTensor {
+                name,
+                shape,
+                dtype: Dtype::F32,
+            },
+            values,
+        ));
+        Ok(())
+    }
+
+    /// Adds an f32 tensor, builder style; panics if the count does not match the shape.
+    pub fn with(mut self, name: impl Into<String>, shape: Vec<u64>, values: Vec<f32>) -> Self {
+        self.push(name, shape, values)
+            .expect("value count matches shape");
+        self
+    }
+}
+
+impl TensorSource for MemorySource {
+    fn path(&self) -> &Path {
+        &self.label
+    }
+
+    fn tensors(&self) -> Vec<SourceTensor> {
+        self.tensors.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
+        self.tensors
+            .iter()
+            .find(|(t, _)| t.name == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("no tensor {name} in {}", self.label.display()))
+            })
+    }
+}
