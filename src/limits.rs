@@ -17,6 +17,8 @@ pub const MAX_NAME_BYTES: usize = 512;
 /// Most elements in one tensor (rules 2.7, 3.5).
 pub const MAX_ELEMENTS: u64 = 1 << 40;
 /// Deepest JSON nesting accepted in the manifest (rule 2.2; serde_json's recursion limit).
-pub const MAX_JSON_DEPTH: usize = 128;
+pub const MAX_JSON_DEPTH: usize = 127;
+/// Longest name of a quantized tensor: its scale tensor `<name>.scale` must obey rule 2.6.
+pub const MAX_QUANTIZED_NAME_BYTES: usize = MAX_NAME_BYTES - ".scale".len();
 /// Largest group size (rule 2.8).
 pub const MAX_GROUP_SIZE: u64 = u32::MAX as u64;

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::encoding::Encoding;
 use crate::error::{escape_name, excerpt, Result, Violation};
 use crate::limits::{
-    MAX_ELEMENTS, MAX_GROUP_SIZE, MAX_LAYERS, MAX_MANIFEST_BYTES, MAX_MANIFEST_TENSORS, MAX_RANK,
+    MAX_ELEMENTS, MAX_GROUP_SIZE, MAX_LAYERS, MAX_MANIFEST_BYTES, MAX_MANIFEST_TENSORS,
+    MAX_QUANTIZED_NAME_BYTES, MAX_RANK,
 };
 use crate::model::Activation;
 use crate::names::name_problem;
@@ -70,7 +71,8 @@ pub struct LayerSpec {
     pub name: String,
     /// Name of the weight tensor, shape `[out_features, in_features]`.
     pub weight: String,
-    /// Name of the bias tensor, shape `[out_features]`, or `None`.
+    /// Name of the bias tensor, shape `[out_features]`, or `None` (the key is required).
+    #[serde(deserialize_with = "required_nullable")]
     pub bias: Option<String>,
     /// Input width.
     pub in_features: u64,
@@ -78,7 +80,8 @@ pub struct LayerSpec {
     pub out_features: u64,
     /// Activation name (`relu`, `gelu`, `silu`, `tanh`, `identity`).
     pub activation: String,
-    /// RMSNorm applied to the layer's input, or `None`.
+    /// RMSNorm applied to the layer's input, or `None` (the key is required).
+    #[serde(deserialize_with = "required_nullable")]
     pub rmsnorm: Option<RmsNormSpec>,
 }
 
@@ -193,11 +196,11 @@ pub struct Provenance {
     pub tool: String,
     /// Its version.
     pub tool_version: String,
-    /// SHA-256 of the source checkpoint file, when there was one.
-    #[serde(default)]
+    /// SHA-256 of the source checkpoint file, when there was one (the key is required).
+    #[serde(deserialize_with = "required_nullable")]
     pub source_sha256: Option<String>,
-    /// Creation time (RFC 3339), only when the user asked for one.
-    #[serde(default)]
+    /// Creation time (RFC 3339 UTC), only when the user asked for one (the key is required).
+    #[serde(deserialize_with = "required_nullable")]
     pub created: Option<String>,
 }
 
@@ -514,6 +517,16 @@ impl Manifest {
                 .into());
             }
             let stats = (t.zeros, t.scale_min, t.scale_max);
+            if t.quantized && t.name.len() > MAX_QUANTIZED_NAME_BYTES {
+                return Err(Violation::new(
+                    path,
+                    Rule::Names,
+                    format!("a quantized tensor name of at most {MAX_QUANTIZED_NAME_BYTES} bytes (its scale tensor adds \".scale\")"),
+                    format!("{} bytes", t.name.len()),
+                )
+                .tensor(&t.name)
+                .into());
+            }
             if t.quantized {
                 let ok_shape = matches!(rows_cols(&t.shape), Some((r, c)) if r >= 1 && c >= 1);
                 if !ok_shape {
@@ -728,6 +741,17 @@ impl Manifest {
     }
 
     fn validate_provenance(&self, path: &Path) -> Result<()> {
+        if let Some(c) = &self.provenance.created {
+            if !is_rfc3339_utc(c) {
+                return Err(Violation::new(
+                    path,
+                    Rule::Provenance,
+                    "created as YYYY-MM-DDTHH:MM:SS[.fraction]Z (a valid UTC date-time) or null",
+                    excerpt(c, 40),
+                )
+                .into());
+            }
+        }
         if let Some(d) = &self.provenance.source_sha256 {
             if !is_sha256_hex(d) {
                 return Err(Violation::new(
@@ -746,6 +770,62 @@ impl Manifest {
 /// Name of the scale tensor of quantized tensor `name` in `ternary.safetensors`.
 pub fn scale_tensor_name(name: &str) -> String {
     format!("{name}.scale")
+}
+
+/// Is `s` a UTC RFC 3339 date-time written `YYYY-MM-DDTHH:MM:SS[.fraction]Z` with a valid date
+/// and time (rule 2.11)?
+pub fn is_rfc3339_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(r)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0u32, |a, &d| a * 10 + (d - b'0') as u32))
+    };
+    let seps = b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':';
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(sec)) = (
+        digits(0..4),
+        digits(5..7),
+        digits(8..10),
+        digits(11..13),
+        digits(14..16),
+        digits(17..19),
+    ) else {
+        return false;
+    };
+    let tail = &b[19..];
+    let tail_ok = match tail {
+        [b'Z'] => true,
+        [b'.', frac @ .., b'Z'] => !frac.is_empty() && frac.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    seps && tail_ok
+        && (1..=12).contains(&mo)
+        && d >= 1
+        && d <= days[(mo.max(1) - 1) as usize]
+        && h <= 23
+        && mi <= 59
+        && sec <= 60
 }
 
 /// Is `s` 64 lowercase hex digits?
@@ -785,6 +865,14 @@ fn json_type(v: &serde_json::Value) -> String {
 struct Head {
     format: String,
     format_version: String,
+}
+
+/// An `Option` field whose key must be present (its value may be null): serde treats an
+/// `Option` with a `deserialize_with` as required.
+fn required_nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)
 }
 
 fn bounded_shape<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<u64>, D::Error> {

@@ -224,7 +224,11 @@ pub fn write_bundle(
 }
 
 /// Digests written to the ternary and fp16 files, and the tensor's report.
-type TensorOutput = (HashMap<String, String>, HashMap<String, String>, TensorReport);
+type TensorOutput = (
+    HashMap<String, String>,
+    HashMap<String, String>,
+    TensorReport,
+);
 
 type Target<'a> = (&'a File, &'a Path, &'a Header);
 
