@@ -1,0 +1,142 @@
+//! Regenerates the committed fixtures under `fixtures/` byte for byte:
+//! `cargo run --release --example make_fixtures [OUT_DIR]` (default `fixtures`).
+//!
+//! Weights come from integer formulas, not a random generator, so the bytes are the same on
+//! every machine. `tests/fixtures.rs` regenerates into a temporary directory and compares.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ternary_bundle::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
+use ternary_bundle::source::MemorySource;
+use ternary_bundle::writer::ValidationSet;
+use ternary_bundle::{write_bundle, BundlePlan, Encoding, Granularity, QuantParams, WriteOptions};
+
+/// Input width of the tiny fixture model.
+pub const INPUT_DIM: u64 = 16;
+/// Classes of the tiny fixture model.
+pub const CLASSES: u64 = 10;
+
+/// A value in [-1, 1) from an integer formula (deterministic, exact in f32).
+fn wave(i: u64, mul: u64, modulus: u64) -> f32 {
+    ((i * mul) % modulus) as f32 / modulus as f32 * 2.0 - 1.0
+}
+
+/// The tiny MLP: 16 -> 24 (relu, bias) -> 10 (rmsnorm, identity, bias).
+pub fn tiny_source() -> MemorySource {
+    MemorySource::new("fixtures/tiny")
+        .with("fc1.weight", vec![24, INPUT_DIM], (0..24 * INPUT_DIM).map(|i| wave(i, 37, 101) * 0.5).collect())
+        .with("fc1.bias", vec![24], (0..24).map(|i| wave(i, 7, 13) * 0.1).collect())
+        .with("fc2.norm.weight", vec![24], (0..24).map(|i| 1.0 + wave(i, 5, 11) * 0.25).collect())
+        .with("fc2.weight", vec![CLASSES, 24], (0..CLASSES * 24).map(|i| wave(i, 53, 97) * 0.3).collect())
+        .with("fc2.bias", vec![CLASSES], (0..CLASSES).map(|i| wave(i, 3, 7) * 0.05).collect())
+}
+
+/// The plan for the tiny MLP with `params`.
+pub fn tiny_plan(params: QuantParams) -> BundlePlan {
+    BundlePlan {
+        model: ModelSpec {
+            input_dim: INPUT_DIM,
+            layers: vec![
+                LayerSpec {
+                    name: "fc1".into(),
+                    weight: "fc1.weight".into(),
+                    bias: Some("fc1.bias".into()),
+                    in_features: INPUT_DIM,
+                    out_features: 24,
+                    activation: "relu".into(),
+                    rmsnorm: None,
+                },
+                LayerSpec {
+                    name: "fc2".into(),
+                    weight: "fc2.weight".into(),
+                    bias: Some("fc2.bias".into()),
+                    in_features: 24,
+                    out_features: CLASSES,
+                    activation: "identity".into(),
+                    rmsnorm: Some(RmsNormSpec { weight: "fc2.norm.weight".into(), eps: 1e-6 }),
+                },
+            ],
+        },
+        params,
+        quantize: BTreeSet::from(["fc1.weight".to_string(), "fc2.weight".to_string()]),
+    }
+}
+
+/// A small labelled validation set for the tiny model.
+pub fn tiny_validation() -> ValidationSet {
+    let n = 32u64;
+    ValidationSet {
+        origin: PathBuf::from("fixtures/tiny-validation"),
+        inputs: (0..n * INPUT_DIM).map(|i| wave(i, 29, 89) * 2.0).collect(),
+        labels: (0..n).map(|i| ((i * 7) % CLASSES) as i64).collect(),
+        difficulty: Some((0..n).map(|i| (i % 10 + 1) as u8).collect()),
+    }
+}
+
+/// Every valid fixture bundle: (directory under fixtures/bundles, params, with validation set).
+pub fn bundle_fixtures() -> Vec<(&'static str, QuantParams, bool)> {
+    let p = |encoding, granularity| QuantParams { encoding, granularity, ..QuantParams::default() };
+    vec![
+        ("tiny-trit5-channel", p(Encoding::Trit5, Granularity::Channel), false),
+        ("tiny-trit2-channel", p(Encoding::Trit2, Granularity::Channel), false),
+        ("tiny-trit5-tensor", p(Encoding::Trit5, Granularity::Tensor), false),
+        ("tiny-trit2-tensor", p(Encoding::Trit2, Granularity::Tensor), false),
+        ("tiny-trit5-group5", p(Encoding::Trit5, Granularity::Group(5)), false),
+        ("tiny-trit2-group5", p(Encoding::Trit2, Granularity::Group(5)), false),
+        ("tiny-validation", p(Encoding::Trit5, Granularity::Channel), true),
+    ]
+}
+
+fn write(dest: &Path, params: QuantParams, validation: bool) {
+    let options = WriteOptions { validation: validation.then(tiny_validation), ..WriteOptions::default() };
+    write_bundle(dest, &tiny_source(), &tiny_plan(params), &options)
+        .unwrap_or_else(|e| panic!("writing fixture {}: {e}", dest.display()));
+}
+
+/// Rewrites `dir/manifest.json` after `edit` changes its JSON value.
+fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    let mut bytes = serde_json::to_vec_pretty(&v).unwrap();
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Writes every fixture under `root` (which must not hold them yet).
+pub fn generate(root: &Path) {
+    let bundles = root.join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    for (name, params, validation) in bundle_fixtures() {
+        write(&bundles.join(name), params, validation);
+    }
+    // Versioning (spec section 13): a newer MINOR with keys this reader does not know opens...
+    let newer = root.join("versions/newer-minor");
+    std::fs::create_dir_all(newer.parent().unwrap()).unwrap();
+    write(&newer, QuantParams::default(), false);
+    edit_manifest(&newer, |m| {
+        m["format_version"] = "1.7".into();
+        m["future_top_level_key"] = serde_json::json!({"added_in": "1.7"});
+        m["quantization"]["future_quantization_key"] = true.into();
+        m["tensors"][0]["future_tensor_key"] = 1.into();
+    });
+    // ...and another MAJOR is refused, naming both versions.
+    let major = root.join("versions/unknown-major");
+    write(&major, QuantParams::default(), false);
+    edit_manifest(&major, |m| m["format_version"] = "2.0".into());
+}
+
+#[allow(dead_code)]
+fn main() {
+    let out = std::env::args().nth(1).unwrap_or_else(|| "fixtures".into());
+    let out = PathBuf::from(out);
+    for sub in ["bundles", "versions"] {
+        let p = out.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).unwrap();
+        }
+    }
+    generate(&out);
+    println!("fixtures written under {}", out.display());
+}
