@@ -6,6 +6,7 @@
 //! packed rows directly (no intermediate trit tensor) and does no I/O.
 
 use half::f16;
+use rayon::prelude::*;
 
 use crate::encoding::Encoding;
 use crate::rules::Rule;
@@ -267,55 +268,45 @@ pub fn quantize(
             weights.len()
         )));
     }
-    if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+    let (rows, cols) = (rows as usize, cols as usize);
+    let enc = params.encoding;
+    let bpr = enc.bytes_per_row(cols as u64) as usize;
+    let scales = compute_scales(weights, rows, cols, params);
+    // An f64 sum of |w| (each at most f32::MAX) cannot overflow, so a non-finite scale means a
+    // non-finite weight: this saves a separate pass over the weights in the common case.
+    if scales.iter().any(|s| !s.is_finite()) {
+        let i = weights
+            .iter()
+            .position(|w| !w.is_finite())
+            .expect("a non-finite scale comes from a non-finite weight");
         return Err(QuantizeError::NonFinite {
             index: i as u64,
             value: weights[i],
         });
     }
-    let (rows, cols) = (rows as usize, cols as usize);
-    let enc = params.encoding;
-    let bpr = enc.bytes_per_row(cols as u64) as usize;
-    let (groups_per_row, group) = params.granularity.row_layout(cols);
-
-    let scales = compute_scales(weights, rows, cols, params);
     let mut packed = vec![0u8; rows * bpr];
-    let mut trits = vec![0i8; cols];
+
+    // Rows are independent once the scales are known: quantize them in parallel, each worker
+    // with its own trit buffer, and reduce the per-row figures in row order.
+    let per_row: Vec<RowOutcome> = packed
+        .par_chunks_mut(bpr.max(1))
+        .zip(weights.par_chunks(cols))
+        .enumerate()
+        .map_init(
+            || vec![0i8; cols],
+            |trits, (r, (out, row))| quantize_row(row, r, &scales, params, trits, out),
+        )
+        .collect();
     let mut zeros = 0u64;
     let mut err_sq = 0f64;
     let mut norm_sq = 0f64;
-    for r in 0..rows {
-        let row = &weights[r * cols..(r + 1) * cols];
-        let row_scales = params.granularity.row_scales(&scales, r, cols);
-        for (g, &scale) in row_scales.iter().enumerate() {
-            let lo = g * group;
-            let hi = ((g + 1) * group).min(cols);
-            let nonzero = ternarize(
-                &row[lo..hi],
-                &mut trits[lo..hi],
-                scale,
-                params.sparsity_threshold,
-            );
-            zeros += (hi - lo - nonzero) as u64;
-            if nonzero > 0 && !scale_fits_f16(scale) {
-                let index = match params.granularity {
-                    Granularity::Tensor => 0,
-                    Granularity::Channel => r,
-                    Granularity::Group(_) => r * groups_per_row + g,
-                };
-                return Err(QuantizeError::ScaleNotRepresentable {
-                    index: index as u64,
-                    scale,
-                });
-            }
-            for (&w, &t) in row[lo..hi].iter().zip(&trits[lo..hi]) {
-                let d = w as f64 - (t as f32 * scale) as f64;
-                err_sq += d * d;
-                norm_sq += w as f64 * w as f64;
-            }
+    for o in per_row {
+        if let Some(e) = o.error {
+            return Err(e);
         }
-        enc.pack_row(&trits, &mut packed[r * bpr..(r + 1) * bpr])
-            .expect("ternarize produces trits and the row buffer has bytes_per_row bytes");
+        zeros += o.zeros;
+        err_sq += o.err_sq;
+        norm_sq += o.norm_sq;
     }
     let scale_min = scales.iter().copied().fold(f32::INFINITY, f32::min);
     let scale_max = scales.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -339,8 +330,90 @@ pub fn quantize(
     })
 }
 
+/// Figures of one quantized row.
+struct RowOutcome {
+    zeros: u64,
+    err_sq: f64,
+    norm_sq: f64,
+    error: Option<QuantizeError>,
+}
+
+/// Quantizes row `r` into `out` (its packed bytes), using `trits` as scratch.
+fn quantize_row(
+    row: &[f32],
+    r: usize,
+    scales: &[f32],
+    params: &QuantParams,
+    trits: &mut [i8],
+    out: &mut [u8],
+) -> RowOutcome {
+    let cols = row.len();
+    let (groups_per_row, group) = params.granularity.row_layout(cols);
+    let row_scales = params.granularity.row_scales(scales, r, cols);
+    let mut outcome = RowOutcome {
+        zeros: 0,
+        err_sq: 0.0,
+        norm_sq: 0.0,
+        error: None,
+    };
+    for (g, &scale) in row_scales.iter().enumerate() {
+        let lo = g * group;
+        let hi = ((g + 1) * group).min(cols);
+        let (w, t) = (&row[lo..hi], &mut trits[lo..hi]);
+        let nonzero = ternarize(w, t, scale, params.sparsity_threshold);
+        outcome.zeros += (hi - lo - nonzero) as u64;
+        if nonzero > 0 && !scale_fits_f16(scale) && outcome.error.is_none() {
+            let index = match params.granularity {
+                Granularity::Tensor => 0,
+                Granularity::Channel => r,
+                Granularity::Group(_) => r * groups_per_row + g,
+            };
+            outcome.error = Some(QuantizeError::ScaleNotRepresentable {
+                index: index as u64,
+                scale,
+            });
+        }
+        let (e, n) = error_and_norm(w, t, scale);
+        outcome.err_sq += e;
+        outcome.norm_sq += n;
+    }
+    params
+        .encoding
+        .pack_row(trits, out)
+        .expect("ternarize produces trits and the row buffer has bytes_per_row bytes");
+    outcome
+}
+
+/// `(sum (w - t * scale)^2, sum w^2)` in f64, accumulated in 8 independent f32 lanes per
+/// 1024-element block so the loop vectorizes (informational figures, not part of the format).
+fn error_and_norm(w: &[f32], t: &[i8], scale: f32) -> (f64, f64) {
+    let mut err = 0f64;
+    let mut norm = 0f64;
+    for (wb, tb) in w.chunks(1024).zip(t.chunks(1024)) {
+        let mut e = [0f32; 8];
+        let mut n = [0f32; 8];
+        let mut wc = wb.chunks_exact(8);
+        let mut tc = tb.chunks_exact(8);
+        for (w8, t8) in (&mut wc).zip(&mut tc) {
+            for k in 0..8 {
+                let d = w8[k] - t8[k] as f32 * scale;
+                e[k] += d * d;
+                n[k] += w8[k] * w8[k];
+            }
+        }
+        for (&w, &t) in wc.remainder().iter().zip(tc.remainder()) {
+            let d = w - t as f32 * scale;
+            e[0] += d * d;
+            n[0] += w * w;
+        }
+        err += e.iter().map(|&x| x as f64).sum::<f64>();
+        norm += n.iter().map(|&x| x as f64).sum::<f64>();
+    }
+    (err, norm)
+}
+
 /// The absmean scale of a group: mean |w| accumulated in f64 in index order, rounded to f32,
-/// clamped below by epsilon.
+/// clamped below by epsilon. Non-finite when any value is non-finite.
 pub fn absmean_scale(values: &[f32], epsilon: f32) -> f32 {
     let gamma = if values.is_empty() {
         0.0
@@ -348,7 +421,12 @@ pub fn absmean_scale(values: &[f32], epsilon: f32) -> f32 {
         let sum: f64 = values.iter().fold(0.0f64, |acc, &w| acc + (w.abs() as f64));
         (sum / values.len() as f64) as f32
     };
-    gamma.max(epsilon)
+    // f32::max would drop a NaN; keep it, so that a non-finite weight yields a non-finite scale.
+    if gamma.is_nan() {
+        gamma
+    } else {
+        gamma.max(epsilon)
+    }
 }
 
 fn compute_scales(weights: &[f32], rows: usize, cols: usize, params: &QuantParams) -> Vec<f32> {
@@ -356,15 +434,20 @@ fn compute_scales(weights: &[f32], rows: usize, cols: usize, params: &QuantParam
     match params.granularity {
         Granularity::Tensor => vec![absmean_scale(weights, eps)],
         Granularity::Channel => weights
-            .chunks_exact(cols)
+            .par_chunks(cols)
             .map(|row| absmean_scale(row, eps))
             .collect(),
         Granularity::Group(_) => {
-            let (_, group) = params.granularity.row_layout(cols);
-            let mut scales = Vec::with_capacity(rows * cols.div_ceil(group));
-            for row in weights.chunks_exact(cols) {
-                scales.extend(row.chunks(group).map(|g| absmean_scale(g, eps)));
-            }
+            let (per_row, group) = params.granularity.row_layout(cols);
+            let mut scales = vec![0f32; rows * per_row];
+            scales
+                .par_chunks_mut(per_row)
+                .zip(weights.par_chunks(cols))
+                .for_each(|(out, row)| {
+                    for (o, g) in out.iter_mut().zip(row.chunks(group)) {
+                        *o = absmean_scale(g, eps);
+                    }
+                });
             scales
         }
     }
