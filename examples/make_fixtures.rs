@@ -25,11 +25,33 @@ fn wave(i: u64, mul: u64, modulus: u64) -> f32 {
 /// The tiny MLP: 16 -> 24 (relu, bias) -> 10 (rmsnorm, identity, bias).
 pub fn tiny_source() -> MemorySource {
     MemorySource::new("fixtures/tiny")
-        .with("fc1.weight", vec![24, INPUT_DIM], (0..24 * INPUT_DIM).map(|i| wave(i, 37, 101) * 0.5).collect())
-        .with("fc1.bias", vec![24], (0..24).map(|i| wave(i, 7, 13) * 0.1).collect())
-        .with("fc2.norm.weight", vec![24], (0..24).map(|i| 1.0 + wave(i, 5, 11) * 0.25).collect())
-        .with("fc2.weight", vec![CLASSES, 24], (0..CLASSES * 24).map(|i| wave(i, 53, 97) * 0.3).collect())
-        .with("fc2.bias", vec![CLASSES], (0..CLASSES).map(|i| wave(i, 3, 7) * 0.05).collect())
+        .with(
+            "fc1.weight",
+            vec![24, INPUT_DIM],
+            (0..24 * INPUT_DIM)
+                .map(|i| wave(i, 37, 101) * 0.5)
+                .collect(),
+        )
+        .with(
+            "fc1.bias",
+            vec![24],
+            (0..24).map(|i| wave(i, 7, 13) * 0.1).collect(),
+        )
+        .with(
+            "fc2.norm.weight",
+            vec![24],
+            (0..24).map(|i| 1.0 + wave(i, 5, 11) * 0.25).collect(),
+        )
+        .with(
+            "fc2.weight",
+            vec![CLASSES, 24],
+            (0..CLASSES * 24).map(|i| wave(i, 53, 97) * 0.3).collect(),
+        )
+        .with(
+            "fc2.bias",
+            vec![CLASSES],
+            (0..CLASSES).map(|i| wave(i, 3, 7) * 0.05).collect(),
+        )
 }
 
 /// The plan for the tiny MLP with `params`.
@@ -54,7 +76,10 @@ pub fn tiny_plan(params: QuantParams) -> BundlePlan {
                     in_features: 24,
                     out_features: CLASSES,
                     activation: "identity".into(),
-                    rmsnorm: Some(RmsNormSpec { weight: "fc2.norm.weight".into(), eps: 1e-6 }),
+                    rmsnorm: Some(RmsNormSpec {
+                        weight: "fc2.norm.weight".into(),
+                        eps: 1e-6,
+                    }),
                 },
             ],
         },
@@ -76,20 +101,55 @@ pub fn tiny_validation() -> ValidationSet {
 
 /// Every valid fixture bundle: (directory under fixtures/bundles, params, with validation set).
 pub fn bundle_fixtures() -> Vec<(&'static str, QuantParams, bool)> {
-    let p = |encoding, granularity| QuantParams { encoding, granularity, ..QuantParams::default() };
+    let p = |encoding, granularity| QuantParams {
+        encoding,
+        granularity,
+        ..QuantParams::default()
+    };
     vec![
-        ("tiny-trit5-channel", p(Encoding::Trit5, Granularity::Channel), false),
-        ("tiny-trit2-channel", p(Encoding::Trit2, Granularity::Channel), false),
-        ("tiny-trit5-tensor", p(Encoding::Trit5, Granularity::Tensor), false),
-        ("tiny-trit2-tensor", p(Encoding::Trit2, Granularity::Tensor), false),
-        ("tiny-trit5-group5", p(Encoding::Trit5, Granularity::Group(5)), false),
-        ("tiny-trit2-group5", p(Encoding::Trit2, Granularity::Group(5)), false),
-        ("tiny-validation", p(Encoding::Trit5, Granularity::Channel), true),
+        (
+            "tiny-trit5-channel",
+            p(Encoding::Trit5, Granularity::Channel),
+            false,
+        ),
+        (
+            "tiny-trit2-channel",
+            p(Encoding::Trit2, Granularity::Channel),
+            false,
+        ),
+        (
+            "tiny-trit5-tensor",
+            p(Encoding::Trit5, Granularity::Tensor),
+            false,
+        ),
+        (
+            "tiny-trit2-tensor",
+            p(Encoding::Trit2, Granularity::Tensor),
+            false,
+        ),
+        (
+            "tiny-trit5-group5",
+            p(Encoding::Trit5, Granularity::Group(5)),
+            false,
+        ),
+        (
+            "tiny-trit2-group5",
+            p(Encoding::Trit2, Granularity::Group(5)),
+            false,
+        ),
+        (
+            "tiny-validation",
+            p(Encoding::Trit5, Granularity::Channel),
+            true,
+        ),
     ]
 }
 
 fn write(dest: &Path, params: QuantParams, validation: bool) {
-    let options = WriteOptions { validation: validation.then(tiny_validation), ..WriteOptions::default() };
+    let options = WriteOptions {
+        validation: validation.then(tiny_validation),
+        ..WriteOptions::default()
+    };
     write_bundle(dest, &tiny_source(), &tiny_plan(params), &options)
         .unwrap_or_else(|e| panic!("writing fixture {}: {e}", dest.display()));
 }

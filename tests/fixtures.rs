@@ -24,7 +24,10 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+                out.push((
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                ));
             }
         }
     }
@@ -40,9 +43,17 @@ fn regenerated_fixtures_are_byte_identical_to_the_committed_ones() {
         let fresh = tree(&tmp.path().join(sub));
         let committed = tree(&fixtures().join(sub));
         let names = |t: &[(PathBuf, Vec<u8>)]| t.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&fresh), names(&committed), "fixture file list of {sub}/ differs; run `cargo run --example make_fixtures`");
+        assert_eq!(
+            names(&fresh),
+            names(&committed),
+            "fixture file list of {sub}/ differs; run `cargo run --example make_fixtures`"
+        );
         for ((p, a), (_, b)) in fresh.iter().zip(&committed) {
-            assert!(a == b, "fixtures/{sub}/{} differs from a fresh regeneration", p.display());
+            assert!(
+                a == b,
+                "fixtures/{sub}/{} differs from a fresh regeneration",
+                p.display()
+            );
         }
     }
 }
@@ -52,7 +63,11 @@ fn every_fixture_bundle_opens_and_passes_every_data_check() {
     for (name, params, validation) in make_fixtures::bundle_fixtures() {
         let b = Bundle::open(fixtures().join("bundles").join(name)).unwrap();
         assert_eq!(b.params(), &params, "{name}");
-        assert_eq!(b.file(ternary_bundle::FileRole::Validation).is_some(), validation, "{name}");
+        assert_eq!(
+            b.file(ternary_bundle::FileRole::Validation).is_some(),
+            validation,
+            "{name}"
+        );
         check_all(&b).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
@@ -69,5 +84,8 @@ fn unknown_major_is_refused_naming_both_versions() {
     let e = Bundle::open(fixtures().join("versions/unknown-major")).unwrap_err();
     assert_eq!(e.rule(), Some(Rule::FormatVersion));
     let msg = e.to_string();
-    assert!(msg.contains("2.0") && msg.contains("1.0") && msg.contains("manifest.json"), "{msg}");
+    assert!(
+        msg.contains("2.0") && msg.contains("1.0") && msg.contains("manifest.json"),
+        "{msg}"
+    );
 }
