@@ -143,6 +143,19 @@ pub fn escape_name(name: &str) -> String {
     out
 }
 
+/// A name as it may be printed in a table: unchanged when it is plain, escaped (and quoted) when
+/// it holds control characters, quotes or backslashes that could confuse a terminal or a reader.
+pub fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    if name
+        .chars()
+        .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
+        std::borrow::Cow::Owned(escape_name(name))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// Shortens untrusted text for an error message (at most `max` characters, escaped).
 pub fn excerpt(text: &str, max: usize) -> String {
     let mut s: String = text.chars().take(max).collect();

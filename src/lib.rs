@@ -19,15 +19,21 @@
 //! - [`reader`]: opening a bundle (rules 1.x to 6.1) and borrowed tensor views;
 //! - [`checks`]: the data rules that read every byte;
 //! - [`writer`] and [`source`]: building a bundle atomically from a checkpoint;
-//! - [`model`]: the architecture vocabulary; [`rules`], [`limits`], [`error`].
+//! - [`model`] and [`reference`]: the architecture and the ndarray reference model;
+//! - [`demo`]: the built-in demo model;
+//! - [`rules`], [`limits`], [`error`].
 
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod checks;
 pub mod checksum;
+pub mod demo;
 pub mod dequantize;
 pub mod encoding;
 pub mod error;
+pub mod export;
+pub mod inspect;
 pub mod limits;
 pub mod manifest;
 pub mod mmap;
@@ -35,6 +41,8 @@ pub mod model;
 pub mod names;
 pub mod quantize;
 pub mod reader;
+pub mod reference;
+pub mod requantize;
 pub mod rules;
 pub mod safetensors_file;
 pub mod source;
@@ -46,4 +54,4 @@ pub use manifest::{FileRole, Manifest};
 pub use quantize::{quantize, Granularity, QuantParams, QuantizedTensor};
 pub use reader::{Bundle, OpenOptions};
 pub use rules::Rule;
-pub use writer::{write_bundle, BundlePlan, WriteOptions, WriteReport};
+pub use writer::{write_bundle, write_bundle_with_progress, BundlePlan, WriteOptions, WriteReport};

@@ -269,9 +269,66 @@ pub fn quantize(
         )));
     }
     let (rows, cols) = (rows as usize, cols as usize);
-    let enc = params.encoding;
-    let bpr = enc.bytes_per_row(cols as u64) as usize;
     let scales = compute_scales(weights, rows, cols, params);
+    quantize_rows(weights, rows, cols, scales, params)
+}
+
+/// Quantizes `weights` with given `scales` (in the layout of [`Granularity::scale_shape`])
+/// instead of computing them: re-quantization after fine-tuning with the bundle's stored scales.
+/// Steps 3 to 5 of the spec's algorithm are applied unchanged.
+pub fn quantize_with_scales(
+    weights: &[f32],
+    shape: &[u64],
+    params: &QuantParams,
+    scales: &[f32],
+) -> Result<QuantizedTensor, QuantizeError> {
+    params.check().map_err(QuantizeError::Params)?;
+    let (rows, cols) = rows_cols(shape)
+        .filter(|&(r, c)| r >= 1 && c >= 1)
+        .ok_or_else(|| QuantizeError::Shape(format!("shape {shape:?} is not quantizable")))?;
+    if weights.len() as u64 != rows * cols {
+        return Err(QuantizeError::Shape(format!(
+            "{} values for shape {shape:?}",
+            weights.len()
+        )));
+    }
+    let expected: u64 = params.granularity.scale_shape(rows, cols).iter().product();
+    if scales.len() as u64 != expected {
+        return Err(QuantizeError::Shape(format!(
+            "{} scales where the granularity needs {expected}",
+            scales.len()
+        )));
+    }
+    if let Some(i) = scales.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(QuantizeError::ScaleNotRepresentable {
+            index: i as u64,
+            scale: scales[i],
+        });
+    }
+    if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+        return Err(QuantizeError::NonFinite {
+            index: i as u64,
+            value: weights[i],
+        });
+    }
+    quantize_rows(
+        weights,
+        rows as usize,
+        cols as usize,
+        scales.to_vec(),
+        params,
+    )
+}
+
+/// Steps 3 to 5 for every row, given the scales.
+fn quantize_rows(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    scales: Vec<f32>,
+    params: &QuantParams,
+) -> Result<QuantizedTensor, QuantizeError> {
+    let elements = (rows * cols) as u64;
     // An f64 sum of |w| (each at most f32::MAX) cannot overflow, so a non-finite scale means a
     // non-finite weight: this saves a separate pass over the weights in the common case.
     if scales.iter().any(|s| !s.is_finite()) {
@@ -284,6 +341,7 @@ pub fn quantize(
             value: weights[i],
         });
     }
+    let bpr = params.encoding.bytes_per_row(cols as u64) as usize;
     let mut packed = vec![0u8; rows * bpr];
 
     // Rows are independent once the scales are known: quantize them in parallel, each worker

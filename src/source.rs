@@ -209,3 +209,73 @@ impl TensorSource for MemorySource {
             })
     }
 }
+
+/// Loads a labelled data set for `bundle create --validation`: `inputs` F32 `[N, D]`, `labels`
+/// I64 `[N]`, optional `difficulty` U8 `[N]` (rule 6.1; sizes against the model are checked when
+/// the bundle is written).
+pub fn load_validation_set(path: &Path) -> Result<crate::writer::ValidationSet> {
+    use crate::reader::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
+    let src = CheckpointSource::open(path)?;
+    let bad = |expected: String, found: String| -> Error {
+        Violation::new(path, Rule::ValidationTensors, expected, found).into()
+    };
+    let get = |name: &str, dtype: Dtype, rank: usize| -> Result<Option<&[u8]>> {
+        match src.header().get(name) {
+            None => Ok(None),
+            Some(e) if e.dtype == dtype && e.shape.len() == rank => Ok(src.tensor_bytes(name)),
+            Some(e) => Err(bad(
+                format!("{name}: {dtype} of rank {rank}"),
+                format!("{} of shape {:?}", e.dtype, e.shape),
+            )),
+        }
+    };
+    let inputs = get(VALIDATION_INPUTS, Dtype::F32, 2)?.ok_or_else(|| {
+        bad(
+            "a tensor named inputs (F32 [N, input_dim])".into(),
+            "none".into(),
+        )
+    })?;
+    let labels = get(VALIDATION_LABELS, Dtype::I64, 1)?
+        .ok_or_else(|| bad("a tensor named labels (I64 [N])".into(), "none".into()))?;
+    let difficulty = get(VALIDATION_DIFFICULTY, Dtype::U8, 1)?;
+    let n = src
+        .header()
+        .get(VALIDATION_INPUTS)
+        .map_or(0, |e| e.shape[0]);
+    if src.header().get(VALIDATION_LABELS).map(|e| e.shape[0]) != Some(n) {
+        return Err(bad(
+            format!("labels of shape [{n}] (one per input row)"),
+            format!(
+                "{:?}",
+                src.header().get(VALIDATION_LABELS).map(|e| &e.shape)
+            ),
+        ));
+    }
+    Ok(crate::writer::ValidationSet {
+        origin: path.to_path_buf(),
+        inputs: to_f32(Dtype::F32, inputs).expect("F32"),
+        labels: labels
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
+        difficulty: difficulty.map(<[u8]>::to_vec),
+    })
+}
+
+/// The validation set embedded in an open bundle, if any.
+pub fn bundle_validation_set(
+    bundle: &crate::reader::Bundle,
+) -> Option<crate::writer::ValidationSet> {
+    use crate::reader::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
+    let f = bundle.file(crate::manifest::FileRole::Validation)?;
+    Some(crate::writer::ValidationSet {
+        origin: f.path().to_path_buf(),
+        inputs: to_f32(Dtype::F32, f.tensor_bytes(VALIDATION_INPUTS)?)?,
+        labels: f
+            .tensor_bytes(VALIDATION_LABELS)?
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
+        difficulty: f.tensor_bytes(VALIDATION_DIFFICULTY).map(<[u8]>::to_vec),
+    })
+}

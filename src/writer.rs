@@ -8,7 +8,7 @@
 //! temporary directory and leaves the destination untouched. Memory is bounded by the tensors
 //! being processed (one per worker thread), not by the model.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -27,7 +27,7 @@ use crate::manifest::{
     FileEntry, FileRole, FileTable, FormatVersion, Manifest, ModelSpec, Provenance,
     QuantizationSpec, TensorDigest, TensorSpec, FORMAT_NAME, MANIFEST_FILE,
 };
-use crate::quantize::{quantize, QuantParams, QuantStats};
+use crate::quantize::{quantize, quantize_with_scales, QuantParams, QuantStats};
 use crate::reader::{
     fp16_layout, ternary_layout, VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS,
 };
@@ -70,6 +70,9 @@ pub struct WriteOptions {
     pub created: Option<String>,
     /// A validation set to embed.
     pub validation: Option<ValidationSet>,
+    /// Scales to use instead of computing them, by tensor name (re-quantization with
+    /// `--keep-scales`); tensors not listed get fresh absmean scales.
+    pub fixed_scales: BTreeMap<String, Vec<f32>>,
 }
 
 /// What was written, per tensor.
@@ -103,7 +106,29 @@ pub fn write_bundle(
     plan: &BundlePlan,
     options: &WriteOptions,
 ) -> Result<WriteReport> {
+    write_bundle_with_progress(dest, source, plan, options, &|_| {})
+}
+
+/// [`write_bundle`], calling `progress(n)` after each tensor is written with its element
+/// count (from worker threads), so a caller can drive a progress bar.
+pub fn write_bundle_with_progress(
+    dest: &Path,
+    source: &dyn TensorSource,
+    plan: &BundlePlan,
+    options: &WriteOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WriteReport> {
     plan.params.check().map_err(Error::InvalidArgument)?;
+    if let Some(name) = options
+        .fixed_scales
+        .keys()
+        .find(|n| !plan.quantize.contains(*n))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "fixed scales given for {}, which is not quantized",
+            escape_name(name)
+        )));
+    }
     check_destination(dest, options.force)?;
     let manifest_path = dest.join(MANIFEST_FILE);
 
@@ -175,13 +200,16 @@ pub fn write_bundle(
     let outputs: Vec<TensorOutput> = specs
         .par_iter()
         .map(|spec| {
-            write_tensor(
+            let done = write_tensor(
                 spec,
                 source,
                 &plan.params,
+                options.fixed_scales.get(&spec.name).map(Vec::as_slice),
                 (&ternary, &ternary_path, &ternary_header),
                 (&fp16, &fp16_path, &fp16_header),
-            )
+            );
+            progress(spec.elements());
+            done
         })
         .collect::<Result<_>>()?;
     let mut ternary_digests = HashMap::new();
@@ -237,6 +265,7 @@ fn write_tensor(
     spec: &TensorSpec,
     source: &dyn TensorSource,
     params: &QuantParams,
+    fixed_scales: Option<&[f32]>,
     (tfile, tpath, theader): Target<'_>,
     (ffile, fpath, fheader): Target<'_>,
 ) -> Result<TensorOutput> {
@@ -249,7 +278,11 @@ fn write_tensor(
     let mut tdig = HashMap::new();
     let mut fdig = HashMap::new();
     let (f16_values, stats) = if spec.quantized {
-        let q = quantize(&values, &spec.shape, params).map_err(|e| {
+        let q = match fixed_scales {
+            Some(scales) => quantize_with_scales(&values, &spec.shape, params, scales),
+            None => quantize(&values, &spec.shape, params),
+        }
+        .map_err(|e| {
             let (expected, found) = e.expected_found();
             src_err(e.rule(), &expected, found)
         })?;
@@ -570,4 +603,80 @@ impl Drop for Staging {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Writes one safetensors file atomically: a temporary file beside `dest` is filled in the
+/// canonical layout, fsynced and renamed into place. `data(name)` supplies each tensor's bytes,
+/// one at a time, in data order. An existing `dest` is replaced only with `force`, and only if
+/// it is a regular file.
+pub fn write_safetensors_file(
+    dest: &Path,
+    tensors: Vec<(String, Dtype, Vec<u64>)>,
+    metadata: &[(String, String)],
+    force: bool,
+    mut data: impl FnMut(&str) -> Result<Vec<u8>>,
+) -> Result<()> {
+    match fs::symlink_metadata(dest) {
+        Ok(_) if !force => {
+            return Err(Error::DestinationExists {
+                path: dest.to_path_buf(),
+            })
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(Error::InvalidArgument(format!(
+                "{}: refusing to replace something that is not a regular file",
+                dest.display()
+            )))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(dest, "stat", e)),
+    }
+    let (prefix, header) = plan_layout(tensors, metadata)?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent_of(dest).join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let file = create_sized(&tmp, &prefix, &header)?;
+        for e in &header.entries {
+            let bytes = data(&e.name)?;
+            if bytes.len() as u64 != e.byte_len() {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor {}: {} bytes where {} are needed",
+                    escape_name(&e.name),
+                    bytes.len(),
+                    e.byte_len()
+                )));
+            }
+            file.write_all_at(&bytes, header.data_start() + e.start)
+                .map_err(|err| Error::io(&tmp, "write", err))?;
+        }
+        file.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        let flags = if force {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        rustix::fs::renameat_with(CWD, &tmp, CWD, dest, flags).map_err(|e| match e {
+            Errno::EXIST => Error::DestinationExists {
+                path: dest.to_path_buf(),
+            },
+            e => Error::io(
+                dest,
+                "rename",
+                std::io::Error::from_raw_os_error(e.raw_os_error()),
+            ),
+        })?;
+        sync_dir(&parent_of(dest))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }

@@ -1,0 +1,243 @@
+//! Every command and flag of `bundle`, with the help text users read. Nothing else is defined
+//! anywhere: `--help` and the README's tour come from here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes, shown in `--help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the bundle failed a check, or an input was invalid or unreadable
+  2  usage error (unknown flag, missing argument)";
+
+/// Create, inspect and check ternary (BitNet b1.58) model bundles.
+///
+/// A bundle is a directory with the packed ternary weights (ternary.safetensors, about 1.6 bits
+/// per weight), their exact FP16 dequantization for training (fp16.safetensors, a plain PyTorch
+/// state dict), and a manifest with the quantization settings and SHA-256 checksums. The format
+/// is specified in spec/FORMAT.md.
+///
+/// Start with `bundle demo`: it builds the built-in 25 M-parameter demo model, shows what is
+/// inside and checks it.
+#[derive(Debug, Parser)]
+#[command(name = "bundle", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    /// Read bundle files into memory instead of memory-mapping them (for network filesystems,
+    /// or files another process may truncate).
+    #[arg(long, global = true)]
+    pub no_mmap: bool,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Quantize a checkpoint (or the built-in demo model) into a new bundle.
+    #[command(after_help = CREATE_EXAMPLES)]
+    Create(CreateArgs),
+    /// Build the demo bundle, show what is inside and check it: the first thing to run.
+    Demo(DemoArgs),
+    /// Show what is inside a bundle: format, architecture, settings, files, tensors, sizes.
+    ///
+    /// Reads only the manifest and the safetensors headers, so it takes the same time for a
+    /// 1 GB bundle as for a tiny one. It validates the structure (rules 1.x to 6.1 of the spec)
+    /// but not the data (`bundle demo` shows the data checks).
+    Inspect(InspectArgs),
+    /// Write the dequantized weights as one plain safetensors state dict (F16 or F32).
+    Export(ExportArgs),
+    /// Quantize fine-tuned weights of a bundle's model into a new bundle, with the bundle's
+    /// settings (and optionally its scales), reporting how many trits changed per tensor.
+    Requantize(RequantizeArgs),
+}
+
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  bundle create --demo --out demo-bundle
+  bundle create --from model.safetensors --out my-bundle
+  bundle create --from model.safetensors --out my-bundle --granularity group --group-size 128
+  bundle create --from model.safetensors --out my-bundle --arch arch.json --quantize 'layers.*.weight'
+
+Which tensors are quantized: by default every 2-D tensor named *.weight that is a layer of the
+architecture; --quantize PATTERN (glob, repeatable) replaces that choice. Every other tensor is
+kept in full precision (F32 in ternary.safetensors, F16 in fp16.safetensors).
+
+The architecture comes from --arch (a JSON file shaped like the manifest's \"model\" object) or is
+inferred: 2-D <layer>.weight tensors in natural name order, with <layer>.bias when present, must
+chain (each layer's in_features equals the previous out_features); ReLU between layers.";
+
+/// `bundle create`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["from", "demo"])))]
+pub struct CreateArgs {
+    /// Source checkpoint: a safetensors file of F32, F16 or BF16 tensors.
+    #[arg(long, value_name = "CHECKPOINT.safetensors")]
+    pub from: Option<PathBuf>,
+
+    /// Use the built-in demo model (512 -> 4096 -> 4096 -> 1536 -> 100, ReLU, about 25 M
+    /// parameters, seeded) and embed a validation set labelled by it.
+    #[arg(long, conflicts_with_all = ["arch", "quantize", "validation"])]
+    pub demo: bool,
+
+    /// Seed of the demo model's weights and validation inputs.
+    #[arg(long, requires = "demo", default_value_t = ternary_bundle::demo::DEFAULT_SEED)]
+    pub seed: u64,
+
+    /// Destination directory (must not exist unless --force).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Architecture file (the manifest's "model" object); inferred from the checkpoint if omitted.
+    #[arg(long, value_name = "ARCH.json")]
+    pub arch: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub quant: QuantFlags,
+
+    /// Quantize the tensors whose names match PATTERN (glob: * ? [abc]); repeatable. Replaces
+    /// the default choice.
+    #[arg(long, value_name = "PATTERN")]
+    pub quantize: Vec<String>,
+
+    /// Labelled data to embed: inputs F32 [N, input_dim], labels I64 [N], optional difficulty U8 [N].
+    #[arg(long, value_name = "DATA.safetensors")]
+    pub validation: Option<PathBuf>,
+
+    /// Replace an existing bundle at --out (atomically; never a non-bundle directory).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Record the creation time in the manifest (makes the output differ between runs).
+    #[arg(long)]
+    pub timestamp: bool,
+}
+
+/// Quantization settings shared by `create`.
+#[derive(Debug, Args)]
+pub struct QuantFlags {
+    /// How trits are packed: trit5 (5 per byte, 1.6 bits/weight) or trit2 (4 per byte, 2 bits).
+    #[arg(long, value_enum, default_value_t = EncodingArg::Trit5)]
+    pub encoding: EncodingArg,
+
+    /// Which weights share a scale: one per tensor, per output channel (row), or per group of
+    /// --group-size consecutive columns of a row.
+    #[arg(long, value_enum, default_value_t = GranularityArg::Channel)]
+    pub granularity: GranularityArg,
+
+    /// Columns per scale group (with --granularity group).
+    #[arg(long, value_name = "G", required_if_eq("granularity", "group"))]
+    pub group_size: Option<u64>,
+
+    /// A weight becomes a non-zero trit when |w / scale| exceeds this (0.5 = round-to-nearest).
+    #[arg(long, value_name = "T", default_value_t = 0.5)]
+    pub sparsity_threshold: f32,
+
+    /// Smallest allowed scale (scale = max(mean |w|, epsilon)).
+    #[arg(long, value_name = "E", default_value_t = 1e-5)]
+    pub epsilon: f32,
+}
+
+/// `--encoding`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EncodingArg {
+    /// Five trits per byte (the default).
+    Trit5,
+    /// Four trits per byte.
+    Trit2,
+}
+
+/// `--granularity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GranularityArg {
+    /// One scale for the whole tensor.
+    Tensor,
+    /// One scale per output channel (row); the default.
+    Channel,
+    /// One scale per --group-size columns of each row.
+    Group,
+}
+
+/// `bundle demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to write the demo bundle (replaced if it is a bundle from an earlier run).
+    #[arg(value_name = "DIR", default_value = "demo-bundle")]
+    pub dir: PathBuf,
+
+    /// Seed of the demo model.
+    #[arg(long, default_value_t = ternary_bundle::demo::DEFAULT_SEED)]
+    pub seed: u64,
+}
+
+/// `bundle inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The bundle directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Print one JSON object (schema: spec/inspect.schema.json) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// List every tensor (name, shape, storage, bytes, sparsity, scale range).
+    #[arg(long)]
+    pub tensors: bool,
+}
+
+/// `bundle export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The bundle directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Output file.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+
+    /// f16: the FP16 weights as stored; f32: trits times scales in single precision.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    pub dtype: DtypeArg,
+
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `--dtype`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DtypeArg {
+    /// Half precision.
+    F16,
+    /// Single precision.
+    F32,
+}
+
+/// `bundle requantize`.
+#[derive(Debug, Args)]
+pub struct RequantizeArgs {
+    /// The original bundle (its architecture, settings and validation set are reused).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// The fine-tuned weights (safetensors, F32, F16 or BF16), with the bundle's tensor names.
+    #[arg(long, value_name = "WEIGHTS.safetensors")]
+    pub from: PathBuf,
+
+    /// Destination of the new bundle.
+    #[arg(long, value_name = "DIR2")]
+    pub out: PathBuf,
+
+    /// Quantize with the original bundle's stored scales instead of fresh absmean scales.
+    #[arg(long)]
+    pub keep_scales: bool,
+
+    /// Replace an existing bundle at --out.
+    #[arg(long)]
+    pub force: bool,
+}

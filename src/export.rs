@@ -1,0 +1,82 @@
+//! `bundle export`: the dequantized weights as one plain safetensors state dict.
+//!
+//! F16 export copies the tensors of `fp16.safetensors` (already the exact dequantization);
+//! F32 export decodes the trits and applies the scales in f32 (`f32(t) * scale`, exact), and
+//! carries non-quantized tensors as their stored F32 values.
+
+use std::path::Path;
+
+use crate::dequantize::dequantize_row_f32;
+use crate::error::{Error, Result};
+use crate::reader::Bundle;
+use crate::safetensors_file::Dtype;
+use crate::writer::write_safetensors_file;
+
+/// Element type of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportDtype {
+    /// IEEE half precision (the FP16 file's values).
+    #[default]
+    F16,
+    /// Single precision: `t * scale` exactly.
+    F32,
+}
+
+impl ExportDtype {
+    /// The safetensors dtype.
+    pub fn dtype(self) -> Dtype {
+        match self {
+            ExportDtype::F16 => Dtype::F16,
+            ExportDtype::F32 => Dtype::F32,
+        }
+    }
+}
+
+/// Writes every tensor of `bundle` to `out` as `dtype` (atomically; `force` replaces an
+/// existing file). Returns the number of bytes written.
+pub fn export(bundle: &Bundle, out: &Path, dtype: ExportDtype, force: bool) -> Result<u64> {
+    let m = bundle.manifest();
+    let tensors: Vec<_> = m
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), dtype.dtype(), t.shape.clone()))
+        .collect();
+    let mut written = 0u64;
+    write_safetensors_file(
+        out,
+        tensors,
+        &[("format".into(), "pt".into())],
+        force,
+        |name| {
+            let bytes = match dtype {
+                ExportDtype::F16 => bundle.fp16_bytes(name).map(<[u8]>::to_vec),
+                ExportDtype::F32 => match bundle.packed(name) {
+                    Some(p) => {
+                        let scales = p.scales();
+                        let (_, group) = p.granularity.row_layout(p.cols);
+                        let mut values = vec![0f32; p.rows * p.cols];
+                        for (r, row) in values.chunks_exact_mut(p.cols).enumerate() {
+                            let rs = p.granularity.row_scales(&scales, r, p.cols);
+                            dequantize_row_f32(p.encoding, p.row(r), rs, group, row).map_err(
+                                |e| {
+                                    Error::InvalidArgument(format!(
+                                        "{}: {e}",
+                                        bundle.dir().display()
+                                    ))
+                                },
+                            )?;
+                        }
+                        Some(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+                    }
+                    None => bundle.passthrough_bytes(name).map(<[u8]>::to_vec),
+                },
+            };
+            let bytes = bytes.ok_or_else(|| {
+                Error::InvalidArgument(format!("{}: no tensor {name}", bundle.dir().display()))
+            })?;
+            written += bytes.len() as u64;
+            Ok(bytes)
+        },
+    )?;
+    Ok(written)
+}

@@ -1,0 +1,234 @@
+//! What is inside a bundle, from the manifest and the safetensors headers alone (no tensor data
+//! is read, so the cost does not depend on the bundle's size). `bundle inspect` prints this;
+//! `--json` serializes [`Inspection`] as documented in `spec/inspect.schema.json`.
+
+use serde::Serialize;
+
+use crate::manifest::{FileRole, QuantizationSpec, MANIFEST_FILE};
+use crate::reader::Bundle;
+use crate::reader::VALIDATION_INPUTS;
+
+/// Everything `bundle inspect` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    /// The bundle directory as given.
+    pub path: String,
+    /// `format` of the manifest.
+    pub format: String,
+    /// `format_version` of the manifest.
+    pub format_version: String,
+    /// True when the bundle was written by a newer MINOR version than this reader knows.
+    pub newer_minor: bool,
+    /// Architecture summary.
+    pub model: ModelSummary,
+    /// The manifest's quantization block.
+    pub quantization: QuantizationSpec,
+    /// Files with sizes and digests (manifest first).
+    pub files: Vec<FileSummary>,
+    /// Per-tensor details, in manifest order.
+    pub tensors: Vec<TensorSummary>,
+    /// Totals and ratios.
+    pub totals: Totals,
+    /// Samples in the validation set, if there is one.
+    pub validation_samples: Option<u64>,
+    /// Undeclared directory entries (rule 1.5).
+    pub extras: Vec<String>,
+    /// The manifest's provenance block.
+    pub provenance: crate::manifest::Provenance,
+}
+
+/// The model in brief.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    /// Input width.
+    pub input_dim: u64,
+    /// Layers in order.
+    pub layers: Vec<LayerSummary>,
+}
+
+/// One layer in brief.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerSummary {
+    /// Layer name.
+    pub name: String,
+    /// Input width.
+    pub in_features: u64,
+    /// Output width.
+    pub out_features: u64,
+    /// Activation name.
+    pub activation: String,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+    /// Whether an RMSNorm precedes the layer.
+    pub rmsnorm: bool,
+}
+
+/// One file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileSummary {
+    /// File name in the bundle.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Declared SHA-256 (none for the manifest itself).
+    pub sha256: Option<String>,
+}
+
+/// One tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorSummary {
+    /// Tensor name (as in the file; escape before printing to a terminal).
+    pub name: String,
+    /// Original shape.
+    pub shape: Vec<u64>,
+    /// Elements.
+    pub parameters: u64,
+    /// Storage in ternary.safetensors: `"trit5"`, `"trit2"` or `"F32"`.
+    pub storage: String,
+    /// Bytes in ternary.safetensors (packed trits plus scales, or F32 values).
+    pub ternary_bytes: u64,
+    /// Bytes in fp16.safetensors.
+    pub fp16_bytes: u64,
+    /// Zero trits / elements, for quantized tensors.
+    pub sparsity: Option<f64>,
+    /// Number of scales, for quantized tensors.
+    pub scales: Option<u64>,
+    /// Smallest scale, for quantized tensors.
+    pub scale_min: Option<f32>,
+    /// Largest scale, for quantized tensors.
+    pub scale_max: Option<f32>,
+}
+
+/// Totals over the bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    /// All parameters.
+    pub parameters: u64,
+    /// Parameters stored as trits.
+    pub quantized_parameters: u64,
+    /// Size of ternary.safetensors.
+    pub ternary_bytes: u64,
+    /// Size of fp16.safetensors.
+    pub fp16_bytes: u64,
+    /// The model in FP32: 4 bytes per parameter.
+    pub fp32_bytes: u64,
+    /// `fp32_bytes / ternary_bytes`.
+    pub compression_vs_fp32: f64,
+    /// `fp16_bytes / ternary_bytes`.
+    pub compression_vs_fp16: f64,
+    /// Bits per quantized weight: packed bytes * 8 / quantized parameters (scales excluded).
+    pub bits_per_weight: f64,
+    /// Whole ternary file in bits per parameter (scales, headers and F32 tensors included).
+    pub ternary_bits_per_parameter: f64,
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// Builds the inspection of an open bundle (manifest and headers only).
+pub fn inspect(bundle: &Bundle) -> Inspection {
+    let m = bundle.manifest();
+    let ternary = bundle.file(FileRole::Ternary).expect("required");
+    let fp16 = bundle.file(FileRole::Fp16).expect("required");
+    let bytes_of = |file: &crate::reader::DataFile, name: &str| {
+        file.header().get(name).map_or(0, |e| e.byte_len())
+    };
+    let mut tensors = Vec::with_capacity(m.tensors.len());
+    let (mut params, mut qparams, mut packed_bytes) = (0u64, 0u64, 0u64);
+    for t in &m.tensors {
+        let n = t.elements();
+        params += n;
+        let scale_name = crate::manifest::scale_tensor_name(&t.name);
+        let (storage, tbytes, scales) = if t.quantized {
+            qparams += n;
+            let packed = bytes_of(ternary, &t.name);
+            packed_bytes += packed;
+            let scales = ternary
+                .header()
+                .get(&scale_name)
+                .map_or(0, |e| e.elements());
+            (
+                bundle.params().encoding.name().to_string(),
+                packed + bytes_of(ternary, &scale_name),
+                Some(scales),
+            )
+        } else {
+            ("F32".to_string(), bytes_of(ternary, &t.name), None)
+        };
+        tensors.push(TensorSummary {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            parameters: n,
+            storage,
+            ternary_bytes: tbytes,
+            fp16_bytes: bytes_of(fp16, &t.name),
+            sparsity: t.zeros.map(|z| ratio(z, n)),
+            scales,
+            scale_min: t.scale_min,
+            scale_max: t.scale_max,
+        });
+    }
+    let mut files = vec![FileSummary {
+        name: MANIFEST_FILE.into(),
+        size: bundle.manifest_size(),
+        sha256: None,
+    }];
+    files.extend(bundle.files().map(|f| {
+        let entry = m.files.get(f.role()).expect("declared");
+        FileSummary {
+            name: f.role().file_name().into(),
+            size: entry.size,
+            sha256: Some(entry.sha256.clone()),
+        }
+    }));
+    let fp32_bytes = params * 4;
+    let totals = Totals {
+        parameters: params,
+        quantized_parameters: qparams,
+        ternary_bytes: m.files.ternary.size,
+        fp16_bytes: m.files.fp16.size,
+        fp32_bytes,
+        compression_vs_fp32: ratio(fp32_bytes, m.files.ternary.size),
+        compression_vs_fp16: ratio(m.files.fp16.size, m.files.ternary.size),
+        bits_per_weight: ratio(packed_bytes * 8, qparams),
+        ternary_bits_per_parameter: ratio(m.files.ternary.size * 8, params),
+    };
+    let validation_samples = bundle
+        .file(FileRole::Validation)
+        .and_then(|v| v.header().get(VALIDATION_INPUTS))
+        .map(|e| e.shape[0]);
+    Inspection {
+        path: bundle.dir().display().to_string(),
+        format: m.format.clone(),
+        format_version: m.format_version.clone(),
+        newer_minor: bundle.facts().version > crate::manifest::FormatVersion::CURRENT,
+        model: ModelSummary {
+            input_dim: m.model.input_dim,
+            layers: m
+                .model
+                .layers
+                .iter()
+                .map(|l| LayerSummary {
+                    name: l.name.clone(),
+                    in_features: l.in_features,
+                    out_features: l.out_features,
+                    activation: l.activation.clone(),
+                    bias: l.bias.is_some(),
+                    rmsnorm: l.rmsnorm.is_some(),
+                })
+                .collect(),
+        },
+        quantization: m.quantization.clone(),
+        files,
+        tensors,
+        totals,
+        validation_samples,
+        extras: bundle.extras().to_vec(),
+        provenance: m.provenance.clone(),
+    }
+}
