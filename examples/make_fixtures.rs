@@ -4,6 +4,10 @@
 //! Weights come from integer formulas, not a random generator, so the bytes are the same on
 //! every machine. `tests/fixtures.rs` regenerates into a temporary directory and compares.
 
+#[allow(dead_code)]
+#[path = "../tests/common/surgery.rs"]
+mod surgery;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -164,8 +168,176 @@ fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// A deliberately broken bundle: how it is broken and the error it must produce.
+pub struct Broken {
+    /// Directory under `fixtures/broken`.
+    pub name: &'static str,
+    /// What was done to a valid bundle.
+    pub damage: &'static str,
+    /// The spec rule the error cites.
+    pub rule: &'static str,
+    /// The file the error names.
+    pub file: &'static str,
+    /// The tensor the error names, if any.
+    pub tensor: Option<&'static str>,
+    edit: fn(&Path),
+}
+
+/// Every broken fixture. Where the damage is to data, the manifest is re-hashed so that the
+/// intended rule, not a checksum, catches it.
+pub fn broken_fixtures() -> Vec<Broken> {
+    use surgery::*;
+    vec![
+        Broken {
+            name: "missing-file",
+            damage: "fp16.safetensors deleted",
+            rule: "1.2",
+            file: FP16,
+            tensor: None,
+            edit: |d| std::fs::remove_file(d.join(FP16)).unwrap(),
+        },
+        Broken {
+            name: "manifest-not-json",
+            damage: "manifest.json cut in half",
+            rule: "2.2",
+            file: MANIFEST,
+            tensor: None,
+            edit: |d| {
+                let m = std::fs::read(d.join(MANIFEST)).unwrap();
+                std::fs::write(d.join(MANIFEST), &m[..m.len() / 2]).unwrap();
+            },
+        },
+        Broken {
+            name: "unknown-major",
+            damage: "format_version 2.0",
+            rule: "2.4",
+            file: MANIFEST,
+            tensor: None,
+            edit: |d| edit_manifest(d, |m| m["format_version"] = "2.0".into()),
+        },
+        Broken {
+            name: "unknown-encoding",
+            damage: "quantization.encoding trit3",
+            rule: "2.8",
+            file: MANIFEST,
+            tensor: None,
+            edit: |d| edit_manifest(d, |m| m["quantization"]["encoding"] = "trit3".into()),
+        },
+        Broken {
+            name: "truncated-file",
+            damage: "last byte of fp16.safetensors removed",
+            rule: "3.1",
+            file: FP16,
+            tensor: None,
+            edit: |d| {
+                let b = std::fs::read(d.join(FP16)).unwrap();
+                std::fs::write(d.join(FP16), &b[..b.len() - 1]).unwrap();
+            },
+        },
+        Broken {
+            name: "header-length-overflow",
+            damage: "ternary.safetensors header length set to 2^63 (re-hashed)",
+            rule: "3.2",
+            file: TERNARY,
+            tensor: None,
+            edit: |d| {
+                let mut b = std::fs::read(d.join(TERNARY)).unwrap();
+                b[..8].copy_from_slice(&(1u64 << 63).to_le_bytes());
+                std::fs::write(d.join(TERNARY), b).unwrap();
+                rehash(d);
+            },
+        },
+        Broken {
+            name: "shape-mismatch",
+            damage: "fp16 fc1.weight declared [16, 24] instead of [24, 16] (re-hashed)",
+            rule: "5.1",
+            file: FP16,
+            tensor: Some("fc1.weight"),
+            edit: |d| {
+                edit_st(d, FP16, |st| {
+                    let t = st
+                        .header_text()
+                        .replace("\"shape\":[24,16]", "\"shape\":[16,24]");
+                    st.set_header_text(&t)
+                });
+                rehash(d);
+            },
+        },
+        Broken {
+            name: "bad-digest",
+            damage: "one byte of fp16 fc2.weight flipped (manifest not updated)",
+            rule: "7.2",
+            file: FP16,
+            tensor: Some("fc2.weight"),
+            edit: |d| edit_tensor(d, FP16, "fc2.weight", |b| b[3] ^= 0x40),
+        },
+        Broken {
+            name: "invalid-trit-byte",
+            damage: "packed byte of fc1.weight set to 243 (re-hashed)",
+            rule: "4.3",
+            file: TERNARY,
+            tensor: Some("fc1.weight"),
+            edit: |d| {
+                edit_tensor(d, TERNARY, "fc1.weight", |b| b[1] = 243);
+                rehash(d);
+            },
+        },
+        Broken {
+            name: "non-canonical-padding",
+            damage: "unused trit position of fc2.weight's last byte set (re-hashed)",
+            rule: "4.4",
+            file: TERNARY,
+            tensor: Some("fc2.weight"),
+            edit: |d| {
+                // fc2.weight has C = 24 columns: 5 bytes per row, the last holding 4 trits (max 80).
+                edit_tensor(d, TERNARY, "fc2.weight", |b| b[4] += 81);
+                rehash(d);
+            },
+        },
+        Broken {
+            name: "nan-scale",
+            damage: "first scale of fc1.weight set to NaN (re-hashed)",
+            rule: "4.5",
+            file: TERNARY,
+            tensor: Some("fc1.weight"),
+            edit: |d| {
+                edit_tensor(d, TERNARY, "fc1.weight.scale", |b| {
+                    b[..4].copy_from_slice(&f32::NAN.to_le_bytes())
+                });
+                rehash(d);
+            },
+        },
+        Broken {
+            name: "fp16-not-dequantized",
+            damage: "one fp16 value of fc1.weight changed by one ulp (re-hashed)",
+            rule: "5.2",
+            file: FP16,
+            tensor: Some("fc1.weight"),
+            edit: |d| {
+                edit_tensor(d, FP16, "fc1.weight", |b| b[0] ^= 1);
+                rehash(d);
+            },
+        },
+    ]
+}
+
 /// Writes every fixture under `root` (which must not hold them yet).
 pub fn generate(root: &Path) {
+    let broken = root.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let mut expected = Vec::new();
+    for b in broken_fixtures() {
+        let dir = broken.join(b.name);
+        write(&dir, QuantParams::default(), false);
+        (b.edit)(&dir);
+        expected.push(serde_json::json!({
+            "name": b.name, "damage": b.damage, "rule": b.rule, "file": b.file, "tensor": b.tensor,
+        }));
+    }
+    let mut table = serde_json::to_vec_pretty(&expected).unwrap();
+    table.push(b'\n');
+    std::fs::write(broken.join("expected.json"), table).unwrap();
+
     let bundles = root.join("bundles");
     std::fs::create_dir_all(&bundles).unwrap();
     for (name, params, validation) in bundle_fixtures() {
@@ -191,7 +363,7 @@ pub fn generate(root: &Path) {
 fn main() {
     let out = std::env::args().nth(1).unwrap_or_else(|| "fixtures".into());
     let out = PathBuf::from(out);
-    for sub in ["bundles", "versions"] {
+    for sub in ["bundles", "versions", "broken"] {
         let p = out.join(sub);
         if p.exists() {
             std::fs::remove_dir_all(&p).unwrap();

@@ -39,7 +39,7 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 fn regenerated_fixtures_are_byte_identical_to_the_committed_ones() {
     let tmp = tempfile::tempdir().unwrap();
     make_fixtures::generate(tmp.path());
-    for sub in ["bundles", "versions"] {
+    for sub in ["bundles", "versions", "broken"] {
         let fresh = tree(&tmp.path().join(sub));
         let committed = tree(&fixtures().join(sub));
         let names = |t: &[(PathBuf, Vec<u8>)]| t.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();

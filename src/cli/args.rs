@@ -49,6 +49,9 @@ pub enum Command {
     /// but not the data (`bundle demo` shows the data checks).
     Inspect(InspectArgs),
     /// Write the dequantized weights as one plain safetensors state dict (F16 or F32).
+    ///
+    /// The bundle is checked first (checksums, trit encoding, scales, exact dequantization):
+    /// nothing is exported from a damaged bundle.
     Export(ExportArgs),
     /// Quantize fine-tuned weights of a bundle's model into a new bundle, with the bundle's
     /// settings (and optionally its scales), reporting how many trits changed per tensor.

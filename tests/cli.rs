@@ -1,0 +1,426 @@
+//! The `bundle` binary end to end: every command, every exit code, every broken fixture.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    root().join("fixtures").join(rel)
+}
+
+fn bundle() -> Command {
+    let mut c = Command::cargo_bin("bundle").unwrap();
+    c.env_remove("NO_COLOR");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bundle().args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn help_documents_commands_and_exit_codes() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for word in [
+        "create",
+        "demo",
+        "inspect",
+        "export",
+        "requantize",
+        "Exit codes",
+        "usage error",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    let out = run(&["create", "--help"]);
+    assert!(text(&out.stdout).contains("--granularity"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["--no-such-flag"],
+        vec!["create", "--out", "x"],
+        vec!["create", "--demo"],
+        vec!["create", "--demo", "--from", "a.safetensors", "--out", "x"],
+        vec!["create", "--demo", "--out", "x", "--granularity", "group"],
+        vec!["inspect"],
+        vec!["export", "x"],
+        vec!["nonsense"],
+    ] {
+        let out = run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn create_from_a_python_written_checkpoint_then_inspect_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("b");
+    let out = run(&[
+        "create",
+        "--from",
+        s(&fixture("source/tiny.safetensors")),
+        "--out",
+        s(&dest),
+        "--validation",
+        s(&fixture("source/validation.safetensors")),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for word in [
+        "net.0.weight",
+        "net.2.bias",
+        "compression vs FP32",
+        "bits per ternary weight",
+        "sparsity",
+    ] {
+        assert!(
+            stdout.contains(word),
+            "create summary lacks {word}:\n{stdout}"
+        );
+    }
+
+    // inspect --json: one object with the documented fields.
+    let out = run(&["inspect", s(&dest), "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format_version"], "1.0");
+    assert_eq!(v["model"]["input_dim"], 16);
+    assert_eq!(v["model"]["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(v["totals"]["parameters"], 24 * 16 + 24 + 10 * 24 + 10);
+    assert_eq!(v["validation_samples"], 32);
+    let tensors = v["tensors"].as_array().unwrap();
+    let w = tensors
+        .iter()
+        .find(|t| t["name"] == "net.0.weight")
+        .unwrap();
+    assert_eq!(w["storage"], "trit5");
+    assert!(w["sparsity"].as_f64().unwrap() > 0.0);
+    let b = tensors.iter().find(|t| t["name"] == "net.0.bias").unwrap();
+    assert_eq!(b["storage"], "F32");
+
+    let out = run(&["inspect", s(&dest), "--tensors"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("scale range"));
+
+    // export f16 is the FP16 file's data; export f32 is t * scale.
+    let f16 = tmp.path().join("m16.safetensors");
+    let out = run(&["export", s(&dest), "--out", s(&f16)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let a = safetensors::SafeTensors::deserialize(&std::fs::read(&f16).unwrap())
+        .unwrap()
+        .tensor("net.0.weight")
+        .unwrap()
+        .data()
+        .to_vec();
+    let fp16 = std::fs::read(dest.join("fp16.safetensors")).unwrap();
+    let b = safetensors::SafeTensors::deserialize(&fp16)
+        .unwrap()
+        .tensor("net.0.weight")
+        .unwrap()
+        .data()
+        .to_vec();
+    assert_eq!(a, b);
+    let out = run(&["export", s(&dest), "--out", s(&f16)]);
+    assert_eq!(out.status.code(), Some(1), "existing output needs --force");
+    assert!(text(&out.stderr).contains("already exists"));
+
+    let f32_path = tmp.path().join("m32.safetensors");
+    let out = run(&["export", s(&dest), "--out", s(&f32_path), "--dtype", "f32"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bytes = std::fs::read(&f32_path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let w = st.tensor("net.0.weight").unwrap();
+    assert_eq!(w.dtype(), safetensors::Dtype::F32);
+    let b = ternary_bundle::Bundle::open(&dest).unwrap();
+    let p = b.packed("net.0.weight").unwrap();
+    let scales = p.scales();
+    let mut trits = vec![0i8; p.cols];
+    for r in 0..p.rows {
+        p.encoding.unpack_row(p.row(r), &mut trits).unwrap();
+        for c in 0..p.cols {
+            let i = (r * p.cols + c) * 4;
+            let v = f32::from_le_bytes(w.data()[i..i + 4].try_into().unwrap());
+            assert_eq!(v.to_bits(), (trits[c] as f32 * scales[r]).to_bits());
+        }
+    }
+
+    // requantize the exported dequantized weights with the stored scales: no trit changes.
+    let again = tmp.path().join("again");
+    let out = run(&[
+        "requantize",
+        s(&dest),
+        "--from",
+        s(&f32_path),
+        "--out",
+        s(&again),
+        "--keep-scales",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("net.0.weight") && stdout.contains("0.00%"),
+        "{stdout}"
+    );
+    let new = ternary_bundle::Bundle::open(&again).unwrap();
+    assert_eq!(
+        new.packed("net.2.weight").unwrap().packed,
+        b.packed("net.2.weight").unwrap().packed
+    );
+    assert!(
+        new.file(ternary_bundle::FileRole::Validation).is_some(),
+        "validation set carried over"
+    );
+}
+
+#[test]
+fn create_refuses_an_existing_destination_and_replaces_with_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("b");
+    let src = fixture("source/tiny.safetensors");
+    assert_eq!(
+        run(&["create", "--from", s(&src), "--out", s(&dest)])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = run(&[
+        "create",
+        "--from",
+        s(&src),
+        "--out",
+        s(&dest),
+        "--encoding",
+        "trit2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "create",
+        "--from",
+        s(&src),
+        "--out",
+        s(&dest),
+        "--encoding",
+        "trit2",
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        ternary_bundle::Bundle::open(&dest)
+            .unwrap()
+            .params()
+            .encoding,
+        ternary_bundle::Encoding::Trit2
+    );
+    // --force never replaces something that is not a bundle.
+    let other = tmp.path().join("notes");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), "precious").unwrap();
+    let out = run(&["create", "--from", s(&src), "--out", s(&other), "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(other.join("keep.txt")).unwrap(),
+        "precious"
+    );
+}
+
+#[test]
+fn create_options_reach_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("b");
+    let out = run(&[
+        "create",
+        "--from",
+        s(&fixture("source/tiny.safetensors")),
+        "--out",
+        s(&dest),
+        "--granularity",
+        "group",
+        "--group-size",
+        "8",
+        "--sparsity-threshold",
+        "0.7",
+        "--epsilon",
+        "0.001",
+        "--quantize",
+        "net.0.*",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let b = ternary_bundle::Bundle::open(&dest).unwrap();
+    let q = &b.manifest().quantization;
+    assert_eq!(
+        (
+            q.granularity.as_str(),
+            q.group_size,
+            q.sparsity_threshold,
+            q.epsilon
+        ),
+        ("group", Some(8), 0.7, 0.001)
+    );
+    let quantized: Vec<&str> = b
+        .manifest()
+        .tensors
+        .iter()
+        .filter(|t| t.quantized)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(quantized, vec!["net.0.bias", "net.0.weight"]);
+    let out = run(&[
+        "create",
+        "--from",
+        s(&fixture("source/tiny.safetensors")),
+        "--out",
+        s(&tmp.path().join("c")),
+        "--quantize",
+        "nothing.*",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("matches no tensor"));
+}
+
+#[test]
+fn demo_builds_inspects_and_checks_the_demo_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = run(&["demo", s(&dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for word in [
+        "512 -> 4096 -> 4096 -> 1536 -> 100",
+        "PASS",
+        "dequantization",
+        "compression vs FP32",
+    ] {
+        assert!(stdout.contains(word), "demo output lacks {word}:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"));
+    // Running it again replaces the earlier demo bundle.
+    assert_eq!(run(&["demo", s(&dir)]).status.code(), Some(0));
+}
+
+#[test]
+fn every_broken_fixture_fails_with_its_file_and_rule() {
+    let table: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixture("broken/expected.json")).unwrap()).unwrap();
+    assert!(table.len() >= 10);
+    let tmp = tempfile::tempdir().unwrap();
+    for b in table {
+        let name = b["name"].as_str().unwrap();
+        let dir = fixture("broken").join(name);
+        let out = run(&[
+            "export",
+            s(&dir),
+            "--out",
+            s(&tmp.path().join(format!("{name}.safetensors"))),
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(b["file"].as_str().unwrap()),
+            "{name}: error does not name the file: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("rule {}", b["rule"].as_str().unwrap())),
+            "{name}: error does not cite rule {}: {stderr}",
+            b["rule"]
+        );
+        if let Some(t) = b["tensor"].as_str() {
+            assert!(
+                stderr.contains(&format!("\"{t}\"")),
+                "{name}: error does not name tensor {t}: {stderr}"
+            );
+        }
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{name}: one line: {stderr}"
+        );
+        assert!(
+            !tmp.path().join(format!("{name}.safetensors")).exists(),
+            "{name}: nothing exported"
+        );
+    }
+}
+
+#[test]
+fn inspect_reads_headers_only_and_fails_on_structure() {
+    // Data damage is invisible to inspect (it reads no tensor data)...
+    assert_eq!(
+        run(&["inspect", s(&fixture("broken/bad-digest"))])
+            .status
+            .code(),
+        Some(0)
+    );
+    // ...structural damage is not.
+    for (name, rule) in [
+        ("truncated-file", "3.1"),
+        ("unknown-major", "2.4"),
+        ("missing-file", "1.2"),
+        ("shape-mismatch", "5.1"),
+    ] {
+        let out = run(&["inspect", s(&fixture("broken").join(name))]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(
+            text(&out.stderr).contains(&format!("rule {rule}")),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = run(&["inspect", s(&fixture("versions/newer-minor"))]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("newer minor"));
+}
+
+#[test]
+fn names_with_terminal_escapes_never_reach_the_terminal_raw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("evil.safetensors");
+    let name = "evil\u{1b}[2J.weight";
+    let mut tensors = std::collections::HashMap::new();
+    let data = vec![0u8; 16];
+    tensors.insert(
+        name.to_string(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap(),
+    );
+    safetensors::serialize_to_file(tensors, None, &ckpt).unwrap();
+    let out = run(&[
+        "create",
+        "--from",
+        s(&ckpt),
+        "--out",
+        s(&tmp.path().join("b")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "raw escape in error: {stderr:?}"
+    );
+    assert!(stderr.contains("\\u{1b}"), "{stderr}");
+}
