@@ -157,12 +157,12 @@ fn create_from_a_python_written_checkpoint_then_inspect_and_export() {
     let p = b.packed("net.0.weight").unwrap();
     let scales = p.scales();
     let mut trits = vec![0i8; p.cols];
-    for r in 0..p.rows {
+    for (r, &scale) in scales.iter().enumerate() {
         p.encoding.unpack_row(p.row(r), &mut trits).unwrap();
-        for c in 0..p.cols {
+        for (c, &t) in trits.iter().enumerate() {
             let i = (r * p.cols + c) * 4;
             let v = f32::from_le_bytes(w.data()[i..i + 4].try_into().unwrap());
-            assert_eq!(v.to_bits(), (trits[c] as f32 * scales[r]).to_bits());
+            assert_eq!(v.to_bits(), (t as f32 * scale).to_bits());
         }
     }
 
