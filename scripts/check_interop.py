@@ -113,15 +113,31 @@ def check_bundle(d):
     return values
 
 
+INSPECT_VALIDATOR = jsonschema.Draft202012Validator(json.loads((ROOT / "spec" / "inspect.schema.json").read_text()))
+
+
 def main():
+    """Arguments: extra bundle directories to check, and `--inspect-json FILE` outputs of
+    `bundle inspect --json` to validate against spec/inspect.schema.json."""
     checked = failed = 0
-    for d in sorted((ROOT / "fixtures" / "bundles").iterdir()) + [ROOT / "fixtures/versions/newer-minor"]:
+    args = sys.argv[1:]
+    inspect_files = [Path(args[i + 1]) for i, a in enumerate(args) if a == "--inspect-json"]
+    extra = [Path(a) for i, a in enumerate(args) if a != "--inspect-json" and (i == 0 or args[i - 1] != "--inspect-json")]
+    for f in inspect_files:
+        errors = list(INSPECT_VALIDATOR.iter_errors(json.loads(f.read_text())))
+        if errors:
+            print(f"FAIL {f}: inspect --json breaks spec/inspect.schema.json: {errors[0].message}")
+            failed += 1
+        else:
+            print(f"ok   {f}: inspect --json matches spec/inspect.schema.json")
+            checked += 1
+    for d in sorted((ROOT / "fixtures" / "bundles").iterdir()) + [ROOT / "fixtures/versions/newer-minor"] + extra:
         try:
             n = check_bundle(d)
-            print(f"ok   {d.relative_to(ROOT)}: {n} FP16 values equal f16(t * scale) per the spec")
+            print(f"ok   {d}: {n} FP16 values equal f16(t * scale) per the spec")
             checked += 1
         except Exception as e:  # report and keep going, fail at the end
-            print(f"FAIL {d.relative_to(ROOT)}: {e!r}")
+            print(f"FAIL {d}: {e!r}")
             failed += 1
     major = json.loads((ROOT / "fixtures/versions/unknown-major/manifest.json").read_text())
     if VALIDATOR.is_valid(major):

@@ -83,3 +83,5 @@ pub fn read_dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+pub mod surgery;
