@@ -195,13 +195,18 @@ pub fn check_scales(bundle: &Bundle) -> Result<()> {
             if let Some((i, s)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
                 return Err(bad(Rule::ScaleValid, "finite scales > 0".into(), format!("scale {s} at scale index {i}")).into());
             }
-            if let Some(i) = scales.iter().position(|&s| !scale_fits_f16(s)) {
-                // Only a problem if the scale governs a non-zero trit: find one.
+            // Only a problem where the scale governs a non-zero trit: look under every scale
+            // that does not fit F16 (they are rare), not just the first.
+            for i in (0..scales.len()).filter(|&i| !scale_fits_f16(scales[i])) {
                 if let Some((r, c)) = nonzero_trit_under_scale(p, i) {
                     return Err(bad(
                         Rule::ScaleValid,
                         "a scale whose F16 rounding is finite and non-zero where trits are non-zero".into(),
-                        format!("scale {:e} (F16 {}) at scale index {i}, governing the non-zero trit at row {r}, column {c}", scales[i], f16::from_f32(scales[i])),
+                        format!(
+                            "scale {:e} (F16 {}) at scale index {i}, governing the non-zero trit at row {r}, column {c}",
+                            scales[i],
+                            f16::from_f32(scales[i])
+                        ),
                     )
                     .into());
                 }

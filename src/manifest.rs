@@ -91,6 +91,7 @@ pub struct RmsNormSpec {
     /// Name of the norm weight, shape `[in_features]`.
     pub weight: String,
     /// The epsilon (an f32, finite, > 0).
+    #[serde(deserialize_with = "exact_f32")]
     pub eps: f32,
 }
 
@@ -107,8 +108,10 @@ pub struct QuantizationSpec {
     #[serde(default)]
     pub group_size: Option<u64>,
     /// Lower bound of every scale.
+    #[serde(deserialize_with = "exact_f32")]
     pub epsilon: f32,
     /// `|x|` must exceed this for a non-zero trit.
+    #[serde(deserialize_with = "exact_f32")]
     pub sparsity_threshold: f32,
     /// Always 0 in format 1.0.
     pub zero_point: i64,
@@ -143,10 +146,18 @@ pub struct TensorSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zeros: Option<u64>,
     /// Quantized only: smallest scale.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "exact_f32_opt"
+    )]
     pub scale_min: Option<f32>,
     /// Quantized only: largest scale.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "exact_f32_opt"
+    )]
     pub scale_max: Option<f32>,
 }
 
@@ -338,31 +349,29 @@ impl Manifest {
         }
         // Rules 2.3 and 2.4 come before the typed parse, so that a future MAJOR with a different
         // structure is reported as a version problem, not as a missing field.
-        let head: Head = serde_json::from_str(text).map_err(|e| {
-            Violation::new(
-                path,
-                Rule::ManifestSchema,
-                "string fields format and format_version",
-                e.to_string(),
-            )
-        })?;
-        if head.format != FORMAT_NAME {
+        let head: Head = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
+        if head.format.as_ref().and_then(|v| v.as_str()) != Some(FORMAT_NAME) {
             return Err(Violation::new(
                 path,
                 Rule::FormatName,
                 format!("format \"{FORMAT_NAME}\""),
-                excerpt(&head.format, 64),
+                describe(&head.format),
             )
             .into());
         }
-        let version = FormatVersion::parse(&head.format_version).ok_or_else(|| {
-            Violation::new(
-                path,
-                Rule::FormatVersion,
-                "format_version \"MAJOR.MINOR\"",
-                excerpt(&head.format_version, 32),
-            )
-        })?;
+        let version = head
+            .format_version
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .and_then(FormatVersion::parse)
+            .ok_or_else(|| {
+                Violation::new(
+                    path,
+                    Rule::FormatVersion,
+                    "format_version \"MAJOR.MINOR\"",
+                    describe(&head.format_version),
+                )
+            })?;
         if version.major != FORMAT_MAJOR {
             return Err(Violation::new(
                 path,
@@ -503,7 +512,7 @@ impl Manifest {
                 return Err(bad(
                     &t.name,
                     format!("rank at most {MAX_RANK}"),
-                    format!("rank {}", t.shape.len()),
+                    format!("rank above {MAX_RANK}"),
                 )
                 .into());
             }
@@ -861,10 +870,48 @@ fn json_type(v: &serde_json::Value) -> String {
     .into()
 }
 
+/// `format` and `format_version`, read before anything else with any JSON type, so that a
+/// missing or mistyped value breaks rule 2.3 / 2.4 rather than the schema rule 2.5.
 #[derive(Deserialize)]
 struct Head {
-    format: String,
-    format_version: String,
+    #[serde(default)]
+    format: Option<serde_json::Value>,
+    #[serde(default)]
+    format_version: Option<serde_json::Value>,
+}
+
+/// Describes a JSON value for an error message (strings excerpted and escaped).
+fn describe(v: &Option<serde_json::Value>) -> String {
+    match v {
+        None => "no such key".into(),
+        Some(serde_json::Value::String(s)) => excerpt(s, 64),
+        Some(other) => json_type(other),
+    }
+}
+
+/// An f32 field: the f32 nearest to the JSON number's exact decimal value (spec section 3.2),
+/// parsed from the number's own text so that it is rounded once, not via f64.
+fn exact_f32<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+    let text = raw.get();
+    let is_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+    match text.parse::<f32>() {
+        Ok(v) if is_number => Ok(v),
+        _ => Err(de::Error::custom(format_args!(
+            "expected a number, found {}",
+            excerpt(text, 32)
+        ))),
+    }
+}
+
+/// [`exact_f32`] for an optional field (absent or null is `None`).
+fn exact_f32_opt<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f32>, D::Error> {
+    let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    exact_f32(&mut de).map(Some).map_err(de::Error::custom)
 }
 
 /// An `Option` field whose key must be present (its value may be null): serde treats an
@@ -886,14 +933,13 @@ fn bounded_shape<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<u64
             self,
             mut seq: A,
         ) -> std::result::Result<Vec<u64>, A::Error> {
+            // Keep one dimension more than the limit, so that rule 2.7 reports the rank, and
+            // never store more: a hostile shape cannot make the parser allocate.
             let mut dims = Vec::new();
             while let Some(d) = seq.next_element::<u64>()? {
-                if dims.len() == MAX_RANK {
-                    return Err(de::Error::custom(format_args!(
-                        "a shape of rank above {MAX_RANK}"
-                    )));
+                if dims.len() <= MAX_RANK {
+                    dims.push(d);
                 }
-                dims.push(d);
             }
             Ok(dims)
         }

@@ -337,7 +337,6 @@ fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle>
     let manifest_file = require_member(dir, dirfd, MANIFEST_FILE)?;
     let ternary_file = require_member(dir, dirfd, FileRole::Ternary.file_name())?;
     let fp16_file = require_member(dir, dirfd, FileRole::Fp16.file_name())?;
-    let validation_file = open_member(dir, dirfd, FileRole::Validation.file_name())?;
 
     // Rules 2.1 to 2.12.
     let manifest_path = dir.join(MANIFEST_FILE);
@@ -354,9 +353,15 @@ fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle>
     let bytes = mmap::load(&file, size, &manifest_path, Backing::Read)?;
     let (manifest, facts) = Manifest::parse(&manifest_path, &bytes)?;
 
-    // Rule 1.4.
+    // Rule 1.4 (whether the entry exists at all, whatever it is), then rule 1.3 for it.
     let declared = manifest.files.validation.is_some();
-    if declared != validation_file.is_some() {
+    let name = FileRole::Validation.file_name();
+    let exists = match rustix::fs::statat(dirfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => true,
+        Err(Errno::NOENT) => false,
+        Err(e) => return Err(Error::io(dir.join(name), "stat", errno_io(e))),
+    };
+    if declared != exists {
         let path = dir.join(FileRole::Validation.file_name());
         let (expected, found) = if declared {
             (
@@ -371,6 +376,11 @@ fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle>
         };
         return Err(Violation::new(path, Rule::ValidationFilePresence, expected, found).into());
     }
+    let validation_file = if declared {
+        Some(require_member(dir, dirfd, name)?)
+    } else {
+        None
+    };
 
     let ternary = open_data_file(dir, FileRole::Ternary, ternary_file, &manifest, options)?;
     check_ternary_layout(&ternary, &manifest, &facts)?;
