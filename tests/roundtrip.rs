@@ -87,3 +87,25 @@ fn existing_destination_is_refused_without_force_and_replaced_with_it() {
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("b")]);
 }
+
+#[test]
+fn empty_and_scalar_passthrough_tensors_roundtrip() {
+    // The spec allows empty and rank-0 tensors that are not quantized (rule 2.7).
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut src, plan) = common::tiny_model(5);
+    src.push("buffers.empty", vec![0, 4], vec![]).unwrap();
+    src.push("buffers.scalar", vec![], vec![0.25]).unwrap();
+    let dest = tmp.path().join("b");
+    write_bundle(&dest, &src, &plan, &WriteOptions::default()).unwrap();
+    let b = Bundle::open(&dest).unwrap();
+    check_all(&b).unwrap();
+    assert_eq!(b.fp16_bytes("buffers.empty").unwrap().len(), 0);
+    assert_eq!(
+        b.fp16_bytes("buffers.scalar").unwrap(),
+        half::f16::from_f32(0.25).to_le_bytes()
+    );
+    assert_eq!(
+        b.manifest().tensor("buffers.scalar").unwrap().shape,
+        Vec::<u64>::new()
+    );
+}
