@@ -549,6 +549,8 @@ impl Staging {
             .to_string_lossy()
             .into_owned();
         let parent = parent_of(dest);
+        // Like `mkdir -p`: a destination in a directory that does not exist yet is fine.
+        fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "create directory", e))?;
         loop {
             let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
             let dir = parent.join(format!(".{name}.tmp-{}-{n}", std::process::id()));

@@ -90,6 +90,11 @@ pub struct CreateArgs {
     #[arg(long, requires = "demo", default_value_t = ternary_bundle::demo::DEFAULT_SEED)]
     pub seed: u64,
 
+    /// Layer widths of a demo-style model instead of the demo's (input,hidden...,classes);
+    /// used by the benchmarks to build bundles of any size.
+    #[arg(long, requires = "demo", hide = true, value_delimiter = ',', num_args = 1..)]
+    pub demo_widths: Option<Vec<u64>>,
+
     /// Destination directory (must not exist unless --force).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
