@@ -22,7 +22,7 @@ use crate::model::Activation;
 use crate::names::name_problem;
 use crate::quantize::{rows_cols, Granularity, QuantParams};
 use crate::rules::Rule;
-use crate::safetensors_file::{element_count, shape_string};
+use crate::safetensors_file::{bounded_shape, element_count, shape_string};
 
 /// The value of `format`.
 pub const FORMAT_NAME: &str = "ternary-bundle";
@@ -920,31 +920,6 @@ fn required_nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> std::result::Result<Option<T>, D::Error> {
     Option::<T>::deserialize(d)
-}
-
-fn bounded_shape<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<u64>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Vec<u64>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            write!(f, "an array of at most {MAX_RANK} non-negative integers")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> std::result::Result<Vec<u64>, A::Error> {
-            // Keep one dimension more than the limit, so that rule 2.7 reports the rank, and
-            // never store more: a hostile shape cannot make the parser allocate.
-            let mut dims = Vec::new();
-            while let Some(d) = seq.next_element::<u64>()? {
-                if dims.len() <= MAX_RANK {
-                    dims.push(d);
-                }
-            }
-            Ok(dims)
-        }
-    }
-    d.deserialize_seq(V)
 }
 
 /// Walks any JSON value and fails on a duplicate key in any object; `.0` tells whether the

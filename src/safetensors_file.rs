@@ -285,6 +285,13 @@ pub fn parse_header(path: &Path, json: &[u8], file_size: u64) -> Result<Header> 
                 problem,
             ));
         }
+        if e.shape.len() > MAX_RANK {
+            return Err(bad(
+                Rule::HeaderEntries,
+                format!("a shape of rank at most {MAX_RANK}"),
+                format!("rank above {MAX_RANK}"),
+            ));
+        }
         let dtype = Dtype::from_name(&e.dtype).ok_or_else(|| {
             bad(
                 Rule::HeaderEntries,
@@ -293,13 +300,13 @@ pub fn parse_header(path: &Path, json: &[u8], file_size: u64) -> Result<Header> 
                 excerpt(&e.dtype, 32),
             )
         })?;
-        let elements = element_count(&e.shape.0)
+        let elements = element_count(&e.shape)
             .filter(|&c| c <= MAX_ELEMENTS)
             .ok_or_else(|| {
                 bad(
                     Rule::TensorByteLength,
                     format!("at most {MAX_ELEMENTS} elements"),
-                    format!("shape {}", shape_string(&e.shape.0)),
+                    format!("shape {}", shape_string(&e.shape)),
                 )
             })?;
         let [start, end] = e.data_offsets;
@@ -309,7 +316,7 @@ pub fn parse_header(path: &Path, json: &[u8], file_size: u64) -> Result<Header> 
                 Rule::TensorByteLength,
                 format!(
                     "data_offsets spanning {byte_len} bytes ({elements} x {dtype} for shape {})",
-                    shape_string(&e.shape.0)
+                    shape_string(&e.shape)
                 ),
                 format!("data_offsets [{start}, {end}]"),
             ));
@@ -317,7 +324,7 @@ pub fn parse_header(path: &Path, json: &[u8], file_size: u64) -> Result<Header> 
         entries.push(TensorEntry {
             name,
             dtype,
-            shape: e.shape.0,
+            shape: e.shape,
             start,
             end,
         });
@@ -453,38 +460,37 @@ struct RawHeader {
 #[derive(Deserialize)]
 struct RawEntry {
     dtype: String,
-    shape: BoundedShape,
+    #[serde(deserialize_with = "bounded_shape")]
+    shape: Vec<u64>,
     data_offsets: [u64; 2],
 }
 
-struct BoundedShape(Vec<u64>);
-
-impl<'de> Deserialize<'de> for BoundedShape {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = BoundedShape;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                write!(f, "an array of at most {MAX_RANK} non-negative integers")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<Self::Value, A::Error> {
-                let mut dims = Vec::new();
-                while let Some(d) = seq.next_element::<u64>()? {
-                    if dims.len() == MAX_RANK {
-                        return Err(de::Error::custom(format_args!(
-                            "{LIMIT_PREFIX}a shape of rank above {MAX_RANK}"
-                        )));
-                    }
+/// Deserializes a shape, storing at most `MAX_RANK + 1` dimensions (enough for the rank rule
+/// to report the problem) however long the JSON array is, so a hostile shape cannot make the
+/// parser allocate. Shared by the manifest (rule 2.7) and safetensors headers (rule 3.4).
+pub(crate) fn bounded_shape<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<u64>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of non-negative integers")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<u64>, A::Error> {
+            let mut dims = Vec::new();
+            while let Some(d) = seq.next_element::<u64>()? {
+                if dims.len() <= MAX_RANK {
                     dims.push(d);
                 }
-                Ok(BoundedShape(dims))
             }
+            Ok(dims)
         }
-        d.deserialize_seq(V)
     }
+    d.deserialize_seq(V)
 }
 
 impl<'de> Deserialize<'de> for RawHeader {

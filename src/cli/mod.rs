@@ -162,7 +162,9 @@ fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
     let created = a.timestamp.then(now_rfc3339);
     let report = if a.demo {
         let demo = match &a.demo_widths {
-            Some(w) if w.len() >= 2 && w.iter().all(|&d| d >= 1) => DemoSource::with_widths(a.seed, w),
+            Some(w) if w.len() >= 2 && w.iter().all(|&d| d >= 1) => {
+                DemoSource::with_widths(a.seed, w)
+            }
             Some(w) => {
                 return Err(Error::InvalidArgument(format!(
                     "--demo-widths needs at least two widths >= 1, found {w:?}"
@@ -171,8 +173,16 @@ fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             None => DemoSource::new(a.seed),
         };
         // The validation set needs a full-precision forward pass: skip it for custom sizes.
-        let validation = a.demo_widths.is_none().then(|| demo.validation_set(DEMO_SAMPLES));
-        let options = WriteOptions { force: a.force, created, validation, ..Default::default() };
+        let validation = a
+            .demo_widths
+            .is_none()
+            .then(|| demo.validation_set(DEMO_SAMPLES));
+        let options = WriteOptions {
+            force: a.force,
+            created,
+            validation,
+            ..Default::default()
+        };
         write_with_progress(&a.out, &demo, &demo.plan(params), &options)?
     } else {
         let from = a.from.expect("clap requires --from or --demo");
