@@ -33,6 +33,7 @@ pub mod dequantize;
 pub mod encoding;
 pub mod error;
 pub mod export;
+pub mod gradcheck;
 pub mod inspect;
 pub mod limits;
 pub mod manifest;
@@ -46,6 +47,7 @@ pub mod requantize;
 pub mod rules;
 pub mod safetensors_file;
 pub mod source;
+pub mod verify;
 pub mod writer;
 
 pub use encoding::Encoding;

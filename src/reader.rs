@@ -332,15 +332,17 @@ fn require_member(dir: &Path, dirfd: &OwnedFd, name: &str) -> Result<(File, u64)
     })
 }
 
-fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle> {
-    // Rules 1.2 and 1.3: open every file first, so the set is one directory's.
-    let manifest_file = require_member(dir, dirfd, MANIFEST_FILE)?;
-    let ternary_file = require_member(dir, dirfd, FileRole::Ternary.file_name())?;
-    let fp16_file = require_member(dir, dirfd, FileRole::Fp16.file_name())?;
+/// Reads and validates only the manifest of the bundle in `dir` (rules 1.1, 1.2 and 1.3 for
+/// `manifest.json`, then 2.1 to 2.12), without touching the data files.
+pub fn open_manifest(dir: impl AsRef<Path>) -> Result<(Manifest, ManifestFacts)> {
+    let dir = dir.as_ref();
+    let dirfd = open_dir(dir)?;
+    let file = require_member(dir, &dirfd, MANIFEST_FILE)?;
+    read_manifest_file(dir, file)
+}
 
-    // Rules 2.1 to 2.12.
+fn read_manifest_file(dir: &Path, (file, size): (File, u64)) -> Result<(Manifest, ManifestFacts)> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let (file, size) = manifest_file;
     if size > crate::limits::MAX_MANIFEST_BYTES {
         return Err(Violation::new(
             &manifest_path,
@@ -351,7 +353,26 @@ fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle>
         .into());
     }
     let bytes = mmap::load(&file, size, &manifest_path, Backing::Read)?;
-    let (manifest, facts) = Manifest::parse(&manifest_path, &bytes)?;
+    Manifest::parse(&manifest_path, &bytes)
+}
+
+/// Opens `role`'s file of the bundle in `dir` without following symlinks (rule 1.3) and returns
+/// it with its size, or `None` if it does not exist. For checks that must read a file whose
+/// header may be damaged (whole-file checksums).
+pub fn open_data_file_raw(dir: &Path, role: FileRole) -> Result<Option<(File, u64)>> {
+    let dirfd = open_dir(dir)?;
+    open_member(dir, &dirfd, role.file_name())
+}
+
+fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle> {
+    // Rules 1.2 and 1.3: open every file first, so the set is one directory's.
+    let manifest_file = require_member(dir, dirfd, MANIFEST_FILE)?;
+    let ternary_file = require_member(dir, dirfd, FileRole::Ternary.file_name())?;
+    let fp16_file = require_member(dir, dirfd, FileRole::Fp16.file_name())?;
+
+    // Rules 2.1 to 2.12.
+    let size = manifest_file.1;
+    let (manifest, facts) = read_manifest_file(dir, manifest_file)?;
 
     // Rule 1.4 (whether the entry exists at all, whatever it is), then rule 1.3 for it.
     let declared = manifest.files.validation.is_some();

@@ -1,14 +1,39 @@
 //! The reference model (spec section "Reference model semantics"): a chain of linear layers
-//! `y = act(W . norm(x) + b)` run with ndarray in f32.
+//! `y = act(W . norm(x) + b)` run with ndarray in f32, and the two independent ways `verify`
+//! feeds it from a bundle:
 //!
-//! This module owns the forward pass only; which weights it runs (the ternary path decoded from
-//! trits and scales, or the FP16 path) is decided by the caller.
+//! - the **ternary path** reads only `ternary.safetensors`: trits decoded to {-1, 0, +1}, one
+//!   matmul on the trit matrix, scales applied per row (or per column group) afterwards;
+//! - the **FP16 path** reads only `fp16.safetensors`: F16 weights upcast to f32, ordinary matmul.
+//!
+//! Both stream: one layer's weights are in memory at a time.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
+use crate::error::{Error, Result};
 use crate::model::Activation;
+use crate::quantize::Granularity;
+use crate::reader::Bundle;
 
-/// One layer's weights, in f32.
+/// A layer's weight matrix `[out_features, in_features]`, in one of the two forms.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// Real-valued weights.
+    Dense(Array2<f32>),
+    /// Trits as f32 {-1, 0, +1} and the scales to apply after the matmul.
+    Ternary {
+        /// `[out, in]` trit matrix.
+        trits: Array2<f32>,
+        /// Scales in the layout of [`Granularity::scale_shape`].
+        scales: Vec<f32>,
+        /// Scale layout.
+        granularity: Granularity,
+    },
+}
+
+/// One layer's parameters, in f32.
 #[derive(Debug, Clone)]
 pub struct DenseLayer {
     /// `[out_features, in_features]`.
@@ -21,49 +46,92 @@ pub struct DenseLayer {
     pub activation: Activation,
 }
 
+/// A layer as the reference model runs it.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The weight.
+    pub weight: LinearWeight,
+    /// Bias `[out_features]`.
+    pub bias: Option<Array1<f32>>,
+    /// RMSNorm weight `[in_features]` and epsilon.
+    pub rmsnorm: Option<(Array1<f32>, f32)>,
+    /// Activation.
+    pub activation: Activation,
+}
+
+impl From<DenseLayer> for Layer {
+    fn from(l: DenseLayer) -> Self {
+        Layer {
+            weight: LinearWeight::Dense(l.weight),
+            bias: l.bias,
+            rmsnorm: l.rmsnorm,
+            activation: l.activation,
+        }
+    }
+}
+
 /// Applies `act` elementwise.
 pub fn activate(act: Activation, x: f32) -> f32 {
     match act {
         Activation::Relu => x.max(0.0),
-        Activation::Gelu => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
         Activation::Silu => x / (1.0 + (-x).exp()),
         Activation::Tanh => x.tanh(),
         Activation::Identity => x,
     }
 }
 
-/// The error function (Abramowitz-Stegun 7.1.26 refined; |error| < 1.2e-7), enough for f32.
-pub fn erf(x: f32) -> f32 {
-    let x = x as f64;
-    // Numerical Recipes erfc approximation, fractional error < 1.2e-7.
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    (if x >= 0.0 { 1.0 - r } else { r - 1.0 }) as f32
-}
-
-/// RMSNorm of each row: `x / sqrt(mean(x^2) + eps) * w`.
+/// RMSNorm of each row: `x / sqrt(mean(x^2) + eps) * w` (mean accumulated in f64).
 pub fn rmsnorm(x: &mut Array2<f32>, weight: &Array1<f32>, eps: f32) {
     for mut row in x.axis_iter_mut(Axis(0)) {
         let ms =
             row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / row.len().max(1) as f64;
-        let inv = 1.0 / ((ms + eps as f64).sqrt()) as f32;
+        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
         row.zip_mut_with(weight, |v, &w| *v = *v * inv * w);
     }
 }
 
+/// `x . W^T` for either weight form.
+pub fn linear(x: ArrayView2<f32>, w: &LinearWeight) -> Array2<f32> {
+    match w {
+        LinearWeight::Dense(w) => x.dot(&w.t()),
+        LinearWeight::Ternary {
+            trits,
+            scales,
+            granularity,
+        } => match *granularity {
+            Granularity::Tensor => {
+                let mut y = x.dot(&trits.t());
+                y *= scales[0];
+                y
+            }
+            Granularity::Channel => {
+                let mut y = x.dot(&trits.t());
+                y *= &Array1::from_vec(scales.clone());
+                y
+            }
+            Granularity::Group(_) => {
+                let cols = trits.ncols();
+                let (per_row, group) = granularity.row_layout(cols);
+                let s = Array2::from_shape_vec((trits.nrows(), per_row), scales.clone())
+                    .expect("validated scale shape");
+                let mut y = Array2::<f32>::zeros((x.nrows(), trits.nrows()));
+                for g in 0..per_row {
+                    let (lo, hi) = (g * group, ((g + 1) * group).min(cols));
+                    let mut part = x
+                        .slice(s![.., lo..hi])
+                        .dot(&trits.slice(s![.., lo..hi]).t());
+                    part *= &s.column(g);
+                    y += &part;
+                }
+                y
+            }
+        },
+    }
+}
+
 /// Runs one layer on a batch `[n, in_features]`.
-pub fn layer_forward(layer: &DenseLayer, x: ArrayView2<f32>) -> Array2<f32> {
+pub fn layer_forward(layer: &Layer, x: ArrayView2<f32>) -> Array2<f32> {
     let normed;
     let input = match &layer.rmsnorm {
         Some((w, eps)) => {
@@ -74,7 +142,7 @@ pub fn layer_forward(layer: &DenseLayer, x: ArrayView2<f32>) -> Array2<f32> {
         }
         None => x,
     };
-    let mut y = input.dot(&layer.weight.t());
+    let mut y = linear(input, &layer.weight);
     if let Some(b) = &layer.bias {
         y += b;
     }
@@ -85,11 +153,11 @@ pub fn layer_forward(layer: &DenseLayer, x: ArrayView2<f32>) -> Array2<f32> {
     y
 }
 
-/// Runs every layer; returns the logits `[n, out_features of the last layer]`.
+/// Runs every layer of an in-memory model; returns the logits.
 pub fn forward(layers: &[DenseLayer], x: ArrayView2<f32>) -> Array2<f32> {
     let mut h = x.to_owned();
     for l in layers {
-        h = layer_forward(l, h.view());
+        h = layer_forward(&Layer::from(l.clone()), h.view());
     }
     h
 }
@@ -110,31 +178,143 @@ pub fn argmax_rows(logits: &Array2<f32>) -> Vec<usize> {
         .collect()
 }
 
+/// Which file a forward pass reads its weights from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightPath {
+    /// `ternary.safetensors` only: trits and scales, F32 passthrough tensors.
+    Ternary,
+    /// `fp16.safetensors` only.
+    Fp16,
+}
+
+/// F16 little-endian bytes to f32 (exact).
+pub fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
+    let bits: Vec<f16> = bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut out = vec![0f32; bits.len()];
+    bits.convert_to_f32_slice(&mut out);
+    out
+}
+
+fn missing(bundle: &Bundle, name: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{}: tensor {name} not found",
+        bundle.dir().display()
+    ))
+}
+
+/// The values of tensor `name` as f32 read along `path` (the ternary path dequantizes
+/// `t * scale` in f32 for quantized tensors).
+pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f32>> {
+    match path {
+        WeightPath::Fp16 => Ok(f16_bytes_to_f32(
+            bundle
+                .fp16_bytes(name)
+                .ok_or_else(|| missing(bundle, name))?,
+        )),
+        WeightPath::Ternary => match bundle.packed(name) {
+            Some(p) => {
+                let scales = p.scales();
+                let (_, group) = p.granularity.row_layout(p.cols);
+                let mut out = vec![0f32; p.rows * p.cols];
+                for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
+                    let rs = p.granularity.row_scales(&scales, r, p.cols);
+                    crate::dequantize::dequantize_row_f32(p.encoding, p.row(r), rs, group, row)
+                        .map_err(|e| {
+                            Error::InvalidArgument(format!(
+                                "{}: {name}: {e}",
+                                bundle.dir().display()
+                            ))
+                        })?;
+                }
+                Ok(out)
+            }
+            None => {
+                let b = bundle
+                    .passthrough_bytes(name)
+                    .ok_or_else(|| missing(bundle, name))?;
+                Ok(b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
+            }
+        },
+    }
+}
+
+/// Builds layer `i` of the bundle's model from one file only.
+pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer> {
+    let m = bundle.manifest();
+    let spec = &m.model.layers[i];
+    let (out, inp) = (spec.out_features as usize, spec.in_features as usize);
+    let weight = match (path, bundle.packed(&spec.weight)) {
+        (WeightPath::Ternary, Some(p)) => {
+            let mut trits = Array2::<f32>::zeros((out, inp));
+            for (r, mut row) in trits.axis_iter_mut(Axis(0)).enumerate() {
+                let row = row.as_slice_mut().expect("standard layout");
+                p.encoding.unpack_row_f32(p.row(r), row).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "{}: {}: {e}",
+                        bundle.dir().display(),
+                        spec.weight
+                    ))
+                })?;
+            }
+            LinearWeight::Ternary {
+                trits,
+                scales: p.scales(),
+                granularity: p.granularity,
+            }
+        }
+        _ => LinearWeight::Dense(
+            Array2::from_shape_vec((out, inp), tensor_f32(bundle, &spec.weight, path)?)
+                .expect("validated shape"),
+        ),
+    };
+    let bias = spec
+        .bias
+        .as_deref()
+        .map(|b| tensor_f32(bundle, b, path).map(Array1::from_vec))
+        .transpose()?;
+    let rmsnorm = match &spec.rmsnorm {
+        Some(n) => Some((
+            Array1::from_vec(tensor_f32(bundle, &n.weight, path)?),
+            n.eps,
+        )),
+        None => None,
+    };
+    Ok(Layer {
+        weight,
+        bias,
+        rmsnorm,
+        activation: bundle.facts().activations[i],
+    })
+}
+
+/// Runs the bundle's model on `x` along `path`, one layer in memory at a time.
+pub fn forward_bundle(
+    bundle: &Bundle,
+    path: WeightPath,
+    x: ArrayView2<f32>,
+) -> Result<Array2<f32>> {
+    let mut h = x.to_owned();
+    for i in 0..bundle.manifest().model.layers.len() {
+        let layer = bundle_layer(bundle, i, path)?;
+        h = layer_forward(&layer, h.view());
+    }
+    Ok(h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::array;
 
     #[test]
-    fn erf_matches_known_values() {
-        for (x, want) in [
-            (0.0f32, 0.0f32),
-            (0.5, 0.520_499_9),
-            (1.0, 0.842_700_8),
-            (-2.0, -0.995_322_3),
-        ] {
-            assert!(
-                (erf(x) - want).abs() < 1e-6,
-                "erf({x}) = {} != {want}",
-                erf(x)
-            );
-        }
-    }
-
-    #[test]
     fn layer_applies_norm_affine_and_activation() {
-        let layer = DenseLayer {
-            weight: array![[1.0, -1.0], [0.5, 0.5]],
+        let layer = Layer {
+            weight: LinearWeight::Dense(array![[1.0, -1.0], [0.5, 0.5]]),
             bias: Some(array![0.0, -10.0]),
             rmsnorm: None,
             activation: Activation::Relu,
@@ -149,5 +329,37 @@ mod tests {
             argmax_rows(&array![[1.0, 3.0, 3.0], [f32::NAN, 0.0, -1.0]]),
             vec![1, 1]
         );
+    }
+
+    #[test]
+    fn ternary_matmul_with_scales_after_equals_dense_matmul() {
+        let x = array![[1.0f32, -2.0, 0.5, 3.0, 1.5]];
+        let trits = array![[1.0f32, 0.0, -1.0, 1.0, -1.0], [0.0, 1.0, 1.0, -1.0, 0.0]];
+        for (granularity, scales) in [
+            (Granularity::Tensor, vec![0.5]),
+            (Granularity::Channel, vec![0.5, 2.0]),
+            (Granularity::Group(2), vec![0.5, 1.0, 2.0, 4.0, 0.25, 8.0]),
+        ] {
+            let mut dense = trits.clone();
+            for r in 0..2 {
+                for c in 0..5 {
+                    dense[[r, c]] *=
+                        granularity.row_scales(&scales, r, 5)[c / granularity.row_layout(5).1];
+                }
+            }
+            let t = linear(
+                x.view(),
+                &LinearWeight::Ternary {
+                    trits: trits.clone(),
+                    scales,
+                    granularity,
+                },
+            );
+            let d = linear(x.view(), &LinearWeight::Dense(dense));
+            assert!(
+                (&t - &d).iter().all(|v| v.abs() < 1e-5),
+                "{granularity:?}: {t} vs {d}"
+            );
+        }
     }
 }

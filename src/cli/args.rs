@@ -48,6 +48,9 @@ pub enum Command {
     /// 1 GB bundle as for a tiny one. It validates the structure (rules 1.x to 6.1 of the spec)
     /// but not the data (`bundle demo` shows the data checks).
     Inspect(InspectArgs),
+    /// Gate a handoff: integrity, exact dequantization, model agreement, gradients.
+    #[command(after_help = VERIFY_HELP)]
+    Verify(VerifyArgs),
     /// Write the dequantized weights as one plain safetensors state dict (F16 or F32).
     ///
     /// The bundle is checked first (checksums, trit encoding, scales, exact dequantization):
@@ -195,6 +198,81 @@ pub struct InspectArgs {
     /// List every tensor (name, shape, storage, bytes, sparsity, scale range).
     #[arg(long)]
     pub tensors: bool,
+}
+
+const VERIFY_HELP: &str = "\
+Checks, in order (each PASS, FAIL or SKIP with a one-line detail):
+  manifest        manifest.json parses; format and version understood (rules 2.x)
+  files           required files present, regular, sizes as declared (1.x, 3.1); extras fail with --strict
+  checksums       whole-file and per-tensor SHA-256 (7.1, 7.2), hashed in parallel
+  structure       headers valid and consistent with the manifest and the layer chain (3.x, 4.1, 4.2, 5.1, 6.1)
+  encoding        every packed byte valid and canonical; zero counts exact (4.3, 4.4, 4.6)
+  scales          finite, positive, representable in F16 (4.5, 4.6)
+  dequantization  every FP16 value equals f16(t * scale) bit for bit (4.7, 5.2, 5.3)
+  agreement       reference model on the ternary path (trits and scales only) and the FP16 path:
+                  argmax agreement >= --min-agreement, on the validation set or --samples synthetic inputs
+  gradient_check  f64 backprop vs central differences (sampled coordinates and random directions)
+  gradient_flow   every parameter tensor gets a finite, non-zero gradient; per-tensor norm and variance
+  reference       with --reference: agreement of the original checkpoint and the FP16 model
+A check whose prerequisite failed is reported as not run (SKIP), never as passed.
+
+Examples:
+  bundle verify my-bundle
+  bundle verify my-bundle --json > verify.json --junit verify.xml
+  bundle verify my-bundle --only checksums,dequantization
+  bundle verify my-bundle --reference original.safetensors --min-reference-agreement 0.9";
+
+/// `bundle verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bundle directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Print one JSON object (schema: spec/verify.schema.json) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write a JUnit XML report (one test case per check) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+
+    /// Run only these checks (comma-separated names; see below).
+    #[arg(long, value_name = "CHECKS", value_delimiter = ',')]
+    pub only: Vec<String>,
+
+    /// Do not run these checks (comma-separated names).
+    #[arg(long, value_name = "CHECKS", value_delimiter = ',')]
+    pub skip: Vec<String>,
+
+    /// Fail when the bundle directory holds undeclared files.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Minimum argmax agreement between the ternary and FP16 paths.
+    #[arg(long, value_name = "FRACTION", default_value_t = ternary_bundle::verify::DEFAULT_MIN_AGREEMENT)]
+    pub min_agreement: f64,
+
+    /// Synthetic standard-normal inputs when the bundle has no validation set.
+    #[arg(long, value_name = "N", default_value_t = ternary_bundle::verify::DEFAULT_SAMPLES)]
+    pub samples: usize,
+
+    /// Seed of synthetic inputs and labels, sampled coordinates and directions.
+    #[arg(long, default_value_t = ternary_bundle::verify::DEFAULT_SEED)]
+    pub seed: u64,
+
+    /// Largest accepted relative error between analytic and numeric derivatives. Correct f64
+    /// gradients agree to about 1e-8; a wrong backward pass is off by 1e-2 or more.
+    #[arg(long, value_name = "TOL", default_value_t = ternary_bundle::gradcheck::DEFAULT_GRAD_TOL)]
+    pub grad_tol: f64,
+
+    /// The pre-quantization checkpoint: report how often it agrees with the FP16 model.
+    #[arg(long, value_name = "ORIGINAL.safetensors")]
+    pub reference: Option<PathBuf>,
+
+    /// Make the reference agreement a pass/fail check with this minimum.
+    #[arg(long, value_name = "FRACTION", requires = "reference")]
+    pub min_reference_agreement: Option<f64>,
 }
 
 /// `bundle export`.
