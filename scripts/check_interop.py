@@ -113,23 +113,27 @@ def check_bundle(d):
     return values
 
 
-INSPECT_VALIDATOR = jsonschema.Draft202012Validator(json.loads((ROOT / "spec" / "inspect.schema.json").read_text()))
+REPORT_VALIDATORS = {
+    flag: jsonschema.Draft202012Validator(json.loads((ROOT / "spec" / schema).read_text()))
+    for flag, schema in (("--inspect-json", "inspect.schema.json"), ("--verify-json", "verify.schema.json"))
+}
 
 
 def main():
-    """Arguments: extra bundle directories to check, and `--inspect-json FILE` outputs of
-    `bundle inspect --json` to validate against spec/inspect.schema.json."""
+    """Arguments: extra bundle directories to check, `--inspect-json FILE` outputs of
+    `bundle inspect --json` and `--verify-json FILE` outputs of `bundle verify --json` to
+    validate against their schemas in spec/."""
     checked = failed = 0
     args = sys.argv[1:]
-    inspect_files = [Path(args[i + 1]) for i, a in enumerate(args) if a == "--inspect-json"]
-    extra = [Path(a) for i, a in enumerate(args) if a != "--inspect-json" and (i == 0 or args[i - 1] != "--inspect-json")]
-    for f in inspect_files:
-        errors = list(INSPECT_VALIDATOR.iter_errors(json.loads(f.read_text())))
+    reports = [(a, Path(args[i + 1])) for i, a in enumerate(args) if a in REPORT_VALIDATORS]
+    extra = [Path(a) for i, a in enumerate(args) if a not in REPORT_VALIDATORS and (i == 0 or args[i - 1] not in REPORT_VALIDATORS)]
+    for flag, f in reports:
+        errors = list(REPORT_VALIDATORS[flag].iter_errors(json.loads(f.read_text())))
         if errors:
-            print(f"FAIL {f}: inspect --json breaks spec/inspect.schema.json: {errors[0].message}")
+            print(f"FAIL {f}: {flag[2:]} output breaks its schema in spec/: {errors[0].message}")
             failed += 1
         else:
-            print(f"ok   {f}: inspect --json matches spec/inspect.schema.json")
+            print(f"ok   {f}: {flag[2:]} output matches its schema in spec/")
             checked += 1
     for d in sorted((ROOT / "fixtures" / "bundles").iterdir()) + [ROOT / "fixtures/versions/newer-minor"] + extra:
         try:

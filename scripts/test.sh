@@ -29,5 +29,8 @@ bundle=target/release/bundle
 "$bundle" create --demo --out "$work/demo" >/dev/null
 "$bundle" inspect --json "$work/demo" >"$work/demo-inspect.json"
 "$bundle" inspect --json fixtures/versions/newer-minor >"$work/newer-inspect.json"
+"$bundle" verify --json "$work/demo" >"$work/demo-verify.json"
+"$bundle" verify --json fixtures/broken/nan-scale >"$work/broken-verify.json" || test $? -eq 1
 python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" \
-    --inspect-json "$work/demo-inspect.json" --inspect-json "$work/newer-inspect.json"
+    --inspect-json "$work/demo-inspect.json" --inspect-json "$work/newer-inspect.json" \
+    --verify-json "$work/demo-verify.json" --verify-json "$work/broken-verify.json"

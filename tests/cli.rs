@@ -424,3 +424,141 @@ fn names_with_terminal_escapes_never_reach_the_terminal_raw() {
     );
     assert!(stderr.contains("\\u{1b}"), "{stderr}");
 }
+
+#[test]
+fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
+    for dir in [
+        "bundles/tiny-trit5-channel",
+        "bundles/tiny-trit2-group5",
+        "bundles/tiny-validation",
+        "versions/newer-minor",
+    ] {
+        let out = run(&["verify", s(&fixture(dir))]);
+        assert_eq!(out.status.code(), Some(0), "{dir}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains("OK: 10 passed, 0 failed"),
+            "{dir}: {}",
+            text(&out.stdout)
+        );
+    }
+    let table: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixture("broken/expected.json")).unwrap()).unwrap();
+    for b in table {
+        let name = b["name"].as_str().unwrap();
+        let out = run(&["verify", s(&fixture("broken").join(name))]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stdout}");
+        let fail = stdout
+            .lines()
+            .find(|l| l.contains(" FAIL "))
+            .unwrap_or_else(|| panic!("{name}: no FAIL line: {stdout}"));
+        assert!(fail.contains(b["file"].as_str().unwrap()), "{name}: {fail}");
+        assert!(
+            fail.contains(&format!("rule {}", b["rule"].as_str().unwrap()))
+                || b["rule"] == "7.2" && fail.contains("rule 7."),
+            "{name}: {fail}"
+        );
+    }
+    // Usage errors.
+    assert_eq!(run(&["verify"]).status.code(), Some(2));
+    assert_eq!(
+        run(&[
+            "verify",
+            s(&fixture("bundles/tiny-trit5-channel")),
+            "--min-agreement"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+    let out = run(&[
+        "verify",
+        s(&fixture("bundles/tiny-trit5-channel")),
+        "--only",
+        "nonsense",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown check"));
+}
+
+#[test]
+fn verify_json_and_junit_reports_are_machine_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let junit = tmp.path().join("verify.xml");
+    let out = run(&[
+        "verify",
+        s(&fixture("bundles/tiny-validation")),
+        "--json",
+        "--junit",
+        s(&junit),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    let checks = v["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ternary_bundle::verify::CHECKS.to_vec());
+    assert!(checks
+        .iter()
+        .all(|c| c["status"] == "pass" || c["name"] == "reference"));
+    let m = &v["metrics"];
+    assert_eq!(m["phase4_to_5/dequantization_accuracy_retention"], 1.0);
+    assert_eq!(m["phase4_to_5/gradient_flow_test_passed"], true);
+    assert!(m["phase4_to_5/quantized_model_size_mb"].as_f64().unwrap() > 0.0);
+    assert!(m["gradient_check_max_relative_error"].as_f64().unwrap() < 1e-4);
+    let agreement = checks.iter().find(|c| c["name"] == "agreement").unwrap();
+    assert_eq!(agreement["figures"]["inputs"], "validation");
+    assert_eq!(agreement["figures"]["samples"], 32);
+
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), ternary_bundle::verify::CHECKS.len());
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("failure"))
+            .count(),
+        0
+    );
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("skipped"))
+            .count(),
+        1
+    );
+
+    // A failing run: JSON says which check, JUnit has a <failure>, exit code 1.
+    let junit = tmp.path().join("fail.xml");
+    let out = run(&[
+        "verify",
+        s(&fixture("broken/fp16-not-dequantized")),
+        "--json",
+        "--junit",
+        s(&junit),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let failed: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, vec!["dequantization"]);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let failure = doc
+        .descendants()
+        .find(|n| n.has_tag_name("failure"))
+        .unwrap();
+    assert_eq!(
+        failure.parent().unwrap().attribute("name"),
+        Some("dequantization")
+    );
+    assert!(failure.attribute("message").unwrap().contains("rule 5.2"));
+}
