@@ -187,14 +187,19 @@ pub enum WeightPath {
     Fp16,
 }
 
-/// F16 little-endian bytes to f32 (exact).
+/// F16 little-endian bytes to f32 (exact), through a small stack buffer so that no second
+/// copy of the tensor is allocated (F16C conversion where the CPU has it).
 pub fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
-    let bits: Vec<f16> = bytes
-        .chunks_exact(2)
-        .map(|b| f16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    let mut out = vec![0f32; bits.len()];
-    bits.convert_to_f32_slice(&mut out);
+    const CHUNK: usize = 1024;
+    let mut out = vec![0f32; bytes.len() / 2];
+    let mut buf = [f16::ZERO; CHUNK];
+    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let n = dst.len();
+        for (h, b) in buf[..n].iter_mut().zip(src.chunks_exact(2)) {
+            *h = f16::from_le_bytes([b[0], b[1]]);
+        }
+        buf[..n].convert_to_f32_slice(dst);
+    }
     out
 }
 

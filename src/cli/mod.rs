@@ -437,7 +437,9 @@ fn print_verify(report: &VerifyReport) {
         num("phase4_to_5/dequantized_model_size_mb"),
     ) {
         println!(
-            "metrics: quantized {q:.1} MB, dequantized {d:.1} MB, compression {:.1}x vs FP32, accuracy retention {}, gradient flow {}",
+            "metrics: quantized {}, dequantized {}, compression {:.1}x vs FP32, accuracy retention {}, gradient flow {}",
+            print::size((q * 1e6) as u64),
+            print::size((d * 1e6) as u64),
             num("compression_ratio").unwrap_or(0.0),
             num("phase4_to_5/dequantization_accuracy_retention").map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
             m.get("phase4_to_5/gradient_flow_test_passed").and_then(|v| v.as_bool()).map_or("n/a", |b| if b { "passed" } else { "FAILED" }),
