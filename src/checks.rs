@@ -9,6 +9,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::checksum::sha256_hex;
+use crate::dequantize::dequantize_row_f16;
 use crate::encoding::Encoding;
 use crate::error::{Result, Violation};
 use crate::manifest::{FileRole, TensorSpec};
@@ -334,26 +335,57 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
         .tensor(name)
         .into()
     };
+    // Rows in parallel: dequantize a row into a scratch buffer and compare it with the stored
+    // row branch-free; only a row that differs is searched for its first bad value.
     let q: Vec<Result<()>> = quantized(bundle)
-        .par_iter()
+        .iter()
         .map(|p| {
-            let expected = p.dequantize_f16();
             let found = bundle.fp16_bytes(&p.spec.name).expect("validated at open");
-            match expected
+            let scales = p.scales();
+            let (_, group) = p.granularity.row_layout(p.cols);
+            let first_bad_row = found
+                .par_chunks(2 * p.cols)
+                .enumerate()
+                .map_init(
+                    || (vec![0i8; p.cols], vec![f16::ZERO; p.cols]),
+                    |(trits, row), (r, stored)| {
+                        let rs = p.granularity.row_scales(&scales, r, p.cols);
+                        dequantize_row_f16(p.encoding, p.row(r), rs, group, trits, row)
+                            .expect("validated row length");
+                        let differs = row
+                            .iter()
+                            .zip(stored.chunks_exact(2))
+                            .fold(0u16, |acc, (e, s)| {
+                                acc | (e.to_bits() ^ u16::from_le_bytes([s[0], s[1]]))
+                            });
+                        (differs != 0).then_some(r)
+                    },
+                )
+                .flatten()
+                .min();
+            let Some(r) = first_bad_row else {
+                return Ok(());
+            };
+            let mut trits = vec![0i8; p.cols];
+            let mut row = vec![f16::ZERO; p.cols];
+            let rs = p.granularity.row_scales(&scales, r, p.cols);
+            dequantize_row_f16(p.encoding, p.row(r), rs, group, &mut trits, &mut row)
+                .expect("validated row length");
+            let stored = &found[2 * p.cols * r..2 * p.cols * (r + 1)];
+            let (c, (e, f)) = row
                 .iter()
-                .zip(f16_bits(found))
-                .position(|(e, f)| e.to_bits() != f)
-            {
-                None => Ok(()),
-                Some(i) => Err(mismatch(
-                    Rule::DequantizationExact,
-                    &p.spec.name,
-                    i,
-                    &p.spec.shape,
-                    expected[i].to_bits(),
-                    f16_bits(found).nth(i).unwrap_or(0),
-                )),
-            }
+                .zip(f16_bits(stored))
+                .enumerate()
+                .find(|(_, (e, f))| e.to_bits() != *f)
+                .expect("the row differs");
+            Err(mismatch(
+                Rule::DequantizationExact,
+                &p.spec.name,
+                r * p.cols + c,
+                &p.spec.shape,
+                e.to_bits(),
+                f,
+            ))
         })
         .collect();
     first_error(q)?;
