@@ -265,14 +265,27 @@ impl Runner<'_> {
             self.run(name, prerequisites, f);
             return;
         }
-        let ok = prerequisites
+        // Not selected: run silently. A pass is later reported as "not selected"; a failure
+        // stays a failure, because the selected checks could not run on this bundle.
+        let blocked = prerequisites
             .iter()
-            .all(|p| self.status_of(p) == Some(Status::Pass))
-            && f().is_ok();
+            .find(|p| self.status_of(p) != Some(Status::Pass));
+        let (status, detail) = match blocked {
+            Some(p) => (Status::Skip, format!("not run: {p} failed")),
+            None => match f() {
+                Ok(_) => (Status::Pass, "not selected (run as a prerequisite)".into()),
+                Err((d, _)) => (
+                    Status::Fail,
+                    format!(
+                        "not selected, but failed as a prerequisite of the selected checks: {d}"
+                    ),
+                ),
+            },
+        };
         self.results.push(CheckResult {
             name,
-            status: if ok { Status::Pass } else { Status::Fail },
-            detail: "not selected (run as a prerequisite)".into(),
+            status,
+            detail,
             figures: json!({ "selected": false }),
             seconds: 0.0,
         });
@@ -560,7 +573,15 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     });
 
     // 11. reference (optional).
-    if options.reference.is_some() || !options.only.is_empty() && options.selected("reference") {
+    if !options.selected("reference") {
+        r.results.push(CheckResult {
+            name: "reference",
+            status: Status::Skip,
+            detail: "not selected".into(),
+            figures: json!({}),
+            seconds: 0.0,
+        });
+    } else if options.reference.is_some() || !options.only.is_empty() {
         r.run("reference", &["structure"], || {
             let Some(path) = &options.reference else {
                 return Err(("needs --reference ORIGINAL.safetensors".into(), json!({})));
@@ -630,9 +651,9 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         json!(integrity_bytes as f64 / integrity_seconds.max(1e-9) / 1e9),
     );
 
-    // Unselected prerequisites are reported as not selected.
+    // Unselected prerequisites that passed are reported as not selected (failures stay).
     for c in &mut r.results {
-        if !options.selected(c.name) && c.status != Status::Skip {
+        if !options.selected(c.name) && c.status == Status::Pass {
             c.status = Status::Skip;
             c.detail = "not selected".into();
         }

@@ -1,0 +1,1234 @@
+//! `bundle verify` through the library: for every one of the eleven checks, a valid bundle is
+//! broken so that exactly that check fails (bundle surgery, then `rehash` so the checks before
+//! it keep passing), and the whole report is asserted: the failed check's detail (file, tensor,
+//! rule number or figure), every other check Pass, or Skip naming the prerequisite that did not
+//! pass. Then: valid bundles of every encoding and granularity pass every check, `only`/`skip`
+//! selection, the handoff metrics and the JUnit rendering.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::surgery::{
+    edit_manifest, edit_st, edit_tensor, manifest, rehash, tensor_entry, St, FP16, MANIFEST,
+    TERNARY, VALIDATION,
+};
+use serde_json::{json, Value};
+use ternary_bundle::gradcheck::GradCheckOptions;
+use ternary_bundle::manifest::{LayerSpec, ModelSpec};
+use ternary_bundle::source::{MemorySource, TensorSource};
+use ternary_bundle::verify::{verify, CheckResult, Status, VerifyOptions, VerifyReport, CHECKS};
+use ternary_bundle::writer::ValidationSet;
+use ternary_bundle::{
+    write_bundle, Bundle, BundlePlan, Encoding, Granularity, QuantParams, WriteOptions,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Building bundles
+// ---------------------------------------------------------------------------------------------
+
+/// A valid bundle of the tiny model (seed 7; trit5, channel unless `f` changes the plan) in
+/// `tmp/name`.
+fn tiny_bundle(
+    tmp: &tempfile::TempDir,
+    name: &str,
+    f: impl FnOnce(&mut BundlePlan, &mut WriteOptions),
+) -> PathBuf {
+    let (src, mut plan) = common::tiny_model(7);
+    let mut options = WriteOptions::default();
+    f(&mut plan, &mut options);
+    let dest = tmp.path().join(name);
+    write_bundle(&dest, &src, &plan, &options).unwrap();
+    dest
+}
+
+/// The default valid bundle: tiny model, trit5, channel, no validation set.
+fn bundle(tmp: &tempfile::TempDir) -> PathBuf {
+    tiny_bundle(tmp, "b", |_, _| {})
+}
+
+/// 32 samples of the tiny model's 7 inputs, labels in 0..5, with a difficulty.
+fn validation_set() -> ValidationSet {
+    ValidationSet {
+        origin: PathBuf::from("val.safetensors"),
+        inputs: common::values(9, 32 * 7),
+        labels: (0..32).map(|i| i % 5).collect(),
+        difficulty: Some((0..32).map(|i| (i % 4) as u8).collect()),
+    }
+}
+
+/// The tiny model's bundle with the validation set embedded.
+fn bundle_with_validation(tmp: &tempfile::TempDir) -> PathBuf {
+    tiny_bundle(tmp, "v", |_, o| o.validation = Some(validation_set()))
+}
+
+/// Writes the tensors of `src` as an F32 safetensors checkpoint at `path` (the "original"
+/// model for the `reference` check).
+fn write_checkpoint(src: &MemorySource, path: &Path) {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = src
+        .tensors()
+        .into_iter()
+        .map(|t| {
+            let bytes = src
+                .load_f32(&t.name)
+                .unwrap()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            (t.name, t.shape.iter().map(|&d| d as usize).collect(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// A one-layer model (identity, no bias) with the given weight rows, quantized with `params`.
+fn one_layer_model(rows: &[Vec<f32>], params: QuantParams) -> (MemorySource, BundlePlan) {
+    let (out, inp) = (rows.len() as u64, rows[0].len() as u64);
+    let src = MemorySource::new("one-layer.safetensors").with(
+        "out.weight",
+        vec![out, inp],
+        rows.concat(),
+    );
+    let plan = BundlePlan {
+        model: ModelSpec {
+            input_dim: inp,
+            layers: vec![LayerSpec {
+                name: "out".into(),
+                weight: "out.weight".into(),
+                bias: None,
+                in_features: inp,
+                out_features: out,
+                activation: "identity".into(),
+                rmsnorm: None,
+            }],
+        },
+        params,
+        quantize: BTreeSet::from(["out.weight".to_string()]),
+    };
+    (src, plan)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asserting reports
+// ---------------------------------------------------------------------------------------------
+
+const NOT_SELECTED: &str = "not selected";
+const NO_REFERENCE: &str = "not run: no --reference given";
+
+/// "not run: P failed": the direct prerequisite P failed.
+fn failed(prerequisite: &str) -> String {
+    format!("not run: {prerequisite} failed")
+}
+
+/// "not run: needs P, which did not run": the prerequisite P was itself not run.
+fn needs(prerequisite: &str) -> String {
+    format!("not run: needs {prerequisite}, which did not run")
+}
+
+/// What a check of a report must show.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// Pass.
+    Pass,
+    /// Fail, with a detail containing every fragment.
+    Fail(Vec<String>),
+    /// Skip, with exactly this detail.
+    Skip(String),
+}
+
+fn fail(parts: &[&str]) -> Expect {
+    Expect::Fail(parts.iter().map(|p| p.to_string()).collect())
+}
+
+fn skip(detail: impl Into<String>) -> Expect {
+    Expect::Skip(detail.into())
+}
+
+/// `tensor "name"`, as violations print the tensor concerned.
+fn t(name: &str) -> String {
+    format!("tensor \"{name}\"")
+}
+
+/// One line per check, for assertion messages.
+fn summary(report: &VerifyReport) -> String {
+    report
+        .checks
+        .iter()
+        .map(|c| format!("  {:<15} {:?}: {}", c.name, c.status, c.detail))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The result of check `name`.
+#[track_caller]
+fn check<'r>(report: &'r VerifyReport, name: &str) -> &'r CheckResult {
+    report
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check {name} in the report:\n{}", summary(report)))
+}
+
+/// Asserts the whole report: the checks are the eleven of `CHECKS` in order; each check named
+/// in `overrides` is as given there, every other one is Pass, except `reference`, which is
+/// Skip "not run: no --reference given" unless overridden; `ok` is false exactly when some
+/// check is expected to fail.
+#[track_caller]
+fn assert_checks(report: &VerifyReport, overrides: &[(&str, Expect)]) {
+    let all = summary(report);
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
+    assert_eq!(names, CHECKS.to_vec(), "checks out of order:\n{all}");
+    for (name, _) in overrides {
+        assert!(CHECKS.contains(name), "test bug: no check {name}");
+    }
+    for c in &report.checks {
+        let expected = overrides
+            .iter()
+            .find(|(n, _)| *n == c.name)
+            .map(|(_, e)| e.clone())
+            .unwrap_or(if c.name == "reference" {
+                Expect::Skip(NO_REFERENCE.into())
+            } else {
+                Expect::Pass
+            });
+        match expected {
+            Expect::Pass => assert_eq!(c.status, Status::Pass, "{}:\n{all}", c.name),
+            Expect::Fail(parts) => {
+                assert_eq!(c.status, Status::Fail, "{}:\n{all}", c.name);
+                for p in parts {
+                    assert!(
+                        c.detail.contains(&p),
+                        "{}: detail lacks {p:?}:\n{all}",
+                        c.name
+                    );
+                }
+            }
+            Expect::Skip(detail) => {
+                assert_eq!(c.status, Status::Skip, "{}:\n{all}", c.name);
+                assert_eq!(c.detail, detail, "{}:\n{all}", c.name);
+            }
+        }
+    }
+    let any_fail = overrides.iter().any(|(_, e)| matches!(e, Expect::Fail(_)));
+    assert_eq!(report.ok, !any_fail, "ok:\n{all}");
+}
+
+fn run(dir: &Path) -> VerifyReport {
+    verify(dir, &VerifyOptions::default())
+}
+
+fn f64_figure(c: &CheckResult, key: &str) -> f64 {
+    c.figures[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{}: no number {key} in {}", c.name, c.figures))
+}
+
+fn u16_at(bytes: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])
+}
+
+fn set_u16(bytes: &mut [u8], i: usize, v: u16) {
+    bytes[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn set_f32(bytes: &mut [u8], i: usize, v: f32) {
+    bytes[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// The trits of row `r` of quantized tensor `name`.
+fn row_trits(dir: &Path, name: &str, r: usize) -> Vec<i8> {
+    let b = Bundle::open(dir).unwrap();
+    let p = b.packed(name).unwrap();
+    let mut trits = vec![0i8; p.cols];
+    p.encoding.unpack_row(p.row(r), &mut trits).unwrap();
+    trits
+}
+
+/// A row of fc1.weight with at least one non-zero trit.
+fn row_with_nonzero_trit(dir: &Path) -> usize {
+    (0..13)
+        .find(|&r| row_trits(dir, "fc1.weight", r).iter().any(|&t| t != 0))
+        .expect("the tiny model has non-zero trits")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. manifest
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn manifest_fails_on_an_unknown_format_and_nothing_else_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    edit_manifest(&dir, |m| m["format"] = json!("x"));
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[
+            ("manifest", fail(&[MANIFEST, "(rule 2.3)", "\"x\""])),
+            ("files", skip(failed("manifest"))),
+            ("checksums", skip(needs("files"))),
+            ("structure", skip(needs("files"))),
+            ("encoding", skip(needs("structure"))),
+            ("scales", skip(needs("encoding"))),
+            ("dequantization", skip(needs("encoding"))),
+            ("agreement", skip(needs("encoding"))),
+            ("gradient_check", skip(needs("structure"))),
+            ("gradient_flow", skip(needs("structure"))),
+        ],
+    );
+    // Without a manifest there is nothing to measure.
+    assert_eq!(
+        report.metrics["phase4_to_5/quantized_model_size_mb"],
+        Value::Null
+    );
+    assert_eq!(report.metrics["compression_ratio"], Value::Null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. files
+// ---------------------------------------------------------------------------------------------
+
+/// Every check after `files` when `files` failed.
+fn after_files_failed() -> Vec<(&'static str, Expect)> {
+    vec![
+        ("checksums", skip(failed("files"))),
+        ("structure", skip(failed("files"))),
+        ("encoding", skip(needs("structure"))),
+        ("scales", skip(needs("encoding"))),
+        ("dequantization", skip(needs("encoding"))),
+        ("agreement", skip(needs("encoding"))),
+        ("gradient_check", skip(needs("structure"))),
+        ("gradient_flow", skip(needs("structure"))),
+    ]
+}
+
+#[test]
+fn files_fails_when_fp16_file_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    std::fs::remove_file(dir.join(FP16)).unwrap();
+    let report = run(&dir);
+    let mut expected = vec![("files", fail(&[FP16, "(rule 1.2)", "no such file"]))];
+    expected.extend(after_files_failed());
+    assert_checks(&report, &expected);
+    // The manifest still declares the sizes.
+    assert!(report.metrics["phase4_to_5/dequantized_model_size_mb"].is_f64());
+}
+
+#[test]
+fn files_passes_with_an_undeclared_file_but_fails_with_strict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    std::fs::write(dir.join("notes.txt"), b"hello").unwrap();
+
+    let report = run(&dir);
+    assert_checks(&report, &[]);
+    let files = check(&report, "files");
+    for part in [
+        TERNARY,
+        FP16,
+        "sizes as declared",
+        "1 undeclared file(s) ignored: notes.txt",
+    ] {
+        assert!(files.detail.contains(part), "{part:?}: {}", files.detail);
+    }
+    assert_eq!(files.figures["extras"], json!(["notes.txt"]));
+
+    let strict = verify(
+        &dir,
+        &VerifyOptions {
+            strict: true,
+            ..Default::default()
+        },
+    );
+    let mut expected = vec![(
+        "files",
+        fail(&[
+            "notes.txt",
+            "(rule 1.5)",
+            "--strict",
+            "1 undeclared: notes.txt",
+        ]),
+    )];
+    expected.extend(after_files_failed());
+    assert_checks(&strict, &expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. checksums
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn checksums_fails_on_a_corrupted_header_padding_byte_and_only_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    // A header padding space belongs to no tensor: turning it into a tab (still JSON
+    // whitespace) changes only the whole-file digest (rule 7.1), not a byte any other check
+    // reads.
+    let file = [TERNARY, FP16, VALIDATION]
+        .into_iter()
+        .find(|f| St::read(&dir.join(f)).header.ends_with(b" "))
+        .expect("a header with padding");
+    edit_st(&dir, file, |st| {
+        let last = st.header.len() - 1;
+        st.header[last] = b'\t';
+    });
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[("checksums", fail(&[file, "(rule 7.1)", "sha256"]))],
+    );
+    assert_eq!(check(&report, "checksums").figures["per_tensor"], true);
+}
+
+#[test]
+fn checksums_fails_on_a_corrupted_validation_tensor_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    // The difficulty column is read by no other check: only its digest (rule 7.2) notices.
+    edit_tensor(&dir, VALIDATION, "difficulty", |b| b[1] = 200);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[(
+            "checksums",
+            fail(&[VALIDATION, &t("difficulty"), "(rule 7.2)"]),
+        )],
+    );
+}
+
+#[test]
+fn checksums_fails_on_a_corrupted_fp16_tensor_naming_file_and_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    // No rehash: the per-tensor digest (rule 7.2) names the damaged tensor.
+    edit_tensor(&dir, FP16, "fc1.weight", |b| b[2 * 10] ^= 1);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[
+            (
+                "checksums",
+                fail(&[FP16, &t("fc1.weight"), "(rule 7.2)", "sha256"]),
+            ),
+            // The corrupted byte is an FP16 weight, so the exact dequantization check
+            // legitimately fails on the same byte (rule 5.2): it does not depend on checksums.
+            (
+                "dequantization",
+                fail(&[
+                    FP16,
+                    &t("fc1.weight"),
+                    "(rule 5.2)",
+                    "flat index 10 (row 1, column 3)",
+                ]),
+            ),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. structure
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn structure_fails_on_a_transposed_fp16_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    edit_st(&dir, FP16, |st| {
+        st.edit_json(|v| v["fc1.weight"]["shape"] = json!([7, 13]))
+    });
+    rehash(&dir);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[
+            (
+                "structure",
+                fail(&[FP16, &t("fc1.weight"), "(rule 5.1)", "[13, 7]", "[7, 13]"]),
+            ),
+            ("encoding", skip(failed("structure"))),
+            ("scales", skip(needs("encoding"))),
+            ("dequantization", skip(needs("encoding"))),
+            ("agreement", skip(needs("encoding"))),
+            ("gradient_check", skip(failed("structure"))),
+            ("gradient_flow", skip(failed("structure"))),
+        ],
+    );
+    // The headers could not be trusted, so only whole-file digests were computed.
+    assert_eq!(check(&report, "checksums").figures["per_tensor"], false);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. encoding
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn encoding_fails_on_trit5_byte_243() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    edit_tensor(&dir, TERNARY, "fc1.weight", |b| b[2 * 3] = 243);
+    rehash(&dir);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[
+            (
+                "encoding",
+                fail(&[
+                    TERNARY,
+                    &t("fc1.weight"),
+                    "(rule 4.3)",
+                    "0xf3",
+                    "row 3, byte 0",
+                ]),
+            ),
+            ("scales", skip(failed("encoding"))),
+            ("dequantization", skip(failed("encoding"))),
+            ("agreement", skip(failed("encoding"))),
+            // The gradient checks read only the FP16 file: they need the structure, not the
+            // trits.
+        ],
+    );
+    assert_eq!(
+        report.metrics["phase4_to_5/dequantization_accuracy_retention"],
+        Value::Null
+    );
+    assert_eq!(
+        report.metrics["phase4_to_5/gradient_flow_test_passed"],
+        true
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. scales
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn scales_fails_on_a_zero_scale_over_an_all_zero_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let r = row_with_nonzero_trit(&dir);
+    let nonzero = row_trits(&dir, "fc1.weight", r)
+        .iter()
+        .filter(|&&t| t != 0)
+        .count() as u64;
+    // Row r of fc1.weight [13, 7] in trit5: two bytes, 0x79 holds five zero trits (digits 1),
+    // the last byte holds 7 mod 5 = 2 zero trits: 1 + 3 = 4.
+    edit_tensor(&dir, TERNARY, "fc1.weight", |b| {
+        b[2 * r] = 0x79;
+        b[2 * r + 1] = 0x04;
+    });
+    edit_tensor(&dir, TERNARY, "fc1.weight.scale", |b| set_f32(b, r, 0.0));
+    // 0 * 0.0 dequantizes to +0.0, so the FP16 row stays consistent (rule 5.2 holds).
+    edit_tensor(&dir, FP16, "fc1.weight", |b| {
+        b[2 * 7 * r..2 * 7 * (r + 1)].fill(0);
+    });
+    // zeros stays exact (rule 4.6). scale_min cannot follow the data: rule 2.7 requires a
+    // manifest scale_min > 0, so it keeps its value (the scales check reports rule 4.5 first).
+    edit_manifest(&dir, |m| {
+        let e = tensor_entry(m, "fc1.weight");
+        e["zeros"] = json!(e["zeros"].as_u64().unwrap() + nonzero);
+    });
+    rehash(&dir);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[(
+            "scales",
+            fail(&[
+                TERNARY,
+                &t("fc1.weight"),
+                "(rule 4.5)",
+                &format!("scale 0 at scale index {r}"),
+            ]),
+        )],
+    );
+    assert_eq!(check(&report, "scales").figures["min"], 0.0);
+}
+
+#[test]
+fn scales_fails_on_a_scale_underflowing_f16_over_nonzero_trits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let r = row_with_nonzero_trit(&dir);
+    // 1e-9 is a finite, positive f32 whose F16 rounding is 0: rule 4.5 is broken where it
+    // governs non-zero trits. Everything else is made consistent with it: the FP16 row is
+    // f16(t * 1e-9) and scale_min is 1e-9 (valid for rule 2.7), so only rule 4.5 is broken.
+    edit_tensor(&dir, TERNARY, "fc1.weight.scale", |b| set_f32(b, r, 1e-9));
+    let fp16 = {
+        let b = Bundle::open(&dir).unwrap();
+        b.packed("fc1.weight").unwrap().dequantize_f16()
+    };
+    edit_tensor(&dir, FP16, "fc1.weight", |b| {
+        for (i, v) in fp16.iter().enumerate() {
+            set_u16(b, i, v.to_bits());
+        }
+    });
+    edit_manifest(&dir, |m| {
+        tensor_entry(m, "fc1.weight")["scale_min"] = json!(1e-9f32 as f64)
+    });
+    rehash(&dir);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[(
+            "scales",
+            fail(&[
+                TERNARY,
+                &t("fc1.weight"),
+                "(rule 4.5)",
+                &format!("scale 1e-9 (F16 0) at scale index {r}"),
+                &format!("non-zero trit at row {r}"),
+            ]),
+        )],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. dequantization
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn dequantization_fails_on_one_fp16_ulp_naming_the_flat_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    // Flat index 10 of fc1.weight [13, 7] is row 1, column 3.
+    let mut before = 0;
+    edit_tensor(&dir, FP16, "fc1.weight", |b| {
+        before = u16_at(b, 10);
+        set_u16(b, 10, before ^ 1);
+    });
+    rehash(&dir);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[(
+            "dequantization",
+            fail(&[
+                FP16,
+                &t("fc1.weight"),
+                "(rule 5.2)",
+                &format!("F16 0x{before:04x}"),
+                "flat index 10 (row 1, column 3)",
+                &format!("found 0x{:04x}", before ^ 1),
+            ]),
+        )],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. agreement
+// ---------------------------------------------------------------------------------------------
+
+/// One layer 8 -> 2: row 0 all 1.0, row 1 all 1 + 2^-12. Per-channel absmean gives trits all +1
+/// and scales 1.0 and 1.000244, which both round to F16 1.0: the FP16 logits tie (argmax 0)
+/// while the ternary path prefers row 1 whenever sum(x) > 0. Dequantization stays exact.
+fn disagreeing_bundle(
+    tmp: &tempfile::TempDir,
+    name: &str,
+    validation: Option<ValidationSet>,
+) -> PathBuf {
+    let w1 = 1.0 + 2f32.powi(-12);
+    assert_eq!(half::f16::from_f32(w1), half::f16::ONE);
+    let (src, plan) = one_layer_model(&[vec![1.0; 8], vec![w1; 8]], QuantParams::default());
+    let dest = tmp.path().join(name);
+    let options = WriteOptions {
+        validation,
+        ..Default::default()
+    };
+    write_bundle(&dest, &src, &plan, &options).unwrap();
+    dest
+}
+
+#[test]
+fn agreement_fails_when_the_two_paths_disagree_on_half_the_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Validation inputs with exact sums: 5 positive (ternary argmax 1), 5 negative (argmax 0
+    // on both paths): exactly 50% agreement.
+    let inputs: Vec<f32> = (0..10)
+        .flat_map(|i| {
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            (0..8).map(move |j| sign * (0.25 + 0.5 * ((i + j) % 3) as f32))
+        })
+        .collect();
+    let validation = ValidationSet {
+        origin: PathBuf::from("val.safetensors"),
+        inputs,
+        labels: (0..10).map(|i| i % 2).collect(),
+        difficulty: None,
+    };
+    let dir = disagreeing_bundle(&tmp, "v", Some(validation));
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[(
+            "agreement",
+            fail(&[
+                "argmax agreement 50.00% (minimum 99.50%) on 10 validation inputs",
+                "max logit difference",
+            ]),
+        )],
+    );
+    let agreement = check(&report, "agreement");
+    assert_eq!(f64_figure(agreement, "agreement"), 0.5);
+    assert_eq!(agreement.figures["inputs"], "validation");
+    assert!(f64_figure(agreement, "max_logit_difference") > 0.0);
+    assert_eq!(
+        report.metrics["phase4_to_5/dequantization_accuracy_retention"],
+        0.5
+    );
+
+    // Synthetic standard-normal inputs: sum(x) > 0 about half the time.
+    let dir = disagreeing_bundle(&tmp, "s", None);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[(
+            "agreement",
+            fail(&["(minimum 99.50%) on 256 synthetic inputs"]),
+        )],
+    );
+    let a = f64_figure(check(&report, "agreement"), "agreement");
+    assert!((0.35..0.65).contains(&a), "agreement {a}");
+    // A lower bar lets the same bundle pass.
+    let lenient = verify(
+        &dir,
+        &VerifyOptions {
+            min_agreement: 0.3,
+            ..Default::default()
+        },
+    );
+    assert_checks(&lenient, &[]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. gradient_check
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn gradient_check_fails_when_the_analytic_gradient_is_off_by_one_percent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            grad: GradCheckOptions {
+                analytic_gradient_scale: 1.01,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    assert_checks(
+        &report,
+        &[(
+            "gradient_check",
+            fail(&["max relative error", "(tolerance 1e-4)", "worst: "]),
+        )],
+    );
+    // |1.01 a - a| / (1.01 |a|) = 0.0099.
+    let err = f64_figure(check(&report, "gradient_check"), "max_relative_error");
+    assert!((err - 0.01 / 1.01).abs() < 1e-4, "max relative error {err}");
+    assert_eq!(report.metrics["gradient_check_max_relative_error"], err);
+}
+
+#[test]
+fn gradient_check_passes_with_default_options_and_reports_its_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in [bundle(&tmp), bundle_with_validation(&tmp)] {
+        let report = run(&dir);
+        assert_checks(&report, &[]);
+        let g = check(&report, "gradient_check");
+        let err = f64_figure(g, "max_relative_error");
+        assert!((0.0..1e-4).contains(&err), "max relative error {err}");
+        assert!(
+            g.figures["coordinates"].as_u64().unwrap() > 0,
+            "{}",
+            g.figures
+        );
+        assert!(
+            g.figures["directions"].as_u64().unwrap() > 0,
+            "{}",
+            g.figures
+        );
+        assert_eq!(g.figures["grad_tol"], 1e-4);
+        assert!(g.detail.contains("(tolerance 1e-4)"), "{}", g.detail);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. gradient_flow
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn gradient_flow_fails_when_a_zero_last_layer_blocks_the_gradient() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 7 -> 13 (relu, bias) -> 5 (identity, bias), the last weight all zero: the logits are the
+    // last bias whatever the input, so fc1 gets identically zero gradients.
+    let src = MemorySource::new("dead.safetensors")
+        .with("fc1.weight", vec![13, 7], common::values(7, 91))
+        .with("fc1.bias", vec![13], common::values(8, 13))
+        .with("fc2.weight", vec![5, 13], vec![0.0; 65])
+        .with("fc2.bias", vec![5], vec![0.1, 0.5, -0.3, 0.2, 0.0]);
+    let layer = |name: &str, inp: u64, out: u64, act: &str| LayerSpec {
+        name: name.into(),
+        weight: format!("{name}.weight"),
+        bias: Some(format!("{name}.bias")),
+        in_features: inp,
+        out_features: out,
+        activation: act.into(),
+        rmsnorm: None,
+    };
+    let plan = BundlePlan {
+        model: ModelSpec {
+            input_dim: 7,
+            layers: vec![layer("fc1", 7, 13, "relu"), layer("fc2", 13, 5, "identity")],
+        },
+        params: QuantParams::default(),
+        quantize: BTreeSet::from(["fc1.weight".to_string(), "fc2.weight".to_string()]),
+    };
+    let dir = tmp.path().join("dead");
+    write_bundle(&dir, &src, &plan, &WriteOptions::default()).unwrap();
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[(
+            "gradient_flow",
+            fail(&["gradients do not flow to: fc1.weight (all zero), fc1.bias (all zero)"]),
+        )],
+    );
+    let flow = check(&report, "gradient_flow");
+    assert!(!flow.detail.contains("fc2"), "{}", flow.detail);
+    assert!(f64_figure(flow, "loss").is_finite());
+    assert_eq!(
+        report.metrics["phase4_to_5/gradient_flow_test_passed"],
+        false
+    );
+    // Both paths give the bias as logits: full agreement.
+    assert_eq!(f64_figure(check(&report, "agreement"), "agreement"), 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. reference
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn reference_passes_against_the_original_and_fails_against_another_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let (original, _) = common::tiny_model(7);
+    let original_path = tmp.path().join("original.safetensors");
+    write_checkpoint(&original, &original_path);
+
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            reference: Some(original_path.clone()),
+            ..Default::default()
+        },
+    );
+    assert_checks(&report, &[("reference", Expect::Pass)]);
+    let r = check(&report, "reference");
+    let agreement = f64_figure(r, "agreement");
+    assert!((0.0..=1.0).contains(&agreement), "{agreement}");
+    assert!(
+        r.detail.contains(&format!(
+            "original vs FP16 argmax agreement {:.2}% on 256 synthetic inputs (informational)",
+            agreement * 100.0
+        )),
+        "{}",
+        r.detail
+    );
+
+    // With a bar the original meets, it passes; another model (seed 8) does not.
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            reference: Some(original_path),
+            min_reference_agreement: Some(agreement),
+            ..Default::default()
+        },
+    );
+    assert_checks(&report, &[("reference", Expect::Pass)]);
+    let (other, _) = common::tiny_model(8);
+    let other_path = tmp.path().join("other.safetensors");
+    write_checkpoint(&other, &other_path);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            reference: Some(other_path),
+            min_reference_agreement: Some(0.99),
+            ..Default::default()
+        },
+    );
+    assert_checks(
+        &report,
+        &[(
+            "reference",
+            fail(&["original vs FP16 argmax agreement", "(minimum 99.00%)"]),
+        )],
+    );
+    assert!(f64_figure(check(&report, "reference"), "agreement") < 0.99);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Valid bundles
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (original, _) = common::tiny_model(7);
+    let original_path = tmp.path().join("original.safetensors");
+    write_checkpoint(&original, &original_path);
+    for encoding in [Encoding::Trit5, Encoding::Trit2] {
+        for granularity in [
+            Granularity::Tensor,
+            Granularity::Channel,
+            Granularity::Group(3),
+        ] {
+            for with_validation in [false, true] {
+                let name = format!("{encoding:?}-{}-{with_validation}", granularity.name());
+                let dir = tiny_bundle(&tmp, &name, |p, o| {
+                    p.params.encoding = encoding;
+                    p.params.granularity = granularity;
+                    if with_validation {
+                        o.validation = Some(validation_set());
+                    }
+                });
+                let report = verify(
+                    &dir,
+                    &VerifyOptions {
+                        reference: Some(original_path.clone()),
+                        ..Default::default()
+                    },
+                );
+                assert!(report.ok, "{name}:\n{}", summary(&report));
+                assert!(
+                    report.checks.iter().all(|c| c.status == Status::Pass),
+                    "{name}:\n{}",
+                    summary(&report)
+                );
+                let inputs = if with_validation {
+                    "validation"
+                } else {
+                    "synthetic"
+                };
+                assert_eq!(
+                    check(&report, "agreement").figures["inputs"],
+                    inputs,
+                    "{name}"
+                );
+                assert!(
+                    check(&report, "encoding").detail.contains(encoding.name()),
+                    "{name}: {}",
+                    check(&report, "encoding").detail
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selection
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn only_runs_the_selected_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            only: vec!["checksums".into()],
+            ..Default::default()
+        },
+    );
+    let overrides: Vec<(&str, Expect)> = CHECKS
+        .iter()
+        .filter(|&&c| c != "checksums")
+        .map(|&c| (c, skip(NOT_SELECTED)))
+        .collect();
+    assert_checks(&report, &overrides);
+    assert_eq!(
+        report
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Pass)
+            .map(|c| c.name)
+            .collect::<Vec<_>>(),
+        ["checksums"]
+    );
+    // Prerequisites ran silently (checksums needs files, which needs the manifest) but are
+    // reported as not selected, with no figures of their own.
+    for name in ["manifest", "files"] {
+        assert_eq!(check(&report, name).figures, json!({ "selected": false }));
+    }
+
+    // Selecting a check whose prerequisites are not selected still runs them silently.
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            only: vec!["dequantization".into(), "gradient_flow".into()],
+            ..Default::default()
+        },
+    );
+    let overrides: Vec<(&str, Expect)> = CHECKS
+        .iter()
+        .filter(|&&c| !["dequantization", "gradient_flow"].contains(&c))
+        .map(|&c| (c, skip(NOT_SELECTED)))
+        .collect();
+    assert_checks(&report, &overrides);
+}
+
+#[test]
+fn only_reports_an_unselected_reference_as_not_selected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            only: vec!["checksums".into()],
+            ..Default::default()
+        },
+    );
+    let overrides: Vec<(&str, Expect)> = CHECKS
+        .iter()
+        .filter(|&&c| c != "checksums")
+        .map(|&c| (c, skip(NOT_SELECTED)))
+        .collect();
+    assert_checks(&report, &overrides);
+}
+
+#[test]
+fn only_does_not_hide_a_failing_unselected_prerequisite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    edit_tensor(&dir, TERNARY, "fc1.weight", |b| b[2 * 3] = 243);
+    rehash(&dir);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            only: vec!["dequantization".into()],
+            ..Default::default()
+        },
+    );
+    // The selected check did not run because the bundle breaks rule 4.3: a CI gate must not
+    // report success.
+    assert_eq!(check(&report, "dequantization").status, Status::Skip);
+    assert!(!report.ok, "{}", summary(&report));
+}
+
+#[test]
+fn only_reference_without_a_reference_fails_asking_for_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            only: vec!["reference".into()],
+            ..Default::default()
+        },
+    );
+    let mut overrides: Vec<(&str, Expect)> = CHECKS
+        .iter()
+        .filter(|&&c| c != "reference")
+        .map(|&c| (c, skip(NOT_SELECTED)))
+        .collect();
+    overrides.push((
+        "reference",
+        fail(&["needs --reference ORIGINAL.safetensors"]),
+    ));
+    assert_checks(&report, &overrides);
+}
+
+#[test]
+fn skip_leaves_out_the_named_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            skip: vec!["gradient_check".into(), "gradient_flow".into()],
+            ..Default::default()
+        },
+    );
+    assert_checks(
+        &report,
+        &[
+            ("gradient_check", skip(NOT_SELECTED)),
+            ("gradient_flow", skip(NOT_SELECTED)),
+        ],
+    );
+    assert_eq!(
+        report.metrics["gradient_check_max_relative_error"],
+        Value::Null
+    );
+    assert_eq!(
+        report.metrics["phase4_to_5/gradient_flow_test_passed"],
+        Value::Null
+    );
+
+    // Skipping a failing check hides its failure, and only its.
+    let broken = tiny_bundle(&tmp, "broken", |_, _| {});
+    edit_tensor(&broken, FP16, "fc1.weight", |b| b[2 * 10] ^= 1);
+    rehash(&broken);
+    let report = verify(
+        &broken,
+        &VerifyOptions {
+            skip: vec!["dequantization".into()],
+            ..Default::default()
+        },
+    );
+    assert_checks(&report, &[("dequantization", skip(NOT_SELECTED))]);
+}
+
+#[test]
+fn unknown_check_names_are_refused_by_check() {
+    let bad = VerifyOptions {
+        only: vec!["checksum".into()],
+        ..Default::default()
+    };
+    let err = bad.check().unwrap_err().to_string();
+    assert!(err.contains("unknown check \"checksum\""), "{err}");
+    let bad = VerifyOptions {
+        skip: vec!["nonsense".into()],
+        ..Default::default()
+    };
+    assert!(bad.check().is_err());
+    VerifyOptions {
+        only: CHECKS.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    }
+    .check()
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and JUnit
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn metrics_carry_the_handoff_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    let report = run(&dir);
+    assert_checks(&report, &[]);
+    let m = manifest(&dir);
+    let size = |role: &str| m["files"][role]["size"].as_u64().unwrap();
+    let params: u64 = m["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .product::<u64>()
+        })
+        .sum();
+    assert_eq!(params, 91 + 13 + 13 + 65);
+    let metric = |key: &str| -> &Value {
+        report
+            .metrics
+            .get(key)
+            .unwrap_or_else(|| panic!("no metric {key} in {:?}", report.metrics))
+    };
+    assert_eq!(
+        metric("phase4_to_5/quantized_model_size_mb").as_f64(),
+        Some(size("ternary") as f64 / 1e6)
+    );
+    assert_eq!(
+        metric("phase4_to_5/dequantized_model_size_mb").as_f64(),
+        Some(size("fp16") as f64 / 1e6)
+    );
+    let retention = metric("phase4_to_5/dequantization_accuracy_retention")
+        .as_f64()
+        .unwrap();
+    assert!((0.995..=1.0).contains(&retention), "{retention}");
+    assert_eq!(
+        retention,
+        f64_figure(check(&report, "agreement"), "agreement")
+    );
+    assert_eq!(metric("phase4_to_5/gradient_flow_test_passed"), true);
+    let ratio = metric("compression_ratio").as_f64().unwrap();
+    assert_eq!(ratio, params as f64 * 4.0 / size("ternary") as f64);
+    let err = metric("gradient_check_max_relative_error")
+        .as_f64()
+        .unwrap();
+    assert!((0.0..1e-4).contains(&err), "{err}");
+    assert_eq!(
+        err,
+        f64_figure(check(&report, "gradient_check"), "max_relative_error")
+    );
+
+    // On a layer large enough for the headers not to dominate, the trits compress F32 weights
+    // more than tenfold (1.6 bits per weight plus one F32 scale per row).
+    let rows: Vec<Vec<f32>> = (0..64).map(|r| common::values(r, 256)).collect();
+    let (src, plan) = one_layer_model(&rows, QuantParams::default());
+    let big = tmp.path().join("big");
+    write_bundle(&big, &src, &plan, &WriteOptions::default()).unwrap();
+    let report = run(&big);
+    assert_checks(&report, &[]);
+    let ratio = report.metrics["compression_ratio"].as_f64().unwrap();
+    assert!(ratio > 10.0 && ratio < 20.0, "compression ratio {ratio}");
+    let q = report.metrics["phase4_to_5/quantized_model_size_mb"]
+        .as_f64()
+        .unwrap();
+    let d = report.metrics["phase4_to_5/dequantized_model_size_mb"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        q > 0.0 && d > 5.0 * q,
+        "quantized {q} MB, dequantized {d} MB"
+    );
+}
+
+#[test]
+fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = bundle(&tmp);
+    let xml = run(&good).to_junit();
+    assert_eq!(xml.matches("<testcase ").count(), CHECKS.len(), "{xml}");
+    assert_eq!(xml.matches("<failure ").count(), 0, "{xml}");
+    assert_eq!(xml.matches("<skipped ").count(), 1, "{xml}"); // reference
+    for name in CHECKS {
+        assert!(xml.contains(&format!("name=\"{name}\"")), "{name}: {xml}");
+    }
+    assert!(
+        xml.contains("tests=\"11\" failures=\"0\" skipped=\"1\""),
+        "{xml}"
+    );
+
+    let broken = tiny_bundle(&tmp, "broken", |_, _| {});
+    edit_tensor(&broken, FP16, "fc1.weight", |b| b[2 * 10] ^= 1);
+    rehash(&broken);
+    let report = run(&broken);
+    assert!(!report.ok);
+    let xml = report.to_junit();
+    assert_eq!(xml.matches("<testcase ").count(), CHECKS.len(), "{xml}");
+    assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
+    assert!(
+        xml.contains("tests=\"11\" failures=\"1\" skipped=\"1\""),
+        "{xml}"
+    );
+    let case = xml
+        .lines()
+        .find(|l| l.contains("name=\"dequantization\""))
+        .unwrap();
+    assert!(case.contains("<failure message=\""), "{case}");
+    assert!(case.contains("(rule 5.2)"), "{case}");
+    assert!(case.contains("tensor &quot;fc1.weight&quot;"), "{case}");
+}
