@@ -91,6 +91,10 @@ pub fn rmsnorm(x: &mut Array2<f32>, weight: &Array1<f32>, eps: f32) {
     }
 }
 
+/// Below this group size the ternary path folds scales into the trit matrix rather than running
+/// one matmul per column group.
+pub const SMALL_GROUP: usize = 32;
+
 /// `x . W^T` for either weight form.
 pub fn linear(x: ArrayView2<f32>, w: &LinearWeight) -> Array2<f32> {
     match w {
@@ -115,6 +119,17 @@ pub fn linear(x: ArrayView2<f32>, w: &LinearWeight) -> Array2<f32> {
                 let (per_row, group) = granularity.row_layout(cols);
                 let s = Array2::from_shape_vec((trits.nrows(), per_row), scales.clone())
                     .expect("validated scale shape");
+                if group < SMALL_GROUP {
+                    // Many small groups would mean many tiny matmuls: fold each group's scale
+                    // into its trits instead (still from trits and scales alone).
+                    let mut w = trits.clone();
+                    for (mut row, srow) in w.axis_iter_mut(Axis(0)).zip(s.axis_iter(Axis(0))) {
+                        for (c, v) in row.iter_mut().enumerate() {
+                            *v *= srow[c / group];
+                        }
+                    }
+                    return x.dot(&w.t());
+                }
                 let mut y = Array2::<f32>::zeros((x.nrows(), trits.nrows()));
                 for g in 0..per_row {
                     let (lo, hi) = (g * group, ((g + 1) * group).min(cols));
@@ -365,6 +380,39 @@ mod tests {
                 (&t - &d).iter().all(|v| v.abs() < 1e-5),
                 "{granularity:?}: {t} vs {d}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    #[test]
+    fn large_and_small_groups_give_the_same_product() {
+        let cols = 70;
+        let x = Array2::from_shape_fn((3, cols), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let trits = Array2::from_shape_fn((4, cols), |(i, j)| ((i + 2 * j) % 3) as f32 - 1.0);
+        for g in [SMALL_GROUP + 3, 5] {
+            let granularity = Granularity::Group(g as u64);
+            let (per_row, _) = granularity.row_layout(cols);
+            let scales: Vec<f32> = (0..4 * per_row).map(|k| 0.25 + k as f32 / 8.0).collect();
+            let mut dense = trits.clone();
+            for r in 0..4 {
+                for c in 0..cols {
+                    dense[[r, c]] *= scales[r * per_row + c / g];
+                }
+            }
+            let t = linear(
+                x.view(),
+                &LinearWeight::Ternary {
+                    trits: trits.clone(),
+                    scales,
+                    granularity,
+                },
+            );
+            let d = linear(x.view(), &LinearWeight::Dense(dense));
+            assert!((&t - &d).iter().all(|v| v.abs() < 1e-3), "group {g}");
         }
     }
 }
