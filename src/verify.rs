@@ -509,19 +509,17 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     let mut grad_max_err = None;
     let mut flow_passed = None;
     let model = b.map(Model64::new);
+    // The f64 model and the first `limit` inputs (as f64) and labels, for the gradient checks.
+    let batch = |limit: usize| -> std::result::Result<(&Model64<'_>, Array2<f64>, &[usize]), (String, Value)> {
+        let model = model.as_ref().expect("bundle open").as_ref().map_err(fail_with)?;
+        let (x, labels, _) = inputs.as_ref().expect("bundle open").as_ref().map_err(fail_with)?;
+        let n = x.nrows().min(limit);
+        Ok((model, to_f64(x.slice(ndarray::s![..n, ..])), &labels[..n]))
+    };
     r.run("gradient_check", &["structure"], || {
-        let model = match model.as_ref().expect("bundle open") {
-            Ok(m) => m,
-            Err(e) => return Err(fail_with(e)),
-        };
-        let (x, labels, _) = match inputs.as_ref().expect("bundle open") {
-            Ok(i) => i,
-            Err(e) => return Err(fail_with(e)),
-        };
-        let n = x.nrows().min(GRADCHECK_BATCH);
-        let xb = to_f64(x.slice(ndarray::s![..n, ..]));
+        let (model, xb, labels) = batch(GRADCHECK_BATCH)?;
         let grad = GradCheckOptions { seed: options.seed, ..options.grad.clone() };
-        let rep = gradient_check(model, xb.view(), &labels[..n], &grad);
+        let rep = gradient_check(model, xb.view(), labels, &grad);
         grad_max_err = Some(rep.max_relative_error);
         let figures = json!({
             "batch": rep.batch, "coordinates": rep.coordinates, "excluded_relu_kinks": rep.excluded_kinks,
@@ -539,17 +537,9 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         }
     });
     r.run("gradient_flow", &["structure"], || {
-        let model = match model.as_ref().expect("bundle open") {
-            Ok(m) => m,
-            Err(e) => return Err(fail_with(e)),
-        };
-        let (x, labels, _) = match inputs.as_ref().expect("bundle open") {
-            Ok(i) => i,
-            Err(e) => return Err(fail_with(e)),
-        };
-        let n = x.nrows().min(FLOW_BATCH);
-        let xb = to_f64(x.slice(ndarray::s![..n, ..]));
-        let (loss, stats) = gradient_flow(model, xb.view(), &labels[..n]);
+        let (model, xb, labels) = batch(FLOW_BATCH)?;
+        let n = xb.nrows();
+        let (loss, stats) = gradient_flow(model, xb.view(), labels);
         let bad: Vec<String> = stats
             .iter()
             .filter(|s| s.non_finite > 0 || s.non_zero == 0)
