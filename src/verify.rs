@@ -182,6 +182,9 @@ pub struct VerifyReport {
 
 type Outcome = std::result::Result<(String, Value), (String, Value)>;
 
+/// The f64 model, a batch of inputs in f64, and their labels.
+type Batch<'a> = (&'a Model64<'a>, Array2<f64>, &'a [usize]);
+
 fn fail_with(e: &Error) -> (String, Value) {
     let rule = e.rule().map(|r| r.number());
     (e.to_string(), json!({ "rule": rule }))
@@ -510,9 +513,17 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     let mut flow_passed = None;
     let model = b.map(Model64::new);
     // The f64 model and the first `limit` inputs (as f64) and labels, for the gradient checks.
-    let batch = |limit: usize| -> std::result::Result<(&Model64<'_>, Array2<f64>, &[usize]), (String, Value)> {
-        let model = model.as_ref().expect("bundle open").as_ref().map_err(fail_with)?;
-        let (x, labels, _) = inputs.as_ref().expect("bundle open").as_ref().map_err(fail_with)?;
+    let batch = |limit: usize| -> std::result::Result<Batch<'_>, (String, Value)> {
+        let model = model
+            .as_ref()
+            .expect("bundle open")
+            .as_ref()
+            .map_err(fail_with)?;
+        let (x, labels, _) = inputs
+            .as_ref()
+            .expect("bundle open")
+            .as_ref()
+            .map_err(fail_with)?;
         let n = x.nrows().min(limit);
         Ok((model, to_f64(x.slice(ndarray::s![..n, ..])), &labels[..n]))
     };
