@@ -33,6 +33,8 @@ pub mod dequantize;
 pub mod encoding;
 pub mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gradcheck;
 pub mod inspect;
 pub mod limits;

@@ -428,6 +428,70 @@ fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle>
     })
 }
 
+impl Bundle {
+    /// Validates a bundle whose files are held in memory, with the same rules in the same order
+    /// as [`Bundle::open`] except the directory rules 1.1 to 1.3 (there is no directory).
+    /// `label` stands for the bundle directory in error messages. Used by the fuzz targets and
+    /// by callers that receive bundles without a filesystem.
+    pub fn from_bytes(
+        label: &Path,
+        manifest: &[u8],
+        ternary: Vec<u8>,
+        fp16: Vec<u8>,
+        validation: Option<Vec<u8>>,
+    ) -> Result<Bundle> {
+        let (m, facts) = Manifest::parse(&label.join(MANIFEST_FILE), manifest)?;
+        if m.files.validation.is_some() != validation.is_some() {
+            let found = if validation.is_some() {
+                "an undeclared validation file"
+            } else {
+                "no validation file"
+            };
+            return Err(Violation::new(
+                label.join(FileRole::Validation.file_name()),
+                Rule::ValidationFilePresence,
+                "a validation file exactly when manifest files.validation is present",
+                found,
+            )
+            .into());
+        }
+        let load = |role: FileRole, bytes: Vec<u8>| -> Result<DataFile> {
+            let path = label.join(role.file_name());
+            check_size(&path, role, bytes.len() as u64, &m)?;
+            let header = crate::safetensors_file::parse_header_from_bytes(&path, &bytes)?;
+            check_listing(&path, role, &header, &m)?;
+            Ok(DataFile {
+                role,
+                path,
+                header,
+                bytes: FileBytes::Owned(bytes),
+            })
+        };
+        let ternary = load(FileRole::Ternary, ternary)?;
+        check_ternary_layout(&ternary, &m, &facts)?;
+        let fp16 = load(FileRole::Fp16, fp16)?;
+        check_fp16_layout(&fp16, &m)?;
+        let validation = match validation {
+            Some(v) => {
+                let v = load(FileRole::Validation, v)?;
+                check_validation_layout(&v, &m)?;
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Bundle {
+            dir: label.to_path_buf(),
+            manifest: m,
+            facts,
+            manifest_size: manifest.len() as u64,
+            ternary,
+            fp16,
+            validation,
+            extras: Vec::new(),
+        })
+    }
+}
+
 /// Rules 3.1 to 3.7 for one file, then loads its bytes.
 fn open_data_file(
     dir: &Path,
@@ -437,21 +501,24 @@ fn open_data_file(
     options: &OpenOptions,
 ) -> Result<DataFile> {
     let path = dir.join(role.file_name());
+    check_size(&path, role, size, manifest)?;
+    let header = read_header(&path, &file, size)?;
+    check_listing(&path, role, &header, manifest)?;
+    let bytes = mmap::load(&file, size, &path, options.backing)?;
+    Ok(DataFile {
+        role,
+        path,
+        header,
+        bytes,
+    })
+}
+
+/// Rule 3.7: the header's tensors are exactly the manifest's listing for this file.
+fn check_listing(path: &Path, role: FileRole, header: &Header, manifest: &Manifest) -> Result<()> {
     let entry = manifest
         .files
         .get(role)
         .expect("rule 1.4 matched files to the manifest");
-    if size != entry.size {
-        return Err(Violation::new(
-            &path,
-            Rule::FileSize,
-            format!("{} bytes (manifest files.{})", entry.size, role.key()),
-            format!("{size} bytes"),
-        )
-        .into());
-    }
-    let header = read_header(&path, &file, size)?;
-    // Rule 3.7: the header's tensors are exactly the manifest's listing for this file.
     let listed: HashMap<&str, ()> = entry
         .tensors
         .iter()
@@ -463,7 +530,7 @@ fn open_data_file(
         .find(|e| !listed.contains_key(e.name.as_str()))
     {
         return Err(Violation::new(
-            &path,
+            path,
             Rule::HeaderMatchesManifest,
             format!(
                 "only the tensors listed in manifest files.{}.tensors",
@@ -476,7 +543,7 @@ fn open_data_file(
     }
     if let Some(t) = entry.tensors.iter().find(|t| header.get(&t.name).is_none()) {
         return Err(Violation::new(
-            &path,
+            path,
             Rule::HeaderMatchesManifest,
             format!(
                 "every tensor listed in manifest files.{}.tensors",
@@ -487,13 +554,25 @@ fn open_data_file(
         .tensor(&t.name)
         .into());
     }
-    let bytes = mmap::load(&file, size, &path, options.backing)?;
-    Ok(DataFile {
-        role,
-        path,
-        header,
-        bytes,
-    })
+    Ok(())
+}
+
+/// Rule 3.1 for a file of `size` bytes.
+fn check_size(path: &Path, role: FileRole, size: u64, manifest: &Manifest) -> Result<()> {
+    let entry = manifest
+        .files
+        .get(role)
+        .expect("rule 1.4 matched files to the manifest");
+    if size != entry.size {
+        return Err(Violation::new(
+            path,
+            Rule::FileSize,
+            format!("{} bytes (manifest files.{})", entry.size, role.key()),
+            format!("{size} bytes"),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Compares a file's header with the tensors the manifest implies: `(name, dtype, shape)`.
