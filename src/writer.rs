@@ -531,6 +531,28 @@ fn check_destination(dest: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Removes staging directories `.<name>.tmp-<pid>-<n>` left in `parent` by writers that were
+/// killed (their process no longer exists). Best effort: failures are ignored.
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// A temporary directory beside the destination, removed on drop unless committed.
 struct Staging {
     dir: PathBuf,
@@ -551,6 +573,7 @@ impl Staging {
         let parent = parent_of(dest);
         // Like `mkdir -p`: a destination in a directory that does not exist yet is fine.
         fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "create directory", e))?;
+        remove_stale_staging(&parent, &name);
         loop {
             let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
             let dir = parent.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
