@@ -505,18 +505,14 @@ impl<'de> Deserialize<'de> for RawHeader {
                 self,
                 mut map: A,
             ) -> std::result::Result<RawHeader, A::Error> {
-                let mut seen = HashSet::new();
-                let mut entries = Vec::new();
-                let mut metadata = Vec::new();
+                let mut entries: Vec<(String, RawEntry)> = Vec::new();
+                let mut metadata = None;
                 while let Some(key) = map.next_key::<String>()? {
-                    if !seen.insert(key.clone()) {
-                        return Err(de::Error::custom(format_args!(
-                            "duplicate key {}",
-                            excerpt(&key, 64)
-                        )));
-                    }
                     if key == METADATA_KEY {
-                        metadata = map.next_value::<StringMap>()?.0;
+                        if metadata.is_some() {
+                            return Err(de::Error::custom("duplicate key \"__metadata__\""));
+                        }
+                        metadata = Some(map.next_value::<StringMap>()?.0);
                     } else {
                         if entries.len() == MAX_FILE_TENSORS {
                             return Err(de::Error::custom(format_args!(
@@ -527,7 +523,20 @@ impl<'de> Deserialize<'de> for RawHeader {
                         entries.push((key, entry));
                     }
                 }
-                Ok(RawHeader { entries, metadata })
+                // Duplicate tensor names, found by sorting references instead of keeping a
+                // second copy of every name.
+                let mut names: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+                names.sort_unstable();
+                if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate key {}",
+                        excerpt(w[0], 64)
+                    )));
+                }
+                Ok(RawHeader {
+                    entries,
+                    metadata: metadata.unwrap_or_default(),
+                })
             }
         }
         d.deserialize_map(V)

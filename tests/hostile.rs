@@ -1,0 +1,305 @@
+//! Hostile inputs (spec section "Security considerations"): each case damages a valid bundle the
+//! way an attacker or a broken tool would, and opening plus every data check must end in a clean,
+//! typed error naming the rule, without a panic and with bounded memory. A counting global
+//! allocator measures the peak heap of each case: it must stay within a few MB of the damaged
+//! bundle's own size, whatever sizes and counts the files claim.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::surgery::*;
+use serde_json::json;
+use ternary_bundle::checks::check_all;
+use ternary_bundle::{write_bundle, Bundle, Rule, WriteOptions};
+
+struct Counting;
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Serializes the cases (the allocator counters are global).
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn dir_size(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |es| {
+        es.flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len() as usize)
+            .sum()
+    })
+}
+
+/// Builds the tiny bundle, applies `damage`, then opens and checks it; returns the error.
+fn hostile(name: &str, damage: impl FnOnce(&Path)) -> ternary_bundle::Error {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    let (src, plan) = common::tiny_model(11);
+    write_bundle(&dir, &src, &plan, &WriteOptions::default()).unwrap();
+    damage(&dir);
+    let size = dir_size(&dir);
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let outcome = std::panic::catch_unwind(|| Bundle::open(&dir).and_then(|b| check_all(&b)));
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    let result = outcome.unwrap_or_else(|_| panic!("{name}: panicked"));
+    let err = result.expect_err(name);
+    // The file's own bytes, plus a fixed overhead that the limits bound: at most 65,536 parsed
+    // header entries (about 150 bytes each) whatever count the header claims.
+    assert!(
+        peak < size + (12 << 20),
+        "{name}: peak heap {peak} bytes for a bundle of {size} bytes"
+    );
+    let msg = err.to_string();
+    assert!(
+        !msg.contains('\u{1b}'),
+        "{name}: raw escape in the message: {msg:?}"
+    );
+    err
+}
+
+fn expect(name: &str, rule: Rule, damage: impl FnOnce(&Path)) {
+    let e = hostile(name, damage);
+    assert_eq!(e.rule(), Some(rule), "{name}: {e}");
+}
+
+fn set_header_len(dir: &Path, file: &str, n: u64) {
+    let mut b = std::fs::read(dir.join(file)).unwrap();
+    b[..8].copy_from_slice(&n.to_le_bytes());
+    std::fs::write(dir.join(file), b).unwrap();
+}
+
+/// Replaces the whole header of `file` with `json` (data kept) and rehashes.
+fn replace_header(dir: &Path, file: &str, json: &str) {
+    edit_st(dir, file, |st| st.set_header_text(json));
+    rehash(dir);
+}
+
+#[test]
+fn manifest_attacks() {
+    expect("huge manifest", Rule::ManifestSize, |d| {
+        let mut m = std::fs::read(d.join(MANIFEST)).unwrap();
+        m.resize(17 << 20, b' ');
+        std::fs::write(d.join(MANIFEST), m).unwrap();
+    });
+    expect("deeply nested", Rule::ManifestJson, |d| {
+        edit_manifest_text(d, |t| {
+            replace_once(
+                t,
+                "\"extensions\": {}",
+                &format!(
+                    "\"extensions\": {}{}",
+                    "[".repeat(100_000),
+                    "]".repeat(100_000)
+                ),
+            )
+        })
+    });
+    expect("duplicate keys", Rule::ManifestJson, |d| {
+        edit_manifest_text(d, |t| {
+            replace_once(
+                t,
+                "\"format\": \"ternary-bundle\",",
+                "\"format\": \"ternary-bundle\", \"format\": \"ternary-bundle\",",
+            )
+        })
+    });
+    expect("wrong types", Rule::ManifestSchema, |d| {
+        edit_manifest(d, |m| m["model"]["input_dim"] = json!("seven"))
+    });
+    expect("NaN literal", Rule::ManifestJson, |d| {
+        edit_manifest_text(d, |t| {
+            replace_once(t, "\"epsilon\": 0.00001", "\"epsilon\": NaN")
+        })
+    });
+    expect("Infinity literal", Rule::ManifestJson, |d| {
+        edit_manifest_text(d, |t| {
+            replace_once(t, "\"epsilon\": 0.00001", "\"epsilon\": Infinity")
+        })
+    });
+    expect("empty manifest", Rule::ManifestJson, |d| {
+        std::fs::write(d.join(MANIFEST), b"").unwrap()
+    });
+    expect("unknown encoding", Rule::Quantization, |d| {
+        edit_manifest(d, |m| m["quantization"]["encoding"] = json!("trit9"))
+    });
+    let e = hostile("unknown major", |d| {
+        edit_manifest(d, |m| m["format_version"] = json!("3.1"))
+    });
+    assert!(
+        e.to_string().contains("3.1") && e.to_string().contains("1.0"),
+        "{e}"
+    );
+    expect("manifest shape rank 100", Rule::TensorList, |d| {
+        edit_manifest(d, |m| {
+            tensor_entry(m, "fc1.bias")["shape"] = json!(vec![1; 100])
+        })
+    });
+    expect("manifest element count overflow", Rule::TensorList, |d| {
+        edit_manifest(d, |m| {
+            tensor_entry(m, "fc1.bias")["shape"] = json!([u64::MAX, u64::MAX])
+        })
+    });
+    let e = hostile("name with terminal escapes", |d| {
+        edit_manifest(d, |m| {
+            tensor_entry(m, "fc1.bias")["name"] = json!("fc1\u{1b}[2J\u{7}.bias")
+        })
+    });
+    assert_eq!(e.rule(), Some(Rule::Names), "{e}");
+    assert!(e.to_string().contains("\\u{1b}"), "{e}");
+}
+
+#[test]
+fn safetensors_attacks() {
+    expect("header length beyond the file", Rule::HeaderLength, |d| {
+        set_header_len(d, TERNARY, 1 << 40);
+        rehash(d);
+    });
+    expect("header length u64::MAX", Rule::HeaderLength, |d| {
+        set_header_len(d, FP16, u64::MAX);
+        rehash(d);
+    });
+    expect("overlapping offsets", Rule::DataOffsets, |d| {
+        replace_header(
+            d,
+            FP16,
+            r#"{"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[8],"data_offsets":[4,12]}}"#,
+        )
+    });
+    expect(
+        "dtype and shape disagree with the byte range",
+        Rule::TensorByteLength,
+        |d| {
+            replace_header(
+                d,
+                FP16,
+                r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            )
+        },
+    );
+    expect("element count overflows u64", Rule::TensorByteLength, |d| {
+        replace_header(
+            d,
+            FP16,
+            r#"{"a":{"dtype":"F64","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#,
+        )
+    });
+    expect("rank 100", Rule::HeaderEntries, |d| {
+        let dims = vec!["1"; 100].join(",");
+        replace_header(
+            d,
+            FP16,
+            &format!(r#"{{"a":{{"dtype":"U8","shape":[{dims}],"data_offsets":[0,1]}}}}"#),
+        )
+    });
+    expect("1.5 million tensors", Rule::HeaderEntries, |d| {
+        let mut h = String::from("{");
+        for i in 0..1_500_000 {
+            h.push_str(&format!(
+                "\"t{i}\":{{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}},"
+            ));
+        }
+        h.pop();
+        h.push('}');
+        replace_header(d, FP16, &h)
+    });
+    expect("duplicate tensor names", Rule::HeaderJson, |d| {
+        replace_header(
+            d,
+            FP16,
+            r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+        )
+    });
+    expect(
+        "control character in a tensor name",
+        Rule::HeaderEntries,
+        |d| {
+            replace_header(
+                d,
+                FP16,
+                "{\"evil\\u001b[31m\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
+            )
+        },
+    );
+    expect("truncated by one byte", Rule::FileSize, |d| {
+        let b = std::fs::read(d.join(TERNARY)).unwrap();
+        std::fs::write(d.join(TERNARY), &b[..b.len() - 1]).unwrap();
+    });
+    expect("grown by trailing bytes", Rule::FileSize, |d| {
+        let mut b = std::fs::read(d.join(FP16)).unwrap();
+        b.extend_from_slice(b"trailing");
+        std::fs::write(d.join(FP16), b).unwrap();
+    });
+    expect(
+        "trailing bytes declared in the manifest",
+        Rule::DataOffsets,
+        |d| {
+            let mut b = std::fs::read(d.join(FP16)).unwrap();
+            b.extend_from_slice(b"trailing");
+            std::fs::write(d.join(FP16), b).unwrap();
+            rehash(d);
+        },
+    );
+    expect("empty data file", Rule::FileSize, |d| {
+        std::fs::write(d.join(TERNARY), b"").unwrap()
+    });
+    expect("empty data file declared empty", Rule::HeaderLength, |d| {
+        std::fs::write(d.join(TERNARY), b"").unwrap();
+        rehash(d);
+    });
+}
+
+#[test]
+fn filesystem_attacks() {
+    expect("symlink inside the bundle", Rule::RegularFile, |d| {
+        std::fs::rename(d.join(FP16), d.join("real.safetensors")).unwrap();
+        std::os::unix::fs::symlink("real.safetensors", d.join(FP16)).unwrap();
+    });
+    expect("symlink outside the bundle", Rule::RegularFile, |d| {
+        std::fs::remove_file(d.join(MANIFEST)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.join(MANIFEST)).unwrap();
+    });
+    expect("directory where a file should be", Rule::RegularFile, |d| {
+        std::fs::remove_file(d.join(TERNARY)).unwrap();
+        std::fs::create_dir(d.join(TERNARY)).unwrap();
+    });
+    expect("missing file", Rule::RequiredFiles, |d| {
+        std::fs::remove_file(d.join(FP16)).unwrap()
+    });
+}
+
+#[test]
+fn scale_attacks() {
+    for (what, value) in [
+        ("NaN", f32::NAN),
+        ("Inf", f32::INFINITY),
+        ("negative", -0.5),
+        ("zero", 0.0),
+        ("subnormal", 1e-40),
+        ("above the F16 maximum", 70000.0),
+    ] {
+        expect(&format!("scale {what}"), Rule::ScaleValid, |d| {
+            edit_tensor(d, TERNARY, "fc1.weight.scale", |b| {
+                b[..4].copy_from_slice(&value.to_le_bytes())
+            });
+            rehash(d);
+        });
+    }
+}
