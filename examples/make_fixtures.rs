@@ -160,12 +160,7 @@ fn write(dest: &Path, params: QuantParams, validation: bool) {
 
 /// Rewrites `dir/manifest.json` after `edit` changes its JSON value.
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("manifest.json");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut v);
-    let mut bytes = serde_json::to_vec_pretty(&v).unwrap();
-    bytes.push(b'\n');
-    std::fs::write(path, bytes).unwrap();
+    surgery::edit_manifest(dir, edit);
 }
 
 /// A deliberately broken bundle: how it is broken and the error it must produce.

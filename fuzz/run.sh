@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS each (default 60): `bash fuzz/run.sh [SECONDS]`.
 # Needs the nightly toolchain (installed beside stable) and cargo-fuzz (installed if missing).
-# New corpus entries go to fuzz/corpus/<target>; crashes to fuzz/artifacts/<target>: copy a
-# crash into fuzz/regressions/<target>/ once fixed, so the replay test keeps it fixed.
+# The committed seeds are read from fuzz/corpus/<target>; new inputs go to fuzz/work/<target>
+# (not committed; minimize with `cargo fuzz cmin` before adding any to the corpus). Crashes go to
+# fuzz/artifacts/<target>: copy a crash into fuzz/regressions/<target>/ once fixed, so the
+# replay test keeps it fixed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 [ -f fuzz/base/tiny-trit5-channel.bin ] || bash fuzz/make_seeds.sh
 for target in manifest bundle codecs verify_numeric; do
-    mkdir -p "fuzz/corpus/$target"
+    mkdir -p "fuzz/work/$target" "fuzz/corpus/$target"
     echo "== $target: ${seconds}s"
-    cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- \
+    cargo +nightly fuzz run "$target" "fuzz/work/$target" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1 2>&1 |
         grep -E "^(stat::|#[0-9]+ +DONE|==[0-9]+== ERROR|SUMMARY|Done)" || true
 done

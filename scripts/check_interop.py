@@ -68,8 +68,12 @@ def expand_scales(scales, rows, cols, q):
 
 
 def check_bundle(d):
-    m = json.loads((d / "manifest.json").read_text())
+    raw = (d / "manifest.json").read_bytes()
+    m = json.loads(raw)
     VALIDATOR.validate(m)
+    digest = m["manifest_sha256"]
+    zeroed = raw.replace(digest.encode(), b"0" * 64)
+    assert hashlib.sha256(zeroed).hexdigest() == digest, "manifest_sha256 (rule 7.3)"
     for role, entry in m["files"].items():
         if entry is None:
             continue

@@ -53,6 +53,40 @@ pub struct Manifest {
     /// Free-form additions (rule 2.12); the writer emits `{}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extensions: Option<serde_json::Value>,
+    /// SHA-256 of this file with this value's 64 digits replaced by `0`s (rule 7.3), so that
+    /// the manifest itself is covered by a checksum.
+    pub manifest_sha256: String,
+}
+
+/// The placeholder the manifest digest is computed over (rule 7.3).
+pub const MANIFEST_DIGEST_PLACEHOLDER: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The manifest digest of `bytes` whose `manifest_sha256` value is `value` (rule 7.3): SHA-256
+/// of `bytes` with every occurrence of `value` replaced by 64 `0`s.
+pub fn manifest_digest(bytes: &[u8], value: &str) -> String {
+    let needle = value.as_bytes();
+    let mut zeroed = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if !needle.is_empty() && bytes[i..].starts_with(needle) {
+            zeroed.extend_from_slice(MANIFEST_DIGEST_PLACEHOLDER.as_bytes());
+            i += needle.len();
+        } else {
+            zeroed.push(bytes[i]);
+            i += 1;
+        }
+    }
+    crate::checksum::sha256_hex(&zeroed)
+}
+
+/// Sets the `manifest_sha256` of serialized manifest `bytes` (written with the placeholder
+/// value) to the digest of those bytes (rule 7.3).
+pub fn seal_manifest_bytes(bytes: &[u8]) -> Vec<u8> {
+    let digest = crate::checksum::sha256_hex(bytes);
+    let text = String::from_utf8_lossy(bytes);
+    text.replacen(MANIFEST_DIGEST_PLACEHOLDER, &digest, 1)
+        .into_bytes()
 }
 
 /// `model`: input dimension and the ordered layers.
@@ -394,14 +428,35 @@ impl Manifest {
             )
         })?;
         let facts = manifest.validate(path, version)?;
+        // Rule 7.3, last: the other rules give the more specific message for a damaged field.
+        let found = manifest_digest(bytes, &manifest.manifest_sha256);
+        if found != manifest.manifest_sha256 {
+            return Err(Violation::new(
+                path,
+                Rule::ManifestDigest,
+                format!("manifest_sha256 {}", excerpt(&manifest.manifest_sha256, 80)),
+                format!("sha256 {found} (of the manifest with that value zeroed)"),
+            )
+            .into());
+        }
         Ok((manifest, facts))
     }
 
     /// Serializes as the writer does: pretty JSON, 2-space indent, trailing newline.
+    /// Sets `manifest_sha256` on the serialized bytes (rule 7.3): the field is written as the
+    /// placeholder, hashed, and the digest put in its place.
     pub fn to_json_bytes(&self) -> Vec<u8> {
+        self.clone().seal()
+    }
+
+    /// Computes `manifest_sha256` for the writer's serialization, stores it, and returns the
+    /// bytes of `manifest.json` (pretty JSON, 2-space indent, trailing newline).
+    pub fn seal(&mut self) -> Vec<u8> {
+        self.manifest_sha256 = MANIFEST_DIGEST_PLACEHOLDER.into();
         let mut v = serde_json::to_vec_pretty(self).expect("manifest types always serialize");
         v.push(b'\n');
-        v
+        self.manifest_sha256 = crate::checksum::sha256_hex(&v);
+        seal_manifest_bytes(&v)
     }
 
     /// The spec of tensor `name`.
@@ -750,6 +805,15 @@ impl Manifest {
     }
 
     fn validate_provenance(&self, path: &Path) -> Result<()> {
+        if !is_sha256_hex(&self.manifest_sha256) {
+            return Err(Violation::new(
+                path,
+                Rule::ManifestDigest,
+                "manifest_sha256 of 64 lowercase hex digits",
+                excerpt(&self.manifest_sha256, 80),
+            )
+            .into());
+        }
         if let Some(c) = &self.provenance.created {
             if !is_rfc3339_utc(c) {
                 return Err(Violation::new(

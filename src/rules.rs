@@ -106,6 +106,8 @@ rules! {
     FileDigest = "7.1", "file checksum mismatch";
     /// 7.2: per-tensor SHA-256.
     TensorDigest = "7.2", "tensor checksum mismatch";
+    /// 7.3: the manifest's own SHA-256.
+    ManifestDigest = "7.3", "manifest checksum mismatch";
     /// 8.1: quantizer input weights are finite.
     SourceWeights = "8.1", "source weights must be finite";
     /// 8.2: a source checkpoint tensor has a supported dtype (F32, F16, BF16).

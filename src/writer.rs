@@ -180,6 +180,7 @@ pub fn write_bundle_with_progress(
             created: options.created.clone(),
         },
         extensions: Some(serde_json::Value::Object(Default::default())),
+        manifest_sha256: crate::manifest::MANIFEST_DIGEST_PLACEHOLDER.into(),
     };
     manifest.validate(&manifest_path, FormatVersion::CURRENT)?;
     if let Some(v) = &options.validation {
@@ -236,9 +237,13 @@ pub fn write_bundle_with_progress(
     manifest.validate(&manifest_path, FormatVersion::CURRENT)?;
 
     let mpath = staging.dir.join(MANIFEST_FILE);
+    let manifest_bytes = manifest.seal();
+    // Parse what will be published with the reader's own code (every rule of section 3 and the
+    // manifest digest, rule 7.3).
+    Manifest::parse(&manifest_path, &manifest_bytes)?;
     let mut mfile = File::create(&mpath).map_err(|e| Error::io(&mpath, "create", e))?;
     mfile
-        .write_all(&manifest.to_json_bytes())
+        .write_all(&manifest_bytes)
         .map_err(|e| Error::io(&mpath, "write", e))?;
     mfile
         .sync_all()

@@ -379,11 +379,11 @@ fn rule_1_5_extra_files_are_listed_and_ignored() {
 
 /// Pads the manifest of `dir` with trailing spaces to exactly `size` bytes.
 fn pad_manifest_to(dir: &Path, size: usize) {
-    let path = dir.join(MANIFEST);
-    let mut bytes = std::fs::read(&path).unwrap();
-    assert!(bytes.len() <= size);
-    bytes.resize(size, b' ');
-    std::fs::write(&path, bytes).unwrap();
+    // Trailing whitespace is still JSON; the padded manifest is resealed (rule 7.3).
+    edit_manifest_text(dir, |t| {
+        assert!(t.len() <= size);
+        t.extend(std::iter::repeat_n(' ', size - t.len()));
+    });
 }
 
 #[test]
@@ -2692,4 +2692,55 @@ fn rule_8_2_i32_source_tensor() {
         Rule::SourceDtype,
         &["ckpt.safetensors", &t("counts"), "F32, F16 or BF16", "I32"],
     );
+}
+
+#[test]
+fn rule_7_3_manifest_edited_without_resealing() {
+    // Any change to the manifest that leaves it valid is caught by its own digest: here the
+    // provenance text, which no other rule constrains.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen(
+            "\"tool\": \"ternary-bundle\"",
+            "\"tool\": \"ternary-bundlf\"",
+            1,
+        ),
+    )
+    .unwrap();
+    open_violation(
+        &dir,
+        Rule::ManifestDigest,
+        &[MANIFEST, "rule 7.3", "manifest_sha256"],
+    );
+}
+
+#[test]
+fn rule_7_3_damaged_digest_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let digest = m["manifest_sha256"].as_str().unwrap();
+    let flipped: String = digest
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 0 {
+                if c == 'a' {
+                    'b'
+                } else {
+                    'a'
+                }
+            } else {
+                c
+            }
+        })
+        .collect();
+    std::fs::write(&path, text.replace(digest, &flipped)).unwrap();
+    open_violation(&dir, Rule::ManifestDigest, &[MANIFEST, &flipped]);
 }

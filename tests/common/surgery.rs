@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use ternary_bundle::checksum::sha256_hex;
-use ternary_bundle::manifest::FileRole;
+use ternary_bundle::manifest::{seal_manifest_bytes, FileRole, MANIFEST_DIGEST_PLACEHOLDER};
 use ternary_bundle::safetensors_file::{parse_header_from_bytes, Header};
 
 /// The manifest's file name.
@@ -139,11 +139,17 @@ pub fn manifest(dir: &Path) -> Value {
     serde_json::from_slice(&fs::read(dir.join(MANIFEST)).unwrap()).unwrap()
 }
 
-/// Writes `v` as the manifest of `dir`, pretty-printed with a trailing newline.
+/// Writes `v` as the manifest of `dir`, pretty-printed with a trailing newline, with a fresh
+/// `manifest_sha256` (rule 7.3) so that only the rule under test is broken. Tests of rule 7.3
+/// itself edit the text without [`edit_manifest_text`]'s resealing.
 pub fn write_manifest(dir: &Path, v: &Value) {
-    let mut bytes = serde_json::to_vec_pretty(v).unwrap();
+    let mut v = v.clone();
+    if v.get("manifest_sha256").is_some_and(Value::is_string) {
+        v["manifest_sha256"] = Value::from(MANIFEST_DIGEST_PLACEHOLDER);
+    }
+    let mut bytes = serde_json::to_vec_pretty(&v).unwrap();
     bytes.push(b'\n');
-    fs::write(dir.join(MANIFEST), bytes).unwrap();
+    fs::write(dir.join(MANIFEST), seal_manifest_bytes(&bytes)).unwrap();
 }
 
 /// Edits the manifest of `dir` as a JSON value.
@@ -155,11 +161,18 @@ pub fn edit_manifest(dir: &Path, f: impl FnOnce(&mut Value)) {
 
 /// Edits the manifest of `dir` as text (for edits JSON values cannot express: duplicate keys,
 /// NaN literals, deep nesting).
+/// The manifest digest is resealed after the edit (rule 7.3).
 pub fn edit_manifest_text(dir: &Path, f: impl FnOnce(&mut String)) {
     let path = dir.join(MANIFEST);
     let mut text = fs::read_to_string(&path).unwrap();
+    let digest = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["manifest_sha256"].as_str().map(str::to_string));
+    if let Some(d) = &digest {
+        text = text.replace(d.as_str(), MANIFEST_DIGEST_PLACEHOLDER);
+    }
     f(&mut text);
-    fs::write(&path, text).unwrap();
+    fs::write(&path, seal_manifest_bytes(text.as_bytes())).unwrap();
 }
 
 /// Replaces exactly one occurrence of `from` in `text` by `to` (panics unless there is
