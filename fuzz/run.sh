@@ -17,3 +17,9 @@ for target in manifest bundle codecs verify_numeric; do
         -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1 2>&1 |
         grep -E "^(stat::|#[0-9]+ +DONE|==[0-9]+== ERROR|SUMMARY|Done)" || true
 done
+# A crash leaves its input in fuzz/artifacts/<target>/: fail loudly.
+if find fuzz/artifacts -type f 2>/dev/null | grep -q .; then
+    echo "fuzzing found crashes:" >&2
+    find fuzz/artifacts -type f >&2
+    exit 1
+fi
