@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
-use crate::dequantize::dequantize_row_f32;
 use crate::error::{Error, Result};
 use crate::reader::Bundle;
+use crate::reference::{tensor_f32, WeightPath};
 use crate::safetensors_file::Dtype;
 use crate::writer::write_safetensors_file;
 
@@ -50,26 +50,14 @@ pub fn export(bundle: &Bundle, out: &Path, dtype: ExportDtype, force: bool) -> R
         |name| {
             let bytes = match dtype {
                 ExportDtype::F16 => bundle.fp16_bytes(name).map(<[u8]>::to_vec),
-                ExportDtype::F32 => match bundle.packed(name) {
-                    Some(p) => {
-                        let scales = p.scales();
-                        let (_, group) = p.granularity.row_layout(p.cols);
-                        let mut values = vec![0f32; p.rows * p.cols];
-                        for (r, row) in values.chunks_exact_mut(p.cols).enumerate() {
-                            let rs = p.granularity.row_scales(&scales, r, p.cols);
-                            dequantize_row_f32(p.encoding, p.row(r), rs, group, row).map_err(
-                                |e| {
-                                    Error::InvalidArgument(format!(
-                                        "{}: {e}",
-                                        bundle.dir().display()
-                                    ))
-                                },
-                            )?;
-                        }
-                        Some(values.iter().flat_map(|v| v.to_le_bytes()).collect())
-                    }
-                    None => bundle.passthrough_bytes(name).map(<[u8]>::to_vec),
-                },
+                // The ternary path's values: f32(t) * scale for quantized tensors, the stored
+                // F32 values otherwise.
+                ExportDtype::F32 => Some(
+                    tensor_f32(bundle, name, WeightPath::Ternary)?
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect(),
+                ),
             };
             let bytes = bytes.ok_or_else(|| {
                 Error::InvalidArgument(format!("{}: no tensor {name}", bundle.dir().display()))

@@ -707,8 +707,3 @@ pub fn gradient_check(
 pub fn to_f64(x: ArrayView2<f32>) -> Array2<f64> {
     x.mapv(f64::from)
 }
-
-/// The F16 value of a weight as f64 (exact), for tests.
-pub fn f16_to_f64(bits: u16) -> f64 {
-    f16::from_bits(bits).to_f64()
-}
