@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for SECONDS each (default 60): `bash fuzz/run.sh [SECONDS]`.
+# Runs every fuzz target (or the TARGETs named) for SECONDS each (default 60):
+#     bash fuzz/run.sh [SECONDS] [TARGET...]
 # Needs the nightly toolchain (installed beside stable) and cargo-fuzz (installed if missing).
 # The committed seeds are read from fuzz/corpus/<target>; new inputs go to fuzz/work/<target>
 # (not committed; minimize with `cargo fuzz cmin` before adding any to the corpus). Crashes go to
@@ -8,9 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(manifest bundle codecs verify_numeric)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 [ -f fuzz/base/tiny-trit5-channel.bin ] || bash fuzz/make_seeds.sh
-for target in manifest bundle codecs verify_numeric; do
+for target in "${targets[@]}"; do
     mkdir -p "fuzz/work/$target" "fuzz/corpus/$target"
     echo "== $target: ${seconds}s"
     cargo +nightly fuzz run "$target" "fuzz/work/$target" "fuzz/corpus/$target" -- \
