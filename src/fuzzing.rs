@@ -108,51 +108,244 @@ pub fn codecs(data: &[u8]) {
     assert_eq!(back, trits, "round trip");
 }
 
-/// Structure-aware: a valid bundle (`base`, as [`join_parts`] bytes) whose tensor values,
-/// scales and packed bytes are overwritten by `data` (pairs of offset and byte), then every
-/// numeric check, both reference forward paths and the f64 gradients.
-pub fn verify_numeric(base: &[u8], data: &[u8]) {
-    let parts = split_parts(base);
-    let (manifest, mut ternary, mut fp16) = (parts[0], parts[1].to_vec(), parts[2].to_vec());
-    for edit in data.chunks_exact(4) {
-        let target = if edit[0] & 1 == 0 {
-            &mut ternary
-        } else {
-            &mut fp16
-        };
-        // Only the data buffer is mutated (headers stay valid): skip the first 8 + N bytes.
-        let n = u64::from_le_bytes(target[..8].try_into().expect("8 bytes")) as usize + 8;
-        if target.len() > n {
-            let at = n + (u16::from_le_bytes([edit[1], edit[2]]) as usize) % (target.len() - n);
-            target[at] = edit[3];
+/// Reads a fuzz input front to back; past its end every read gives zero, so every input,
+/// however short, describes a complete model.
+struct Cursor<'a> {
+    data: &'a [u8],
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
         }
     }
-    let Ok(b) = Bundle::from_bytes(Path::new("fuzz"), manifest, ternary, fp16, None) else {
-        return;
+
+    /// A value for a weight or a scale: mostly a small multiple of 1/32, with the codes from
+    /// 244 up giving the edge cases (signed zero, NaN, infinities, subnormals, the F16 limits).
+    /// Past the end of the input, a deterministic pseudo-random fill (`position`) instead of
+    /// zeros, so that short inputs still have informative weights.
+    fn value(&mut self, position: usize) -> f32 {
+        let code = match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => (position.wrapping_mul(2_654_435_761) >> 7) as u8 % 240,
+        };
+        const SPECIAL: [f32; 12] = [
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-40,
+            6e-8,
+            65504.0,
+            65520.0,
+            1e30,
+            -1e30,
+            f32::MIN_POSITIVE,
+            0.5,
+        ];
+        match code.checked_sub(244) {
+            Some(i) => SPECIAL[i as usize],
+            None => (code as f32 - 122.0) / 32.0,
+        }
+    }
+}
+
+/// The scratch bundle of [`verify_numeric`], removed when dropped (also on a panic, so that a
+/// crashing input does not poison the next run).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Structure-aware: `data` describes a small model (encoding, granularity, group size,
+/// activation, 1–3 layers of widths 1–12 with or without bias and RMSNorm, quantized or not,
+/// epsilon, threshold, optional fixed scales and validation set, then the values), which the
+/// real writer turns into a bundle under `scratch`; the rest of `data` is a list of edits
+/// (file, offset, byte) applied to the data buffers of the two safetensors files, packed
+/// trits, scales and F16 values alike. Then the whole of `bundle verify` runs on it.
+///
+/// Two properties are asserted, not just the absence of panics: a bundle the writer produced
+/// passes every integrity check (manifest to dequantization), and a bundle with any byte
+/// changed fails the checksums check.
+///
+/// Returns `None` when the writer refused the model (a typed error), otherwise whether any
+/// byte was changed before verify ran.
+pub fn verify_numeric(scratch: &Path, data: &[u8]) -> Option<bool> {
+    use crate::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
+    use crate::model::Activation;
+    use crate::quantize::{Granularity, QuantParams};
+    use crate::source::MemorySource;
+    use crate::verify::{verify, Status, VerifyOptions};
+    use crate::writer::{write_bundle, BundlePlan, ValidationSet, WriteOptions};
+    use std::collections::BTreeSet;
+
+    let mut c = Cursor { data };
+    let flags = c.byte();
+    let group = 1 + u64::from(c.byte() % 16);
+    let params = QuantParams {
+        encoding: if flags & 1 == 0 {
+            Encoding::Trit5
+        } else {
+            Encoding::Trit2
+        },
+        granularity: match (flags >> 1) & 3 {
+            0 => Granularity::Tensor,
+            1 => Granularity::Channel,
+            _ => Granularity::Group(group),
+        },
+        epsilon: [1e-5, 1e-3, 0.5, 1e-30][usize::from(c.byte() % 4)],
+        sparsity_threshold: [0.5, 0.0, 0.25, 0.999][usize::from(c.byte() % 4)],
     };
-    let _ = checks::check_scales(&b);
-    let _ = checks::check_passthrough(&b);
-    if checks::check_encoding(&b).is_ok() {
-        let _ = checks::check_dequantization(&b);
-        let x =
-            ndarray::Array2::from_shape_fn((2, b.manifest().model.input_dim as usize), |(i, j)| {
-                (i + j) as f32 - 1.0
-            });
-        let _ =
-            crate::reference::forward_bundle(&b, crate::reference::WeightPath::Ternary, x.view());
-        let _ = crate::reference::forward_bundle(&b, crate::reference::WeightPath::Fp16, x.view());
+    let activation = Activation::ALL[usize::from(flags >> 5) % Activation::ALL.len()];
+    let input_dim = 1 + u64::from(c.byte() % 12);
+    let layer_count = 1 + c.byte() % 3;
+    let mut layers = Vec::new();
+    let mut shapes: Vec<(String, Vec<u64>, bool)> = Vec::new();
+    let mut width = input_dim;
+    for i in 0..layer_count {
+        let out = 1 + u64::from(c.byte() % 12);
+        let layer_flags = c.byte();
+        let name = format!("l{i}");
+        let weight = format!("{name}.weight");
+        shapes.push((weight.clone(), vec![out, width], layer_flags & 4 == 0));
+        let bias = (layer_flags & 1 != 0).then(|| format!("{name}.bias"));
+        if let Some(b) = &bias {
+            shapes.push((b.clone(), vec![out], false));
+        }
+        let rmsnorm = (layer_flags & 2 != 0).then(|| RmsNormSpec {
+            weight: format!("{name}.norm"),
+            eps: 1e-6,
+        });
+        if let Some(n) = &rmsnorm {
+            shapes.push((n.weight.clone(), vec![width], false));
+        }
+        let last = i + 1 == layer_count;
+        layers.push(LayerSpec {
+            name,
+            weight,
+            bias,
+            in_features: width,
+            out_features: out,
+            activation: if last { "identity" } else { activation.name() }.into(),
+            rmsnorm,
+        });
+        width = out;
     }
-    if let Ok(model) = crate::gradcheck::Model64::new(&b) {
-        let x =
-            ndarray::Array2::from_shape_fn((2, b.manifest().model.input_dim as usize), |(i, j)| {
-                (i * j) as f64 - 0.5
-            });
-        let classes = b
-            .manifest()
-            .model
-            .layers
-            .last()
-            .map_or(1, |l| l.out_features as usize);
-        let _ = crate::gradcheck::gradient_flow(&model, x.view(), &[0, classes - 1]);
+    let mut source = MemorySource::new("fuzz.safetensors");
+    let mut position = 0;
+    for (name, shape, _) in &shapes {
+        let n = shape.iter().product::<u64>() as usize;
+        let values = (0..n).map(|k| c.value(position + k)).collect();
+        position += n;
+        source
+            .push(name.clone(), shape.clone(), values)
+            .expect("values match the shape");
     }
+    let quantize: BTreeSet<String> = shapes.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
+    let mut options = WriteOptions::default();
+    if flags & 16 != 0 {
+        for (name, shape, _) in shapes.iter().filter(|s| s.2) {
+            let (rows, cols) = (shape[0], shape[1]);
+            let n = match params.granularity {
+                Granularity::Tensor => 1,
+                Granularity::Channel => rows,
+                Granularity::Group(g) => rows * cols.div_ceil(g),
+            };
+            let scales = (0..n as usize)
+                .map(|k| c.value(position + k).abs())
+                .collect();
+            position += n as usize;
+            options.fixed_scales.insert(name.clone(), scales);
+        }
+    }
+    if flags & 8 != 0 {
+        let n = 1 + usize::from(c.byte() % 4);
+        let d = input_dim as usize;
+        options.validation = Some(ValidationSet {
+            origin: "fuzz-validation.safetensors".into(),
+            inputs: (0..n * d).map(|k| c.value(position + k)).collect(),
+            labels: (0..n).map(|_| i64::from(c.byte() % 14)).collect(),
+            difficulty: None,
+        });
+    }
+    let plan = BundlePlan {
+        model: ModelSpec { input_dim, layers },
+        params,
+        quantize,
+    };
+    let dir = Scratch(scratch.join("bundle"));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    write_bundle(&dir.0, &source, &plan, &options).ok()?;
+
+    // The edits: 4 bytes each, (file, offset low, offset high, byte), within the data buffers.
+    let mut changed = false;
+    for name in ["ternary.safetensors", "fp16.safetensors"] {
+        let path = dir.0.join(name);
+        let mut bytes = std::fs::read(&path).expect("the writer's file reads back");
+        let start = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize + 8;
+        let before = bytes.clone();
+        for edit in c.data.chunks_exact(4) {
+            if (edit[0] & 1 == 0) == (name == "ternary.safetensors") && bytes.len() > start {
+                let at = start
+                    + usize::from(u16::from_le_bytes([edit[1], edit[2]])) % (bytes.len() - start);
+                bytes[at] = edit[3];
+            }
+        }
+        if bytes != before {
+            changed = true;
+            std::fs::write(&path, &bytes).expect("the scratch file is writable");
+        }
+    }
+
+    let report = verify(
+        &dir.0,
+        &VerifyOptions {
+            samples: 8,
+            ..VerifyOptions::default()
+        },
+    );
+    let status = |name: &str| {
+        report
+            .checks
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| (r.status, r.detail.clone()))
+    };
+    if changed {
+        let (s, detail) = status("checksums").expect("checksums ran");
+        assert_eq!(
+            s,
+            Status::Fail,
+            "an edited bundle passed checksums: {detail}"
+        );
+    } else {
+        for name in [
+            "manifest",
+            "files",
+            "checksums",
+            "structure",
+            "encoding",
+            "scales",
+            "dequantization",
+        ] {
+            let (s, detail) = status(name).expect("integrity checks ran");
+            assert_eq!(
+                s,
+                Status::Pass,
+                "the writer produced a bundle failing {name}: {detail}"
+            );
+        }
+    }
+    Some(changed)
 }

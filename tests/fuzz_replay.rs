@@ -62,8 +62,31 @@ fn codecs_corpus_replays() {
 
 #[test]
 fn verify_numeric_corpus_replays() {
-    let base = std::fs::read(fuzz_dir().join("base/tiny-trit5-channel.bin")).unwrap();
-    replay("verify_numeric", |d| fuzzing::verify_numeric(&base, d));
+    let scratch = tempfile::tempdir().unwrap();
+    replay("verify_numeric", |d| {
+        fuzzing::verify_numeric(scratch.path(), d);
+    });
+}
+
+#[test]
+fn verify_numeric_seeds_reach_verify() {
+    // The seeds must describe models the writer accepts, or the fuzzer would spend its time on
+    // writer errors; the edited seed must change bytes (and so must fail the checksums check,
+    // which the entry point asserts).
+    let scratch = tempfile::tempdir().unwrap();
+    for (seed, edited) in [
+        ("trit5-channel-two-layers", false),
+        ("trit5-channel-two-layers-edited", true),
+        ("trit2-group-validation", false),
+        ("tensor-fixed-scale", false),
+    ] {
+        let data = std::fs::read(fuzz_dir().join("corpus/verify_numeric").join(seed)).unwrap();
+        assert_eq!(
+            fuzzing::verify_numeric(scratch.path(), &data),
+            Some(edited),
+            "seed {seed}"
+        );
+    }
 }
 
 #[test]
