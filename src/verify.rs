@@ -32,6 +32,11 @@ use crate::reference::{
 use crate::rules::Rule;
 use crate::source::{CheckpointSource, TensorSource};
 
+/// The integrity checks: the first [`INTEGRITY_CHECKS`] of [`CHECKS`], manifest to
+/// dequantization. They depend only on the bytes, so a bundle the writer produced always
+/// passes them.
+pub const INTEGRITY_CHECKS: usize = 7;
+
 /// The checks, in the order they run.
 pub const CHECKS: [&str; 11] = [
     "manifest",
