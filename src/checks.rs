@@ -12,6 +12,7 @@ use crate::checksum::sha256_hex;
 use crate::dequantize::dequantize_row_f16;
 use crate::encoding::Encoding;
 use crate::error::{Result, Violation};
+use crate::le;
 use crate::manifest::{FileRole, TensorSpec};
 use crate::quantize::scale_fits_f16;
 use crate::reader::{Bundle, PackedTensor, VALIDATION_INPUTS, VALIDATION_LABELS};
@@ -253,18 +254,6 @@ fn nonzero_trit_under_scale(p: &PackedTensor<'_>, i: usize) -> Option<(usize, us
     None
 }
 
-fn f32_values(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-fn f16_bits(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
-    bytes
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-}
-
 /// Rule 4.7: passthrough values are finite and fit F16.
 pub fn check_passthrough(bundle: &Bundle) -> Result<()> {
     let path = bundle
@@ -278,7 +267,7 @@ pub fn check_passthrough(bundle: &Bundle) -> Result<()> {
             let bytes = bundle
                 .passthrough_bytes(&t.name)
                 .expect("validated at open");
-            match f32_values(bytes)
+            match le::f32s(bytes)
                 .enumerate()
                 .find(|(_, v)| !f16::from_f32(*v).is_finite())
             {
@@ -354,10 +343,8 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
                             .expect("validated row length");
                         let differs = row
                             .iter()
-                            .zip(stored.chunks_exact(2))
-                            .fold(0u16, |acc, (e, s)| {
-                                acc | (e.to_bits() ^ u16::from_le_bytes([s[0], s[1]]))
-                            });
+                            .zip(le::u16s(stored))
+                            .fold(0u16, |acc, (e, s)| acc | (e.to_bits() ^ s));
                         (differs != 0).then_some(r)
                     },
                 )
@@ -374,7 +361,7 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
             let stored = &found[2 * p.cols * r..2 * p.cols * (r + 1)];
             let (c, (e, f)) = row
                 .iter()
-                .zip(f16_bits(stored))
+                .zip(le::u16s(stored))
                 .enumerate()
                 .find(|(_, (e, f))| e.to_bits() != *f)
                 .expect("the row differs");
@@ -396,8 +383,8 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
                 .passthrough_bytes(&t.name)
                 .expect("validated at open");
             let found = bundle.fp16_bytes(&t.name).expect("validated at open");
-            match f32_values(src)
-                .zip(f16_bits(found))
+            match le::f32s(src)
+                .zip(le::u16s(found))
                 .enumerate()
                 .find(|(_, (v, f))| f16::from_f32(*v).to_bits() != *f)
             {
@@ -424,7 +411,7 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
     let inputs = file
         .tensor_bytes(VALIDATION_INPUTS)
         .expect("validated at open");
-    if let Some((i, v)) = f32_values(inputs).enumerate().find(|(_, v)| !v.is_finite()) {
+    if let Some((i, v)) = le::f32s(inputs).enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(Violation::new(
             file.path(),
             Rule::ValidationValues,
@@ -444,9 +431,7 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
     let labels = file
         .tensor_bytes(VALIDATION_LABELS)
         .expect("validated at open");
-    let mut labels_iter = labels
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let mut labels_iter = crate::le::i64s(labels);
     if let Some((i, l)) = labels_iter
         .by_ref()
         .enumerate()

@@ -201,9 +201,8 @@ fn f16_table() -> &'static [f64] {
 
 fn f16_vec64(bytes: &[u8]) -> Vec<f64> {
     let table = f16_table();
-    bytes
-        .chunks_exact(2)
-        .map(|b| table[u16::from_le_bytes([b[0], b[1]]) as usize])
+    crate::le::u16s(bytes)
+        .map(|b| table[usize::from(b)])
         .collect()
 }
 

@@ -15,7 +15,7 @@
 //! - [`safetensors_file`]: the safetensors container (rules 3.x);
 //! - [`encoding`]: the `trit5` and `trit2` codecs (rules 4.3, 4.4);
 //! - [`quantize`] and [`dequantize`]: the absmean quantizer and exact dequantization;
-//! - [`checksum`]: SHA-256 (rules 7.x);
+//! - [`checksum`]: SHA-256 (rules 7.x); [`le`]: little-endian element decoding;
 //! - [`reader`]: opening a bundle (rules 1.x to 6.1) and borrowed tensor views;
 //! - [`checks`]: the data rules that read every byte;
 //! - [`writer`] and [`source`]: building a bundle atomically from a checkpoint;
@@ -37,6 +37,7 @@ pub mod export;
 pub mod fuzzing;
 pub mod gradcheck;
 pub mod inspect;
+pub mod le;
 pub mod limits;
 pub mod manifest;
 pub mod mmap;

@@ -122,10 +122,7 @@ impl<'a> PackedTensor<'a> {
 
     /// The scales, decoded from little-endian f32.
     pub fn scales(&self) -> Vec<f32> {
-        self.scale_bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
+        crate::le::f32s(self.scale_bytes).collect()
     }
 
     /// Dequantizes the whole tensor to F16 (rule 5.2). The rows must be valid (rule 4.3).

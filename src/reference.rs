@@ -210,8 +210,8 @@ pub fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
     let mut buf = [f16::ZERO; CHUNK];
     for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
         let n = dst.len();
-        for (h, b) in buf[..n].iter_mut().zip(src.chunks_exact(2)) {
-            *h = f16::from_le_bytes([b[0], b[1]]);
+        for (h, v) in buf[..n].iter_mut().zip(crate::le::f16s(src)) {
+            *h = v;
         }
         buf[..n].convert_to_f32_slice(dst);
     }
@@ -255,9 +255,7 @@ pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f
                 let b = bundle
                     .passthrough_bytes(name)
                     .ok_or_else(|| missing(bundle, name))?;
-                Ok(b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect())
+                Ok(crate::le::f32s(b).collect())
             }
         },
     }

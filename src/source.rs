@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 
 use crate::error::{Error, Result, Violation};
+use crate::le;
 use crate::mmap::{self, Backing, FileBytes};
 use crate::rules::Rule;
 use crate::safetensors_file::{element_count, read_header, Dtype, Header};
@@ -81,18 +82,9 @@ impl CheckpointSource {
 /// Converts little-endian F32, F16 or BF16 bytes to f32 (exactly); `None` for other dtypes.
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let out = match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => le::f32s(bytes).collect(),
+        Dtype::F16 => le::f16s(bytes).map(f16::to_f32).collect(),
+        Dtype::BF16 => le::bf16s(bytes).map(bf16::to_f32).collect(),
         _ => return None,
     };
     Some(out)
@@ -254,10 +246,7 @@ pub fn load_validation_set(path: &Path) -> Result<crate::writer::ValidationSet> 
     Ok(crate::writer::ValidationSet {
         origin: path.to_path_buf(),
         inputs: to_f32(Dtype::F32, inputs).expect("F32"),
-        labels: labels
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect(),
+        labels: le::i64s(labels).collect(),
         difficulty: difficulty.map(<[u8]>::to_vec),
     })
 }
@@ -271,11 +260,7 @@ pub fn bundle_validation_set(
     Some(crate::writer::ValidationSet {
         origin: f.path().to_path_buf(),
         inputs: to_f32(Dtype::F32, f.tensor_bytes(VALIDATION_INPUTS)?)?,
-        labels: f
-            .tensor_bytes(VALIDATION_LABELS)?
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect(),
+        labels: le::i64s(f.tensor_bytes(VALIDATION_LABELS)?).collect(),
         difficulty: f.tensor_bytes(VALIDATION_DIFFICULTY).map(<[u8]>::to_vec),
     })
 }

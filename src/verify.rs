@@ -713,17 +713,10 @@ fn model_inputs(
         checks::check_validation_values(b)?;
         let e = f.header().get(VALIDATION_INPUTS).expect("rule 6.1");
         let (n, d) = (e.shape[0] as usize, e.shape[1] as usize);
-        let x: Vec<f32> = f
-            .tensor_bytes(VALIDATION_INPUTS)
-            .expect("rule 6.1")
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let labels = f
-            .tensor_bytes(VALIDATION_LABELS)
-            .expect("rule 6.1")
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+        let x: Vec<f32> =
+            crate::le::f32s(f.tensor_bytes(VALIDATION_INPUTS).expect("rule 6.1")).collect();
+        let labels = crate::le::i64s(f.tensor_bytes(VALIDATION_LABELS).expect("rule 6.1"))
+            .map(|l| l as usize)
             .collect();
         return Ok((
             Array2::from_shape_vec((n, d), x).expect("validated shape"),
