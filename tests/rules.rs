@@ -18,6 +18,9 @@ use common::surgery::{
     edit_manifest, edit_manifest_text, edit_st, edit_tensor, manifest, rehash, replace_once,
     tensor_entry, St, FP16, MANIFEST, TERNARY, VALIDATION,
 };
+use common::{
+    bundle, f32_at, row_trits, row_with_nonzero_trit, set_f32, set_u16, t, tiny_bundle, u16_at,
+};
 use half::f16;
 use serde_json::{json, Value};
 use ternary_bundle::checks::{
@@ -28,32 +31,11 @@ use ternary_bundle::checksum::sha256_hex;
 use ternary_bundle::manifest::FormatVersion;
 use ternary_bundle::source::{CheckpointSource, MemorySource, TensorSource};
 use ternary_bundle::writer::ValidationSet;
-use ternary_bundle::{
-    write_bundle, Bundle, BundlePlan, Encoding, Error, Result, Rule, WriteOptions,
-};
+use ternary_bundle::{write_bundle, Bundle, Encoding, Error, Result, Rule, WriteOptions};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A valid bundle of the tiny model (seed 7, trit5, channel) in `tmp/name`.
-fn bundle(tmp: &tempfile::TempDir) -> PathBuf {
-    bundle_with(tmp, "b", |_, _| {})
-}
-
-/// A valid bundle of the tiny model after `f` adjusted the plan and options.
-fn bundle_with(
-    tmp: &tempfile::TempDir,
-    name: &str,
-    f: impl FnOnce(&mut BundlePlan, &mut WriteOptions),
-) -> PathBuf {
-    let (src, mut plan) = common::tiny_model(7);
-    let mut options = WriteOptions::default();
-    f(&mut plan, &mut options);
-    let dest = tmp.path().join(name);
-    write_bundle(&dest, &src, &plan, &options).unwrap();
-    dest
-}
 
 /// 4 samples of the tiny model's 7 inputs, labels in 0..5, with a difficulty.
 fn validation_set() -> ValidationSet {
@@ -67,12 +49,7 @@ fn validation_set() -> ValidationSet {
 
 /// A valid bundle with a validation set.
 fn bundle_with_validation(tmp: &tempfile::TempDir) -> PathBuf {
-    bundle_with(tmp, "v", |_, o| o.validation = Some(validation_set()))
-}
-
-/// `tensor "name"`, as violations print the tensor concerned.
-fn t(name: &str) -> String {
-    format!("tensor \"{name}\"")
+    tiny_bundle(tmp, "v", |_, o| o.validation = Some(validation_set()))
 }
 
 /// Asserts that `result` is a violation of `rule` whose message contains every one of
@@ -115,38 +92,6 @@ fn data_violation(
     let all = expect_violation(check_all(&b), rule, parts);
     assert_eq!(all, msg, "check_all must report the same first violation");
     msg
-}
-
-fn f32_at(bytes: &[u8], i: usize) -> f32 {
-    f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
-}
-
-fn set_f32(bytes: &mut [u8], i: usize, v: f32) {
-    bytes[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn set_u16(bytes: &mut [u8], i: usize, v: u16) {
-    bytes[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-fn u16_at(bytes: &[u8], i: usize) -> u16 {
-    u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])
-}
-
-/// The trits of row `r` of quantized tensor `name`.
-fn row_trits(dir: &Path, name: &str, r: usize) -> Vec<i8> {
-    let b = Bundle::open(dir).unwrap();
-    let p = b.packed(name).unwrap();
-    let mut trits = vec![0i8; p.cols];
-    p.encoding.unpack_row(p.row(r), &mut trits).unwrap();
-    trits
-}
-
-/// A row of fc1.weight with at least one non-zero trit.
-fn row_with_nonzero_trit(dir: &Path) -> usize {
-    (0..13)
-        .find(|&r| row_trits(dir, "fc1.weight", r).iter().any(|&t| t != 0))
-        .expect("the tiny model has non-zero trits")
 }
 
 fn files_entry<'a>(m: &'a mut Value, role: &str) -> &'a mut Value {
@@ -510,7 +455,7 @@ fn rule_2_2_nesting_depth_127_is_accepted() {
     nest_extensions(&dir, 126, true);
     check_all(&Bundle::open(&dir).unwrap()).unwrap();
     // The same depth with arrays.
-    let dir = bundle_with(&tmp, "arrays", |_, _| {});
+    let dir = tiny_bundle(&tmp, "arrays", |_, _| {});
     nest_extensions(&dir, 126, false);
     edit_manifest_text(&dir, |s| {
         replace_once(s, "\"extensions\": [", "\"extensions\": {\"x\": [");
@@ -603,12 +548,12 @@ fn rule_2_3_format_name() {
 #[test]
 fn rule_2_3_format_missing_or_not_a_string() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with(&tmp, "a", |_, _| {});
+    let dir = tiny_bundle(&tmp, "a", |_, _| {});
     edit_manifest(&dir, |m| {
         m.as_object_mut().unwrap().remove("format").unwrap();
     });
     open_violation(&dir, Rule::FormatName, &[MANIFEST]);
-    let dir = bundle_with(&tmp, "b", |_, _| {});
+    let dir = tiny_bundle(&tmp, "b", |_, _| {});
     edit_manifest(&dir, |m| m["format"] = json!(["ternary-bundle"]));
     open_violation(&dir, Rule::FormatName, &[MANIFEST]);
 }
@@ -617,12 +562,12 @@ fn rule_2_3_format_missing_or_not_a_string() {
 #[test]
 fn rule_2_4_format_version_missing_or_not_a_string() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with(&tmp, "a", |_, _| {});
+    let dir = tiny_bundle(&tmp, "a", |_, _| {});
     edit_manifest(&dir, |m| {
         m.as_object_mut().unwrap().remove("format_version").unwrap();
     });
     open_violation(&dir, Rule::FormatVersion, &[MANIFEST]);
-    let dir = bundle_with(&tmp, "b", |_, _| {});
+    let dir = tiny_bundle(&tmp, "b", |_, _| {});
     edit_manifest(&dir, |m| m["format_version"] = json!(1.0));
     open_violation(&dir, Rule::FormatVersion, &[MANIFEST]);
 }
@@ -671,7 +616,7 @@ fn rule_2_4_malformed_versions() {
     .into_iter()
     .enumerate()
     {
-        let dir = bundle_with(&tmp, &format!("b{i}"), |_, _| {});
+        let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
         open_violation(&dir, Rule::FormatVersion, &[MANIFEST]);
     }
@@ -681,7 +626,7 @@ fn rule_2_4_malformed_versions() {
 fn rule_2_4_other_majors_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     for (i, v) in ["0.9", "0.0", "3.1", "999999999.0"].into_iter().enumerate() {
-        let dir = bundle_with(&tmp, &format!("b{i}"), |_, _| {});
+        let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
         open_violation(&dir, Rule::FormatVersion, &[MANIFEST, v, "1.0"]);
     }
@@ -820,12 +765,12 @@ fn rule_2_6_reserved_empty_and_long_names() {
     .into_iter()
     .enumerate()
     {
-        let dir = bundle_with(&tmp, &format!("b{i}"), |_, _| {});
+        let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["model"]["layers"][0]["name"] = json!(name));
         open_violation(&dir, Rule::Names, &[MANIFEST, what]);
     }
     // 512 bytes is allowed.
-    let dir = bundle_with(&tmp, "ok", |_, _| {});
+    let dir = tiny_bundle(&tmp, "ok", |_, _| {});
     edit_manifest(&dir, |m| {
         m["model"]["layers"][0]["name"] = json!("é".repeat(256));
     });
@@ -1021,7 +966,7 @@ fn rule_2_8_group_granularity_without_valid_group_size() {
         .into_iter()
         .enumerate()
     {
-        let dir = bundle_with(&tmp, &format!("b{i}"), |_, _| {});
+        let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| {
             m["quantization"]["granularity"] = json!("group");
             m["quantization"]["group_size"] = g;
@@ -1066,7 +1011,7 @@ fn rule_2_8_threshold_out_of_range() {
         .into_iter()
         .enumerate()
     {
-        let dir = bundle_with(&tmp, &format!("b{i}"), |_, _| {});
+        let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["quantization"]["sparsity_threshold"] = thr);
         open_violation(&dir, Rule::Quantization, &[MANIFEST, "sparsity_threshold"]);
     }
@@ -1154,10 +1099,10 @@ fn rule_2_9_rmsnorm_eps_not_positive() {
 #[test]
 fn rule_2_9_input_dim_zero_and_no_layers() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with(&tmp, "a", |_, _| {});
+    let dir = tiny_bundle(&tmp, "a", |_, _| {});
     edit_manifest(&dir, |m| m["model"]["input_dim"] = json!(0));
     open_violation(&dir, Rule::Model, &[MANIFEST, "input_dim >= 1"]);
-    let dir = bundle_with(&tmp, "b", |_, _| {});
+    let dir = tiny_bundle(&tmp, "b", |_, _| {});
     edit_manifest(&dir, |m| m["model"]["layers"] = json!([]));
     open_violation(&dir, Rule::Model, &[MANIFEST, "layers"]);
 }
@@ -1223,7 +1168,7 @@ fn rule_2_11_created_not_an_rfc3339_utc_date_time() {
     .into_iter()
     .enumerate()
     {
-        let dir = bundle_with(&tmp, &format!("b{i}"), |_, _| {});
+        let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["provenance"]["created"] = json!(created));
         open_violation(&dir, Rule::Provenance, &[MANIFEST, "created"]);
     }
@@ -1231,7 +1176,7 @@ fn rule_2_11_created_not_an_rfc3339_utc_date_time() {
         .into_iter()
         .enumerate()
     {
-        let dir = bundle_with(&tmp, &format!("ok{i}"), |_, o| {
+        let dir = tiny_bundle(&tmp, &format!("ok{i}"), |_, o| {
             o.created = Some(created.to_string())
         });
         let b = Bundle::open(&dir).unwrap();
@@ -1244,7 +1189,7 @@ fn rule_2_11_valid_source_sha256_opens() {
     let tmp = tempfile::tempdir().unwrap();
     let digest = sha256_hex(b"checkpoint");
     let d = digest.clone();
-    let dir = bundle_with(&tmp, "b", move |_, o| o.source_sha256 = Some(d));
+    let dir = tiny_bundle(&tmp, "b", move |_, o| o.source_sha256 = Some(d));
     let b = Bundle::open(&dir).unwrap();
     assert_eq!(b.manifest().provenance.source_sha256, Some(digest));
 }
@@ -1490,7 +1435,7 @@ fn rule_3_4_unknown_dtype() {
 fn rule_3_4_lowercase_and_f8_dtypes() {
     let tmp = tempfile::tempdir().unwrap();
     for (i, dtype) in ["f32", "F8_E4M3", "F32 "].into_iter().enumerate() {
-        let dir = bundle_with(&tmp, &format!("b{i}"), |_, _| {});
+        let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_st(&dir, TERNARY, |st| {
             st.edit_json(|v| v["fc1.bias"]["dtype"] = json!(dtype))
         });
@@ -1810,7 +1755,7 @@ fn rule_4_3_trit5_byte_243() {
 #[test]
 fn rule_4_3_trit2_code_3() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with(&tmp, "t2", |p, _| p.params.encoding = Encoding::Trit2);
+    let dir = tiny_bundle(&tmp, "t2", |p, _| p.params.encoding = Encoding::Trit2);
     // fc2.weight: 13 columns -> 4 bytes per row; field 2 of row 1, byte 2 set to code 3.
     edit_tensor(&dir, TERNARY, "fc2.weight", |b| b[4 + 2] |= 0b0011_0000);
     rehash(&dir);
@@ -1850,7 +1795,7 @@ fn rule_4_4_trit5_padding_not_zero() {
 #[test]
 fn rule_4_4_trit2_padding_not_zero() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with(&tmp, "t2", |p, _| p.params.encoding = Encoding::Trit2);
+    let dir = tiny_bundle(&tmp, "t2", |p, _| p.params.encoding = Encoding::Trit2);
     // 7 columns in trit2: 2 bytes per row, the last holds 3 trits (canonical max 0x3f).
     edit_tensor(&dir, TERNARY, "fc1.weight", |b| {
         assert!(b[2 * 12 + 1] <= 0x3F);
@@ -1973,13 +1918,13 @@ fn rule_4_5_scale_overflowing_f16_over_nonzero_trits() {
 fn rule_4_5_scale_at_the_f16_overflow_boundary() {
     // 65519 rounds to F16 65504 (finite); 65520 rounds to infinity.
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with(&tmp, "a", |_, _| {});
+    let dir = tiny_bundle(&tmp, "a", |_, _| {});
     let r = row_with_nonzero_trit(&dir);
     set_fc1_scale(&dir, r, 65519.0, true);
     let b = Bundle::open(&dir).unwrap();
     check_encoding(&b).unwrap();
     check_scales(&b).unwrap();
-    let dir = bundle_with(&tmp, "b", |_, _| {});
+    let dir = tiny_bundle(&tmp, "b", |_, _| {});
     set_fc1_scale(&dir, r, 65520.0, true);
     data_violation(
         &dir,
@@ -2193,13 +2138,13 @@ fn rule_4_7_nan_passthrough_value() {
 fn rule_4_7_f16_range_boundary() {
     let tmp = tempfile::tempdir().unwrap();
     // 65519 rounds to the largest finite F16 (65504): valid, with the matching FP16 value.
-    let dir = bundle_with(&tmp, "a", |_, _| {});
+    let dir = tiny_bundle(&tmp, "a", |_, _| {});
     edit_tensor(&dir, TERNARY, "fc1.bias", |b| set_f32(b, 3, -65519.0));
     edit_tensor(&dir, FP16, "fc1.bias", |b| set_u16(b, 3, 0xFBFF));
     rehash(&dir);
     check_all(&Bundle::open(&dir).unwrap()).unwrap();
     // 65520 rounds to infinity.
-    let dir = bundle_with(&tmp, "b", |_, _| {});
+    let dir = tiny_bundle(&tmp, "b", |_, _| {});
     edit_tensor(&dir, TERNARY, "fc1.bias", |b| set_f32(b, 3, 65520.0));
     rehash(&dir);
     data_violation(
@@ -2286,14 +2231,14 @@ fn rule_5_1_fp16_tensor_of_the_wrong_shape() {
 #[test]
 fn rule_5_1_fp16_tensor_missing_and_extra() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with(&tmp, "a", |_, _| {});
+    let dir = tiny_bundle(&tmp, "a", |_, _| {});
     rename_in_file(&dir, FP16, "fp16", "fc2.weight", "fc2.weights");
     open_violation(
         &dir,
         Rule::Fp16TensorSet,
         &[FP16, &t("fc2.weight"), "no such tensor"],
     );
-    let dir = bundle_with(&tmp, "b", |_, _| {});
+    let dir = tiny_bundle(&tmp, "b", |_, _| {});
     add_empty_tensor(&dir, FP16, "fp16", "extra");
     open_violation(
         &dir,
@@ -2449,14 +2394,14 @@ fn rule_6_1_difficulty_of_the_wrong_dtype() {
 #[test]
 fn rule_6_1_extra_tensor_and_missing_inputs() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with(&tmp, "a", |_, o| o.validation = Some(validation_set()));
+    let dir = tiny_bundle(&tmp, "a", |_, o| o.validation = Some(validation_set()));
     add_empty_tensor(&dir, VALIDATION, "validation", "extra");
     open_violation(
         &dir,
         Rule::ValidationTensors,
         &[VALIDATION, "unexpected tensor \"extra\""],
     );
-    let dir = bundle_with(&tmp, "b", |_, o| o.validation = Some(validation_set()));
+    let dir = tiny_bundle(&tmp, "b", |_, o| o.validation = Some(validation_set()));
     rename_in_file(&dir, VALIDATION, "validation", "inputs", "x");
     open_violation(
         &dir,

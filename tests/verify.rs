@@ -14,6 +14,7 @@ use common::surgery::{
     edit_manifest, edit_st, edit_tensor, manifest, rehash, tensor_entry, St, FP16, MANIFEST,
     TERNARY, VALIDATION,
 };
+use common::{bundle, row_trits, row_with_nonzero_trit, set_f32, set_u16, t, tiny_bundle, u16_at};
 use serde_json::{json, Value};
 use ternary_bundle::gradcheck::GradCheckOptions;
 use ternary_bundle::manifest::{LayerSpec, ModelSpec};
@@ -27,26 +28,6 @@ use ternary_bundle::{
 // ---------------------------------------------------------------------------------------------
 // Building bundles
 // ---------------------------------------------------------------------------------------------
-
-/// A valid bundle of the tiny model (seed 7; trit5, channel unless `f` changes the plan) in
-/// `tmp/name`.
-fn tiny_bundle(
-    tmp: &tempfile::TempDir,
-    name: &str,
-    f: impl FnOnce(&mut BundlePlan, &mut WriteOptions),
-) -> PathBuf {
-    let (src, mut plan) = common::tiny_model(7);
-    let mut options = WriteOptions::default();
-    f(&mut plan, &mut options);
-    let dest = tmp.path().join(name);
-    write_bundle(&dest, &src, &plan, &options).unwrap();
-    dest
-}
-
-/// The default valid bundle: tiny model, trit5, channel, no validation set.
-fn bundle(tmp: &tempfile::TempDir) -> PathBuf {
-    tiny_bundle(tmp, "b", |_, _| {})
-}
 
 /// 32 samples of the tiny model's 7 inputs, labels in 0..5, with a difficulty.
 fn validation_set() -> ValidationSet {
@@ -154,11 +135,6 @@ fn skip(detail: impl Into<String>) -> Expect {
     Expect::Skip(detail.into())
 }
 
-/// `tensor "name"`, as violations print the tensor concerned.
-fn t(name: &str) -> String {
-    format!("tensor \"{name}\"")
-}
-
 /// One line per check, for assertion messages.
 fn summary(report: &VerifyReport) -> String {
     report
@@ -231,34 +207,6 @@ fn f64_figure(c: &CheckResult, key: &str) -> f64 {
     c.figures[key]
         .as_f64()
         .unwrap_or_else(|| panic!("{}: no number {key} in {}", c.name, c.figures))
-}
-
-fn u16_at(bytes: &[u8], i: usize) -> u16 {
-    u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])
-}
-
-fn set_u16(bytes: &mut [u8], i: usize, v: u16) {
-    bytes[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-fn set_f32(bytes: &mut [u8], i: usize, v: f32) {
-    bytes[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-/// The trits of row `r` of quantized tensor `name`.
-fn row_trits(dir: &Path, name: &str, r: usize) -> Vec<i8> {
-    let b = Bundle::open(dir).unwrap();
-    let p = b.packed(name).unwrap();
-    let mut trits = vec![0i8; p.cols];
-    p.encoding.unpack_row(p.row(r), &mut trits).unwrap();
-    trits
-}
-
-/// A row of fc1.weight with at least one non-zero trit.
-fn row_with_nonzero_trit(dir: &Path) -> usize {
-    (0..13)
-        .find(|&r| row_trits(dir, "fc1.weight", r).iter().any(|&t| t != 0))
-        .expect("the tiny model has non-zero trits")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,11 +2,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ternary_bundle::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
 use ternary_bundle::source::MemorySource;
-use ternary_bundle::{BundlePlan, QuantParams};
+use ternary_bundle::{write_bundle, Bundle, BundlePlan, QuantParams, WriteOptions};
 
 /// Deterministic pseudo-random values in [-1, 1) (a 64-bit LCG; no dependency on rand).
 pub fn values(seed: u64, n: usize) -> Vec<f32> {
@@ -82,6 +82,67 @@ pub fn read_dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     out.sort();
     out
+}
+
+/// A valid bundle of the tiny model (seed 7; trit5, channel unless `f` changes the plan) in
+/// `tmp/name`.
+pub fn tiny_bundle(
+    tmp: &tempfile::TempDir,
+    name: &str,
+    f: impl FnOnce(&mut BundlePlan, &mut WriteOptions),
+) -> PathBuf {
+    let (src, mut plan) = tiny_model(7);
+    let mut options = WriteOptions::default();
+    f(&mut plan, &mut options);
+    let dest = tmp.path().join(name);
+    write_bundle(&dest, &src, &plan, &options).unwrap();
+    dest
+}
+
+/// The default valid bundle: tiny model, trit5, channel, no validation set, in `tmp/b`.
+pub fn bundle(tmp: &tempfile::TempDir) -> PathBuf {
+    tiny_bundle(tmp, "b", |_, _| {})
+}
+
+/// `tensor "name"`, as violations print the tensor concerned.
+pub fn t(name: &str) -> String {
+    format!("tensor \"{name}\"")
+}
+
+/// Element `i` of little-endian f32 bytes.
+pub fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
+}
+
+/// Overwrites element `i` of little-endian f32 bytes.
+pub fn set_f32(bytes: &mut [u8], i: usize, v: f32) {
+    bytes[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Element `i` of little-endian u16 (F16 bit pattern) bytes.
+pub fn u16_at(bytes: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])
+}
+
+/// Overwrites element `i` of little-endian u16 (F16 bit pattern) bytes.
+pub fn set_u16(bytes: &mut [u8], i: usize, v: u16) {
+    bytes[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+/// The trits of row `r` of quantized tensor `name`.
+pub fn row_trits(dir: &Path, name: &str, r: usize) -> Vec<i8> {
+    let b = Bundle::open(dir).unwrap();
+    let p = b.packed(name).unwrap();
+    let mut trits = vec![0i8; p.cols];
+    p.encoding.unpack_row(p.row(r), &mut trits).unwrap();
+    trits
+}
+
+/// A row of the tiny model's fc1.weight with at least one non-zero trit.
+pub fn row_with_nonzero_trit(dir: &Path) -> usize {
+    (0..13)
+        .find(|&r| row_trits(dir, "fc1.weight", r).iter().any(|&t| t != 0))
+        .expect("the tiny model has non-zero trits")
 }
 
 pub mod surgery;
