@@ -358,33 +358,42 @@ mod tests {
             (Granularity::Channel, vec![0.5, 2.0]),
             (Granularity::Group(2), vec![0.5, 1.0, 2.0, 4.0, 0.25, 8.0]),
         ] {
-            let mut dense = trits.clone();
-            for r in 0..2 {
-                for c in 0..5 {
-                    dense[[r, c]] *=
-                        granularity.row_scales(&scales, r, 5)[c / granularity.row_layout(5).1];
-                }
-            }
-            let t = linear(
-                x.view(),
-                &LinearWeight::Ternary {
-                    trits: trits.clone(),
-                    scales,
-                    granularity,
-                },
-            );
-            let d = linear(x.view(), &LinearWeight::Dense(dense));
-            assert!(
-                (&t - &d).iter().all(|v| v.abs() < 1e-5),
-                "{granularity:?}: {t} vs {d}"
-            );
+            assert_ternary_is_dense(x.view(), &trits, scales, granularity, 1e-5);
         }
     }
-}
 
-#[cfg(test)]
-mod group_tests {
-    use super::*;
+    /// The ternary product (scales applied after, or folded for small groups) equals the
+    /// product with the dense scaled matrix, within `tol`.
+    fn assert_ternary_is_dense(
+        x: ArrayView2<'_, f32>,
+        trits: &Array2<f32>,
+        scales: Vec<f32>,
+        granularity: Granularity,
+        tol: f32,
+    ) {
+        let (rows, cols) = trits.dim();
+        let group = granularity.row_layout(cols).1;
+        let mut dense = trits.clone();
+        for r in 0..rows {
+            let rs = granularity.row_scales(&scales, r, cols);
+            for c in 0..cols {
+                dense[[r, c]] *= rs[c / group];
+            }
+        }
+        let t = linear(
+            x,
+            &LinearWeight::Ternary {
+                trits: trits.clone(),
+                scales,
+                granularity,
+            },
+        );
+        let d = linear(x, &LinearWeight::Dense(dense));
+        assert!(
+            (&t - &d).iter().all(|v| v.abs() < tol),
+            "{granularity:?}: {t} vs {d}"
+        );
+    }
 
     #[test]
     fn large_and_small_groups_give_the_same_product() {
@@ -395,22 +404,7 @@ mod group_tests {
             let granularity = Granularity::Group(g as u64);
             let (per_row, _) = granularity.row_layout(cols);
             let scales: Vec<f32> = (0..4 * per_row).map(|k| 0.25 + k as f32 / 8.0).collect();
-            let mut dense = trits.clone();
-            for r in 0..4 {
-                for c in 0..cols {
-                    dense[[r, c]] *= scales[r * per_row + c / g];
-                }
-            }
-            let t = linear(
-                x.view(),
-                &LinearWeight::Ternary {
-                    trits: trits.clone(),
-                    scales,
-                    granularity,
-                },
-            );
-            let d = linear(x.view(), &LinearWeight::Dense(dense));
-            assert!((&t - &d).iter().all(|v| v.abs() < 1e-3), "group {g}");
+            assert_ternary_is_dense(x.view(), &trits, scales, granularity, 1e-3);
         }
     }
 }

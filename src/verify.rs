@@ -217,16 +217,21 @@ impl Runner<'_> {
             .map(|r| r.status)
     }
 
+    /// Records a check that did not run, and why.
+    fn skip(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.results.push(CheckResult {
+            name,
+            status: Status::Skip,
+            detail: detail.into(),
+            figures: json!({}),
+            seconds: 0.0,
+        });
+    }
+
     /// Records a check: runs `f` if selected and every prerequisite passed.
     fn run(&mut self, name: &'static str, prerequisites: &[&str], f: impl FnOnce() -> Outcome) {
         if !self.options.selected(name) {
-            self.results.push(CheckResult {
-                name,
-                status: Status::Skip,
-                detail: "not selected".into(),
-                figures: json!({}),
-                seconds: 0.0,
-            });
+            self.skip(name, "not selected");
             return;
         }
         if let Some(p) = prerequisites
@@ -237,13 +242,7 @@ impl Runner<'_> {
                 Some(Status::Fail) => format!("not run: {p} failed"),
                 _ => format!("not run: needs {p}, which did not run"),
             };
-            self.results.push(CheckResult {
-                name,
-                status: Status::Skip,
-                detail: why,
-                figures: json!({}),
-                seconds: 0.0,
-            });
+            self.skip(name, why);
             return;
         }
         let t = Instant::now();
@@ -580,13 +579,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
 
     // 11. reference (optional).
     if !options.selected("reference") {
-        r.results.push(CheckResult {
-            name: "reference",
-            status: Status::Skip,
-            detail: "not selected".into(),
-            figures: json!({}),
-            seconds: 0.0,
-        });
+        r.skip("reference", "not selected");
     } else if options.reference.is_some() || !options.only.is_empty() {
         r.run("reference", &["structure"], || {
             let Some(path) = &options.reference else {
@@ -611,13 +604,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
             }
         });
     } else {
-        r.results.push(CheckResult {
-            name: "reference",
-            status: Status::Skip,
-            detail: "not run: no --reference given".into(),
-            figures: json!({}),
-            seconds: 0.0,
-        });
+        r.skip("reference", "not run: no --reference given");
     }
 
     // Metrics under the names the pipeline logs.
