@@ -3,6 +3,10 @@
 //! typed error naming the rule, without a panic and with bounded memory. A counting global
 //! allocator measures the peak heap of each case: it must stay within a few MB of the damaged
 //! bundle's own size, whatever sizes and counts the files claim.
+//!
+//! Time is measured, not asserted here (no timed unit tests): each case prints
+//! `hostile-case <seconds> <name>` to stderr, and `bash bench/hostile_timing.sh` runs the suite,
+//! lists the slowest cases and fails if any takes a second or more.
 
 mod common;
 
@@ -57,7 +61,9 @@ fn hostile(name: &str, damage: impl FnOnce(&Path)) -> ternary_bundle::Error {
     let size = dir_size(&dir);
     let base = CURRENT.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     let outcome = std::panic::catch_unwind(|| Bundle::open(&dir).and_then(|b| check_all(&b)));
+    eprintln!("hostile-case {:.6} {name}", started.elapsed().as_secs_f64());
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
     let result = outcome.unwrap_or_else(|_| panic!("{name}: panicked"));
     let err = result.expect_err(name);
@@ -183,6 +189,28 @@ fn safetensors_attacks() {
             r#"{"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[8],"data_offsets":[4,12]}}"#,
         )
     });
+    expect(
+        "reversed offsets (start > end)",
+        Rule::TensorByteLength,
+        |d| {
+            replace_header(
+                d,
+                FP16,
+                r#"{"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}}"#,
+            )
+        },
+    );
+    expect(
+        "out-of-order offsets leaving a gap",
+        Rule::DataOffsets,
+        |d| {
+            replace_header(
+                d,
+                FP16,
+                r#"{"b":{"dtype":"U8","shape":[4],"data_offsets":[12,16]},"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}"#,
+            )
+        },
+    );
     expect(
         "dtype and shape disagree with the byte range",
         Rule::TensorByteLength,
