@@ -20,6 +20,7 @@
 //! - [`checks`]: the data rules that read every byte;
 //! - [`writer`] and [`source`]: building a bundle atomically from a checkpoint;
 //! - [`model`] and [`reference`]: the architecture and the ndarray reference model;
+//! - [`verify`], [`samples`], [`gradcheck`]: `bundle verify` and its model checks;
 //! - [`demo`]: the built-in demo model;
 //! - [`rules`], [`limits`], [`error`].
 
@@ -49,6 +50,7 @@ pub mod reference;
 pub mod requantize;
 pub mod rules;
 pub mod safetensors_file;
+pub mod samples;
 pub mod source;
 pub mod verify;
 pub mod writer;

@@ -9,10 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array1, Array2};
-use ndarray_rand::rand::{Rng, SeedableRng};
-use ndarray_rand::rand_distr::StandardNormal;
-use ndarray_rand::RandomExt;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -23,13 +19,12 @@ use crate::gradcheck::{
     gradient_check, gradient_flow, to_f64, GradCheckOptions, Model64, DEFAULT_GRAD_TOL,
 };
 use crate::manifest::{FileRole, Manifest};
-use crate::reader::{
-    open_data_file_raw, open_manifest, Bundle, OpenOptions, VALIDATION_INPUTS, VALIDATION_LABELS,
-};
+use crate::reader::{open_data_file_raw, open_manifest, Bundle, OpenOptions};
 use crate::reference::{
     argmax_rows, forward_bundle, layer_forward, Layer, LinearWeight, WeightPath,
 };
 use crate::rules::Rule;
+use crate::samples::{chunk_rows, gradient_rows, Samples};
 use crate::source::{CheckpointSource, TensorSource};
 
 /// The integrity checks: the first [`INTEGRITY_CHECKS`] of [`CHECKS`], manifest to
@@ -470,8 +465,9 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     });
     let integrity_seconds = integrity_start.elapsed().as_secs_f64();
 
-    // Inputs for the model checks: the validation set, or seeded synthetic inputs.
-    let inputs = b.map(|b| model_inputs(b, options));
+    // Inputs for the model checks: the validation set, or seeded synthetic inputs, served in
+    // chunks of rows that bound memory.
+    let inputs = b.map(|b| Samples::of_bundle(b, options.samples, options.seed));
 
     // 8. agreement.
     let mut agreement_value = None;
@@ -479,28 +475,33 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     r.run("agreement", &["encoding"], || {
         let b = b.expect("structure passed");
         let inputs = inputs.as_ref().expect("bundle open");
-        let (x, _, source) = match inputs {
+        let samples = match inputs {
             Ok(i) => i,
             Err(e) => return Err(fail_with(e)),
         };
+        let source = samples.source();
         let run = || -> Result<(f64, f64)> {
-            let t = forward_bundle(b, WeightPath::Ternary, x.view())?;
-            let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
-            let (pt, pf) = (argmax_rows(&t), argmax_rows(&f));
-            let agree = pt.iter().zip(&pf).filter(|(a, b)| a == b).count() as f64 / pt.len() as f64;
-            let diff = t.iter().zip(f.iter()).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
-            Ok((agree, diff))
+            let (mut same, mut diff) = (0usize, 0f64);
+            for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
+                let x = samples.rows(rows);
+                let t = forward_bundle(b, WeightPath::Ternary, x.view())?;
+                let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
+                let (pt, pf) = (argmax_rows(&t), argmax_rows(&f));
+                same += pt.iter().zip(&pf).filter(|(a, b)| a == b).count();
+                diff = t.iter().zip(f.iter()).map(|(a, b)| (a - b).abs() as f64).fold(diff, f64::max);
+            }
+            Ok((same as f64 / samples.len() as f64, diff))
         };
         match run() {
             Ok((agree, diff)) => {
                 agreement_value = Some(agree);
                 max_logit_diff = Some(diff);
-                let figures = json!({ "samples": x.nrows(), "inputs": source, "seed": options.seed, "agreement": agree, "min_agreement": options.min_agreement, "max_logit_difference": diff });
+                let figures = json!({ "samples": samples.len(), "inputs": source, "seed": options.seed, "agreement": agree, "min_agreement": options.min_agreement, "max_logit_difference": diff });
                 let detail = format!(
                     "argmax agreement {:.2}% (minimum {:.2}%) on {} {source} inputs; max logit difference {diff:.3e}",
                     agree * 100.0,
                     options.min_agreement * 100.0,
-                    x.nrows()
+                    samples.len()
                 );
                 if agree >= options.min_agreement {
                     Ok((detail, figures))
@@ -516,20 +517,28 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     let mut grad_max_err = None;
     let mut flow_passed = None;
     let model = b.map(Model64::new);
-    // The f64 model and the first `limit` inputs (as f64) and labels, for the gradient checks.
+    // The f64 model and the first `limit` inputs (as f64) and labels, for the gradient checks;
+    // fewer when the model is so wide that `limit` samples would not fit the memory bound.
     let batch = |limit: usize| -> std::result::Result<Batch<'_>, (String, Value)> {
         let model = model
             .as_ref()
             .expect("bundle open")
             .as_ref()
             .map_err(fail_with)?;
-        let (x, labels, _) = inputs
+        let samples = inputs
             .as_ref()
             .expect("bundle open")
             .as_ref()
             .map_err(fail_with)?;
-        let n = x.nrows().min(limit);
-        Ok((model, to_f64(x.slice(ndarray::s![..n, ..])), &labels[..n]))
+        let n = samples.len().min(gradient_rows(
+            &b.expect("bundle open").manifest().model,
+            limit,
+        ));
+        Ok((
+            model,
+            to_f64(samples.rows(0..n).view()),
+            &samples.labels()[..n],
+        ))
     };
     r.run("gradient_check", &["structure"], || {
         let (model, xb, labels) = batch(GRADCHECK_BATCH)?;
@@ -586,14 +595,15 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
                 return Err(("needs --reference ORIGINAL.safetensors".into(), json!({})));
             };
             let b = b.expect("structure passed");
-            let (x, _, source) = match inputs.as_ref().expect("bundle open") {
+            let samples = match inputs.as_ref().expect("bundle open") {
                 Ok(i) => i,
                 Err(e) => return Err(fail_with(e)),
             };
-            match reference_agreement(b, path, x) {
+            let source = samples.source();
+            match reference_agreement(b, path, samples) {
                 Ok(agree) => {
-                    let figures = json!({ "samples": x.nrows(), "inputs": source, "agreement": agree, "min_reference_agreement": options.min_reference_agreement });
-                    let detail = format!("original vs FP16 argmax agreement {:.2}% on {} {source} inputs", agree * 100.0, x.nrows());
+                    let figures = json!({ "samples": samples.len(), "inputs": source, "agreement": agree, "min_reference_agreement": options.min_reference_agreement });
+                    let detail = format!("original vs FP16 argmax agreement {:.2}% on {} {source} inputs", agree * 100.0, samples.len());
                     match options.min_reference_agreement {
                         Some(min) if agree < min => Err((format!("{detail} (minimum {:.2}%)", min * 100.0), figures)),
                         Some(min) => Ok((format!("{detail} (minimum {:.2}%)", min * 100.0), figures)),
@@ -685,45 +695,11 @@ fn whole_file_digests(dir: &Path, m: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// Inputs, labels and their source name ("validation" or "synthetic") for the model checks.
-fn model_inputs(
-    b: &Bundle,
-    options: &VerifyOptions,
-) -> Result<(Array2<f32>, Vec<usize>, &'static str)> {
-    let classes = b
-        .manifest()
-        .model
-        .layers
-        .last()
-        .map_or(1, |l| l.out_features as usize);
-    if let Some(f) = b.file(FileRole::Validation) {
-        checks::check_validation_values(b)?;
-        let e = f.header().get(VALIDATION_INPUTS).expect("rule 6.1");
-        let (n, d) = (e.shape[0] as usize, e.shape[1] as usize);
-        let x: Vec<f32> =
-            crate::le::f32s(f.tensor_bytes(VALIDATION_INPUTS).expect("rule 6.1")).collect();
-        let labels = crate::le::i64s(f.tensor_bytes(VALIDATION_LABELS).expect("rule 6.1"))
-            .map(|l| l as usize)
-            .collect();
-        return Ok((
-            Array2::from_shape_vec((n, d), x).expect("validated shape"),
-            labels,
-            "validation",
-        ));
-    }
-    let d = b.manifest().model.input_dim as usize;
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let x = Array2::<f32>::random_using((options.samples, d), StandardNormal, &mut rng);
-    let labels = (0..options.samples)
-        .map(|_| rng.random_range(0..classes))
-        .collect();
-    Ok((x, labels, "synthetic"))
-}
-
-/// Argmax agreement of the original checkpoint's model and the bundle's FP16 model on `x`.
-fn reference_agreement(b: &Bundle, path: &Path, x: &Array2<f32>) -> Result<f64> {
+/// Argmax agreement of the original checkpoint's model and the bundle's FP16 model on the
+/// samples, a chunk at a time.
+fn reference_agreement(b: &Bundle, path: &Path, samples: &Samples<'_>) -> Result<f64> {
     let original = CheckpointSource::open(path)?;
-    let mut h = x.clone();
+    let mut layers = Vec::with_capacity(b.manifest().model.layers.len());
     for (i, l) in b.manifest().model.layers.iter().enumerate() {
         let load = |name: &str| -> Result<Vec<f32>> { original.load_f32(name) };
         let w = load(&l.weight)?;
@@ -758,11 +734,19 @@ fn reference_agreement(b: &Bundle, path: &Path, x: &Array2<f32>) -> Result<f64> 
             },
             activation: b.facts().activations[i],
         };
-        h = layer_forward(&layer, h.view());
+        layers.push(layer);
     }
-    let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
-    let (po, pf) = (argmax_rows(&h), argmax_rows(&f));
-    Ok(po.iter().zip(&pf).filter(|(a, b)| a == b).count() as f64 / po.len().max(1) as f64)
+    let mut same = 0;
+    for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
+        let x = samples.rows(rows);
+        let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
+        let o = layers
+            .iter()
+            .fold(x, |h, layer| layer_forward(layer, h.view()));
+        let (po, pf) = (argmax_rows(&o), argmax_rows(&f));
+        same += po.iter().zip(&pf).filter(|(a, b)| a == b).count();
+    }
+    Ok(same as f64 / samples.len().max(1) as f64)
 }
 
 impl VerifyReport {

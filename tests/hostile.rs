@@ -331,3 +331,71 @@ fn scale_attacks() {
         });
     }
 }
+
+/// A valid bundle whose small tensors declare a model 100,000 wide, verified on 2,048 synthetic
+/// samples: the whole batch through the wide layer would be 2,048 x 100,000 activations (820 MB
+/// of f32, several times over in a forward pass) from a bundle of about 2 MB. Verify runs its
+/// model checks in chunks (`samples::MAX_BATCH_ELEMENTS` activations per matrix), so its peak
+/// heap stays within a fixed multiple of that budget, and every check still runs and passes.
+#[test]
+fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
+    use ternary_bundle::manifest::{LayerSpec, ModelSpec};
+    use ternary_bundle::samples::MAX_BATCH_ELEMENTS;
+    use ternary_bundle::source::MemorySource;
+    use ternary_bundle::verify::{verify, Status, VerifyOptions};
+
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wide");
+    let wide = 100_000u64;
+    let src = MemorySource::new("wide.safetensors")
+        .with("up", vec![wide, 1], common::values(1, wide as usize))
+        .with("down", vec![2, wide], common::values(2, 2 * wide as usize));
+    let layer = |name: &str, inf, out, activation: &str| LayerSpec {
+        name: name.into(),
+        weight: name.into(),
+        bias: None,
+        in_features: inf,
+        out_features: out,
+        activation: activation.into(),
+        rmsnorm: None,
+    };
+    let plan = ternary_bundle::BundlePlan {
+        model: ModelSpec {
+            input_dim: 1,
+            layers: vec![
+                layer("up", 1, wide, "relu"),
+                layer("down", wide, 2, "identity"),
+            ],
+        },
+        params: Default::default(),
+        quantize: ["up".to_string(), "down".to_string()].into(),
+    };
+    write_bundle(&dir, &src, &plan, &WriteOptions::default()).unwrap();
+    let size = dir_size(&dir);
+
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            samples: 2048,
+            ..VerifyOptions::default()
+        },
+    );
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    for c in &report.checks {
+        let expected = if c.name == "reference" {
+            Status::Skip
+        } else {
+            Status::Pass
+        };
+        assert_eq!(c.status, expected, "{}: {}", c.name, c.detail);
+    }
+    let budget = (MAX_BATCH_ELEMENTS * 4) as usize; // one f32 activation matrix
+    eprintln!("wide model: peak heap {peak} bytes, bundle {size} bytes, budget {budget}");
+    assert!(
+        peak < size + 6 * budget,
+        "peak heap {peak} bytes for a bundle of {size} bytes (budget {budget} per matrix)"
+    );
+}

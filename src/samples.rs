@@ -1,0 +1,233 @@
+//! The inputs of verify's model checks: the bundle's validation set, or seeded synthetic inputs,
+//! served a chunk of rows at a time so that memory stays bounded whatever widths and sample
+//! counts a bundle declares (spec section "Security considerations", Memory).
+//!
+//! A bundle can declare a validation set of a million one-wide samples and a layer a hundred
+//! thousand wide; the whole batch through that layer would need hundreds of GB although both
+//! tensors are small. So the model checks run in chunks of [`chunk_rows`] samples (at most
+//! [`MAX_BATCH_ELEMENTS`] activations per matrix), and inputs are decoded or generated per chunk.
+
+use std::ops::Range;
+
+use ndarray::Array2;
+use ndarray_rand::rand::{Rng, SeedableRng};
+use ndarray_rand::rand_distr::StandardNormal;
+use rand_chacha::ChaCha8Rng;
+
+use crate::checks;
+use crate::error::Result;
+use crate::manifest::{FileRole, ModelSpec};
+use crate::reader::{Bundle, VALIDATION_INPUTS, VALIDATION_LABELS};
+
+/// Most elements in one activation matrix of the model checks (samples × width): 2^24, 64 MiB
+/// of f32.
+pub const MAX_BATCH_ELEMENTS: u64 = 1 << 24;
+
+/// Samples per chunk for a forward pass that holds one activation matrix at a time: as many as
+/// fit [`MAX_BATCH_ELEMENTS`] at the model's widest point, at least 1.
+pub fn chunk_rows(model: &ModelSpec) -> usize {
+    let widest = model
+        .layers
+        .iter()
+        .map(|l| l.out_features)
+        .chain([model.input_dim])
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    (MAX_BATCH_ELEMENTS / widest).max(1) as usize
+}
+
+/// Samples that fit a pass keeping every layer's activations (the gradient checks): at most
+/// `limit`, and no more than [`MAX_BATCH_ELEMENTS`] over the sum of all widths, at least 1.
+pub fn gradient_rows(model: &ModelSpec, limit: usize) -> usize {
+    let widths = model
+        .layers
+        .iter()
+        .fold(model.input_dim, |s, l| s.saturating_add(l.out_features))
+        .max(1);
+    ((MAX_BATCH_ELEMENTS / widths).max(1) as usize).min(limit)
+}
+
+/// Where the inputs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin<'b> {
+    /// The validation set's `inputs` tensor (little-endian f32, `[n, d]`).
+    Validation(&'b [u8]),
+    /// Standard normal values; row `i` comes from ChaCha8 seeded with `seed`, stream `i + 1`.
+    Synthetic(u64),
+}
+
+/// The model checks' inputs and labels.
+#[derive(Debug, Clone)]
+pub struct Samples<'b> {
+    origin: Origin<'b>,
+    width: usize,
+    labels: Vec<usize>,
+}
+
+impl<'b> Samples<'b> {
+    /// The validation set of `bundle` (its values checked, rule 6.2) if it has one, otherwise
+    /// `samples` synthetic inputs of the model's input width, with labels drawn uniformly from
+    /// the classes (ChaCha8 seeded with `seed`, stream 0).
+    pub fn of_bundle(bundle: &'b Bundle, samples: usize, seed: u64) -> Result<Self> {
+        let model = &bundle.manifest().model;
+        let width = model.input_dim as usize;
+        if let Some(f) = bundle.file(FileRole::Validation) {
+            checks::check_validation_values(bundle)?;
+            let inputs = f.tensor_bytes(VALIDATION_INPUTS).expect("rule 6.1");
+            let labels = crate::le::i64s(f.tensor_bytes(VALIDATION_LABELS).expect("rule 6.1"))
+                .map(|l| l as usize)
+                .collect();
+            return Ok(Samples {
+                origin: Origin::Validation(inputs),
+                width,
+                labels,
+            });
+        }
+        let classes = model.layers.last().map_or(1, |l| l.out_features as usize);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let labels = (0..samples)
+            .map(|_| rng.random_range(0..classes.max(1)))
+            .collect();
+        Ok(Samples {
+            origin: Origin::Synthetic(seed),
+            width,
+            labels,
+        })
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// `"validation"` or `"synthetic"`.
+    pub fn source(&self) -> &'static str {
+        match self.origin {
+            Origin::Validation(_) => "validation",
+            Origin::Synthetic(_) => "synthetic",
+        }
+    }
+
+    /// The labels, one per sample.
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
+    /// The inputs of samples `rows`, `[rows.len(), input_dim]`. `rows` must lie within
+    /// `0..len()`.
+    pub fn rows(&self, rows: Range<usize>) -> Array2<f32> {
+        assert!(rows.end <= self.len(), "rows {rows:?} of {}", self.len());
+        let (n, d) = (rows.len(), self.width);
+        match self.origin {
+            Origin::Validation(bytes) => {
+                let values = crate::le::f32s(&bytes[4 * d * rows.start..4 * d * rows.end]);
+                Array2::from_shape_vec((n, d), values.collect()).expect("n x d values")
+            }
+            Origin::Synthetic(seed) => {
+                let mut x = Array2::zeros((n, d));
+                for (mut row, i) in x.rows_mut().into_iter().zip(rows) {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(i as u64 + 1);
+                    row.iter_mut()
+                        .for_each(|v| *v = rng.sample::<f32, _>(StandardNormal));
+                }
+                x
+            }
+        }
+    }
+
+    /// The row ranges of consecutive chunks of at most `rows` samples.
+    pub fn chunks(&self, rows: usize) -> impl Iterator<Item = Range<usize>> {
+        let (n, step) = (self.len(), rows.max(1));
+        (0..n).step_by(step).map(move |s| s..(s + step).min(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::LayerSpec;
+
+    fn model(input_dim: u64, widths: &[u64]) -> ModelSpec {
+        let mut prev = input_dim;
+        let layers = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let l = LayerSpec {
+                    name: format!("l{i}"),
+                    weight: format!("l{i}.weight"),
+                    bias: None,
+                    in_features: prev,
+                    out_features: w,
+                    activation: "relu".into(),
+                    rmsnorm: None,
+                };
+                prev = w;
+                l
+            })
+            .collect();
+        ModelSpec { input_dim, layers }
+    }
+
+    #[test]
+    fn chunk_sizes_follow_the_widest_layer_and_the_sum_of_widths() {
+        // The demo model fits 256 samples in one chunk and a whole gradient batch.
+        let demo = model(512, &[4096, 4096, 1536, 100]);
+        assert_eq!(chunk_rows(&demo), (1 << 24) / 4096);
+        assert_eq!(gradient_rows(&demo, 32), 32);
+        // A 100,000-wide layer: 167 samples per chunk, gradient batch cut to fit.
+        let wide = model(1, &[100_000, 2]);
+        assert_eq!(chunk_rows(&wide), 167);
+        assert_eq!(gradient_rows(&wide, 32), 32);
+        assert_eq!(gradient_rows(&wide, 1000), 167);
+        // Wider than the budget: still one sample at a time, never zero.
+        let huge = model(1, &[1 << 30, 1]);
+        assert_eq!((chunk_rows(&huge), gradient_rows(&huge, 4)), (1, 1));
+    }
+
+    #[test]
+    fn synthetic_rows_do_not_depend_on_chunking() {
+        let s = Samples {
+            origin: Origin::Synthetic(9),
+            width: 5,
+            labels: vec![0; 10],
+        };
+        let all = s.rows(0..10);
+        assert!(all.iter().all(|v| v.is_finite()) && all.row(0) != all.row(1));
+        let chunks: Vec<_> = s.chunks(3).collect();
+        assert_eq!(chunks, [0..3, 3..6, 6..9, 9..10]);
+        for c in chunks {
+            assert_eq!(s.rows(c.clone()), all.slice(ndarray::s![c, ..]));
+        }
+        // Another seed gives other inputs.
+        let other = Samples {
+            origin: Origin::Synthetic(10),
+            ..s.clone()
+        };
+        assert_ne!(other.rows(0..10), all);
+    }
+
+    #[test]
+    fn validation_rows_are_decoded_from_the_bytes() {
+        let values: Vec<f32> = (0..12).map(|v| v as f32 - 6.0).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let s = Samples {
+            origin: Origin::Validation(&bytes),
+            width: 4,
+            labels: vec![1, 2, 0],
+        };
+        assert_eq!(s.source(), "validation");
+        assert_eq!(
+            s.rows(1..3),
+            ndarray::arr2(&[[-2.0, -1.0, 0.0, 1.0], [2.0, 3.0, 4.0, 5.0]])
+        );
+        assert_eq!(s.chunks(2).collect::<Vec<_>>(), [0..2, 2..3]);
+    }
+}
