@@ -339,12 +339,18 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
                     .map(|e| e.size)
                     .sum();
                 let figures = json!({ "files": files, "bytes": bytes, "extras": extras });
+                // File names come from the bundle: escaped before they reach a terminal.
+                let listed = extras
+                    .iter()
+                    .map(|n| crate::error::printable(n))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 if !extras.is_empty() && options.strict {
                     let e: Error = Violation::new(
-                        dir.join(&extras[0]),
+                        dir,
                         Rule::ExtraFiles,
                         "no undeclared files (--strict)",
-                        format!("{} undeclared: {}", extras.len(), extras.join(", ")),
+                        format!("{} undeclared: {listed}", extras.len()),
                     )
                     .into();
                     return Err((e.to_string(), figures));
@@ -352,11 +358,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
                 let note = if extras.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        "; {} undeclared file(s) ignored: {}",
-                        extras.len(),
-                        extras.join(", ")
-                    )
+                    format!("; {} undeclared file(s) ignored: {listed}", extras.len())
                 };
                 Ok((
                     format!(

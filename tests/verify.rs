@@ -312,6 +312,33 @@ fn files_passes_with_an_undeclared_file_but_fails_with_strict() {
     assert_checks(&strict, &expected);
 }
 
+#[test]
+fn undeclared_file_names_are_escaped_in_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    std::fs::write(dir.join("evil\u{1b}]0;pwned\u{7}"), b"x").unwrap();
+    for strict in [false, true] {
+        let report = verify(
+            &dir,
+            &VerifyOptions {
+                strict,
+                ..Default::default()
+            },
+        );
+        let files = check(&report, "files");
+        assert!(
+            !files.detail.contains('\u{1b}') && !files.detail.contains('\u{7}'),
+            "raw control characters in {:?}",
+            files.detail
+        );
+        assert!(
+            files.detail.contains("evil\\u{1b}]0;pwned\\u{7}"),
+            "the name is shown escaped: {:?}",
+            files.detail
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. checksums
 // ---------------------------------------------------------------------------------------------
