@@ -76,8 +76,10 @@ fn damaged_bundles_make_the_binary_exit_1_naming_the_file() {
     for file in FILES {
         let path = tmp.path().join(file);
         let original = std::fs::read(&path).unwrap();
-        // A sample of positions: header start, header middle, data start, last byte.
-        for i in [0, 9, original.len() / 2, original.len() - 1] {
+        // A sample of positions: every 61st byte, and the first, tenth and last.
+        let mut positions: Vec<usize> = (0..original.len()).step_by(61).collect();
+        positions.extend([9, original.len() - 1]);
+        for i in positions {
             let mut damaged = original.clone();
             damaged[i] ^= 0x10;
             std::fs::write(&path, &damaged).unwrap();
@@ -87,9 +89,13 @@ fn damaged_bundles_make_the_binary_exit_1_naming_the_file() {
                 .output()
                 .unwrap();
             assert_eq!(out.status.code(), Some(1), "{file}: byte {i}");
+            // A FAIL line names the file (the files check's PASS line lists every file).
+            let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
-                String::from_utf8_lossy(&out.stdout).contains(file),
-                "{file}: byte {i}"
+                stdout
+                    .lines()
+                    .any(|l| l.contains(" FAIL ") && l.contains(file)),
+                "{file}: byte {i}: no FAIL line names the file:\n{stdout}"
             );
         }
         std::fs::write(&path, &original).unwrap();
