@@ -13,17 +13,28 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(manifest bundle codecs verify_numeric)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
-[ -f fuzz/base/tiny-trit5-channel.bin ] || bash fuzz/make_seeds.sh
+[ -f fuzz/corpus/verify_numeric/trit5-channel-two-layers ] || bash fuzz/make_seeds.sh
+failed=0
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/work/$target" "fuzz/corpus/$target"
-    echo "== $target: ${seconds}s"
+    log="fuzz/work/$target.log"
+    echo "== $target: ${seconds}s (full output in $log)"
+    status=0
     cargo +nightly fuzz run "$target" "fuzz/work/$target" "fuzz/corpus/$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1 2>&1 |
-        grep -E "^(stat::|#[0-9]+ +DONE|==[0-9]+== ERROR|SUMMARY|Done)" || true
+        -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=262144 -print_final_stats=1 \
+        >"$log" 2>&1 || status=$?
+    grep -E "^(stat::|#[0-9]+ +DONE|==[0-9]+== ERROR|SUMMARY|Done)" "$log" || true
+    # A build failure, a crash or a leak: the target did not run clean.
+    if [ "$status" -ne 0 ]; then
+        echo "fuzz target $target exited with status $status; last lines of $log:" >&2
+        tail -n 30 "$log" >&2
+        failed=1
+    fi
 done
 # A crash leaves its input in fuzz/artifacts/<target>/: fail loudly.
 if find fuzz/artifacts -type f 2>/dev/null | grep -q .; then
     echo "fuzzing found crashes:" >&2
     find fuzz/artifacts -type f >&2
-    exit 1
+    failed=1
 fi
+exit "$failed"
