@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ternary_bundle::checks::{check_all, check_digests};
+use ternary_bundle::verify::{verify, VerifyOptions};
 use ternary_bundle::Bundle;
 
 fn bin() -> PathBuf {
@@ -81,15 +82,68 @@ fn sigkill_at_any_point_leaves_the_old_or_the_new_bundle() {
     eprintln!("{kills} kills: {saw_old} left the old bundle, {saw_new} the new one");
     // Staging directories of killed writers are clearly named, and the next write removes them.
     assert!(create(&dest, 3).status().unwrap().success());
-    let leftovers: Vec<String> = std::fs::read_dir(tmp.path())
+    assert_eq!(entries(tmp.path()), ["b", "reference"], "left behind");
+}
+
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-"))
         .collect();
-    assert!(
-        leftovers.is_empty(),
-        "staging directories left behind: {leftovers:?}"
-    );
+    names.sort();
+    names
+}
+
+#[test]
+fn sigkill_during_a_first_write_leaves_nothing_or_the_complete_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    let t = Instant::now();
+    assert!(create(&reference, 2).status().unwrap().success());
+    let full = t.elapsed();
+    let new = manifest_bytes(&reference);
+    let kills = 12u32;
+    let (mut absent, mut complete) = (0, 0);
+    for k in 0..kills {
+        let dest = tmp.path().join(format!("first-{k}"));
+        let mut child = create(&dest, 2).spawn().unwrap();
+        // Spread over twice a full write, so that the last kills come after publication.
+        std::thread::sleep(full * 2 * k / kills);
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        if !dest.exists() {
+            absent += 1;
+        } else {
+            // Present means published: complete, and the bundle that was being written.
+            assert_eq!(manifest_bytes(&dest), new, "kill {k}: another manifest");
+            let b = Bundle::open(&dest).unwrap_or_else(|e| panic!("kill {k}: {e}"));
+            check_all(&b).unwrap_or_else(|e| panic!("kill {k}: incomplete bundle: {e}"));
+            complete += 1;
+        }
+        // Whatever a killed writer left is a staging directory named after the destination.
+        for name in entries(tmp.path()) {
+            assert!(
+                name == "reference"
+                    || name.starts_with("first-")
+                    || (name.starts_with(".first-") && name.contains(".tmp-")),
+                "kill {k}: unexpected entry {name:?}"
+            );
+        }
+    }
+    assert!(absent > 0, "no kill landed before publication");
+    eprintln!("{kills} kills of a first write: {absent} left nothing, {complete} the bundle");
+    // The next write to each destination removes the killed writers' staging directories.
+    for k in 0..kills {
+        assert!(create(&tmp.path().join(format!("first-{k}")), 3)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let mut expected: Vec<String> = (0..kills).map(|k| format!("first-{k}")).collect();
+    expected.push("reference".into());
+    expected.sort();
+    assert_eq!(entries(tmp.path()), expected, "left behind");
 }
 
 #[test]
@@ -110,10 +164,29 @@ fn readers_during_forced_replacement_see_old_or_new_never_a_mix() {
         })
     };
     let mut reads = 0u64;
+    let integrity = VerifyOptions {
+        only: vec!["files".into(), "checksums".into(), "structure".into()],
+        ..Default::default()
+    };
     while Instant::now() < deadline {
-        let b = Bundle::open(&dest).unwrap_or_else(|e| panic!("read {reads}: {e}"));
-        // Digests of every file and tensor match one manifest: no file from the other bundle.
-        check_digests(&b).unwrap_or_else(|e| panic!("read {reads}: a mix of two bundles: {e}"));
+        if reads % 2 == 0 {
+            let b = Bundle::open(&dest).unwrap_or_else(|e| panic!("read {reads}: {e}"));
+            // Digests of every file and tensor match one manifest: no file from the other
+            // bundle.
+            check_digests(&b).unwrap_or_else(|e| panic!("read {reads}: a mix of two bundles: {e}"));
+        } else {
+            // And `verify` itself, as a CI gate would run it during the replacement.
+            let report = verify(&dest, &integrity);
+            assert!(
+                report.ok,
+                "read {reads}: verify failed during a replacement: {:?}",
+                report
+                    .checks
+                    .iter()
+                    .map(|c| format!("{} {:?} {}", c.name, c.status, c.detail))
+                    .collect::<Vec<_>>()
+            );
+        }
         reads += 1;
     }
     let writes = writer.join().unwrap();
