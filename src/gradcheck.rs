@@ -214,7 +214,10 @@ impl<'a> Model64<'a> {
         let mut index = HashMap::new();
         let mut param = |name: &str| -> usize {
             *index.entry(name.to_string()).or_insert_with(|| {
-                params.push((name.to_string(), m.tensor(name).map_or(0, |t| t.elements())));
+                params.push((
+                    name.to_string(),
+                    bundle.tensor(name).map_or(0, |t| t.elements()),
+                ));
                 params.len() - 1
             })
         };

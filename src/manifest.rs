@@ -65,6 +65,12 @@ pub const MANIFEST_DIGEST_PLACEHOLDER: &str =
 /// The manifest digest of `bytes` whose `manifest_sha256` value is `value` (rule 7.3): SHA-256
 /// of `bytes` with every occurrence of `value` replaced by 64 `0`s.
 pub fn manifest_digest(bytes: &[u8], value: &str) -> String {
+    // A parsed manifest is UTF-8: the standard library's substring search (linear time) does the
+    // replacing; other bytes take the byte-by-byte path below, with the same result.
+    if let (Ok(text), false) = (std::str::from_utf8(bytes), value.is_empty()) {
+        let zeroed = text.replace(value, MANIFEST_DIGEST_PLACEHOLDER);
+        return crate::checksum::sha256_hex(zeroed.as_bytes());
+    }
     let needle = value.as_bytes();
     let mut zeroed = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -351,6 +357,9 @@ pub struct ManifestFacts {
     pub params: QuantParams,
     /// Layer activations, in layer order.
     pub activations: Vec<Activation>,
+    /// Position of each tensor in `tensors`, by name: lookups stay O(1) on manifests of many
+    /// tensors (a linear search per tensor would make the data checks quadratic).
+    pub tensor_index: HashMap<String, usize>,
 }
 
 impl Manifest {
@@ -478,10 +487,17 @@ impl Manifest {
                 );
             }
         }
+        let tensor_index = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(ManifestFacts {
             version,
             params,
             activations,
+            tensor_index,
         })
     }
 
@@ -1041,5 +1057,36 @@ impl<'de> Deserialize<'de> for NoDuplicateKeys {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_7_3_digest_replaces_every_occurrence_on_both_paths() {
+        let v = "ab".repeat(32);
+        let zeros = MANIFEST_DIGEST_PLACEHOLDER;
+        let text = format!(
+            "{{\"a\": \"{v}\", \"b\": \"{v}{v}x\", \"c\": \"{}\"}}",
+            &v[..63]
+        );
+        let expected = text.replace(&v, zeros);
+        assert_eq!(expected.matches(zeros).count(), 3);
+        // UTF-8 bytes (the fast path).
+        assert_eq!(
+            manifest_digest(text.as_bytes(), &v),
+            crate::checksum::sha256_hex(expected.as_bytes())
+        );
+        // The same with a byte that is not UTF-8 (the byte-by-byte path).
+        let mut raw = text.clone().into_bytes();
+        raw.push(0xFF);
+        let mut want = expected.into_bytes();
+        want.push(0xFF);
+        assert_eq!(
+            manifest_digest(&raw, &v),
+            crate::checksum::sha256_hex(&want)
+        );
     }
 }

@@ -213,7 +213,7 @@ impl Bundle {
 
     /// The packed form of quantized tensor `name`.
     pub fn packed(&self, name: &str) -> Option<PackedTensor<'_>> {
-        let spec = self.manifest.tensor(name).filter(|t| t.quantized)?;
+        let spec = self.tensor(name).filter(|t| t.quantized)?;
         let (rows, cols) = rows_cols(&spec.shape)?;
         Some(PackedTensor {
             spec,
@@ -226,9 +226,17 @@ impl Bundle {
         })
     }
 
+    /// The manifest's description of tensor `name` (indexed: O(1)).
+    pub fn tensor(&self, name: &str) -> Option<&TensorSpec> {
+        self.facts
+            .tensor_index
+            .get(name)
+            .map(|&i| &self.manifest.tensors[i])
+    }
+
     /// The F32 little-endian bytes of passthrough (not quantized) tensor `name`.
     pub fn passthrough_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.manifest.tensor(name).filter(|t| !t.quantized)?;
+        self.tensor(name).filter(|t| !t.quantized)?;
         self.ternary.tensor_bytes(name)
     }
 

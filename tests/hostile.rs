@@ -399,3 +399,66 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
         "peak heap {peak} bytes for a bundle of {size} bytes (budget {budget} per matrix)"
     );
 }
+
+/// The most tensors a ternary file can hold: 16,384 quantized tensors are 32,768 header entries
+/// (half the limit of 65,536) and as many manifest entries. Every lookup by name is indexed, so
+/// opening, every data check and verify stay linear; the damaged scale of the last tensor is
+/// still found. Times are printed for `bench/hostile_timing.sh` (a linear search per tensor
+/// made this take seconds).
+#[test]
+fn many_tensors_are_checked_in_linear_time() {
+    use ternary_bundle::manifest::{LayerSpec, ModelSpec};
+    use ternary_bundle::source::MemorySource;
+    use ternary_bundle::verify::{verify, Status, VerifyOptions};
+
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("many");
+    let n = 16_384;
+    let names: Vec<String> = (0..n).map(|i| format!("t{i:05}")).collect();
+    let mut src = MemorySource::new("many.safetensors");
+    for (i, name) in names.iter().enumerate() {
+        let v = if i % 2 == 0 { 0.5 } else { -0.25 };
+        src.push(name.clone(), vec![1, 2], vec![v, 1.0]).unwrap();
+    }
+    let plan = ternary_bundle::BundlePlan {
+        model: ModelSpec {
+            input_dim: 2,
+            layers: vec![LayerSpec {
+                name: "l".into(),
+                weight: names[0].clone(),
+                bias: None,
+                in_features: 2,
+                out_features: 1,
+                activation: "identity".into(),
+                rmsnorm: None,
+            }],
+        },
+        params: Default::default(),
+        quantize: names.iter().cloned().collect(),
+    };
+    write_bundle(&dir, &src, &plan, &WriteOptions::default()).unwrap();
+    let last = format!("{}.scale", names[n - 1]);
+    edit_tensor(&dir, TERNARY, &last, |b| {
+        b[..4].copy_from_slice(&f32::NAN.to_le_bytes())
+    });
+    rehash(&dir);
+
+    let started = std::time::Instant::now();
+    let e = Bundle::open(&dir).and_then(|b| check_all(&b)).unwrap_err();
+    eprintln!(
+        "hostile-case {:.6} 16,384 quantized tensors: open and every data check",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(e.rule(), Some(Rule::ScaleValid), "{e}");
+    assert!(e.to_string().contains(&names[n - 1]), "{e}");
+
+    let started = std::time::Instant::now();
+    let report = verify(&dir, &VerifyOptions::default());
+    eprintln!(
+        "hostile-case {:.6} 16,384 quantized tensors: the whole of verify",
+        started.elapsed().as_secs_f64()
+    );
+    let scales = report.checks.iter().find(|c| c.name == "scales").unwrap();
+    assert_eq!(scales.status, Status::Fail, "{}", scales.detail);
+}
