@@ -75,7 +75,23 @@ pub fn load(file: &File, len: u64, path: &Path, backing: Backing) -> Result<File
         Backing::Map => FileBytes::Owned(Vec::new()),
         Backing::Read => {
             use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; usize::try_from(len).map_err(|_| changed())?];
+            // The size is real (fstat) but may be huge (a sparse file): fail cleanly, not abort,
+            // when it cannot be allocated.
+            let len = usize::try_from(len).map_err(|_| changed())?;
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(len).map_err(|_| {
+                Error::io(
+                    path,
+                    "read",
+                    std::io::Error::new(
+                        std::io::ErrorKind::OutOfMemory,
+                        format!(
+                            "cannot allocate {len} bytes to read the file (try without --no-mmap)"
+                        ),
+                    ),
+                )
+            })?;
+            buf.resize(len, 0);
             file.read_exact_at(&mut buf, 0)
                 .map_err(|e| Error::io(path, "read", e))?;
             FileBytes::Owned(buf)

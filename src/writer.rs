@@ -521,8 +521,9 @@ fn check_destination(dest: &Path, force: bool) -> Result<()> {
             path: dest.to_path_buf(),
         });
     }
+    // A bundle's manifest.json is a regular file (rule 1.3); a symlink by that name is not.
     let is_bundle_or_empty = meta.is_dir()
-        && (dest.join(MANIFEST_FILE).is_file()
+        && (fs::symlink_metadata(dest.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file())
             || fs::read_dir(dest)
                 .map_err(|e| Error::io(dest, "read directory", e))?
                 .next()

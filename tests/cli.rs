@@ -248,6 +248,14 @@ fn create_refuses_an_existing_destination_and_replaces_with_force() {
         std::fs::read_to_string(other.join("keep.txt")).unwrap(),
         "precious"
     );
+    // Not even when a symlink named manifest.json makes it look like one.
+    std::os::unix::fs::symlink(dest.join("manifest.json"), other.join("manifest.json")).unwrap();
+    let out = run(&["create", "--from", s(&src), "--out", s(&other), "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(other.join("keep.txt")).unwrap(),
+        "precious"
+    );
 }
 
 #[test]

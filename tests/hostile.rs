@@ -149,6 +149,7 @@ fn manifest_attacks() {
     let e = hostile("unknown major", |d| {
         edit_manifest(d, |m| m["format_version"] = json!("3.1"))
     });
+    assert_eq!(e.rule(), Some(Rule::FormatVersion), "{e}");
     assert!(
         e.to_string().contains("3.1") && e.to_string().contains("1.0"),
         "{e}"
@@ -174,10 +175,19 @@ fn manifest_attacks() {
 
 #[test]
 fn safetensors_attacks() {
-    expect("header length beyond the file", Rule::HeaderLength, |d| {
+    expect("header length beyond the limit", Rule::HeaderLength, |d| {
         set_header_len(d, TERNARY, 1 << 40);
         rehash(d);
     });
+    expect(
+        "header length within the limit, beyond the file",
+        Rule::HeaderLength,
+        |d| {
+            let size = std::fs::metadata(d.join(TERNARY)).unwrap().len();
+            set_header_len(d, TERNARY, size - 7);
+            rehash(d);
+        },
+    );
     expect("header length u64::MAX", Rule::HeaderLength, |d| {
         set_header_len(d, FP16, u64::MAX);
         rehash(d);
