@@ -303,8 +303,16 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     let mut metrics = BTreeMap::new();
     let integrity_start = Instant::now();
 
+    // Open the whole bundle first (headers only): when it opens, every check reads this one
+    // manifest, even if the bundle is replaced meanwhile. When it does not, the manifest alone is
+    // read, to tell a manifest failure from a files or structure failure.
+    let bundle = Bundle::open_with(dir, &options.open);
+    let manifest = match &bundle {
+        Ok(b) => Ok((b.manifest().clone(), b.facts().clone())),
+        Err(_) => open_manifest(dir),
+    };
+
     // 1. manifest (rules 2.x, and 1.1-1.3 for manifest.json).
-    let manifest = open_manifest(dir);
     let manifest_ok = manifest.as_ref().ok().map(|(m, _)| m.clone());
     r.run_required("manifest", &[], || match &manifest {
         Ok((m, facts)) => Ok((
@@ -314,8 +322,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         Err(e) => Err(fail_with(e)),
     });
 
-    // Open the whole bundle (headers only); its error, if any, belongs to files or structure.
-    let bundle = Bundle::open_with(dir, &options.open);
+    // The bundle's open error, if any, belongs to files or structure.
     let open_error_check = bundle.as_ref().err().map(|e| check_of_rule(e.rule()));
 
     // 2. files (rules 1.x, 3.1; undeclared files fatal with --strict).
