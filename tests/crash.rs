@@ -52,12 +52,21 @@ fn sigkill_at_any_point_leaves_the_old_or_the_new_bundle() {
     let new = manifest_bytes(&reference);
     let full = t.elapsed();
     let kills = 24u32;
-    let (mut saw_old, mut saw_new) = (0, 0);
+    let (mut saw_old, mut saw_new, mut mid_write) = (0, 0, 0);
     for k in 0..kills {
+        // Start clean, so that a staging directory found after this kill is this kill's.
+        for n in entries(tmp.path()) {
+            if n.starts_with(".b.tmp-") {
+                std::fs::remove_dir_all(tmp.path().join(n)).unwrap();
+            }
+        }
         let mut child = create(&dest, 2).spawn().unwrap();
         std::thread::sleep(full * k / kills);
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
+        if entries(tmp.path()).iter().any(|n| n.starts_with(".b.tmp-")) {
+            mid_write += 1; // a staging directory was left: the kill landed mid-write
+        }
         let now = manifest_bytes(&dest);
         let b = Bundle::open(&dest)
             .unwrap_or_else(|e| panic!("kill {k}: the destination does not open: {e}"));
@@ -76,10 +85,13 @@ fn sigkill_at_any_point_leaves_the_old_or_the_new_bundle() {
         }
     }
     assert!(
-        saw_old > 0,
-        "no kill landed before the swap: the test did not exercise partial writes"
+        mid_write > 0,
+        "no kill landed in the middle of a write: the test did not exercise partial writes"
     );
-    eprintln!("{kills} kills: {saw_old} left the old bundle, {saw_new} the new one");
+    eprintln!(
+        "{kills} kills: {saw_old} left the old bundle ({mid_write} kills mid-write), \
+         {saw_new} the new one"
+    );
     // Staging directories of killed writers are clearly named, and the next write removes them.
     assert!(create(&dest, 3).status().unwrap().success());
     assert_eq!(entries(tmp.path()), ["b", "reference"], "left behind");
@@ -104,7 +116,7 @@ fn sigkill_during_a_first_write_leaves_nothing_or_the_complete_bundle() {
     let full = t.elapsed();
     let new = manifest_bytes(&reference);
     let kills = 12u32;
-    let (mut absent, mut complete) = (0, 0);
+    let (mut absent, mut complete, mut mid_write) = (0, 0, 0);
     for k in 0..kills {
         let dest = tmp.path().join(format!("first-{k}"));
         let mut child = create(&dest, 2).spawn().unwrap();
@@ -121,6 +133,11 @@ fn sigkill_during_a_first_write_leaves_nothing_or_the_complete_bundle() {
             check_all(&b).unwrap_or_else(|e| panic!("kill {k}: incomplete bundle: {e}"));
             complete += 1;
         }
+        // A staging directory left behind proves the kill landed in the middle of the write.
+        let staging = format!(".first-{k}.tmp-");
+        if entries(tmp.path()).iter().any(|n| n.starts_with(&staging)) {
+            mid_write += 1;
+        }
         // Whatever a killed writer left is a staging directory named after the destination.
         for name in entries(tmp.path()) {
             assert!(
@@ -131,8 +148,14 @@ fn sigkill_during_a_first_write_leaves_nothing_or_the_complete_bundle() {
             );
         }
     }
-    assert!(absent > 0, "no kill landed before publication");
-    eprintln!("{kills} kills of a first write: {absent} left nothing, {complete} the bundle");
+    assert!(
+        mid_write > 0,
+        "no kill landed in the middle of a write (no staging directory was left)"
+    );
+    eprintln!(
+        "{kills} kills of a first write: {absent} left nothing ({mid_write} of them mid-write), \
+         {complete} the bundle"
+    );
     // The next write to each destination removes the killed writers' staging directories.
     for k in 0..kills {
         assert!(create(&tmp.path().join(format!("first-{k}")), 3)
