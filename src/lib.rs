@@ -14,12 +14,12 @@
 //! - [`manifest`]: `manifest.json` types, parsing and validation (rules 2.x);
 //! - [`safetensors_file`]: the safetensors container (rules 3.x);
 //! - [`encoding`]: the `trit5` and `trit2` codecs (rules 4.3, 4.4);
-//! - [`quantize`] and [`dequantize`]: the absmean quantizer and exact dequantization;
+//! - [`quantize`](mod@quantize) and [`dequantize`]: the absmean quantizer and exact dequantization;
 //! - [`checksum`]: SHA-256 (rules 7.x); [`le`]: little-endian element decoding;
 //! - [`reader`]: opening a bundle (rules 1.x to 6.1) and borrowed tensor views;
 //! - [`checks`]: the data rules that read every byte;
 //! - [`writer`] and [`source`]: building a bundle atomically from a checkpoint;
-//! - [`model`] and [`reference`]: the architecture and the ndarray reference model;
+//! - [`model`] and [`reference`](mod@reference): the architecture and the ndarray reference model;
 //! - [`verify`], [`samples`], [`gradcheck`]: `bundle verify` and its model checks;
 //! - [`demo`]: the built-in demo model;
 //! - [`rules`], [`limits`], [`error`].
