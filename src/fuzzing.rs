@@ -45,13 +45,18 @@ pub fn join_parts(parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// A whole bundle from memory: manifest, ternary, fp16 and optional validation file split from
-/// `data`; when it opens, every data check runs too.
-pub fn bundle(data: &[u8]) {
+/// Opens the bundle whose manifest, ternary, fp16 and optional (non-empty) validation file are
+/// split from `data` by [`split_parts`].
+pub fn open_parts(data: &[u8]) -> crate::Result<Bundle> {
     let parts = split_parts(data);
     let get = |i: usize| parts.get(i).copied().unwrap_or_default().to_vec();
     let validation = parts.get(3).filter(|v| !v.is_empty()).map(|v| v.to_vec());
-    if let Ok(b) = Bundle::from_bytes(Path::new("fuzz"), parts[0], get(1), get(2), validation) {
+    Bundle::from_bytes(Path::new("fuzz"), parts[0], get(1), get(2), validation)
+}
+
+/// A whole bundle from memory ([`open_parts`]); when it opens, every data check runs too.
+pub fn bundle(data: &[u8]) {
+    if let Ok(b) = open_parts(data) {
         let _ = checks::check_all(&b);
         let _ = crate::inspect::inspect(&b);
     }

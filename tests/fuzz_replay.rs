@@ -89,32 +89,20 @@ fn verify_numeric_seeds_reach_verify() {
     }
 }
 
+/// Opens a committed `bundle` seed the way the fuzz entry point splits it.
+fn open_seed(name: &str) -> ternary_bundle::Bundle {
+    let seed = std::fs::read(fuzz_dir().join("corpus/bundle").join(name)).unwrap();
+    fuzzing::open_parts(&seed).unwrap_or_else(|e| panic!("seed {name}: {e}"))
+}
+
 #[test]
 fn seed_bundles_reach_the_data_checks() {
     // The entry point must actually open valid bundles, or the fuzzer would only ever test the
     // first parse error.
-    let seed = std::fs::read(fuzz_dir().join("corpus/bundle/bundles-tiny-validation")).unwrap();
-    let parts = fuzzing::split_parts(&seed);
-    let b = ternary_bundle::Bundle::from_bytes(
-        Path::new("seed"),
-        parts[0],
-        parts[1].to_vec(),
-        parts[2].to_vec(),
-        Some(parts[3].to_vec()),
-    )
-    .unwrap();
+    let b = open_seed("bundles-tiny-validation");
+    assert!(b.file(ternary_bundle::FileRole::Validation).is_some());
     ternary_bundle::checks::check_all(&b).unwrap();
     // And the in-memory reader agrees with the file reader on a broken bundle's rule.
-    let seed = std::fs::read(fuzz_dir().join("corpus/bundle/broken-nan-scale")).unwrap();
-    let parts = fuzzing::split_parts(&seed);
-    let b = ternary_bundle::Bundle::from_bytes(
-        Path::new("seed"),
-        parts[0],
-        parts[1].to_vec(),
-        parts[2].to_vec(),
-        None,
-    )
-    .unwrap();
-    let e = ternary_bundle::checks::check_all(&b).unwrap_err();
+    let e = ternary_bundle::checks::check_all(&open_seed("broken-nan-scale")).unwrap_err();
     assert_eq!(e.rule(), Some(ternary_bundle::Rule::ScaleValid));
 }

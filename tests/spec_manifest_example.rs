@@ -2,12 +2,12 @@
 //! an independent Python implementation of the spec. Building the same model with this crate
 //! must reproduce its sizes, statistics and every digest, and the manifest must parse.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::path::Path;
 
-use ternary_bundle::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
 use ternary_bundle::source::MemorySource;
-use ternary_bundle::{write_bundle, Bundle, BundlePlan, Manifest, QuantParams, WriteOptions};
+use ternary_bundle::{write_bundle, Bundle, Manifest, WriteOptions};
 
 /// The JSON block that follows the heading "### 3.4 Example".
 fn spec_example_manifest() -> String {
@@ -47,36 +47,7 @@ fn example_source() -> MemorySource {
 fn writer_reproduces_the_independent_implementation_bit_for_bit() {
     let text = spec_example_manifest();
     let (expected, _) = Manifest::parse(Path::new("spec/FORMAT.md#3.4"), text.as_bytes()).unwrap();
-    let plan = BundlePlan {
-        model: ModelSpec {
-            input_dim: 8,
-            layers: vec![
-                LayerSpec {
-                    name: "fc1".into(),
-                    weight: "fc1.weight".into(),
-                    bias: Some("fc1.bias".into()),
-                    in_features: 8,
-                    out_features: 16,
-                    activation: "relu".into(),
-                    rmsnorm: None,
-                },
-                LayerSpec {
-                    name: "fc2".into(),
-                    weight: "fc2.weight".into(),
-                    bias: None,
-                    in_features: 16,
-                    out_features: 4,
-                    activation: "identity".into(),
-                    rmsnorm: Some(RmsNormSpec {
-                        weight: "fc2.norm.weight".into(),
-                        eps: 1e-6,
-                    }),
-                },
-            ],
-        },
-        params: QuantParams::default(),
-        quantize: BTreeSet::from(["fc1.weight".to_string(), "fc2.weight".to_string()]),
-    };
+    let plan = common::two_layer_plan(8, 16, 4);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("example");
     let report = write_bundle(&dest, &example_source(), &plan, &WriteOptions::default()).unwrap();

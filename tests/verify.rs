@@ -203,6 +203,26 @@ fn run(dir: &Path) -> VerifyReport {
     verify(dir, &VerifyOptions::default())
 }
 
+/// Verifies `dir` with `--only` the named checks.
+fn run_only(dir: &Path, checks: &[&str]) -> VerifyReport {
+    verify(
+        dir,
+        &VerifyOptions {
+            only: checks.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Every check but `selected` reported as not selected.
+fn not_selected_except(selected: &[&str]) -> Vec<(&'static str, Expect)> {
+    CHECKS
+        .iter()
+        .filter(|c| !selected.contains(c))
+        .map(|&c| (c, skip(NOT_SELECTED)))
+        .collect()
+}
+
 fn f64_figure(c: &CheckResult, key: &str) -> f64 {
     c.figures[key]
         .as_f64()
@@ -922,19 +942,9 @@ fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
 fn only_runs_the_selected_check() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
-    let report = verify(
-        &dir,
-        &VerifyOptions {
-            only: vec!["checksums".into()],
-            ..Default::default()
-        },
-    );
-    let overrides: Vec<(&str, Expect)> = CHECKS
-        .iter()
-        .filter(|&&c| c != "checksums")
-        .map(|&c| (c, skip(NOT_SELECTED)))
-        .collect();
-    assert_checks(&report, &overrides);
+    let report = run_only(&dir, &["checksums"]);
+    // Every other check, `reference` included, is reported as not selected.
+    assert_checks(&report, &not_selected_except(&["checksums"]));
     assert_eq!(
         report
             .checks
@@ -951,38 +961,9 @@ fn only_runs_the_selected_check() {
     }
 
     // Selecting a check whose prerequisites are not selected still runs them silently.
-    let report = verify(
-        &dir,
-        &VerifyOptions {
-            only: vec!["dequantization".into(), "gradient_flow".into()],
-            ..Default::default()
-        },
-    );
-    let overrides: Vec<(&str, Expect)> = CHECKS
-        .iter()
-        .filter(|&&c| !["dequantization", "gradient_flow"].contains(&c))
-        .map(|&c| (c, skip(NOT_SELECTED)))
-        .collect();
-    assert_checks(&report, &overrides);
-}
-
-#[test]
-fn only_reports_an_unselected_reference_as_not_selected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle(&tmp);
-    let report = verify(
-        &dir,
-        &VerifyOptions {
-            only: vec!["checksums".into()],
-            ..Default::default()
-        },
-    );
-    let overrides: Vec<(&str, Expect)> = CHECKS
-        .iter()
-        .filter(|&&c| c != "checksums")
-        .map(|&c| (c, skip(NOT_SELECTED)))
-        .collect();
-    assert_checks(&report, &overrides);
+    let selected = ["dequantization", "gradient_flow"];
+    let report = run_only(&dir, &selected);
+    assert_checks(&report, &not_selected_except(&selected));
 }
 
 #[test]
@@ -991,13 +972,7 @@ fn only_does_not_hide_a_failing_unselected_prerequisite() {
     let dir = bundle(&tmp);
     edit_tensor(&dir, TERNARY, "fc1.weight", |b| b[2 * 3] = 243);
     rehash(&dir);
-    let report = verify(
-        &dir,
-        &VerifyOptions {
-            only: vec!["dequantization".into()],
-            ..Default::default()
-        },
-    );
+    let report = run_only(&dir, &["dequantization"]);
     // The selected check did not run because the bundle breaks rule 4.3: a CI gate must not
     // report success.
     assert_eq!(check(&report, "dequantization").status, Status::Skip);
@@ -1008,18 +983,8 @@ fn only_does_not_hide_a_failing_unselected_prerequisite() {
 fn only_reference_without_a_reference_fails_asking_for_one() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
-    let report = verify(
-        &dir,
-        &VerifyOptions {
-            only: vec!["reference".into()],
-            ..Default::default()
-        },
-    );
-    let mut overrides: Vec<(&str, Expect)> = CHECKS
-        .iter()
-        .filter(|&&c| c != "reference")
-        .map(|&c| (c, skip(NOT_SELECTED)))
-        .collect();
+    let report = run_only(&dir, &["reference"]);
+    let mut overrides = not_selected_except(&["reference"]);
     overrides.push((
         "reference",
         fail(&["needs --reference ORIGINAL.safetensors"]),

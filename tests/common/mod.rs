@@ -23,7 +23,44 @@ pub fn values(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// A tiny MLP: 7 -> 13 (relu, bias) -> 5 (rmsnorm, identity, no bias).
+/// The plan of the two-layer MLP the tests use: `input -> hidden` (`fc1`, relu, bias `fc1.bias`)
+/// then `hidden -> out` (`fc2`, RMSNorm `fc2.norm.weight` with eps 1e-6, identity, no bias),
+/// both weights quantized with the default parameters.
+pub fn two_layer_plan(input: u64, hidden: u64, out: u64) -> BundlePlan {
+    let model = ModelSpec {
+        input_dim: input,
+        layers: vec![
+            LayerSpec {
+                name: "fc1".into(),
+                weight: "fc1.weight".into(),
+                bias: Some("fc1.bias".into()),
+                in_features: input,
+                out_features: hidden,
+                activation: "relu".into(),
+                rmsnorm: None,
+            },
+            LayerSpec {
+                name: "fc2".into(),
+                weight: "fc2.weight".into(),
+                bias: None,
+                in_features: hidden,
+                out_features: out,
+                activation: "identity".into(),
+                rmsnorm: Some(RmsNormSpec {
+                    weight: "fc2.norm.weight".into(),
+                    eps: 1e-6,
+                }),
+            },
+        ],
+    };
+    BundlePlan {
+        model,
+        params: QuantParams::default(),
+        quantize: BTreeSet::from(["fc1.weight".to_string(), "fc2.weight".to_string()]),
+    }
+}
+
+/// A tiny MLP ([`two_layer_plan`] 7 -> 13 -> 5) with deterministic values from `seed`.
 pub fn tiny_model(seed: u64) -> (MemorySource, BundlePlan) {
     let src = MemorySource::new("tiny.safetensors")
         .with("fc1.weight", vec![13, 7], values(seed, 91))
@@ -34,38 +71,7 @@ pub fn tiny_model(seed: u64) -> (MemorySource, BundlePlan) {
             values(seed + 2, 13).iter().map(|v| 1.0 + v / 4.0).collect(),
         )
         .with("fc2.weight", vec![5, 13], values(seed + 3, 65));
-    let model = ModelSpec {
-        input_dim: 7,
-        layers: vec![
-            LayerSpec {
-                name: "fc1".into(),
-                weight: "fc1.weight".into(),
-                bias: Some("fc1.bias".into()),
-                in_features: 7,
-                out_features: 13,
-                activation: "relu".into(),
-                rmsnorm: None,
-            },
-            LayerSpec {
-                name: "fc2".into(),
-                weight: "fc2.weight".into(),
-                bias: None,
-                in_features: 13,
-                out_features: 5,
-                activation: "identity".into(),
-                rmsnorm: Some(RmsNormSpec {
-                    weight: "fc2.norm.weight".into(),
-                    eps: 1e-6,
-                }),
-            },
-        ],
-    };
-    let plan = BundlePlan {
-        model,
-        params: QuantParams::default(),
-        quantize: BTreeSet::from(["fc1.weight".to_string(), "fc2.weight".to_string()]),
-    };
-    (src, plan)
+    (src, two_layer_plan(7, 13, 5))
 }
 
 /// All files of a directory, name -> bytes.
