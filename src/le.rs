@@ -2,6 +2,7 @@
 //! little-endian (spec section 1, "Conventions"). A trailing partial element is ignored; callers
 //! have already checked that byte lengths are whole multiples of the element size.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 /// `f32` values.
@@ -21,6 +22,22 @@ pub fn u16s(bytes: &[u8]) -> impl ExactSizeIterator<Item = u16> + '_ {
 /// `f16` values.
 pub fn f16s(bytes: &[u8]) -> impl ExactSizeIterator<Item = f16> + '_ {
     u16s(bytes).map(f16::from_bits)
+}
+
+/// F16 little-endian bytes to f32 (exact), through a small stack buffer so that no second
+/// copy of the tensor is allocated (F16C conversion where the CPU has it).
+pub fn f16s_to_f32(bytes: &[u8]) -> Vec<f32> {
+    const CHUNK: usize = 1024;
+    let mut out = vec![0f32; bytes.len() / 2];
+    let mut buf = [f16::ZERO; CHUNK];
+    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let n = dst.len();
+        for (h, v) in buf[..n].iter_mut().zip(f16s(src)) {
+            *h = v;
+        }
+        buf[..n].convert_to_f32_slice(dst);
+    }
+    out
 }
 
 /// `bf16` values.
@@ -53,5 +70,12 @@ mod tests {
         b.extend_from_slice(&7i64.to_le_bytes());
         b.push(9);
         assert_eq!(i64s(&b).collect::<Vec<_>>(), [-3, 7]);
+        // The buffered F16 -> f32 conversion over more than one chunk, with a partial tail.
+        let mut h: Vec<u8> = (0..2500u16).flat_map(|i| (i * 13).to_le_bytes()).collect();
+        h.push(7);
+        let want: Vec<f32> = f16s(&h).map(f16::to_f32).collect();
+        let got = f16s_to_f32(&h);
+        assert_eq!(got.len(), 2500);
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }

@@ -89,10 +89,17 @@ pub fn manifest_digest(bytes: &[u8], value: &str) -> String {
 /// Sets the `manifest_sha256` of serialized manifest `bytes` (written with the placeholder
 /// value) to the digest of those bytes (rule 7.3).
 pub fn seal_manifest_bytes(bytes: &[u8]) -> Vec<u8> {
+    sealed(bytes).1
+}
+
+/// The digest of `bytes` and the bytes with it in place of the placeholder.
+fn sealed(bytes: &[u8]) -> (String, Vec<u8>) {
     let digest = crate::checksum::sha256_hex(bytes);
     let text = String::from_utf8_lossy(bytes);
-    text.replacen(MANIFEST_DIGEST_PLACEHOLDER, &digest, 1)
-        .into_bytes()
+    let sealed = text
+        .replacen(MANIFEST_DIGEST_PLACEHOLDER, &digest, 1)
+        .into_bytes();
+    (digest, sealed)
 }
 
 /// `model`: input dimension and the ordered layers.
@@ -451,21 +458,15 @@ impl Manifest {
         Ok((manifest, facts))
     }
 
-    /// Serializes as the writer does: pretty JSON, 2-space indent, trailing newline.
-    /// Sets `manifest_sha256` on the serialized bytes (rule 7.3): the field is written as the
-    /// placeholder, hashed, and the digest put in its place.
-    pub fn to_json_bytes(&self) -> Vec<u8> {
-        self.clone().seal()
-    }
-
     /// Computes `manifest_sha256` for the writer's serialization, stores it, and returns the
     /// bytes of `manifest.json` (pretty JSON, 2-space indent, trailing newline).
     pub fn seal(&mut self) -> Vec<u8> {
         self.manifest_sha256 = MANIFEST_DIGEST_PLACEHOLDER.into();
         let mut v = serde_json::to_vec_pretty(self).expect("manifest types always serialize");
         v.push(b'\n');
-        self.manifest_sha256 = crate::checksum::sha256_hex(&v);
-        seal_manifest_bytes(&v)
+        let (digest, sealed) = sealed(&v);
+        self.manifest_sha256 = digest;
+        sealed
     }
 
     /// The spec of tensor `name`.

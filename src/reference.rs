@@ -8,8 +8,6 @@
 //!
 //! Both stream: one layer's weights are in memory at a time.
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
@@ -202,22 +200,6 @@ pub enum WeightPath {
     Fp16,
 }
 
-/// F16 little-endian bytes to f32 (exact), through a small stack buffer so that no second
-/// copy of the tensor is allocated (F16C conversion where the CPU has it).
-pub fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
-    const CHUNK: usize = 1024;
-    let mut out = vec![0f32; bytes.len() / 2];
-    let mut buf = [f16::ZERO; CHUNK];
-    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-        let n = dst.len();
-        for (h, v) in buf[..n].iter_mut().zip(crate::le::f16s(src)) {
-            *h = v;
-        }
-        buf[..n].convert_to_f32_slice(dst);
-    }
-    out
-}
-
 fn missing(bundle: &Bundle, name: &str) -> Error {
     Error::InvalidArgument(format!(
         "{}: tensor {name} not found",
@@ -229,7 +211,7 @@ fn missing(bundle: &Bundle, name: &str) -> Error {
 /// `t * scale` in f32 for quantized tensors).
 pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f32>> {
     match path {
-        WeightPath::Fp16 => Ok(f16_bytes_to_f32(
+        WeightPath::Fp16 => Ok(crate::le::f16s_to_f32(
             bundle
                 .fp16_bytes(name)
                 .ok_or_else(|| missing(bundle, name))?,

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
+use half::bf16;
 
 use crate::error::{Error, Result, Violation};
 use crate::le;
@@ -83,7 +83,7 @@ impl CheckpointSource {
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let out = match dtype {
         Dtype::F32 => le::f32s(bytes).collect(),
-        Dtype::F16 => le::f16s(bytes).map(f16::to_f32).collect(),
+        Dtype::F16 => le::f16s_to_f32(bytes),
         Dtype::BF16 => le::bf16s(bytes).map(bf16::to_f32).collect(),
         _ => return None,
     };

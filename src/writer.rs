@@ -233,13 +233,10 @@ pub fn write_bundle_with_progress(
     if let Some(v) = &options.validation {
         manifest.files.validation = Some(write_validation(&staging.dir, v, plan.model.input_dim)?);
     }
-    // Final validation of what will be published: the same code the reader runs.
-    manifest.validate(&manifest_path, FormatVersion::CURRENT)?;
-
     let mpath = staging.dir.join(MANIFEST_FILE);
     let manifest_bytes = manifest.seal();
-    // Parse what will be published with the reader's own code (every rule of section 3 and the
-    // manifest digest, rule 7.3).
+    // Final validation of what will be published: the reader's own parser on the exact bytes
+    // (every rule of section 2 and the manifest digest, rule 7.3).
     Manifest::parse(&manifest_path, &manifest_bytes)?;
     let mut mfile = File::create(&mpath).map_err(|e| Error::io(&mpath, "create", e))?;
     mfile

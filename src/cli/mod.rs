@@ -282,7 +282,7 @@ fn print_create_summary(dest: &Path, report: &WriteReport, i: &Inspection) {
         };
         rows.push(vec![
             printable(&t.name).into_owned(),
-            print::shape(&t.shape),
+            ternary_bundle::safetensors_file::shape_string(&t.shape),
             storage,
             sparsity,
             err,
@@ -389,7 +389,7 @@ fn print_inspection(i: &Inspection, tensors: bool) {
         for t in &i.tensors {
             rows.push(vec![
                 printable(&t.name).into_owned(),
-                print::shape(&t.shape),
+                ternary_bundle::safetensors_file::shape_string(&t.shape),
                 t.storage.clone(),
                 print::size(t.ternary_bytes),
                 print::size(t.fp16_bytes),

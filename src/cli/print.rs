@@ -31,12 +31,6 @@ pub fn count(n: u64) -> String {
     out
 }
 
-/// A shape as `[a, b]`.
-pub fn shape(dims: &[u64]) -> String {
-    let parts: Vec<String> = dims.iter().map(u64::to_string).collect();
-    format!("[{}]", parts.join(", "))
-}
-
 /// Whether to colour standard output: a terminal, and NO_COLOR unset or empty.
 pub fn color_enabled() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
