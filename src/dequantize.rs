@@ -86,16 +86,21 @@ pub fn dequantize_tensor_f16(
     cols: usize,
 ) -> Result<Vec<f16>, RowError> {
     let bpr = encoding.bytes_per_row(cols as u64) as usize;
-    let (per_row, group) = granularity.row_layout(cols);
-    let needed_scales = match granularity {
-        Granularity::Tensor => 1,
-        Granularity::Channel => rows,
-        Granularity::Group(_) => rows * per_row,
-    };
-    if packed.len() != rows * bpr || scales.len() < needed_scales {
+    let (_, group) = granularity.row_layout(cols);
+    if packed.len() != rows * bpr {
         return Err(RowError::Length {
             expected: rows * bpr,
             found: packed.len(),
+        });
+    }
+    let needed_scales: u64 = granularity
+        .scale_shape(rows as u64, cols as u64)
+        .iter()
+        .product();
+    if (scales.len() as u64) < needed_scales {
+        return Err(RowError::ScaleCount {
+            expected: needed_scales as usize,
+            found: scales.len(),
         });
     }
     let mut out = vec![f16::ZERO; rows * cols];
@@ -144,5 +149,27 @@ mod tests {
                 assert_eq!(h[i].to_bits(), dequantize_f16(t, s, 0).to_bits());
             }
         }
+    }
+    #[test]
+    fn whole_tensor_lengths_are_checked_and_reported_as_such() {
+        let enc = Encoding::Trit5;
+        let packed = vec![0u8; 2 * enc.bytes_per_row(7) as usize];
+        // 2 rows of 7 columns in groups of 3: 2 x 3 scales needed.
+        let g = Granularity::Group(3);
+        assert_eq!(
+            dequantize_tensor_f16(enc, g, &packed, &[1.0; 5], 2, 7),
+            Err(RowError::ScaleCount {
+                expected: 6,
+                found: 5
+            })
+        );
+        assert_eq!(
+            dequantize_tensor_f16(enc, g, &packed[1..], &[1.0; 6], 2, 7),
+            Err(RowError::Length {
+                expected: 4,
+                found: 3
+            })
+        );
+        assert!(dequantize_tensor_f16(enc, g, &packed, &[1.0; 6], 2, 7).is_ok());
     }
 }

@@ -43,6 +43,13 @@ pub enum RowError {
         /// Bytes given.
         found: usize,
     },
+    /// Dequantization was given fewer scales than the granularity needs (rule 4.2).
+    ScaleCount {
+        /// Scales the tensor's shape and granularity need.
+        expected: usize,
+        /// Scales given.
+        found: usize,
+    },
     /// A value to pack is not -1, 0 or +1.
     InvalidTrit {
         /// Column index of the value.
@@ -64,6 +71,9 @@ impl fmt::Display for RowError {
             ),
             RowError::Length { expected, found } => {
                 write!(f, "row of {found} bytes where {expected} are needed")
+            }
+            RowError::ScaleCount { expected, found } => {
+                write!(f, "{found} scales where {expected} are needed")
             }
             RowError::InvalidTrit { index, value } => {
                 write!(f, "value {value} at column {index} is not a trit (-1, 0, +1)")

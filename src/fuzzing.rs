@@ -261,12 +261,11 @@ pub fn verify_numeric(scratch: &Path, data: &[u8]) -> Option<bool> {
     let mut options = WriteOptions::default();
     if flags & 16 != 0 {
         for (name, shape, _) in shapes.iter().filter(|s| s.2) {
-            let (rows, cols) = (shape[0], shape[1]);
-            let n = match params.granularity {
-                Granularity::Tensor => 1,
-                Granularity::Channel => rows,
-                Granularity::Group(g) => rows * cols.div_ceil(g),
-            };
+            let n: u64 = params
+                .granularity
+                .scale_shape(shape[0], shape[1])
+                .iter()
+                .product();
             let scales = (0..n as usize)
                 .map(|k| c.value(position + k).abs())
                 .collect();

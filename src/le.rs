@@ -76,6 +76,9 @@ mod tests {
         let want: Vec<f32> = f16s(&h).map(f16::to_f32).collect();
         let got = f16s_to_f32(&h);
         assert_eq!(got.len(), 2500);
-        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
