@@ -11,7 +11,7 @@ use crate::error::{Error, Result, Violation};
 use crate::le;
 use crate::mmap::{self, Backing, FileBytes};
 use crate::rules::Rule;
-use crate::safetensors_file::{element_count, read_header, Dtype, Header};
+use crate::safetensors_file::{element_count, read_header, shape_string, Dtype, Header};
 
 /// Name and shape of a source tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,39 +208,41 @@ impl TensorSource for MemorySource {
 pub fn load_validation_set(path: &Path) -> Result<crate::writer::ValidationSet> {
     use crate::reader::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
     let src = CheckpointSource::open(path)?;
-    let bad = |expected: String, found: String| -> Error {
-        Violation::new(path, Rule::ValidationTensors, expected, found).into()
+    let bad = |tensor: &str, expected: String, found: String| -> Error {
+        Violation::new(path, Rule::ValidationTensors, expected, found)
+            .tensor(tensor)
+            .into()
     };
-    let get = |name: &str, dtype: Dtype, rank: usize| -> Result<Option<&[u8]>> {
+    // The tensor's entry and bytes when it is present with the right dtype and rank.
+    let get = |name: &str, dtype: Dtype, rank: usize| -> Result<Option<(&[u64], &[u8])>> {
         match src.header().get(name) {
             None => Ok(None),
-            Some(e) if e.dtype == dtype && e.shape.len() == rank => Ok(src.tensor_bytes(name)),
+            Some(e) if e.dtype == dtype && e.shape.len() == rank => {
+                Ok(src.tensor_bytes(name).map(|b| (e.shape.as_slice(), b)))
+            }
             Some(e) => Err(bad(
-                format!("{name}: {dtype} of rank {rank}"),
-                format!("{} of shape {:?}", e.dtype, e.shape),
+                name,
+                format!("{dtype} of rank {rank}"),
+                format!("{} of shape {}", e.dtype, shape_string(&e.shape)),
             )),
         }
     };
-    let inputs = get(VALIDATION_INPUTS, Dtype::F32, 2)?.ok_or_else(|| {
+    let (input_shape, inputs) = get(VALIDATION_INPUTS, Dtype::F32, 2)?.ok_or_else(|| {
         bad(
-            "a tensor named inputs (F32 [N, input_dim])".into(),
+            VALIDATION_INPUTS,
+            "a tensor F32 [N, input_dim]".into(),
             "none".into(),
         )
     })?;
-    let labels = get(VALIDATION_LABELS, Dtype::I64, 1)?
-        .ok_or_else(|| bad("a tensor named labels (I64 [N])".into(), "none".into()))?;
-    let difficulty = get(VALIDATION_DIFFICULTY, Dtype::U8, 1)?;
-    let n = src
-        .header()
-        .get(VALIDATION_INPUTS)
-        .map_or(0, |e| e.shape[0]);
-    if src.header().get(VALIDATION_LABELS).map(|e| e.shape[0]) != Some(n) {
+    let (label_shape, labels) = get(VALIDATION_LABELS, Dtype::I64, 1)?
+        .ok_or_else(|| bad(VALIDATION_LABELS, "a tensor I64 [N]".into(), "none".into()))?;
+    let difficulty = get(VALIDATION_DIFFICULTY, Dtype::U8, 1)?.map(|(_, b)| b);
+    let n = input_shape[0];
+    if label_shape[0] != n {
         return Err(bad(
-            format!("labels of shape [{n}] (one per input row)"),
-            format!(
-                "{:?}",
-                src.header().get(VALIDATION_LABELS).map(|e| &e.shape)
-            ),
+            VALIDATION_LABELS,
+            format!("shape [{n}] (one label per input row)"),
+            shape_string(label_shape),
         ));
     }
     Ok(crate::writer::ValidationSet {

@@ -2411,6 +2411,73 @@ fn rule_6_1_extra_tensor_and_missing_inputs() {
 }
 
 #[test]
+fn rule_6_1_validation_file_to_embed_is_checked_naming_the_tensor() {
+    use ternary_bundle::safetensors_file::Dtype;
+    use ternary_bundle::source::load_validation_set;
+    use ternary_bundle::writer::write_safetensors_file;
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, tensors: Vec<(String, Dtype, Vec<u64>)>| {
+        let path = tmp.path().join(name);
+        write_safetensors_file(&path, tensors, &[], false, |n| {
+            let e = match n {
+                "inputs" => 4 * 3 * 2,
+                "labels" => 8 * 2,
+                _ => 4,
+            };
+            Ok(vec![0; e])
+        })
+        .unwrap();
+        path
+    };
+    // Labels for 2 rows, inputs of 3 rows.
+    let path = write(
+        "rows.safetensors",
+        vec![
+            ("inputs".into(), Dtype::F32, vec![3, 2]),
+            ("labels".into(), Dtype::I64, vec![2]),
+        ],
+    );
+    expect_violation(
+        load_validation_set(&path),
+        Rule::ValidationTensors,
+        &["rows.safetensors", &t("labels"), "shape [3]", "found [2]"],
+    );
+    // Inputs of the wrong dtype.
+    let path = write(
+        "dtype.safetensors",
+        vec![
+            ("inputs".into(), Dtype::I32, vec![3, 2]),
+            ("labels".into(), Dtype::I64, vec![2]),
+        ],
+    );
+    expect_violation(
+        load_validation_set(&path),
+        Rule::ValidationTensors,
+        &[
+            "dtype.safetensors",
+            &t("inputs"),
+            "F32 of rank 2",
+            "I32 of shape [3, 2]",
+        ],
+    );
+    // No labels at all.
+    let path = write(
+        "nolabels.safetensors",
+        vec![("inputs".into(), Dtype::F32, vec![3, 2])],
+    );
+    expect_violation(
+        load_validation_set(&path),
+        Rule::ValidationTensors,
+        &[
+            "nolabels.safetensors",
+            &t("labels"),
+            "I64 [N]",
+            "found none",
+        ],
+    );
+}
+
+#[test]
 fn rule_6_1_writer_refuses_an_empty_validation_set() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, plan) = common::tiny_model(7);
