@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::manifest::FileRole;
 use crate::reader::Bundle;
 use crate::reference::{tensor_f32, WeightPath};
 use crate::safetensors_file::Dtype;
@@ -59,9 +60,7 @@ pub fn export(bundle: &Bundle, out: &Path, dtype: ExportDtype, force: bool) -> R
                         .collect(),
                 ),
             };
-            let bytes = bytes.ok_or_else(|| {
-                Error::InvalidArgument(format!("{}: no tensor {name}", bundle.dir().display()))
-            })?;
+            let bytes = bytes.ok_or_else(|| bundle.missing_tensor(FileRole::Fp16, name))?;
             written += bytes.len() as u64;
             Ok(bytes)
         },

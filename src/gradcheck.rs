@@ -222,12 +222,9 @@ impl<'a> Model64<'a> {
             })
         };
         let fp16 = |name: &str| {
-            bundle.fp16_bytes(name).ok_or_else(|| {
-                crate::Error::InvalidArgument(format!(
-                    "{}: no FP16 tensor {name}",
-                    bundle.dir().display()
-                ))
-            })
+            bundle
+                .fp16_bytes(name)
+                .ok_or_else(|| bundle.missing_tensor(crate::manifest::FileRole::Fp16, name))
         };
         let mut layers = Vec::new();
         for (i, l) in m.model.layers.iter().enumerate() {

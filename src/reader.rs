@@ -195,6 +195,37 @@ impl Bundle {
         }
     }
 
+    /// The error for tensor `name` missing from the `role` file of this (validated) bundle:
+    /// the manifest lists it, the file does not have it (rule 3.7).
+    pub fn missing_tensor(&self, role: FileRole, name: &str) -> Error {
+        Violation::new(
+            self.dir.join(role.file_name()),
+            Rule::HeaderMatchesManifest,
+            "a tensor the manifest lists",
+            "no such tensor",
+        )
+        .tensor(name)
+        .into()
+    }
+
+    /// The error for row `row` of packed tensor `name` failing to decode (rules 4.2 to 4.4).
+    pub fn row_error(&self, name: &str, row: usize, e: crate::encoding::RowError) -> Error {
+        use crate::encoding::RowError;
+        let rule = match e {
+            RowError::InvalidByte { .. } | RowError::InvalidTrit { .. } => Rule::PackedByteValid,
+            RowError::NonCanonicalPadding { .. } => Rule::CanonicalPadding,
+            RowError::Length { .. } | RowError::ScaleCount { .. } => Rule::TernaryShapes,
+        };
+        Violation::new(
+            self.dir.join(FileRole::Ternary.file_name()),
+            rule,
+            "a valid, canonical packed row",
+            format!("row {row}: {e}"),
+        )
+        .tensor(name)
+        .into()
+    }
+
     /// The data files present, in role order.
     pub fn files(&self) -> impl Iterator<Item = &DataFile> {
         [

@@ -10,7 +10,8 @@
 
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::manifest::FileRole;
 use crate::model::Activation;
 use crate::quantize::Granularity;
 use crate::reader::Bundle;
@@ -200,22 +201,15 @@ pub enum WeightPath {
     Fp16,
 }
 
-fn missing(bundle: &Bundle, name: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "{}: tensor {name} not found",
-        bundle.dir().display()
-    ))
-}
-
 /// The values of tensor `name` as f32 read along `path` (the ternary path dequantizes
 /// `t * scale` in f32 for quantized tensors).
 pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f32>> {
     match path {
-        WeightPath::Fp16 => Ok(crate::le::f16s_to_f32(
-            bundle
-                .fp16_bytes(name)
-                .ok_or_else(|| missing(bundle, name))?,
-        )),
+        WeightPath::Fp16 => {
+            Ok(crate::le::f16s_to_f32(bundle.fp16_bytes(name).ok_or_else(
+                || bundle.missing_tensor(FileRole::Fp16, name),
+            )?))
+        }
         WeightPath::Ternary => match bundle.packed(name) {
             Some(p) => {
                 let scales = p.scales();
@@ -224,19 +218,14 @@ pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f
                 for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
                     let rs = p.granularity.row_scales(&scales, r, p.cols);
                     crate::dequantize::dequantize_row_f32(p.encoding, p.row(r), rs, group, row)
-                        .map_err(|e| {
-                            Error::InvalidArgument(format!(
-                                "{}: {name}: {e}",
-                                bundle.dir().display()
-                            ))
-                        })?;
+                        .map_err(|e| bundle.row_error(name, r, e))?;
                 }
                 Ok(out)
             }
             None => {
                 let b = bundle
                     .passthrough_bytes(name)
-                    .ok_or_else(|| missing(bundle, name))?;
+                    .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, name))?;
                 Ok(crate::le::f32s(b).collect())
             }
         },
@@ -253,13 +242,9 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
             let mut trits = Array2::<f32>::zeros((out, inp));
             for (r, mut row) in trits.axis_iter_mut(Axis(0)).enumerate() {
                 let row = row.as_slice_mut().expect("standard layout");
-                p.encoding.unpack_row_f32(p.row(r), row).map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "{}: {}: {e}",
-                        bundle.dir().display(),
-                        spec.weight
-                    ))
-                })?;
+                p.encoding
+                    .unpack_row_f32(p.row(r), row)
+                    .map_err(|e| bundle.row_error(&spec.weight, r, e))?;
             }
             LinearWeight::Ternary {
                 trits,

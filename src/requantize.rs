@@ -82,10 +82,10 @@ pub fn requantize(
         for r in 0..a.rows {
             a.encoding
                 .unpack_row(a.row(r), &mut ta)
-                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", old.dir().display())))?;
+                .map_err(|e| old.row_error(name, r, e))?;
             b.encoding
                 .unpack_row(b.row(r), &mut tb)
-                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", dest.display())))?;
+                .map_err(|e| new.row_error(name, r, e))?;
             changed += ta.iter().zip(&tb).filter(|(x, y)| x != y).count() as u64;
         }
         changes.push(TritChanges {

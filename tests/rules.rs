@@ -2756,3 +2756,37 @@ fn rule_7_3_damaged_digest_value() {
     std::fs::write(&path, text.replace(digest, &flipped)).unwrap();
     open_violation(&dir, Rule::ManifestDigest, &[MANIFEST, &flipped]);
 }
+
+#[test]
+fn errors_of_an_open_bundle_name_file_tensor_and_rule() {
+    // What the model code reports if a tensor it reads is missing or undecodable (a bundle
+    // that skipped validation): the file, the tensor, the rule, expected and found.
+    use ternary_bundle::encoding::RowError;
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Bundle::open(bundle(&tmp)).unwrap();
+    let e = b.row_error(
+        "fc1.weight",
+        3,
+        RowError::InvalidByte {
+            index: 1,
+            byte: 243,
+        },
+    );
+    expect_violation::<()>(
+        Err(e),
+        Rule::PackedByteValid,
+        &[
+            TERNARY,
+            &t("fc1.weight"),
+            "canonical packed row",
+            "row 3:",
+            "0xf3",
+        ],
+    );
+    let e = b.missing_tensor(ternary_bundle::FileRole::Fp16, "fc9.weight");
+    expect_violation::<()>(
+        Err(e),
+        Rule::HeaderMatchesManifest,
+        &[FP16, &t("fc9.weight"), "no such tensor"],
+    );
+}
