@@ -202,14 +202,23 @@ fn check_of_rule(rule: Option<Rule>) -> &'static str {
 struct Runner<'o> {
     options: &'o VerifyOptions,
     results: Vec<CheckResult>,
+    /// Checks that ran and passed, selected or not: what gates the checks that need them.
+    passed: Vec<&'static str>,
 }
 
 impl Runner<'_> {
-    fn status_of(&self, name: &str) -> Option<Status> {
-        self.results
+    /// Why a check needing `prerequisites` cannot run, if one of them did not pass.
+    fn blocked(&self, prerequisites: &[&str]) -> Option<String> {
+        let p = prerequisites.iter().find(|p| !self.passed.contains(p))?;
+        let failed = self
+            .results
             .iter()
-            .find(|r| r.name == name)
-            .map(|r| r.status)
+            .any(|r| r.name == *p && r.status == Status::Fail);
+        Some(if failed {
+            format!("not run: {p} failed")
+        } else {
+            format!("not run: needs {p}, which did not run")
+        })
     }
 
     /// Records a check that did not run, and why.
@@ -229,14 +238,7 @@ impl Runner<'_> {
             self.skip(name, "not selected");
             return;
         }
-        if let Some(p) = prerequisites
-            .iter()
-            .find(|p| self.status_of(p) != Some(Status::Pass))
-        {
-            let why = match self.status_of(p) {
-                Some(Status::Fail) => format!("not run: {p} failed"),
-                _ => format!("not run: needs {p}, which did not run"),
-            };
+        if let Some(why) = self.blocked(prerequisites) {
             self.skip(name, why);
             return;
         }
@@ -245,6 +247,9 @@ impl Runner<'_> {
             Ok(x) => (Status::Pass, x),
             Err(x) => (Status::Fail, x),
         };
+        if status == Status::Pass {
+            self.passed.push(name);
+        }
         self.results.push(CheckResult {
             name,
             status,
@@ -255,27 +260,26 @@ impl Runner<'_> {
     }
 
     /// Like `run`, but the result is needed by later checks even when not selected: an
-    /// unselected prerequisite still runs, silently, and its status gates the dependents.
+    /// unselected prerequisite still runs, silently. A pass is reported as not selected (and
+    /// still gates the dependents); a failure stays a failure, because the selected checks
+    /// could not run on this bundle.
     fn run_required(
         &mut self,
         name: &'static str,
         prerequisites: &[&str],
         f: impl FnOnce() -> Outcome,
     ) {
-        let selected = self.options.selected(name);
-        if selected {
+        if self.options.selected(name) {
             self.run(name, prerequisites, f);
             return;
         }
-        // Not selected: run silently. A pass is later reported as "not selected"; a failure
-        // stays a failure, because the selected checks could not run on this bundle.
-        let blocked = prerequisites
-            .iter()
-            .find(|p| self.status_of(p) != Some(Status::Pass));
-        let (status, detail) = match blocked {
-            Some(p) => (Status::Skip, format!("not run: {p} failed")),
+        let (status, detail) = match self.blocked(prerequisites) {
+            Some(why) => (Status::Skip, why),
             None => match f() {
-                Ok(_) => (Status::Pass, "not selected (run as a prerequisite)".into()),
+                Ok(_) => {
+                    self.passed.push(name);
+                    (Status::Skip, "not selected".into())
+                }
                 Err((d, _)) => (
                     Status::Fail,
                     format!(
@@ -299,6 +303,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     let mut r = Runner {
         options,
         results: Vec::new(),
+        passed: Vec::new(),
     };
     let mut metrics = BTreeMap::new();
     let integrity_start = Instant::now();
@@ -307,14 +312,26 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     // manifest, even if the bundle is replaced meanwhile. When it does not, the manifest alone is
     // read, to tell a manifest failure from a files or structure failure.
     let bundle = Bundle::open_with(dir, &options.open);
+    let loaded;
     let manifest = match &bundle {
-        Ok(b) => Ok((b.manifest().clone(), b.facts().clone())),
-        Err(_) => open_manifest(dir),
+        Ok(b) => Ok((b.manifest(), b.facts())),
+        Err(_) => {
+            loaded = open_manifest(dir);
+            loaded.as_ref().map(|(m, facts)| (m, facts))
+        }
     };
+    let manifest_ok = manifest.ok().map(|(m, _)| m);
+    // Bytes of all declared files.
+    let declared_bytes = manifest_ok.map(|m| {
+        FileRole::ALL
+            .iter()
+            .filter_map(|&f| m.files.get(f))
+            .map(|e| e.size)
+            .sum::<u64>()
+    });
 
     // 1. manifest (rules 2.x, and 1.1-1.3 for manifest.json).
-    let manifest_ok = manifest.as_ref().ok().map(|(m, _)| m.clone());
-    r.run_required("manifest", &[], || match &manifest {
+    r.run_required("manifest", &[], || match manifest {
         Ok((m, facts)) => Ok((
             format!("format {} {}{}", m.format, m.format_version, if facts.version > crate::manifest::FormatVersion::CURRENT { " (newer minor: unknown fields ignored)" } else { "" }),
             json!({ "format_version": m.format_version, "tensors": m.tensors.len(), "layers": m.model.layers.len() }),
@@ -330,7 +347,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         match (&bundle, open_error_check) {
             (Err(e), Some("files")) => Err(fail_with(e)),
             _ => {
-                let m = manifest_ok.as_ref().expect("manifest passed");
+                let m = manifest_ok.expect("manifest passed");
                 let extras = bundle
                     .as_ref()
                     .map(|b| b.extras().to_vec())
@@ -340,11 +357,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
                     .filter(|&&f| m.files.get(f).is_some())
                     .map(|f| f.file_name())
                     .collect();
-                let bytes: u64 = FileRole::ALL
-                    .iter()
-                    .filter_map(|&f| m.files.get(f))
-                    .map(|e| e.size)
-                    .sum();
+                let bytes = declared_bytes.expect("manifest passed");
                 let figures = json!({ "files": files, "bytes": bytes, "extras": extras });
                 // File names come from the bundle: escaped before they reach a terminal.
                 let listed = extras
@@ -382,8 +395,8 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     // 3. checksums (rules 7.1, 7.2). With a structurally broken file only whole-file digests
     // can be computed; they still name the damaged file.
     r.run("checksums", &["files"], || {
-        let m = manifest_ok.as_ref().expect("manifest passed");
-        let bytes: u64 = FileRole::ALL.iter().filter_map(|&f| m.files.get(f)).map(|e| e.size).sum();
+        let m = manifest_ok.expect("manifest passed");
+        let bytes = declared_bytes.expect("manifest passed");
         let t = Instant::now();
         let outcome = match &bundle {
             Ok(b) => checks::check_digests(b),
@@ -627,9 +640,8 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     }
 
     // Metrics under the names the pipeline logs.
-    let m = manifest_ok.as_ref();
-    let size = |role| m.and_then(|m| m.files.get(role)).map(|e| e.size);
-    let params: u64 = m.map_or(0, |m| m.tensors.iter().map(|t| t.elements()).sum());
+    let size = |role| manifest_ok.and_then(|m| m.files.get(role)).map(|e| e.size);
+    let params: u64 = manifest_ok.map_or(0, |m| m.tensors.iter().map(|t| t.elements()).sum());
     let mb = |v: Option<u64>| v.map_or(Value::Null, |b| json!(b as f64 / 1e6));
     metrics.insert(
         "phase4_to_5/quantized_model_size_mb".into(),
@@ -656,20 +668,13 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         json!(grad_max_err),
     );
     metrics.insert("max_logit_difference".into(), json!(max_logit_diff));
-    let integrity_bytes: u64 = FileRole::ALL.iter().filter_map(|&f| size(f)).sum();
+    let integrity_bytes = declared_bytes.unwrap_or(0);
     metrics.insert("integrity_seconds".into(), json!(integrity_seconds));
     metrics.insert(
         "integrity_gb_per_s".into(),
         json!(integrity_bytes as f64 / integrity_seconds.max(1e-9) / 1e9),
     );
 
-    // Unselected prerequisites that passed are reported as not selected (failures stay).
-    for c in &mut r.results {
-        if !options.selected(c.name) && c.status == Status::Pass {
-            c.status = Status::Skip;
-            c.detail = "not selected".into();
-        }
-    }
     let ok = r.results.iter().all(|c| c.status != Status::Fail);
     VerifyReport {
         ok,
