@@ -488,19 +488,24 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     let integrity_seconds = integrity_start.elapsed().as_secs_f64();
 
     // Inputs for the model checks: the validation set, or seeded synthetic inputs, served in
-    // chunks of rows that bound memory.
-    let inputs = b.map(|b| Samples::of_bundle(b, options.samples, options.seed));
+    // chunks of rows that bound memory. Prepared by the first check that needs them (none of
+    // the selected checks may).
+    let inputs_cell = std::cell::OnceCell::new();
+    let inputs = || {
+        inputs_cell
+            .get_or_init(|| {
+                Samples::of_bundle(b.expect("structure passed"), options.samples, options.seed)
+            })
+            .as_ref()
+            .map_err(fail_with)
+    };
 
     // 8. agreement.
     let mut agreement_value = None;
     let mut max_logit_diff = None;
     r.run("agreement", &["encoding"], || {
         let b = b.expect("structure passed");
-        let inputs = inputs.as_ref().expect("bundle open");
-        let samples = match inputs {
-            Ok(i) => i,
-            Err(e) => return Err(fail_with(e)),
-        };
+        let samples = inputs()?;
         let source = samples.source();
         let run = || -> Result<(f64, f64)> {
             let (mut same, mut diff) = (0usize, 0f64);
@@ -547,11 +552,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
             .expect("bundle open")
             .as_ref()
             .map_err(fail_with)?;
-        let samples = inputs
-            .as_ref()
-            .expect("bundle open")
-            .as_ref()
-            .map_err(fail_with)?;
+        let samples = inputs()?;
         let n = samples.len().min(gradient_rows(
             &b.expect("bundle open").manifest().model,
             limit,
@@ -617,10 +618,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
                 return Err(("needs --reference ORIGINAL.safetensors".into(), json!({})));
             };
             let b = b.expect("structure passed");
-            let samples = match inputs.as_ref().expect("bundle open") {
-                Ok(i) => i,
-                Err(e) => return Err(fail_with(e)),
-            };
+            let samples = inputs()?;
             let source = samples.source();
             match reference_agreement(b, path, samples) {
                 Ok(agree) => {
