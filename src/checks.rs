@@ -5,6 +5,8 @@
 //! these checks index tensors freely. Each returns the first violation in a deterministic order
 //! (tensors in manifest order, lowest index first) even though tensors are checked in parallel.
 
+use std::path::Path;
+
 use half::f16;
 use rayon::prelude::*;
 
@@ -411,16 +413,9 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
     let inputs = file
         .tensor_bytes(VALIDATION_INPUTS)
         .expect("validated at open");
-    if let Some((i, v)) = le::f32s(inputs).enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(Violation::new(
-            file.path(),
-            Rule::ValidationValues,
-            "finite inputs",
-            format!("{v} at flat index {i}"),
-        )
-        .tensor(VALIDATION_INPUTS)
-        .into());
-    }
+    let labels = file
+        .tensor_bytes(VALIDATION_LABELS)
+        .expect("validated at open");
     let classes = bundle
         .manifest()
         .model
@@ -428,17 +423,35 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
         .last()
         .expect("rule 2.9: at least one layer")
         .out_features;
-    let labels = file
-        .tensor_bytes(VALIDATION_LABELS)
-        .expect("validated at open");
-    let mut labels_iter = crate::le::i64s(labels);
-    if let Some((i, l)) = labels_iter
+    validation_values(file.path(), le::f32s(inputs), le::i64s(labels), classes)
+}
+
+/// Rule 6.2 on a validation set's values, wherever they come from (a bundle's file, or the set
+/// a writer is about to embed, read from `path`): every input finite, every label in
+/// `0..classes`.
+pub fn validation_values(
+    path: &Path,
+    mut inputs: impl Iterator<Item = f32>,
+    mut labels: impl Iterator<Item = i64>,
+    classes: u64,
+) -> Result<()> {
+    if let Some((i, v)) = inputs.by_ref().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(Violation::new(
+            path,
+            Rule::ValidationValues,
+            "finite inputs",
+            format!("{v} at flat index {i}"),
+        )
+        .tensor(VALIDATION_INPUTS)
+        .into());
+    }
+    if let Some((i, l)) = labels
         .by_ref()
         .enumerate()
         .find(|(_, l)| !(0..classes as i128).contains(&(*l as i128)))
     {
         return Err(Violation::new(
-            file.path(),
+            path,
             Rule::ValidationValues,
             format!("labels in 0..{classes} (outputs of the last layer)"),
             format!("{l} at index {i}"),

@@ -415,33 +415,12 @@ fn check_validation_set(v: &ValidationSet, model: &ModelSpec) -> Result<()> {
             ));
         }
     }
-    if let Some((i, x)) = v.inputs.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-        return Err(Violation::new(
-            &v.origin,
-            Rule::ValidationValues,
-            "finite inputs",
-            format!("{x} at flat index {i}"),
-        )
-        .tensor(VALIDATION_INPUTS)
-        .into());
-    }
-    let classes = model.layers.last().map_or(0, |l| l.out_features);
-    if let Some((i, l)) = v
-        .labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l < 0 || l as u64 >= classes)
-    {
-        return Err(Violation::new(
-            &v.origin,
-            Rule::ValidationValues,
-            format!("labels in 0..{classes}"),
-            format!("{l} at index {i}"),
-        )
-        .tensor(VALIDATION_LABELS)
-        .into());
-    }
-    Ok(())
+    crate::checks::validation_values(
+        &v.origin,
+        v.inputs.iter().copied(),
+        v.labels.iter().copied(),
+        model.layers.last().map_or(0, |l| l.out_features),
+    )
 }
 
 fn write_validation(dir: &Path, v: &ValidationSet, input_dim: u64) -> Result<FileEntry> {
