@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{LayerSpec, ModelSpec};
 use crate::model::Activation;
 use crate::quantize::QuantParams;
-use crate::reference::{argmax_rows, forward, DenseLayer};
+use crate::reference::{argmax_rows, forward, Layer, LinearWeight};
 use crate::safetensors_file::Dtype;
 use crate::source::{SourceTensor, TensorSource};
 use crate::writer::{BundlePlan, ValidationSet};
@@ -122,14 +122,16 @@ impl DemoSource {
     }
 
     /// The full-precision model as reference-model layers (holds every weight in f32).
-    pub fn dense_layers(&self) -> Vec<DenseLayer> {
+    pub fn dense_layers(&self) -> Vec<Layer> {
         let n = self.widths.len() - 1;
         (0..n)
             .map(|i| {
                 let (fan_in, out) = (self.widths[i] as usize, self.widths[i + 1] as usize);
-                DenseLayer {
-                    weight: Array2::from_shape_vec((out, fan_in), self.generate(i, false))
-                        .expect("shape"),
+                Layer {
+                    weight: LinearWeight::Dense(
+                        Array2::from_shape_vec((out, fan_in), self.generate(i, false))
+                            .expect("shape"),
+                    ),
                     bias: Some(Array1::from_vec(self.generate(i, true))),
                     rmsnorm: None,
                     activation: if i + 1 == n {

@@ -11,7 +11,7 @@
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
 use crate::error::Result;
-use crate::manifest::FileRole;
+use crate::manifest::{FileRole, LayerSpec};
 use crate::model::Activation;
 use crate::quantize::Granularity;
 use crate::reader::Bundle;
@@ -32,19 +32,6 @@ pub enum LinearWeight {
     },
 }
 
-/// One layer's parameters, in f32.
-#[derive(Debug, Clone)]
-pub struct DenseLayer {
-    /// `[out_features, in_features]`.
-    pub weight: Array2<f32>,
-    /// `[out_features]`, if the layer has a bias.
-    pub bias: Option<Array1<f32>>,
-    /// RMSNorm weight `[in_features]` and epsilon, if the layer normalizes its input.
-    pub rmsnorm: Option<(Array1<f32>, f32)>,
-    /// Activation after the affine map.
-    pub activation: Activation,
-}
-
 /// A layer as the reference model runs it.
 #[derive(Debug, Clone)]
 pub struct Layer {
@@ -56,17 +43,6 @@ pub struct Layer {
     pub rmsnorm: Option<(Array1<f32>, f32)>,
     /// Activation.
     pub activation: Activation,
-}
-
-impl From<DenseLayer> for Layer {
-    fn from(l: DenseLayer) -> Self {
-        Layer {
-            weight: LinearWeight::Dense(l.weight),
-            bias: l.bias,
-            rmsnorm: l.rmsnorm,
-            activation: l.activation,
-        }
-    }
 }
 
 /// Applies `act` elementwise.
@@ -168,10 +144,10 @@ pub fn layer_forward(layer: &Layer, x: ArrayView2<f32>) -> Array2<f32> {
 }
 
 /// Runs every layer of an in-memory model; returns the logits.
-pub fn forward(layers: &[DenseLayer], x: ArrayView2<f32>) -> Array2<f32> {
+pub fn forward(layers: &[Layer], x: ArrayView2<f32>) -> Array2<f32> {
     let mut h = x.to_owned();
     for l in layers {
-        h = layer_forward(&Layer::from(l.clone()), h.view());
+        h = layer_forward(l, h.view());
     }
     h
 }
@@ -257,14 +233,43 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
                 .expect("validated shape"),
         ),
     };
-    let bias = spec
-        .bias
-        .as_deref()
-        .map(|b| tensor_f32(bundle, b, path).map(Array1::from_vec))
-        .transpose()?;
+    // The bundle's shapes were validated at open: every tensor has the length the spec needs.
+    let mut load = |name: &str, _len: usize| tensor_f32(bundle, name, path);
+    layer_with(spec, bundle.facts().activations[i], weight, &mut load)
+}
+
+/// Loads tensor `name` as f32 values; it must hold `len` values (the loader checks).
+pub type LoadF32<'a> = dyn FnMut(&str, usize) -> Result<Vec<f32>> + 'a;
+
+/// The layer `spec` describes, with real-valued weights from `load` (the reference check's
+/// original checkpoint, for instance).
+pub fn dense_layer(
+    spec: &LayerSpec,
+    activation: Activation,
+    load: &mut LoadF32<'_>,
+) -> Result<Layer> {
+    let (out, inp) = (spec.out_features as usize, spec.in_features as usize);
+    let w = load(&spec.weight, out * inp)?;
+    let weight = LinearWeight::Dense(
+        Array2::from_shape_vec((out, inp), w).expect("the loader checks the length"),
+    );
+    layer_with(spec, activation, weight, load)
+}
+
+/// The layer `spec` describes with `weight`, its bias and RMSNorm weight from `load`.
+fn layer_with(
+    spec: &LayerSpec,
+    activation: Activation,
+    weight: LinearWeight,
+    load: &mut LoadF32<'_>,
+) -> Result<Layer> {
+    let bias = match &spec.bias {
+        Some(b) => Some(Array1::from_vec(load(b, spec.out_features as usize)?)),
+        None => None,
+    };
     let rmsnorm = match &spec.rmsnorm {
         Some(n) => Some((
-            Array1::from_vec(tensor_f32(bundle, &n.weight, path)?),
+            Array1::from_vec(load(&n.weight, spec.in_features as usize)?),
             n.eps,
         )),
         None => None,
@@ -273,7 +278,7 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
         weight,
         bias,
         rmsnorm,
-        activation: bundle.facts().activations[i],
+        activation,
     })
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{Array1, Array2};
+use ndarray::Array2;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -20,9 +20,7 @@ use crate::gradcheck::{
 };
 use crate::manifest::{FileRole, Manifest};
 use crate::reader::{open_data_file_raw, open_manifest, Bundle, OpenOptions};
-use crate::reference::{
-    argmax_rows, forward_bundle, layer_forward, Layer, LinearWeight, WeightPath,
-};
+use crate::reference::{argmax_rows, dense_layer, forward, forward_bundle, WeightPath};
 use crate::rules::Rule;
 use crate::samples::{chunk_rows, gradient_rows, Samples};
 use crate::source::{CheckpointSource, TensorSource};
@@ -711,50 +709,34 @@ fn whole_file_digests(dir: &Path, m: &Manifest) -> Result<()> {
 /// samples, a chunk at a time.
 fn reference_agreement(b: &Bundle, path: &Path, samples: &Samples<'_>) -> Result<f64> {
     let original = CheckpointSource::open(path)?;
-    let mut layers = Vec::with_capacity(b.manifest().model.layers.len());
-    for (i, l) in b.manifest().model.layers.iter().enumerate() {
-        let load = |name: &str| -> Result<Vec<f32>> { original.load_f32(name) };
-        let w = load(&l.weight)?;
-        if w.len() as u64 != l.in_features * l.out_features {
+    // Every tensor read from the original must have the length the bundle's model needs.
+    let mut load = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let v = original.load_f32(name)?;
+        if v.len() != len {
             return Err(Violation::new(
                 path,
                 Rule::Model,
-                format!(
-                    "{} values (shape [{}, {}])",
-                    l.in_features * l.out_features,
-                    l.out_features,
-                    l.in_features
-                ),
-                format!("{}", w.len()),
+                format!("{len} values, as the bundle's model needs"),
+                format!("{}", v.len()),
             )
-            .tensor(&l.weight)
+            .tensor(name)
             .into());
         }
-        let layer = Layer {
-            weight: LinearWeight::Dense(
-                Array2::from_shape_vec((l.out_features as usize, l.in_features as usize), w)
-                    .expect("checked"),
-            ),
-            bias: l
-                .bias
-                .as_deref()
-                .map(|n| load(n).map(Array1::from_vec))
-                .transpose()?,
-            rmsnorm: match &l.rmsnorm {
-                Some(n) => Some((Array1::from_vec(load(&n.weight)?), n.eps)),
-                None => None,
-            },
-            activation: b.facts().activations[i],
-        };
-        layers.push(layer);
-    }
+        Ok(v)
+    };
+    let layers = b
+        .manifest()
+        .model
+        .layers
+        .iter()
+        .zip(&b.facts().activations)
+        .map(|(l, &activation)| dense_layer(l, activation, &mut load))
+        .collect::<Result<Vec<_>>>()?;
     let mut same = 0;
     for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
         let x = samples.rows(rows);
         let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
-        let o = layers
-            .iter()
-            .fold(x, |h, layer| layer_forward(layer, h.view()));
+        let o = forward(&layers, x.view());
         let (po, pf) = (argmax_rows(&o), argmax_rows(&f));
         same += po.iter().zip(&pf).filter(|(a, b)| a == b).count();
     }

@@ -818,6 +818,35 @@ fn gradient_flow_fails_when_a_zero_last_layer_blocks_the_gradient() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn reference_fails_cleanly_on_a_checkpoint_with_a_tensor_of_the_wrong_length() {
+    // A bias one element short would not broadcast in the reference model: it must be a
+    // violation naming the checkpoint, the tensor and both lengths, not a panic.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle(&tmp);
+    let short = MemorySource::new("short.safetensors")
+        .with("fc1.weight", vec![13, 7], common::values(7, 91))
+        .with("fc1.bias", vec![12], common::values(8, 12))
+        .with("fc2.norm.weight", vec![13], common::values(9, 13))
+        .with("fc2.weight", vec![5, 13], common::values(10, 65));
+    let path = tmp.path().join("short.safetensors");
+    write_checkpoint(&short, &path);
+    let report = verify(
+        &dir,
+        &VerifyOptions {
+            reference: Some(path),
+            ..Default::default()
+        },
+    );
+    assert_checks(
+        &report,
+        &[(
+            "reference",
+            fail(&["short.safetensors", &t("fc1.bias"), "13 values", "found 12"]),
+        )],
+    );
+}
+
+#[test]
 fn reference_passes_against_the_original_and_fails_against_another_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
