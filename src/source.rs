@@ -66,6 +66,12 @@ impl CheckpointSource {
         })
     }
 
+    /// SHA-256 of the checkpoint's bytes as they were read (the file is not opened again, so
+    /// the digest is of exactly what was quantized).
+    pub fn sha256(&self) -> String {
+        crate::checksum::sha256_hex(&self.bytes)
+    }
+
     /// The validated header.
     pub fn header(&self) -> &Header {
         &self.header

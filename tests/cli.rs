@@ -299,6 +299,12 @@ fn create_options_reach_the_manifest() {
         .map(|t| t.name.as_str())
         .collect();
     assert_eq!(quantized, vec!["net.0.bias", "net.0.weight"]);
+    // Provenance records the digest of the checkpoint that was quantized.
+    let checkpoint = std::fs::read(fixture("source/tiny.safetensors")).unwrap();
+    assert_eq!(
+        b.manifest().provenance.source_sha256.as_deref(),
+        Some(ternary_bundle::checksum::sha256_hex(&checkpoint).as_str())
+    );
     let out = run(&[
         "create",
         "--from",

@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ternary_bundle::arch::{infer_arch, load_arch};
-use ternary_bundle::checksum::sha256_file;
 use ternary_bundle::demo::{DemoSource, DEMO_SAMPLES};
 use ternary_bundle::error::printable;
 use ternary_bundle::export::{export, ExportDtype};
@@ -211,7 +210,7 @@ fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             force: a.force,
             created,
             validation,
-            source_sha256: Some(sha256_file(&from)?),
+            source_sha256: Some(ckpt.sha256()),
             ..Default::default()
         };
         write_with_progress(
@@ -543,7 +542,7 @@ fn requantize_cmd(a: args::RequantizeArgs, open: &OpenOptions) -> Result<bool> {
     let src = CheckpointSource::open(&a.from)?;
     let options = WriteOptions {
         force: a.force,
-        source_sha256: Some(sha256_file(&a.from)?),
+        source_sha256: Some(src.sha256()),
         ..Default::default()
     };
     let (_, changes) =
