@@ -418,21 +418,7 @@ fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle>
         Err(Errno::NOENT) => false,
         Err(e) => return Err(Error::io(dir.join(name), "stat", errno_io(e))),
     };
-    if declared != exists {
-        let path = dir.join(FileRole::Validation.file_name());
-        let (expected, found) = if declared {
-            (
-                "the validation file declared in manifest files.validation",
-                "no such file",
-            )
-        } else {
-            (
-                "no validation file (manifest files.validation is absent)",
-                "an undeclared validation file",
-            )
-        };
-        return Err(Violation::new(path, Rule::ValidationFilePresence, expected, found).into());
-    }
+    check_validation_presence(dir, declared, exists)?;
     let validation_file = if declared {
         Some(require_member(dir, dirfd, name)?)
     } else {
@@ -477,20 +463,7 @@ impl Bundle {
         validation: Option<Vec<u8>>,
     ) -> Result<Bundle> {
         let (m, facts) = Manifest::parse(&label.join(MANIFEST_FILE), manifest)?;
-        if m.files.validation.is_some() != validation.is_some() {
-            let found = if validation.is_some() {
-                "an undeclared validation file"
-            } else {
-                "no validation file"
-            };
-            return Err(Violation::new(
-                label.join(FileRole::Validation.file_name()),
-                Rule::ValidationFilePresence,
-                "a validation file exactly when manifest files.validation is present",
-                found,
-            )
-            .into());
-        }
+        check_validation_presence(label, m.files.validation.is_some(), validation.is_some())?;
         let load = |role: FileRole, bytes: Vec<u8>| -> Result<DataFile> {
             let path = label.join(role.file_name());
             check_size(&path, role, bytes.len() as u64, &m)?;
@@ -751,6 +724,31 @@ fn check_validation_layout(file: &DataFile, manifest: &Manifest) -> Result<()> {
         Rule::ValidationTensors,
         Rule::ValidationTensors,
     )
+}
+
+/// Rule 1.4: `validation.safetensors` exists exactly when the manifest declares it.
+fn check_validation_presence(dir: &Path, declared: bool, exists: bool) -> Result<()> {
+    if declared == exists {
+        return Ok(());
+    }
+    let (expected, found) = if declared {
+        (
+            "the validation file declared in manifest files.validation",
+            "no such file",
+        )
+    } else {
+        (
+            "no validation file (manifest files.validation is absent)",
+            "an undeclared validation file",
+        )
+    };
+    Err(Violation::new(
+        dir.join(FileRole::Validation.file_name()),
+        Rule::ValidationFilePresence,
+        expected,
+        found,
+    )
+    .into())
 }
 
 fn list_extras(dir: &Path, dirfd: &OwnedFd) -> Result<Vec<String>> {
