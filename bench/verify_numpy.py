@@ -908,13 +908,19 @@ def rel_err(a, n, floor):
     return abs(a - n) / max(abs(a), abs(n), floor)
 
 
-def check_gradient(b, args):
-    x, y, src = model_inputs(b, args)
-    x, y = x[:8].astype(np.float64), y[:8]
+def gradients(b, args, batch):
+    """The f64 model, the first `batch` inputs and labels, and the backprop gradients."""
+    x, y, _ = model_inputs(b, args)
+    x, y = x[:batch].astype(np.float64), y[:batch]
     model = model64(b)
     logits, caches = model.forward(x)
     loss, dlog = cross_entropy(logits, y)
     grads = model.backward(caches, dlog)
+    return model, x, y, loss, grads, caches
+
+
+def check_gradient(b, args):
+    model, x, y, loss, grads, caches = gradients(b, args, 8)
     h = 1e-5
     rng = np.random.default_rng(args.seed)
     worst = (0.0, "")
@@ -994,12 +1000,7 @@ def check_gradient(b, args):
 
 
 def check_gradient_flow(b, args):
-    x, y, src = model_inputs(b, args)
-    x, y = x[:32].astype(np.float64), y[:32]
-    model = model64(b)
-    logits, caches = model.forward(x)
-    loss, dlog = cross_entropy(logits, y)
-    grads = model.backward(caches, dlog)
+    model, x, y, loss, grads, caches = gradients(b, args, 32)
     del caches, model
     b.model64 = None
     bad = []
