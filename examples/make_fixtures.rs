@@ -175,6 +175,8 @@ pub struct Broken {
     pub file: &'static str,
     /// The tensor the error names, if any.
     pub tensor: Option<&'static str>,
+    /// Whether the valid bundle it starts from has a validation set.
+    pub validation: bool,
     edit: fn(&Path),
 }
 
@@ -189,6 +191,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "1.2",
             file: FP16,
             tensor: None,
+            validation: false,
             edit: |d| std::fs::remove_file(d.join(FP16)).unwrap(),
         },
         Broken {
@@ -197,6 +200,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "2.2",
             file: MANIFEST,
             tensor: None,
+            validation: false,
             edit: |d| {
                 let m = std::fs::read(d.join(MANIFEST)).unwrap();
                 std::fs::write(d.join(MANIFEST), &m[..m.len() / 2]).unwrap();
@@ -204,11 +208,12 @@ pub fn broken_fixtures() -> Vec<Broken> {
         },
         Broken {
             name: "unknown-major",
-            damage: "format_version 2.0",
+            damage: "format_version 3.0",
             rule: "2.4",
             file: MANIFEST,
             tensor: None,
-            edit: |d| edit_manifest(d, |m| m["format_version"] = "2.0".into()),
+            validation: false,
+            edit: |d| edit_manifest(d, |m| m["format_version"] = "3.0".into()),
         },
         Broken {
             name: "unknown-encoding",
@@ -216,6 +221,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "2.8",
             file: MANIFEST,
             tensor: None,
+            validation: false,
             edit: |d| edit_manifest(d, |m| m["quantization"]["encoding"] = "trit3".into()),
         },
         Broken {
@@ -224,6 +230,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "3.1",
             file: FP16,
             tensor: None,
+            validation: false,
             edit: |d| {
                 let b = std::fs::read(d.join(FP16)).unwrap();
                 std::fs::write(d.join(FP16), &b[..b.len() - 1]).unwrap();
@@ -235,6 +242,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "3.2",
             file: TERNARY,
             tensor: None,
+            validation: false,
             edit: |d| {
                 let mut b = std::fs::read(d.join(TERNARY)).unwrap();
                 b[..8].copy_from_slice(&(1u64 << 63).to_le_bytes());
@@ -248,6 +256,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "5.1",
             file: FP16,
             tensor: Some("fc1.weight"),
+            validation: false,
             edit: |d| {
                 edit_st(d, FP16, |st| {
                     let t = st
@@ -264,6 +273,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "7.2",
             file: FP16,
             tensor: Some("fc2.weight"),
+            validation: false,
             edit: |d| edit_tensor(d, FP16, "fc2.weight", |b| b[3] ^= 0x40),
         },
         Broken {
@@ -272,6 +282,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "4.3",
             file: TERNARY,
             tensor: Some("fc1.weight"),
+            validation: false,
             edit: |d| {
                 edit_tensor(d, TERNARY, "fc1.weight", |b| b[1] = 243);
                 rehash(d);
@@ -283,6 +294,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "4.4",
             file: TERNARY,
             tensor: Some("fc2.weight"),
+            validation: false,
             edit: |d| {
                 // fc2.weight has C = 24 columns: 5 bytes per row, the last holding 4 trits (max 80).
                 edit_tensor(d, TERNARY, "fc2.weight", |b| b[4] += 81);
@@ -295,6 +307,7 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "4.5",
             file: TERNARY,
             tensor: Some("fc1.weight"),
+            validation: false,
             edit: |d| {
                 edit_tensor(d, TERNARY, "fc1.weight.scale", |b| {
                     b[..4].copy_from_slice(&f32::NAN.to_le_bytes())
@@ -308,8 +321,32 @@ pub fn broken_fixtures() -> Vec<Broken> {
             rule: "5.2",
             file: FP16,
             tensor: Some("fc1.weight"),
+            validation: false,
             edit: |d| {
                 edit_tensor(d, FP16, "fc1.weight", |b| b[0] ^= 1);
+                rehash(d);
+            },
+        },
+        Broken {
+            name: "original-predictions-in-1.0",
+            damage: "format_version set to 1.0 in a bundle with original_predictions (re-hashed)",
+            rule: "6.1",
+            file: VALIDATION,
+            tensor: Some("original_predictions"),
+            validation: true,
+            edit: |d| edit_manifest(d, |m| m["format_version"] = "1.0".into()),
+        },
+        Broken {
+            name: "original-prediction-out-of-range",
+            damage: "original_predictions[3] set to 10, past the 10 classes (re-hashed)",
+            rule: "6.3",
+            file: VALIDATION,
+            tensor: Some("original_predictions"),
+            validation: true,
+            edit: |d| {
+                edit_tensor(d, VALIDATION, "original_predictions", |b| {
+                    b[24..32].copy_from_slice(&10i64.to_le_bytes())
+                });
                 rehash(d);
             },
         },
@@ -323,7 +360,7 @@ pub fn generate(root: &Path) {
     let mut expected = Vec::new();
     for b in broken_fixtures() {
         let dir = broken.join(b.name);
-        write(&dir, QuantParams::default(), false);
+        write(&dir, QuantParams::default(), b.validation);
         (b.edit)(&dir);
         expected.push(serde_json::json!({
             "name": b.name, "damage": b.damage, "rule": b.rule, "file": b.file, "tensor": b.tensor,
@@ -351,14 +388,25 @@ pub fn generate(root: &Path) {
     // ...and another MAJOR is refused, naming both versions.
     let major = root.join("versions/unknown-major");
     write(&major, QuantParams::default(), false);
-    edit_manifest(&major, |m| m["format_version"] = "2.0".into());
+    edit_manifest(&major, |m| m["format_version"] = "3.0".into());
 }
+
+/// Fixtures that are never regenerated: written by an earlier version of the writer and kept
+/// byte for byte, so that later readers are tested against what was really written
+/// (`versions/written-by-1.0`: the 1.0 writer's `tiny-validation`, without
+/// `original_predictions`).
+pub const FROZEN: [&str; 1] = ["versions/written-by-1.0"];
 
 #[allow(dead_code)]
 fn main() {
     let out = std::env::args().nth(1).unwrap_or_else(|| "fixtures".into());
     let out = PathBuf::from(out);
-    for sub in ["bundles", "versions", "broken"] {
+    for sub in [
+        "bundles",
+        "versions/newer-minor",
+        "versions/unknown-major",
+        "broken",
+    ] {
         let p = out.join(sub);
         if p.exists() {
             std::fs::remove_dir_all(&p).unwrap();

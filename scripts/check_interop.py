@@ -9,10 +9,22 @@ For every fixture bundle this script, without using any code of this project:
   * decodes ternary.safetensors in numpy (trit5 / trit2, all granularities) and confirms every F16
     value equals f16(t * scale), bit for bit (rule 5.2), and passthrough values f16(f32) (rule 5.3).
 The version fixtures must behave as section 13 says: newer minor valid, other major rejected.
-Exits non-zero on the first failure; prints one line per bundle and a closing count.
+
+It also recomputes, with its own numpy reading of spec section 16, what `bundle verify` reports
+about models:
+  * `--retention BUNDLE CHECKPOINT VERIFY_JSON`: the original model (CHECKPOINT, before
+    quantization) and the FP16 model (fp16.safetensors) run on the validation inputs; the
+    stored original_predictions must be the checkpoint's argmax, and verify's retention and
+    label accuracies must equal the ones computed here (up to near-ties);
+  * `--demo BUNDLE VERIFY_JSON`: the demo's FP16 model must be >= 95% accurate at difficulty 1,
+    <= 50% at difficulty 10, inside 70-80% at some level, with 10 levels of equal size >= 50,
+    and verify's per-level figures must equal the ones computed here.
+Exits non-zero if any check failed; prints one line per check and a closing count.
 """
+import argparse
 import hashlib
 import json
+import math
 import struct
 import sys
 from pathlib import Path
@@ -119,41 +131,146 @@ def check_bundle(d):
 
 REPORT_VALIDATORS = {
     flag: jsonschema.Draft202012Validator(json.loads((ROOT / "spec" / schema).read_text()))
-    for flag, schema in (("--inspect-json", "inspect.schema.json"), ("--verify-json", "verify.schema.json"))
+    for flag, schema in (("inspect", "inspect.schema.json"), ("verify", "verify.schema.json"))
+}
+
+# Spec section 16: the activations, in f32.
+ACTIVATIONS = {
+    "relu": lambda z: np.maximum(z, np.float32(0)),
+    "gelu": lambda z: (z * (1 + np.vectorize(math.erf)(z / math.sqrt(2))) / 2).astype(np.float32),
+    "silu": lambda z: z / (1 + np.exp(-z)),
+    "tanh": np.tanh,
+    "identity": lambda z: z,
 }
 
 
+def forward(manifest, weights, x):
+    """Logits of the manifest's model (spec section 16) with `weights` {name: float32 array}."""
+    h = x.astype(np.float32)
+    for layer in manifest["model"]["layers"]:
+        norm = layer["rmsnorm"]
+        if norm is not None:
+            ms = (h.astype(np.float64) ** 2).mean(1, keepdims=True)
+            h = (h / np.sqrt(ms + norm["eps"]).astype(np.float32)) * weights[norm["weight"]]
+        z = h @ weights[layer["weight"]].astype(np.float32).T
+        if layer["bias"] is not None:
+            z = z + weights[layer["bias"]]
+        h = ACTIVATIONS[layer["activation"]](z.astype(np.float32))
+    return h
+
+
+def predictions(logits):
+    """argmax per row, first index on ties (numpy and torch agree), and whether the row is a
+    near-tie: runner-up within 1e-4 of the row's largest |logit| (spec section 16.1)."""
+    top2 = np.sort(logits, 1)[:, -2:] if logits.shape[1] > 1 else np.repeat(logits, 2, 1)
+    scale = np.abs(logits).max(1)
+    return logits.argmax(1), (top2[:, 1] - top2[:, 0]) <= 1e-4 * scale
+
+
+def load_model(path):
+    return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+
+
+def close(a, b, ties, n):
+    """Figures computed two ways agree exactly, or within the share of near-tie rows."""
+    return abs(a - b) <= ties / n + 1e-12
+
+
+def check_retention(bundle, checkpoint, report_path):
+    """The handoff criterion recomputed: original (checkpoint) vs FP16 model decisions."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    report = json.loads(Path(report_path).read_text())
+    val = load_file(str(bundle / "validation.safetensors"))
+    x, labels = val["inputs"], val["labels"]
+    n = len(labels)
+    orig, orig_ties = predictions(forward(m, load_model(checkpoint), x))
+    fp16, fp16_ties = predictions(forward(m, load_model(bundle / "fp16.safetensors"), x))
+    ties = int((orig_ties | fp16_ties).sum())
+    stored = val["original_predictions"]
+    bad = np.nonzero((stored != orig) & ~orig_ties)[0]
+    assert bad.size == 0, f"stored original_predictions differ from the checkpoint's argmax at rows {bad[:5]}"
+    retention = float((fp16 == orig).mean())
+    metrics = report["metrics"]
+    got = metrics["phase4_to_5/dequantization_accuracy_retention"]
+    assert got is not None and close(got, retention, ties, n), f"verify retention {got}, numpy {retention}"
+    for key, preds in (("accuracy_original", orig), ("accuracy_fp16", fp16)):
+        want = float((preds == labels).mean())
+        assert close(metrics[key], want, ties, n), f"verify {key} {metrics[key]}, numpy {want}"
+    gate = next(c for c in report["checks"] if c["name"] == "retention")
+    minimum = gate["figures"]["min_retention"]
+    assert gate["status"] == ("pass" if retention >= minimum else "fail"), f"retention gate {gate['status']} at {retention} vs {minimum}"
+    assert report["ok"] == (retention >= minimum), "ok must follow the retention gate here"
+    return f"retention {retention:.4f} (gate {minimum}: {gate['status']}), original accuracy {metrics['accuracy_original']:.4f}, FP16 {metrics['accuracy_fp16']:.4f}, {ties} near-ties"
+
+
+def check_demo(bundle, report_path):
+    """The demo has something to retain: accuracy falls with difficulty through the 70-80% zone."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    report = json.loads(Path(report_path).read_text())
+    val = load_file(str(bundle / "validation.safetensors"))
+    x, labels, levels = val["inputs"], val["labels"], val["difficulty"]
+    fp16, ties = predictions(forward(m, load_model(bundle / "fp16.safetensors"), x))
+    counts = {int(l): int((levels == l).sum()) for l in np.unique(levels)}
+    assert sorted(counts) == list(range(1, 11)), f"difficulty levels {sorted(counts)}"
+    assert len(set(counts.values())) == 1 and min(counts.values()) >= 50, f"level sizes {counts}"
+    acc = {l: float((fp16[levels == l] == labels[levels == l]).mean()) for l in counts}
+    assert acc[1] >= 0.95, f"accuracy at level 1 {acc[1]}"
+    assert acc[10] <= 0.50, f"accuracy at level 10 {acc[10]}"
+    assert any(0.70 <= a <= 0.80 for a in acc.values()), f"no level in the 70-80% zone: {acc}"
+    retention = float((fp16 == val["original_predictions"]).mean())
+    # Honest: the perturbed original loses a few decisions, not none and not more than the gate.
+    assert 0.995 <= retention < 1.0, f"demo retention {retention}"
+    assert report["ok"], "the demo must pass verify by default"
+    got = report["metrics"]["phase4_to_5/dequantization_accuracy_retention"]
+    assert close(got, retention, int(ties.sum()), len(labels)), f"verify retention {got}, numpy {retention}"
+    gate = next(c for c in report["checks"] if c["name"] == "retention")
+    for row in gate["figures"]["by_difficulty"]:
+        l = row["difficulty"]
+        assert close(row["accuracy_fp16"], acc[l], int(ties[levels == l].sum()), counts[l]), f"level {l}: verify {row['accuracy_fp16']}, numpy {acc[l]}"
+    return "FP16 accuracy by difficulty " + " ".join(f"{l}:{acc[l]:.2f}" for l in sorted(acc)) + f"; retention {retention:.4f}"
+
+
 def main():
-    """Arguments: extra bundle directories to check, `--inspect-json FILE` outputs of
-    `bundle inspect --json` and `--verify-json FILE` outputs of `bundle verify --json` to
-    validate against their schemas in spec/."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundles", nargs="*", type=Path, help="extra bundle directories to check")
+    ap.add_argument("--inspect-json", action="append", default=[], type=Path)
+    ap.add_argument("--verify-json", action="append", default=[], type=Path)
+    ap.add_argument("--retention", action="append", default=[], nargs=3, metavar=("BUNDLE", "CHECKPOINT", "VERIFY_JSON"))
+    ap.add_argument("--demo", action="append", default=[], nargs=2, metavar=("BUNDLE", "VERIFY_JSON"))
+    args = ap.parse_args()
     checked = failed = 0
-    args = sys.argv[1:]
-    reports = [(a, Path(args[i + 1])) for i, a in enumerate(args) if a in REPORT_VALIDATORS]
-    extra = [Path(a) for i, a in enumerate(args) if a not in REPORT_VALIDATORS and (i == 0 or args[i - 1] not in REPORT_VALIDATORS)]
-    for flag, f in reports:
-        errors = list(REPORT_VALIDATORS[flag].iter_errors(json.loads(f.read_text())))
-        if errors:
-            print(f"FAIL {f}: {flag[2:]} output breaks its schema in spec/: {errors[0].message}")
-            failed += 1
-        else:
-            print(f"ok   {f}: {flag[2:]} output matches its schema in spec/")
-            checked += 1
-    for d in sorted((ROOT / "fixtures" / "bundles").iterdir()) + [ROOT / "fixtures/versions/newer-minor"] + extra:
+
+    def run(label, f, *a):
+        nonlocal checked, failed
         try:
-            n = check_bundle(d)
-            print(f"ok   {d}: {n} FP16 values equal f16(t * scale) per the spec")
+            print(f"ok   {label}: {f(*a)}")
             checked += 1
         except Exception as e:  # report and keep going, fail at the end
-            print(f"FAIL {d}: {e!r}")
+            print(f"FAIL {label}: {e!r}")
             failed += 1
-    major = json.loads((ROOT / "fixtures/versions/unknown-major/manifest.json").read_text())
-    if VALIDATOR.is_valid(major):
-        print("FAIL fixtures/versions/unknown-major: schema accepted format_version 2.0")
-        failed += 1
-    else:
-        print("ok   fixtures/versions/unknown-major: schema rejects format_version 2.0")
-        checked += 1
+
+    def schema(kind, path):
+        errors = list(REPORT_VALIDATORS[kind].iter_errors(json.loads(path.read_text())))
+        assert not errors, f"{kind} output breaks its schema in spec/: {errors[0].message}"
+        return f"{kind} output matches its schema in spec/"
+
+    for f in args.inspect_json:
+        run(f, schema, "inspect", f)
+    for f in args.verify_json:
+        run(f, schema, "verify", f)
+    for d in sorted((ROOT / "fixtures" / "bundles").iterdir()) + [ROOT / "fixtures/versions/newer-minor", ROOT / "fixtures/versions/written-by-1.0"] + args.bundles:
+        run(d, lambda d: f"{check_bundle(d)} FP16 values equal f16(t * scale) per the spec", d)
+    for bundle, checkpoint, report in args.retention:
+        run(f"{bundle} vs {checkpoint}", check_retention, Path(bundle), Path(checkpoint), report)
+    for bundle, report in args.demo:
+        run(f"{bundle} (demo)", check_demo, Path(bundle), report)
+
+    def refuses_major():
+        major = json.loads((ROOT / "fixtures/versions/unknown-major/manifest.json").read_text())
+        assert not VALIDATOR.is_valid(major), f"schema accepted format_version {major['format_version']}"
+        return f"schema rejects format_version {major['format_version']}"
+
+    run("fixtures/versions/unknown-major", refuses_major)
     print(f"{checked} passed, {failed} failed")
     return 1 if failed else 0
 

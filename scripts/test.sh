@@ -20,7 +20,7 @@ cmp fixtures/source/tiny.safetensors "$work/source/tiny.safetensors"
 cmp fixtures/source/validation.safetensors "$work/source/validation.safetensors"
 
 # Bundles created by the CLI (from the Python checkpoint, and the demo) pass the independent
-# checks, and `inspect --json` matches its documented schema.
+# checks, and `inspect --json` / `verify --json` match their documented schemas.
 bundle=target/release/bundle
 "$bundle" create --from fixtures/source/tiny.safetensors --validation fixtures/source/validation.safetensors \
     --out "$work/from-python" >/dev/null
@@ -31,6 +31,24 @@ bundle=target/release/bundle
 "$bundle" inspect --json fixtures/versions/newer-minor >"$work/newer-inspect.json"
 "$bundle" verify --json "$work/demo" >"$work/demo-verify.json"
 "$bundle" verify --json fixtures/broken/nan-scale >"$work/broken-verify.json" || test $? -eq 1
-python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" \
+"$bundle" verify --json fixtures/versions/written-by-1.0 >"$work/v1-verify.json"
+"$bundle" verify --json --min-retention 0 "$work/from-python" >"$work/from-python-verify.json"
+
+# A model trained for real (numpy), quantized with its validation set: the retention gate fails
+# at the handoff's 0.995 (exit 1) and passes at 0.9; both reports are recomputed independently.
+python3 scripts/train_mlp.py "$work/trained"
+"$bundle" create --from "$work/trained/model.safetensors" --validation "$work/trained/validation.safetensors" \
+    --out "$work/trained-bundle" >/dev/null
+status=0
+"$bundle" verify --json "$work/trained-bundle" >"$work/trained-verify.json" || status=$?
+test "$status" -eq 1
+"$bundle" verify --json --min-retention 0.9 "$work/trained-bundle" >"$work/trained-verify-0.9.json"
+
+python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" "$work/trained-bundle" \
     --inspect-json "$work/demo-inspect.json" --inspect-json "$work/newer-inspect.json" \
-    --verify-json "$work/demo-verify.json" --verify-json "$work/broken-verify.json"
+    --verify-json "$work/demo-verify.json" --verify-json "$work/broken-verify.json" \
+    --verify-json "$work/v1-verify.json" --verify-json "$work/trained-verify.json" \
+    --retention "$work/trained-bundle" "$work/trained/model.safetensors" "$work/trained-verify.json" \
+    --retention "$work/trained-bundle" "$work/trained/model.safetensors" "$work/trained-verify-0.9.json" \
+    --retention "$work/from-python" fixtures/source/tiny.safetensors "$work/from-python-verify.json" \
+    --demo "$work/demo" "$work/demo-verify.json"

@@ -1,5 +1,5 @@
 //! The data rules: checks that read every byte of an open bundle (spec section "Validation
-//! order", rules 4.3 to 4.7, 5.2, 5.3, 6.2, 7.1 and 7.2).
+//! order", rules 4.3 to 4.7, 5.2, 5.3, 6.2, 6.3, 7.1 and 7.2).
 //!
 //! [`crate::reader::Bundle::open`] has already proven the structure (shapes, offsets, sizes), so
 //! these checks index tensors freely. Each returns the first violation in a deterministic order
@@ -17,7 +17,9 @@ use crate::error::{Result, Violation};
 use crate::le;
 use crate::manifest::{FileRole, TensorSpec};
 use crate::quantize::scale_fits_f16;
-use crate::reader::{Bundle, PackedTensor, VALIDATION_INPUTS, VALIDATION_LABELS};
+use crate::reader::{
+    Bundle, PackedTensor, VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
+};
 use crate::rules::Rule;
 
 /// Runs every data check: digests first (so corruption is reported as such), then encoding,
@@ -405,7 +407,8 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
     first_error(results)
 }
 
-/// Rule 6.2: validation inputs are finite and labels index the last layer's outputs.
+/// Rules 6.2 and 6.3: validation inputs are finite; labels and original predictions index the
+/// last layer's outputs.
 pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
     let Some(file) = bundle.file(FileRole::Validation) else {
         return Ok(());
@@ -423,7 +426,16 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
         .last()
         .expect("rule 2.9: at least one layer")
         .out_features;
-    validation_values(file.path(), le::f32s(inputs), le::i64s(labels), classes)
+    validation_values(file.path(), le::f32s(inputs), le::i64s(labels), classes)?;
+    match file.tensor_bytes(VALIDATION_ORIGINAL_PREDICTIONS) {
+        Some(p) => class_indices(
+            file.path(),
+            (VALIDATION_ORIGINAL_PREDICTIONS, Rule::OriginalPredictions),
+            le::i64s(p),
+            classes,
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Rule 6.2 on a validation set's values, wherever they come from (a bundle's file, or the set
@@ -432,7 +444,7 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
 pub fn validation_values(
     path: &Path,
     mut inputs: impl Iterator<Item = f32>,
-    mut labels: impl Iterator<Item = i64>,
+    labels: impl Iterator<Item = i64>,
     classes: u64,
 ) -> Result<()> {
     if let Some((i, v)) = inputs.by_ref().enumerate().find(|(_, v)| !v.is_finite()) {
@@ -445,19 +457,35 @@ pub fn validation_values(
         .tensor(VALIDATION_INPUTS)
         .into());
     }
-    if let Some((i, l)) = labels
+    class_indices(
+        path,
+        (VALIDATION_LABELS, Rule::ValidationValues),
+        labels,
+        classes,
+    )
+}
+
+/// Every value of `tensor` (labels, rule 6.2, or original predictions, rule 6.3) is a class:
+/// an index into the last layer's `classes` outputs.
+fn class_indices(
+    path: &Path,
+    (tensor, rule): (&str, Rule),
+    mut values: impl Iterator<Item = i64>,
+    classes: u64,
+) -> Result<()> {
+    match values
         .by_ref()
         .enumerate()
         .find(|(_, l)| !(0..classes as i128).contains(&(*l as i128)))
     {
-        return Err(Violation::new(
+        Some((i, l)) => Err(Violation::new(
             path,
-            Rule::ValidationValues,
-            format!("labels in 0..{classes} (outputs of the last layer)"),
+            rule,
+            format!("{tensor} in 0..{classes} (outputs of the last layer)"),
             format!("{l} at index {i}"),
         )
-        .tensor(VALIDATION_LABELS)
-        .into());
+        .tensor(tensor)
+        .into()),
+        None => Ok(()),
     }
-    Ok(())
 }

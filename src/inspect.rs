@@ -206,7 +206,7 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
         path: bundle.dir().display().to_string(),
         format: m.format.clone(),
         format_version: m.format_version.clone(),
-        newer_minor: bundle.facts().version > crate::manifest::FormatVersion::CURRENT,
+        newer_minor: bundle.facts().version.is_newer_minor(),
         model: ModelSummary {
             input_dim: m.model.input_dim,
             layers: m

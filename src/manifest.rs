@@ -26,10 +26,6 @@ use crate::safetensors_file::{bounded_shape, element_count, shape_string};
 
 /// The value of `format`.
 pub const FORMAT_NAME: &str = "ternary-bundle";
-/// The MAJOR version this crate reads and writes.
-pub const FORMAT_MAJOR: u32 = 1;
-/// The MINOR version this crate writes.
-pub const FORMAT_MINOR: u32 = 0;
 /// The method name of the absmean scheme.
 pub const METHOD_ABSMEAN: &str = "absmean";
 
@@ -326,11 +322,30 @@ pub struct FormatVersion {
 }
 
 impl FormatVersion {
-    /// The version this crate writes.
-    pub const CURRENT: FormatVersion = FormatVersion {
-        major: FORMAT_MAJOR,
-        minor: FORMAT_MINOR,
-    };
+    /// Version 1.0: the first version of the format.
+    pub const V1_0: FormatVersion = FormatVersion { major: 1, minor: 0 };
+    /// Version 2.0: the validation file may carry `original_predictions` (rules 6.1, 6.3).
+    pub const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
+    /// The newest version this crate knows. It reads every MAJOR from 1 to this one's (rule
+    /// 2.4), and writes the lowest version whose rules a bundle satisfies (spec section 13).
+    pub const LATEST: FormatVersion = FormatVersion::V2_0;
+
+    /// Whether this reader opens bundles of this version: MAJOR 1 or 2, any MINOR (rule 2.4).
+    pub fn is_supported(self) -> bool {
+        (1..=FormatVersion::LATEST.major).contains(&self.major)
+    }
+
+    /// Whether the bundle was written by a newer MINOR version of its MAJOR than this reader
+    /// knows (its unknown keys are ignored, section 13).
+    pub fn is_newer_minor(self) -> bool {
+        // Every MAJOR this crate knows is at MINOR 0.
+        self.is_supported() && self.minor > 0
+    }
+
+    /// Whether the validation file may hold `original_predictions` (format 2.0 and later).
+    pub fn allows_original_predictions(self) -> bool {
+        self.major >= 2
+    }
 
     /// Parses `"MAJOR.MINOR"`: decimal, no sign, no leading zeros, at most 9 digits each.
     pub fn parse(s: &str) -> Option<Self> {
@@ -422,14 +437,13 @@ impl Manifest {
                     describe(&head.format_version),
                 )
             })?;
-        if version.major != FORMAT_MAJOR {
+        if !version.is_supported() {
             return Err(Violation::new(
                 path,
                 Rule::FormatVersion,
                 format!(
-                    "format version {}.x (this reader supports {})",
-                    FORMAT_MAJOR,
-                    FormatVersion::CURRENT
+                    "format version 1.x or 2.x (this reader supports 1.0 and {}, and newer minor versions of either)",
+                    FormatVersion::LATEST
                 ),
                 format!("format version {version}"),
             )

@@ -21,7 +21,7 @@ use rustix::io::Errno;
 use crate::encoding::Encoding;
 use crate::error::{escape_name, Error, Result, Violation};
 use crate::manifest::{
-    scale_tensor_name, FileRole, Manifest, ManifestFacts, TensorSpec, MANIFEST_FILE,
+    scale_tensor_name, FileRole, FormatVersion, Manifest, ManifestFacts, TensorSpec, MANIFEST_FILE,
 };
 use crate::mmap::{self, Backing, FileBytes};
 use crate::quantize::{rows_cols, Granularity, QuantParams};
@@ -432,7 +432,7 @@ fn open_in(dir: &Path, dirfd: &OwnedFd, options: &OpenOptions) -> Result<Bundle>
     let validation = match validation_file {
         Some(f) => {
             let v = open_data_file(dir, FileRole::Validation, f, &manifest, options)?;
-            check_validation_layout(&v, &manifest)?;
+            check_validation_layout(&v, &manifest, facts.version)?;
             Some(v)
         }
         None => None,
@@ -483,7 +483,7 @@ impl Bundle {
         let validation = match validation {
             Some(v) => {
                 let v = load(FileRole::Validation, v)?;
-                check_validation_layout(&v, &m)?;
+                check_validation_layout(&v, &m, facts.version)?;
                 Some(v)
             }
             None => None,
@@ -685,14 +685,23 @@ fn check_fp16_layout(file: &DataFile, manifest: &Manifest) -> Result<()> {
     )
 }
 
-/// Names of the validation set's tensors.
+/// Inputs tensor of the validation set.
 pub const VALIDATION_INPUTS: &str = "inputs";
 /// Labels tensor of the validation set.
 pub const VALIDATION_LABELS: &str = "labels";
 /// Optional difficulty tensor of the validation set.
 pub const VALIDATION_DIFFICULTY: &str = "difficulty";
+/// Optional tensor of the original (pre-quantization) model's predictions on the inputs
+/// (format 2.0 and later, rules 6.1 and 6.3).
+pub const VALIDATION_ORIGINAL_PREDICTIONS: &str = "original_predictions";
 
-fn check_validation_layout(file: &DataFile, manifest: &Manifest) -> Result<()> {
+/// Rule 6.1: the validation file holds `inputs` F32 [N, input_dim], `labels` I64 [N], and
+/// optionally `difficulty` U8 [N] and (from format 2.0) `original_predictions` I64 [N].
+fn check_validation_layout(
+    file: &DataFile,
+    manifest: &Manifest,
+    version: FormatVersion,
+) -> Result<()> {
     let bad = |expected: String, found: String| {
         Violation::new(&file.path, Rule::ValidationTensors, expected, found)
     };
@@ -703,6 +712,7 @@ fn check_validation_layout(file: &DataFile, manifest: &Manifest) -> Result<()> {
                 format!("inputs of shape [N >= 1, {}]", manifest.model.input_dim),
                 shape_string(&e.shape),
             )
+            .tensor(VALIDATION_INPUTS)
             .into())
         }
         None => return Err(bad("a tensor named inputs".into(), "none".into()).into()),
@@ -717,6 +727,22 @@ fn check_validation_layout(file: &DataFile, manifest: &Manifest) -> Result<()> {
     ];
     if file.header.get(VALIDATION_DIFFICULTY).is_some() {
         expected.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
+    }
+    if file.header.get(VALIDATION_ORIGINAL_PREDICTIONS).is_some() {
+        // A 1.x reader refuses this tensor, so a 1.x bundle cannot carry it.
+        if !version.allows_original_predictions() {
+            return Err(bad(
+                format!("no original_predictions in a format {version} bundle (needs format 2.0 or later)"),
+                "a tensor named original_predictions".into(),
+            )
+            .tensor(VALIDATION_ORIGINAL_PREDICTIONS)
+            .into());
+        }
+        expected.push((
+            VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
+            Dtype::I64,
+            vec![n],
+        ));
     }
     check_tensor_set(
         file,

@@ -6,15 +6,20 @@
 //!   matmul on the trit matrix, scales applied per row (or per column group) afterwards;
 //! - the **FP16 path** reads only `fp16.safetensors`: F16 weights upcast to f32, ordinary matmul.
 //!
-//! Both stream: one layer's weights are in memory at a time.
+//! Both stream: one layer's weights are in memory at a time. So does the third source of
+//! weights, a checkpoint ([`forward_source`]): the original model before quantization, whose
+//! predictions the writer stores and `verify --reference` recomputes.
 
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
-use crate::error::Result;
-use crate::manifest::{FileRole, LayerSpec};
+use crate::error::{Error, Result, Violation};
+use crate::manifest::{FileRole, LayerSpec, ModelSpec};
 use crate::model::Activation;
 use crate::quantize::Granularity;
 use crate::reader::Bundle;
+use crate::rules::Rule;
+use crate::samples::chunk_rows;
+use crate::source::TensorSource;
 
 /// A layer's weight matrix `[out_features, in_features]`, in one of the two forms.
 #[derive(Debug, Clone)]
@@ -152,14 +157,19 @@ pub fn forward(layers: &[Layer], x: ArrayView2<f32>) -> Array2<f32> {
     h
 }
 
-/// Index of the largest value of each row (the first on ties; NaN never wins).
+/// The prediction of each row of logits (spec section 16): the index of the largest value, the
+/// first of equal maxima, and the first NaN when a row holds one (as `torch.argmax` and
+/// `numpy.argmax` decide).
 pub fn argmax_rows(logits: &Array2<f32>) -> Vec<usize> {
     logits
         .axis_iter(Axis(0))
         .map(|row| {
             let mut best = 0;
             for (i, &v) in row.iter().enumerate() {
-                if v > row[best] || row[best].is_nan() && !v.is_nan() {
+                if v.is_nan() {
+                    return i;
+                }
+                if v > row[best] {
                     best = i;
                 }
             }
@@ -282,6 +292,66 @@ fn layer_with(
     })
 }
 
+/// Layer `spec` of a model with real-valued weights from `source`: the original checkpoint
+/// before quantization (the writer's source, or `verify --reference`). Every tensor must hold
+/// exactly the values the layer needs; a mismatch is reported naming the source and tensor.
+pub fn source_layer(
+    source: &dyn TensorSource,
+    spec: &LayerSpec,
+    activation: Activation,
+) -> Result<Layer> {
+    let mut load = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let v = source.load_f32(name)?;
+        if v.len() != len {
+            return Err(Violation::new(
+                source.path(),
+                Rule::Model,
+                format!("{len} values, as the model needs"),
+                format!("{}", v.len()),
+            )
+            .tensor(name)
+            .into());
+        }
+        Ok(v)
+    };
+    dense_layer(spec, activation, &mut load)
+}
+
+/// The predictions (section 16) of `model` with weights from `source` on `inputs`
+/// (`[n, input_dim]`, row-major), in f32. Rows are run in chunks of [`chunk_rows`] and the
+/// layers loaded once per chunk, so memory is one layer and one chunk's activations.
+pub fn source_predictions(
+    source: &dyn TensorSource,
+    model: &ModelSpec,
+    activations: &[Activation],
+    inputs: &[f32],
+) -> Result<Vec<usize>> {
+    let d = model.input_dim as usize;
+    let rows = chunk_rows(model);
+    let mut out = Vec::with_capacity(inputs.len() / d.max(1));
+    for chunk in inputs.chunks(rows.saturating_mul(d).max(1)) {
+        let x = ArrayView2::from_shape((chunk.len() / d, d), chunk).map_err(|_| {
+            Error::InvalidArgument(format!("{} input values are not rows of {d}", inputs.len()))
+        })?;
+        out.extend(argmax_rows(&forward_source(source, model, activations, x)?));
+    }
+    Ok(out)
+}
+
+/// Runs `model` with weights from `source` on `x`, one layer in memory at a time.
+pub fn forward_source(
+    source: &dyn TensorSource,
+    model: &ModelSpec,
+    activations: &[Activation],
+    x: ArrayView2<f32>,
+) -> Result<Array2<f32>> {
+    let mut h = x.to_owned();
+    for (spec, &activation) in model.layers.iter().zip(activations) {
+        h = layer_forward(&source_layer(source, spec, activation)?, h.view());
+    }
+    Ok(h)
+}
+
 /// Runs the bundle's model on `x` along `path`, one layer in memory at a time.
 pub fn forward_bundle(
     bundle: &Bundle,
@@ -316,8 +386,12 @@ mod tests {
         let r = (12.5f32).sqrt();
         assert!((x[[0, 0]] - 3.0 / r).abs() < 1e-6 && (x[[0, 1]] - 8.0 / r).abs() < 1e-6);
         assert_eq!(
-            argmax_rows(&array![[1.0, 3.0, 3.0], [f32::NAN, 0.0, -1.0]]),
-            vec![1, 1]
+            argmax_rows(&array![
+                [1.0, 3.0, 3.0],
+                [f32::NAN, 0.0, -1.0],
+                [0.0, 2.0, f32::NAN]
+            ]),
+            vec![1, 0, 2]
         );
     }
 

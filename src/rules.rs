@@ -102,6 +102,8 @@ rules! {
     ValidationTensors = "6.1", "invalid validation set layout";
     /// 6.2: validation inputs finite and labels in range.
     ValidationValues = "6.2", "invalid validation set value";
+    /// 6.3: original predictions index the last layer's outputs.
+    OriginalPredictions = "6.3", "invalid original prediction";
     /// 7.1: whole-file SHA-256.
     FileDigest = "7.1", "file checksum mismatch";
     /// 7.2: per-tensor SHA-256.

@@ -17,7 +17,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::checks;
 use crate::error::Result;
 use crate::manifest::{FileRole, ModelSpec};
-use crate::reader::{Bundle, VALIDATION_INPUTS, VALIDATION_LABELS};
+use crate::reader::{
+    Bundle, VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS,
+    VALIDATION_ORIGINAL_PREDICTIONS,
+};
 
 /// Most elements in one activation matrix of the model checks (samples × width): 2^24, 64 MiB
 /// of f32.
@@ -63,10 +66,15 @@ pub struct Samples<'b> {
     origin: Origin<'b>,
     width: usize,
     labels: Vec<usize>,
+    /// The original model's predictions stored with a validation set (rule 6.3).
+    original: Option<Vec<usize>>,
+    /// Difficulty per sample, when the validation set has one.
+    difficulty: Option<&'b [u8]>,
 }
 
 impl<'b> Samples<'b> {
-    /// The validation set of `bundle` (its values checked, rule 6.2) if it has one, otherwise
+    /// The validation set of `bundle` (its values checked, rules 6.2 and 6.3) if it has one,
+    /// otherwise
     /// `samples` synthetic inputs of the model's input width, with labels drawn uniformly from
     /// the classes (ChaCha8 seeded with `seed`, stream 0).
     pub fn of_bundle(bundle: &'b Bundle, samples: usize, seed: u64) -> Result<Self> {
@@ -75,13 +83,17 @@ impl<'b> Samples<'b> {
         if let Some(f) = bundle.file(FileRole::Validation) {
             checks::check_validation_values(bundle)?;
             let inputs = f.tensor_bytes(VALIDATION_INPUTS).expect("rule 6.1");
-            let labels = crate::le::i64s(f.tensor_bytes(VALIDATION_LABELS).expect("rule 6.1"))
-                .map(|l| l as usize)
-                .collect();
+            // Rules 6.2 and 6.3 proved every label and prediction a class index.
+            let classes = |name| {
+                f.tensor_bytes(name)
+                    .map(|b| crate::le::i64s(b).map(|l| l as usize).collect())
+            };
             return Ok(Samples {
                 origin: Origin::Validation(inputs),
                 width,
-                labels,
+                labels: classes(VALIDATION_LABELS).expect("rule 6.1"),
+                original: classes(VALIDATION_ORIGINAL_PREDICTIONS),
+                difficulty: f.tensor_bytes(VALIDATION_DIFFICULTY),
             });
         }
         let classes = model.layers.last().map_or(1, |l| l.out_features as usize);
@@ -93,6 +105,8 @@ impl<'b> Samples<'b> {
             origin: Origin::Synthetic(seed),
             width,
             labels,
+            original: None,
+            difficulty: None,
         })
     }
 
@@ -114,9 +128,25 @@ impl<'b> Samples<'b> {
         }
     }
 
-    /// The labels, one per sample.
+    /// The labels, one per sample (drawn at random for synthetic inputs: see
+    /// [`Samples::has_labels`]).
     pub fn labels(&self) -> &[usize] {
         &self.labels
+    }
+
+    /// Whether the labels are real: a validation set's, not drawn for synthetic inputs.
+    pub fn has_labels(&self) -> bool {
+        matches!(self.origin, Origin::Validation(_))
+    }
+
+    /// The original model's predictions stored with the validation set, one per sample.
+    pub fn original_predictions(&self) -> Option<&[usize]> {
+        self.original.as_deref()
+    }
+
+    /// The difficulty of each sample, when the validation set has one.
+    pub fn difficulty(&self) -> Option<&[u8]> {
+        self.difficulty
     }
 
     /// The inputs of samples `rows`, `[rows.len(), input_dim]`. `rows` must lie within
@@ -198,6 +228,8 @@ mod tests {
             origin: Origin::Synthetic(9),
             width: 5,
             labels: vec![0; 10],
+            original: None,
+            difficulty: None,
         };
         let all = s.rows(0..10);
         assert!(all.iter().all(|v| v.is_finite()) && all.row(0) != all.row(1));
@@ -222,6 +254,8 @@ mod tests {
             origin: Origin::Validation(&bytes),
             width: 4,
             labels: vec![1, 2, 0],
+            original: None,
+            difficulty: None,
         };
         assert_eq!(s.source(), "validation");
         assert_eq!(

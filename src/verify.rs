@@ -1,9 +1,11 @@
 //! `bundle verify`: the CI gate. Runs the named checks of a handoff in order (manifest, files,
-//! checksums, structure, encoding, scales, dequantization, agreement, gradient_check,
-//! gradient_flow, reference), each with a status, a one-line detail and figures, and the
-//! handoff metrics the pipeline logs. A check whose prerequisite failed is reported as not run,
-//! never as passed.
+//! checksums, structure, encoding, scales, dequantization, agreement, retention,
+//! gradient_check, gradient_flow, reference), each with a status, a one-line detail and
+//! figures, and the handoff metrics the pipeline logs. A check whose prerequisite failed is
+//! reported as not run, never as passed; a metric that cannot be computed by its definition is
+//! null, with the reason in the report.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,11 +21,13 @@ use crate::gradcheck::{
     gradient_check, gradient_flow, to_f64, GradCheckOptions, Model64, DEFAULT_GRAD_TOL,
 };
 use crate::manifest::{FileRole, Manifest};
-use crate::reader::{open_data_file_raw, open_manifest, Bundle, OpenOptions};
-use crate::reference::{argmax_rows, dense_layer, forward, forward_bundle, WeightPath};
+use crate::reader::{
+    open_data_file_raw, open_manifest, Bundle, OpenOptions, VALIDATION_ORIGINAL_PREDICTIONS,
+};
+use crate::reference::{argmax_rows, forward_bundle, forward_source, WeightPath};
 use crate::rules::Rule;
 use crate::samples::{chunk_rows, gradient_rows, Samples};
-use crate::source::{CheckpointSource, TensorSource};
+use crate::source::CheckpointSource;
 
 /// The integrity checks: the first [`INTEGRITY_CHECKS`] of [`CHECKS`], manifest to
 /// dequantization. They depend only on the bytes, so a bundle the writer produced always
@@ -31,7 +35,7 @@ use crate::source::{CheckpointSource, TensorSource};
 pub const INTEGRITY_CHECKS: usize = 7;
 
 /// The checks, in the order they run.
-pub const CHECKS: [&str; 11] = [
+pub const CHECKS: [&str; 12] = [
     "manifest",
     "files",
     "checksums",
@@ -40,6 +44,7 @@ pub const CHECKS: [&str; 11] = [
     "scales",
     "dequantization",
     "agreement",
+    "retention",
     "gradient_check",
     "gradient_flow",
     "reference",
@@ -47,6 +52,8 @@ pub const CHECKS: [&str; 11] = [
 
 /// Default `--min-agreement`.
 pub const DEFAULT_MIN_AGREEMENT: f64 = 0.995;
+/// Default `--min-retention`: the handoff's threshold.
+pub const DEFAULT_MIN_RETENTION: f64 = 0.995;
 /// Default `--samples` (synthetic inputs when the bundle has no validation set).
 pub const DEFAULT_SAMPLES: usize = 256;
 /// Default `--seed`.
@@ -67,16 +74,18 @@ pub struct VerifyOptions {
     pub strict: bool,
     /// Minimum argmax agreement of the two paths.
     pub min_agreement: f64,
+    /// Minimum retention: the share of inputs on which the FP16 model's prediction is the
+    /// original model's.
+    pub min_retention: f64,
     /// Synthetic samples when the bundle has no validation set.
     pub samples: usize,
     /// Seed of synthetic inputs, labels, coordinates and directions.
     pub seed: u64,
     /// Gradient-check settings (tolerance, steps).
     pub grad: GradCheckOptions,
-    /// The pre-quantization checkpoint, for the `reference` check.
+    /// The pre-quantization checkpoint: the `reference` check, and the original predictions
+    /// of the `retention` check when the bundle stores none.
     pub reference: Option<PathBuf>,
-    /// Minimum agreement of the original and FP16 models (informational when `None`).
-    pub min_reference_agreement: Option<f64>,
     /// How to open the bundle.
     pub open: OpenOptions,
 }
@@ -88,6 +97,7 @@ impl Default for VerifyOptions {
             skip: Vec::new(),
             strict: false,
             min_agreement: DEFAULT_MIN_AGREEMENT,
+            min_retention: DEFAULT_MIN_RETENTION,
             samples: DEFAULT_SAMPLES,
             seed: DEFAULT_SEED,
             grad: GradCheckOptions {
@@ -95,7 +105,6 @@ impl Default for VerifyOptions {
                 ..GradCheckOptions::default()
             },
             reference: None,
-            min_reference_agreement: None,
             open: OpenOptions::default(),
         }
     }
@@ -112,11 +121,15 @@ impl VerifyOptions {
                 )));
             }
         }
-        if !(0.0..=1.0).contains(&self.min_agreement) {
-            return Err(Error::InvalidArgument(format!(
-                "--min-agreement must be in [0, 1], found {}",
-                self.min_agreement
-            )));
+        for (flag, v) in [
+            ("--min-agreement", self.min_agreement),
+            ("--min-retention", self.min_retention),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::InvalidArgument(format!(
+                    "{flag} must be in [0, 1], found {v}"
+                )));
+            }
         }
         if self.samples == 0 {
             return Err(Error::InvalidArgument(
@@ -176,12 +189,17 @@ pub struct VerifyReport {
     pub checks: Vec<CheckResult>,
     /// Handoff metrics under the names the pipeline logs.
     pub metrics: BTreeMap<String, Value>,
+    /// For each metric that is null, why it could not be computed by its definition.
+    pub null_reasons: BTreeMap<String, String>,
 }
 
-type Outcome = std::result::Result<(String, Value), (String, Value)>;
+type Outcome = std::result::Result<(String, Value), Fail>;
 
 /// The f64 model, a batch of inputs in f64, and their labels.
 type Batch<'a> = (&'a Model64<'a>, Array2<f64>, &'a [usize]);
+
+/// A failed check's detail and figures.
+type Fail = (String, Value);
 
 fn fail_with(e: &Error) -> (String, Value) {
     let rule = e.rule().map(|r| r.number());
@@ -331,7 +349,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     // 1. manifest (rules 2.x, and 1.1-1.3 for manifest.json).
     r.run_required("manifest", &[], || match manifest {
         Ok((m, facts)) => Ok((
-            format!("format {} {}{}", m.format, m.format_version, if facts.version > crate::manifest::FormatVersion::CURRENT { " (newer minor: unknown fields ignored)" } else { "" }),
+            format!("format {} {}{}", m.format, m.format_version, if facts.version.is_newer_minor() { " (newer minor: unknown fields ignored)" } else { "" }),
             json!({ "format_version": m.format_version, "tensors": m.tensors.len(), "layers": m.model.layers.len() }),
         )),
         Err(e) => Err(fail_with(e)),
@@ -485,60 +503,69 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
     });
     let integrity_seconds = integrity_start.elapsed().as_secs_f64();
 
-    // Inputs for the model checks: the validation set, or seeded synthetic inputs, served in
-    // chunks of rows that bound memory. Prepared by the first check that needs them (none of
-    // the selected checks may).
-    let inputs_cell = std::cell::OnceCell::new();
-    let inputs = || {
-        inputs_cell
-            .get_or_init(|| {
-                Samples::of_bundle(b.expect("structure passed"), options.samples, options.seed)
-            })
-            .as_ref()
-            .map_err(fail_with)
-    };
+    // The model checks share their inputs and each model's predictions on them, computed once
+    // by the first check that needs them (none of the selected checks may).
+    let runs = b.map(|b| ModelRuns::new(b, options));
+    let runs = runs.as_ref();
+    let inputs = || runs.expect("structure passed").samples();
 
-    // 8. agreement.
-    let mut agreement_value = None;
-    let mut max_logit_diff = None;
+    // 8. agreement: the two forms of the bundle compute the same model.
     r.run("agreement", &["encoding"], || {
-        let b = b.expect("structure passed");
         let samples = inputs()?;
-        let source = samples.source();
-        let run = || -> Result<(f64, f64)> {
-            let (mut same, mut diff) = (0usize, 0f64);
-            for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
-                let x = samples.rows(rows);
-                let t = forward_bundle(b, WeightPath::Ternary, x.view())?;
-                let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
-                let (pt, pf) = (argmax_rows(&t), argmax_rows(&f));
-                same += pt.iter().zip(&pf).filter(|(a, b)| a == b).count();
-                diff = t.iter().zip(f.iter()).map(|(a, b)| (a - b).abs() as f64).fold(diff, f64::max);
-            }
-            Ok((same as f64 / samples.len() as f64, diff))
-        };
-        match run() {
-            Ok((agree, diff)) => {
-                agreement_value = Some(agree);
-                max_logit_diff = Some(diff);
-                let figures = json!({ "samples": samples.len(), "inputs": source, "seed": options.seed, "agreement": agree, "min_agreement": options.min_agreement, "max_logit_difference": diff });
-                let detail = format!(
-                    "argmax agreement {:.2}% (minimum {:.2}%) on {} {source} inputs; max logit difference {diff:.3e}",
-                    agree * 100.0,
-                    options.min_agreement * 100.0,
-                    samples.len()
-                );
-                if agree >= options.min_agreement {
-                    Ok((detail, figures))
-                } else {
-                    Err((detail, figures))
-                }
-            }
-            Err(e) => Err(fail_with(&e)),
+        let paths = runs.expect("structure passed").both_paths()?;
+        let (n, source) = (samples.len(), samples.source());
+        let agree = same_share(&paths.ternary, &paths.fp16);
+        let diff = paths.max_logit_difference;
+        let figures = json!({ "samples": n, "inputs": source, "seed": options.seed, "agreement": agree, "min_agreement": options.min_agreement, "max_logit_difference": diff });
+        let detail = format!(
+            "ternary and FP16 paths agree on {:.2}% of argmaxes (minimum {:.2}%) on {n} {source} inputs; max logit difference {diff:.3e}",
+            agree * 100.0,
+            options.min_agreement * 100.0,
+        );
+        if agree >= options.min_agreement {
+            Ok((detail, figures))
+        } else {
+            Err((detail, figures))
         }
     });
 
-    // 9. gradient_check and 10. gradient_flow, on the FP16 model in f64.
+    // 9. retention: the FP16 model keeps the original model's decisions (the handoff's
+    // criterion), against the predictions stored with the validation set or recomputed from
+    // --reference.
+    let mut retention_value = None;
+    match runs.map(ModelRuns::original_source) {
+        Some(None) if options.selected("retention") && r.blocked(&["structure"]).is_none() => {
+            r.skip("retention", format!("not run: {}", no_original_predictions(b)));
+        }
+        _ => r.run("retention", &["structure"], || {
+            let runs = runs.expect("structure passed");
+            let samples = inputs()?;
+            let fp16 = runs.fp16()?;
+            let (original, from) = runs.original()?;
+            let (n, source) = (samples.len(), samples.source());
+            let retention = same_share(original, fp16);
+            retention_value = Some(retention);
+            let changed = n - original.iter().zip(fp16).filter(|(a, b)| a == b).count();
+            let figures = json!({
+                "samples": n, "inputs": source, "original": from.name(), "retention": retention,
+                "min_retention": options.min_retention, "changed": changed,
+                "by_difficulty": by_difficulty(samples, original, fp16),
+            });
+            let detail = format!(
+                "the FP16 model keeps {:.2}% of the original model's decisions (minimum {:.2}%) on {n} {source} inputs, {changed} changed; original predictions {}",
+                retention * 100.0,
+                options.min_retention * 100.0,
+                from.describe()
+            );
+            if retention >= options.min_retention {
+                Ok((detail, figures))
+            } else {
+                Err((detail, figures))
+            }
+        }),
+    }
+
+    // 10. gradient_check and 11. gradient_flow, on the FP16 model in f64.
     let mut grad_max_err = None;
     let mut flow_passed = None;
     let model = b.map(Model64::new);
@@ -607,35 +634,63 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         }
     });
 
-    // 11. reference (optional).
+    // 12. reference (optional): the original checkpoint run again, against the FP16 model and
+    // against the predictions the bundle stores.
     if !options.selected("reference") {
         r.skip("reference", "not selected");
     } else if options.reference.is_some() || !options.only.is_empty() {
         r.run("reference", &["structure"], || {
-            let Some(path) = &options.reference else {
+            if options.reference.is_none() {
                 return Err(("needs --reference ORIGINAL.safetensors".into(), json!({})));
-            };
-            let b = b.expect("structure passed");
+            }
+            let runs = runs.expect("structure passed");
             let samples = inputs()?;
-            let source = samples.source();
-            match reference_agreement(b, path, samples) {
-                Ok(agree) => {
-                    let figures = json!({ "samples": samples.len(), "inputs": source, "agreement": agree, "min_reference_agreement": options.min_reference_agreement });
-                    let detail = format!("original vs FP16 argmax agreement {:.2}% on {} {source} inputs", agree * 100.0, samples.len());
-                    match options.min_reference_agreement {
-                        Some(min) if agree < min => Err((format!("{detail} (minimum {:.2}%)", min * 100.0), figures)),
-                        Some(min) => Ok((format!("{detail} (minimum {:.2}%)", min * 100.0), figures)),
-                        None => Ok((format!("{detail} (informational)"), figures)),
-                    }
-                }
-                Err(e) => Err(fail_with(&e)),
+            let recomputed = runs.reference()?;
+            let fp16 = runs.fp16()?;
+            let (n, source) = (samples.len(), samples.source());
+            let agree = same_share(&recomputed.predictions, fp16);
+            let declared = &runs.bundle.manifest().provenance.source_sha256;
+            let same_file = declared.as_ref().map(|d| *d == recomputed.sha256);
+            let provenance = match same_file {
+                Some(true) => "its sha256 is the bundle's provenance.source_sha256",
+                Some(false) => "its sha256 differs from the bundle's provenance.source_sha256",
+                None => "the bundle records no source digest to compare",
+            };
+            let stored = samples.original_predictions();
+            let compare = stored.map(|s| recomputed.compare(s));
+            let figures = json!({
+                "samples": n, "inputs": source, "agreement": agree, "sha256": recomputed.sha256,
+                "matches_provenance": same_file,
+                "stored_predictions": compare.as_ref().map(|c| json!({ "differ": c.differ, "near_ties": c.near_ties })),
+            });
+            let head = format!(
+                "original vs FP16 argmax agreement {:.2}% on {n} {source} inputs; {provenance}",
+                agree * 100.0
+            );
+            match compare {
+                Some(c) if c.differ > 0 => Err((
+                    format!(
+                        "the checkpoint's predictions differ from the stored original_predictions on {} of {n} inputs (first: input {}, stored class {}, recomputed {}): not the model this bundle was made from? {head}",
+                        c.differ, c.first.0, c.first.1, c.first.2
+                    ),
+                    figures,
+                )),
+                Some(c) => Ok((
+                    format!(
+                        "{head}; its predictions equal the stored original_predictions{}",
+                        if c.near_ties > 0 { format!(" ({} differ only at near-ties)", c.near_ties) } else { String::new() }
+                    ),
+                    figures,
+                )),
+                None => Ok((format!("{head}; it supplies the original predictions"), figures)),
             }
         });
     } else {
         r.skip("reference", "not run: no --reference given");
     }
 
-    // Metrics under the names the pipeline logs.
+    // Metrics under the names the pipeline logs; a null one says why in `null_reasons`.
+    let mut null_reasons = BTreeMap::new();
     let size = |role| manifest_ok.and_then(|m| m.files.get(role)).map(|e| e.size);
     let params: u64 = manifest_ok.map_or(0, |m| m.tensors.iter().map(|t| t.elements()).sum());
     let mb = |v: Option<u64>| v.map_or(Value::Null, |b| json!(b as f64 / 1e6));
@@ -647,10 +702,33 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         "phase4_to_5/dequantized_model_size_mb".into(),
         mb(size(FileRole::Fp16)),
     );
-    metrics.insert(
-        "phase4_to_5/dequantization_accuracy_retention".into(),
-        json!(agreement_value),
-    );
+    // Why a check left its figure undefined.
+    let why_not = |name: &str| -> String {
+        match r.results.iter().find(|c| c.name == name) {
+            Some(c) if c.status == Status::Skip && c.detail == "not selected" => {
+                format!("the {name} check was not selected")
+            }
+            Some(c) if c.status == Status::Skip => format!(
+                "the {name} check did not run: {}",
+                c.detail.trim_start_matches("not run: ")
+            ),
+            Some(c) => format!("the {name} check failed: {}", c.detail),
+            None => format!("there is no {name} check"),
+        }
+    };
+    metrics.insert(RETENTION_METRIC.into(), json!(retention_value));
+    if retention_value.is_none() {
+        null_reasons.insert(RETENTION_METRIC.to_string(), why_not("retention"));
+    }
+    for (name, value) in accuracies(runs, &why_not) {
+        match value {
+            Ok(a) => metrics.insert(name.into(), json!(a)),
+            Err(why) => {
+                null_reasons.insert(name.to_string(), why);
+                metrics.insert(name.into(), Value::Null)
+            }
+        };
+    }
     metrics.insert(
         "phase4_to_5/gradient_flow_test_passed".into(),
         json!(flow_passed),
@@ -663,7 +741,17 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         "gradient_check_max_relative_error".into(),
         json!(grad_max_err),
     );
-    metrics.insert("max_logit_difference".into(), json!(max_logit_diff));
+    let paths = runs
+        .and_then(|r| r.paths.get())
+        .and_then(|p| p.as_ref().ok());
+    metrics.insert(
+        "ternary_fp16_agreement".into(),
+        json!(paths.map(|p| same_share(&p.ternary, &p.fp16))),
+    );
+    metrics.insert(
+        "max_logit_difference".into(),
+        json!(paths.map(|p| p.max_logit_difference)),
+    );
     let integrity_bytes = declared_bytes.unwrap_or(0);
     metrics.insert("integrity_seconds".into(), json!(integrity_seconds));
     metrics.insert(
@@ -677,6 +765,339 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         bundle: dir.display().to_string(),
         checks: r.results,
         metrics,
+        null_reasons,
+    }
+}
+
+/// The handoff's main criterion: the share of inputs on which the FP16 model's prediction is
+/// the original model's.
+pub const RETENTION_METRIC: &str = "phase4_to_5/dequantization_accuracy_retention";
+
+/// Share of positions where `a` and `b` hold the same class (0 for none).
+fn same_share(a: &[usize], b: &[usize]) -> f64 {
+    let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    same as f64 / a.len().max(1) as f64
+}
+
+/// Why a bundle offers no original predictions to compare with.
+fn no_original_predictions(bundle: Option<&Bundle>) -> &'static str {
+    match bundle.and_then(|b| b.file(FileRole::Validation)) {
+        Some(_) => "no original predictions: the validation set has no original_predictions (a format 1.x bundle); give --reference ORIGINAL.safetensors",
+        None => "no original predictions: the bundle has no validation set; give --reference ORIGINAL.safetensors (compared on synthetic inputs)",
+    }
+}
+
+/// `accuracy_original`, `accuracy_fp16` and `accuracy_ternary`: each model's label accuracy
+/// on the validation set, or why it is not known.
+fn accuracies(
+    runs: Option<&ModelRuns<'_>>,
+    why_not: &dyn Fn(&str) -> String,
+) -> [(&'static str, std::result::Result<f64, String>); 3] {
+    let labels = match runs.and_then(|r| r.samples.get()) {
+        None => Err("no model check ran".to_string()),
+        Some(Err(_)) => Err("the inputs could not be read (see the failed checks)".into()),
+        Some(Ok(s)) if !s.has_labels() => {
+            Err("no labels: the inputs are synthetic (the bundle has no validation set)".into())
+        }
+        Some(Ok(s)) => Ok(s.labels()),
+    };
+    let accuracy = |preds: Option<&[usize]>, why: String| match (&labels, preds) {
+        (Err(e), _) => Err(e.clone()),
+        (Ok(l), Some(p)) => Ok(same_share(p, l)),
+        (Ok(_), None) => Err(why),
+    };
+    let runs = runs.filter(|r| r.samples.get().is_some());
+    let original = runs.and_then(|r| r.original().ok()).map(|(p, _)| p);
+    let paths = runs
+        .and_then(|r| r.paths.get())
+        .and_then(|p| p.as_ref().ok());
+    let fp16 = runs
+        .and_then(|r| r.fp16.get())
+        .and_then(|p| p.as_ref().ok())
+        .map(Vec::as_slice)
+        .or(paths.map(|p| p.fp16.as_slice()));
+    [
+        (
+            "accuracy_original",
+            accuracy(original, why_not("retention")),
+        ),
+        (
+            "accuracy_fp16",
+            accuracy(
+                fp16,
+                format!(
+                    "the FP16 model did not run ({}; {})",
+                    why_not("agreement"),
+                    why_not("retention")
+                ),
+            ),
+        ),
+        (
+            "accuracy_ternary",
+            accuracy(paths.map(|p| p.ternary.as_slice()), why_not("agreement")),
+        ),
+    ]
+}
+
+/// Per difficulty level (when the validation set has one): samples, retention, and the label
+/// accuracy of the original and FP16 models.
+fn by_difficulty(samples: &Samples<'_>, original: &[usize], fp16: &[usize]) -> Value {
+    let Some(levels) = samples.difficulty() else {
+        return Value::Null;
+    };
+    let labels = samples.labels();
+    let mut rows = Vec::new();
+    let present: std::collections::BTreeSet<u8> = levels.iter().copied().collect();
+    for level in present {
+        let idx: Vec<usize> = (0..levels.len()).filter(|&i| levels[i] == level).collect();
+        let share = |f: &dyn Fn(usize) -> bool| {
+            idx.iter().filter(|&&i| f(i)).count() as f64 / idx.len() as f64
+        };
+        rows.push(json!({
+            "difficulty": level, "samples": idx.len(),
+            "retention": share(&|i| original[i] == fp16[i]),
+            "accuracy_original": share(&|i| original[i] == labels[i]),
+            "accuracy_fp16": share(&|i| fp16[i] == labels[i]),
+        }));
+    }
+    Value::Array(rows)
+}
+
+/// Where the original model's predictions come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OriginalSource {
+    /// `original_predictions` in the validation file (rule 6.3).
+    Stored,
+    /// Recomputed from `--reference`.
+    Reference,
+}
+
+impl OriginalSource {
+    fn name(self) -> &'static str {
+        match self {
+            OriginalSource::Stored => "original_predictions",
+            OriginalSource::Reference => "reference",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            OriginalSource::Stored => "stored in validation.safetensors",
+            OriginalSource::Reference => "recomputed from --reference",
+        }
+    }
+}
+
+/// The predictions of the bundle's two paths on the inputs.
+struct TwoPaths {
+    ternary: Vec<usize>,
+    fp16: Vec<usize>,
+    max_logit_difference: f64,
+}
+
+/// The original checkpoint's predictions, recomputed for `--reference`.
+struct Recomputed {
+    predictions: Vec<usize>,
+    /// Per input, whether the stored prediction (if any) is within rounding of the recomputed
+    /// maximum logit: a near-tie, where summation order may pick either class.
+    near_tie: Vec<bool>,
+    /// SHA-256 of the checkpoint file.
+    sha256: String,
+}
+
+/// How recomputed predictions compare with stored ones.
+struct Comparison {
+    /// Inputs whose classes differ beyond a near-tie.
+    differ: usize,
+    /// Inputs whose classes differ at a near-tie only.
+    near_ties: usize,
+    /// The first input that differs: (index, stored, recomputed).
+    first: (usize, usize, usize),
+}
+
+impl Recomputed {
+    fn compare(&self, stored: &[usize]) -> Comparison {
+        let mut c = Comparison {
+            differ: 0,
+            near_ties: 0,
+            first: (0, 0, 0),
+        };
+        for (i, (&s, &p)) in stored.iter().zip(&self.predictions).enumerate() {
+            if s == p {
+                continue;
+            }
+            if self.near_tie[i] {
+                c.near_ties += 1;
+            } else {
+                if c.differ == 0 {
+                    c.first = (i, s, p);
+                }
+                c.differ += 1;
+            }
+        }
+        c
+    }
+}
+
+/// Relative size, against the largest |logit| of the row, of a logit difference that summation
+/// order can produce in f32 (a 4096-term dot product rounds at about 1e-6 of its terms).
+const NEAR_TIE: f32 = 1e-4;
+
+/// What the model checks share, each computed once by the first check that needs it: the inputs,
+/// and the predictions of the bundle's two paths and of the original model on them.
+struct ModelRuns<'b> {
+    bundle: &'b Bundle,
+    options: &'b VerifyOptions,
+    samples: OnceCell<Result<Samples<'b>>>,
+    paths: OnceCell<Result<TwoPaths>>,
+    fp16: OnceCell<Result<Vec<usize>>>,
+    reference: OnceCell<Result<Recomputed>>,
+}
+
+impl<'b> ModelRuns<'b> {
+    fn new(bundle: &'b Bundle, options: &'b VerifyOptions) -> Self {
+        ModelRuns {
+            bundle,
+            options,
+            samples: OnceCell::new(),
+            paths: OnceCell::new(),
+            fp16: OnceCell::new(),
+            reference: OnceCell::new(),
+        }
+    }
+
+    fn samples(&self) -> std::result::Result<&Samples<'b>, Fail> {
+        self.samples
+            .get_or_init(|| {
+                Samples::of_bundle(self.bundle, self.options.samples, self.options.seed)
+            })
+            .as_ref()
+            .map_err(fail_with)
+    }
+
+    /// Where the original predictions come from: stored, else `--reference`, else nowhere.
+    fn original_source(&self) -> Option<OriginalSource> {
+        let stored = self
+            .bundle
+            .file(FileRole::Validation)
+            .is_some_and(|f| f.header().get(VALIDATION_ORIGINAL_PREDICTIONS).is_some());
+        if stored {
+            Some(OriginalSource::Stored)
+        } else {
+            self.options
+                .reference
+                .as_ref()
+                .map(|_| OriginalSource::Reference)
+        }
+    }
+
+    /// The original model's predictions on the inputs, and where they come from.
+    fn original(&self) -> std::result::Result<(&[usize], OriginalSource), Fail> {
+        match self.original_source() {
+            Some(OriginalSource::Stored) => Ok((
+                self.samples()?.original_predictions().expect("stored"),
+                OriginalSource::Stored,
+            )),
+            Some(OriginalSource::Reference) => {
+                Ok((&self.reference()?.predictions, OriginalSource::Reference))
+            }
+            None => Err((no_original_predictions(Some(self.bundle)).into(), json!({}))),
+        }
+    }
+
+    /// Both paths on every input, a chunk of rows at a time.
+    fn both_paths(&self) -> std::result::Result<&TwoPaths, Fail> {
+        let samples = self.samples()?;
+        self.paths
+            .get_or_init(|| {
+                let b = self.bundle;
+                let mut p = TwoPaths {
+                    ternary: Vec::with_capacity(samples.len()),
+                    fp16: Vec::with_capacity(samples.len()),
+                    max_logit_difference: 0.0,
+                };
+                for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
+                    let x = samples.rows(rows);
+                    let t = forward_bundle(b, WeightPath::Ternary, x.view())?;
+                    let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
+                    p.ternary.extend(argmax_rows(&t));
+                    p.fp16.extend(argmax_rows(&f));
+                    p.max_logit_difference = t
+                        .iter()
+                        .zip(f.iter())
+                        .map(|(a, b)| (a - b).abs() as f64)
+                        .fold(p.max_logit_difference, f64::max);
+                }
+                Ok(p)
+            })
+            .as_ref()
+            .map_err(fail_with)
+    }
+
+    /// The FP16 model's predictions: from the agreement check's run when it ran, otherwise
+    /// computed alone.
+    fn fp16(&self) -> std::result::Result<&[usize], Fail> {
+        let samples = self.samples()?;
+        self.fp16
+            .get_or_init(|| {
+                if let Some(Ok(p)) = self.paths.get() {
+                    return Ok(p.fp16.clone());
+                }
+                let mut out = Vec::with_capacity(samples.len());
+                for rows in samples.chunks(chunk_rows(&self.bundle.manifest().model)) {
+                    let x = samples.rows(rows);
+                    out.extend(argmax_rows(&forward_bundle(
+                        self.bundle,
+                        WeightPath::Fp16,
+                        x.view(),
+                    )?));
+                }
+                Ok(out)
+            })
+            .as_ref()
+            .map(Vec::as_slice)
+            .map_err(fail_with)
+    }
+
+    /// The `--reference` checkpoint's predictions, a chunk of rows at a time with one layer in
+    /// memory, and which of them sit at a near-tie with the stored prediction.
+    fn reference(&self) -> std::result::Result<&Recomputed, Fail> {
+        let samples = self.samples()?;
+        let path = self.options.reference.as_ref().ok_or_else(|| {
+            (
+                "needs --reference ORIGINAL.safetensors".to_string(),
+                json!({}),
+            )
+        })?;
+        self.reference
+            .get_or_init(|| {
+                let original = CheckpointSource::open(path)?;
+                let model = &self.bundle.manifest().model;
+                let activations = &self.bundle.facts().activations;
+                let stored = samples.original_predictions();
+                let mut r = Recomputed {
+                    predictions: Vec::with_capacity(samples.len()),
+                    near_tie: Vec::with_capacity(samples.len()),
+                    sha256: original.sha256(),
+                };
+                for rows in samples.chunks(chunk_rows(model)) {
+                    let start = rows.start;
+                    let x = samples.rows(rows);
+                    let logits = forward_source(&original, model, activations, x.view())?;
+                    let predictions = argmax_rows(&logits);
+                    for (k, (row, &p)) in logits.rows().into_iter().zip(&predictions).enumerate() {
+                        let tie = stored.is_some_and(|s| {
+                            let scale = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            row[p] - row[s[start + k]] <= NEAR_TIE * scale
+                        });
+                        r.near_tie.push(tie);
+                    }
+                    r.predictions.extend(predictions);
+                }
+                Ok(r)
+            })
+            .as_ref()
+            .map_err(fail_with)
     }
 }
 
@@ -703,44 +1124,6 @@ fn whole_file_digests(dir: &Path, m: &Manifest) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Argmax agreement of the original checkpoint's model and the bundle's FP16 model on the
-/// samples, a chunk at a time.
-fn reference_agreement(b: &Bundle, path: &Path, samples: &Samples<'_>) -> Result<f64> {
-    let original = CheckpointSource::open(path)?;
-    // Every tensor read from the original must have the length the bundle's model needs.
-    let mut load = |name: &str, len: usize| -> Result<Vec<f32>> {
-        let v = original.load_f32(name)?;
-        if v.len() != len {
-            return Err(Violation::new(
-                path,
-                Rule::Model,
-                format!("{len} values, as the bundle's model needs"),
-                format!("{}", v.len()),
-            )
-            .tensor(name)
-            .into());
-        }
-        Ok(v)
-    };
-    let layers = b
-        .manifest()
-        .model
-        .layers
-        .iter()
-        .zip(&b.facts().activations)
-        .map(|(l, &activation)| dense_layer(l, activation, &mut load))
-        .collect::<Result<Vec<_>>>()?;
-    let mut same = 0;
-    for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
-        let x = samples.rows(rows);
-        let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
-        let o = forward(&layers, x.view());
-        let (po, pf) = (argmax_rows(&o), argmax_rows(&f));
-        same += po.iter().zip(&pf).filter(|(a, b)| a == b).count();
-    }
-    Ok(same as f64 / samples.len().max(1) as f64)
 }
 
 impl VerifyReport {

@@ -30,7 +30,9 @@ use crate::manifest::{
 use crate::quantize::{quantize, quantize_with_scales, QuantParams, QuantStats};
 use crate::reader::{
     fp16_layout, ternary_layout, VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS,
+    VALIDATION_ORIGINAL_PREDICTIONS,
 };
+use crate::reference::source_predictions;
 use crate::rules::Rule;
 use crate::safetensors_file::{plan_layout, Dtype, Header};
 use crate::source::TensorSource;
@@ -46,7 +48,8 @@ pub struct BundlePlan {
     pub quantize: BTreeSet<String>,
 }
 
-/// A labelled validation set to embed (`validation.safetensors`, rule 6.1).
+/// A labelled validation set to embed (`validation.safetensors`, rule 6.1). The writer adds the
+/// original model's predictions on its inputs (`original_predictions`, rule 6.3) itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidationSet {
     /// Where it came from (named in errors).
@@ -164,7 +167,13 @@ pub fn write_bundle_with_progress(
     };
     let mut manifest = Manifest {
         format: FORMAT_NAME.into(),
-        format_version: FormatVersion::CURRENT.to_string(),
+        // The lowest version whose rules the bundle satisfies (spec section 13): original
+        // predictions, written with every validation set, need 2.0; 1.0 readers open the rest.
+        format_version: match options.validation {
+            Some(_) => FormatVersion::V2_0,
+            None => FormatVersion::V1_0,
+        }
+        .to_string(),
         model: plan.model.clone(),
         quantization: QuantizationSpec::from_params(&plan.params),
         tensors: specs.clone(),
@@ -182,10 +191,22 @@ pub fn write_bundle_with_progress(
         extensions: Some(serde_json::Value::Object(Default::default())),
         manifest_sha256: crate::manifest::MANIFEST_DIGEST_PLACEHOLDER.into(),
     };
-    manifest.validate(&manifest_path, FormatVersion::CURRENT)?;
-    if let Some(v) = &options.validation {
-        check_validation_set(v, &plan.model)?;
-    }
+    let version = FormatVersion::parse(&manifest.format_version).expect("written above");
+    let facts = manifest.validate(&manifest_path, version)?;
+    // The original model's decisions on the validation inputs (rule 6.3): the source weights as
+    // read, before quantization, run by the reference model in f32.
+    let original_predictions = match &options.validation {
+        Some(v) => {
+            check_validation_set(v, &plan.model)?;
+            Some(source_predictions(
+                source,
+                &plan.model,
+                &facts.activations,
+                &v.inputs,
+            )?)
+        }
+        None => None,
+    };
 
     let staging = Staging::create(dest)?;
     let ternary_path = staging.dir.join(FileRole::Ternary.file_name());
@@ -230,8 +251,9 @@ pub fn write_bundle_with_progress(
     manifest.files.ternary =
         finish_file(&ternary, &ternary_path, &ternary_header, &ternary_digests)?;
     manifest.files.fp16 = finish_file(&fp16, &fp16_path, &fp16_header, &fp16_digests)?;
-    if let Some(v) = &options.validation {
-        manifest.files.validation = Some(write_validation(&staging.dir, v, plan.model.input_dim)?);
+    if let (Some(v), Some(p)) = (&options.validation, &original_predictions) {
+        manifest.files.validation =
+            Some(write_validation(&staging.dir, v, p, plan.model.input_dim)?);
     }
     let mpath = staging.dir.join(MANIFEST_FILE);
     let manifest_bytes = manifest.seal();
@@ -423,7 +445,12 @@ fn check_validation_set(v: &ValidationSet, model: &ModelSpec) -> Result<()> {
     )
 }
 
-fn write_validation(dir: &Path, v: &ValidationSet, input_dim: u64) -> Result<FileEntry> {
+fn write_validation(
+    dir: &Path,
+    v: &ValidationSet,
+    original_predictions: &[usize],
+    input_dim: u64,
+) -> Result<FileEntry> {
     let path = dir.join(FileRole::Validation.file_name());
     let n = v.labels.len() as u64;
     let mut tensors = vec![
@@ -433,6 +460,11 @@ fn write_validation(dir: &Path, v: &ValidationSet, input_dim: u64) -> Result<Fil
             vec![n, input_dim],
         ),
         (VALIDATION_LABELS.to_string(), Dtype::I64, vec![n]),
+        (
+            VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
+            Dtype::I64,
+            vec![n],
+        ),
     ];
     if v.difficulty.is_some() {
         tensors.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
@@ -442,31 +474,20 @@ fn write_validation(dir: &Path, v: &ValidationSet, input_dim: u64) -> Result<Fil
     let mut digests = HashMap::new();
     let inputs: Vec<u8> = v.inputs.iter().flat_map(|x| x.to_le_bytes()).collect();
     let labels: Vec<u8> = v.labels.iter().flat_map(|x| x.to_le_bytes()).collect();
-    put(
-        &file,
-        &path,
-        &header,
-        VALIDATION_INPUTS,
-        &inputs,
-        &mut digests,
-    )?;
-    put(
-        &file,
-        &path,
-        &header,
-        VALIDATION_LABELS,
-        &labels,
-        &mut digests,
-    )?;
+    let predictions: Vec<u8> = original_predictions
+        .iter()
+        .flat_map(|&c| (c as i64).to_le_bytes())
+        .collect();
+    let mut data = vec![
+        (VALIDATION_INPUTS, inputs.as_slice()),
+        (VALIDATION_LABELS, labels.as_slice()),
+        (VALIDATION_ORIGINAL_PREDICTIONS, predictions.as_slice()),
+    ];
     if let Some(d) = &v.difficulty {
-        put(
-            &file,
-            &path,
-            &header,
-            VALIDATION_DIFFICULTY,
-            d,
-            &mut digests,
-        )?;
+        data.push((VALIDATION_DIFFICULTY, d.as_slice()));
+    }
+    for (name, bytes) in data {
+        put(&file, &path, &header, name, bytes, &mut digests)?;
     }
     finish_file(&file, &path, &header, &digests)
 }

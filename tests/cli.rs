@@ -105,7 +105,8 @@ fn create_from_a_python_written_checkpoint_then_inspect_and_export() {
     let out = run(&["inspect", s(&dest), "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["format_version"], "1.0");
+    // The validation set carries the original predictions: a format 2.0 bundle.
+    assert_eq!(v["format_version"], "2.0");
     assert_eq!(v["model"]["input_dim"], 16);
     assert_eq!(v["model"]["layers"].as_array().unwrap().len(), 2);
     assert_eq!(v["totals"]["parameters"], 24 * 16 + 24 + 10 * 24 + 10);
@@ -441,20 +442,42 @@ fn names_with_terminal_escapes_never_reach_the_terminal_raw() {
 
 #[test]
 fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
+    // Without original predictions the retention gate is skipped, with its reason.
     for dir in [
         "bundles/tiny-trit5-channel",
         "bundles/tiny-trit2-group5",
-        "bundles/tiny-validation",
         "versions/newer-minor",
+        "versions/written-by-1.0",
     ] {
         let out = run(&["verify", s(&fixture(dir))]);
-        assert_eq!(out.status.code(), Some(0), "{dir}: {}", text(&out.stdout));
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{dir}: {stdout}");
         assert!(
-            text(&out.stdout).contains("OK: 10 passed, 0 failed"),
-            "{dir}: {}",
-            text(&out.stdout)
+            stdout.contains("OK: 10 passed, 0 failed, 2 skipped")
+                && stdout.contains("retention       SKIP  not run: no original predictions")
+                && stdout.contains(
+                    "retention: unknown (the retention check did not run: no original predictions"
+                ),
+            "{dir}: {stdout}"
         );
     }
+    // The tiny fixture model's weights are not quantization-aware: its FP16 model keeps half of
+    // the original's decisions on the validation set. The gate fails at the handoff's 0.995 and
+    // passes when the bar is lowered to what it keeps.
+    let validation = fixture("bundles/tiny-validation");
+    let out = run(&["verify", s(&validation)]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("retention       FAIL  the FP16 model keeps 50.00% of the original model's decisions (minimum 99.50%) on 32 validation inputs")
+            && stdout.contains("FAILED: 10 passed, 1 failed, 1 skipped")
+            && stdout.contains("accuracy on the validation labels: original 15.62%, FP16 18.75%, ternary 18.75%")
+            && stdout.contains("retention (decisions of the original model the FP16 model keeps): 50.00%"),
+        "{stdout}"
+    );
+    let out = run(&["verify", s(&validation), "--min-retention", "0.5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("OK: 11 passed, 0 failed, 1 skipped"));
     let table: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(fixture("broken/expected.json")).unwrap()).unwrap();
     for b in table {
@@ -502,6 +525,8 @@ fn verify_json_and_junit_reports_are_machine_readable() {
     let out = run(&[
         "verify",
         s(&fixture("bundles/tiny-validation")),
+        "--min-retention",
+        "0.5",
         "--json",
         "--junit",
         s(&junit),
@@ -516,7 +541,12 @@ fn verify_json_and_junit_reports_are_machine_readable() {
         .iter()
         .all(|c| c["status"] == "pass" || c["name"] == "reference"));
     let m = &v["metrics"];
-    assert_eq!(m["phase4_to_5/dequantization_accuracy_retention"], 1.0);
+    assert_eq!(m["phase4_to_5/dequantization_accuracy_retention"], 0.5);
+    assert_eq!(m["ternary_fp16_agreement"], 1.0);
+    assert_eq!(m["accuracy_original"], 5.0 / 32.0);
+    assert_eq!(m["accuracy_fp16"], 6.0 / 32.0);
+    assert_eq!(m["accuracy_ternary"], 6.0 / 32.0);
+    assert_eq!(v["null_reasons"], serde_json::json!({}));
     assert_eq!(m["phase4_to_5/gradient_flow_test_passed"], true);
     assert!(m["phase4_to_5/quantized_model_size_mb"].as_f64().unwrap() > 0.0);
     assert!(m["gradient_check_max_relative_error"].as_f64().unwrap() < 1e-4);

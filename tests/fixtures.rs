@@ -14,13 +14,21 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// Every file under `dir`, relative path -> bytes.
+/// Every file under `dir`, relative path -> bytes, except the frozen fixtures (never
+/// regenerated: `make_fixtures::FROZEN`).
 fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let root = dir.parent().unwrap();
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
+            if make_fixtures::FROZEN
+                .iter()
+                .any(|f| p.strip_prefix(root).is_ok_and(|r| r == Path::new(f)))
+            {
+                continue;
+            }
             if p.is_dir() {
                 stack.push(p);
             } else {
@@ -85,7 +93,41 @@ fn unknown_major_is_refused_naming_both_versions() {
     assert_eq!(e.rule(), Some(Rule::FormatVersion));
     let msg = e.to_string();
     assert!(
-        msg.contains("2.0") && msg.contains("1.0") && msg.contains("manifest.json"),
+        msg.contains("3.0") && msg.contains("2.0") && msg.contains("manifest.json"),
         "{msg}"
     );
+}
+
+/// The frozen 1.0 fixture is what the 1.0 writer wrote: a validation set without original
+/// predictions. A 2.0 reader opens it and it passes every data check.
+#[test]
+fn a_bundle_written_by_the_1_0_writer_opens_and_passes_every_data_check() {
+    let dir = fixtures().join("versions/written-by-1.0");
+    let b = Bundle::open(&dir).unwrap();
+    assert_eq!(b.facts().version.to_string(), "1.0");
+    let v = b.file(ternary_bundle::FileRole::Validation).unwrap();
+    let names: Vec<&str> = v.header().entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["labels", "inputs", "difficulty"]);
+    check_all(&b).unwrap();
+    // The digests pin it: its bytes are the 1.0 writer's, never regenerated.
+    let digest =
+        ternary_bundle::checksum::sha256_hex(&std::fs::read(dir.join("manifest.json")).unwrap());
+    assert_eq!(
+        digest,
+        "08ecc2e31af3e4e7ac804aca81da993aebaae33617668339c03fc8dff74bc4cb"
+    );
+}
+
+/// The regenerated tiny-validation bundle carries the original predictions, so it is 2.0.
+#[test]
+fn bundles_with_a_validation_set_are_format_2_0_and_the_others_1_0() {
+    for (name, _, validation) in make_fixtures::bundle_fixtures() {
+        let b = Bundle::open(fixtures().join("bundles").join(name)).unwrap();
+        let expected = if validation { "2.0" } else { "1.0" };
+        assert_eq!(b.facts().version.to_string(), expected, "{name}");
+        let has = b
+            .file(ternary_bundle::FileRole::Validation)
+            .is_some_and(|v| v.header().get("original_predictions").is_some());
+        assert_eq!(has, validation, "{name}");
+    }
 }

@@ -573,24 +573,38 @@ fn rule_2_4_format_version_missing_or_not_a_string() {
 }
 
 #[test]
-fn rule_2_4_major_2_is_refused_naming_both_versions() {
+fn rule_2_4_major_3_is_refused_naming_both_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
-    edit_manifest(&dir, |m| m["format_version"] = json!("2.0"));
-    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "2.0", "1.0"]);
+    edit_manifest(&dir, |m| m["format_version"] = json!("3.0"));
+    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "3.0", "1.0", "2.0"]);
 }
 
 #[test]
-fn rule_2_4_major_2_with_a_different_structure_is_a_version_error() {
+fn rule_2_4_majors_1_and_2_are_both_read() {
+    // A 2.x reader opens 1.x bundles, and a bundle that meets the 1.0 rules is also a valid
+    // 2.0 bundle (2.0 only adds an optional tensor).
+    let tmp = tempfile::tempdir().unwrap();
+    for v in ["1.0", "2.0", "2.3"] {
+        let dir = tiny_bundle(&tmp, v, |_, _| {});
+        edit_manifest(&dir, |m| m["format_version"] = json!(v));
+        let b = Bundle::open(&dir).unwrap();
+        assert_eq!(b.facts().version.to_string(), v);
+        check_all(&b).unwrap();
+    }
+}
+
+#[test]
+fn rule_2_4_major_3_with_a_different_structure_is_a_version_error() {
     // A future MAJOR may change the structure: the version is reported, not a missing field.
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
     edit_manifest(&dir, |m| {
-        m["format_version"] = json!("2.0");
+        m["format_version"] = json!("3.0");
         m.as_object_mut().unwrap().remove("files");
         m["model"] = json!("a graph");
     });
-    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "2.0", "1.0"]);
+    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "3.0", "2.0"]);
 }
 
 #[test]
@@ -628,7 +642,7 @@ fn rule_2_4_other_majors_are_refused() {
     for (i, v) in ["0.9", "0.0", "3.1", "999999999.0"].into_iter().enumerate() {
         let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
-        open_violation(&dir, Rule::FormatVersion, &[MANIFEST, v, "1.0"]);
+        open_violation(&dir, Rule::FormatVersion, &[MANIFEST, v, "1.0", "2.0"]);
     }
 }
 
@@ -1216,8 +1230,9 @@ fn rule_2_12_extensions_with_content_are_ignored() {
 fn newer_minor_manifest_with_unknown_keys_opens_and_passes_all_checks() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle_with_validation(&tmp);
+    // The bundle holds original predictions, so it is 2.0: its newer minor is 2.7.
     edit_manifest(&dir, |m| {
-        m["format_version"] = json!("1.7");
+        m["format_version"] = json!("2.7");
         m["new_top_level_key"] = json!({"anything": [1, 2, 3]});
         tensor_entry(m, "fc1.weight")["new_tensor_key"] = json!("outlier-aware");
         tensor_entry(m, "fc1.bias")["new_tensor_key"] = json!(null);
@@ -1228,7 +1243,7 @@ fn newer_minor_manifest_with_unknown_keys_opens_and_passes_all_checks() {
         m["provenance"]["new_provenance_key"] = json!({});
     });
     let b = Bundle::open(&dir).unwrap();
-    assert_eq!(b.facts().version, FormatVersion { major: 1, minor: 7 });
+    assert_eq!(b.facts().version, FormatVersion { major: 2, minor: 7 });
     check_all(&b).unwrap();
 }
 
@@ -2495,6 +2510,126 @@ fn rule_6_1_writer_refuses_an_empty_validation_set() {
         Rule::ValidationTensors,
         &["val.safetensors"],
     );
+}
+
+#[test]
+fn rule_6_1_original_predictions_of_the_wrong_dtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    edit_st(&dir, VALIDATION, |st| {
+        st.edit_json(|v| v["original_predictions"]["dtype"] = json!("U64"))
+    });
+    rehash(&dir);
+    open_violation(
+        &dir,
+        Rule::ValidationTensors,
+        &[
+            VALIDATION,
+            &t("original_predictions"),
+            "I64 of shape [4]",
+            "U64",
+        ],
+    );
+}
+
+#[test]
+fn rule_6_1_original_predictions_of_the_wrong_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    // [2, 2] holds the same 32 bytes as [4]: only the shape is wrong.
+    edit_st(&dir, VALIDATION, |st| {
+        st.edit_json(|v| v["original_predictions"]["shape"] = json!([2, 2]))
+    });
+    rehash(&dir);
+    open_violation(
+        &dir,
+        Rule::ValidationTensors,
+        &[
+            VALIDATION,
+            &t("original_predictions"),
+            "I64 of shape [4]",
+            "I64 of shape [2, 2]",
+        ],
+    );
+}
+
+#[test]
+fn rule_6_1_original_predictions_in_a_format_1_bundle() {
+    // A 1.x reader refuses the tensor, so a bundle that declares 1.x cannot carry it.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    assert_eq!(manifest(&dir)["format_version"], "2.0");
+    edit_manifest(&dir, |m| m["format_version"] = json!("1.4"));
+    open_violation(
+        &dir,
+        Rule::ValidationTensors,
+        &[
+            VALIDATION,
+            &t("original_predictions"),
+            "no original_predictions in a format 1.4 bundle (needs format 2.0 or later)",
+        ],
+    );
+}
+
+#[test]
+fn rule_6_3_original_prediction_out_of_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    // The last layer has 5 outputs: class 5 does not exist.
+    edit_tensor(&dir, VALIDATION, "original_predictions", |b| {
+        b[8..16].copy_from_slice(&5i64.to_le_bytes())
+    });
+    rehash(&dir);
+    data_violation(
+        &dir,
+        check_validation_values,
+        Rule::OriginalPredictions,
+        &[
+            VALIDATION,
+            &t("original_predictions"),
+            "original_predictions in 0..5",
+            "5 at index 1",
+        ],
+    );
+}
+
+#[test]
+fn rule_6_3_negative_original_prediction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    edit_tensor(&dir, VALIDATION, "original_predictions", |b| {
+        b[24..32].copy_from_slice(&(-1i64).to_le_bytes())
+    });
+    rehash(&dir);
+    data_violation(
+        &dir,
+        check_validation_values,
+        Rule::OriginalPredictions,
+        &[VALIDATION, &t("original_predictions"), "-1 at index 3"],
+    );
+}
+
+#[test]
+fn rule_6_3_the_writer_stores_the_original_models_predictions() {
+    // What the writer stores is the source model's argmax on each input, in f32, before
+    // quantization: recomputed here from the source with the reference model.
+    use ternary_bundle::reference::{argmax_rows, forward_source};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    let (src, plan) = common::tiny_model(7);
+    let b = Bundle::open(&dir).unwrap();
+    let v = validation_set();
+    let x = ndarray::ArrayView2::from_shape((4, 7), &v.inputs).unwrap();
+    let expected =
+        argmax_rows(&forward_source(&src, &plan.model, &b.facts().activations, x).unwrap());
+    let stored: Vec<usize> = St::read(&dir.join(VALIDATION))
+        .tensor_mut("original_predictions")
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+        .collect();
+    assert_eq!(stored, expected);
+    // Not the labels: the labels are the data's, the predictions the model's.
+    assert_ne!(stored, [0, 1, 2, 4]);
 }
 
 #[test]

@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use ternary_bundle::gradcheck::GradCheckOptions;
 use ternary_bundle::manifest::{LayerSpec, ModelSpec};
 use ternary_bundle::source::{MemorySource, TensorSource};
-use ternary_bundle::verify::{verify, CheckResult, Status, VerifyOptions, VerifyReport, CHECKS};
+use ternary_bundle::verify::{
+    verify, CheckResult, Status, VerifyOptions, VerifyReport, CHECKS, RETENTION_METRIC as RETENTION,
+};
 use ternary_bundle::writer::ValidationSet;
 use ternary_bundle::{
     write_bundle, Bundle, BundlePlan, Encoding, Granularity, QuantParams, WriteOptions,
@@ -39,9 +41,39 @@ fn validation_set() -> ValidationSet {
     }
 }
 
-/// The tiny model's bundle with the validation set embedded.
+/// The tiny model's architecture with weights that quantization keeps exactly: every weight of
+/// a quantized row is ± the same power of two, so the row's absmean scale is that value, every
+/// trit is non-zero and the scale is exact in F16. The FP16 model then is the original model and
+/// keeps all its decisions (retention 1).
+fn lossless_tiny_model() -> (MemorySource, BundlePlan) {
+    let (src, plan) = common::tiny_model(7);
+    let mut out = MemorySource::new("lossless.safetensors");
+    for t in src.tensors() {
+        let mut v = src.load_f32(&t.name).unwrap();
+        if plan.quantize.contains(&t.name) {
+            let cols = (t.shape[1]) as usize;
+            for (r, row) in v.chunks_exact_mut(cols).enumerate() {
+                let scale = 2f32.powi(-(r as i32 % 3) - 1);
+                row.iter_mut()
+                    .for_each(|w| *w = if *w >= 0.0 { scale } else { -scale });
+            }
+        }
+        out.push(t.name, t.shape, v).unwrap();
+    }
+    (out, plan)
+}
+
+/// The lossless tiny model's bundle with the validation set embedded (its stored original
+/// predictions are all kept: retention passes).
 fn bundle_with_validation(tmp: &tempfile::TempDir) -> PathBuf {
-    tiny_bundle(tmp, "v", |_, o| o.validation = Some(validation_set()))
+    let (src, plan) = lossless_tiny_model();
+    let dest = tmp.path().join("v");
+    let options = WriteOptions {
+        validation: Some(validation_set()),
+        ..Default::default()
+    };
+    write_bundle(&dest, &src, &plan, &options).unwrap();
+    dest
 }
 
 /// Writes the tensors of `src` as an F32 safetensors checkpoint at `path` (the "original"
@@ -105,6 +137,7 @@ fn one_layer_model(rows: &[Vec<f32>], params: QuantParams) -> (MemorySource, Bun
 
 const NOT_SELECTED: &str = "not selected";
 const NO_REFERENCE: &str = "not run: no --reference given";
+const NO_ORIGINAL: &str = "not run: no original predictions: the bundle has no validation set; give --reference ORIGINAL.safetensors (compared on synthetic inputs)";
 
 /// "not run: P failed": the direct prerequisite P failed.
 fn failed(prerequisite: &str) -> String {
@@ -155,13 +188,17 @@ fn check<'r>(report: &'r VerifyReport, name: &str) -> &'r CheckResult {
         .unwrap_or_else(|| panic!("no check {name} in the report:\n{}", summary(report)))
 }
 
-/// Asserts the whole report: the checks are the eleven of `CHECKS` in order; each check named
+/// Asserts the whole report: the checks are the twelve of `CHECKS` in order; each check named
 /// in `overrides` is as given there, every other one is Pass, except `reference`, which is
-/// Skip "not run: no --reference given" unless overridden; `ok` is false exactly when some
-/// check is expected to fail.
+/// Skip "not run: no --reference given", and `retention`, which is Skip for want of original
+/// predictions when the bundle has no validation file, unless overridden; `ok` is false exactly
+/// when some check is expected to fail.
 #[track_caller]
 fn assert_checks(report: &VerifyReport, overrides: &[(&str, Expect)]) {
     let all = summary(report);
+    let has_validation = check(report, "files").figures["files"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == VALIDATION));
     let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
     assert_eq!(names, CHECKS.to_vec(), "checks out of order:\n{all}");
     for (name, _) in overrides {
@@ -172,10 +209,10 @@ fn assert_checks(report: &VerifyReport, overrides: &[(&str, Expect)]) {
             .iter()
             .find(|(n, _)| *n == c.name)
             .map(|(_, e)| e.clone())
-            .unwrap_or(if c.name == "reference" {
-                Expect::Skip(NO_REFERENCE.into())
-            } else {
-                Expect::Pass
+            .unwrap_or(match c.name {
+                "reference" => Expect::Skip(NO_REFERENCE.into()),
+                "retention" if !has_validation => Expect::Skip(NO_ORIGINAL.into()),
+                _ => Expect::Pass,
             });
         match expected {
             Expect::Pass => assert_eq!(c.status, Status::Pass, "{}:\n{all}", c.name),
@@ -250,6 +287,7 @@ fn manifest_fails_on_an_unknown_format_and_nothing_else_runs() {
             ("scales", skip(needs("encoding"))),
             ("dequantization", skip(needs("encoding"))),
             ("agreement", skip(needs("encoding"))),
+            ("retention", skip(needs("structure"))),
             ("gradient_check", skip(needs("structure"))),
             ("gradient_flow", skip(needs("structure"))),
         ],
@@ -275,6 +313,7 @@ fn after_files_failed() -> Vec<(&'static str, Expect)> {
         ("scales", skip(needs("encoding"))),
         ("dequantization", skip(needs("encoding"))),
         ("agreement", skip(needs("encoding"))),
+        ("retention", skip(needs("structure"))),
         ("gradient_check", skip(needs("structure"))),
         ("gradient_flow", skip(needs("structure"))),
     ]
@@ -455,6 +494,7 @@ fn structure_fails_on_a_transposed_fp16_shape() {
             ("scales", skip(needs("encoding"))),
             ("dequantization", skip(needs("encoding"))),
             ("agreement", skip(needs("encoding"))),
+            ("retention", skip(failed("structure"))),
             ("gradient_check", skip(failed("structure"))),
             ("gradient_flow", skip(failed("structure"))),
         ],
@@ -664,24 +704,30 @@ fn agreement_fails_when_the_two_paths_disagree_on_half_the_inputs() {
     };
     let dir = disagreeing_bundle(&tmp, "v", Some(validation));
     let report = run(&dir);
+    // The original model (like the ternary path) tells the rows apart; the FP16 model, whose
+    // scales round to the same F16, does not: it keeps half of the original's decisions.
     assert_checks(
         &report,
-        &[(
-            "agreement",
-            fail(&[
-                "argmax agreement 50.00% (minimum 99.50%) on 10 validation inputs",
-                "max logit difference",
-            ]),
-        )],
+        &[
+            (
+                "agreement",
+                fail(&[
+                    "ternary and FP16 paths agree on 50.00% of argmaxes (minimum 99.50%) on 10 validation inputs",
+                    "max logit difference",
+                ]),
+            ),
+            (
+                "retention",
+                fail(&["keeps 50.00% of the original model's decisions (minimum 99.50%) on 10 validation inputs, 5 changed"]),
+            ),
+        ],
     );
     let agreement = check(&report, "agreement");
     assert_eq!(f64_figure(agreement, "agreement"), 0.5);
     assert_eq!(agreement.figures["inputs"], "validation");
     assert!(f64_figure(agreement, "max_logit_difference") > 0.0);
-    assert_eq!(
-        report.metrics["phase4_to_5/dequantization_accuracy_retention"],
-        0.5
-    );
+    assert_eq!(report.metrics["ternary_fp16_agreement"], 0.5);
+    assert_eq!(report.metrics[RETENTION], 0.5);
 
     // Synthetic standard-normal inputs: sum(x) > 0 about half the time.
     let dir = disagreeing_bundle(&tmp, "s", None);
@@ -837,72 +883,132 @@ fn reference_fails_cleanly_on_a_checkpoint_with_a_tensor_of_the_wrong_length() {
             ..Default::default()
         },
     );
+    // The retention gate would take the original predictions from it: it fails the same way.
+    let short_bias = fail(&["short.safetensors", &t("fc1.bias"), "13 values", "found 12"]);
     assert_checks(
         &report,
-        &[(
-            "reference",
-            fail(&["short.safetensors", &t("fc1.bias"), "13 values", "found 12"]),
-        )],
+        &[("reference", short_bias.clone()), ("retention", short_bias)],
     );
 }
 
 #[test]
-fn reference_passes_against_the_original_and_fails_against_another_checkpoint() {
+fn reference_supplies_the_original_predictions_when_the_bundle_stores_none() {
+    // No validation set: the original is compared with the FP16 model on synthetic inputs, and
+    // its predictions feed the retention gate.
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
     let (original, _) = common::tiny_model(7);
     let original_path = tmp.path().join("original.safetensors");
     write_checkpoint(&original, &original_path);
-
-    let report = verify(
-        &dir,
-        &VerifyOptions {
-            reference: Some(original_path.clone()),
-            ..Default::default()
-        },
+    let with = |path: &Path, min_retention: f64| {
+        verify(
+            &dir,
+            &VerifyOptions {
+                reference: Some(path.to_path_buf()),
+                min_retention,
+                ..Default::default()
+            },
+        )
+    };
+    let report = with(&original_path, 0.0);
+    assert_checks(
+        &report,
+        &[("reference", Expect::Pass), ("retention", Expect::Pass)],
     );
-    assert_checks(&report, &[("reference", Expect::Pass)]);
-    let r = check(&report, "reference");
+    let (r, kept) = (check(&report, "reference"), check(&report, "retention"));
     let agreement = f64_figure(r, "agreement");
-    assert!((0.0..=1.0).contains(&agreement), "{agreement}");
+    assert_eq!(f64_figure(kept, "retention"), agreement);
+    assert_eq!(kept.figures["original"], "reference");
+    assert_eq!(report.metrics[RETENTION], json!(agreement));
     assert!(
-        r.detail.contains(&format!(
-            "original vs FP16 argmax agreement {:.2}% on 256 synthetic inputs (informational)",
+        r.detail.starts_with(&format!(
+            "original vs FP16 argmax agreement {:.2}% on 256 synthetic inputs",
             agreement * 100.0
-        )),
+        )) && r.detail.ends_with("it supplies the original predictions"),
+        "{}",
+        r.detail
+    );
+    // The checkpoint is not the file the bundle was made from (the bundle has no source digest
+    // in provenance at all here): said, not failed.
+    assert!(
+        r.detail.contains("records no source digest"),
         "{}",
         r.detail
     );
 
-    // With a bar the original meets, it passes; another model (seed 8) does not.
-    let report = verify(
-        &dir,
-        &VerifyOptions {
-            reference: Some(original_path),
-            min_reference_agreement: Some(agreement),
-            ..Default::default()
-        },
+    // The gate: the original keeps its own bar; another model (seed 8) keeps fewer decisions.
+    assert_checks(
+        &with(&original_path, agreement),
+        &[("reference", Expect::Pass), ("retention", Expect::Pass)],
     );
-    assert_checks(&report, &[("reference", Expect::Pass)]);
     let (other, _) = common::tiny_model(8);
     let other_path = tmp.path().join("other.safetensors");
     write_checkpoint(&other, &other_path);
-    let report = verify(
-        &dir,
-        &VerifyOptions {
-            reference: Some(other_path),
-            min_reference_agreement: Some(0.99),
-            ..Default::default()
-        },
+    let report = with(&other_path, agreement);
+    assert_checks(
+        &report,
+        &[
+            ("reference", Expect::Pass),
+            (
+                "retention",
+                fail(&[
+                    "of the original model's decisions",
+                    &format!("(minimum {:.2}%)", agreement * 100.0),
+                    "recomputed from --reference",
+                ]),
+            ),
+        ],
     );
+    assert!(f64_figure(check(&report, "retention"), "retention") < agreement);
+}
+
+#[test]
+fn reference_must_reproduce_the_stored_original_predictions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    let (original, _) = lossless_tiny_model();
+    let original_path = tmp.path().join("original.safetensors");
+    write_checkpoint(&original, &original_path);
+    let with = |path: &Path| {
+        verify(
+            &dir,
+            &VerifyOptions {
+                reference: Some(path.to_path_buf()),
+                min_retention: 0.0,
+                ..Default::default()
+            },
+        )
+    };
+    let report = with(&original_path);
+    assert_checks(&report, &[("reference", Expect::Pass)]);
+    let r = check(&report, "reference");
+    assert!(
+        r.detail
+            .ends_with("its predictions equal the stored original_predictions"),
+        "{}",
+        r.detail
+    );
+    // Retention comes from the stored predictions and equals the recomputed agreement.
+    let kept = check(&report, "retention");
+    assert_eq!(kept.figures["original"], "original_predictions");
+    assert_eq!(f64_figure(kept, "retention"), f64_figure(r, "agreement"));
+
+    // Another checkpoint does not reproduce them: the reference check says so.
+    let (other, _) = common::tiny_model(8);
+    let other_path = tmp.path().join("other.safetensors");
+    write_checkpoint(&other, &other_path);
+    let report = with(&other_path);
     assert_checks(
         &report,
         &[(
             "reference",
-            fail(&["original vs FP16 argmax agreement", "(minimum 99.00%)"]),
+            fail(&[
+                "the checkpoint's predictions differ from the stored original_predictions on",
+                "of 32 inputs (first: input",
+                "not the model this bundle was made from?",
+            ]),
         )],
     );
-    assert!(f64_figure(check(&report, "reference"), "agreement") < 0.99);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -930,10 +1036,13 @@ fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
                         o.validation = Some(validation_set());
                     }
                 });
+                // The tiny model's weights are not QAT weights: quantization changes some of
+                // its decisions, so the retention gate (tested on its own above) is set to 0.
                 let report = verify(
                     &dir,
                     &VerifyOptions {
                         reference: Some(original_path.clone()),
+                        min_retention: 0.0,
                         ..Default::default()
                     },
                 );
@@ -1172,12 +1281,12 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     let xml = run(&good).to_junit();
     assert_eq!(xml.matches("<testcase ").count(), CHECKS.len(), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), 0, "{xml}");
-    assert_eq!(xml.matches("<skipped ").count(), 1, "{xml}"); // reference
+    assert_eq!(xml.matches("<skipped ").count(), 2, "{xml}"); // retention, reference
     for name in CHECKS {
         assert!(xml.contains(&format!("name=\"{name}\"")), "{name}: {xml}");
     }
     assert!(
-        xml.contains("tests=\"11\" failures=\"0\" skipped=\"1\""),
+        xml.contains("tests=\"12\" failures=\"0\" skipped=\"2\""),
         "{xml}"
     );
 
@@ -1190,7 +1299,7 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     assert_eq!(xml.matches("<testcase ").count(), CHECKS.len(), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
     assert!(
-        xml.contains("tests=\"11\" failures=\"1\" skipped=\"1\""),
+        xml.contains("tests=\"12\" failures=\"1\" skipped=\"2\""),
         "{xml}"
     );
     let case = xml

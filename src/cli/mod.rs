@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ternary_bundle::arch::{infer_arch, load_arch};
-use ternary_bundle::demo::{DemoSource, DEMO_SAMPLES};
+use ternary_bundle::demo::DemoSource;
 use ternary_bundle::error::printable;
 use ternary_bundle::export::{export, ExportDtype};
 use ternary_bundle::gradcheck::GradCheckOptions;
@@ -18,7 +18,7 @@ use ternary_bundle::inspect::{inspect, Inspection};
 use ternary_bundle::mmap::Backing;
 use ternary_bundle::model::Activation;
 use ternary_bundle::source::{load_validation_set, CheckpointSource, SourceTensor, TensorSource};
-use ternary_bundle::verify::{verify, Status, VerifyOptions, VerifyReport};
+use ternary_bundle::verify::{verify, Status, VerifyOptions, VerifyReport, RETENTION_METRIC};
 use ternary_bundle::writer::ValidationSet;
 use ternary_bundle::{
     checks, write_bundle_with_progress, Bundle, BundlePlan, Encoding, Error, Granularity,
@@ -171,7 +171,7 @@ fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
     let report = if a.demo {
         let demo = match &a.demo_widths {
             Some(w) if w.len() >= 2 && w.iter().all(|&d| d >= 1) => {
-                DemoSource::with_widths(a.seed, w)
+                DemoSource::with_widths(a.seed, w).with_random_readout()
             }
             Some(w) => {
                 return Err(Error::InvalidArgument(format!(
@@ -180,11 +180,8 @@ fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             }
             None => DemoSource::new(a.seed),
         };
-        // The validation set needs a full-precision forward pass: skip it for custom sizes.
-        let validation = a
-            .demo_widths
-            .is_none()
-            .then(|| demo.validation_set(DEMO_SAMPLES));
+        // Custom sizes (benchmarks) have a random readout: no task, so no validation set.
+        let validation = a.demo_widths.is_none().then(|| demo.validation_set());
         let options = WriteOptions {
             force: a.force,
             created,
@@ -431,17 +428,43 @@ fn print_verify(report: &VerifyReport) {
         count(Status::Fail),
         count(Status::Skip)
     );
+    let percent = |k: &str| num(k).map_or("n/a".to_string(), |a| format!("{:.2}%", a * 100.0));
+    if ["accuracy_original", "accuracy_fp16", "accuracy_ternary"]
+        .iter()
+        .any(|k| num(k).is_some())
+    {
+        println!(
+            "accuracy on the validation labels: original {}, FP16 {}, ternary {}",
+            percent("accuracy_original"),
+            percent("accuracy_fp16"),
+            percent("accuracy_ternary")
+        );
+    }
+    match num(RETENTION_METRIC) {
+        Some(_) => println!(
+            "retention (decisions of the original model the FP16 model keeps): {}",
+            percent(RETENTION_METRIC)
+        ),
+        None => println!(
+            "retention: unknown ({})",
+            report
+                .null_reasons
+                .get(RETENTION_METRIC)
+                .map_or("not computed", String::as_str)
+        ),
+    }
     if let (Some(q), Some(d)) = (
         num("phase4_to_5/quantized_model_size_mb"),
         num("phase4_to_5/dequantized_model_size_mb"),
     ) {
         println!(
-            "metrics: quantized {}, dequantized {}, compression {:.1}x vs FP32, accuracy retention {}, gradient flow {}",
+            "metrics: quantized {}, dequantized {}, compression {:.1}x vs FP32, gradient flow {}",
             print::size((q * 1e6) as u64),
             print::size((d * 1e6) as u64),
             num("compression_ratio").unwrap_or(0.0),
-            num("phase4_to_5/dequantization_accuracy_retention").map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
-            m.get("phase4_to_5/gradient_flow_test_passed").and_then(|v| v.as_bool()).map_or("n/a", |b| if b { "passed" } else { "FAILED" }),
+            m.get("phase4_to_5/gradient_flow_test_passed")
+                .and_then(|v| v.as_bool())
+                .map_or("n/a", |b| if b { "passed" } else { "FAILED" }),
         );
     }
 }
@@ -452,6 +475,7 @@ fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
         skip: a.skip,
         strict: a.strict,
         min_agreement: a.min_agreement,
+        min_retention: a.min_retention,
         samples: a.samples,
         seed: a.seed,
         grad: GradCheckOptions {
@@ -459,7 +483,6 @@ fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
             ..GradCheckOptions::default()
         },
         reference: a.reference,
-        min_reference_agreement: a.min_reference_agreement,
         open,
     };
     options.check()?;
@@ -483,7 +506,7 @@ fn demo(dir: &Path, seed: u64, open: &OpenOptions) -> Result<bool> {
     let demo = DemoSource::new(seed);
     let options = WriteOptions {
         force: true,
-        validation: Some(demo.validation_set(DEMO_SAMPLES)),
+        validation: Some(demo.validation_set()),
         ..Default::default()
     };
     let started = std::time::Instant::now();
