@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::manifest::{FileRole, QuantizationSpec, MANIFEST_FILE};
 use crate::reader::Bundle;
-use crate::reader::VALIDATION_INPUTS;
+use crate::reader::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_ORIGINAL_PREDICTIONS};
 
 /// Everything `bundle inspect` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +31,9 @@ pub struct Inspection {
     pub totals: Totals,
     /// Samples in the validation set, if there is one.
     pub validation_samples: Option<u64>,
+    /// The validation set's optional tensors present (`difficulty`, `original_predictions`);
+    /// empty without a validation set.
+    pub validation_extras: Vec<String>,
     /// Undeclared directory entries (rule 1.5).
     pub extras: Vec<String>,
     /// The manifest's provenance block.
@@ -198,10 +201,15 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
         bits_per_weight: ratio(packed_bytes * 8, qparams),
         ternary_bits_per_parameter: ratio(m.files.ternary.size * 8, params),
     };
-    let validation_samples = bundle
-        .file(FileRole::Validation)
+    let validation = bundle.file(FileRole::Validation);
+    let validation_samples = validation
         .and_then(|v| v.header().get(VALIDATION_INPUTS))
         .map(|e| e.shape[0]);
+    let validation_extras = [VALIDATION_DIFFICULTY, VALIDATION_ORIGINAL_PREDICTIONS]
+        .iter()
+        .filter(|n| validation.is_some_and(|v| v.header().get(n).is_some()))
+        .map(|n| n.to_string())
+        .collect();
     Inspection {
         path: bundle.dir().display().to_string(),
         format: m.format.clone(),
@@ -228,6 +236,7 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
         tensors,
         totals,
         validation_samples,
+        validation_extras,
         extras: bundle.extras().to_vec(),
         provenance: m.provenance.clone(),
     }

@@ -753,6 +753,296 @@ fn agreement_fails_when_the_two_paths_disagree_on_half_the_inputs() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 9. retention
+// ---------------------------------------------------------------------------------------------
+
+/// The classes stored in `original_predictions`.
+fn stored_predictions(dir: &Path) -> Vec<i64> {
+    St::read(&dir.join(VALIDATION))
+        .tensor_mut("original_predictions")
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Rewrites `original_predictions` (and re-hashes, so only retention sees the change).
+fn set_stored_predictions(dir: &Path, classes: &[i64]) {
+    edit_tensor(dir, VALIDATION, "original_predictions", |b| {
+        for (chunk, c) in b.chunks_exact_mut(8).zip(classes) {
+            chunk.copy_from_slice(&c.to_le_bytes());
+        }
+    });
+    rehash(dir);
+}
+
+#[test]
+fn retention_is_the_share_of_stored_original_decisions_the_fp16_model_keeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_validation(&tmp);
+    // The lossless model's FP16 predictions are the original's: all 32 kept.
+    let report = run(&dir);
+    assert_checks(&report, &[]);
+    assert_eq!(report.metrics[RETENTION], 1.0);
+    let original = stored_predictions(&dir);
+    let labels: Vec<i64> = validation_set().labels;
+    let accuracy = |p: &[i64]| p.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / 32.0;
+    for key in ["accuracy_original", "accuracy_fp16", "accuracy_ternary"] {
+        assert_eq!(report.metrics[key], accuracy(&original), "{key}");
+    }
+    assert_eq!(report.null_reasons, Default::default());
+
+    // Say the original decided otherwise on one input: the FP16 model keeps 31 of 32.
+    let mut changed = original.clone();
+    changed[5] = (changed[5] + 1) % 5;
+    set_stored_predictions(&dir, &changed);
+    let report = run(&dir);
+    assert_checks(
+        &report,
+        &[(
+            "retention",
+            fail(&[
+                "the FP16 model keeps 96.88% of the original model's decisions (minimum 99.50%) on 32 validation inputs, 1 changed",
+                "original predictions stored in validation.safetensors",
+            ]),
+        )],
+    );
+    assert_eq!(report.metrics[RETENTION], 31.0 / 32.0);
+    assert_eq!(report.metrics["accuracy_original"], accuracy(&changed));
+    assert_eq!(report.metrics["accuracy_fp16"], accuracy(&original));
+    // Per difficulty level (the set has levels 0..3, 8 inputs each): the change is at input 5,
+    // level 1.
+    let levels = &check(&report, "retention").figures["by_difficulty"];
+    let retention: Vec<f64> = (0..4)
+        .map(|l| levels[l]["retention"].as_f64().unwrap())
+        .collect();
+    assert_eq!(retention, [1.0, 7.0 / 8.0, 1.0, 1.0]);
+    // The same bundle passes a bar it meets.
+    let lenient = verify(
+        &dir,
+        &VerifyOptions {
+            min_retention: 0.96,
+            ..Default::default()
+        },
+    );
+    assert_checks(&lenient, &[]);
+}
+
+#[test]
+fn ties_go_to_the_first_class_in_the_stored_and_the_fp16_predictions() {
+    // Rows 0 and 1 are the same weights: their logits tie on every input, in the original
+    // and in the FP16 model, and the first (0) must win both times (as torch.argmax). Row 2
+    // is the negation: it wins exactly when the sum of the input is negative.
+    let tmp = tempfile::tempdir().unwrap();
+    let row = vec![0.5f32; 6];
+    let neg: Vec<f32> = row.iter().map(|v| -v).collect();
+    let (src, plan) = one_layer_model(&[row.clone(), row, neg], QuantParams::default());
+    let inputs: Vec<f32> = (0..8)
+        .flat_map(|i| (0..6).map(move |j| if i % 2 == 0 { 0.25 } else { -0.25 } * (j + 1) as f32))
+        .collect();
+    let dest = tmp.path().join("ties");
+    let options = WriteOptions {
+        validation: Some(ValidationSet {
+            origin: PathBuf::from("val.safetensors"),
+            inputs,
+            labels: vec![0, 2, 1, 2, 0, 2, 1, 2],
+            difficulty: None,
+        }),
+        ..Default::default()
+    };
+    write_bundle(&dest, &src, &plan, &options).unwrap();
+    assert_eq!(stored_predictions(&dest), [0, 2, 0, 2, 0, 2, 0, 2]);
+    let report = run(&dest);
+    assert_checks(&report, &[]);
+    assert_eq!(report.metrics[RETENTION], 1.0);
+    // Labels 1 are never predicted: class 1 always ties with class 0 and loses.
+    assert_eq!(report.metrics["accuracy_fp16"], 0.75);
+    assert_eq!(report.metrics["accuracy_original"], 0.75);
+
+    // The reference check forgives a stored class that ties with the recomputed one (another
+    // summation order could pick it), and nothing else.
+    let checkpoint = tmp.path().join("original.safetensors");
+    write_checkpoint(&src, &checkpoint);
+    let with_reference = |dir: &Path| {
+        verify(
+            dir,
+            &VerifyOptions {
+                reference: Some(checkpoint.clone()),
+                min_retention: 0.0,
+                ..Default::default()
+            },
+        )
+    };
+    set_stored_predictions(&dest, &[1, 2, 0, 2, 1, 2, 0, 2]);
+    let report = with_reference(&dest);
+    assert_checks(&report, &[("reference", Expect::Pass)]);
+    let r = check(&report, "reference");
+    assert!(
+        r.detail.ends_with(
+            "its predictions equal the stored original_predictions (2 differ only at near-ties)"
+        ),
+        "{}",
+        r.detail
+    );
+    assert_eq!(
+        r.figures["stored_predictions"],
+        json!({"differ": 0, "near_ties": 2})
+    );
+    set_stored_predictions(&dest, &[2, 2, 0, 2, 0, 2, 0, 2]);
+    assert_checks(
+        &with_reference(&dest),
+        &[(
+            "reference",
+            fail(&["differ from the stored original_predictions on 1 of 8 inputs (first: input 0, stored class 2, recomputed 0)"]),
+        )],
+    );
+}
+
+#[test]
+fn a_single_validation_input_gives_retention_0_or_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, plan) = lossless_tiny_model();
+    let dest = tmp.path().join("one");
+    let options = WriteOptions {
+        validation: Some(ValidationSet {
+            origin: PathBuf::from("val.safetensors"),
+            inputs: common::values(3, 7),
+            labels: vec![4],
+            difficulty: Some(vec![1]),
+        }),
+        ..Default::default()
+    };
+    write_bundle(&dest, &src, &plan, &options).unwrap();
+    let report = run(&dest);
+    assert_checks(&report, &[]);
+    let kept = check(&report, "retention");
+    assert_eq!(kept.figures["samples"], 1);
+    assert_eq!(report.metrics[RETENTION], 1.0);
+    let stored = stored_predictions(&dest)[0];
+    set_stored_predictions(&dest, &[(stored + 1) % 5]);
+    let report = run(&dest);
+    assert_checks(
+        &report,
+        &[(
+            "retention",
+            fail(&["keeps 0.00%", "on 1 validation inputs, 1 changed"]),
+        )],
+    );
+    assert_eq!(report.metrics[RETENTION], 0.0);
+}
+
+#[test]
+fn corrupted_original_predictions_fail_naming_file_tensor_and_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Out of range (rule 6.3): a data rule, found when the model checks read the validation
+    // set; every check that needs its inputs fails with the same message.
+    let dir = bundle_with_validation(&tmp);
+    set_stored_predictions(&dir, &[0, 1, 2, 7]);
+    let report = run(&dir);
+    let bad = fail(&[
+        VALIDATION,
+        &t("original_predictions"),
+        "(rule 6.3)",
+        "7 at index 3",
+    ]);
+    assert_checks(
+        &report,
+        &[
+            ("agreement", bad.clone()),
+            ("retention", bad.clone()),
+            ("gradient_check", bad.clone()),
+            ("gradient_flow", bad),
+        ],
+    );
+    assert_eq!(report.metrics[RETENTION], Value::Null);
+    assert!(report.null_reasons[RETENTION].contains("(rule 6.3)"));
+
+    // Wrong dtype or shape (rule 6.1): the bundle does not open; structure names it.
+    for (i, edit) in [json!({"dtype": "I32"}), json!({"shape": [2, 16]})]
+        .iter()
+        .enumerate()
+    {
+        let dir = tiny_bundle(&tmp, &format!("s{i}"), |_, o| {
+            o.validation = Some(validation_set())
+        });
+        edit_st(&dir, VALIDATION, |st| {
+            st.edit_json(|v| {
+                for (k, val) in edit.as_object().unwrap() {
+                    v["original_predictions"][k] = val.clone();
+                }
+                if v["original_predictions"]["dtype"] == "I32" {
+                    // 32 labels of 4 bytes: keep the byte length consistent (rule 3.5).
+                    v["original_predictions"]["shape"] = json!([64]);
+                }
+            })
+        });
+        rehash(&dir);
+        let report = run(&dir);
+        assert_checks(
+            &report,
+            &[
+                (
+                    "structure",
+                    fail(&[
+                        VALIDATION,
+                        &t("original_predictions"),
+                        "(rule 6.1)",
+                        "I64 of shape [32]",
+                    ]),
+                ),
+                ("encoding", skip(failed("structure"))),
+                ("scales", skip(needs("encoding"))),
+                ("dequantization", skip(needs("encoding"))),
+                ("agreement", skip(needs("encoding"))),
+                ("retention", skip(failed("structure"))),
+                ("gradient_check", skip(failed("structure"))),
+                ("gradient_flow", skip(failed("structure"))),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_bundle_written_by_the_1_0_writer_has_no_retention_and_says_why() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/versions/written-by-1.0");
+    let report = run(&dir);
+    let why = "not run: no original predictions: the validation set has no original_predictions (a format 1.x bundle); give --reference ORIGINAL.safetensors";
+    assert_checks(&report, &[("retention", skip(why))]);
+    assert_eq!(report.metrics[RETENTION], Value::Null);
+    assert_eq!(report.metrics["accuracy_original"], Value::Null);
+    assert_eq!(
+        report.null_reasons[RETENTION],
+        format!(
+            "the retention check did not run: {}",
+            why.trim_start_matches("not run: ")
+        )
+    );
+    // The two forms of the bundle are still compared, and the labels still score them.
+    assert!(report.metrics["accuracy_fp16"].is_f64());
+    assert!(report.metrics["accuracy_ternary"].is_f64());
+    assert_eq!(report.metrics["ternary_fp16_agreement"], 1.0);
+}
+
+#[test]
+fn without_labels_the_accuracies_are_null_and_say_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = run(&bundle(&tmp));
+    assert_checks(&report, &[]);
+    for key in [
+        RETENTION,
+        "accuracy_original",
+        "accuracy_fp16",
+        "accuracy_ternary",
+    ] {
+        assert_eq!(report.metrics[key], Value::Null, "{key}");
+        assert!(report.null_reasons.contains_key(key), "{key}");
+    }
+    assert!(report.null_reasons["accuracy_fp16"].contains("no labels: the inputs are synthetic"));
+    assert!(report.null_reasons[RETENTION].contains("the bundle has no validation set"));
+    // The agreement of the two paths is measured all the same, under its own name.
+    assert!(report.metrics["ternary_fp16_agreement"].is_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
 // 9. gradient_check
 // ---------------------------------------------------------------------------------------------
 

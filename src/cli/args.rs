@@ -41,6 +41,7 @@ pub enum Command {
     #[command(after_help = CREATE_EXAMPLES)]
     Create(CreateArgs),
     /// Build the demo bundle, show what is inside and check it: the first thing to run.
+    #[command(after_help = DEMO_HELP)]
     Demo(DemoArgs),
     /// Show what is inside a bundle: format, architecture, settings, files, tensors, sizes.
     ///
@@ -60,6 +61,30 @@ pub enum Command {
     /// settings (and optionally its scales), reporting how many trits changed per tensor.
     Requantize(RequantizeArgs),
 }
+
+/// How the demo model and its validation set are made (`bundle demo --help`, `create --help`).
+pub const DEMO_HELP: &str = "\
+The demo is a model that solves a task, built rather than trained, so that its accuracy and
+what quantization does to it mean something (512 -> 4096 -> 4096 -> 1536 -> 100, ReLU,
+25,329,252 parameters; everything drawn from ChaCha8 streams of --seed):
+  task        100 classes, each a prototype signal drawn from a standard normal in R^512; an
+              example of class c is prototype c plus noise, and its label is c
+  hidden      random ternary features: every row has exactly 2 * floor(fan_in / 3) non-zero
+              trits, half +1 and half -1, at random positions
+  readout     row c is +1 on the 512 of 1536 features where prototype c (through the hidden
+              layers) is furthest above the mean of all prototypes, -1 on the 512 furthest below
+  original    the weights that are quantized are latent QAT weights: m * t * (1 + u) for a
+              non-zero trit t, m * u for a zero, u uniform in +-0.002, m = sqrt(2 / non-zeros);
+              biases are zero. Quantizing gives back the trits, and the FP16 model differs from
+              the original by the perturbations: the absmean scale itself (about 2/3 m in every
+              row) rescales a layer's outputs alike, which in a network without biases moves no
+              decision
+  validation  1000 examples, every class once at every difficulty 1..10: difficulty L adds
+              sigma_L times one standard normal noise vector per class, sigma = 2.5, 2.95, 3.12,
+              3.32, 3.55, 3.7, 3.85, 4.2, 4.65, 5.8. The labels are the classes (the ground
+              truth), and the writer stores the original model's predictions beside them
+With the default seed the FP16 model's accuracy by difficulty is 99, 97, 92, 88, 86, 80, 75,
+68, 59 and 40%, and it keeps 99.9% of the original model's decisions (1 of 1000 changed).";
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
@@ -84,8 +109,9 @@ pub struct CreateArgs {
     #[arg(long, value_name = "CHECKPOINT.safetensors")]
     pub from: Option<PathBuf>,
 
-    /// Use the built-in demo model (512 -> 4096 -> 4096 -> 1536 -> 100, ReLU, about 25 M
-    /// parameters, seeded) and embed a validation set labelled by it.
+    /// Use the built-in demo model (512 -> 4096 -> 4096 -> 1536 -> 100, ReLU, 25 M parameters,
+    /// seeded) and embed its validation set: 1000 labelled examples at difficulty 1..10 (see
+    /// `bundle demo --help` for how the model and the data are made).
     #[arg(long, conflicts_with_all = ["arch", "quantize", "validation"])]
     pub demo: bool,
 
@@ -114,7 +140,9 @@ pub struct CreateArgs {
     #[arg(long, value_name = "PATTERN")]
     pub quantize: Vec<String>,
 
-    /// Labelled data to embed: inputs F32 [N, input_dim], labels I64 [N], optional difficulty U8 [N].
+    /// Labelled data to embed: inputs F32 [N, input_dim], labels I64 [N], optional difficulty
+    /// U8 [N]. The checkpoint's own predictions on the inputs, before quantization, are stored
+    /// with it (original_predictions, format 2.0), so that `verify` can measure retention.
     #[arg(long, value_name = "DATA.safetensors")]
     pub validation: Option<PathBuf>,
 
