@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `bundle verify` next to an equivalent numpy script (bench/verify_numpy.py) on the demo bundle
-# (25 M parameters, 4 layers, validation set of 256 samples): wall time (best of REPS runs, default
+# (25 M parameters, 4 layers, validation set of 1000 samples): wall time (best of REPS runs, default
 # 3) and peak RSS of each, then a side-by-side table. A tool that fails (for example a `bundle`
 # built without the `verify` subcommand) is reported as failed, with its error, and not timed.
 #

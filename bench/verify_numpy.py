@@ -4,13 +4,14 @@ plain numpy (plus hashlib, json, struct), from spec/FORMAT.md alone, so that the
 against each other (bench/verify_compare.sh).
 
     python3 bench/verify_numpy.py DIR [--samples N] [--seed S] [--min-agreement 0.995]
+                                      [--min-retention 0.995]
                                       [--grad-tol 1e-4]
 
 Checks, in order, one line each (`name PASS|FAIL detail [seconds]`; SKIP when an earlier check
 that it depends on failed):
 
   manifest        manifest.json parses (no duplicate keys), format "ternary-bundle", major version
-                  1, and the keys the later checks use (rules 2.3-2.10, the parts used here)
+                  1 or 2, and the keys the later checks use (rules 2.3-2.10, the parts used here)
   files           required files present, regular (opened with O_NOFOLLOW), sizes as in the
                   manifest (rules 1.2-1.4, 3.1)
   checksums       SHA-256 of every whole file and of every tensor's data bytes (rules 7.1, 7.2),
@@ -24,6 +25,8 @@ that it depends on failed):
                   and finite (rules 5.2, 5.3, 4.7)
   agreement       the model run twice in f32, from trits + scales only and from the FP16 weights
                   only; argmax agreement >= --min-agreement; max |logit difference|
+  retention       the FP16 model's argmax against the validation set's original_predictions
+                  (format 2.0): share kept >= --min-retention
   gradient_check  FP16 model in f64, mean cross-entropy over 8 samples; manual backprop versus
                   central differences (h = 1e-5) at 3 coordinates per parameter tensor and along
                   2 random directions; relative error < --grad-tol
@@ -303,8 +306,9 @@ def check_manifest(b, args):
     mv = VERSION_RE.match(v) if isinstance(v, str) else None
     if not mv:
         raise CheckError(f"format_version {v!r} is not \"MAJOR.MINOR\" (rule 2.4)")
-    if int(mv.group(1)) != 1:
-        raise CheckError(f"format version {v} is not supported (this reader supports 1.0) (rule 2.4)")
+    if int(mv.group(1)) not in (1, 2):
+        raise CheckError(f"format version {v} is not supported (this reader supports 1.x and 2.x) (rule 2.4)")
+    b.major = int(mv.group(1))
     b.m = m
 
     # The parts of rules 2.5-2.10 that the later checks rely on.
@@ -613,13 +617,16 @@ def check_structure(b, args):
     if "validation" in b.headers:
         got = b.headers["validation"][1]
         out = b.m["model"]["layers"][-1]["out_features"]
-        if "inputs" not in got or "labels" not in got or set(got) - {"inputs", "labels", "difficulty"}:
+        allowed = {"inputs", "labels", "difficulty"} | ({"original_predictions"} if b.major >= 2 else set())
+        if "inputs" not in got or "labels" not in got or set(got) - allowed:
             raise CheckError(f"validation.safetensors: tensors {sorted(got)} (rule 6.1)")
         n = got["inputs"][1][0] if len(got["inputs"][1]) == 2 else -1
         din = b.m["model"]["input_dim"]
         ok = n >= 1 and got["inputs"][:2] == ("F32", [n, din]) and got["labels"][:2] == ("I64", [n])
         if "difficulty" in got:
             ok = ok and got["difficulty"][:2] == ("U8", [n])
+        if "original_predictions" in got:
+            ok = ok and got["original_predictions"][:2] == ("I64", [n])
         if not ok:
             raise CheckError(f"validation.safetensors: expected inputs F32 [N, {din}], labels I64 [N] "
                              f"(difficulty U8 [N]) (rule 6.1)")
@@ -815,8 +822,29 @@ def check_agreement(b, args):
         detail += f", accuracy ternary {np.mean(pt == y):.4f} / fp16 {np.mean(pf == y):.4f}"
     if not np.isfinite(lt).all() or not np.isfinite(lf).all():
         raise CheckError(detail + ": non-finite logits")
+    b.fp16_predictions = pf
     if agree < args.min_agreement:
         raise CheckError(detail + f" < {args.min_agreement}")
+    return detail
+
+
+def check_retention(b, args):
+    """The FP16 model keeps the original model's decisions: its argmax against the stored
+    original_predictions (rules 6.1, 6.3)."""
+    if "original_predictions" not in b.headers.get("validation", (None, {}))[1]:
+        return "SKIP: no original predictions"
+    orig = b.array("validation", "original_predictions")
+    classes = b.m["model"]["layers"][-1]["out_features"]
+    if orig.min() < 0 or orig.max() >= classes:
+        raise CheckError(f"original_predictions outside 0..{classes} (rule 6.3)")
+    pf = getattr(b, "fp16_predictions", None)
+    if pf is None:
+        x, _, _ = model_inputs(b, args)
+        pf = forward_f32(b, x, "fp16").argmax(axis=1)
+    kept = float(np.mean(pf == orig))
+    detail = f"{kept:.4f} of the original model's decisions kept ({int((pf != orig).sum())} changed)"
+    if kept < args.min_retention:
+        raise CheckError(detail + f" < {args.min_retention}")
     return detail
 
 
@@ -1032,6 +1060,7 @@ CHECKS = [
     ("scales", check_scales, False),
     ("dequantization", check_dequantization, False),
     ("agreement", check_agreement, False),
+    ("retention", check_retention, False),
     ("gradient_check", check_gradient, False),
     ("gradient_flow", check_gradient_flow, False),
 ]
@@ -1043,6 +1072,7 @@ def main():
     ap.add_argument("--samples", type=int, default=256, help="random inputs when there is no validation set")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-agreement", type=float, default=0.995)
+    ap.add_argument("--min-retention", type=float, default=0.995)
     ap.add_argument("--grad-tol", type=float, default=1e-4)
     ap.add_argument("--grad-floor", type=float, default=1e-12,
                     help="relative error = |a - n| / max(|a|, |n|, FLOOR); the central-difference round-off is "

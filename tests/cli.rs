@@ -193,6 +193,31 @@ fn create_from_a_python_written_checkpoint_then_inspect_and_export() {
         new.file(ternary_bundle::FileRole::Validation).is_some(),
         "validation set carried over"
     );
+    // Its original predictions are those of the weights it quantized (the exported ones), not
+    // the first bundle's: the reference check reproduces them from the export for the new
+    // bundle, and not for the first.
+    let reference = |dir: &std::path::Path| {
+        let out = run(&[
+            "verify",
+            s(dir),
+            "--only",
+            "reference",
+            "--reference",
+            s(&f32_path),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = v["checks"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(r["name"], "reference");
+        r
+    };
+    let r = reference(&again);
+    assert_eq!(r["status"], "pass", "{r}");
+    assert_eq!(r["figures"]["stored_predictions"]["differ"], 0, "{r}");
+    assert_eq!(r["figures"]["matches_provenance"], true, "{r}");
+    let r = reference(&dest);
+    assert_eq!(r["status"], "fail", "{r}");
+    assert_eq!(r["figures"]["matches_provenance"], false, "{r}");
 }
 
 #[test]
