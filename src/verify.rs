@@ -321,7 +321,7 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         results: Vec::new(),
         passed: Vec::new(),
     };
-    let mut metrics = BTreeMap::new();
+    let mut metrics: BTreeMap<String, Value> = BTreeMap::new();
     let integrity_start = Instant::now();
 
     // Open the whole bundle first (headers only): when it opens, every check reads this one
@@ -758,6 +758,23 @@ pub fn verify(dir: &Path, options: &VerifyOptions) -> VerifyReport {
         "integrity_gb_per_s".into(),
         json!(integrity_bytes as f64 / integrity_seconds.max(1e-9) / 1e9),
     );
+    // Every other null figure comes from a check that did not produce it, or from a manifest
+    // that could not be read.
+    for (metric, check) in [
+        ("phase4_to_5/gradient_flow_test_passed", "gradient_flow"),
+        ("gradient_check_max_relative_error", "gradient_check"),
+        ("ternary_fp16_agreement", "agreement"),
+        ("max_logit_difference", "agreement"),
+    ] {
+        if metrics[metric].is_null() {
+            null_reasons.insert(metric.to_string(), why_not(check));
+        }
+    }
+    for (metric, value) in &metrics {
+        if value.is_null() && !null_reasons.contains_key(metric) {
+            null_reasons.insert(metric.clone(), why_not("manifest"));
+        }
+    }
 
     let ok = r.results.iter().all(|c| c.status != Status::Fail);
     VerifyReport {
@@ -807,7 +824,7 @@ fn accuracies(
         (Ok(_), None) => Err(why),
     };
     let runs = runs.filter(|r| r.samples.get().is_some());
-    let original = runs.and_then(|r| r.original().ok()).map(|(p, _)| p);
+    let original = runs.and_then(ModelRuns::original_if_known);
     let paths = runs
         .and_then(|r| r.paths.get())
         .and_then(|p| p.as_ref().ok());
@@ -1002,6 +1019,15 @@ impl<'b> ModelRuns<'b> {
                 Ok((&self.reference()?.predictions, OriginalSource::Reference))
             }
             None => Err((no_original_predictions(Some(self.bundle)).into(), json!({}))),
+        }
+    }
+
+    /// The original model's predictions if they are stored or were already recomputed (never
+    /// runs the checkpoint: metrics only report what a check computed).
+    fn original_if_known(&self) -> Option<&[usize]> {
+        match self.original_source()? {
+            OriginalSource::Stored => self.samples.get()?.as_ref().ok()?.original_predictions(),
+            OriginalSource::Reference => Some(&self.reference.get()?.as_ref().ok()?.predictions),
         }
     }
 
