@@ -7,7 +7,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use std::hint::black_box;
-use ternary_bundle::dequantize::{dequantize_row_f16, dequantize_row_f32};
+use ternary_bundle::quant::dequantize::{dequantize_row_f16, dequantize_row_f32};
 use ternary_bundle::{quantize, Encoding, Granularity, QuantParams};
 
 const ROWS: usize = 4096;

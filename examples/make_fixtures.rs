@@ -11,9 +11,9 @@ mod surgery;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ternary_bundle::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
+use ternary_bundle::format::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
 use ternary_bundle::source::MemorySource;
-use ternary_bundle::writer::ValidationSet;
+use ternary_bundle::write::bundle::ValidationSet;
 use ternary_bundle::{write_bundle, BundlePlan, Encoding, Granularity, QuantParams, WriteOptions};
 
 /// Input width of the tiny fixture model.

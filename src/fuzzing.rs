@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use crate::checks;
-use crate::encoding::Encoding;
-use crate::manifest::Manifest;
-use crate::reader::Bundle;
+use crate::format::encoding::Encoding;
+use crate::format::manifest::Manifest;
+use crate::read::checks;
+use crate::read::Bundle;
 
 /// The manifest parser on arbitrary bytes.
 pub fn manifest(data: &[u8]) {
@@ -58,7 +58,7 @@ pub fn open_parts(data: &[u8]) -> crate::Result<Bundle> {
 pub fn bundle(data: &[u8]) {
     if let Ok(b) = open_parts(data) {
         let _ = checks::check_all(&b);
-        let _ = crate::inspect::inspect(&b);
+        let _ = crate::read::inspect::inspect(&b);
     }
 }
 
@@ -187,12 +187,12 @@ impl Drop for Scratch {
 /// Returns `None` when the writer refused the model (a typed error), otherwise whether any
 /// byte was changed before verify ran.
 pub fn verify_numeric(scratch: &Path, data: &[u8]) -> Option<bool> {
-    use crate::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
+    use crate::format::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
     use crate::model::Activation;
-    use crate::quantize::{Granularity, QuantParams};
+    use crate::quant::quantize::{Granularity, QuantParams};
     use crate::source::MemorySource;
     use crate::verify::{verify, Status, VerifyOptions};
-    use crate::writer::{write_bundle, BundlePlan, ValidationSet, WriteOptions};
+    use crate::write::bundle::{write_bundle, BundlePlan, ValidationSet, WriteOptions};
     use std::collections::BTreeSet;
 
     let mut c = Cursor { data };

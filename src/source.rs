@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use half::bf16;
 
 use crate::error::{Error, Result, Violation};
-use crate::le;
-use crate::mmap::{self, Backing, FileBytes};
-use crate::rules::Rule;
-use crate::safetensors_file::{element_count, read_header, shape_string, Dtype, Header};
+use crate::format::le;
+use crate::format::rules::Rule;
+use crate::format::safetensors::{element_count, read_header, shape_string, Dtype, Header};
+use crate::read::mmap::{self, Backing, FileBytes};
 
 /// Name and shape of a source tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl CheckpointSource {
     /// SHA-256 of the checkpoint's bytes as they were read (the file is not opened again, so
     /// the digest is of exactly what was quantized).
     pub fn sha256(&self) -> String {
-        crate::checksum::sha256_hex(&self.bytes)
+        crate::format::checksum::sha256_hex(&self.bytes)
     }
 
     /// The validated header.
@@ -211,8 +211,8 @@ impl TensorSource for MemorySource {
 /// Loads a labelled data set for `bundle create --validation`: `inputs` F32 `[N, D]`, `labels`
 /// I64 `[N]`, optional `difficulty` U8 `[N]` (rule 6.1; sizes against the model are checked when
 /// the bundle is written).
-pub fn load_validation_set(path: &Path) -> Result<crate::writer::ValidationSet> {
-    use crate::reader::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
+pub fn load_validation_set(path: &Path) -> Result<crate::write::bundle::ValidationSet> {
+    use crate::read::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
     let src = CheckpointSource::open(path)?;
     let bad = |tensor: &str, expected: String, found: String| -> Error {
         Violation::new(path, Rule::ValidationTensors, expected, found)
@@ -251,7 +251,7 @@ pub fn load_validation_set(path: &Path) -> Result<crate::writer::ValidationSet> 
             shape_string(label_shape),
         ));
     }
-    Ok(crate::writer::ValidationSet {
+    Ok(crate::write::bundle::ValidationSet {
         origin: path.to_path_buf(),
         inputs: to_f32(Dtype::F32, inputs).expect("F32"),
         labels: le::i64s(labels).collect(),
@@ -261,11 +261,11 @@ pub fn load_validation_set(path: &Path) -> Result<crate::writer::ValidationSet> 
 
 /// The validation set embedded in an open bundle, if any.
 pub fn bundle_validation_set(
-    bundle: &crate::reader::Bundle,
-) -> Option<crate::writer::ValidationSet> {
-    use crate::reader::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
-    let f = bundle.file(crate::manifest::FileRole::Validation)?;
-    Some(crate::writer::ValidationSet {
+    bundle: &crate::read::Bundle,
+) -> Option<crate::write::bundle::ValidationSet> {
+    use crate::read::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
+    let f = bundle.file(crate::format::manifest::FileRole::Validation)?;
+    Some(crate::write::bundle::ValidationSet {
         origin: f.path().to_path_buf(),
         inputs: to_f32(Dtype::F32, f.tensor_bytes(VALIDATION_INPUTS)?)?,
         labels: le::i64s(f.tensor_bytes(VALIDATION_LABELS)?).collect(),

@@ -329,7 +329,7 @@ fn create_options_reach_the_manifest() {
     let checkpoint = std::fs::read(fixture("source/tiny.safetensors")).unwrap();
     assert_eq!(
         b.manifest().provenance.source_sha256.as_deref(),
-        Some(ternary_bundle::checksum::sha256_hex(&checkpoint).as_str())
+        Some(ternary_bundle::format::checksum::sha256_hex(&checkpoint).as_str())
     );
     let out = run(&[
         "create",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ternary_bundle::checks::{check_all, check_digests};
+use ternary_bundle::read::checks::{check_all, check_digests};
 use ternary_bundle::verify::{verify, VerifyOptions};
 use ternary_bundle::Bundle;
 

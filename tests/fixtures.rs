@@ -7,7 +7,7 @@ mod make_fixtures;
 
 use std::path::{Path, PathBuf};
 
-use ternary_bundle::checks::check_all;
+use ternary_bundle::read::checks::check_all;
 use ternary_bundle::{Bundle, Rule};
 
 fn fixtures() -> PathBuf {
@@ -110,8 +110,9 @@ fn a_bundle_written_by_the_1_0_writer_opens_and_passes_every_data_check() {
     assert_eq!(names, ["labels", "inputs", "difficulty"]);
     check_all(&b).unwrap();
     // The digests pin it: its bytes are the 1.0 writer's, never regenerated.
-    let digest =
-        ternary_bundle::checksum::sha256_hex(&std::fs::read(dir.join("manifest.json")).unwrap());
+    let digest = ternary_bundle::format::checksum::sha256_hex(
+        &std::fs::read(dir.join("manifest.json")).unwrap(),
+    );
     assert_eq!(
         digest,
         "08ecc2e31af3e4e7ac804aca81da993aebaae33617668339c03fc8dff74bc4cb"

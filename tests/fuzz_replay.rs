@@ -101,8 +101,8 @@ fn seed_bundles_reach_the_data_checks() {
     // first parse error.
     let b = open_seed("bundles-tiny-validation");
     assert!(b.file(ternary_bundle::FileRole::Validation).is_some());
-    ternary_bundle::checks::check_all(&b).unwrap();
+    ternary_bundle::read::checks::check_all(&b).unwrap();
     // And the in-memory reader agrees with the file reader on a broken bundle's rule.
-    let e = ternary_bundle::checks::check_all(&open_seed("broken-nan-scale")).unwrap_err();
+    let e = ternary_bundle::read::checks::check_all(&open_seed("broken-nan-scale")).unwrap_err();
     assert_eq!(e.rule(), Some(ternary_bundle::Rule::ScaleValid));
 }

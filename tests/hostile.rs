@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::surgery::*;
 use serde_json::json;
-use ternary_bundle::checks::check_all;
+use ternary_bundle::read::checks::check_all;
 use ternary_bundle::{write_bundle, Bundle, Rule, WriteOptions};
 
 struct Counting;
@@ -350,9 +350,9 @@ fn scale_attacks() {
 /// stays within a fixed multiple of that budget, and every check still runs and passes.
 #[test]
 fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
-    use ternary_bundle::manifest::{LayerSpec, ModelSpec};
-    use ternary_bundle::samples::MAX_BATCH_ELEMENTS;
+    use ternary_bundle::format::manifest::{LayerSpec, ModelSpec};
     use ternary_bundle::source::MemorySource;
+    use ternary_bundle::verify::samples::MAX_BATCH_ELEMENTS;
     use ternary_bundle::verify::{verify, Status, VerifyOptions};
 
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -384,7 +384,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
     };
     let samples = 2048;
     let options = WriteOptions {
-        validation: Some(ternary_bundle::writer::ValidationSet {
+        validation: Some(ternary_bundle::write::bundle::ValidationSet {
             origin: "wide-validation.safetensors".into(),
             inputs: common::values(3, samples),
             labels: (0..samples as i64).map(|i| i % 2).collect(),
@@ -437,7 +437,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
 /// made this take seconds).
 #[test]
 fn many_tensors_are_checked_in_linear_time() {
-    use ternary_bundle::manifest::{LayerSpec, ModelSpec};
+    use ternary_bundle::format::manifest::{LayerSpec, ModelSpec};
     use ternary_bundle::source::MemorySource;
     use ternary_bundle::verify::{verify, Status, VerifyOptions};
 

@@ -5,7 +5,7 @@
 use half::f16;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use ternary_bundle::dequantize::dequantize_tensor_f16;
+use ternary_bundle::quant::dequantize::dequantize_tensor_f16;
 use ternary_bundle::{quantize, Encoding, Granularity, QuantParams};
 
 // ---------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 mod common;
 
-use ternary_bundle::checks::check_all;
-use ternary_bundle::mmap::Backing;
+use ternary_bundle::read::checks::check_all;
+use ternary_bundle::read::mmap::Backing;
 use ternary_bundle::{
     write_bundle, Bundle, Encoding, Error, Granularity, OpenOptions, WriteOptions,
 };

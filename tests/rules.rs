@@ -6,7 +6,7 @@
 //! surgery helpers of `tests/common/surgery.rs` (rehashing the manifest when the rules checked
 //! before the target must keep passing), and asserts the violation. Data rules (4.3 to 4.7,
 //! 5.2, 5.3, 6.2, 7.1, 7.2) are checked through the matching function of
-//! `ternary_bundle::checks` and through `check_all`.
+//! `ternary_bundle::read::checks` and through `check_all`.
 
 mod common;
 
@@ -23,14 +23,14 @@ use common::{
 };
 use half::f16;
 use serde_json::{json, Value};
-use ternary_bundle::checks::{
+use ternary_bundle::format::checksum::sha256_hex;
+use ternary_bundle::format::manifest::FormatVersion;
+use ternary_bundle::read::checks::{
     check_all, check_dequantization, check_digests, check_encoding, check_passthrough,
     check_scales, check_validation_values,
 };
-use ternary_bundle::checksum::sha256_hex;
-use ternary_bundle::manifest::FormatVersion;
 use ternary_bundle::source::{CheckpointSource, MemorySource, TensorSource};
-use ternary_bundle::writer::ValidationSet;
+use ternary_bundle::write::bundle::ValidationSet;
 use ternary_bundle::{write_bundle, Bundle, Encoding, Error, Result, Rule, WriteOptions};
 
 // ---------------------------------------------------------------------------------------------
@@ -2427,9 +2427,9 @@ fn rule_6_1_extra_tensor_and_missing_inputs() {
 
 #[test]
 fn rule_6_1_validation_file_to_embed_is_checked_naming_the_tensor() {
-    use ternary_bundle::safetensors_file::Dtype;
+    use ternary_bundle::format::safetensors::Dtype;
     use ternary_bundle::source::load_validation_set;
-    use ternary_bundle::writer::write_safetensors_file;
+    use ternary_bundle::write::bundle::write_safetensors_file;
     let tmp = tempfile::tempdir().unwrap();
     let write = |name: &str, tensors: Vec<(String, Dtype, Vec<u64>)>| {
         let path = tmp.path().join(name);
@@ -2613,7 +2613,7 @@ fn rule_6_3_negative_original_prediction() {
 fn rule_6_3_the_writer_stores_the_original_models_predictions() {
     // What the writer stores is the source model's argmax on each input, in f32, before
     // quantization: recomputed here from the source with the reference model.
-    use ternary_bundle::reference::{argmax_rows, forward_source};
+    use ternary_bundle::model::reference::{argmax_rows, forward_source};
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle_with_validation(&tmp);
     let (src, plan) = common::tiny_model(7);
@@ -2896,7 +2896,7 @@ fn rule_7_3_damaged_digest_value() {
 fn errors_of_an_open_bundle_name_file_tensor_and_rule() {
     // What the model code reports if a tensor it reads is missing or undecodable (a bundle
     // that skipped validation): the file, the tensor, the rule, expected and found.
-    use ternary_bundle::encoding::RowError;
+    use ternary_bundle::format::encoding::RowError;
     let tmp = tempfile::tempdir().unwrap();
     let b = Bundle::open(bundle(&tmp)).unwrap();
     let e = b.row_error(

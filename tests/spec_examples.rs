@@ -2,9 +2,9 @@
 //! tests: if the code and the spec's numbers ever disagree, one of them is wrong.
 
 use half::f16;
-use ternary_bundle::dequantize::{dequantize_f16, dequantize_tensor_f16};
-use ternary_bundle::encoding::RowError;
-use ternary_bundle::quantize::rows_cols;
+use ternary_bundle::format::encoding::RowError;
+use ternary_bundle::quant::dequantize::{dequantize_f16, dequantize_tensor_f16};
+use ternary_bundle::quant::quantize::rows_cols;
 use ternary_bundle::{quantize, Encoding, Granularity, QuantParams};
 
 fn pack(enc: Encoding, trits: &[i8]) -> Vec<u8> {

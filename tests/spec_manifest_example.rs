@@ -55,5 +55,5 @@ fn writer_reproduces_the_independent_implementation_bit_for_bit() {
         report.manifest, expected,
         "the writer's manifest differs from spec section 3.4"
     );
-    ternary_bundle::checks::check_all(&Bundle::open(&dest).unwrap()).unwrap();
+    ternary_bundle::read::checks::check_all(&Bundle::open(&dest).unwrap()).unwrap();
 }

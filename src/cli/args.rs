@@ -116,7 +116,7 @@ pub struct CreateArgs {
     pub demo: bool,
 
     /// Seed of the demo model's weights and validation inputs.
-    #[arg(long, requires = "demo", default_value_t = ternary_bundle::demo::DEFAULT_SEED)]
+    #[arg(long, requires = "demo", default_value_t = ternary_bundle::write::demo::DEFAULT_SEED)]
     pub seed: u64,
 
     /// Layer widths of a demo-style model instead of the demo's (input,hidden...,classes);
@@ -208,7 +208,7 @@ pub struct DemoArgs {
     pub dir: PathBuf,
 
     /// Seed of the demo model.
-    #[arg(long, default_value_t = ternary_bundle::demo::DEFAULT_SEED)]
+    #[arg(long, default_value_t = ternary_bundle::write::demo::DEFAULT_SEED)]
     pub seed: u64,
 }
 
@@ -303,7 +303,7 @@ pub struct VerifyArgs {
 
     /// Largest accepted relative error between analytic and numeric derivatives. Correct f64
     /// gradients agree to about 1e-8; a wrong backward pass is off by 1e-2 or more.
-    #[arg(long, value_name = "TOL", default_value_t = ternary_bundle::gradcheck::DEFAULT_GRAD_TOL)]
+    #[arg(long, value_name = "TOL", default_value_t = ternary_bundle::model::gradcheck::DEFAULT_GRAD_TOL)]
     pub grad_tol: f64,
 
     /// Least share of inputs on which the FP16 model must predict what the original model

@@ -9,19 +9,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use ternary_bundle::arch::{infer_arch, load_arch};
-use ternary_bundle::demo::DemoSource;
 use ternary_bundle::error::printable;
-use ternary_bundle::export::{export, ExportDtype};
-use ternary_bundle::gradcheck::GradCheckOptions;
-use ternary_bundle::inspect::{inspect, Inspection};
-use ternary_bundle::mmap::Backing;
+use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::model::Activation;
+use ternary_bundle::read::inspect::{inspect, Inspection};
+use ternary_bundle::read::mmap::Backing;
 use ternary_bundle::source::{load_validation_set, CheckpointSource, SourceTensor, TensorSource};
 use ternary_bundle::verify::{verify, Status, VerifyOptions, VerifyReport, RETENTION_METRIC};
-use ternary_bundle::writer::ValidationSet;
+use ternary_bundle::write::arch::{infer_arch, load_arch};
+use ternary_bundle::write::bundle::ValidationSet;
+use ternary_bundle::write::demo::DemoSource;
+use ternary_bundle::write::export::{export, ExportDtype};
 use ternary_bundle::{
-    checks, write_bundle_with_progress, Bundle, BundlePlan, Encoding, Error, Granularity,
+    read::checks, write_bundle_with_progress, Bundle, BundlePlan, Encoding, Error, Granularity,
     OpenOptions, QuantParams, Result, WriteOptions, WriteReport,
 };
 
@@ -100,7 +100,7 @@ fn quant_params(q: &QuantFlags) -> Result<QuantParams> {
 /// The tensors to quantize: `--quantize` globs, or every 2-D layer weight of the model.
 fn select_quantized(
     tensors: &[SourceTensor],
-    model: &ternary_bundle::manifest::ModelSpec,
+    model: &ternary_bundle::format::manifest::ModelSpec,
     patterns: &[String],
 ) -> Result<BTreeSet<String>> {
     if patterns.is_empty() {
@@ -278,7 +278,7 @@ fn print_create_summary(dest: &Path, report: &WriteReport, i: &Inspection) {
         };
         rows.push(vec![
             printable(&t.name).into_owned(),
-            ternary_bundle::safetensors_file::shape_string(&t.shape),
+            ternary_bundle::format::safetensors::shape_string(&t.shape),
             storage,
             sparsity,
             err,
@@ -396,7 +396,7 @@ fn print_inspection(i: &Inspection, tensors: bool) {
         for t in &i.tensors {
             rows.push(vec![
                 printable(&t.name).into_owned(),
-                ternary_bundle::safetensors_file::shape_string(&t.shape),
+                ternary_bundle::format::safetensors::shape_string(&t.shape),
                 t.storage.clone(),
                 print::size(t.ternary_bytes),
                 print::size(t.fp16_bytes),
@@ -580,7 +580,7 @@ fn requantize_cmd(a: args::RequantizeArgs, open: &OpenOptions) -> Result<bool> {
         ..Default::default()
     };
     let (_, changes) =
-        ternary_bundle::requantize::requantize(&old, &src, &a.out, a.keep_scales, options)?;
+        ternary_bundle::write::requantize::requantize(&old, &src, &a.out, a.keep_scales, options)?;
     let how = if a.keep_scales {
         "the original scales"
     } else {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ternary_bundle::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
+use ternary_bundle::format::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
 use ternary_bundle::source::MemorySource;
 use ternary_bundle::{write_bundle, Bundle, BundlePlan, QuantParams, WriteOptions};
 

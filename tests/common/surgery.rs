@@ -7,9 +7,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use ternary_bundle::checksum::sha256_hex;
-use ternary_bundle::manifest::{seal_manifest_bytes, FileRole, MANIFEST_DIGEST_PLACEHOLDER};
-use ternary_bundle::safetensors_file::{parse_header_from_bytes, Header};
+use ternary_bundle::format::checksum::sha256_hex;
+use ternary_bundle::format::manifest::{
+    seal_manifest_bytes, FileRole, MANIFEST_DIGEST_PLACEHOLDER,
+};
+use ternary_bundle::format::safetensors::{parse_header_from_bytes, Header};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";

@@ -8,8 +8,8 @@
 use half::f16;
 use rayon::prelude::*;
 
-use crate::encoding::Encoding;
-use crate::rules::Rule;
+use crate::format::encoding::Encoding;
+use crate::format::rules::Rule;
 
 /// Which elements share one scale (the manifest's `quantization.granularity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -115,10 +115,10 @@ impl QuantParams {
             ));
         }
         if let Granularity::Group(g) = self.granularity {
-            if g == 0 || g > crate::limits::MAX_GROUP_SIZE {
+            if g == 0 || g > crate::format::limits::MAX_GROUP_SIZE {
                 return Err(format!(
                     "group_size must be in 1..={}, found {g}",
-                    crate::limits::MAX_GROUP_SIZE
+                    crate::format::limits::MAX_GROUP_SIZE
                 ));
             }
         }

@@ -4,7 +4,7 @@
 //! `N` bytes of JSON, then the data buffer. Parsing is a fixed pipeline (length, bounds, UTF-8,
 //! JSON without duplicate keys, per-entry limits, exact tiling of the buffer), all with checked
 //! arithmetic, and it never allocates more than the header's own size. It does not map or read
-//! tensor data; [`crate::reader`] does that once the header is proven consistent.
+//! tensor data; [`crate::read`] does that once the header is proven consistent.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -16,9 +16,9 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::{escape_name, excerpt, Error, Result, Violation};
-use crate::limits::{MAX_ELEMENTS, MAX_FILE_TENSORS, MAX_HEADER_BYTES, MAX_RANK};
-use crate::names::{name_problem, METADATA_KEY};
-use crate::rules::Rule;
+use crate::format::limits::{MAX_ELEMENTS, MAX_FILE_TENSORS, MAX_HEADER_BYTES, MAX_RANK};
+use crate::format::names::{name_problem, METADATA_KEY};
+use crate::format::rules::Rule;
 
 /// Element types of safetensors (rule 3.4 lists the accepted ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 ///
 /// ```
 /// assert_eq!(
-///     ternary_bundle::checksum::sha256_hex(b"abc"),
+///     ternary_bundle::format::checksum::sha256_hex(b"abc"),
 ///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 /// );
 /// ```

@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use crate::manifest::{FileRole, QuantizationSpec, MANIFEST_FILE};
-use crate::reader::Bundle;
-use crate::reader::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_ORIGINAL_PREDICTIONS};
+use crate::format::manifest::{FileRole, QuantizationSpec, MANIFEST_FILE};
+use crate::read::Bundle;
+use crate::read::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_ORIGINAL_PREDICTIONS};
 
 /// Everything `bundle inspect` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -37,7 +37,7 @@ pub struct Inspection {
     /// Undeclared directory entries (rule 1.5).
     pub extras: Vec<String>,
     /// The manifest's provenance block.
-    pub provenance: crate::manifest::Provenance,
+    pub provenance: crate::format::manifest::Provenance,
 }
 
 /// The model in brief.
@@ -138,7 +138,7 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
     let m = bundle.manifest();
     let ternary = bundle.file(FileRole::Ternary).expect("required");
     let fp16 = bundle.file(FileRole::Fp16).expect("required");
-    let bytes_of = |file: &crate::reader::DataFile, name: &str| {
+    let bytes_of = |file: &crate::read::DataFile, name: &str| {
         file.header().get(name).map_or(0, |e| e.byte_len())
     };
     let mut tensors = Vec::with_capacity(m.tensors.len());
@@ -146,7 +146,7 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
     for t in &m.tensors {
         let n = t.elements();
         params += n;
-        let scale_name = crate::manifest::scale_tensor_name(&t.name);
+        let scale_name = crate::format::manifest::scale_tensor_name(&t.name);
         let (storage, tbytes, scales) = if t.quantized {
             qparams += n;
             let packed = bytes_of(ternary, &t.name);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{escape_name, Error, Result};
-use crate::manifest::{LayerSpec, ModelSpec};
+use crate::format::manifest::{LayerSpec, ModelSpec};
 use crate::model::Activation;
 use crate::source::SourceTensor;
 
@@ -129,7 +129,7 @@ pub fn infer_arch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::safetensors_file::Dtype;
+    use crate::format::safetensors::Dtype;
 
     fn t(name: &str, shape: &[u64]) -> SourceTensor {
         SourceTensor {

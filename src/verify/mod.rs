@@ -5,6 +5,8 @@
 //! reported as not run, never as passed; a metric that cannot be computed by its definition is
 //! null, with the reason in the report.
 
+pub mod samples;
+
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,20 +16,20 @@ use ndarray::Array2;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::checks;
-use crate::checksum::sha256_reader;
 use crate::error::{Error, Result, Violation};
-use crate::gradcheck::{
+use crate::format::checksum::sha256_reader;
+use crate::format::manifest::{FileRole, Manifest};
+use crate::format::rules::Rule;
+use crate::model::gradcheck::{
     gradient_check, gradient_flow, to_f64, GradCheckOptions, Model64, DEFAULT_GRAD_TOL,
 };
-use crate::manifest::{FileRole, Manifest};
-use crate::reader::{
+use crate::model::reference::{argmax_rows, forward_bundle, forward_source, WeightPath};
+use crate::read::checks;
+use crate::read::{
     open_data_file_raw, open_manifest, Bundle, OpenOptions, VALIDATION_ORIGINAL_PREDICTIONS,
 };
-use crate::reference::{argmax_rows, forward_bundle, forward_source, WeightPath};
-use crate::rules::Rule;
-use crate::samples::{chunk_rows, gradient_rows, Samples};
 use crate::source::CheckpointSource;
+use crate::verify::samples::{chunk_rows, gradient_rows, Samples};
 
 /// The integrity checks: the first [`INTEGRITY_CHECKS`] of [`CHECKS`], manifest to
 /// dequantization. They depend only on the bytes, so a bundle the writer produced always

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::model::Activation;
-use crate::reader::Bundle;
+use crate::read::Bundle;
 
 /// Settings of the gradient check.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +201,7 @@ fn f16_table() -> &'static [f64] {
 
 fn f16_vec64(bytes: &[u8]) -> Vec<f64> {
     let table = f16_table();
-    crate::le::u16s(bytes)
+    crate::format::le::u16s(bytes)
         .map(|b| table[usize::from(b)])
         .collect()
 }
@@ -224,7 +224,7 @@ impl<'a> Model64<'a> {
         let fp16 = |name: &str| {
             bundle
                 .fp16_bytes(name)
-                .ok_or_else(|| bundle.missing_tensor(crate::manifest::FileRole::Fp16, name))
+                .ok_or_else(|| bundle.missing_tensor(crate::format::manifest::FileRole::Fp16, name))
         };
         let mut layers = Vec::new();
         for (i, l) in m.model.layers.iter().enumerate() {

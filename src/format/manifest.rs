@@ -3,7 +3,7 @@
 //! trust the manifest's numbers.
 //!
 //! Validation here concerns the manifest alone; how it relates to the files on disk is checked
-//! by [`crate::reader`].
+//! by [`crate::read`].
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -12,17 +12,17 @@ use std::path::Path;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::encoding::Encoding;
 use crate::error::{escape_name, excerpt, Result, Violation};
-use crate::limits::{
+use crate::format::encoding::Encoding;
+use crate::format::limits::{
     MAX_ELEMENTS, MAX_GROUP_SIZE, MAX_LAYERS, MAX_MANIFEST_BYTES, MAX_MANIFEST_TENSORS,
     MAX_QUANTIZED_NAME_BYTES, MAX_RANK,
 };
+use crate::format::names::name_problem;
+use crate::format::rules::Rule;
+use crate::format::safetensors::{bounded_shape, element_count, shape_string};
 use crate::model::Activation;
-use crate::names::name_problem;
-use crate::quantize::{rows_cols, Granularity, QuantParams};
-use crate::rules::Rule;
-use crate::safetensors_file::{bounded_shape, element_count, shape_string};
+use crate::quant::quantize::{rows_cols, Granularity, QuantParams};
 
 /// The value of `format`.
 pub const FORMAT_NAME: &str = "ternary-bundle";
@@ -65,7 +65,7 @@ pub fn manifest_digest(bytes: &[u8], value: &str) -> String {
     // replacing; other bytes take the byte-by-byte path below, with the same result.
     if let (Ok(text), false) = (std::str::from_utf8(bytes), value.is_empty()) {
         let zeroed = text.replace(value, MANIFEST_DIGEST_PLACEHOLDER);
-        return crate::checksum::sha256_hex(zeroed.as_bytes());
+        return crate::format::checksum::sha256_hex(zeroed.as_bytes());
     }
     let needle = value.as_bytes();
     let mut zeroed = Vec::with_capacity(bytes.len());
@@ -79,7 +79,7 @@ pub fn manifest_digest(bytes: &[u8], value: &str) -> String {
             i += 1;
         }
     }
-    crate::checksum::sha256_hex(&zeroed)
+    crate::format::checksum::sha256_hex(&zeroed)
 }
 
 /// Sets the `manifest_sha256` of serialized manifest `bytes` (written with the placeholder
@@ -90,7 +90,7 @@ pub fn seal_manifest_bytes(bytes: &[u8]) -> Vec<u8> {
 
 /// The digest of `bytes` and the bytes with it in place of the placeholder.
 fn sealed(bytes: &[u8]) -> (String, Vec<u8>) {
-    let digest = crate::checksum::sha256_hex(bytes);
+    let digest = crate::format::checksum::sha256_hex(bytes);
     let text = String::from_utf8_lossy(bytes);
     let sealed = text
         .replacen(MANIFEST_DIGEST_PLACEHOLDER, &digest, 1)
@@ -1092,7 +1092,7 @@ mod tests {
         // UTF-8 bytes (the fast path).
         assert_eq!(
             manifest_digest(text.as_bytes(), &v),
-            crate::checksum::sha256_hex(expected.as_bytes())
+            crate::format::checksum::sha256_hex(expected.as_bytes())
         );
         // The same with a byte that is not UTF-8 (the byte-by-byte path).
         let mut raw = text.clone().into_bytes();
@@ -1101,7 +1101,7 @@ mod tests {
         want.push(0xFF);
         assert_eq!(
             manifest_digest(&raw, &v),
-            crate::checksum::sha256_hex(&want)
+            crate::format::checksum::sha256_hex(&want)
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The data rules: checks that read every byte of an open bundle (spec section "Validation
 //! order", rules 4.3 to 4.7, 5.2, 5.3, 6.2, 6.3, 7.1 and 7.2).
 //!
-//! [`crate::reader::Bundle::open`] has already proven the structure (shapes, offsets, sizes), so
+//! [`crate::read::Bundle::open`] has already proven the structure (shapes, offsets, sizes), so
 //! these checks index tensors freely. Each returns the first violation in a deterministic order
 //! (tensors in manifest order, lowest index first) even though tensors are checked in parallel.
 
@@ -10,17 +10,17 @@ use std::path::Path;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::checksum::sha256_hex;
-use crate::dequantize::dequantize_row_f16;
-use crate::encoding::Encoding;
 use crate::error::{Result, Violation};
-use crate::le;
-use crate::manifest::{FileRole, TensorSpec};
-use crate::quantize::scale_fits_f16;
-use crate::reader::{
+use crate::format::checksum::sha256_hex;
+use crate::format::encoding::Encoding;
+use crate::format::le;
+use crate::format::manifest::{FileRole, TensorSpec};
+use crate::format::rules::Rule;
+use crate::quant::dequantize::dequantize_row_f16;
+use crate::quant::quantize::scale_fits_f16;
+use crate::read::{
     Bundle, PackedTensor, VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
 };
-use crate::rules::Rule;
 
 /// Runs every data check: digests first (so corruption is reported as such), then encoding,
 /// scales, passthrough values, exact dequantization and the validation set.

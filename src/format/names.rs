@@ -1,6 +1,6 @@
 //! Rule 2.6: what a tensor or layer name may be.
 
-use crate::limits::MAX_NAME_BYTES;
+use crate::format::limits::MAX_NAME_BYTES;
 
 /// The reserved safetensors key that is never a tensor name.
 pub const METADATA_KEY: &str = "__metadata__";

@@ -1,8 +1,8 @@
 //! Trit codecs: `trit5` (five trits per byte, base 3) and `trit2` (four 2-bit codes per byte).
 //!
 //! Owns the byte-level packing of one row of trits (spec section "Encodings", rules 4.3 and
-//! 4.4). It knows nothing about scales or files: [`crate::dequantize`] applies scales and
-//! [`crate::reader`] finds the rows. Decoding is table-driven: one 256-entry table per encoding
+//! 4.4). It knows nothing about scales or files: [`crate::quant::dequantize`] applies scales and
+//! [`crate::read`] finds the rows. Decoding is table-driven: one 256-entry table per encoding
 //! maps a byte straight to its trits, so the inner loop is a copy the compiler vectorizes.
 
 use std::fmt;

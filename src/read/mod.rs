@@ -4,10 +4,14 @@
 //! [`Bundle::open`] reads only the manifest and the safetensors headers (its cost does not
 //! depend on the size of the weights), checks rules 1.1 to 6.1 that concern them, in order, and
 //! only then maps the files. The data rules (digests, trit validity, exact dequantization) read
-//! every byte and live in [`crate::checks`].
+//! every byte and live in [`crate::read::checks`].
 //!
 //! Every file is opened relative to one handle on the bundle directory, without following
 //! symlinks, so a concurrent replacement by the writer is seen whole or not at all.
+
+pub mod checks;
+pub mod inspect;
+pub mod mmap;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,15 +22,15 @@ use half::f16;
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::encoding::Encoding;
 use crate::error::{escape_name, Error, Result, Violation};
-use crate::manifest::{
+use crate::format::encoding::Encoding;
+use crate::format::manifest::{
     scale_tensor_name, FileRole, FormatVersion, Manifest, ManifestFacts, TensorSpec, MANIFEST_FILE,
 };
-use crate::mmap::{self, Backing, FileBytes};
-use crate::quantize::{rows_cols, Granularity, QuantParams};
-use crate::rules::Rule;
-use crate::safetensors_file::{read_header, shape_string, Dtype, Header};
+use crate::format::rules::Rule;
+use crate::format::safetensors::{read_header, shape_string, Dtype, Header};
+use crate::quant::quantize::{rows_cols, Granularity, QuantParams};
+use mmap::{Backing, FileBytes};
 
 /// Options for [`Bundle::open_with`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -122,12 +126,12 @@ impl<'a> PackedTensor<'a> {
 
     /// The scales, decoded from little-endian f32.
     pub fn scales(&self) -> Vec<f32> {
-        crate::le::f32s(self.scale_bytes).collect()
+        crate::format::le::f32s(self.scale_bytes).collect()
     }
 
     /// Dequantizes the whole tensor to F16 (rule 5.2). The rows must be valid (rule 4.3).
     pub fn dequantize_f16(&self) -> Vec<f16> {
-        crate::dequantize::dequantize_tensor_f16(
+        crate::quant::dequantize::dequantize_tensor_f16(
             self.encoding,
             self.granularity,
             self.packed,
@@ -209,8 +213,8 @@ impl Bundle {
     }
 
     /// The error for row `row` of packed tensor `name` failing to decode (rules 4.2 to 4.4).
-    pub fn row_error(&self, name: &str, row: usize, e: crate::encoding::RowError) -> Error {
-        use crate::encoding::RowError;
+    pub fn row_error(&self, name: &str, row: usize, e: crate::format::encoding::RowError) -> Error {
+        use crate::format::encoding::RowError;
         let rule = match e {
             RowError::InvalidByte { .. } | RowError::InvalidTrit { .. } => Rule::PackedByteValid,
             RowError::NonCanonicalPadding { .. } => Rule::CanonicalPadding,
@@ -379,11 +383,14 @@ pub fn open_manifest(dir: impl AsRef<Path>) -> Result<(Manifest, ManifestFacts)>
 
 fn read_manifest_file(dir: &Path, (file, size): (File, u64)) -> Result<(Manifest, ManifestFacts)> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    if size > crate::limits::MAX_MANIFEST_BYTES {
+    if size > crate::format::limits::MAX_MANIFEST_BYTES {
         return Err(Violation::new(
             &manifest_path,
             Rule::ManifestSize,
-            format!("at most {} bytes", crate::limits::MAX_MANIFEST_BYTES),
+            format!(
+                "at most {} bytes",
+                crate::format::limits::MAX_MANIFEST_BYTES
+            ),
             format!("{size} bytes"),
         )
         .into());
@@ -467,7 +474,7 @@ impl Bundle {
         let load = |role: FileRole, bytes: Vec<u8>| -> Result<DataFile> {
             let path = label.join(role.file_name());
             check_size(&path, role, bytes.len() as u64, &m)?;
-            let header = crate::safetensors_file::parse_header_from_bytes(&path, &bytes)?;
+            let header = crate::format::safetensors::parse_header_from_bytes(&path, &bytes)?;
             check_listing(&path, role, &header, &m)?;
             Ok(DataFile {
                 role,

@@ -4,6 +4,9 @@
 //! This module owns the vocabulary (activations, layer shapes); the numeric reference model
 //! that runs it lives beside it in the verifier.
 
+pub mod gradcheck;
+pub mod reference;
+
 use std::fmt;
 
 /// Activation applied after a layer's affine map (spec section "Reference model").

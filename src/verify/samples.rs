@@ -14,10 +14,10 @@ use ndarray_rand::rand::{Rng, SeedableRng};
 use ndarray_rand::rand_distr::StandardNormal;
 use rand_chacha::ChaCha8Rng;
 
-use crate::checks;
 use crate::error::Result;
-use crate::manifest::{FileRole, ModelSpec};
-use crate::reader::{
+use crate::format::manifest::{FileRole, ModelSpec};
+use crate::read::checks;
+use crate::read::{
     Bundle, VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS,
     VALIDATION_ORIGINAL_PREDICTIONS,
 };
@@ -86,7 +86,7 @@ impl<'b> Samples<'b> {
             // Rules 6.2 and 6.3 proved every label and prediction a class index.
             let classes = |name| {
                 f.tensor_bytes(name)
-                    .map(|b| crate::le::i64s(b).map(|l| l as usize).collect())
+                    .map(|b| crate::format::le::i64s(b).map(|l| l as usize).collect())
             };
             return Ok(Samples {
                 origin: Origin::Validation(inputs),
@@ -156,7 +156,7 @@ impl<'b> Samples<'b> {
         let (n, d) = (rows.len(), self.width);
         match self.origin {
             Origin::Validation(bytes) => {
-                let values = crate::le::f32s(&bytes[4 * d * rows.start..4 * d * rows.end]);
+                let values = crate::format::le::f32s(&bytes[4 * d * rows.start..4 * d * rows.end]);
                 Array2::from_shape_vec((n, d), values.collect()).expect("n x d values")
             }
             Origin::Synthetic(seed) => {
@@ -182,7 +182,7 @@ impl<'b> Samples<'b> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::LayerSpec;
+    use crate::format::manifest::LayerSpec;
 
     fn model(input_dim: u64, widths: &[u64]) -> ModelSpec {
         let mut prev = input_dim;

@@ -20,21 +20,21 @@ use rayon::prelude::*;
 use rustix::fs::{RenameFlags, CWD};
 use rustix::io::Errno;
 
-use crate::checksum::{sha256_file, sha256_hex};
-use crate::dequantize::dequantize_tensor_f16;
 use crate::error::{escape_name, Error, Result, Violation};
-use crate::manifest::{
+use crate::format::checksum::{sha256_file, sha256_hex};
+use crate::format::manifest::{
     FileEntry, FileRole, FileTable, FormatVersion, Manifest, ModelSpec, Provenance,
     QuantizationSpec, TensorDigest, TensorSpec, FORMAT_NAME, MANIFEST_FILE,
 };
-use crate::quantize::{quantize, quantize_with_scales, QuantParams, QuantStats};
-use crate::reader::{
+use crate::format::rules::Rule;
+use crate::format::safetensors::{plan_layout, Dtype, Header};
+use crate::model::reference::source_predictions;
+use crate::quant::dequantize::dequantize_tensor_f16;
+use crate::quant::quantize::{quantize, quantize_with_scales, QuantParams, QuantStats};
+use crate::read::{
     fp16_layout, ternary_layout, VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS,
     VALIDATION_ORIGINAL_PREDICTIONS,
 };
-use crate::reference::source_predictions;
-use crate::rules::Rule;
-use crate::safetensors_file::{plan_layout, Dtype, Header};
 use crate::source::TensorSource;
 
 /// What to build: the architecture, the quantization settings and which tensors to quantize.
@@ -189,7 +189,7 @@ pub fn write_bundle_with_progress(
             created: options.created.clone(),
         },
         extensions: Some(serde_json::Value::Object(Default::default())),
-        manifest_sha256: crate::manifest::MANIFEST_DIGEST_PLACEHOLDER.into(),
+        manifest_sha256: crate::format::manifest::MANIFEST_DIGEST_PLACEHOLDER.into(),
     };
     let version = FormatVersion::parse(&manifest.format_version).expect("written above");
     let facts = manifest.validate(&manifest_path, version)?;
@@ -311,7 +311,7 @@ fn write_tensor(
             src_err(e.rule(), &expected, found)
         })?;
         drop(values);
-        let scale_name = crate::manifest::scale_tensor_name(&spec.name);
+        let scale_name = crate::format::manifest::scale_tensor_name(&spec.name);
         let scale_bytes: Vec<u8> = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
         put(tfile, tpath, theader, &spec.name, &q.packed, &mut tdig)?;
         put(tfile, tpath, theader, &scale_name, &scale_bytes, &mut tdig)?;
@@ -437,7 +437,7 @@ fn check_validation_set(v: &ValidationSet, model: &ModelSpec) -> Result<()> {
             ));
         }
     }
-    crate::checks::validation_values(
+    crate::read::checks::validation_values(
         &v.origin,
         v.inputs.iter().copied(),
         v.labels.iter().copied(),

@@ -37,13 +37,13 @@ use ndarray_rand::RandomExt;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
-use crate::manifest::{LayerSpec, ModelSpec};
+use crate::format::manifest::{LayerSpec, ModelSpec};
+use crate::format::safetensors::Dtype;
+use crate::model::reference::{layer_forward, Layer, LinearWeight};
 use crate::model::Activation;
-use crate::quantize::QuantParams;
-use crate::reference::{layer_forward, Layer, LinearWeight};
-use crate::safetensors_file::Dtype;
+use crate::quant::quantize::QuantParams;
 use crate::source::{SourceTensor, TensorSource};
-use crate::writer::{BundlePlan, ValidationSet};
+use crate::write::bundle::{BundlePlan, ValidationSet};
 
 /// Layer widths of the demo model: input, hidden..., classes.
 pub const DEMO_WIDTHS: [u64; 5] = [512, 4096, 4096, 1536, 100];
@@ -345,8 +345,8 @@ impl TensorSource for DemoSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quantize::quantize;
-    use crate::reference::{argmax_rows, forward};
+    use crate::model::reference::{argmax_rows, forward};
+    use crate::quant::quantize::quantize;
 
     #[test]
     fn demo_is_reproducible_and_seed_dependent() {

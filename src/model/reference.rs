@@ -13,13 +13,13 @@
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result, Violation};
-use crate::manifest::{FileRole, LayerSpec, ModelSpec};
+use crate::format::manifest::{FileRole, LayerSpec, ModelSpec};
+use crate::format::rules::Rule;
 use crate::model::Activation;
-use crate::quantize::Granularity;
-use crate::reader::Bundle;
-use crate::rules::Rule;
-use crate::samples::chunk_rows;
+use crate::quant::quantize::Granularity;
+use crate::read::Bundle;
 use crate::source::TensorSource;
+use crate::verify::samples::chunk_rows;
 
 /// A layer's weight matrix `[out_features, in_features]`, in one of the two forms.
 #[derive(Debug, Clone)]
@@ -191,11 +191,11 @@ pub enum WeightPath {
 /// `t * scale` in f32 for quantized tensors).
 pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f32>> {
     match path {
-        WeightPath::Fp16 => {
-            Ok(crate::le::f16s_to_f32(bundle.fp16_bytes(name).ok_or_else(
-                || bundle.missing_tensor(FileRole::Fp16, name),
-            )?))
-        }
+        WeightPath::Fp16 => Ok(crate::format::le::f16s_to_f32(
+            bundle
+                .fp16_bytes(name)
+                .ok_or_else(|| bundle.missing_tensor(FileRole::Fp16, name))?,
+        )),
         WeightPath::Ternary => match bundle.packed(name) {
             Some(p) => {
                 let scales = p.scales();
@@ -203,8 +203,14 @@ pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f
                 let mut out = vec![0f32; p.rows * p.cols];
                 for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
                     let rs = p.granularity.row_scales(&scales, r, p.cols);
-                    crate::dequantize::dequantize_row_f32(p.encoding, p.row(r), rs, group, row)
-                        .map_err(|e| bundle.row_error(name, r, e))?;
+                    crate::quant::dequantize::dequantize_row_f32(
+                        p.encoding,
+                        p.row(r),
+                        rs,
+                        group,
+                        row,
+                    )
+                    .map_err(|e| bundle.row_error(name, r, e))?;
                 }
                 Ok(out)
             }
@@ -212,7 +218,7 @@ pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f
                 let b = bundle
                     .passthrough_bytes(name)
                     .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, name))?;
-                Ok(crate::le::f32s(b).collect())
+                Ok(crate::format::le::f32s(b).collect())
             }
         },
     }

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::error::{escape_name, Error, Result};
-use crate::reader::Bundle;
+use crate::read::Bundle;
 use crate::source::{bundle_validation_set, TensorSource};
-use crate::writer::{write_bundle, BundlePlan, WriteOptions, WriteReport};
+use crate::write::bundle::{write_bundle, BundlePlan, WriteOptions, WriteReport};
 
 /// How many trits of one tensor changed.
 #[derive(Debug, Clone, PartialEq, Eq)]

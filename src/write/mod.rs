@@ -1,0 +1,9 @@
+//! Building bundles: the atomic writer ([`bundle`]), the architecture inferred from a checkpoint
+//! ([`arch`]), the built-in demo model ([`demo`]), re-quantization after fine-tuning
+//! ([`requantize`]) and the export of the dequantized weights ([`export`]).
+
+pub mod arch;
+pub mod bundle;
+pub mod demo;
+pub mod export;
+pub mod requantize;
