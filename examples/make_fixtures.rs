@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use ternary_bundle::format::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
 use ternary_bundle::source::MemorySource;
-use ternary_bundle::write::bundle::ValidationSet;
+use ternary_bundle::source::ValidationSet;
 use ternary_bundle::{write_bundle, BundlePlan, Encoding, Granularity, QuantParams, WriteOptions};
 
 /// Input width of the tiny fixture model.

@@ -187,12 +187,13 @@ impl Drop for Scratch {
 /// Returns `None` when the writer refused the model (a typed error), otherwise whether any
 /// byte was changed before verify ran.
 pub fn verify_numeric(scratch: &Path, data: &[u8]) -> Option<bool> {
+    use crate::format::activation::Activation;
     use crate::format::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
-    use crate::model::Activation;
-    use crate::quant::quantize::{Granularity, QuantParams};
+    use crate::format::quantization::{Granularity, QuantParams};
     use crate::source::MemorySource;
+    use crate::source::ValidationSet;
     use crate::verify::{verify, Status, VerifyOptions};
-    use crate::write::bundle::{write_bundle, BundlePlan, ValidationSet, WriteOptions};
+    use crate::write::bundle::{write_bundle, BundlePlan, WriteOptions};
     use std::collections::BTreeSet;
 
     let mut c = Cursor { data };

@@ -40,8 +40,9 @@ pub mod write;
 pub use error::{Error, Result, Violation};
 pub use format::encoding::Encoding;
 pub use format::manifest::{FileRole, Manifest};
+pub use format::quantization::{Granularity, QuantParams};
 pub use format::rules::Rule;
-pub use quant::quantize::{quantize, Granularity, QuantParams, QuantizedTensor};
+pub use quant::quantize::{quantize, QuantizedTensor};
 pub use read::{Bundle, OpenOptions};
 pub use write::bundle::{
     write_bundle, write_bundle_with_progress, BundlePlan, WriteOptions, WriteReport,

@@ -208,11 +208,25 @@ impl TensorSource for MemorySource {
     }
 }
 
+/// A labelled validation set to embed (`validation.safetensors`, rule 6.1). The writer adds the
+/// original model's predictions on its inputs (`original_predictions`, rule 6.3) itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationSet {
+    /// Where it came from (named in errors).
+    pub origin: PathBuf,
+    /// Inputs, `[n, input_dim]` row-major.
+    pub inputs: Vec<f32>,
+    /// Labels, `[n]`.
+    pub labels: Vec<i64>,
+    /// Optional difficulty per sample, `[n]`.
+    pub difficulty: Option<Vec<u8>>,
+}
+
 /// Loads a labelled data set for `bundle create --validation`: `inputs` F32 `[N, D]`, `labels`
 /// I64 `[N]`, optional `difficulty` U8 `[N]` (rule 6.1; sizes against the model are checked when
 /// the bundle is written).
-pub fn load_validation_set(path: &Path) -> Result<crate::write::bundle::ValidationSet> {
-    use crate::read::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
+pub fn load_validation_set(path: &Path) -> Result<ValidationSet> {
+    use crate::format::layout::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
     let src = CheckpointSource::open(path)?;
     let bad = |tensor: &str, expected: String, found: String| -> Error {
         Violation::new(path, Rule::ValidationTensors, expected, found)
@@ -251,24 +265,10 @@ pub fn load_validation_set(path: &Path) -> Result<crate::write::bundle::Validati
             shape_string(label_shape),
         ));
     }
-    Ok(crate::write::bundle::ValidationSet {
+    Ok(ValidationSet {
         origin: path.to_path_buf(),
         inputs: to_f32(Dtype::F32, inputs).expect("F32"),
         labels: le::i64s(labels).collect(),
         difficulty: difficulty.map(<[u8]>::to_vec),
-    })
-}
-
-/// The validation set embedded in an open bundle, if any.
-pub fn bundle_validation_set(
-    bundle: &crate::read::Bundle,
-) -> Option<crate::write::bundle::ValidationSet> {
-    use crate::read::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
-    let f = bundle.file(crate::format::manifest::FileRole::Validation)?;
-    Some(crate::write::bundle::ValidationSet {
-        origin: f.path().to_path_buf(),
-        inputs: to_f32(Dtype::F32, f.tensor_bytes(VALIDATION_INPUTS)?)?,
-        labels: le::i64s(f.tensor_bytes(VALIDATION_LABELS)?).collect(),
-        difficulty: f.tensor_bytes(VALIDATION_DIFFICULTY).map(<[u8]>::to_vec),
     })
 }

@@ -351,8 +351,8 @@ fn scale_attacks() {
 #[test]
 fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
     use ternary_bundle::format::manifest::{LayerSpec, ModelSpec};
+    use ternary_bundle::model::chunks::MAX_BATCH_ELEMENTS;
     use ternary_bundle::source::MemorySource;
-    use ternary_bundle::verify::samples::MAX_BATCH_ELEMENTS;
     use ternary_bundle::verify::{verify, Status, VerifyOptions};
 
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -384,7 +384,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
     };
     let samples = 2048;
     let options = WriteOptions {
-        validation: Some(ternary_bundle::write::bundle::ValidationSet {
+        validation: Some(ternary_bundle::source::ValidationSet {
             origin: "wide-validation.safetensors".into(),
             inputs: common::values(3, samples),
             labels: (0..samples as i64).map(|i| i % 2).collect(),

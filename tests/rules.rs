@@ -29,8 +29,8 @@ use ternary_bundle::read::checks::{
     check_all, check_dequantization, check_digests, check_encoding, check_passthrough,
     check_scales, check_validation_values,
 };
+use ternary_bundle::source::ValidationSet;
 use ternary_bundle::source::{CheckpointSource, MemorySource, TensorSource};
-use ternary_bundle::write::bundle::ValidationSet;
 use ternary_bundle::{write_bundle, Bundle, Encoding, Error, Result, Rule, WriteOptions};
 
 // ---------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 
 use half::f16;
 use ternary_bundle::format::encoding::RowError;
+use ternary_bundle::format::quantization::rows_cols;
 use ternary_bundle::quant::dequantize::{dequantize_f16, dequantize_tensor_f16};
-use ternary_bundle::quant::quantize::rows_cols;
 use ternary_bundle::{quantize, Encoding, Granularity, QuantParams};
 
 fn pack(enc: Encoding, trits: &[i8]) -> Vec<u8> {

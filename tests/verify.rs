@@ -18,11 +18,11 @@ use common::{bundle, row_trits, row_with_nonzero_trit, set_f32, set_u16, t, tiny
 use serde_json::{json, Value};
 use ternary_bundle::format::manifest::{LayerSpec, ModelSpec};
 use ternary_bundle::model::gradcheck::GradCheckOptions;
+use ternary_bundle::source::ValidationSet;
 use ternary_bundle::source::{MemorySource, TensorSource};
 use ternary_bundle::verify::{
     verify, CheckResult, Status, VerifyOptions, VerifyReport, CHECKS, RETENTION_METRIC as RETENTION,
 };
-use ternary_bundle::write::bundle::ValidationSet;
 use ternary_bundle::{
     write_bundle, Bundle, BundlePlan, Encoding, Granularity, QuantParams, WriteOptions,
 };

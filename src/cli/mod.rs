@@ -10,14 +10,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ternary_bundle::error::printable;
+use ternary_bundle::format::activation::Activation;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
-use ternary_bundle::model::Activation;
 use ternary_bundle::read::inspect::{inspect, Inspection};
 use ternary_bundle::read::mmap::Backing;
+use ternary_bundle::source::ValidationSet;
 use ternary_bundle::source::{load_validation_set, CheckpointSource, SourceTensor, TensorSource};
 use ternary_bundle::verify::{verify, Status, VerifyOptions, VerifyReport, RETENTION_METRIC};
 use ternary_bundle::write::arch::{infer_arch, load_arch};
-use ternary_bundle::write::bundle::ValidationSet;
 use ternary_bundle::write::demo::DemoSource;
 use ternary_bundle::write::export::{export, ExportDtype};
 use ternary_bundle::{

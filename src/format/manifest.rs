@@ -13,16 +13,16 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{escape_name, excerpt, Result, Violation};
+use crate::format::activation::Activation;
 use crate::format::encoding::Encoding;
 use crate::format::limits::{
     MAX_ELEMENTS, MAX_GROUP_SIZE, MAX_LAYERS, MAX_MANIFEST_BYTES, MAX_MANIFEST_TENSORS,
     MAX_QUANTIZED_NAME_BYTES, MAX_RANK,
 };
 use crate::format::names::name_problem;
+use crate::format::quantization::{rows_cols, Granularity, QuantParams};
 use crate::format::rules::Rule;
 use crate::format::safetensors::{bounded_shape, element_count, shape_string};
-use crate::model::Activation;
-use crate::quant::quantize::{rows_cols, Granularity, QuantParams};
 
 /// The value of `format`.
 pub const FORMAT_NAME: &str = "ternary-bundle";

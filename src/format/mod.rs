@@ -3,11 +3,14 @@
 //! container (section 4) and the manifest (section 3). Readers and writers build on this module;
 //! it depends on nothing else in the crate but the error type.
 
+pub mod activation;
 pub mod checksum;
 pub mod encoding;
+pub mod layout;
 pub mod le;
 pub mod limits;
 pub mod manifest;
 pub mod names;
+pub mod quantization;
 pub mod rules;
 pub mod safetensors;

@@ -15,7 +15,7 @@ use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::model::Activation;
+use crate::format::activation::Activation;
 use crate::read::Bundle;
 
 /// Settings of the gradient check.
@@ -357,38 +357,11 @@ impl<'a> Model64<'a> {
     }
 }
 
-fn act64(act: Activation, x: f64) -> f64 {
-    match act {
-        Activation::Relu => x.max(0.0),
-        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::Tanh => x.tanh(),
-        Activation::Identity => x,
-    }
-}
-
-fn act64_grad(act: Activation, x: f64) -> f64 {
-    match act {
-        Activation::Relu => (x > 0.0) as u8 as f64,
-        Activation::Gelu => {
-            let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
-            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            cdf + x * pdf
-        }
-        Activation::Silu => {
-            let s = 1.0 / (1.0 + (-x).exp());
-            s * (1.0 + x * (1.0 - s))
-        }
-        Activation::Tanh => 1.0 - x.tanh().powi(2),
-        Activation::Identity => 1.0,
-    }
-}
-
 fn activate_all(pre: ArrayView2<f64>, act: Activation) -> Array2<f64> {
     if act == Activation::Identity {
         pre.to_owned()
     } else {
-        pre.mapv(|v| act64(act, v))
+        pre.mapv(|v| act.apply(v))
     }
 }
 
@@ -486,7 +459,7 @@ impl Model64<'_> {
             // Through the activation.
             let mut dz = delta;
             if l.act != Activation::Identity {
-                dz.zip_mut_with(&c.pre, |d, &z| *d *= act64_grad(l.act, z));
+                dz.zip_mut_with(&c.pre, |d, &z| *d *= l.act.derivative(z));
             }
             if let Some((param, _)) = &l.bias {
                 let db = dz.sum_axis(Axis(0));

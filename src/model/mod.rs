@@ -1,58 +1,11 @@
-//! The model architecture a bundle declares (manifest `model`, rule 2.9): a chain of linear
-//! layers, each with an optional RMSNorm before it and an activation after it.
-//!
-//! This module owns the vocabulary (activations, layer shapes); the numeric reference model
-//! that runs it lives beside it in the verifier.
+//! The models a bundle describes, as numbers: the reference model (spec section 16) that runs a
+//! bundle's layers in f32 from either file or from a source checkpoint ([`reference`]), the f64
+//! model with its analytic backward pass that the gradient checks use ([`gradcheck`]), and the
+//! activation functions both share ([`activation`]). The architecture's vocabulary (layer specs,
+//! activation names) belongs to the format: [`crate::format::manifest`],
+//! [`crate::format::activation`].
 
+pub mod activation;
+pub mod chunks;
 pub mod gradcheck;
 pub mod reference;
-
-use std::fmt;
-
-/// Activation applied after a layer's affine map (spec section "Reference model").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Activation {
-    /// `max(0, x)`.
-    Relu,
-    /// `x * Phi(x)` with the exact (erf) normal CDF.
-    Gelu,
-    /// `x * sigmoid(x)`.
-    Silu,
-    /// `tanh(x)`.
-    Tanh,
-    /// `x` (used for the logits layer).
-    Identity,
-}
-
-impl Activation {
-    /// Every activation.
-    pub const ALL: [Activation; 5] = [
-        Activation::Relu,
-        Activation::Gelu,
-        Activation::Silu,
-        Activation::Tanh,
-        Activation::Identity,
-    ];
-
-    /// The manifest name (`"relu"`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Relu => "relu",
-            Activation::Gelu => "gelu",
-            Activation::Silu => "silu",
-            Activation::Tanh => "tanh",
-            Activation::Identity => "identity",
-        }
-    }
-
-    /// Parses a manifest name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Activation::ALL.into_iter().find(|a| a.name() == name)
-    }
-}
-
-impl fmt::Display for Activation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}

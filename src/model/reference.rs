@@ -13,13 +13,13 @@
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result, Violation};
+use crate::format::activation::Activation;
 use crate::format::manifest::{FileRole, LayerSpec, ModelSpec};
+use crate::format::quantization::Granularity;
 use crate::format::rules::Rule;
-use crate::model::Activation;
-use crate::quant::quantize::Granularity;
+use crate::model::chunks::chunk_rows;
 use crate::read::Bundle;
 use crate::source::TensorSource;
-use crate::verify::samples::chunk_rows;
 
 /// A layer's weight matrix `[out_features, in_features]`, in one of the two forms.
 #[derive(Debug, Clone)]
@@ -48,17 +48,6 @@ pub struct Layer {
     pub rmsnorm: Option<(Array1<f32>, f32)>,
     /// Activation.
     pub activation: Activation,
-}
-
-/// Applies `act` elementwise.
-pub fn activate(act: Activation, x: f32) -> f32 {
-    match act {
-        Activation::Relu => x.max(0.0),
-        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
-        Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::Tanh => x.tanh(),
-        Activation::Identity => x,
-    }
 }
 
 /// RMSNorm of each row: `x / sqrt(mean(x^2) + eps) * w` (mean accumulated in f64).
@@ -143,7 +132,7 @@ pub fn layer_forward(layer: &Layer, x: ArrayView2<f32>) -> Array2<f32> {
     }
     let act = layer.activation;
     if act != Activation::Identity {
-        y.mapv_inplace(|v| activate(act, v));
+        y.mapv_inplace(|v| act.apply(v));
     }
     y
 }

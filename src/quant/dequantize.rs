@@ -8,7 +8,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::format::encoding::{Encoding, RowError};
-use crate::quant::quantize::Granularity;
+use crate::format::quantization::Granularity;
 
 /// The dequantized F16 value of one trit: `f16_rne(f32(t - zero_point) * scale)` (rule 5.2).
 #[inline]

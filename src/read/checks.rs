@@ -13,14 +13,15 @@ use rayon::prelude::*;
 use crate::error::{Result, Violation};
 use crate::format::checksum::sha256_hex;
 use crate::format::encoding::Encoding;
+use crate::format::layout::{
+    VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
+};
 use crate::format::le;
 use crate::format::manifest::{FileRole, TensorSpec};
+use crate::format::quantization::scale_fits_f16;
 use crate::format::rules::Rule;
 use crate::quant::dequantize::dequantize_row_f16;
-use crate::quant::quantize::scale_fits_f16;
-use crate::read::{
-    Bundle, PackedTensor, VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
-};
+use crate::read::{Bundle, PackedTensor};
 
 /// Runs every data check: digests first (so corruption is reported as such), then encoding,
 /// scales, passthrough values, exact dequantization and the validation set.

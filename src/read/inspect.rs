@@ -4,9 +4,11 @@
 
 use serde::Serialize;
 
+use crate::format::layout::{
+    VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_ORIGINAL_PREDICTIONS,
+};
 use crate::format::manifest::{FileRole, QuantizationSpec, MANIFEST_FILE};
 use crate::read::Bundle;
-use crate::read::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_ORIGINAL_PREDICTIONS};
 
 /// Everything `bundle inspect` reports.
 #[derive(Debug, Clone, Serialize)]

@@ -24,12 +24,16 @@ use rustix::io::Errno;
 
 use crate::error::{escape_name, Error, Result, Violation};
 use crate::format::encoding::Encoding;
+use crate::format::layout::{
+    fp16_layout, ternary_layout, validation_layout, Layout, VALIDATION_DIFFICULTY,
+    VALIDATION_INPUTS, VALIDATION_ORIGINAL_PREDICTIONS,
+};
 use crate::format::manifest::{
     scale_tensor_name, FileRole, FormatVersion, Manifest, ManifestFacts, TensorSpec, MANIFEST_FILE,
 };
+use crate::format::quantization::{rows_cols, Granularity, QuantParams};
 use crate::format::rules::Rule;
-use crate::format::safetensors::{read_header, shape_string, Dtype, Header};
-use crate::quant::quantize::{rows_cols, Granularity, QuantParams};
+use crate::format::safetensors::{read_header, shape_string, Header};
 use mmap::{Backing, FileBytes};
 
 /// Options for [`Bundle::open_with`].
@@ -594,7 +598,7 @@ fn check_size(path: &Path, role: FileRole, size: u64, manifest: &Manifest) -> Re
 /// Compares a file's header with the tensors the manifest implies: `(name, dtype, shape)`.
 fn check_tensor_set(
     file: &DataFile,
-    expected: &[(String, Dtype, Vec<u64>)],
+    expected: &Layout,
     set_rule: Rule,
     shape_rule: Rule,
 ) -> Result<()> {
@@ -642,38 +646,6 @@ fn check_tensor_set(
     Ok(())
 }
 
-/// The tensors `ternary.safetensors` must hold (rules 4.1 and 4.2).
-pub fn ternary_layout(manifest: &Manifest, params: &QuantParams) -> Vec<(String, Dtype, Vec<u64>)> {
-    let mut out = Vec::with_capacity(manifest.tensors.len() * 2);
-    for t in &manifest.tensors {
-        if t.quantized {
-            let (rows, cols) = rows_cols(&t.shape).expect("rule 2.7 validated quantized shapes");
-            out.push((
-                t.name.clone(),
-                Dtype::U8,
-                vec![rows, params.encoding.bytes_per_row(cols)],
-            ));
-            out.push((
-                scale_tensor_name(&t.name),
-                Dtype::F32,
-                params.granularity.scale_shape(rows, cols),
-            ));
-        } else {
-            out.push((t.name.clone(), Dtype::F32, t.shape.clone()));
-        }
-    }
-    out
-}
-
-/// The tensors `fp16.safetensors` must hold (rule 5.1).
-pub fn fp16_layout(manifest: &Manifest) -> Vec<(String, Dtype, Vec<u64>)> {
-    manifest
-        .tensors
-        .iter()
-        .map(|t| (t.name.clone(), Dtype::F16, t.shape.clone()))
-        .collect()
-}
-
 fn check_ternary_layout(file: &DataFile, manifest: &Manifest, facts: &ManifestFacts) -> Result<()> {
     check_tensor_set(
         file,
@@ -691,16 +663,6 @@ fn check_fp16_layout(file: &DataFile, manifest: &Manifest) -> Result<()> {
         Rule::Fp16TensorSet,
     )
 }
-
-/// Inputs tensor of the validation set.
-pub const VALIDATION_INPUTS: &str = "inputs";
-/// Labels tensor of the validation set.
-pub const VALIDATION_LABELS: &str = "labels";
-/// Optional difficulty tensor of the validation set.
-pub const VALIDATION_DIFFICULTY: &str = "difficulty";
-/// Optional tensor of the original (pre-quantization) model's predictions on the inputs
-/// (format 2.0 and later, rules 6.1 and 6.3).
-pub const VALIDATION_ORIGINAL_PREDICTIONS: &str = "original_predictions";
 
 /// Rule 6.1: the validation file holds `inputs` F32 [N, input_dim], `labels` I64 [N], and
 /// optionally `difficulty` U8 [N] and (from format 2.0) `original_predictions` I64 [N].
@@ -724,33 +686,24 @@ fn check_validation_layout(
         }
         None => return Err(bad("a tensor named inputs".into(), "none".into()).into()),
     };
-    let mut expected = vec![
-        (
-            VALIDATION_INPUTS.to_string(),
-            Dtype::F32,
-            vec![n, manifest.model.input_dim],
-        ),
-        (VALIDATION_LABELS.to_string(), Dtype::I64, vec![n]),
-    ];
-    if file.header.get(VALIDATION_DIFFICULTY).is_some() {
-        expected.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
-    }
-    if file.header.get(VALIDATION_ORIGINAL_PREDICTIONS).is_some() {
+    let has = |name| file.header.get(name).is_some();
+    if has(VALIDATION_ORIGINAL_PREDICTIONS) && !version.allows_original_predictions() {
         // A 1.x reader refuses this tensor, so a 1.x bundle cannot carry it.
-        if !version.allows_original_predictions() {
-            return Err(bad(
-                format!("no original_predictions in a format {version} bundle (needs format 2.0 or later)"),
-                "a tensor named original_predictions".into(),
-            )
-            .tensor(VALIDATION_ORIGINAL_PREDICTIONS)
-            .into());
-        }
-        expected.push((
-            VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
-            Dtype::I64,
-            vec![n],
-        ));
+        return Err(bad(
+            format!(
+                "no original_predictions in a format {version} bundle (needs format 2.0 or later)"
+            ),
+            "a tensor named original_predictions".into(),
+        )
+        .tensor(VALIDATION_ORIGINAL_PREDICTIONS)
+        .into());
     }
+    let expected = validation_layout(
+        n,
+        manifest.model.input_dim,
+        has(VALIDATION_DIFFICULTY),
+        has(VALIDATION_ORIGINAL_PREDICTIONS),
+    );
     check_tensor_set(
         file,
         &expected,

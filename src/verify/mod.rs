@@ -18,18 +18,18 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result, Violation};
 use crate::format::checksum::sha256_reader;
+use crate::format::layout::VALIDATION_ORIGINAL_PREDICTIONS;
 use crate::format::manifest::{FileRole, Manifest};
 use crate::format::rules::Rule;
+use crate::model::chunks::{chunk_rows, gradient_rows};
 use crate::model::gradcheck::{
     gradient_check, gradient_flow, to_f64, GradCheckOptions, Model64, DEFAULT_GRAD_TOL,
 };
 use crate::model::reference::{argmax_rows, forward_bundle, forward_source, WeightPath};
 use crate::read::checks;
-use crate::read::{
-    open_data_file_raw, open_manifest, Bundle, OpenOptions, VALIDATION_ORIGINAL_PREDICTIONS,
-};
+use crate::read::{open_data_file_raw, open_manifest, Bundle, OpenOptions};
 use crate::source::CheckpointSource;
-use crate::verify::samples::{chunk_rows, gradient_rows, Samples};
+use crate::verify::samples::Samples;
 
 /// The integrity checks: the first [`INTEGRITY_CHECKS`] of [`CHECKS`], manifest to
 /// dequantization. They depend only on the bytes, so a bundle the writer produced always

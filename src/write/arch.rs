@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{escape_name, Error, Result};
+use crate::format::activation::Activation;
 use crate::format::manifest::{LayerSpec, ModelSpec};
-use crate::model::Activation;
 use crate::source::SourceTensor;
 
 /// Reads an architecture file: a JSON object shaped like the manifest's `model`.

@@ -22,20 +22,21 @@ use rustix::io::Errno;
 
 use crate::error::{escape_name, Error, Result, Violation};
 use crate::format::checksum::{sha256_file, sha256_hex};
+use crate::format::layout::{
+    fp16_layout, ternary_layout, validation_layout, VALIDATION_DIFFICULTY, VALIDATION_INPUTS,
+    VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
+};
 use crate::format::manifest::{
     FileEntry, FileRole, FileTable, FormatVersion, Manifest, ModelSpec, Provenance,
     QuantizationSpec, TensorDigest, TensorSpec, FORMAT_NAME, MANIFEST_FILE,
 };
+use crate::format::quantization::QuantParams;
 use crate::format::rules::Rule;
 use crate::format::safetensors::{plan_layout, Dtype, Header};
 use crate::model::reference::source_predictions;
 use crate::quant::dequantize::dequantize_tensor_f16;
-use crate::quant::quantize::{quantize, quantize_with_scales, QuantParams, QuantStats};
-use crate::read::{
-    fp16_layout, ternary_layout, VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS,
-    VALIDATION_ORIGINAL_PREDICTIONS,
-};
-use crate::source::TensorSource;
+use crate::quant::quantize::{quantize, quantize_with_scales, QuantStats};
+use crate::source::{TensorSource, ValidationSet};
 
 /// What to build: the architecture, the quantization settings and which tensors to quantize.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,20 +47,6 @@ pub struct BundlePlan {
     pub params: QuantParams,
     /// Names of the source tensors to quantize; every other tensor is stored as F32/F16.
     pub quantize: BTreeSet<String>,
-}
-
-/// A labelled validation set to embed (`validation.safetensors`, rule 6.1). The writer adds the
-/// original model's predictions on its inputs (`original_predictions`, rule 6.3) itself.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidationSet {
-    /// Where it came from (named in errors).
-    pub origin: PathBuf,
-    /// Inputs, `[n, input_dim]` row-major.
-    pub inputs: Vec<f32>,
-    /// Labels, `[n]`.
-    pub labels: Vec<i64>,
-    /// Optional difficulty per sample, `[n]`.
-    pub difficulty: Option<Vec<u8>>,
 }
 
 /// How to write.
@@ -453,22 +440,7 @@ fn write_validation(
 ) -> Result<FileEntry> {
     let path = dir.join(FileRole::Validation.file_name());
     let n = v.labels.len() as u64;
-    let mut tensors = vec![
-        (
-            VALIDATION_INPUTS.to_string(),
-            Dtype::F32,
-            vec![n, input_dim],
-        ),
-        (VALIDATION_LABELS.to_string(), Dtype::I64, vec![n]),
-        (
-            VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
-            Dtype::I64,
-            vec![n],
-        ),
-    ];
-    if v.difficulty.is_some() {
-        tensors.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
-    }
+    let tensors = validation_layout(n, input_dim, v.difficulty.is_some(), true);
     let (prefix, header) = plan_layout(tensors, &[])?;
     let file = create_sized(&path, &prefix, &header)?;
     let mut digests = HashMap::new();

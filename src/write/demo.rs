@@ -37,13 +37,14 @@ use ndarray_rand::RandomExt;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
+use crate::format::activation::Activation;
 use crate::format::manifest::{LayerSpec, ModelSpec};
+use crate::format::quantization::QuantParams;
 use crate::format::safetensors::Dtype;
 use crate::model::reference::{layer_forward, Layer, LinearWeight};
-use crate::model::Activation;
-use crate::quant::quantize::QuantParams;
+use crate::source::ValidationSet;
 use crate::source::{SourceTensor, TensorSource};
-use crate::write::bundle::{BundlePlan, ValidationSet};
+use crate::write::bundle::BundlePlan;
 
 /// Layer widths of the demo model: input, hidden..., classes.
 pub const DEMO_WIDTHS: [u64; 5] = [512, 4096, 4096, 1536, 100];

@@ -7,8 +7,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::error::{escape_name, Error, Result};
+use crate::format::layout::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
+use crate::format::le;
+use crate::format::manifest::FileRole;
+use crate::format::safetensors::Dtype;
 use crate::read::Bundle;
-use crate::source::{bundle_validation_set, TensorSource};
+use crate::source::{to_f32, TensorSource, ValidationSet};
 use crate::write::bundle::{write_bundle, BundlePlan, WriteOptions, WriteReport};
 
 /// How many trits of one tensor changed.
@@ -120,4 +124,16 @@ impl TensorSource for RestrictedSource<'_> {
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         self.inner.load_f32(name)
     }
+}
+
+/// The validation set embedded in an open bundle, if any (its original predictions are left
+/// behind: the writer computes the new weights' own).
+fn bundle_validation_set(bundle: &Bundle) -> Option<ValidationSet> {
+    let f = bundle.file(FileRole::Validation)?;
+    Some(ValidationSet {
+        origin: f.path().to_path_buf(),
+        inputs: to_f32(Dtype::F32, f.tensor_bytes(VALIDATION_INPUTS)?)?,
+        labels: le::i64s(f.tensor_bytes(VALIDATION_LABELS)?).collect(),
+        difficulty: f.tensor_bytes(VALIDATION_DIFFICULTY).map(<[u8]>::to_vec),
+    })
 }

@@ -1,0 +1,82 @@
+//! The tensors each file of a bundle must hold, as (name, dtype, shape) in the manifest's order:
+//! what the reader checks (rules 4.1, 4.2, 5.1, 6.1) and the writer lays out, from one
+//! definition.
+
+use crate::format::manifest::{scale_tensor_name, Manifest};
+use crate::format::quantization::{rows_cols, QuantParams};
+use crate::format::safetensors::Dtype;
+
+/// Tensors a file must hold: (name, dtype, shape).
+pub type Layout = Vec<(String, Dtype, Vec<u64>)>;
+
+/// Inputs tensor of the validation set.
+pub const VALIDATION_INPUTS: &str = "inputs";
+/// Labels tensor of the validation set.
+pub const VALIDATION_LABELS: &str = "labels";
+/// Optional difficulty tensor of the validation set.
+pub const VALIDATION_DIFFICULTY: &str = "difficulty";
+/// Optional tensor of the original (pre-quantization) model's predictions on the inputs
+/// (format 2.0 and later, rules 6.1 and 6.3).
+pub const VALIDATION_ORIGINAL_PREDICTIONS: &str = "original_predictions";
+
+/// The tensors `ternary.safetensors` must hold (rules 4.1 and 4.2).
+pub fn ternary_layout(manifest: &Manifest, params: &QuantParams) -> Layout {
+    let mut out = Vec::with_capacity(manifest.tensors.len() * 2);
+    for t in &manifest.tensors {
+        if t.quantized {
+            let (rows, cols) = rows_cols(&t.shape).expect("rule 2.7 validated quantized shapes");
+            out.push((
+                t.name.clone(),
+                Dtype::U8,
+                vec![rows, params.encoding.bytes_per_row(cols)],
+            ));
+            out.push((
+                scale_tensor_name(&t.name),
+                Dtype::F32,
+                params.granularity.scale_shape(rows, cols),
+            ));
+        } else {
+            out.push((t.name.clone(), Dtype::F32, t.shape.clone()));
+        }
+    }
+    out
+}
+
+/// The tensors `fp16.safetensors` must hold (rule 5.1).
+pub fn fp16_layout(manifest: &Manifest) -> Layout {
+    manifest
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), Dtype::F16, t.shape.clone()))
+        .collect()
+}
+
+/// The tensors `validation.safetensors` holds for N samples (rule 6.1): `inputs` F32
+/// [N, input_dim], `labels` I64 [N], and optionally `difficulty` U8 [N] and
+/// `original_predictions` I64 [N] (format 2.0).
+pub fn validation_layout(
+    n: u64,
+    input_dim: u64,
+    difficulty: bool,
+    original_predictions: bool,
+) -> Layout {
+    let mut out = vec![
+        (
+            VALIDATION_INPUTS.to_string(),
+            Dtype::F32,
+            vec![n, input_dim],
+        ),
+        (VALIDATION_LABELS.to_string(), Dtype::I64, vec![n]),
+    ];
+    if difficulty {
+        out.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
+    }
+    if original_predictions {
+        out.push((
+            VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
+            Dtype::I64,
+            vec![n],
+        ));
+    }
+    out
+}
