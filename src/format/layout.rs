@@ -51,9 +51,9 @@ pub fn fp16_layout(manifest: &Manifest) -> Layout {
         .collect()
 }
 
-/// The tensors `validation.safetensors` holds for N samples (rule 6.1): `inputs` F32
-/// [N, input_dim], `labels` I64 [N], and optionally `difficulty` U8 [N] and
-/// `original_predictions` I64 [N] (format 2.0).
+/// The tensors `validation.safetensors` holds for `n` samples (rule 6.1): `inputs` F32
+/// `[n, input_dim]`, `labels` I64 `[n]`, and optionally `difficulty` U8 `[n]` and
+/// `original_predictions` I64 `[n]` (format 2.0).
 pub fn validation_layout(
     n: u64,
     input_dim: u64,
