@@ -125,7 +125,15 @@ impl TensorSource for CheckpointSource {
                 .tensor(name),
             )
         })?;
-        let bytes = self.tensor_bytes(name).expect("rule 3.6 proved the range");
+        let bytes = self.tensor_bytes(name).ok_or_else(|| {
+            Violation::new(
+                &self.path,
+                Rule::DataOffsets,
+                "tensor data inside the file",
+                "a range past the end",
+            )
+            .tensor(name)
+        })?;
         to_f32(e.dtype, bytes).ok_or_else(|| {
             Violation::new(
                 &self.path,
@@ -267,7 +275,7 @@ pub fn load_validation_set(path: &Path) -> Result<ValidationSet> {
     }
     Ok(ValidationSet {
         origin: path.to_path_buf(),
-        inputs: to_f32(Dtype::F32, inputs).expect("F32"),
+        inputs: le::f32s(inputs).collect(),
         labels: le::i64s(labels).collect(),
         difficulty: difficulty.map(<[u8]>::to_vec),
     })

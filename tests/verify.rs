@@ -602,7 +602,7 @@ fn scales_fails_on_a_scale_underflowing_f16_over_nonzero_trits() {
     edit_tensor(&dir, TERNARY, "fc1.weight.scale", |b| set_f32(b, r, 1e-9));
     let fp16 = {
         let b = Bundle::open(&dir).unwrap();
-        b.packed("fc1.weight").unwrap().dequantize_f16()
+        b.packed("fc1.weight").unwrap().dequantize_f16().unwrap()
     };
     edit_tensor(&dir, FP16, "fc1.weight", |b| {
         for (i, v) in fp16.iter().enumerate() {

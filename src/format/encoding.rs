@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::format::rules::Rule;
+
 /// How trits are packed into bytes (the manifest's `quantization.encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Encoding {
@@ -57,6 +59,44 @@ pub enum RowError {
         /// The value found.
         value: i8,
     },
+}
+
+impl RowError {
+    /// The spec rule a bundle breaks when one of its rows fails this way.
+    pub fn rule(&self) -> Rule {
+        match self {
+            RowError::InvalidByte { .. } | RowError::InvalidTrit { .. } => Rule::PackedByteValid,
+            RowError::NonCanonicalPadding { .. } => Rule::CanonicalPadding,
+            RowError::Length { .. } | RowError::ScaleCount { .. } => Rule::TernaryShapes,
+        }
+    }
+
+    /// What the rule requires and what row `row` of an `encoding` tensor holds instead, for a
+    /// violation message.
+    pub fn expected_found(&self, encoding: Encoding, row: usize) -> (String, String) {
+        match *self {
+            RowError::InvalidByte { index, byte } => (
+                match encoding {
+                    Encoding::Trit5 => "bytes 0..=242 (trit5)".into(),
+                    Encoding::Trit2 => "no 2-bit code 3 (trit2)".into(),
+                },
+                format!("byte 0x{byte:02x} at row {row}, byte {index}"),
+            ),
+            RowError::NonCanonicalPadding { index, byte, max } => (
+                format!(
+                    "a last byte <= 0x{max:02x} ({} used positions, unused ones zero)",
+                    (1..encoding.trits_per_byte())
+                        .find(|&k| encoding.max_last_byte(k) == max)
+                        .unwrap_or(0)
+                ),
+                format!("byte 0x{byte:02x} at row {row}, byte {index}"),
+            ),
+            _ => (
+                "a row of the tensor's shape".into(),
+                format!("row {row}: {self}"),
+            ),
+        }
+    }
 }
 
 impl fmt::Display for RowError {

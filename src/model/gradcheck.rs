@@ -216,7 +216,7 @@ impl<'a> Model64<'a> {
             *index.entry(name.to_string()).or_insert_with(|| {
                 params.push((
                     name.to_string(),
-                    bundle.tensor(name).map_or(0, |t| t.elements()),
+                    bundle.tensor(name).map_or(0, |t| t.spec.elements()),
                 ));
                 params.len() - 1
             })

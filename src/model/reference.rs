@@ -10,6 +10,8 @@
 //! weights, a checkpoint ([`forward_source`]): the original model before quantization, whose
 //! predictions the writer stores and `verify --reference` recomputes.
 
+use std::path::Path;
+
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result, Violation};
@@ -26,15 +28,56 @@ use crate::source::TensorSource;
 pub enum LinearWeight {
     /// Real-valued weights.
     Dense(Array2<f32>),
-    /// Trits as f32 {-1, 0, +1} and the scales to apply after the matmul.
+    /// Trits as f32 {-1, 0, +1} and the scales to apply after the matmul (built with
+    /// [`LinearWeight::ternary`], which checks that they fit together).
     Ternary {
         /// `[out, in]` trit matrix.
         trits: Array2<f32>,
-        /// Scales in the layout of [`Granularity::scale_shape`].
-        scales: Vec<f32>,
+        /// Scales as `[rows, scales per row]`: `[1, 1]` per tensor, `[out, 1]` per channel,
+        /// `[out, groups]` per group.
+        scales: Array2<f32>,
         /// Scale layout.
         granularity: Granularity,
     },
+}
+
+impl LinearWeight {
+    /// The ternary form from a trit matrix and scales in the layout of
+    /// [`Granularity::scale_shape`]; `None` when the scale count does not fit the matrix.
+    pub fn ternary(trits: Array2<f32>, scales: Vec<f32>, granularity: Granularity) -> Option<Self> {
+        let shape = match granularity {
+            Granularity::Tensor => (1, 1),
+            Granularity::Channel => (trits.nrows(), 1),
+            Granularity::Group(_) => (trits.nrows(), granularity.row_layout(trits.ncols()).0),
+        };
+        let scales = Array2::from_shape_vec(shape, scales).ok()?;
+        Some(LinearWeight::Ternary {
+            trits,
+            scales,
+            granularity,
+        })
+    }
+}
+
+/// `values` as the `[rows, cols]` matrix of tensor `name` read from `path`, or a violation of
+/// the model's shapes (rule 2.9) naming them.
+fn matrix(
+    values: Vec<f32>,
+    (rows, cols): (usize, usize),
+    name: &str,
+    path: &Path,
+) -> Result<Array2<f32>> {
+    let found = values.len();
+    Array2::from_shape_vec((rows, cols), values).map_err(|_| {
+        Violation::new(
+            path,
+            Rule::Model,
+            format!("{} values, as the model needs", rows * cols),
+            format!("{found}"),
+        )
+        .tensor(name)
+        .into()
+    })
 }
 
 /// A layer as the reference model runs it.
@@ -75,19 +118,18 @@ pub fn linear(x: ArrayView2<f32>, w: &LinearWeight) -> Array2<f32> {
         } => match *granularity {
             Granularity::Tensor => {
                 let mut y = x.dot(&trits.t());
-                y *= scales[0];
+                y *= scales[[0, 0]];
                 y
             }
             Granularity::Channel => {
                 let mut y = x.dot(&trits.t());
-                y *= &Array1::from_vec(scales.clone());
+                y *= &scales.column(0);
                 y
             }
             Granularity::Group(_) => {
                 let cols = trits.ncols();
                 let (per_row, group) = granularity.row_layout(cols);
-                let s = Array2::from_shape_vec((trits.nrows(), per_row), scales.clone())
-                    .expect("validated scale shape");
+                let s = scales;
                 if group < SMALL_GROUP {
                     // Many small groups would mean many tiny matmuls: fold each group's scale
                     // into its trits instead (still from trits and scales alone).
@@ -227,16 +269,22 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
                     .unpack_row_f32(p.row(r), row)
                     .map_err(|e| bundle.row_error(&spec.weight, r, e))?;
             }
-            LinearWeight::Ternary {
-                trits,
-                scales: p.scales(),
-                granularity: p.granularity,
-            }
+            LinearWeight::ternary(trits, p.scales(), p.granularity).ok_or_else(|| {
+                Violation::new(
+                    bundle.ternary_file().path(),
+                    Rule::TernaryShapes,
+                    "scales of the granularity's shape",
+                    format!("{} scales", p.scales().len()),
+                )
+                .tensor(&spec.weight)
+            })?
         }
-        _ => LinearWeight::Dense(
-            Array2::from_shape_vec((out, inp), tensor_f32(bundle, &spec.weight, path)?)
-                .expect("validated shape"),
-        ),
+        _ => LinearWeight::Dense(matrix(
+            tensor_f32(bundle, &spec.weight, path)?,
+            (out, inp),
+            &spec.weight,
+            bundle.dir(),
+        )?),
     };
     // The bundle's shapes were validated at open: every tensor has the length the spec needs.
     let mut load = |name: &str, _len: usize| tensor_f32(bundle, name, path);
@@ -245,21 +293,6 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
 
 /// Loads tensor `name` as f32 values; it must hold `len` values (the loader checks).
 pub type LoadF32<'a> = dyn FnMut(&str, usize) -> Result<Vec<f32>> + 'a;
-
-/// The layer `spec` describes, with real-valued weights from `load` (the reference check's
-/// original checkpoint, for instance).
-pub fn dense_layer(
-    spec: &LayerSpec,
-    activation: Activation,
-    load: &mut LoadF32<'_>,
-) -> Result<Layer> {
-    let (out, inp) = (spec.out_features as usize, spec.in_features as usize);
-    let w = load(&spec.weight, out * inp)?;
-    let weight = LinearWeight::Dense(
-        Array2::from_shape_vec((out, inp), w).expect("the loader checks the length"),
-    );
-    layer_with(spec, activation, weight, load)
-}
 
 /// The layer `spec` describes with `weight`, its bias and RMSNorm weight from `load`.
 fn layer_with(
@@ -309,7 +342,10 @@ pub fn source_layer(
         }
         Ok(v)
     };
-    dense_layer(spec, activation, &mut load)
+    let (out, inp) = (spec.out_features as usize, spec.in_features as usize);
+    let w = load(&spec.weight, out * inp)?;
+    let weight = LinearWeight::Dense(matrix(w, (out, inp), &spec.weight, source.path())?);
+    layer_with(spec, activation, weight, &mut load)
 }
 
 /// The predictions (section 16) of `model` with weights from `source` on `inputs`
@@ -423,11 +459,7 @@ mod tests {
         }
         let t = linear(
             x,
-            &LinearWeight::Ternary {
-                trits: trits.clone(),
-                scales,
-                granularity,
-            },
+            &LinearWeight::ternary(trits.clone(), scales, granularity).unwrap(),
         );
         let d = linear(x, &LinearWeight::Dense(dense));
         assert!(

@@ -1,8 +1,8 @@
 //! The data rules: checks that read every byte of an open bundle (spec section "Validation
 //! order", rules 4.3 to 4.7, 5.2, 5.3, 6.2, 6.3, 7.1 and 7.2).
 //!
-//! [`crate::read::Bundle::open`] has already proven the structure (shapes, offsets, sizes), so
-//! these checks index tensors freely. Each returns the first violation in a deterministic order
+//! [`crate::read::Bundle::open`] has already proven the structure (shapes, offsets, sizes): these
+//! checks walk the bundle's views. Each returns the first violation in a deterministic order
 //! (tensors in manifest order, lowest index first) even though tensors are checked in parallel.
 
 use std::path::Path;
@@ -17,11 +17,11 @@ use crate::format::layout::{
     VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
 };
 use crate::format::le;
-use crate::format::manifest::{FileRole, TensorSpec};
+use crate::format::manifest::TensorSpec;
 use crate::format::quantization::scale_fits_f16;
 use crate::format::rules::Rule;
 use crate::quant::dequantize::dequantize_row_f16;
-use crate::read::{Bundle, PackedTensor};
+use crate::read::{Bundle, PackedTensor, Stored};
 
 /// Runs every data check: digests first (so corruption is reported as such), then encoding,
 /// scales, passthrough values, exact dequantization and the validation set.
@@ -39,82 +39,60 @@ fn first_error(results: Vec<Result<()>>) -> Result<()> {
     results.into_iter().collect()
 }
 
-fn quantized<'a>(bundle: &'a Bundle) -> Vec<PackedTensor<'a>> {
-    bundle
-        .manifest()
-        .tensors
-        .iter()
-        .filter(|t| t.quantized)
-        .map(|t| {
-            bundle
-                .packed(&t.name)
-                .expect("opening validated every quantized tensor")
-        })
-        .collect()
+fn quantized(bundle: &Bundle) -> Vec<PackedTensor<'_>> {
+    bundle.quantized().collect()
 }
 
-fn passthrough(bundle: &Bundle) -> Vec<&TensorSpec> {
+/// The tensors stored as F32: (manifest entry, F32 bytes, F16 bytes).
+fn passthrough(bundle: &Bundle) -> Vec<(&TensorSpec, &[u8], &[u8])> {
     bundle
-        .manifest()
-        .tensors
-        .iter()
-        .filter(|t| !t.quantized)
+        .tensors()
+        .filter_map(|t| match t.stored {
+            Stored::F32(b) => Some((t.spec, b, t.fp16)),
+            Stored::Packed(_) => None,
+        })
         .collect()
 }
 
 /// Rules 7.1 and 7.2: whole-file and per-tensor SHA-256, hashed in parallel. A damaged tensor
 /// is named (7.2) before a whole-file mismatch is reported (7.1), so the message localizes.
 pub fn check_digests(bundle: &Bundle) -> Result<()> {
+    // One job per file (whole) and per listed tensor: (file index, tensor index or None).
     let files: Vec<_> = bundle.files().collect();
-    let mut jobs: Vec<(usize, Option<usize>)> = Vec::new();
-    for (fi, f) in files.iter().enumerate() {
-        jobs.push((fi, None));
-        let entry = bundle
-            .manifest()
-            .files
-            .get(f.role())
-            .expect("present file is declared");
-        jobs.extend((0..entry.tensors.len()).map(|ti| (fi, Some(ti))));
-    }
+    let listed: Vec<Vec<_>> = files.iter().map(|f| f.listed().collect()).collect();
+    let jobs: Vec<(usize, Option<usize>)> = listed
+        .iter()
+        .enumerate()
+        .flat_map(|(fi, l)| {
+            std::iter::once((fi, None)).chain((0..l.len()).map(move |ti| (fi, Some(ti))))
+        })
+        .collect();
     let mut results: Vec<(usize, Option<usize>, Result<()>)> = jobs
         .into_par_iter()
         .map(|(fi, ti)| {
             let f = files[fi];
-            let entry = bundle.manifest().files.get(f.role()).expect("declared");
-            let r = match ti {
-                None => {
-                    let found = sha256_hex(f.bytes());
-                    if found == entry.sha256 {
-                        Ok(())
-                    } else {
-                        Err(Violation::new(
-                            f.path(),
-                            Rule::FileDigest,
-                            format!("sha256 {}", entry.sha256),
-                            format!("sha256 {found}"),
-                        )
-                        .into())
-                    }
-                }
+            let (bytes, declared, rule, tensor) = match ti {
+                None => (f.bytes(), f.declared_sha256(), Rule::FileDigest, None),
                 Some(ti) => {
-                    let t = &entry.tensors[ti];
-                    let bytes = f
-                        .tensor_bytes(&t.name)
-                        .expect("rule 3.7 matched the listing");
-                    let found = sha256_hex(bytes);
-                    if found == t.sha256 {
-                        Ok(())
-                    } else {
-                        Err(Violation::new(
-                            f.path(),
-                            Rule::TensorDigest,
-                            format!("sha256 {}", t.sha256),
-                            format!("sha256 {found}"),
-                        )
-                        .tensor(&t.name)
-                        .into())
-                    }
+                    let (t, bytes) = listed[fi][ti];
+                    (bytes, t.sha256.as_str(), Rule::TensorDigest, Some(&t.name))
                 }
+            };
+            let found = sha256_hex(bytes);
+            let r = if found == declared {
+                Ok(())
+            } else {
+                let v = Violation::new(
+                    f.path(),
+                    rule,
+                    format!("sha256 {declared}"),
+                    format!("sha256 {found}"),
+                );
+                Err(match tensor {
+                    Some(name) => v.tensor(name),
+                    None => v,
+                }
+                .into())
             };
             (fi, ti, r)
         })
@@ -130,10 +108,8 @@ fn zero_counts(encoding: Encoding) -> [u8; 256] {
     let n = encoding.trits_per_byte();
     let mut trits = vec![0i8; n];
     for (b, slot) in table.iter_mut().enumerate() {
-        if encoding.first_invalid_byte(&[b as u8]).is_none() {
-            encoding
-                .unpack_row(&[b as u8], &mut trits[..n])
-                .expect("one byte holds n trits");
+        let valid = encoding.first_invalid_byte(&[b as u8]).is_none();
+        if valid && encoding.unpack_row(&[b as u8], &mut trits[..n]).is_ok() {
             *slot = trits.iter().filter(|&&t| t == 0).count() as u8;
         }
     }
@@ -141,44 +117,32 @@ fn zero_counts(encoding: Encoding) -> [u8; 256] {
 }
 
 /// Rules 4.3 (valid bytes), 4.4 (canonical padding) and the `zeros` statistic of rule 4.6.
+/// Each row is validated by the codec ([`Encoding::validate_row`], the one home of rules 4.3
+/// and 4.4), which reports 4.3 before 4.4 for the same row.
 pub fn check_encoding(bundle: &Bundle) -> Result<()> {
-    let path = bundle
-        .file(FileRole::Ternary)
-        .expect("required")
-        .path()
-        .to_path_buf();
     let zeros_table = zero_counts(bundle.params().encoding);
     let results = quantized(bundle)
         .par_iter()
         .map(|p| {
-            let bpr = p.bytes_per_row();
-            let bad = |rule, expected: String, found: String| Violation::new(&path, rule, expected, found).tensor(&p.spec.name);
-            if let Some(i) = p.encoding.first_invalid_byte(p.packed) {
-                let (row, byte) = (i / bpr, i % bpr);
-                let expected = match p.encoding {
-                    Encoding::Trit5 => "bytes 0..=242 (trit5)",
-                    Encoding::Trit2 => "no 2-bit code 3 (trit2)",
-                };
-                return Err(bad(Rule::PackedByteValid, expected.into(), format!("byte 0x{:02x} at row {row}, byte {byte}", p.packed[i])).into());
+            for r in 0..p.rows {
+                p.encoding
+                    .validate_row(p.row(r), p.cols)
+                    .map_err(|e| bundle.row_error(&p.spec.name, r, e))?;
             }
-            let used = p.cols % p.encoding.trits_per_byte();
-            if used != 0 {
-                let max = p.encoding.max_last_byte(used);
-                for r in 0..p.rows {
-                    let last = p.packed[r * bpr + bpr - 1];
-                    if last > max {
-                        return Err(bad(
-                            Rule::CanonicalPadding,
-                            format!("a last byte <= 0x{max:02x} ({used} used positions, unused ones zero)"),
-                            format!("byte 0x{last:02x} at row {r}, byte {}", bpr - 1),
-                        )
-                        .into());
-                    }
-                }
-            }
-            let zeros: u64 = p.packed.iter().map(|&b| zeros_table[b as usize] as u64).sum();
+            let zeros: u64 = p
+                .packed
+                .iter()
+                .map(|&b| zeros_table[b as usize] as u64)
+                .sum();
             if Some(zeros) != p.spec.zeros {
-                return Err(bad(Rule::TensorStats, format!("zeros {} (manifest)", p.spec.zeros.unwrap_or(0)), format!("{zeros} zero trits")).into());
+                return Err(Violation::new(
+                    bundle.ternary_file().path(),
+                    Rule::TensorStats,
+                    format!("zeros {} (manifest)", p.spec.zeros.unwrap_or(0)),
+                    format!("{zeros} zero trits"),
+                )
+                .tensor(&p.spec.name)
+                .into());
             }
             Ok(())
         })
@@ -189,15 +153,11 @@ pub fn check_encoding(bundle: &Bundle) -> Result<()> {
 /// Rule 4.5 (finite, positive, F16-representable scales) and scale_min/scale_max of rule 4.6.
 /// Assumes valid packed bytes (run [`check_encoding`] first).
 pub fn check_scales(bundle: &Bundle) -> Result<()> {
-    let path = bundle
-        .file(FileRole::Ternary)
-        .expect("required")
-        .path()
-        .to_path_buf();
+    let path = bundle.ternary_file().path();
     let results = quantized(bundle)
         .par_iter()
         .map(|p| {
-            let bad = |rule, expected: String, found: String| Violation::new(&path, rule, expected, found).tensor(&p.spec.name);
+            let bad = |rule, expected: String, found: String| Violation::new(path, rule, expected, found).tensor(&p.spec.name);
             let scales = p.scales();
             if let Some((i, s)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
                 return Err(bad(Rule::ScaleValid, "finite scales > 0".into(), format!("scale {s} at scale index {i}")).into());
@@ -261,24 +221,17 @@ fn nonzero_trit_under_scale(p: &PackedTensor<'_>, i: usize) -> Option<(usize, us
 
 /// Rule 4.7: passthrough values are finite and fit F16.
 pub fn check_passthrough(bundle: &Bundle) -> Result<()> {
-    let path = bundle
-        .file(FileRole::Ternary)
-        .expect("required")
-        .path()
-        .to_path_buf();
+    let path = bundle.ternary_file().path();
     let results = passthrough(bundle)
         .par_iter()
-        .map(|t| {
-            let bytes = bundle
-                .passthrough_bytes(&t.name)
-                .expect("validated at open");
+        .map(|&(t, bytes, _)| {
             match le::f32s(bytes)
                 .enumerate()
                 .find(|(_, v)| !f16::from_f32(*v).is_finite())
             {
                 None => Ok(()),
                 Some((i, v)) => Err(Violation::new(
-                    &path,
+                    path,
                     Rule::PassthroughRange,
                     "finite values within the F16 range (|v| < 65520)",
                     format!("{v} at flat index {i}"),
@@ -294,11 +247,7 @@ pub fn check_passthrough(bundle: &Bundle) -> Result<()> {
 /// Rules 5.2 and 5.3: every FP16 value equals the dequantized trit (or the F32 passthrough
 /// value) rounded to F16, bit for bit. Assumes valid packed bytes (run [`check_encoding`] first).
 pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
-    let path = bundle
-        .file(FileRole::Fp16)
-        .expect("required")
-        .path()
-        .to_path_buf();
+    let path = bundle.fp16_file().path();
     let mismatch = |rule,
                     name: &str,
                     index: usize,
@@ -318,7 +267,7 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
             _ => format!("flat index {index}"),
         };
         Violation::new(
-            &path,
+            path,
             rule,
             format!(
                 "F16 0x{expected:04x} ({}) at {position}",
@@ -331,10 +280,13 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
     };
     // Rows in parallel: dequantize a row into a scratch buffer and compare it with the stored
     // row branch-free; only a row that differs is searched for its first bad value.
-    let q: Vec<Result<()>> = quantized(bundle)
-        .iter()
-        .map(|p| {
-            let found = bundle.fp16_bytes(&p.spec.name).expect("validated at open");
+    let q: Vec<Result<()>> = bundle
+        .tensors()
+        .filter_map(|t| match t.stored {
+            Stored::Packed(p) => Some((p, t.fp16)),
+            Stored::F32(_) => None,
+        })
+        .map(|(p, found)| {
             let scales = p.scales();
             let (_, group) = p.granularity.row_layout(p.cols);
             let first_bad_row = found
@@ -344,8 +296,10 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
                     || (vec![0i8; p.cols], vec![f16::ZERO; p.cols]),
                     |(trits, row), (r, stored)| {
                         let rs = p.granularity.row_scales(&scales, r, p.cols);
-                        dequantize_row_f16(p.encoding, p.row(r), rs, group, trits, row)
-                            .expect("validated row length");
+                        if dequantize_row_f16(p.encoding, p.row(r), rs, group, trits, row).is_err()
+                        {
+                            return Some(r);
+                        }
                         let differs = row
                             .iter()
                             .zip(le::u16s(stored))
@@ -362,14 +316,16 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
             let mut row = vec![f16::ZERO; p.cols];
             let rs = p.granularity.row_scales(&scales, r, p.cols);
             dequantize_row_f16(p.encoding, p.row(r), rs, group, &mut trits, &mut row)
-                .expect("validated row length");
+                .map_err(|e| bundle.row_error(&p.spec.name, r, e))?;
             let stored = &found[2 * p.cols * r..2 * p.cols * (r + 1)];
-            let (c, (e, f)) = row
+            let Some((c, (e, f))) = row
                 .iter()
                 .zip(le::u16s(stored))
                 .enumerate()
                 .find(|(_, (e, f))| e.to_bits() != *f)
-                .expect("the row differs");
+            else {
+                return Ok(());
+            };
             Err(mismatch(
                 Rule::DequantizationExact,
                 &p.spec.name,
@@ -383,11 +339,7 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
     first_error(q)?;
     let results = passthrough(bundle)
         .par_iter()
-        .map(|t| {
-            let src = bundle
-                .passthrough_bytes(&t.name)
-                .expect("validated at open");
-            let found = bundle.fp16_bytes(&t.name).expect("validated at open");
+        .map(|&(t, src, found)| {
             match le::f32s(src)
                 .zip(le::u16s(found))
                 .enumerate()
@@ -411,26 +363,14 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
 /// Rules 6.2 and 6.3: validation inputs are finite; labels and original predictions index the
 /// last layer's outputs.
 pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
-    let Some(file) = bundle.file(FileRole::Validation) else {
+    let Some(v) = bundle.validation() else {
         return Ok(());
     };
-    let inputs = file
-        .tensor_bytes(VALIDATION_INPUTS)
-        .expect("validated at open");
-    let labels = file
-        .tensor_bytes(VALIDATION_LABELS)
-        .expect("validated at open");
-    let classes = bundle
-        .manifest()
-        .model
-        .layers
-        .last()
-        .expect("rule 2.9: at least one layer")
-        .out_features;
-    validation_values(file.path(), le::f32s(inputs), le::i64s(labels), classes)?;
-    match file.tensor_bytes(VALIDATION_ORIGINAL_PREDICTIONS) {
+    let classes = bundle.classes();
+    validation_values(v.path, le::f32s(v.inputs), le::i64s(v.labels), classes)?;
+    match v.original_predictions {
         Some(p) => class_indices(
-            file.path(),
+            v.path,
             (VALIDATION_ORIGINAL_PREDICTIONS, Rule::OriginalPredictions),
             le::i64s(p),
             classes,

@@ -4,11 +4,9 @@
 
 use serde::Serialize;
 
-use crate::format::layout::{
-    VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_ORIGINAL_PREDICTIONS,
-};
-use crate::format::manifest::{FileRole, QuantizationSpec, MANIFEST_FILE};
-use crate::read::Bundle;
+use crate::format::layout::{VALIDATION_DIFFICULTY, VALIDATION_ORIGINAL_PREDICTIONS};
+use crate::format::manifest::{QuantizationSpec, MANIFEST_FILE};
+use crate::read::{Bundle, Stored};
 
 /// Everything `bundle inspect` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -138,44 +136,35 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// Builds the inspection of an open bundle (manifest and headers only).
 pub fn inspect(bundle: &Bundle) -> Inspection {
     let m = bundle.manifest();
-    let ternary = bundle.file(FileRole::Ternary).expect("required");
-    let fp16 = bundle.file(FileRole::Fp16).expect("required");
-    let bytes_of = |file: &crate::read::DataFile, name: &str| {
-        file.header().get(name).map_or(0, |e| e.byte_len())
-    };
     let mut tensors = Vec::with_capacity(m.tensors.len());
     let (mut params, mut qparams, mut packed_bytes) = (0u64, 0u64, 0u64);
-    for t in &m.tensors {
-        let n = t.elements();
+    for t in bundle.tensors() {
+        let n = t.spec.elements();
         params += n;
-        let scale_name = crate::format::manifest::scale_tensor_name(&t.name);
-        let (storage, tbytes, scales) = if t.quantized {
-            qparams += n;
-            let packed = bytes_of(ternary, &t.name);
-            packed_bytes += packed;
-            let scales = ternary
-                .header()
-                .get(&scale_name)
-                .map_or(0, |e| e.elements());
-            (
-                bundle.params().encoding.name().to_string(),
-                packed + bytes_of(ternary, &scale_name),
-                Some(scales),
-            )
-        } else {
-            ("F32".to_string(), bytes_of(ternary, &t.name), None)
+        let (storage, tbytes, scales) = match t.stored {
+            Stored::Packed(p) => {
+                qparams += n;
+                packed_bytes += p.packed.len() as u64;
+                (
+                    p.encoding.name().to_string(),
+                    (p.packed.len() + p.scale_bytes.len()) as u64,
+                    Some((p.scale_bytes.len() / 4) as u64),
+                )
+            }
+            Stored::F32(b) => ("F32".to_string(), b.len() as u64, None),
         };
+        let spec = t.spec;
         tensors.push(TensorSummary {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
+            name: spec.name.clone(),
+            shape: spec.shape.clone(),
             parameters: n,
             storage,
             ternary_bytes: tbytes,
-            fp16_bytes: bytes_of(fp16, &t.name),
-            sparsity: t.zeros.map(|z| ratio(z, n)),
+            fp16_bytes: t.fp16.len() as u64,
+            sparsity: spec.zeros.map(|z| ratio(z, n)),
             scales,
-            scale_min: t.scale_min,
-            scale_max: t.scale_max,
+            scale_min: spec.scale_min,
+            scale_max: spec.scale_max,
         });
     }
     let mut files = vec![FileSummary {
@@ -183,13 +172,10 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
         size: bundle.manifest_size(),
         sha256: None,
     }];
-    files.extend(bundle.files().map(|f| {
-        let entry = m.files.get(f.role()).expect("declared");
-        FileSummary {
-            name: f.role().file_name().into(),
-            size: entry.size,
-            sha256: Some(entry.sha256.clone()),
-        }
+    files.extend(bundle.files().map(|f| FileSummary {
+        name: f.role().file_name().into(),
+        size: f.bytes().len() as u64,
+        sha256: Some(f.declared_sha256().to_string()),
     }));
     let fp32_bytes = params * 4;
     let totals = Totals {
@@ -203,15 +189,23 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
         bits_per_weight: ratio(packed_bytes * 8, qparams),
         ternary_bits_per_parameter: ratio(m.files.ternary.size * 8, params),
     };
-    let validation = bundle.file(FileRole::Validation);
-    let validation_samples = validation
-        .and_then(|v| v.header().get(VALIDATION_INPUTS))
-        .map(|e| e.shape[0]);
-    let validation_extras = [VALIDATION_DIFFICULTY, VALIDATION_ORIGINAL_PREDICTIONS]
-        .iter()
-        .filter(|n| validation.is_some_and(|v| v.header().get(n).is_some()))
-        .map(|n| n.to_string())
-        .collect();
+    let validation = bundle.validation();
+    let validation_samples = validation.map(|v| v.samples as u64);
+    let validation_extras = validation
+        .map(|v| {
+            [
+                (VALIDATION_DIFFICULTY, v.difficulty.is_some()),
+                (
+                    VALIDATION_ORIGINAL_PREDICTIONS,
+                    v.original_predictions.is_some(),
+                ),
+            ]
+            .iter()
+            .filter(|(_, present)| *present)
+            .map(|(n, _)| n.to_string())
+            .collect()
+        })
+        .unwrap_or_default();
     Inspection {
         path: bundle.dir().display().to_string(),
         format: m.format.clone(),

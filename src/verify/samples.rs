@@ -10,10 +10,7 @@ use ndarray_rand::rand_distr::StandardNormal;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
-use crate::format::layout::{
-    VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
-};
-use crate::format::manifest::FileRole;
+
 use crate::read::checks;
 use crate::read::Bundle;
 
@@ -40,33 +37,25 @@ pub struct Samples<'b> {
 
 impl<'b> Samples<'b> {
     /// The validation set of `bundle` (its values checked, rules 6.2 and 6.3) if it has one,
-    /// otherwise
-    /// `samples` synthetic inputs of the model's input width, with labels drawn uniformly from
-    /// the classes (ChaCha8 seeded with `seed`, stream 0).
+    /// otherwise `samples` synthetic inputs of the model's input width, with labels drawn
+    /// uniformly from the classes (ChaCha8 seeded with `seed`, stream 0).
     pub fn of_bundle(bundle: &'b Bundle, samples: usize, seed: u64) -> Result<Self> {
-        let model = &bundle.manifest().model;
-        let width = model.input_dim as usize;
-        if let Some(f) = bundle.file(FileRole::Validation) {
+        let width = bundle.manifest().model.input_dim as usize;
+        if let Some(v) = bundle.validation() {
             checks::check_validation_values(bundle)?;
-            let inputs = f.tensor_bytes(VALIDATION_INPUTS).expect("rule 6.1");
             // Rules 6.2 and 6.3 proved every label and prediction a class index.
-            let classes = |name| {
-                f.tensor_bytes(name)
-                    .map(|b| crate::format::le::i64s(b).map(|l| l as usize).collect())
-            };
+            let classes = |b| crate::format::le::i64s(b).map(|l| l as usize).collect();
             return Ok(Samples {
-                origin: Origin::Validation(inputs),
+                origin: Origin::Validation(v.inputs),
                 width,
-                labels: classes(VALIDATION_LABELS).expect("rule 6.1"),
-                original: classes(VALIDATION_ORIGINAL_PREDICTIONS),
-                difficulty: f.tensor_bytes(VALIDATION_DIFFICULTY),
+                labels: classes(v.labels),
+                original: v.original_predictions.map(classes),
+                difficulty: v.difficulty,
             });
         }
-        let classes = model.layers.last().map_or(1, |l| l.out_features as usize);
+        let classes = bundle.classes().max(1) as usize;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let labels = (0..samples)
-            .map(|_| rng.random_range(0..classes.max(1)))
-            .collect();
+        let labels = (0..samples).map(|_| rng.random_range(0..classes)).collect();
         Ok(Samples {
             origin: Origin::Synthetic(seed),
             width,

@@ -152,15 +152,15 @@ pub fn write_bundle_with_progress(
         sha256: "0".repeat(64),
         tensors: Vec::new(),
     };
+    // The lowest version whose rules the bundle satisfies (spec section 13): original
+    // predictions, written with every validation set, need 2.0; 1.0 readers open the rest.
+    let version = match options.validation {
+        Some(_) => FormatVersion::V2_0,
+        None => FormatVersion::V1_0,
+    };
     let mut manifest = Manifest {
         format: FORMAT_NAME.into(),
-        // The lowest version whose rules the bundle satisfies (spec section 13): original
-        // predictions, written with every validation set, need 2.0; 1.0 readers open the rest.
-        format_version: match options.validation {
-            Some(_) => FormatVersion::V2_0,
-            None => FormatVersion::V1_0,
-        }
-        .to_string(),
+        format_version: version.to_string(),
         model: plan.model.clone(),
         quantization: QuantizationSpec::from_params(&plan.params),
         tensors: specs.clone(),
@@ -178,7 +178,6 @@ pub fn write_bundle_with_progress(
         extensions: Some(serde_json::Value::Object(Default::default())),
         manifest_sha256: crate::format::manifest::MANIFEST_DIGEST_PLACEHOLDER.into(),
     };
-    let version = FormatVersion::parse(&manifest.format_version).expect("written above");
     let facts = manifest.validate(&manifest_path, version)?;
     // The original model's decisions on the validation inputs (rule 6.3): the source weights as
     // read, before quantization, run by the reference model in f32.
@@ -354,10 +353,18 @@ fn put(
     data: &[u8],
     digests: &mut HashMap<String, String>,
 ) -> Result<()> {
+    // The layout was planned from the same tensor list: a miss is a bug, reported, not a panic.
     let e = header
         .get(name)
-        .expect("the layout was planned from the same tensor list");
-    debug_assert_eq!(e.byte_len(), data.len() as u64, "tensor {name}");
+        .filter(|e| e.byte_len() == data.len() as u64)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: tensor {} has no planned place for {} bytes",
+                path.display(),
+                escape_name(name),
+                data.len()
+            ))
+        })?;
     file.write_all_at(data, header.data_start() + e.start)
         .map_err(|err| Error::io(path, "write", err))?;
     digests.insert(name.to_string(), sha256_hex(data));

@@ -50,19 +50,13 @@ pub fn requantize(
     let plan = BundlePlan {
         model: m.model.clone(),
         params: *old.params(),
-        quantize: m
-            .tensors
-            .iter()
-            .filter(|t| t.quantized)
-            .map(|t| t.name.clone())
-            .collect(),
+        quantize: old.quantized().map(|p| p.spec.name.clone()).collect(),
     };
     let mut options = options;
     if keep_scales {
-        options.fixed_scales = plan
-            .quantize
-            .iter()
-            .map(|n| (n.clone(), old.packed(n).expect("quantized tensor").scales()))
+        options.fixed_scales = old
+            .quantized()
+            .map(|p| (p.spec.name.clone(), p.scales()))
             .collect();
     }
     if options.validation.is_none() {
@@ -75,11 +69,12 @@ pub fn requantize(
     let report = write_bundle(dest, &only, &plan, &options)?;
     let new = Bundle::open(dest)?;
     let mut changes = Vec::new();
-    for name in &plan.quantize {
-        let (a, b) = (
-            old.packed(name).expect("old"),
-            new.packed(name).expect("new"),
-        );
+    for a in old.quantized() {
+        let name = &a.spec.name;
+        // Written from the same plan, the new bundle quantizes the same tensors.
+        let b = new
+            .packed(name)
+            .ok_or_else(|| new.missing_tensor(FileRole::Ternary, name))?;
         let mut ta = vec![0i8; a.cols];
         let mut tb = vec![0i8; b.cols];
         let mut changed = 0u64;
