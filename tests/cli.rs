@@ -561,7 +561,13 @@ fn verify_json_and_junit_reports_are_machine_readable() {
     assert_eq!(v["ok"], true);
     let checks = v["checks"].as_array().unwrap();
     let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ternary_bundle::verify::CHECKS.to_vec());
+    assert_eq!(
+        names,
+        ternary_bundle::verify::Check::ALL
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+    );
     assert!(checks
         .iter()
         .all(|c| c["status"] == "pass" || c["name"] == "reference"));
@@ -585,7 +591,7 @@ fn verify_json_and_junit_reports_are_machine_readable() {
         .descendants()
         .filter(|n| n.has_tag_name("testcase"))
         .collect();
-    assert_eq!(cases.len(), ternary_bundle::verify::CHECKS.len());
+    assert_eq!(cases.len(), ternary_bundle::verify::Check::ALL.len());
     assert_eq!(
         doc.descendants()
             .filter(|n| n.has_tag_name("failure"))

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ternary_bundle::verify::{verify, VerifyOptions};
+use ternary_bundle::verify::{verify, Check, VerifyOptions};
 
 const FIXTURE: &str = "fixtures/bundles/tiny-trit5-tensor";
 const FILES: [&str; 3] = ["manifest.json", "ternary.safetensors", "fp16.safetensors"];
@@ -24,7 +24,7 @@ fn copy_fixture() -> tempfile::TempDir {
 fn sweep(masks: &[u8]) -> usize {
     let tmp = copy_fixture();
     let options = VerifyOptions {
-        only: vec!["files".into(), "checksums".into(), "structure".into()],
+        only: vec![Check::Files, Check::Checksums, Check::Structure],
         ..Default::default()
     };
     let mut checked = 0;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ternary_bundle::read::checks::{check_all, check_digests};
-use ternary_bundle::verify::{verify, VerifyOptions};
+use ternary_bundle::verify::{verify, Check, VerifyOptions};
 use ternary_bundle::Bundle;
 
 fn bin() -> PathBuf {
@@ -188,7 +188,7 @@ fn readers_during_forced_replacement_see_old_or_new_never_a_mix() {
     };
     let mut reads = 0u64;
     let integrity = VerifyOptions {
-        only: vec!["files".into(), "checksums".into(), "structure".into()],
+        only: vec![Check::Files, Check::Checksums, Check::Structure],
         ..Default::default()
     };
     while Instant::now() < deadline {

@@ -21,8 +21,18 @@ use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::source::ValidationSet;
 use ternary_bundle::source::{MemorySource, TensorSource};
 use ternary_bundle::verify::{
-    verify, CheckResult, Status, VerifyOptions, VerifyReport, CHECKS, RETENTION_METRIC as RETENTION,
+    verify, Check, CheckResult, Status, VerifyOptions, VerifyReport, RETENTION_METRIC as RETENTION,
 };
+
+/// The names of the checks, in order.
+fn check_names() -> Vec<&'static str> {
+    Check::ALL.iter().map(|c| c.name()).collect()
+}
+
+/// The checks named.
+fn checks(names: &[&str]) -> Vec<Check> {
+    names.iter().map(|n| Check::from_name(n).unwrap()).collect()
+}
 use ternary_bundle::{
     write_bundle, Bundle, BundlePlan, Encoding, Granularity, QuantParams, WriteOptions,
 };
@@ -199,17 +209,17 @@ fn assert_checks(report: &VerifyReport, overrides: &[(&str, Expect)]) {
     let has_validation = check(report, "files").figures["files"]
         .as_array()
         .is_some_and(|f| f.iter().any(|f| f == VALIDATION));
-    let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
-    assert_eq!(names, CHECKS.to_vec(), "checks out of order:\n{all}");
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.name()).collect();
+    assert_eq!(names, check_names(), "checks out of order:\n{all}");
     for (name, _) in overrides {
-        assert!(CHECKS.contains(name), "test bug: no check {name}");
+        assert!(check_names().contains(name), "test bug: no check {name}");
     }
     for c in &report.checks {
         let expected = overrides
             .iter()
-            .find(|(n, _)| *n == c.name)
+            .find(|(n, _)| c.name == *n)
             .map(|(_, e)| e.clone())
-            .unwrap_or(match c.name {
+            .unwrap_or(match c.name.name() {
                 "reference" => Expect::Skip(NO_REFERENCE.into()),
                 "retention" if !has_validation => Expect::Skip(NO_ORIGINAL.into()),
                 _ => Expect::Pass,
@@ -241,11 +251,11 @@ fn run(dir: &Path) -> VerifyReport {
 }
 
 /// Verifies `dir` with `--only` the named checks.
-fn run_only(dir: &Path, checks: &[&str]) -> VerifyReport {
+fn run_only(dir: &Path, names: &[&str]) -> VerifyReport {
     verify(
         dir,
         &VerifyOptions {
-            only: checks.iter().map(|c| c.to_string()).collect(),
+            only: checks(names),
             ..Default::default()
         },
     )
@@ -253,10 +263,10 @@ fn run_only(dir: &Path, checks: &[&str]) -> VerifyReport {
 
 /// Every check but `selected` reported as not selected.
 fn not_selected_except(selected: &[&str]) -> Vec<(&'static str, Expect)> {
-    CHECKS
-        .iter()
+    check_names()
+        .into_iter()
         .filter(|c| !selected.contains(c))
-        .map(|&c| (c, skip(NOT_SELECTED)))
+        .map(|c| (c, skip(NOT_SELECTED)))
         .collect()
 }
 
@@ -294,10 +304,10 @@ fn manifest_fails_on_an_unknown_format_and_nothing_else_runs() {
     );
     // Without a manifest there is nothing to measure.
     assert_eq!(
-        report.metrics["phase4_to_5/quantized_model_size_mb"],
+        metric(&report, "phase4_to_5/quantized_model_size_mb"),
         Value::Null
     );
-    assert_eq!(report.metrics["compression_ratio"], Value::Null);
+    assert_eq!(metric(&report, "compression_ratio"), Value::Null);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,7 +339,7 @@ fn files_fails_when_fp16_file_is_missing() {
     expected.extend(after_files_failed());
     assert_checks(&report, &expected);
     // The manifest still declares the sizes.
-    assert!(report.metrics["phase4_to_5/dequantized_model_size_mb"].is_f64());
+    assert!(metric(&report, "phase4_to_5/dequantized_model_size_mb").is_f64());
 }
 
 #[test]
@@ -535,11 +545,11 @@ fn encoding_fails_on_trit5_byte_243() {
         ],
     );
     assert_eq!(
-        report.metrics["phase4_to_5/dequantization_accuracy_retention"],
+        metric(&report, "phase4_to_5/dequantization_accuracy_retention"),
         Value::Null
     );
     assert_eq!(
-        report.metrics["phase4_to_5/gradient_flow_test_passed"],
+        metric(&report, "phase4_to_5/gradient_flow_test_passed"),
         true
     );
 }
@@ -726,8 +736,8 @@ fn agreement_fails_when_the_two_paths_disagree_on_half_the_inputs() {
     assert_eq!(f64_figure(agreement, "agreement"), 0.5);
     assert_eq!(agreement.figures["inputs"], "validation");
     assert!(f64_figure(agreement, "max_logit_difference") > 0.0);
-    assert_eq!(report.metrics["ternary_fp16_agreement"], 0.5);
-    assert_eq!(report.metrics[RETENTION], 0.5);
+    assert_eq!(metric(&report, "ternary_fp16_agreement"), 0.5);
+    assert_eq!(metric(&report, RETENTION), 0.5);
 
     // Synthetic standard-normal inputs: sum(x) > 0 about half the time.
     let dir = disagreeing_bundle(&tmp, "s", None);
@@ -782,12 +792,12 @@ fn retention_is_the_share_of_stored_original_decisions_the_fp16_model_keeps() {
     // The lossless model's FP16 predictions are the original's: all 32 kept.
     let report = run(&dir);
     assert_checks(&report, &[]);
-    assert_eq!(report.metrics[RETENTION], 1.0);
+    assert_eq!(metric(&report, RETENTION), 1.0);
     let original = stored_predictions(&dir);
     let labels: Vec<i64> = validation_set().labels;
     let accuracy = |p: &[i64]| p.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / 32.0;
     for key in ["accuracy_original", "accuracy_fp16", "accuracy_ternary"] {
-        assert_eq!(report.metrics[key], accuracy(&original), "{key}");
+        assert_eq!(metric(&report, key), accuracy(&original), "{key}");
     }
     assert_eq!(report.null_reasons, Default::default());
 
@@ -806,9 +816,9 @@ fn retention_is_the_share_of_stored_original_decisions_the_fp16_model_keeps() {
             ]),
         )],
     );
-    assert_eq!(report.metrics[RETENTION], 31.0 / 32.0);
-    assert_eq!(report.metrics["accuracy_original"], accuracy(&changed));
-    assert_eq!(report.metrics["accuracy_fp16"], accuracy(&original));
+    assert_eq!(metric(&report, RETENTION), 31.0 / 32.0);
+    assert_eq!(metric(&report, "accuracy_original"), accuracy(&changed));
+    assert_eq!(metric(&report, "accuracy_fp16"), accuracy(&original));
     // Per difficulty level (the set has levels 0..3, 8 inputs each): the change is at input 5,
     // level 1.
     let levels = &check(&report, "retention").figures["by_difficulty"];
@@ -853,10 +863,10 @@ fn ties_go_to_the_first_class_in_the_stored_and_the_fp16_predictions() {
     assert_eq!(stored_predictions(&dest), [0, 2, 0, 2, 0, 2, 0, 2]);
     let report = run(&dest);
     assert_checks(&report, &[]);
-    assert_eq!(report.metrics[RETENTION], 1.0);
+    assert_eq!(metric(&report, RETENTION), 1.0);
     // Labels 1 are never predicted: class 1 always ties with class 0 and loses.
-    assert_eq!(report.metrics["accuracy_fp16"], 0.75);
-    assert_eq!(report.metrics["accuracy_original"], 0.75);
+    assert_eq!(metric(&report, "accuracy_fp16"), 0.75);
+    assert_eq!(metric(&report, "accuracy_original"), 0.75);
 
     // The reference check forgives a stored class that ties with the recomputed one (another
     // summation order could pick it), and nothing else.
@@ -916,7 +926,7 @@ fn a_single_validation_input_gives_retention_0_or_1() {
     assert_checks(&report, &[]);
     let kept = check(&report, "retention");
     assert_eq!(kept.figures["samples"], 1);
-    assert_eq!(report.metrics[RETENTION], 1.0);
+    assert_eq!(metric(&report, RETENTION), 1.0);
     let stored = stored_predictions(&dest)[0];
     set_stored_predictions(&dest, &[(stored + 1) % 5]);
     let report = run(&dest);
@@ -927,7 +937,7 @@ fn a_single_validation_input_gives_retention_0_or_1() {
             fail(&["keeps 0.00%", "on 1 validation inputs, 1 changed"]),
         )],
     );
-    assert_eq!(report.metrics[RETENTION], 0.0);
+    assert_eq!(metric(&report, RETENTION), 0.0);
 }
 
 #[test]
@@ -953,7 +963,7 @@ fn corrupted_original_predictions_fail_naming_file_tensor_and_rule() {
             ("gradient_flow", bad),
         ],
     );
-    assert_eq!(report.metrics[RETENTION], Value::Null);
+    assert_eq!(metric(&report, RETENTION), Value::Null);
     assert!(report.null_reasons[RETENTION].contains("(rule 6.3)"));
 
     // Wrong dtype or shape (rule 6.1): the bundle does not open; structure names it.
@@ -1007,8 +1017,8 @@ fn a_bundle_written_by_the_1_0_writer_has_no_retention_and_says_why() {
     let report = run(&dir);
     let why = "not run: no original predictions: the validation set has no original_predictions (a format 1.x bundle); give --reference ORIGINAL.safetensors";
     assert_checks(&report, &[("retention", skip(why))]);
-    assert_eq!(report.metrics[RETENTION], Value::Null);
-    assert_eq!(report.metrics["accuracy_original"], Value::Null);
+    assert_eq!(metric(&report, RETENTION), Value::Null);
+    assert_eq!(metric(&report, "accuracy_original"), Value::Null);
     assert_eq!(
         report.null_reasons[RETENTION],
         format!(
@@ -1017,9 +1027,9 @@ fn a_bundle_written_by_the_1_0_writer_has_no_retention_and_says_why() {
         )
     );
     // The two forms of the bundle are still compared, and the labels still score them.
-    assert!(report.metrics["accuracy_fp16"].is_f64());
-    assert!(report.metrics["accuracy_ternary"].is_f64());
-    assert_eq!(report.metrics["ternary_fp16_agreement"], 1.0);
+    assert!(metric(&report, "accuracy_fp16").is_f64());
+    assert!(metric(&report, "accuracy_ternary").is_f64());
+    assert_eq!(metric(&report, "ternary_fp16_agreement"), 1.0);
 }
 
 #[test]
@@ -1033,13 +1043,13 @@ fn without_labels_the_accuracies_are_null_and_say_why() {
         "accuracy_fp16",
         "accuracy_ternary",
     ] {
-        assert_eq!(report.metrics[key], Value::Null, "{key}");
+        assert_eq!(metric(&report, key), Value::Null, "{key}");
         assert!(report.null_reasons.contains_key(key), "{key}");
     }
     assert!(report.null_reasons["accuracy_fp16"].contains("no labels: the inputs are synthetic"));
     assert!(report.null_reasons[RETENTION].contains("the bundle has no validation set"));
     // The agreement of the two paths is measured all the same, under its own name.
-    assert!(report.metrics["ternary_fp16_agreement"].is_f64());
+    assert!(metric(&report, "ternary_fp16_agreement").is_f64());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1070,7 +1080,7 @@ fn gradient_check_fails_when_the_analytic_gradient_is_off_by_one_percent() {
     // |1.01 a - a| / (1.01 |a|) = 0.0099.
     let err = f64_figure(check(&report, "gradient_check"), "max_relative_error");
     assert!((err - 0.01 / 1.01).abs() < 1e-4, "max relative error {err}");
-    assert_eq!(report.metrics["gradient_check_max_relative_error"], err);
+    assert_eq!(metric(&report, "gradient_check_max_relative_error"), err);
 }
 
 #[test]
@@ -1142,7 +1152,7 @@ fn gradient_flow_fails_when_a_zero_last_layer_blocks_the_gradient() {
     assert!(!flow.detail.contains("fc2"), "{}", flow.detail);
     assert!(f64_figure(flow, "loss").is_finite());
     assert_eq!(
-        report.metrics["phase4_to_5/gradient_flow_test_passed"],
+        metric(&report, "phase4_to_5/gradient_flow_test_passed"),
         false
     );
     // Both paths give the bias as logits: full agreement.
@@ -1209,7 +1219,7 @@ fn reference_supplies_the_original_predictions_when_the_bundle_stores_none() {
     let agreement = f64_figure(r, "agreement");
     assert_eq!(f64_figure(kept, "retention"), agreement);
     assert_eq!(kept.figures["original"], "reference");
-    assert_eq!(report.metrics[RETENTION], json!(agreement));
+    assert_eq!(metric(&report, RETENTION), json!(agreement));
     assert!(
         r.detail.starts_with(&format!(
             "original vs FP16 argmax agreement {:.2}% on 256 synthetic inputs",
@@ -1427,7 +1437,7 @@ fn skip_leaves_out_the_named_checks() {
     let report = verify(
         &dir,
         &VerifyOptions {
-            skip: vec!["gradient_check".into(), "gradient_flow".into()],
+            skip: vec![Check::GradientCheck, Check::GradientFlow],
             ..Default::default()
         },
     );
@@ -1439,11 +1449,11 @@ fn skip_leaves_out_the_named_checks() {
         ],
     );
     assert_eq!(
-        report.metrics["gradient_check_max_relative_error"],
+        metric(&report, "gradient_check_max_relative_error"),
         Value::Null
     );
     assert_eq!(
-        report.metrics["phase4_to_5/gradient_flow_test_passed"],
+        metric(&report, "phase4_to_5/gradient_flow_test_passed"),
         Value::Null
     );
 
@@ -1454,7 +1464,7 @@ fn skip_leaves_out_the_named_checks() {
     let report = verify(
         &broken,
         &VerifyOptions {
-            skip: vec!["dequantization".into()],
+            skip: vec![Check::Dequantization],
             ..Default::default()
         },
     );
@@ -1462,24 +1472,14 @@ fn skip_leaves_out_the_named_checks() {
 }
 
 #[test]
-fn unknown_check_names_are_refused_by_check() {
-    let bad = VerifyOptions {
-        only: vec!["checksum".into()],
-        ..Default::default()
-    };
-    let err = bad.check().unwrap_err().to_string();
+fn unknown_check_names_are_refused() {
+    let err = Check::parse_list(&["checksum".into()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown check \"checksum\""), "{err}");
-    let bad = VerifyOptions {
-        skip: vec!["nonsense".into()],
-        ..Default::default()
-    };
-    assert!(bad.check().is_err());
-    VerifyOptions {
-        only: CHECKS.iter().map(|c| c.to_string()).collect(),
-        ..Default::default()
-    }
-    .check()
-    .unwrap();
+    assert!(Check::parse_list(&["nonsense".into()]).is_err());
+    let all: Vec<String> = check_names().iter().map(|c| c.to_string()).collect();
+    assert_eq!(Check::parse_list(&all).unwrap(), Check::ALL.to_vec());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1508,21 +1508,21 @@ fn metrics_carry_the_handoff_figures() {
         })
         .sum();
     assert_eq!(params, 91 + 13 + 13 + 65);
-    let metric = |key: &str| -> &Value {
-        report
-            .metrics
-            .get(key)
-            .unwrap_or_else(|| panic!("no metric {key} in {:?}", report.metrics))
+    let all = serde_json::to_value(&report.metrics).unwrap();
+    let one = |key: &str| -> Value {
+        all.get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no metric {key} in {all}"))
     };
     assert_eq!(
-        metric("phase4_to_5/quantized_model_size_mb").as_f64(),
+        one("phase4_to_5/quantized_model_size_mb").as_f64(),
         Some(size("ternary") as f64 / 1e6)
     );
     assert_eq!(
-        metric("phase4_to_5/dequantized_model_size_mb").as_f64(),
+        one("phase4_to_5/dequantized_model_size_mb").as_f64(),
         Some(size("fp16") as f64 / 1e6)
     );
-    let retention = metric("phase4_to_5/dequantization_accuracy_retention")
+    let retention = one("phase4_to_5/dequantization_accuracy_retention")
         .as_f64()
         .unwrap();
     assert!((0.995..=1.0).contains(&retention), "{retention}");
@@ -1530,12 +1530,10 @@ fn metrics_carry_the_handoff_figures() {
         retention,
         f64_figure(check(&report, "agreement"), "agreement")
     );
-    assert_eq!(metric("phase4_to_5/gradient_flow_test_passed"), true);
-    let ratio = metric("compression_ratio").as_f64().unwrap();
+    assert_eq!(one("phase4_to_5/gradient_flow_test_passed"), true);
+    let ratio = one("compression_ratio").as_f64().unwrap();
     assert_eq!(ratio, params as f64 * 4.0 / size("ternary") as f64);
-    let err = metric("gradient_check_max_relative_error")
-        .as_f64()
-        .unwrap();
+    let err = one("gradient_check_max_relative_error").as_f64().unwrap();
     assert!((0.0..1e-4).contains(&err), "{err}");
     assert_eq!(
         err,
@@ -1550,12 +1548,12 @@ fn metrics_carry_the_handoff_figures() {
     write_bundle(&big, &src, &plan, &WriteOptions::default()).unwrap();
     let report = run(&big);
     assert_checks(&report, &[]);
-    let ratio = report.metrics["compression_ratio"].as_f64().unwrap();
+    let ratio = metric(&report, "compression_ratio").as_f64().unwrap();
     assert!(ratio > 10.0 && ratio < 20.0, "compression ratio {ratio}");
-    let q = report.metrics["phase4_to_5/quantized_model_size_mb"]
+    let q = metric(&report, "phase4_to_5/quantized_model_size_mb")
         .as_f64()
         .unwrap();
-    let d = report.metrics["phase4_to_5/dequantized_model_size_mb"]
+    let d = metric(&report, "phase4_to_5/dequantized_model_size_mb")
         .as_f64()
         .unwrap();
     assert!(
@@ -1569,10 +1567,10 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     let tmp = tempfile::tempdir().unwrap();
     let good = bundle(&tmp);
     let xml = run(&good).to_junit();
-    assert_eq!(xml.matches("<testcase ").count(), CHECKS.len(), "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), Check::ALL.len(), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), 0, "{xml}");
     assert_eq!(xml.matches("<skipped ").count(), 2, "{xml}"); // retention, reference
-    for name in CHECKS {
+    for name in check_names() {
         assert!(xml.contains(&format!("name=\"{name}\"")), "{name}: {xml}");
     }
     assert!(
@@ -1586,7 +1584,7 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     let report = run(&broken);
     assert!(!report.ok);
     let xml = report.to_junit();
-    assert_eq!(xml.matches("<testcase ").count(), CHECKS.len(), "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), Check::ALL.len(), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
     assert!(
         xml.contains("tests=\"12\" failures=\"1\" skipped=\"2\""),
@@ -1599,4 +1597,9 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     assert!(case.contains("<failure message=\""), "{case}");
     assert!(case.contains("(rule 5.2)"), "{case}");
     assert!(case.contains("tensor &quot;fc1.weight&quot;"), "{case}");
+}
+
+/// Metric `name` of `report`, as it appears in the JSON report.
+fn metric(report: &ternary_bundle::verify::VerifyReport, name: &str) -> serde_json::Value {
+    serde_json::to_value(&report.metrics).unwrap()[name].clone()
 }

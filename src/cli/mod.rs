@@ -16,7 +16,9 @@ use ternary_bundle::read::inspect::{inspect, Inspection};
 use ternary_bundle::read::mmap::Backing;
 use ternary_bundle::source::ValidationSet;
 use ternary_bundle::source::{load_validation_set, CheckpointSource, SourceTensor, TensorSource};
-use ternary_bundle::verify::{verify, Status, VerifyOptions, VerifyReport, RETENTION_METRIC};
+use ternary_bundle::verify::{
+    verify, Check, Status, VerifyOptions, VerifyReport, RETENTION_METRIC,
+};
 use ternary_bundle::write::arch::{infer_arch, load_arch};
 use ternary_bundle::write::demo::DemoSource;
 use ternary_bundle::write::export::{export, ExportDtype};
@@ -425,9 +427,7 @@ fn print_verify(report: &VerifyReport) {
         };
         println!("  {:<15} {status}  {}", c.name, c.detail);
     }
-    let count = |s: Status| report.checks.iter().filter(|c| c.status == s).count();
     let m = &report.metrics;
-    let num = |k: &str| m.get(k).and_then(|v| v.as_f64());
     println!(
         "{}: {} passed, {} failed, {} skipped",
         if report.ok {
@@ -435,26 +435,24 @@ fn print_verify(report: &VerifyReport) {
         } else {
             print::status("FAILED", false)
         },
-        count(Status::Pass),
-        count(Status::Fail),
-        count(Status::Skip)
+        report.count(Status::Pass),
+        report.count(Status::Fail),
+        report.count(Status::Skip)
     );
-    let percent = |k: &str| num(k).map_or("n/a".to_string(), |a| format!("{:.2}%", a * 100.0));
-    if ["accuracy_original", "accuracy_fp16", "accuracy_ternary"]
-        .iter()
-        .any(|k| num(k).is_some())
-    {
+    let percent = |v: Option<f64>| v.map_or("n/a".to_string(), |a| format!("{:.2}%", a * 100.0));
+    let accuracies = [m.accuracy_original, m.accuracy_fp16, m.accuracy_ternary];
+    if accuracies.iter().any(Option::is_some) {
         println!(
             "accuracy on the validation labels: original {}, FP16 {}, ternary {}",
-            percent("accuracy_original"),
-            percent("accuracy_fp16"),
-            percent("accuracy_ternary")
+            percent(m.accuracy_original),
+            percent(m.accuracy_fp16),
+            percent(m.accuracy_ternary)
         );
     }
-    match num(RETENTION_METRIC) {
+    match m.retention {
         Some(_) => println!(
             "retention (decisions of the original model the FP16 model keeps): {}",
-            percent(RETENTION_METRIC)
+            percent(m.retention)
         ),
         None => println!(
             "retention: unknown ({})",
@@ -464,17 +462,13 @@ fn print_verify(report: &VerifyReport) {
                 .map_or("not computed", String::as_str)
         ),
     }
-    if let (Some(q), Some(d)) = (
-        num("phase4_to_5/quantized_model_size_mb"),
-        num("phase4_to_5/dequantized_model_size_mb"),
-    ) {
+    if let (Some(q), Some(d)) = (m.quantized_model_size_mb, m.dequantized_model_size_mb) {
         println!(
             "metrics: quantized {}, dequantized {}, compression {:.1}x vs FP32, gradient flow {}",
             print::size((q * 1e6) as u64),
             print::size((d * 1e6) as u64),
-            num("compression_ratio").unwrap_or(0.0),
-            m.get("phase4_to_5/gradient_flow_test_passed")
-                .and_then(|v| v.as_bool())
+            m.compression_ratio.unwrap_or(0.0),
+            m.gradient_flow_test_passed
                 .map_or("n/a", |b| if b { "passed" } else { "FAILED" }),
         );
     }
@@ -482,8 +476,8 @@ fn print_verify(report: &VerifyReport) {
 
 fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
     let options = VerifyOptions {
-        only: a.only,
-        skip: a.skip,
+        only: Check::parse_list(&a.only)?,
+        skip: Check::parse_list(&a.skip)?,
         strict: a.strict,
         min_agreement: a.min_agreement,
         min_retention: a.min_retention,

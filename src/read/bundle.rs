@@ -211,13 +211,13 @@ pub struct ValidationView<'a> {
     pub path: &'a Path,
     /// Samples, N >= 1.
     pub samples: usize,
-    /// `inputs` F32 [N, input_dim], little-endian.
+    /// `inputs` F32 `[N, input_dim]`, little-endian.
     pub inputs: &'a [u8],
-    /// `labels` I64 [N], little-endian.
+    /// `labels` I64 `[N]`, little-endian.
     pub labels: &'a [u8],
-    /// `difficulty` U8 [N], when present.
+    /// `difficulty` U8 `[N]`, when present.
     pub difficulty: Option<&'a [u8]>,
-    /// `original_predictions` I64 [N], when present (format 2.0).
+    /// `original_predictions` I64 `[N]`, when present (format 2.0).
     pub original_predictions: Option<&'a [u8]>,
 }
 

@@ -1,6 +1,6 @@
 //! Reading bundles: opening them (the validation order of spec section 11: rules 1.1 to 6.1,
 //! headers only, in [`open`]), the structural rules that relate files to the manifest
-//! ([`structure`]), zero-copy views of an open bundle ([`Bundle`], in [`bundle`](mod@bundle)),
+//! (`structure`), zero-copy views of an open bundle ([`Bundle`], in [`bundle`](mod@bundle)),
 //! the data rules that read every byte ([`checks`]), what `bundle inspect` shows ([`inspect`])
 //! and how file contents reach memory ([`mmap`], the crate's only `unsafe`).
 

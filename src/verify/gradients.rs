@@ -1,0 +1,134 @@
+//! The gradient checks on the FP16 model in f64: analytic against numeric derivatives
+//! (gradient_check) and gradients reaching every parameter tensor (gradient_flow).
+
+use ndarray::Array2;
+use serde_json::{json, Value};
+
+use crate::error::printable;
+use crate::model::chunks::gradient_rows;
+use crate::model::gradcheck::{gradient_check, gradient_flow, to_f64, GradCheckOptions, Model64};
+use crate::verify::check::Check;
+use crate::verify::integrity::fail_with;
+use crate::verify::options::{VerifyOptions, FLOW_BATCH, GRADCHECK_BATCH};
+use crate::verify::runner::{Fail, Outcome, Runner};
+use crate::verify::runs::ModelRuns;
+
+/// What the gradient checks measured, for the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Measured {
+    /// Worst relative error of the gradient check.
+    pub max_relative_error: Option<f64>,
+    /// Whether gradients flow to every tensor.
+    pub flow_passed: Option<bool>,
+}
+
+/// Runs gradient_check and gradient_flow on the FP16 model of the open bundle.
+pub(crate) fn run(
+    r: &mut Runner<'_>,
+    runs: Option<&ModelRuns<'_>>,
+    options: &VerifyOptions,
+) -> Measured {
+    let mut measured = Measured::default();
+    // The f64 model is built once, for both checks.
+    let models = runs.map(|runs| (runs, Model64::new(runs.bundle)));
+    let input = models.as_ref().map(|(runs, model)| (*runs, model));
+    r.run_on(Check::GradientCheck, input, |(runs, model)| {
+        let model = model.as_ref().map_err(fail_with)?;
+        let (x, labels) = batch(runs, GRADCHECK_BATCH)?;
+        check(model, x, labels, options, &mut measured)
+    });
+    r.run_on(Check::GradientFlow, input, |(runs, model)| {
+        let model = model.as_ref().map_err(fail_with)?;
+        let (x, labels) = batch(runs, FLOW_BATCH)?;
+        flow(model, x, labels, &mut measured)
+    });
+    measured
+}
+
+/// The first `limit` inputs (as f64) and labels; fewer when the model is so wide that `limit`
+/// samples would not fit the memory bound.
+fn batch<'r>(runs: &'r ModelRuns<'_>, limit: usize) -> Result<(Array2<f64>, &'r [usize]), Fail> {
+    let samples = runs.samples()?;
+    let n = samples
+        .len()
+        .min(gradient_rows(&runs.bundle.manifest().model, limit));
+    Ok((to_f64(samples.rows(0..n).view()), &samples.labels()[..n]))
+}
+
+/// Check 10, gradient_check: f64 backprop against central differences.
+fn check(
+    model: &Model64<'_>,
+    x: Array2<f64>,
+    labels: &[usize],
+    options: &VerifyOptions,
+    measured: &mut Measured,
+) -> Outcome {
+    let grad = GradCheckOptions {
+        seed: options.seed,
+        ..options.grad.clone()
+    };
+    let rep = gradient_check(model, x.view(), labels, &grad);
+    measured.max_relative_error = Some(rep.max_relative_error);
+    let figures = json!({
+        "batch": rep.batch, "coordinates": rep.coordinates, "excluded_relu_kinks": rep.excluded_kinks,
+        "directions": rep.directions, "excluded_directions": rep.excluded_directions,
+        "max_relative_error": rep.max_relative_error, "grad_tol": grad.tolerance, "step": grad.step, "worst": rep.worst,
+    });
+    let detail = format!(
+        "max relative error {:.2e} (tolerance {:.0e}) over {} coordinates and {} directions; {} coordinates excluded at ReLU kinks; worst: {}",
+        rep.max_relative_error, grad.tolerance, rep.coordinates, rep.directions, rep.excluded_kinks, rep.worst
+    );
+    if rep.passed(grad.tolerance) {
+        Ok((detail, figures))
+    } else {
+        Err((detail, figures))
+    }
+}
+
+/// Check 11, gradient_flow: every parameter tensor gets a finite, non-zero gradient.
+fn flow(model: &Model64<'_>, x: Array2<f64>, labels: &[usize], measured: &mut Measured) -> Outcome {
+    let n = x.nrows();
+    let (loss, stats) = gradient_flow(model, x.view(), labels);
+    let bad: Vec<String> = stats
+        .iter()
+        .filter(|s| s.non_finite > 0 || s.non_zero == 0)
+        .map(|s| {
+            let why = if s.non_finite > 0 {
+                format!("{} non-finite", s.non_finite)
+            } else {
+                "all zero".into()
+            };
+            format!("{} ({why})", printable(&s.name))
+        })
+        .collect();
+    let passed = bad.is_empty() && loss.is_finite();
+    measured.flow_passed = Some(passed);
+    let tensors: Vec<Value> = stats
+        .iter()
+        .map(|s| json!({ "name": s.name, "elements": s.elements, "norm": s.norm, "variance": s.variance, "mean": s.mean, "non_finite": s.non_finite, "non_zero": s.non_zero }))
+        .collect();
+    let total_var: f64 = stats.iter().map(|s| s.variance).sum();
+    let figures =
+        json!({ "batch": n, "loss": loss, "tensors": tensors, "gradient_variance_sum": total_var });
+    if passed {
+        let norms: Vec<String> = stats
+            .iter()
+            .map(|s| format!("{} {:.2e}", printable(&s.name), s.norm))
+            .collect();
+        Ok((
+            format!(
+                "all {} parameter tensors get finite, non-zero gradients (loss {loss:.4} on {n} samples); norms: {}",
+                stats.len(),
+                norms.join(", ")
+            ),
+            figures,
+        ))
+    } else if !loss.is_finite() {
+        Err((format!("loss is {loss} on {n} samples"), figures))
+    } else {
+        Err((
+            format!("gradients do not flow to: {}", bad.join(", ")),
+            figures,
+        ))
+    }
+}

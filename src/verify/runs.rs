@@ -1,0 +1,277 @@
+//! What the model checks share, each computed once by the first check that needs it: the
+//! inputs, and the predictions of the bundle's two paths and of the original model on them.
+
+use std::cell::OnceCell;
+
+use serde_json::json;
+
+use crate::error::Result;
+use crate::model::chunks::chunk_rows;
+use crate::model::reference::{argmax_rows, forward_bundle, forward_source, WeightPath};
+use crate::read::Bundle;
+use crate::source::CheckpointSource;
+use crate::verify::integrity::fail_with;
+use crate::verify::options::VerifyOptions;
+use crate::verify::runner::Fail;
+use crate::verify::samples::Samples;
+
+/// Share of positions where `a` and `b` hold the same class (0 for none).
+pub(crate) fn same_share(a: &[usize], b: &[usize]) -> f64 {
+    let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    same as f64 / a.len().max(1) as f64
+}
+
+/// Why a bundle offers no original predictions to compare with.
+pub(crate) fn no_original_predictions(bundle: Option<&Bundle>) -> &'static str {
+    match bundle.and_then(Bundle::validation) {
+        Some(_) => "no original predictions: the validation set has no original_predictions (a format 1.x bundle); give --reference ORIGINAL.safetensors",
+        None => "no original predictions: the bundle has no validation set; give --reference ORIGINAL.safetensors (compared on synthetic inputs)",
+    }
+}
+
+/// Where the original model's predictions come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OriginalSource {
+    /// `original_predictions` in the validation file (rule 6.3).
+    Stored,
+    /// Recomputed from `--reference`.
+    Reference,
+}
+
+impl OriginalSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            OriginalSource::Stored => "original_predictions",
+            OriginalSource::Reference => "reference",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            OriginalSource::Stored => "stored in validation.safetensors",
+            OriginalSource::Reference => "recomputed from --reference",
+        }
+    }
+}
+
+/// The predictions of the bundle's two paths on the inputs.
+pub(crate) struct TwoPaths {
+    pub ternary: Vec<usize>,
+    pub fp16: Vec<usize>,
+    pub max_logit_difference: f64,
+}
+
+/// The original checkpoint's predictions, recomputed for `--reference`.
+pub(crate) struct Recomputed {
+    pub predictions: Vec<usize>,
+    /// Per input, whether the stored prediction (if any) is within rounding of the recomputed
+    /// maximum logit: a near-tie, where summation order may pick either class.
+    pub near_tie: Vec<bool>,
+    /// SHA-256 of the checkpoint file.
+    pub sha256: String,
+}
+
+/// How recomputed predictions compare with stored ones.
+pub(crate) struct Comparison {
+    /// Inputs whose classes differ beyond a near-tie.
+    pub differ: usize,
+    /// Inputs whose classes differ at a near-tie only.
+    pub near_ties: usize,
+    /// The first input that differs: (index, stored, recomputed).
+    pub first: (usize, usize, usize),
+}
+
+impl Recomputed {
+    pub fn compare(&self, stored: &[usize]) -> Comparison {
+        let mut c = Comparison {
+            differ: 0,
+            near_ties: 0,
+            first: (0, 0, 0),
+        };
+        for (i, (&s, &p)) in stored.iter().zip(&self.predictions).enumerate() {
+            if s == p {
+                continue;
+            }
+            if self.near_tie[i] {
+                c.near_ties += 1;
+            } else {
+                if c.differ == 0 {
+                    c.first = (i, s, p);
+                }
+                c.differ += 1;
+            }
+        }
+        c
+    }
+}
+
+/// Relative size, against the largest |logit| of the row, of a logit difference that summation
+/// order can produce in f32 (a 4096-term dot product rounds at about 1e-6 of its terms).
+const NEAR_TIE: f32 = 1e-4;
+
+/// What the model checks share, each computed once by the first check that needs it: the inputs,
+/// and the predictions of the bundle's two paths and of the original model on them.
+pub(crate) struct ModelRuns<'b> {
+    pub bundle: &'b Bundle,
+    options: &'b VerifyOptions,
+    pub samples: OnceCell<Result<Samples<'b>>>,
+    pub paths: OnceCell<Result<TwoPaths>>,
+    pub fp16: OnceCell<Result<Vec<usize>>>,
+    reference: OnceCell<Result<Recomputed>>,
+}
+
+impl<'b> ModelRuns<'b> {
+    pub fn new(bundle: &'b Bundle, options: &'b VerifyOptions) -> Self {
+        ModelRuns {
+            bundle,
+            options,
+            samples: OnceCell::new(),
+            paths: OnceCell::new(),
+            fp16: OnceCell::new(),
+            reference: OnceCell::new(),
+        }
+    }
+
+    pub fn samples(&self) -> std::result::Result<&Samples<'b>, Fail> {
+        self.samples
+            .get_or_init(|| {
+                Samples::of_bundle(self.bundle, self.options.samples, self.options.seed)
+            })
+            .as_ref()
+            .map_err(fail_with)
+    }
+
+    /// Where the original predictions come from: stored, else `--reference`, else nowhere.
+    pub fn original_source(&self) -> Option<OriginalSource> {
+        let stored = self
+            .bundle
+            .validation()
+            .is_some_and(|v| v.original_predictions.is_some());
+        if stored {
+            Some(OriginalSource::Stored)
+        } else {
+            self.options
+                .reference
+                .as_ref()
+                .map(|_| OriginalSource::Reference)
+        }
+    }
+
+    /// The original model's predictions on the inputs, and where they come from.
+    pub fn original(&self) -> std::result::Result<(&[usize], OriginalSource), Fail> {
+        match self.original_source() {
+            Some(OriginalSource::Stored) => Ok((
+                self.samples()?.original_predictions().expect("stored"),
+                OriginalSource::Stored,
+            )),
+            Some(OriginalSource::Reference) => {
+                Ok((&self.reference()?.predictions, OriginalSource::Reference))
+            }
+            None => Err((no_original_predictions(Some(self.bundle)).into(), json!({}))),
+        }
+    }
+
+    /// The original model's predictions if they are stored or were already recomputed (never
+    /// runs the checkpoint: metrics only report what a check computed).
+    pub fn original_if_known(&self) -> Option<&[usize]> {
+        match self.original_source()? {
+            OriginalSource::Stored => self.samples.get()?.as_ref().ok()?.original_predictions(),
+            OriginalSource::Reference => Some(&self.reference.get()?.as_ref().ok()?.predictions),
+        }
+    }
+
+    /// Both paths on every input, a chunk of rows at a time.
+    pub fn both_paths(&self) -> std::result::Result<&TwoPaths, Fail> {
+        let samples = self.samples()?;
+        self.paths
+            .get_or_init(|| {
+                let b = self.bundle;
+                let mut p = TwoPaths {
+                    ternary: Vec::with_capacity(samples.len()),
+                    fp16: Vec::with_capacity(samples.len()),
+                    max_logit_difference: 0.0,
+                };
+                for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
+                    let x = samples.rows(rows);
+                    let t = forward_bundle(b, WeightPath::Ternary, x.view())?;
+                    let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
+                    p.ternary.extend(argmax_rows(&t));
+                    p.fp16.extend(argmax_rows(&f));
+                    p.max_logit_difference = t
+                        .iter()
+                        .zip(f.iter())
+                        .map(|(a, b)| (a - b).abs() as f64)
+                        .fold(p.max_logit_difference, f64::max);
+                }
+                Ok(p)
+            })
+            .as_ref()
+            .map_err(fail_with)
+    }
+
+    /// The FP16 model's predictions: from the agreement check's run when it ran, otherwise
+    /// computed alone.
+    pub fn fp16(&self) -> std::result::Result<&[usize], Fail> {
+        let samples = self.samples()?;
+        self.fp16
+            .get_or_init(|| {
+                if let Some(Ok(p)) = self.paths.get() {
+                    return Ok(p.fp16.clone());
+                }
+                let mut out = Vec::with_capacity(samples.len());
+                for rows in samples.chunks(chunk_rows(&self.bundle.manifest().model)) {
+                    let x = samples.rows(rows);
+                    out.extend(argmax_rows(&forward_bundle(
+                        self.bundle,
+                        WeightPath::Fp16,
+                        x.view(),
+                    )?));
+                }
+                Ok(out)
+            })
+            .as_ref()
+            .map(Vec::as_slice)
+            .map_err(fail_with)
+    }
+
+    /// The `--reference` checkpoint's predictions, a chunk of rows at a time with one layer in
+    /// memory, and which of them sit at a near-tie with the stored prediction.
+    pub fn reference(&self) -> std::result::Result<&Recomputed, Fail> {
+        let samples = self.samples()?;
+        let path = self.options.reference.as_ref().ok_or_else(|| {
+            (
+                "needs --reference ORIGINAL.safetensors".to_string(),
+                json!({}),
+            )
+        })?;
+        self.reference
+            .get_or_init(|| {
+                let original = CheckpointSource::open(path)?;
+                let model = &self.bundle.manifest().model;
+                let activations = &self.bundle.facts().activations;
+                let stored = samples.original_predictions();
+                let mut r = Recomputed {
+                    predictions: Vec::with_capacity(samples.len()),
+                    near_tie: Vec::with_capacity(samples.len()),
+                    sha256: original.sha256(),
+                };
+                for rows in samples.chunks(chunk_rows(model)) {
+                    let start = rows.start;
+                    let x = samples.rows(rows);
+                    let logits = forward_source(&original, model, activations, x.view())?;
+                    let predictions = argmax_rows(&logits);
+                    for (k, (row, &p)) in logits.rows().into_iter().zip(&predictions).enumerate() {
+                        let tie = stored.is_some_and(|s| {
+                            let scale = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            row[p] - row[s[start + k]] <= NEAR_TIE * scale
+                        });
+                        r.near_tie.push(tie);
+                    }
+                    r.predictions.extend(predictions);
+                }
+                Ok(r)
+            })
+            .as_ref()
+            .map_err(fail_with)
+    }
+}
