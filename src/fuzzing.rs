@@ -193,7 +193,8 @@ pub fn verify_numeric(scratch: &Path, data: &[u8]) -> Option<bool> {
     use crate::source::MemorySource;
     use crate::source::ValidationSet;
     use crate::verify::{verify, Status, VerifyOptions};
-    use crate::write::bundle::{write_bundle, BundlePlan, WriteOptions};
+    use crate::write::bundle::{write_bundle, WriteOptions};
+    use crate::write::plan::BundlePlan;
     use std::collections::BTreeSet;
 
     let mut c = Cursor { data };

@@ -2429,7 +2429,7 @@ fn rule_6_1_extra_tensor_and_missing_inputs() {
 fn rule_6_1_validation_file_to_embed_is_checked_naming_the_tensor() {
     use ternary_bundle::format::safetensors::Dtype;
     use ternary_bundle::source::load_validation_set;
-    use ternary_bundle::write::bundle::write_safetensors_file;
+    use ternary_bundle::write::safetensors::write_safetensors_file;
     let tmp = tempfile::tempdir().unwrap();
     let write = |name: &str, tensors: Vec<(String, Dtype, Vec<u64>)>| {
         let path = tmp.path().join(name);

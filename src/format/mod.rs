@@ -12,5 +12,6 @@ pub mod limits;
 pub mod manifest;
 pub mod names;
 pub mod quantization;
+pub mod rfc3339;
 pub mod rules;
 pub mod safetensors;

@@ -9,46 +9,32 @@
 //! being processed (one per worker thread), not by the model.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use half::f16;
 use rayon::prelude::*;
-use rustix::fs::{RenameFlags, CWD};
-use rustix::io::Errno;
 
 use crate::error::{escape_name, Error, Result, Violation};
-use crate::format::checksum::{sha256_file, sha256_hex};
 use crate::format::layout::{
     fp16_layout, ternary_layout, validation_layout, VALIDATION_DIFFICULTY, VALIDATION_INPUTS,
     VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
 };
 use crate::format::manifest::{
-    FileEntry, FileRole, FileTable, FormatVersion, Manifest, ModelSpec, Provenance,
-    QuantizationSpec, TensorDigest, TensorSpec, FORMAT_NAME, MANIFEST_FILE,
+    FileEntry, FileRole, FileTable, FormatVersion, Manifest, ManifestFacts, ModelSpec, Provenance,
+    QuantizationSpec, TensorSpec, FORMAT_NAME, MANIFEST_DIGEST_PLACEHOLDER, MANIFEST_FILE,
 };
 use crate::format::quantization::QuantParams;
 use crate::format::rules::Rule;
-use crate::format::safetensors::{plan_layout, Dtype, Header};
+use crate::format::safetensors::{plan_layout, Header};
 use crate::model::reference::source_predictions;
 use crate::quant::dequantize::dequantize_tensor_f16;
 use crate::quant::quantize::{quantize, quantize_with_scales, QuantStats};
 use crate::source::{TensorSource, ValidationSet};
-
-/// What to build: the architecture, the quantization settings and which tensors to quantize.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BundlePlan {
-    /// The model the reference model runs (manifest `model`).
-    pub model: ModelSpec,
-    /// Quantization settings.
-    pub params: QuantParams,
-    /// Names of the source tensors to quantize; every other tensor is stored as F32/F16.
-    pub quantize: BTreeSet<String>,
-}
-
+use crate::write::plan::BundlePlan;
+use crate::write::safetensors::{create_sized, finish_file, put};
+use crate::write::staging::{check_destination, sync_dir, Staging};
 /// How to write.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteOptions {
@@ -108,6 +94,43 @@ pub fn write_bundle_with_progress(
     options: &WriteOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WriteReport> {
+    check_plan(source, plan, options)?;
+    check_destination(dest, options.force)?;
+    // A draft manifest, validated before any heavy work; then the original model's decisions on
+    // the validation inputs (rule 6.3): the source weights as read, before quantization, run by
+    // the reference model in f32.
+    let (mut manifest, facts) = draft_manifest(dest, source, plan, options)?;
+    let original_predictions = match &options.validation {
+        Some(v) => {
+            check_validation_set(v, &plan.model)?;
+            Some(source_predictions(
+                source,
+                &plan.model,
+                &facts.activations,
+                &v.inputs,
+            )?)
+        }
+        None => None,
+    };
+
+    let staging = Staging::create(dest)?;
+    let reports = write_model_files(&staging.dir, &mut manifest, source, plan, options, progress)?;
+    if let (Some(v), Some(p)) = (&options.validation, &original_predictions) {
+        manifest.files.validation =
+            Some(write_validation(&staging.dir, v, p, plan.model.input_dim)?);
+    }
+    write_manifest(&staging.dir, &dest.join(MANIFEST_FILE), &mut manifest)?;
+    sync_dir(&staging.dir)?;
+    staging.commit(dest, options.force)?;
+    Ok(WriteReport {
+        manifest,
+        tensors: reports,
+    })
+}
+
+/// The plan's settings are valid, every tensor it names exists, fixed scales are for quantized
+/// tensors only.
+fn check_plan(source: &dyn TensorSource, plan: &BundlePlan, options: &WriteOptions) -> Result<()> {
     plan.params.check().map_err(Error::InvalidArgument)?;
     if let Some(name) = options
         .fixed_scales
@@ -119,27 +142,34 @@ pub fn write_bundle_with_progress(
             escape_name(name)
         )));
     }
-    check_destination(dest, options.force)?;
-    let manifest_path = dest.join(MANIFEST_FILE);
-
-    // The tensors, sorted by name, and a draft manifest validated before any heavy work.
-    let mut sources = source.tensors();
-    sources.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-    let known: BTreeSet<&str> = sources.iter().map(|t| t.name.as_str()).collect();
-    if let Some(missing) = plan.quantize.iter().find(|n| !known.contains(n.as_str())) {
+    let known: BTreeSet<String> = source.tensors().into_iter().map(|t| t.name).collect();
+    if let Some(missing) = plan.quantize.iter().find(|n| !known.contains(*n)) {
         return Err(Error::InvalidArgument(format!(
             "{}: no tensor {} to quantize",
             source.path().display(),
             escape_name(missing)
         )));
     }
-    let mut specs: Vec<TensorSpec> = sources
-        .iter()
+    Ok(())
+}
+
+/// The manifest before the files exist: every tensor (sorted by name), placeholders for sizes,
+/// digests and statistics, validated with the rules of section 2.
+fn draft_manifest(
+    dest: &Path,
+    source: &dyn TensorSource,
+    plan: &BundlePlan,
+    options: &WriteOptions,
+) -> Result<(Manifest, ManifestFacts)> {
+    let mut sources = source.tensors();
+    sources.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let tensors = sources
+        .into_iter()
         .map(|t| {
             let q = plan.quantize.contains(&t.name);
             TensorSpec {
-                name: t.name.clone(),
-                shape: t.shape.clone(),
+                name: t.name,
+                shape: t.shape,
                 quantized: q,
                 zeros: q.then_some(0),
                 scale_min: q.then_some(1.0),
@@ -158,16 +188,16 @@ pub fn write_bundle_with_progress(
         Some(_) => FormatVersion::V2_0,
         None => FormatVersion::V1_0,
     };
-    let mut manifest = Manifest {
+    let manifest = Manifest {
         format: FORMAT_NAME.into(),
         format_version: version.to_string(),
         model: plan.model.clone(),
         quantization: QuantizationSpec::from_params(&plan.params),
-        tensors: specs.clone(),
+        tensors,
         files: FileTable {
             ternary: placeholder.clone(),
             fp16: placeholder.clone(),
-            validation: options.validation.as_ref().map(|_| placeholder.clone()),
+            validation: options.validation.as_ref().map(|_| placeholder),
         },
         provenance: Provenance {
             tool: "ternary-bundle".into(),
@@ -176,36 +206,33 @@ pub fn write_bundle_with_progress(
             created: options.created.clone(),
         },
         extensions: Some(serde_json::Value::Object(Default::default())),
-        manifest_sha256: crate::format::manifest::MANIFEST_DIGEST_PLACEHOLDER.into(),
+        manifest_sha256: MANIFEST_DIGEST_PLACEHOLDER.into(),
     };
-    let facts = manifest.validate(&manifest_path, version)?;
-    // The original model's decisions on the validation inputs (rule 6.3): the source weights as
-    // read, before quantization, run by the reference model in f32.
-    let original_predictions = match &options.validation {
-        Some(v) => {
-            check_validation_set(v, &plan.model)?;
-            Some(source_predictions(
-                source,
-                &plan.model,
-                &facts.activations,
-                &v.inputs,
-            )?)
-        }
-        None => None,
-    };
+    let facts = manifest.validate(&dest.join(MANIFEST_FILE), version)?;
+    Ok((manifest, facts))
+}
 
-    let staging = Staging::create(dest)?;
-    let ternary_path = staging.dir.join(FileRole::Ternary.file_name());
-    let fp16_path = staging.dir.join(FileRole::Fp16.file_name());
+/// Quantizes and writes every tensor to `ternary.safetensors` and `fp16.safetensors` in `dir`,
+/// in parallel; fills in the manifest's statistics and file entries; returns the per-tensor
+/// reports in name order.
+fn write_model_files(
+    dir: &Path,
+    manifest: &mut Manifest,
+    source: &dyn TensorSource,
+    plan: &BundlePlan,
+    options: &WriteOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<TensorReport>> {
+    let ternary_path = dir.join(FileRole::Ternary.file_name());
+    let fp16_path = dir.join(FileRole::Fp16.file_name());
     let (ternary_prefix, ternary_header) =
-        plan_layout(ternary_layout(&manifest, &plan.params), &[])?;
+        plan_layout(ternary_layout(manifest, &plan.params), &[])?;
     let (fp16_prefix, fp16_header) =
-        plan_layout(fp16_layout(&manifest), &[("format".into(), "pt".into())])?;
+        plan_layout(fp16_layout(manifest), &[("format".into(), "pt".into())])?;
     let ternary = create_sized(&ternary_path, &ternary_prefix, &ternary_header)?;
     let fp16 = create_sized(&fp16_path, &fp16_prefix, &fp16_header)?;
-
-    // Quantize and write every tensor; results are collected in name order.
-    let outputs: Vec<TensorOutput> = specs
+    let outputs: Vec<TensorOutput> = manifest
+        .tensors
         .par_iter()
         .map(|spec| {
             let done = write_tensor(
@@ -223,7 +250,7 @@ pub fn write_bundle_with_progress(
     let mut ternary_digests = HashMap::new();
     let mut fp16_digests = HashMap::new();
     let mut reports = Vec::with_capacity(outputs.len());
-    for ((t, f, report), spec) in outputs.into_iter().zip(specs.iter_mut()) {
+    for ((t, f, report), spec) in outputs.into_iter().zip(manifest.tensors.iter_mut()) {
         ternary_digests.extend(t);
         fp16_digests.extend(f);
         if let Some(s) = &report.stats {
@@ -233,32 +260,23 @@ pub fn write_bundle_with_progress(
         }
         reports.push(report);
     }
-    manifest.tensors = specs;
     manifest.files.ternary =
         finish_file(&ternary, &ternary_path, &ternary_header, &ternary_digests)?;
     manifest.files.fp16 = finish_file(&fp16, &fp16_path, &fp16_header, &fp16_digests)?;
-    if let (Some(v), Some(p)) = (&options.validation, &original_predictions) {
-        manifest.files.validation =
-            Some(write_validation(&staging.dir, v, p, plan.model.input_dim)?);
-    }
-    let mpath = staging.dir.join(MANIFEST_FILE);
-    let manifest_bytes = manifest.seal();
-    // Final validation of what will be published: the reader's own parser on the exact bytes
-    // (every rule of section 2 and the manifest digest, rule 7.3).
-    Manifest::parse(&manifest_path, &manifest_bytes)?;
-    let mut mfile = File::create(&mpath).map_err(|e| Error::io(&mpath, "create", e))?;
-    mfile
-        .write_all(&manifest_bytes)
-        .map_err(|e| Error::io(&mpath, "write", e))?;
-    mfile
-        .sync_all()
-        .map_err(|e| Error::io(&mpath, "fsync", e))?;
-    sync_dir(&staging.dir)?;
-    staging.commit(dest, options.force)?;
-    Ok(WriteReport {
-        manifest,
-        tensors: reports,
-    })
+    Ok(reports)
+}
+
+/// Seals the manifest (rule 7.3), validates the exact bytes with the reader's own parser (every
+/// rule of section 2 and the digest), and writes them to `dir` with an fsync. `final_path` is
+/// where the manifest will be published, for error messages.
+fn write_manifest(dir: &Path, final_path: &Path, manifest: &mut Manifest) -> Result<()> {
+    let bytes = manifest.seal();
+    Manifest::parse(final_path, &bytes)?;
+    let path = dir.join(MANIFEST_FILE);
+    let mut file = File::create(&path).map_err(|e| Error::io(&path, "create", e))?;
+    file.write_all(&bytes)
+        .map_err(|e| Error::io(&path, "write", e))?;
+    file.sync_all().map_err(|e| Error::io(&path, "fsync", e))
 }
 
 /// Digests written to the ternary and fp16 files, and the tensor's report.
@@ -344,71 +362,6 @@ fn write_tensor(
     ))
 }
 
-/// Writes tensor `name`'s data at its planned offset and records its digest.
-fn put(
-    file: &File,
-    path: &Path,
-    header: &Header,
-    name: &str,
-    data: &[u8],
-    digests: &mut HashMap<String, String>,
-) -> Result<()> {
-    // The layout was planned from the same tensor list: a miss is a bug, reported, not a panic.
-    let e = header
-        .get(name)
-        .filter(|e| e.byte_len() == data.len() as u64)
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{}: tensor {} has no planned place for {} bytes",
-                path.display(),
-                escape_name(name),
-                data.len()
-            ))
-        })?;
-    file.write_all_at(data, header.data_start() + e.start)
-        .map_err(|err| Error::io(path, "write", err))?;
-    digests.insert(name.to_string(), sha256_hex(data));
-    Ok(())
-}
-
-/// Creates `path` with its final size and writes the header prefix.
-fn create_sized(path: &Path, prefix: &[u8], header: &Header) -> Result<File> {
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::io(path, "create", e))?;
-    file.set_len(header.file_size())
-        .map_err(|e| Error::io(path, "resize", e))?;
-    file.write_all_at(prefix, 0)
-        .map_err(|e| Error::io(path, "write", e))?;
-    Ok(file)
-}
-
-/// fsyncs a data file and builds its manifest entry (whole-file digest read back from disk).
-fn finish_file(
-    file: &File,
-    path: &Path,
-    header: &Header,
-    digests: &HashMap<String, String>,
-) -> Result<FileEntry> {
-    file.sync_all().map_err(|e| Error::io(path, "fsync", e))?;
-    let tensors = header
-        .entries
-        .iter()
-        .map(|e| TensorDigest {
-            name: e.name.clone(),
-            sha256: digests[&e.name].clone(),
-        })
-        .collect();
-    Ok(FileEntry {
-        size: header.file_size(),
-        sha256: sha256_file(path)?,
-        tensors,
-    })
-}
-
 fn check_validation_set(v: &ValidationSet, model: &ModelSpec) -> Result<()> {
     let d = model.input_dim as usize;
     let n = v.labels.len();
@@ -469,221 +422,4 @@ fn write_validation(
         put(&file, &path, &header, name, bytes, &mut digests)?;
     }
     finish_file(&file, &path, &header, &digests)
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, "fsync", e))
-}
-
-fn parent_of(dest: &Path) -> PathBuf {
-    match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Refuses an existing destination unless forced; never replaces something that is not a
-/// bundle or an empty directory.
-fn check_destination(dest: &Path, force: bool) -> Result<()> {
-    let meta = match fs::symlink_metadata(dest) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(dest, "stat", e)),
-    };
-    if !force {
-        return Err(Error::DestinationExists {
-            path: dest.to_path_buf(),
-        });
-    }
-    // A bundle's manifest.json is a regular file (rule 1.3); a symlink by that name is not.
-    let is_bundle_or_empty = meta.is_dir()
-        && (fs::symlink_metadata(dest.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file())
-            || fs::read_dir(dest)
-                .map_err(|e| Error::io(dest, "read directory", e))?
-                .next()
-                .is_none());
-    if !is_bundle_or_empty {
-        return Err(Error::InvalidArgument(format!(
-            "{}: refusing to replace something that is not a bundle (no manifest.json) or an empty directory",
-            dest.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Removes staging directories `.<name>.tmp-<pid>-<n>` left in `parent` by writers that were
-/// killed (their process no longer exists). Best effort: failures are ignored.
-fn remove_stale_staging(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp-");
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file_name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file_name.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        if !alive {
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-/// A temporary directory beside the destination, removed on drop unless committed.
-struct Staging {
-    dir: PathBuf,
-    committed: bool,
-}
-
-static STAGING_COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-impl Staging {
-    fn create(dest: &Path) -> Result<Staging> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("{}: destination has no file name", dest.display()))
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let parent = parent_of(dest);
-        // Like `mkdir -p`: a destination in a directory that does not exist yet is fine.
-        fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "create directory", e))?;
-        remove_stale_staging(&parent, &name);
-        loop {
-            let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let dir = parent.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-            match fs::create_dir(&dir) {
-                Ok(()) => {
-                    return Ok(Staging {
-                        dir,
-                        committed: false,
-                    })
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io(&dir, "create directory", e)),
-            }
-        }
-    }
-
-    /// Publishes the staged directory at `dest`: a plain no-replace rename, or an atomic
-    /// exchange with the existing bundle when `force` (the old one is then deleted).
-    fn commit(mut self, dest: &Path, force: bool) -> Result<()> {
-        let rename_err = |e: Errno| {
-            Error::io(
-                dest,
-                "rename",
-                std::io::Error::from_raw_os_error(e.raw_os_error()),
-            )
-        };
-        match rustix::fs::renameat_with(CWD, &self.dir, CWD, dest, RenameFlags::NOREPLACE) {
-            Ok(()) => {}
-            Err(Errno::EXIST) if force => {
-                check_destination(dest, true)?;
-                rustix::fs::renameat_with(CWD, &self.dir, CWD, dest, RenameFlags::EXCHANGE)
-                    .map_err(rename_err)?;
-                // self.dir now holds the previous bundle; dropping `self` deletes it.
-                sync_dir(&parent_of(dest))?;
-                return Ok(());
-            }
-            Err(Errno::EXIST) => {
-                return Err(Error::DestinationExists {
-                    path: dest.to_path_buf(),
-                })
-            }
-            Err(e) => return Err(rename_err(e)),
-        }
-        self.committed = true;
-        sync_dir(&parent_of(dest))
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// Writes one safetensors file atomically: a temporary file beside `dest` is filled in the
-/// canonical layout, fsynced and renamed into place. `data(name)` supplies each tensor's bytes,
-/// one at a time, in data order. An existing `dest` is replaced only with `force`, and only if
-/// it is a regular file.
-pub fn write_safetensors_file(
-    dest: &Path,
-    tensors: Vec<(String, Dtype, Vec<u64>)>,
-    metadata: &[(String, String)],
-    force: bool,
-    mut data: impl FnMut(&str) -> Result<Vec<u8>>,
-) -> Result<()> {
-    match fs::symlink_metadata(dest) {
-        Ok(_) if !force => {
-            return Err(Error::DestinationExists {
-                path: dest.to_path_buf(),
-            })
-        }
-        Ok(m) if !m.is_file() => {
-            return Err(Error::InvalidArgument(format!(
-                "{}: refusing to replace something that is not a regular file",
-                dest.display()
-            )))
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(dest, "stat", e)),
-    }
-    let (prefix, header) = plan_layout(tensors, metadata)?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent_of(dest).join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let file = create_sized(&tmp, &prefix, &header)?;
-        for e in &header.entries {
-            let bytes = data(&e.name)?;
-            if bytes.len() as u64 != e.byte_len() {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor {}: {} bytes where {} are needed",
-                    escape_name(&e.name),
-                    bytes.len(),
-                    e.byte_len()
-                )));
-            }
-            file.write_all_at(&bytes, header.data_start() + e.start)
-                .map_err(|err| Error::io(&tmp, "write", err))?;
-        }
-        file.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-        let flags = if force {
-            RenameFlags::empty()
-        } else {
-            RenameFlags::NOREPLACE
-        };
-        rustix::fs::renameat_with(CWD, &tmp, CWD, dest, flags).map_err(|e| match e {
-            Errno::EXIST => Error::DestinationExists {
-                path: dest.to_path_buf(),
-            },
-            e => Error::io(
-                dest,
-                "rename",
-                std::io::Error::from_raw_os_error(e.raw_os_error()),
-            ),
-        })?;
-        sync_dir(&parent_of(dest))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }

@@ -44,7 +44,7 @@ use crate::format::safetensors::Dtype;
 use crate::model::reference::{layer_forward, Layer, LinearWeight};
 use crate::source::ValidationSet;
 use crate::source::{SourceTensor, TensorSource};
-use crate::write::bundle::BundlePlan;
+use crate::write::plan::BundlePlan;
 
 /// Layer widths of the demo model: input, hidden..., classes.
 pub const DEMO_WIDTHS: [u64; 5] = [512, 4096, 4096, 1536, 100];

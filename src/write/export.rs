@@ -11,7 +11,7 @@ use crate::format::manifest::FileRole;
 use crate::format::safetensors::Dtype;
 use crate::model::reference::{tensor_f32, WeightPath};
 use crate::read::Bundle;
-use crate::write::bundle::write_safetensors_file;
+use crate::write::safetensors::write_safetensors_file;
 
 /// Element type of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -6,4 +6,7 @@ pub mod arch;
 pub mod bundle;
 pub mod demo;
 pub mod export;
+pub mod plan;
 pub mod requantize;
+pub mod safetensors;
+mod staging;

@@ -13,7 +13,8 @@ use crate::format::manifest::FileRole;
 use crate::format::safetensors::Dtype;
 use crate::read::Bundle;
 use crate::source::{to_f32, TensorSource, ValidationSet};
-use crate::write::bundle::{write_bundle, BundlePlan, WriteOptions, WriteReport};
+use crate::write::bundle::{write_bundle, WriteOptions, WriteReport};
+use crate::write::plan::BundlePlan;
 
 /// How many trits of one tensor changed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,261 @@
+//! Rendering for people: the create summary, `inspect`, the `verify` report and the
+//! `requantize` table. Every string that comes from a bundle is escaped before it is printed.
+
+use std::path::Path;
+
+use ternary_bundle::error::printable;
+use ternary_bundle::read::inspect::Inspection;
+use ternary_bundle::verify::{Status, VerifyReport, RETENTION_METRIC};
+use ternary_bundle::write::requantize::TritChanges;
+use ternary_bundle::WriteReport;
+
+use super::print;
+
+/// What `create` wrote.
+pub fn create_summary(dest: &Path, report: &WriteReport, i: &Inspection) {
+    let q = &i.quantization;
+    let granularity = match q.group_size {
+        Some(g) => format!("per-group scales (G = {g})"),
+        None => format!("per-{} scales", q.granularity),
+    };
+    println!(
+        "Wrote bundle {} ({}, {granularity})",
+        dest.display(),
+        q.encoding
+    );
+    let mut rows = vec![vec![
+        "tensor".into(),
+        "shape".into(),
+        "storage".into(),
+        "sparsity".into(),
+        "rel. error".into(),
+    ]];
+    for t in &report.tensors {
+        let (storage, sparsity, err) = match &t.stats {
+            Some(s) => (
+                q.encoding.clone(),
+                format!("{:.1}%", s.sparsity() * 100.0),
+                format!("{:.3}", s.relative_error),
+            ),
+            None => ("F32".into(), "-".into(), "-".into()),
+        };
+        rows.push(vec![
+            printable(&t.name).into_owned(),
+            ternary_bundle::format::safetensors::shape_string(&t.shape),
+            storage,
+            sparsity,
+            err,
+        ]);
+    }
+    print!("{}", print::table(&rows));
+    totals(i);
+}
+
+fn totals(i: &Inspection) {
+    let t = &i.totals;
+    println!(
+        "  parameters: {} ({} ternary)\n  ternary.safetensors: {} ({:.2} bits per ternary weight)\n  fp16.safetensors: {}\n  compression vs FP32: {:.1}x, vs FP16: {:.1}x",
+        print::count(t.parameters),
+        print::count(t.quantized_parameters),
+        print::size(t.ternary_bytes),
+        t.bits_per_weight,
+        print::size(t.fp16_bytes),
+        t.compression_vs_fp32,
+        t.compression_vs_fp16
+    );
+}
+
+/// What `inspect` found.
+pub fn inspection(i: &Inspection, tensors: bool) {
+    let newer = if i.newer_minor {
+        " (newer minor version than this tool; unknown fields ignored)"
+    } else {
+        ""
+    };
+    println!(
+        "bundle {}: {} {}{newer}",
+        i.path, i.format, i.format_version
+    );
+    let widths: Vec<String> = std::iter::once(i.model.input_dim)
+        .chain(i.model.layers.iter().map(|l| l.out_features))
+        .map(|w| w.to_string())
+        .collect();
+    println!(
+        "model: {} ({} layers, {} parameters)",
+        widths.join(" -> "),
+        i.model.layers.len(),
+        print::count(i.totals.parameters)
+    );
+    let mut rows = Vec::new();
+    for l in &i.model.layers {
+        let mut extra = Vec::new();
+        if l.rmsnorm {
+            extra.push("rmsnorm");
+        }
+        if l.bias {
+            extra.push("bias");
+        }
+        rows.push(vec![
+            printable(&l.name).into_owned(),
+            format!("{} -> {}", l.in_features, l.out_features),
+            l.activation.clone(),
+            extra.join(", "),
+        ]);
+    }
+    print!("{}", print::table(&rows));
+    let q = &i.quantization;
+    let granularity = match q.group_size {
+        Some(g) => format!("group (G = {g})"),
+        None => q.granularity.clone(),
+    };
+    println!(
+        "quantization: {}, {}, granularity {granularity}, epsilon {}, sparsity threshold {}, zero point {}",
+        q.method, q.encoding, q.epsilon, q.sparsity_threshold, q.zero_point
+    );
+    println!("files:");
+    let rows: Vec<Vec<String>> = i
+        .files
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                print::size(f.size),
+                f.sha256
+                    .as_deref()
+                    .map_or(String::new(), |d| format!("sha256 {d}")),
+            ]
+        })
+        .collect();
+    print!("{}", print::table(&rows));
+    if let Some(n) = i.validation_samples {
+        let with: Vec<&str> = i
+            .validation_extras
+            .iter()
+            .map(|e| match e.as_str() {
+                "difficulty" => "difficulty tags",
+                _ => "the original model's predictions",
+            })
+            .collect();
+        match with.is_empty() {
+            true => println!("validation set: {n} samples"),
+            false => println!("validation set: {n} samples, with {}", with.join(" and ")),
+        }
+    }
+    if !i.extras.is_empty() {
+        let names: Vec<String> = i.extras.iter().map(|e| printable(e).into_owned()).collect();
+        println!("undeclared files (ignored): {}", names.join(", "));
+    }
+    if tensors {
+        println!("tensors:");
+        let mut rows = vec![vec![
+            "name".into(),
+            "shape".into(),
+            "storage".into(),
+            "ternary".into(),
+            "fp16".into(),
+            "sparsity".into(),
+            "scales".into(),
+            "scale range".into(),
+        ]];
+        for t in &i.tensors {
+            rows.push(vec![
+                printable(&t.name).into_owned(),
+                ternary_bundle::format::safetensors::shape_string(&t.shape),
+                t.storage.clone(),
+                print::size(t.ternary_bytes),
+                print::size(t.fp16_bytes),
+                t.sparsity
+                    .map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
+                t.scales.map_or("-".into(), |n| n.to_string()),
+                match (t.scale_min, t.scale_max) {
+                    (Some(a), Some(b)) => format!("{a:.3e} .. {b:.3e}"),
+                    _ => "-".into(),
+                },
+            ]);
+        }
+        print!("{}", print::table(&rows));
+    }
+    println!("totals:");
+    totals(i);
+}
+
+/// A verify report for people: one line per check, then a summary and the metrics.
+pub fn verify_report(report: &VerifyReport) {
+    for c in &report.checks {
+        let status = match c.status {
+            Status::Pass => print::status("PASS", true),
+            Status::Fail => print::status("FAIL", false),
+            Status::Skip => "SKIP".to_string(),
+        };
+        println!("  {:<15} {status}  {}", c.name, c.detail);
+    }
+    let m = &report.metrics;
+    println!(
+        "{}: {} passed, {} failed, {} skipped",
+        if report.ok {
+            print::status("OK", true)
+        } else {
+            print::status("FAILED", false)
+        },
+        report.count(Status::Pass),
+        report.count(Status::Fail),
+        report.count(Status::Skip)
+    );
+    let percent = |v: Option<f64>| v.map_or("n/a".to_string(), |a| format!("{:.2}%", a * 100.0));
+    let accuracies = [m.accuracy_original, m.accuracy_fp16, m.accuracy_ternary];
+    if accuracies.iter().any(Option::is_some) {
+        println!(
+            "accuracy on the validation labels: original {}, FP16 {}, ternary {}",
+            percent(m.accuracy_original),
+            percent(m.accuracy_fp16),
+            percent(m.accuracy_ternary)
+        );
+    }
+    match m.retention {
+        Some(_) => println!(
+            "retention (decisions of the original model the FP16 model keeps): {}",
+            percent(m.retention)
+        ),
+        None => println!(
+            "retention: unknown ({})",
+            report
+                .null_reasons
+                .get(RETENTION_METRIC)
+                .map_or("not computed", String::as_str)
+        ),
+    }
+    if let (Some(q), Some(d)) = (m.quantized_model_size_mb, m.dequantized_model_size_mb) {
+        println!(
+            "metrics: quantized {}, dequantized {}, compression {:.1}x vs FP32, gradient flow {}",
+            print::size((q * 1e6) as u64),
+            print::size((d * 1e6) as u64),
+            m.compression_ratio.unwrap_or(0.0),
+            m.gradient_flow_test_passed
+                .map_or("n/a", |b| if b { "passed" } else { "FAILED" }),
+        );
+    }
+}
+
+/// The per-tensor trit changes of `requantize`, as a table.
+pub fn trit_changes(changes: &[TritChanges]) -> String {
+    let mut rows = vec![vec![
+        "tensor".into(),
+        "trits".into(),
+        "changed".into(),
+        "share".into(),
+    ]];
+    for c in changes {
+        let share = if c.trits == 0 {
+            0.0
+        } else {
+            c.changed as f64 / c.trits as f64 * 100.0
+        };
+        rows.push(vec![
+            printable(&c.name).into_owned(),
+            print::count(c.trits),
+            print::count(c.changed),
+            format!("{share:.2}%"),
+        ]);
+    }
+    print::table(&rows)
+}

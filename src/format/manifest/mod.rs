@@ -1,0 +1,486 @@
+//! `manifest.json` (spec section 3, rules 2.1 to 2.12, and 7.3): the serde types and the
+//! parsing pipeline ([`Manifest::parse`]: size, strict JSON, format and version, schema,
+//! semantic rules, digest, in that order). The parts live beside it: the strict JSON of rule
+//! 2.2 (`json`), the semantic rules 2.6 to 2.12 (`validate`), the manifest digest of rule 7.3
+//! (`digest`).
+//!
+//! Validation here concerns the manifest alone; how it relates to the files on disk is checked
+//! by [`crate::read`].
+
+mod digest;
+pub(crate) mod json;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{excerpt, Result, Violation};
+use crate::format::activation::Activation;
+use crate::format::limits::MAX_MANIFEST_BYTES;
+use crate::format::quantization::QuantParams;
+use crate::format::rules::Rule;
+use crate::format::safetensors::{bounded_shape, element_count};
+use json::{describe, exact_f32, exact_f32_opt, required_nullable, Head, NoDuplicateKeys};
+
+pub use digest::{manifest_digest, seal_manifest_bytes, MANIFEST_DIGEST_PLACEHOLDER};
+pub use validate::is_sha256_hex;
+
+/// The value of `format`.
+pub const FORMAT_NAME: &str = "ternary-bundle";
+/// The method name of the absmean scheme.
+pub const METHOD_ABSMEAN: &str = "absmean";
+
+/// The parsed `manifest.json`. Field order is the order the writer emits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always `"ternary-bundle"` (rule 2.3).
+    pub format: String,
+    /// `"MAJOR.MINOR"` (rule 2.4).
+    pub format_version: String,
+    /// The architecture the reference model runs (rule 2.9).
+    pub model: ModelSpec,
+    /// Quantization settings shared by every quantized tensor (rule 2.8).
+    pub quantization: QuantizationSpec,
+    /// Every tensor of the model, sorted by name (rule 2.7).
+    pub tensors: Vec<TensorSpec>,
+    /// Sizes and digests of the data files (rule 2.10).
+    pub files: FileTable,
+    /// Who wrote the bundle from what (rule 2.11).
+    pub provenance: Provenance,
+    /// Free-form additions (rule 2.12); the writer emits `{}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<serde_json::Value>,
+    /// SHA-256 of this file with this value's 64 digits replaced by `0`s (rule 7.3), so that
+    /// the manifest itself is covered by a checksum.
+    pub manifest_sha256: String,
+}
+
+/// `model`: input dimension and the ordered layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Width of the model's input.
+    pub input_dim: u64,
+    /// Layers, applied in order.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// One linear layer: `y = act(W . norm(x) + b)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// Layer name (unique).
+    pub name: String,
+    /// Name of the weight tensor, shape `[out_features, in_features]`.
+    pub weight: String,
+    /// Name of the bias tensor, shape `[out_features]`, or `None` (the key is required).
+    #[serde(deserialize_with = "required_nullable")]
+    pub bias: Option<String>,
+    /// Input width.
+    pub in_features: u64,
+    /// Output width.
+    pub out_features: u64,
+    /// Activation name (`relu`, `gelu`, `silu`, `tanh`, `identity`).
+    pub activation: String,
+    /// RMSNorm applied to the layer's input, or `None` (the key is required).
+    #[serde(deserialize_with = "required_nullable")]
+    pub rmsnorm: Option<RmsNormSpec>,
+}
+
+/// An RMSNorm before a layer: `x / sqrt(mean(x^2) + eps) * weight`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RmsNormSpec {
+    /// Name of the norm weight, shape `[in_features]`.
+    pub weight: String,
+    /// The epsilon (an f32, finite, > 0).
+    #[serde(deserialize_with = "exact_f32")]
+    pub eps: f32,
+}
+
+/// `quantization`: the scheme and its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationSpec {
+    /// `"absmean"`.
+    pub method: String,
+    /// `"trit5"` or `"trit2"`.
+    pub encoding: String,
+    /// `"tensor"`, `"channel"` or `"group"`.
+    pub granularity: String,
+    /// Columns per scale for `"group"`; `None` otherwise.
+    #[serde(default)]
+    pub group_size: Option<u64>,
+    /// Lower bound of every scale.
+    #[serde(deserialize_with = "exact_f32")]
+    pub epsilon: f32,
+    /// `|x|` must exceed this for a non-zero trit.
+    #[serde(deserialize_with = "exact_f32")]
+    pub sparsity_threshold: f32,
+    /// Always 0 in format 1.0.
+    pub zero_point: i64,
+}
+
+impl QuantizationSpec {
+    /// The block describing `params`.
+    pub fn from_params(params: &QuantParams) -> Self {
+        QuantizationSpec {
+            method: METHOD_ABSMEAN.into(),
+            encoding: params.encoding.name().into(),
+            granularity: params.granularity.name().into(),
+            group_size: params.granularity.group_size(),
+            epsilon: params.epsilon,
+            sparsity_threshold: params.sparsity_threshold,
+            zero_point: 0,
+        }
+    }
+}
+
+/// One tensor of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Tensor name, as in the source checkpoint.
+    pub name: String,
+    /// Original shape.
+    #[serde(deserialize_with = "bounded_shape")]
+    pub shape: Vec<u64>,
+    /// Whether it is stored as trits and scales (otherwise as F32).
+    pub quantized: bool,
+    /// Quantized only: number of zero trits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zeros: Option<u64>,
+    /// Quantized only: smallest scale.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "exact_f32_opt"
+    )]
+    pub scale_min: Option<f32>,
+    /// Quantized only: largest scale.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "exact_f32_opt"
+    )]
+    pub scale_max: Option<f32>,
+}
+
+impl TensorSpec {
+    /// Number of elements (valid after validation).
+    pub fn elements(&self) -> u64 {
+        element_count(&self.shape).unwrap_or(0)
+    }
+}
+
+/// `files`: one entry per data file, keyed by role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileTable {
+    /// `ternary.safetensors`.
+    pub ternary: FileEntry,
+    /// `fp16.safetensors`.
+    pub fp16: FileEntry,
+    /// `validation.safetensors`, when the bundle has one.
+    #[serde(default)]
+    pub validation: Option<FileEntry>,
+}
+
+/// Size and digests of one data file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole file, lowercase hex.
+    pub sha256: String,
+    /// SHA-256 of every tensor's data bytes, in the file's data order.
+    pub tensors: Vec<TensorDigest>,
+}
+
+/// The digest of one tensor's data bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorDigest {
+    /// Tensor name within the file.
+    pub name: String,
+    /// SHA-256 of its data bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// `provenance`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Name of the writing tool.
+    pub tool: String,
+    /// Its version.
+    pub tool_version: String,
+    /// SHA-256 of the source checkpoint file, when there was one (the key is required).
+    #[serde(deserialize_with = "required_nullable")]
+    pub source_sha256: Option<String>,
+    /// Creation time (RFC 3339 UTC), only when the user asked for one (the key is required).
+    #[serde(deserialize_with = "required_nullable")]
+    pub created: Option<String>,
+}
+
+/// The three data files of a bundle, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileRole {
+    /// `ternary.safetensors`: packed trits, scales, F32 passthrough tensors.
+    Ternary,
+    /// `fp16.safetensors`: every tensor as F16.
+    Fp16,
+    /// `validation.safetensors`: optional labelled inputs.
+    Validation,
+}
+
+impl FileRole {
+    /// Every role.
+    pub const ALL: [FileRole; 3] = [FileRole::Ternary, FileRole::Fp16, FileRole::Validation];
+
+    /// The fixed file name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            FileRole::Ternary => "ternary.safetensors",
+            FileRole::Fp16 => "fp16.safetensors",
+            FileRole::Validation => "validation.safetensors",
+        }
+    }
+
+    /// The key in `files`.
+    pub fn key(self) -> &'static str {
+        match self {
+            FileRole::Ternary => "ternary",
+            FileRole::Fp16 => "fp16",
+            FileRole::Validation => "validation",
+        }
+    }
+}
+
+impl fmt::Display for FileRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.file_name())
+    }
+}
+
+/// The file name of the manifest.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+impl FileTable {
+    /// The entry of `role`, if present.
+    pub fn get(&self, role: FileRole) -> Option<&FileEntry> {
+        match role {
+            FileRole::Ternary => Some(&self.ternary),
+            FileRole::Fp16 => Some(&self.fp16),
+            FileRole::Validation => self.validation.as_ref(),
+        }
+    }
+}
+
+/// A parsed `format_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FormatVersion {
+    /// Incompatible changes.
+    pub major: u32,
+    /// Backward-compatible additions.
+    pub minor: u32,
+}
+
+impl FormatVersion {
+    /// Version 1.0: the first version of the format.
+    pub const V1_0: FormatVersion = FormatVersion { major: 1, minor: 0 };
+    /// Version 2.0: the validation file may carry `original_predictions` (rules 6.1, 6.3).
+    pub const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
+    /// The newest version this crate knows. It reads every MAJOR from 1 to this one's (rule
+    /// 2.4), and writes the lowest version whose rules a bundle satisfies (spec section 13).
+    pub const LATEST: FormatVersion = FormatVersion::V2_0;
+
+    /// Whether this reader opens bundles of this version: MAJOR 1 or 2, any MINOR (rule 2.4).
+    pub fn is_supported(self) -> bool {
+        (1..=FormatVersion::LATEST.major).contains(&self.major)
+    }
+
+    /// Whether the bundle was written by a newer MINOR version of its MAJOR than this reader
+    /// knows (its unknown keys are ignored, section 13).
+    pub fn is_newer_minor(self) -> bool {
+        // Every MAJOR this crate knows is at MINOR 0.
+        self.is_supported() && self.minor > 0
+    }
+
+    /// Whether the validation file may hold `original_predictions` (format 2.0 and later).
+    pub fn allows_original_predictions(self) -> bool {
+        self.major >= 2
+    }
+
+    /// Parses `"MAJOR.MINOR"`: decimal, no sign, no leading zeros, at most 9 digits each.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, b) = s.split_once('.')?;
+        let num = |p: &str| -> Option<u32> {
+            let ok = !p.is_empty()
+                && p.len() <= 9
+                && p.bytes().all(|c| c.is_ascii_digit())
+                && (p == "0" || !p.starts_with('0'));
+            ok.then(|| p.parse().ok()).flatten()
+        };
+        Some(FormatVersion {
+            major: num(a)?,
+            minor: num(b)?,
+        })
+    }
+}
+
+impl fmt::Display for FormatVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The typed facts validation derives from a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestFacts {
+    /// The parsed version (MAJOR is supported; MINOR may be newer).
+    pub version: FormatVersion,
+    /// Quantization settings.
+    pub params: QuantParams,
+    /// Layer activations, in layer order.
+    pub activations: Vec<Activation>,
+    /// Position of each tensor in `tensors`, by name: lookups stay O(1) on manifests of many
+    /// tensors (a linear search per tensor would make the data checks quadratic).
+    pub tensor_index: HashMap<String, usize>,
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes read from `path` (rules 2.1 to 2.12).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Manifest, ManifestFacts)> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Violation::new(
+                path,
+                Rule::ManifestSize,
+                format!("at most {MAX_MANIFEST_BYTES} bytes"),
+                format!("{} bytes", bytes.len()),
+            )
+            .into());
+        }
+        let json_err = |found: String| {
+            Violation::new(
+                path,
+                Rule::ManifestJson,
+                "a UTF-8 JSON object without duplicate keys",
+                found,
+            )
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| json_err(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+        // Pass 1 (rule 2.2): syntax, duplicate keys, nesting (serde_json's recursion limit).
+        let top: NoDuplicateKeys =
+            serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
+        if !top.0 {
+            return Err(json_err("a JSON value that is not an object".into()).into());
+        }
+        // Rules 2.3 and 2.4 come before the typed parse, so that a future MAJOR with a different
+        // structure is reported as a version problem, not as a missing field.
+        let head: Head = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
+        if head.format.as_ref().and_then(|v| v.as_str()) != Some(FORMAT_NAME) {
+            return Err(Violation::new(
+                path,
+                Rule::FormatName,
+                format!("format \"{FORMAT_NAME}\""),
+                describe(&head.format),
+            )
+            .into());
+        }
+        let version = head
+            .format_version
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .and_then(FormatVersion::parse)
+            .ok_or_else(|| {
+                Violation::new(
+                    path,
+                    Rule::FormatVersion,
+                    "format_version \"MAJOR.MINOR\"",
+                    describe(&head.format_version),
+                )
+            })?;
+        if !version.is_supported() {
+            return Err(Violation::new(
+                path,
+                Rule::FormatVersion,
+                format!(
+                    "format version 1.x or 2.x (this reader supports 1.0 and {}, and newer minor versions of either)",
+                    FormatVersion::LATEST
+                ),
+                format!("format version {version}"),
+            )
+            .into());
+        }
+        let manifest: Manifest = serde_json::from_str(text).map_err(|e| {
+            Violation::new(
+                path,
+                Rule::ManifestSchema,
+                "the fields of spec section 3",
+                e.to_string(),
+            )
+        })?;
+        let facts = manifest.validate(path, version)?;
+        // Rule 7.3, last: the other rules give the more specific message for a damaged field.
+        let found = manifest_digest(bytes, &manifest.manifest_sha256);
+        if found != manifest.manifest_sha256 {
+            return Err(Violation::new(
+                path,
+                Rule::ManifestDigest,
+                format!("manifest_sha256 {}", excerpt(&manifest.manifest_sha256, 80)),
+                format!("sha256 {found} (of the manifest with that value zeroed)"),
+            )
+            .into());
+        }
+        Ok((manifest, facts))
+    }
+
+    /// Computes `manifest_sha256` for the writer's serialization, stores it, and returns the
+    /// bytes of `manifest.json` (pretty JSON, 2-space indent, trailing newline).
+    pub fn seal(&mut self) -> Vec<u8> {
+        self.manifest_sha256 = MANIFEST_DIGEST_PLACEHOLDER.into();
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest types always serialize");
+        v.push(b'\n');
+        let (digest, sealed) = digest::sealed(&v);
+        self.manifest_sha256 = digest;
+        sealed
+    }
+
+    /// The spec of tensor `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorSpec> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// Name of the scale tensor of quantized tensor `name` in `ternary.safetensors`.
+pub fn scale_tensor_name(name: &str) -> String {
+    format!("{name}.scale")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_7_3_digest_replaces_every_occurrence_on_both_paths() {
+        let v = "ab".repeat(32);
+        let zeros = MANIFEST_DIGEST_PLACEHOLDER;
+        let text = format!(
+            "{{\"a\": \"{v}\", \"b\": \"{v}{v}x\", \"c\": \"{}\"}}",
+            &v[..63]
+        );
+        let expected = text.replace(&v, zeros);
+        assert_eq!(expected.matches(zeros).count(), 3);
+        // UTF-8 bytes (the fast path).
+        assert_eq!(
+            manifest_digest(text.as_bytes(), &v),
+            crate::format::checksum::sha256_hex(expected.as_bytes())
+        );
+        // The same with a byte that is not UTF-8 (the byte-by-byte path).
+        let mut raw = text.clone().into_bytes();
+        raw.push(0xFF);
+        let mut want = expected.into_bytes();
+        want.push(0xFF);
+        assert_eq!(
+            manifest_digest(&raw, &v),
+            crate::format::checksum::sha256_hex(&want)
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! Rules 2.6 to 2.12: the semantic validation that makes the rest of the crate able to trust
+//! the manifest's numbers (names, the tensor list, quantization, the model, the file table,
+//! provenance, extensions).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use crate::error::{escape_name, excerpt, Result, Violation};
+use crate::format::activation::Activation;
+use crate::format::encoding::Encoding;
+use crate::format::limits::{
+    MAX_ELEMENTS, MAX_GROUP_SIZE, MAX_LAYERS, MAX_MANIFEST_TENSORS, MAX_QUANTIZED_NAME_BYTES,
+    MAX_RANK,
+};
+use crate::format::manifest::json::json_type;
+use crate::format::manifest::{
+    scale_tensor_name, FileRole, FormatVersion, Manifest, ManifestFacts, TensorSpec, METHOD_ABSMEAN,
+};
+use crate::format::names::name_problem;
+use crate::format::quantization::{rows_cols, Granularity, QuantParams};
+use crate::format::rfc3339::is_rfc3339_utc;
+use crate::format::rules::Rule;
+use crate::format::safetensors::{element_count, shape_string};
+
+impl Manifest {
+    /// Semantic validation (rules 2.6 to 2.12).
+    pub fn validate(&self, path: &Path, version: FormatVersion) -> Result<ManifestFacts> {
+        let params = self.validate_quantization(path)?;
+        let by_name = self.validate_tensors(path)?;
+        let activations = self.validate_model(path, &by_name)?;
+        self.validate_files(path)?;
+        self.validate_provenance(path)?;
+        if let Some(ext) = &self.extensions {
+            if !ext.is_object() && !ext.is_null() {
+                return Err(
+                    Violation::new(path, Rule::Extensions, "an object", json_type(ext)).into(),
+                );
+            }
+        }
+        let tensor_index = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(ManifestFacts {
+            version,
+            params,
+            activations,
+            tensor_index,
+        })
+    }
+
+    fn validate_quantization(&self, path: &Path) -> Result<QuantParams> {
+        let q = &self.quantization;
+        let bad = |expected: &str, found: String| {
+            Violation::new(path, Rule::Quantization, expected, found)
+        };
+        if q.method != METHOD_ABSMEAN {
+            return Err(bad("method \"absmean\"", excerpt(&q.method, 32)).into());
+        }
+        let encoding = Encoding::from_name(&q.encoding)
+            .ok_or_else(|| bad("encoding \"trit5\" or \"trit2\"", excerpt(&q.encoding, 32)))?;
+        let granularity = match (q.granularity.as_str(), q.group_size) {
+            ("tensor", None) => Granularity::Tensor,
+            ("channel", None) => Granularity::Channel,
+            ("group", Some(g)) if (1..=MAX_GROUP_SIZE).contains(&g) => Granularity::Group(g),
+            ("group", g) => {
+                return Err(bad(
+                    &format!("group_size in 1..={MAX_GROUP_SIZE} for granularity \"group\""),
+                    format!("{g:?}"),
+                )
+                .into())
+            }
+            ("tensor" | "channel", Some(g)) => {
+                return Err(bad(
+                    "group_size null unless granularity is \"group\"",
+                    format!("{g}"),
+                )
+                .into())
+            }
+            (other, _) => {
+                return Err(bad(
+                    "granularity \"tensor\", \"channel\" or \"group\"",
+                    excerpt(other, 32),
+                )
+                .into())
+            }
+        };
+        if q.zero_point != 0 {
+            return Err(bad("zero_point 0", q.zero_point.to_string()).into());
+        }
+        let params = QuantParams {
+            encoding,
+            granularity,
+            epsilon: q.epsilon,
+            sparsity_threshold: q.sparsity_threshold,
+        };
+        params
+            .check()
+            .map_err(|m| bad("valid epsilon and sparsity_threshold", m))?;
+        Ok(params)
+    }
+
+    fn validate_tensors(&self, path: &Path) -> Result<HashMap<&str, &TensorSpec>> {
+        let bad = |tensor: &str, expected: String, found: String| {
+            Violation::new(path, Rule::TensorList, expected, found).tensor(tensor)
+        };
+        let n = self.tensors.len();
+        if n == 0 || n > MAX_MANIFEST_TENSORS {
+            return Err(Violation::new(
+                path,
+                Rule::TensorList,
+                format!("1..={MAX_MANIFEST_TENSORS} tensors"),
+                format!("{n}"),
+            )
+            .into());
+        }
+        let mut by_name = HashMap::with_capacity(n);
+        for t in &self.tensors {
+            check_name(path, &t.name, "tensors")?;
+            if by_name.insert(t.name.as_str(), t).is_some() {
+                return Err(Violation::new(
+                    path,
+                    Rule::Names,
+                    "unique tensor names",
+                    "a duplicate",
+                )
+                .tensor(&t.name)
+                .into());
+            }
+            if t.shape.len() > MAX_RANK {
+                return Err(bad(
+                    &t.name,
+                    format!("rank at most {MAX_RANK}"),
+                    format!("rank above {MAX_RANK}"),
+                )
+                .into());
+            }
+            let count = element_count(&t.shape).filter(|&c| c <= MAX_ELEMENTS);
+            if count.is_none() {
+                return Err(bad(
+                    &t.name,
+                    format!("at most {MAX_ELEMENTS} elements"),
+                    format!("shape {}", shape_string(&t.shape)),
+                )
+                .into());
+            }
+            let stats = (t.zeros, t.scale_min, t.scale_max);
+            if t.quantized && t.name.len() > MAX_QUANTIZED_NAME_BYTES {
+                return Err(Violation::new(
+                    path,
+                    Rule::Names,
+                    format!("a quantized tensor name of at most {MAX_QUANTIZED_NAME_BYTES} bytes (its scale tensor adds \".scale\")"),
+                    format!("{} bytes", t.name.len()),
+                )
+                .tensor(&t.name)
+                .into());
+            }
+            if t.quantized {
+                let ok_shape = matches!(rows_cols(&t.shape), Some((r, c)) if r >= 1 && c >= 1);
+                if !ok_shape {
+                    return Err(bad(
+                        &t.name,
+                        "a quantized shape [R, ...] with R >= 1 and C >= 1".into(),
+                        format!("shape {}", shape_string(&t.shape)),
+                    )
+                    .into());
+                }
+                let (Some(zeros), Some(lo), Some(hi)) = stats else {
+                    return Err(bad(
+                        &t.name,
+                        "zeros, scale_min and scale_max for a quantized tensor".into(),
+                        format!(
+                            "zeros {:?}, scale_min {:?}, scale_max {:?}",
+                            stats.0, stats.1, stats.2
+                        ),
+                    )
+                    .into());
+                };
+                let valid = zeros <= t.elements()
+                    && lo.is_finite()
+                    && hi.is_finite()
+                    && lo > 0.0
+                    && lo <= hi;
+                if !valid {
+                    return Err(bad(
+                        &t.name,
+                        format!(
+                            "zeros <= {} and 0 < scale_min <= scale_max, finite",
+                            t.elements()
+                        ),
+                        format!("zeros {zeros}, scale_min {lo}, scale_max {hi}"),
+                    )
+                    .into());
+                }
+            } else if stats != (None, None, None) {
+                return Err(bad(
+                    &t.name,
+                    "no zeros/scale_min/scale_max on a tensor that is not quantized".into(),
+                    "statistics".into(),
+                )
+                .into());
+            }
+        }
+        for t in self.tensors.iter().filter(|t| t.quantized) {
+            let scale_name = scale_tensor_name(&t.name);
+            if by_name.contains_key(scale_name.as_str()) {
+                return Err(bad(
+                    &scale_name,
+                    format!(
+                        "no tensor named like the scales of quantized tensor {}",
+                        escape_name(&t.name)
+                    ),
+                    "a name collision in ternary.safetensors".into(),
+                )
+                .into());
+            }
+        }
+        Ok(by_name)
+    }
+
+    fn validate_model(
+        &self,
+        path: &Path,
+        tensors: &HashMap<&str, &TensorSpec>,
+    ) -> Result<Vec<Activation>> {
+        let m = &self.model;
+        let bad =
+            |expected: String, found: String| Violation::new(path, Rule::Model, expected, found);
+        if m.input_dim == 0 {
+            return Err(bad("input_dim >= 1".into(), "0".into()).into());
+        }
+        if m.layers.is_empty() || m.layers.len() > MAX_LAYERS {
+            return Err(bad(
+                format!("1..={MAX_LAYERS} layers"),
+                m.layers.len().to_string(),
+            )
+            .into());
+        }
+        let mut names = HashSet::new();
+        let mut width = m.input_dim;
+        let mut activations = Vec::with_capacity(m.layers.len());
+        for (i, l) in m.layers.iter().enumerate() {
+            check_name(path, &l.name, "model.layers")?;
+            if !names.insert(l.name.as_str()) {
+                return Err(Violation::new(
+                    path,
+                    Rule::Names,
+                    "unique layer names",
+                    format!("layer {} twice", escape_name(&l.name)),
+                )
+                .into());
+            }
+            let at = format!("layer {} ({})", i, escape_name(&l.name));
+            if l.in_features == 0 || l.out_features == 0 {
+                return Err(bad(
+                    format!("{at}: in_features and out_features >= 1"),
+                    format!("{} and {}", l.in_features, l.out_features),
+                )
+                .into());
+            }
+            if l.in_features != width {
+                let source = if i == 0 {
+                    "input_dim".to_string()
+                } else {
+                    format!("out_features of layer {}", i - 1)
+                };
+                return Err(bad(
+                    format!("{at}: in_features {width} ({source})"),
+                    l.in_features.to_string(),
+                )
+                .into());
+            }
+            let act = Activation::from_name(&l.activation).ok_or_else(|| {
+                bad(
+                    format!("{at}: activation relu, gelu, silu, tanh or identity"),
+                    excerpt(&l.activation, 32),
+                )
+            })?;
+            activations.push(act);
+            let expect_shape = |name: &str, shape: &[u64], role: &str| -> Result<()> {
+                check_name(path, name, "model.layers")?;
+                let t = tensors.get(name).ok_or_else(|| {
+                    bad(
+                        format!(
+                            "{at}: {role} tensor {} declared in tensors",
+                            escape_name(name)
+                        ),
+                        "no such tensor".into(),
+                    )
+                })?;
+                if t.shape != shape {
+                    return Err(bad(
+                        format!(
+                            "{at}: {role} {} of shape {}",
+                            escape_name(name),
+                            shape_string(shape)
+                        ),
+                        shape_string(&t.shape),
+                    )
+                    .into());
+                }
+                Ok(())
+            };
+            expect_shape(&l.weight, &[l.out_features, l.in_features], "weight")?;
+            if let Some(b) = &l.bias {
+                expect_shape(b, &[l.out_features], "bias")?;
+            }
+            if let Some(n) = &l.rmsnorm {
+                expect_shape(&n.weight, &[l.in_features], "rmsnorm weight")?;
+                if !(n.eps.is_finite() && n.eps > 0.0) {
+                    return Err(bad(
+                        format!("{at}: rmsnorm eps finite and > 0"),
+                        n.eps.to_string(),
+                    )
+                    .into());
+                }
+            }
+            width = l.out_features;
+        }
+        Ok(activations)
+    }
+
+    fn validate_files(&self, path: &Path) -> Result<()> {
+        for role in FileRole::ALL {
+            let Some(entry) = self.files.get(role) else {
+                continue;
+            };
+            let bad = |expected: String, found: String| {
+                Violation::new(
+                    path,
+                    Rule::FileTable,
+                    format!("files.{}: {expected}", role.key()),
+                    found,
+                )
+            };
+            if !is_sha256_hex(&entry.sha256) {
+                return Err(bad(
+                    "sha256 of 64 lowercase hex digits".into(),
+                    excerpt(&entry.sha256, 80),
+                )
+                .into());
+            }
+            let mut seen = HashSet::new();
+            for t in &entry.tensors {
+                check_name(path, &t.name, "files")?;
+                if !seen.insert(t.name.as_str()) {
+                    return Err(Violation::new(
+                        path,
+                        Rule::Names,
+                        format!("unique names in files.{}.tensors", role.key()),
+                        "a duplicate",
+                    )
+                    .tensor(&t.name)
+                    .into());
+                }
+                if !is_sha256_hex(&t.sha256) {
+                    return Err(Violation::new(
+                        path,
+                        Rule::FileTable,
+                        "sha256 of 64 lowercase hex digits",
+                        excerpt(&t.sha256, 80),
+                    )
+                    .tensor(&t.name)
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_provenance(&self, path: &Path) -> Result<()> {
+        if !is_sha256_hex(&self.manifest_sha256) {
+            return Err(Violation::new(
+                path,
+                Rule::ManifestDigest,
+                "manifest_sha256 of 64 lowercase hex digits",
+                excerpt(&self.manifest_sha256, 80),
+            )
+            .into());
+        }
+        if let Some(c) = &self.provenance.created {
+            if !is_rfc3339_utc(c) {
+                return Err(Violation::new(
+                    path,
+                    Rule::Provenance,
+                    "created as YYYY-MM-DDTHH:MM:SS[.fraction]Z (a valid UTC date-time) or null",
+                    excerpt(c, 40),
+                )
+                .into());
+            }
+        }
+        if let Some(d) = &self.provenance.source_sha256 {
+            if !is_sha256_hex(d) {
+                return Err(Violation::new(
+                    path,
+                    Rule::Provenance,
+                    "source_sha256 of 64 lowercase hex digits or null",
+                    excerpt(d, 80),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Is `s` 64 lowercase hex digits?
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn check_name(path: &Path, name: &str, list: &str) -> Result<()> {
+    match name_problem(name) {
+        None => Ok(()),
+        Some(problem) => Err(Violation::new(
+            path,
+            Rule::Names,
+            format!("a valid name in {list}"),
+            problem,
+        )
+        .tensor(name)
+        .into()),
+    }
+}

@@ -1,0 +1,160 @@
+//! Atomic publication (spec section 15): a bundle is assembled in a sibling temporary
+//! directory `.<name>.tmp-<pid>-<n>`, fsynced, and only then renamed into place, or swapped
+//! with the old bundle by `renameat2(RENAME_EXCHANGE)` when replacing. A failure at any point
+//! removes the temporary directory and leaves the destination untouched.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rustix::fs::{RenameFlags, CWD};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::format::manifest::MANIFEST_FILE;
+
+/// fsyncs a directory (its entries are then durable).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, "fsync", e))
+}
+
+/// The directory `dest` is created in (`.` for a bare name).
+pub(crate) fn parent_of(dest: &Path) -> PathBuf {
+    match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Refuses an existing destination unless forced; never replaces something that is not a
+/// bundle or an empty directory.
+pub(crate) fn check_destination(dest: &Path, force: bool) -> Result<()> {
+    let meta = match fs::symlink_metadata(dest) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dest, "stat", e)),
+    };
+    if !force {
+        return Err(Error::DestinationExists {
+            path: dest.to_path_buf(),
+        });
+    }
+    // A bundle's manifest.json is a regular file (rule 1.3); a symlink by that name is not.
+    let is_bundle_or_empty = meta.is_dir()
+        && (fs::symlink_metadata(dest.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file())
+            || fs::read_dir(dest)
+                .map_err(|e| Error::io(dest, "read directory", e))?
+                .next()
+                .is_none());
+    if !is_bundle_or_empty {
+        return Err(Error::InvalidArgument(format!(
+            "{}: refusing to replace something that is not a bundle (no manifest.json) or an empty directory",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes staging directories `.<name>.tmp-<pid>-<n>` left in `parent` by writers that were
+/// killed (their process no longer exists). Best effort: failures are ignored.
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// A temporary directory beside the destination, removed on drop unless committed.
+pub(crate) struct Staging {
+    /// The temporary directory.
+    pub dir: PathBuf,
+    committed: bool,
+}
+
+/// Numbers temporary names within this process.
+pub(crate) static STAGING_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Staging {
+    /// Creates `.<name>.tmp-<pid>-<n>` beside `dest` (and `dest`'s parent if missing).
+    pub fn create(dest: &Path) -> Result<Staging> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{}: destination has no file name", dest.display()))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = parent_of(dest);
+        // Like `mkdir -p`: a destination in a directory that does not exist yet is fine.
+        fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, "create directory", e))?;
+        remove_stale_staging(&parent, &name);
+        loop {
+            let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = parent.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+            match fs::create_dir(&dir) {
+                Ok(()) => {
+                    return Ok(Staging {
+                        dir,
+                        committed: false,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&dir, "create directory", e)),
+            }
+        }
+    }
+
+    /// Publishes the staged directory at `dest`: a plain no-replace rename, or an atomic
+    /// exchange with the existing bundle when `force` (the old one is then deleted).
+    pub fn commit(mut self, dest: &Path, force: bool) -> Result<()> {
+        let rename_err = |e: Errno| {
+            Error::io(
+                dest,
+                "rename",
+                std::io::Error::from_raw_os_error(e.raw_os_error()),
+            )
+        };
+        match rustix::fs::renameat_with(CWD, &self.dir, CWD, dest, RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EXIST) if force => {
+                check_destination(dest, true)?;
+                rustix::fs::renameat_with(CWD, &self.dir, CWD, dest, RenameFlags::EXCHANGE)
+                    .map_err(rename_err)?;
+                // self.dir now holds the previous bundle; dropping `self` deletes it.
+                sync_dir(&parent_of(dest))?;
+                return Ok(());
+            }
+            Err(Errno::EXIST) => {
+                return Err(Error::DestinationExists {
+                    path: dest.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(rename_err(e)),
+        }
+        self.committed = true;
+        sync_dir(&parent_of(dest))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
