@@ -556,23 +556,7 @@ pub fn gradient_check(
 ) -> GradCheckReport {
     let (logits, caches) = model.forward(inputs, &Perturb::None, None);
     let (_, dlogits) = cross_entropy(&logits, labels);
-    // Sample coordinates per parameter tensor (splitmix64 of the seed; distinct indices).
-    let mut sampled = Vec::new();
-    for (param, (_, elements)) in model.params.iter().enumerate() {
-        let n = *elements as usize;
-        let k = options.coordinates_per_tensor.min(n);
-        let mut picked: Vec<usize> = Vec::new();
-        let mut j = 0;
-        while picked.len() < k {
-            let u = (direction_value(options.seed ^ 0xC0FF_EE00, param, j) + 1.0) / 2.0;
-            let idx = ((u * n as f64) as usize).min(n - 1);
-            if !picked.contains(&idx) {
-                picked.push(idx);
-            }
-            j += 1;
-        }
-        sampled.extend(picked.into_iter().map(|i| (param, i)));
-    }
+    let sampled = sample_coordinates(model, options);
     let h = options.step;
     let loss_at = |p: Perturb| -> (f64, Vec<bool>) {
         let start = model.first_touched(&p);
@@ -673,6 +657,28 @@ pub fn gradient_check(
         );
     }
     report
+}
+
+/// The coordinates the gradient check perturbs: `coordinates_per_tensor` distinct indices of
+/// each parameter tensor (all of a smaller one), drawn with splitmix64 from the seed.
+fn sample_coordinates(model: &Model64<'_>, options: &GradCheckOptions) -> Vec<(usize, usize)> {
+    let mut sampled = Vec::new();
+    for (param, (_, elements)) in model.params.iter().enumerate() {
+        let n = *elements as usize;
+        let k = options.coordinates_per_tensor.min(n);
+        let mut picked: Vec<usize> = Vec::new();
+        let mut j = 0;
+        while picked.len() < k {
+            let u = (direction_value(options.seed ^ 0xC0FF_EE00, param, j) + 1.0) / 2.0;
+            let idx = ((u * n as f64) as usize).min(n - 1);
+            if !picked.contains(&idx) {
+                picked.push(idx);
+            }
+            j += 1;
+        }
+        sampled.extend(picked.into_iter().map(|i| (param, i)));
+    }
+    sampled
 }
 
 /// Converts f32 inputs to f64 (exact).
