@@ -2,8 +2,12 @@
 //! what the reader checks (rules 4.1, 4.2, 5.1, 6.1) and the writer lays out, from one
 //! definition.
 
+use std::path::Path;
+
+use crate::error::{Result, Violation};
 use crate::format::manifest::{scale_tensor_name, Manifest};
 use crate::format::quantization::{rows_cols, QuantParams};
+use crate::format::rules::Rule;
 use crate::format::safetensors::Dtype;
 
 /// Tensors a file must hold: (name, dtype, shape).
@@ -19,12 +23,26 @@ pub const VALIDATION_DIFFICULTY: &str = "difficulty";
 /// (format 2.0 and later, rules 6.1 and 6.3).
 pub const VALIDATION_ORIGINAL_PREDICTIONS: &str = "original_predictions";
 
-/// The tensors `ternary.safetensors` must hold (rules 4.1 and 4.2).
-pub fn ternary_layout(manifest: &Manifest, params: &QuantParams) -> Layout {
+/// The tensors `ternary.safetensors` must hold (rules 4.1 and 4.2). A quantized tensor's shape
+/// has at least one dimension and no overflow (rule 2.7, checked when the manifest was
+/// validated); one that does not is reported as a rule 2.7 violation of `manifest_path`.
+pub fn ternary_layout(
+    manifest: &Manifest,
+    params: &QuantParams,
+    manifest_path: &Path,
+) -> Result<Layout> {
     let mut out = Vec::with_capacity(manifest.tensors.len() * 2);
     for t in &manifest.tensors {
         if t.quantized {
-            let (rows, cols) = rows_cols(&t.shape).expect("rule 2.7 validated quantized shapes");
+            let (rows, cols) = rows_cols(&t.shape).ok_or_else(|| {
+                Violation::new(
+                    manifest_path,
+                    Rule::TensorList,
+                    "a quantized shape [R >= 1, ...] whose element count fits",
+                    crate::format::safetensors::shape_string(&t.shape),
+                )
+                .tensor(&t.name)
+            })?;
             out.push((
                 t.name.clone(),
                 Dtype::U8,
@@ -39,7 +57,7 @@ pub fn ternary_layout(manifest: &Manifest, params: &QuantParams) -> Layout {
             out.push((t.name.clone(), Dtype::F32, t.shape.clone()));
         }
     }
-    out
+    Ok(out)
 }
 
 /// The tensors `fp16.safetensors` must hold (rule 5.1).

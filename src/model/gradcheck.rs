@@ -259,8 +259,8 @@ impl<'a> Model64<'a> {
     /// Rows `r0..r1` of layer `l`'s weight in f64, with `p` applied.
     fn weight_block(&self, l: &Layer64<'_>, r0: usize, r1: usize, p: &Perturb) -> Array2<f64> {
         let bytes = &l.weight[r0 * l.inp * 2..r1 * l.inp * 2];
-        let mut w =
-            Array2::from_shape_vec((r1 - r0, l.inp), f16_vec64(bytes)).expect("block shape");
+        let values = f16_vec64(bytes);
+        let mut w = Array2::from_shape_fn((r1 - r0, l.inp), |(r, c)| values[r * l.inp + c]);
         if p.touches(l.weight_param) {
             for (k, v) in w.iter_mut().enumerate() {
                 *v += p.value(l.weight_param, r0 * l.inp + k);
@@ -351,7 +351,8 @@ impl<'a> Model64<'a> {
         }
         let logits = caches
             .last()
-            .map(|c| activate_all(c.pre.view(), self.layers.last().expect("layers").act))
+            .zip(self.layers.last())
+            .map(|(c, l)| activate_all(c.pre.view(), l.act))
             .unwrap_or(h);
         (logits, caches)
     }

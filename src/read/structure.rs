@@ -145,7 +145,7 @@ pub(crate) fn check_model_files(
 ) -> Result<Vec<TensorRanges>> {
     check_tensor_set(
         ternary,
-        &ternary_layout(manifest, &facts.params),
+        &ternary_layout(manifest, &facts.params, &ternary.path)?,
         Rule::TernaryTensorSet,
         Rule::TernaryShapes,
     )?;

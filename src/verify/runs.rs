@@ -160,10 +160,10 @@ impl<'b> ModelRuns<'b> {
     /// The original model's predictions on the inputs, and where they come from.
     pub fn original(&self) -> std::result::Result<(&[usize], OriginalSource), Fail> {
         match self.original_source() {
-            Some(OriginalSource::Stored) => Ok((
-                self.samples()?.original_predictions().expect("stored"),
-                OriginalSource::Stored,
-            )),
+            Some(OriginalSource::Stored) => match self.samples()?.original_predictions() {
+                Some(p) => Ok((p, OriginalSource::Stored)),
+                None => Err((no_original_predictions(Some(self.bundle)).into(), json!({}))),
+            },
             Some(OriginalSource::Reference) => {
                 Ok((&self.reference()?.predictions, OriginalSource::Reference))
             }

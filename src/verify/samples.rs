@@ -111,8 +111,9 @@ impl<'b> Samples<'b> {
         let (n, d) = (rows.len(), self.width);
         match self.origin {
             Origin::Validation(bytes) => {
-                let values = crate::format::le::f32s(&bytes[4 * d * rows.start..4 * d * rows.end]);
-                Array2::from_shape_vec((n, d), values.collect()).expect("n x d values")
+                let values: Vec<f32> =
+                    crate::format::le::f32s(&bytes[4 * d * rows.start..4 * d * rows.end]).collect();
+                Array2::from_shape_fn((n, d), |(r, c)| values[r * d + c])
             }
             Origin::Synthetic(seed) => {
                 let mut x = Array2::zeros((n, d));

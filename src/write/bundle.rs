@@ -225,8 +225,10 @@ fn write_model_files(
 ) -> Result<Vec<TensorReport>> {
     let ternary_path = dir.join(FileRole::Ternary.file_name());
     let fp16_path = dir.join(FileRole::Fp16.file_name());
-    let (ternary_prefix, ternary_header) =
-        plan_layout(ternary_layout(manifest, &plan.params), &[])?;
+    let (ternary_prefix, ternary_header) = plan_layout(
+        ternary_layout(manifest, &plan.params, &dir.join(MANIFEST_FILE))?,
+        &[],
+    )?;
     let (fp16_prefix, fp16_header) =
         plan_layout(fp16_layout(manifest), &[("format".into(), "pt".into())])?;
     let ternary = create_sized(&ternary_path, &ternary_prefix, &ternary_header)?;
@@ -327,7 +329,10 @@ fn write_tensor(
             q.rows,
             q.cols,
         )
-        .expect("the quantizer produced rows of the right length");
+        .map_err(|e| {
+            let (expected, found) = e.expected_found(params.encoding, 0);
+            src_err(e.rule(), &expected, found)
+        })?;
         (h, Some(q.stats))
     } else {
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
