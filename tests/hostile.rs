@@ -5,7 +5,7 @@
 //! bundle's own size, whatever sizes and counts the files claim.
 //!
 //! Time is measured, not asserted here (no timed unit tests): each case prints
-//! `hostile-case <seconds> <name>` to stderr, and `bash bench/hostile_timing.sh` runs the suite,
+//! `hostile-case <seconds> <name>` to stderr, and `bash benches/hostile_timing.sh` runs the suite,
 //! lists the slowest cases and fails if any takes a second or more.
 
 mod common;
@@ -433,7 +433,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
 /// The most tensors a ternary file can hold: 16,384 quantized tensors are 32,768 header entries
 /// (half the limit of 65,536) and as many manifest entries. Every lookup by name is indexed, so
 /// opening, every data check and verify stay linear; the damaged scale of the last tensor is
-/// still found. Times are printed for `bench/hostile_timing.sh` (a linear search per tensor
+/// still found. Times are printed for `benches/hostile_timing.sh` (a linear search per tensor
 /// made this take seconds).
 #[test]
 fn many_tensors_are_checked_in_linear_time() {

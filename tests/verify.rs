@@ -43,12 +43,7 @@ use ternary_bundle::{
 
 /// 32 samples of the tiny model's 7 inputs, labels in 0..5, with a difficulty.
 fn validation_set() -> ValidationSet {
-    ValidationSet {
-        origin: PathBuf::from("val.safetensors"),
-        inputs: common::values(9, 32 * 7),
-        labels: (0..32).map(|i| i % 5).collect(),
-        difficulty: Some((0..32).map(|i| (i % 4) as u8).collect()),
-    }
+    common::validation_set(32)
 }
 
 /// The tiny model's architecture with weights that quantization keeps exactly: every weight of

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use ternary_bundle::format::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
-use ternary_bundle::source::MemorySource;
+use ternary_bundle::source::{MemorySource, ValidationSet};
 use ternary_bundle::{write_bundle, Bundle, BundlePlan, QuantParams, WriteOptions};
 
 /// Deterministic pseudo-random values in [-1, 1) (a 64-bit LCG; no dependency on rand).
@@ -152,3 +152,14 @@ pub fn row_with_nonzero_trit(dir: &Path) -> usize {
 }
 
 pub mod surgery;
+
+/// `n` samples of the tiny model's 7 inputs (from `values(9, ..)`), labels `i % 5`, difficulty
+/// `i % 4`, named `val.safetensors` in errors.
+pub fn validation_set(n: usize) -> ValidationSet {
+    ValidationSet {
+        origin: PathBuf::from("val.safetensors"),
+        inputs: values(9, n * 7),
+        labels: (0..n as i64).map(|i| i % 5).collect(),
+        difficulty: Some((0..n).map(|i| (i % 4) as u8).collect()),
+    }
+}

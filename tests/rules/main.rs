@@ -1,0 +1,180 @@
+//! Every numbered validation rule of the spec has a test that breaks it and checks the error,
+//! one file per rule group (`r1_layout.rs` ... `r8_writer.rs`), sharing the helpers below:
+//! the rule reported (`Error::rule`) and the message (the file, and the tensor when one is
+//! concerned).
+//!
+//! Each test writes a valid bundle with `write_bundle`, breaks exactly one rule with the
+//! surgery helpers of `tests/common/surgery.rs` (rehashing the manifest when the rules checked
+//! before the target must keep passing), and asserts the violation. Data rules (4.3 to 4.7,
+//! 5.2, 5.3, 6.2, 7.1, 7.2) are checked through the matching function of
+//! `ternary_bundle::read::checks` and through `check_all`.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod r1_layout;
+mod r2_manifest;
+mod r3_safetensors;
+mod r4_ternary;
+mod r5_fp16;
+mod r6_validation;
+mod r7_checksums;
+mod r8_writer;
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::surgery::{
+    edit_manifest, edit_manifest_text, edit_st, edit_tensor, manifest, rehash, replace_once,
+    tensor_entry, St, FP16, MANIFEST, TERNARY, VALIDATION,
+};
+use common::{
+    bundle, f32_at, row_trits, row_with_nonzero_trit, set_f32, set_u16, t, tiny_bundle, u16_at,
+};
+use half::f16;
+use serde_json::{json, Value};
+use ternary_bundle::format::checksum::sha256_hex;
+use ternary_bundle::format::manifest::FormatVersion;
+use ternary_bundle::read::checks::{
+    check_all, check_dequantization, check_digests, check_encoding, check_passthrough,
+    check_scales, check_validation_values,
+};
+use ternary_bundle::source::ValidationSet;
+use ternary_bundle::source::{CheckpointSource, MemorySource, TensorSource};
+use ternary_bundle::{write_bundle, Bundle, Encoding, Error, Result, Rule, WriteOptions};
+
+/// 4 samples of the tiny model's 7 inputs, labels in 0..5, with a difficulty.
+fn validation_set() -> ValidationSet {
+    common::validation_set(4)
+}
+
+/// A valid bundle with a validation set.
+fn bundle_with_validation(tmp: &tempfile::TempDir) -> PathBuf {
+    tiny_bundle(tmp, "v", |_, o| o.validation = Some(validation_set()))
+}
+
+/// Asserts that `result` is a violation of `rule` whose message contains every one of
+/// `parts` (and the rule number); returns the message.
+#[track_caller]
+fn expect_violation<T: Debug>(result: Result<T>, rule: Rule, parts: &[&str]) -> String {
+    let err: Error = match result {
+        Ok(v) => panic!(
+            "expected a violation of rule {} ({rule:?}), got Ok({v:?})",
+            rule.number()
+        ),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert_eq!(err.rule(), Some(rule), "wrong rule; message: {msg}");
+    let number = format!("(rule {})", rule.number());
+    assert!(msg.contains(&number), "message lacks {number:?}: {msg}");
+    for p in parts {
+        assert!(msg.contains(p), "message lacks {p:?}: {msg}");
+    }
+    msg
+}
+
+/// Opening `dir` fails with `rule`; returns the message.
+#[track_caller]
+fn open_violation(dir: &Path, rule: Rule, parts: &[&str]) -> String {
+    expect_violation(Bundle::open(dir), rule, parts)
+}
+
+/// `dir` opens, `check` reports `rule`, and so does `check_all` (every earlier check passes).
+#[track_caller]
+fn data_violation(
+    dir: &Path,
+    check: fn(&Bundle) -> Result<()>,
+    rule: Rule,
+    parts: &[&str],
+) -> String {
+    let b = Bundle::open(dir).unwrap_or_else(|e| panic!("bundle should open: {e}"));
+    let msg = expect_violation(check(&b), rule, parts);
+    let all = expect_violation(check_all(&b), rule, parts);
+    assert_eq!(all, msg, "check_all must report the same first violation");
+    msg
+}
+
+fn files_entry<'a>(m: &'a mut Value, role: &str) -> &'a mut Value {
+    &mut m["files"][role]
+}
+
+/// Removes the listing of `name` from `files.<role>.tensors`.
+fn unlist(m: &mut Value, role: &str, name: &str) {
+    let list = files_entry(m, role)["tensors"].as_array_mut().unwrap();
+    let before = list.len();
+    list.retain(|t| t["name"] != name);
+    assert_eq!(list.len(), before - 1, "{name} was listed once");
+}
+
+/// Renames tensor `from` to `to` in the header of `file` and in the manifest's listing.
+fn rename_in_file(dir: &Path, file: &str, role: &str, from: &str, to: &str) {
+    edit_st(dir, file, |st| {
+        st.edit_json(|v| {
+            let o = v.as_object_mut().unwrap();
+            let e = o.remove(from).unwrap();
+            o.insert(to.into(), e);
+        })
+    });
+    edit_manifest(dir, |m| {
+        let list = m["files"][role]["tensors"].as_array_mut().unwrap();
+        let e = list.iter_mut().find(|e| e["name"] == from).unwrap();
+        e["name"] = json!(to);
+    });
+    rehash(dir);
+}
+
+/// Adds an empty U8 tensor `name` at the end of `file` and lists it in the manifest.
+fn add_empty_tensor(dir: &Path, file: &str, role: &str, name: &str) {
+    edit_st(dir, file, |st| {
+        let end = st.data.len();
+        st.edit_json(|v| {
+            v[name] = json!({"dtype": "U8", "shape": [0], "data_offsets": [end, end]});
+        })
+    });
+    edit_manifest(dir, |m| {
+        m["files"][role]["tensors"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": name, "sha256": sha256_hex(b"")}));
+    });
+    rehash(dir);
+}
+
+/// A copy of `src` with tensor `name`'s values replaced.
+fn rebuild_source(src: &MemorySource, name: &str, values: Vec<f32>) -> MemorySource {
+    let mut out = MemorySource::new(src.path());
+    for tensor in src.tensors() {
+        let v = if tensor.name == name {
+            values.clone()
+        } else {
+            src.load_f32(&tensor.name).unwrap()
+        };
+        out.push(tensor.name, tensor.shape, v).unwrap();
+    }
+    out
+}
+
+/// Every rule of `Rule::ALL` has a test named `rule_<number>_...` in one of the group files.
+#[test]
+fn every_rule_has_a_test() {
+    let src = [
+        include_str!("r1_layout.rs"),
+        include_str!("r2_manifest.rs"),
+        include_str!("r3_safetensors.rs"),
+        include_str!("r4_ternary.rs"),
+        include_str!("r5_fp16.rs"),
+        include_str!("r6_validation.rs"),
+        include_str!("r7_checksums.rs"),
+        include_str!("r8_writer.rs"),
+    ]
+    .concat();
+    for rule in Rule::ALL {
+        let prefix = format!("fn rule_{}_", rule.number().replace('.', "_"));
+        assert!(
+            src.contains(&prefix),
+            "no test for rule {} ({rule:?}): add a `{prefix}...` test",
+            rule.number()
+        );
+    }
+}
