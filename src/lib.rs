@@ -23,6 +23,8 @@
 //! - [`error`]: the error type every module returns.
 //!
 //! The `bundle` binary (`src/main.rs`, `src/cli/`) only parses arguments and prints.
+//! `ARCHITECTURE.md` has the module tree, the data flow of `create` and `verify`, and where to
+//! add a model family, an encoding or a check.
 
 #![warn(missing_docs)]
 
