@@ -16,6 +16,10 @@ about models:
     quantization) and the FP16 model (fp16.safetensors) run on the validation inputs; the
     stored original_predictions must be the checkpoint's argmax, and verify's retention and
     label accuracies must equal the ones computed here (up to near-ties);
+  * `--assess BUNDLE ASSESS_JSON`: `bundle assess` recomputed: per difficulty level, the FP16
+    model's accuracy, mean cross-entropy and gradient variance (per batch the gradient of the mean
+    cross-entropy by backpropagation in float64, per tensor numpy.var(ddof=1), summed, averaged
+    over batches) must match to 1e-4 relative, the chosen level too, and it must lie in the zone;
   * `--demo BUNDLE VERIFY_JSON`: the demo's FP16 model must be >= 95% accurate at difficulty 1,
     <= 50% at difficulty 10, inside 70-80% at some level, with 10 levels of equal size >= 50,
     and verify's per-level figures must equal the ones computed here.
@@ -131,7 +135,7 @@ def check_bundle(d):
 
 REPORT_VALIDATORS = {
     flag: jsonschema.Draft202012Validator(json.loads((ROOT / "spec" / schema).read_text()))
-    for flag, schema in (("inspect", "inspect.schema.json"), ("verify", "verify.schema.json"))
+    for flag, schema in (("inspect", "inspect.schema.json"), ("verify", "verify.schema.json"), ("assess", "assess.schema.json"))
 }
 
 # Spec section 16: the activations, in f32.
@@ -230,6 +234,73 @@ def check_demo(bundle, report_path):
     return "FP16 accuracy by difficulty " + " ".join(f"{l}:{acc[l]:.2f}" for l in sorted(acc)) + f"; retention {retention:.4f}"
 
 
+ACT = {"relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(np.float64)),
+       "identity": (lambda z: z, lambda z: np.ones_like(z)),
+       "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2)}
+
+
+def gradient_figures(m, weights, x, y):
+    """Mean cross-entropy and, per parameter tensor, the gradient of the mean cross-entropy over
+    the batch (float64 backpropagation through the manifest's layers)."""
+    hs, zs, h = [], [], x.astype(np.float64)
+    for layer in m["model"]["layers"]:
+        assert layer["rmsnorm"] is None, "this check covers layers without RMSNorm"
+        w = weights[layer["weight"]]
+        z = h @ w.T + (weights[layer["bias"]] if layer["bias"] else 0.0)
+        hs.append(h); zs.append(z)
+        h = ACT[layer["activation"]][0](z)
+    logits = h
+    shift = logits - logits.max(1, keepdims=True)
+    p = np.exp(shift); p /= p.sum(1, keepdims=True)
+    n = len(y)
+    loss = float(-np.log(p[np.arange(n), y]).mean())
+    delta = p.copy(); delta[np.arange(n), y] -= 1.0; delta /= n
+    grads = {}
+    for layer, h_in, z in reversed(list(zip(m["model"]["layers"], hs, zs))):
+        dz = delta * ACT[layer["activation"]][1](z)
+        grads[layer["weight"]] = dz.T @ h_in
+        if layer["bias"]:
+            grads[layer["bias"]] = dz.sum(0)
+        delta = dz @ weights[layer["weight"]]
+    return loss, grads
+
+
+def check_assess(bundle, report_path):
+    """`bundle assess` recomputed from fp16.safetensors and validation.safetensors."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    report = json.loads(Path(report_path).read_text())
+    weights = {k: v.astype(np.float64) for k, v in load_file(str(bundle / "fp16.safetensors")).items()}
+    val = load_file(str(bundle / "validation.safetensors"))
+    x, y, levels = val["inputs"], val["labels"], val["difficulty"]
+    batch = report["batch_size"]
+    rows = {r["difficulty"]: r for r in report["levels"]}
+    assert sorted(rows) == sorted(int(l) for l in np.unique(levels)), f"levels {sorted(rows)}"
+    close = lambda a, b: abs(a - b) <= 1e-4 * max(abs(a), abs(b))
+    worst = 0.0
+    for level, r in rows.items():
+        idx = np.nonzero(levels == level)[0]
+        xl, yl = x[idx], y[idx]
+        size = batch or len(idx)
+        variances, losses = [], 0.0
+        for s in range(0, len(idx), size):
+            loss, grads = gradient_figures(m, weights, xl[s:s + size], yl[s:s + size])
+            losses += loss * len(yl[s:s + size])
+            variances.append(sum(float(np.var(g, ddof=1)) for g in grads.values() if g.size > 1))
+        variance, mean_loss = float(np.mean(variances)), losses / len(idx)
+        preds, ties = predictions(forward(m, {k: v.astype(np.float32) for k, v in weights.items()}, xl))
+        accuracy = float((preds == yl).mean())
+        assert abs(accuracy - r["accuracy_fp16"]) <= ties.sum() / len(idx) + 1e-12, f"level {level}: accuracy {r['accuracy_fp16']} vs numpy {accuracy}"
+        assert close(variance, r["gradient_variance"]), f"level {level}: gradient variance {r['gradient_variance']} vs numpy {variance}"
+        assert close(mean_loss, r["mean_cross_entropy"]), f"level {level}: mean cross-entropy {r['mean_cross_entropy']} vs numpy {mean_loss}"
+        worst = max(worst, abs(variance - r["gradient_variance"]) / variance)
+    target = report["target_accuracy"]
+    chosen = min(sorted(rows), key=lambda l: abs(rows[l]["accuracy_fp16"] - target))
+    assert chosen == report["chosen"] == report["metrics"]["phase5/edge_of_chaos_optimal_level"], f"chosen {report['chosen']}, numpy {chosen}"
+    lo, hi = report["zone"]
+    assert lo <= rows[chosen]["accuracy_fp16"] <= hi and report["ok"], f"level {chosen} is not in the zone"
+    return f"{len(rows)} levels match numpy (largest relative gradient-variance difference {worst:.1e}); chosen level {chosen} at {rows[chosen]['accuracy_fp16']:.2f}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="*", type=Path, help="extra bundle directories to check")
@@ -237,6 +308,8 @@ def main():
     ap.add_argument("--verify-json", action="append", default=[], type=Path)
     ap.add_argument("--retention", action="append", default=[], nargs=3, metavar=("BUNDLE", "CHECKPOINT", "VERIFY_JSON"))
     ap.add_argument("--demo", action="append", default=[], nargs=2, metavar=("BUNDLE", "VERIFY_JSON"))
+    ap.add_argument("--assess", action="append", default=[], nargs=2, metavar=("BUNDLE", "ASSESS_JSON"))
+    ap.add_argument("--assess-json", action="append", default=[], type=Path)
     args = ap.parse_args()
     checked = failed = 0
 
@@ -258,12 +331,16 @@ def main():
         run(f, schema, "inspect", f)
     for f in args.verify_json:
         run(f, schema, "verify", f)
+    for f in args.assess_json:
+        run(f, schema, "assess", f)
     for d in sorted((ROOT / "fixtures" / "bundles").iterdir()) + [ROOT / "fixtures/versions/newer-minor", ROOT / "fixtures/versions/written-by-1.0"] + args.bundles:
         run(d, lambda d: f"{check_bundle(d)} FP16 values equal f16(t * scale) per the spec", d)
     for bundle, checkpoint, report in args.retention:
         run(f"{bundle} vs {checkpoint}", check_retention, Path(bundle), Path(checkpoint), report)
     for bundle, report in args.demo:
         run(f"{bundle} (demo)", check_demo, Path(bundle), report)
+    for bundle, report in args.assess:
+        run(f"{bundle} (assess)", check_assess, Path(bundle), report)
 
     def refuses_major():
         major = json.loads((ROOT / "fixtures/versions/unknown-major/manifest.json").read_text())

@@ -33,6 +33,8 @@ bundle=target/release/bundle
 "$bundle" verify --json fixtures/broken/nan-scale >"$work/broken-verify.json" || test $? -eq 1
 "$bundle" verify --json fixtures/versions/written-by-1.0 >"$work/v1-verify.json"
 "$bundle" verify --json --min-retention 0 "$work/from-python" >"$work/from-python-verify.json"
+"$bundle" assess --json "$work/demo" >"$work/demo-assess.json"
+"$bundle" assess --json --batch-size 30 "$work/demo" >"$work/demo-assess-30.json"
 
 # A model trained for real (numpy), quantized with its validation set: the retention gate fails
 # at the handoff's 0.995 (exit 1) and passes at 0.9; both reports are recomputed independently.
@@ -51,4 +53,6 @@ python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "
     --retention "$work/trained-bundle" "$work/trained/model.safetensors" "$work/trained-verify.json" \
     --retention "$work/trained-bundle" "$work/trained/model.safetensors" "$work/trained-verify-0.9.json" \
     --retention "$work/from-python" fixtures/source/tiny.safetensors "$work/from-python-verify.json" \
-    --demo "$work/demo" "$work/demo-verify.json"
+    --demo "$work/demo" "$work/demo-verify.json" \
+    --assess "$work/demo" "$work/demo-assess.json" --assess "$work/demo" "$work/demo-assess-30.json" \
+    --assess-json "$work/demo-assess.json"

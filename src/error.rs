@@ -38,6 +38,10 @@ pub enum Error {
     /// An option or argument given by the caller is invalid (not a property of any file).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The input lacks what the command needs (for `assess`: labelled data with a difficulty
+    /// for every example); the message names what is missing.
+    #[error("{0}")]
+    MissingData(String),
 }
 
 impl Error {

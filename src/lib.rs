@@ -20,6 +20,7 @@
 //! - [`model`]: the architecture vocabulary, the reference model and its f64 backward pass;
 //! - [`write`](mod@write): building bundles atomically (`create`, the demo, `requantize`, `export`);
 //! - [`verify`]: `bundle verify`, the CI gate;
+//! - [`assess`]: `bundle assess`, the receiving stage's edge-of-chaos assessment;
 //! - [`error`]: the error type every module returns.
 //!
 //! The `bundle` binary (`src/main.rs`, `src/cli/`) only parses arguments and prints.
@@ -28,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod assess;
 pub mod error;
 pub mod format;
 #[doc(hidden)]

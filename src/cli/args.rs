@@ -10,7 +10,10 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the bundle failed a check, or an input was invalid or unreadable
-  2  usage error (unknown flag, missing argument)";
+  2  usage error (unknown flag, missing argument)
+
+`bundle assess` exits 1 when no level lies in the zone, and 2 when there is no labelled data
+with a difficulty column.";
 
 /// Create, inspect and check ternary (BitNet b1.58) model bundles.
 ///
@@ -60,6 +63,10 @@ pub enum Command {
     /// Quantize fine-tuned weights of a bundle's model into a new bundle, with the bundle's
     /// settings (and optionally its scales), reporting how many trits changed per tensor.
     Requantize(RequantizeArgs),
+    /// The receiving stage's first step: find the curriculum difficulty at which the FP16 model
+    /// is right 75% of the time, with the accuracy, loss and gradient variance of every level.
+    #[command(after_help = ASSESS_HELP)]
+    Assess(AssessArgs),
 }
 
 /// How the demo model and its validation set are made (`bundle demo --help`, `create --help`).
@@ -368,4 +375,70 @@ pub struct RequantizeArgs {
     /// Replace an existing bundle at --out.
     #[arg(long)]
     pub force: bool,
+}
+
+const ASSESS_HELP: &str = "\
+For each difficulty level of the labelled data (the bundle's validation set with its
+`difficulty` column, or --data FILE in the same layout: inputs F32 [N, input_dim], labels I64 [N],
+difficulty U8 [N]):
+  examples            how many examples have that level
+  FP16 / ternary acc  share of the labels the FP16 model / the ternary path predicts
+  mean CE             mean cross-entropy of the FP16 model
+  gradient variance   as the receiving stage computes it: per batch (default: the whole level;
+                      --batch-size N splits it, in data order), the gradient of the mean
+                      cross-entropy with respect to every parameter tensor of the FP16 model (f64);
+                      per tensor the unbiased variance of its entries (torch's Tensor.var());
+                      summed over tensors; averaged over the level's batches
+The chosen level is the one whose FP16 accuracy is closest to --target-accuracy (ties: the lower
+level); the assessment succeeds when it lies in --zone. Otherwise the report says where the
+model stands: too easy at every level, too hard at every level, or a gap between two levels.
+
+Metrics (--json `metrics`, schema spec/assess.schema.json): phase5/edge_of_chaos_assessment_completed,
+phase5/edge_of_chaos_optimal_level, phase5/edge_of_chaos_target_accuracy,
+phase5/gradient_variance_optimal, phase5/model_format, phase5/model_size_mb.
+
+Exit codes: 0 the chosen level is in the zone; 1 it is not, or the bundle is damaged; 2 usage
+error, or no labelled data with a difficulty column.
+
+Examples:
+  bundle assess demo-bundle
+  bundle assess my-bundle --data curriculum.safetensors --batch-size 32 --json";
+
+/// `bundle assess`.
+#[derive(Debug, Args)]
+pub struct AssessArgs {
+    /// The bundle directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Accuracy the chosen level should be closest to.
+    #[arg(long, value_name = "FRACTION", default_value_t = ternary_bundle::assess::DEFAULT_TARGET)]
+    pub target_accuracy: f64,
+
+    /// Accuracies that count as the edge of chaos: LO,HI (bounds included).
+    #[arg(long, value_name = "LO,HI", value_parser = parse_zone, default_value = "0.70,0.80")]
+    pub zone: (f64, f64),
+
+    /// Examples per gradient batch (default: the whole level).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+
+    /// Labelled data with a difficulty column, instead of the bundle's validation set.
+    #[arg(long, value_name = "DATA.safetensors")]
+    pub data: Option<PathBuf>,
+
+    /// Print one JSON object (schema: spec/assess.schema.json) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--zone LO,HI`.
+fn parse_zone(s: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("expected two fractions LO,HI such as 0.70,0.80, found {s:?}");
+    let (lo, hi) = s.split_once(',').ok_or_else(bad)?;
+    let (lo, hi) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    Ok((lo, hi))
 }

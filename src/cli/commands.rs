@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use ternary_bundle::assess::{assess, AssessOptions};
 use ternary_bundle::format::activation::Activation;
 use ternary_bundle::format::rfc3339::now_utc;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
@@ -251,4 +252,24 @@ pub fn requantize_cmd(a: args::RequantizeArgs, open: &OpenOptions) -> Result<boo
     );
     print!("{}", render::trit_changes(&changes));
     Ok(true)
+}
+
+pub fn assess_cmd(a: args::AssessArgs, open: OpenOptions) -> Result<bool> {
+    let options = AssessOptions {
+        target: a.target_accuracy,
+        zone: a.zone,
+        batch_size: a.batch_size,
+        data: a.data,
+        open,
+    };
+    let report = assess(&a.dir, &options)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        render::assessment(&report);
+    }
+    Ok(report.ok)
 }

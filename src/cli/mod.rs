@@ -32,6 +32,8 @@ pub fn run() -> ExitCode {
             Backing::Map
         },
     };
+    // `assess` reports bad option values as usage errors (exit 2), as its help says.
+    let assess = matches!(cli.command, Command::Assess(_));
     let outcome = match cli.command {
         Command::Create(a) => commands::create(a, &open),
         Command::Demo(a) => commands::demo(&a.dir, a.seed, &open),
@@ -50,13 +52,17 @@ pub fn run() -> ExitCode {
         Command::Verify(a) => commands::verify_cmd(a, open),
         Command::Export(a) => commands::export_cmd(a, &open),
         Command::Requantize(a) => commands::requantize_cmd(a, &open),
+        Command::Assess(a) => commands::assess_cmd(a, open),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(1)
+            // Missing labelled data is a usage problem: exit 2, as clap does.
+            let usage = matches!(e, ternary_bundle::Error::MissingData(_))
+                || assess && matches!(e, ternary_bundle::Error::InvalidArgument(_));
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

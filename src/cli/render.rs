@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use ternary_bundle::assess::AssessReport;
 use ternary_bundle::error::printable;
 use ternary_bundle::read::inspect::Inspection;
 use ternary_bundle::verify::{Status, VerifyReport, RETENTION_METRIC};
@@ -258,4 +259,50 @@ pub fn trit_changes(changes: &[TritChanges]) -> String {
         ]);
     }
     print::table(&rows)
+}
+
+/// An assessment for people: a row per level, the chosen level, the metrics.
+pub fn assessment(r: &AssessReport) {
+    let batch = r
+        .batch_size
+        .map_or("the whole level".to_string(), |n| format!("{n} examples"));
+    println!(
+        "bundle assess {} (data {}; gradients in {}, batch {batch})",
+        r.bundle, r.data, r.gradient_precision
+    );
+    let mut rows = vec![vec![
+        "level".to_string(),
+        "examples".into(),
+        "FP16 acc".into(),
+        "ternary acc".into(),
+        "mean CE".into(),
+        "gradient variance".into(),
+    ]];
+    for l in &r.levels {
+        let mark = if l.difficulty == r.chosen { " <" } else { "" };
+        rows.push(vec![
+            l.difficulty.to_string(),
+            l.examples.to_string(),
+            format!("{:.1}%", l.accuracy_fp16 * 100.0),
+            format!("{:.1}%", l.accuracy_ternary * 100.0),
+            format!("{:.4}", l.mean_cross_entropy),
+            format!("{:.4e}{mark}", l.gradient_variance),
+        ]);
+    }
+    print!("{}", print::table(&rows));
+    let verdict = if r.ok {
+        print::status("OK", true)
+    } else {
+        print::status("NOT IN ZONE", false)
+    };
+    println!("{verdict}: {}", r.detail);
+    let m = &r.metrics;
+    println!(
+        "metrics: optimal level {}, target accuracy {}, gradient variance {:.4e}, model {} {}",
+        m.optimal_level,
+        m.target_accuracy,
+        m.gradient_variance_optimal,
+        m.model_format,
+        print::size((m.model_size_mb * 1e6) as u64)
+    );
 }

@@ -434,6 +434,20 @@ impl Model64<'_> {
         direction_seeds: &[u64],
         scale: f64,
     ) -> Backward {
+        self.backward_into(caches, dlogits, sampled, direction_seeds, scale, None)
+    }
+
+    /// [`Model64::backward`], also adding the scaled gradient of every parameter into `full`
+    /// (one vector per parameter, in [`Model64::params`] order) when given.
+    fn backward_into(
+        &self,
+        caches: &[Cache],
+        dlogits: Array2<f64>,
+        sampled: &[(usize, usize)],
+        direction_seeds: &[u64],
+        scale: f64,
+        mut full: Option<&mut [Vec<f64>]>,
+    ) -> Backward {
         let mut acc = vec![Acc::default(); self.params.len()];
         let mut values: HashMap<(usize, usize), f64> = sampled.iter().map(|&k| (k, 0.0)).collect();
         let mut dots = vec![0.0; direction_seeds.len()];
@@ -441,6 +455,14 @@ impl Model64<'_> {
         let mut record = |param: usize, offset: usize, g: &[f64], acc: &mut Vec<Acc>| {
             for &x in g {
                 acc[param].add(x * scale);
+            }
+            if let Some(full) = full.as_deref_mut() {
+                if let Some(dst) = full
+                    .get_mut(param)
+                    .and_then(|v| v.get_mut(offset..offset + g.len()))
+                {
+                    dst.iter_mut().zip(g).for_each(|(d, &x)| *d += x * scale);
+                }
             }
             for (&(p, i), v) in values.iter_mut() {
                 if p == param && (offset..offset + g.len()).contains(&i) {
@@ -546,6 +568,23 @@ pub fn gradient_flow(
     let (logits, caches) = model.forward(inputs, &Perturb::None, None);
     let (loss, dlogits) = cross_entropy(&logits, labels);
     (loss, model.backward(&caches, dlogits, &[], &[], 1.0).stats)
+}
+
+/// Adds `weight` times the gradient of the mean cross-entropy over `inputs`/`labels` with respect
+/// to every parameter into `into` (one f64 vector per parameter, sized like
+/// [`Model64::params`]); returns the mean cross-entropy. A batch too large for one pass is the
+/// sum of its chunks with weights `chunk size / batch size`.
+pub fn accumulate_gradient(
+    model: &Model64<'_>,
+    inputs: ArrayView2<f64>,
+    labels: &[usize],
+    weight: f64,
+    into: &mut [Vec<f64>],
+) -> f64 {
+    let (logits, caches) = model.forward(inputs, &Perturb::None, None);
+    let (loss, dlogits) = cross_entropy(&logits, labels);
+    model.backward_into(&caches, dlogits, &[], &[], weight, Some(into));
+    loss
 }
 
 /// The numeric gradient check on `inputs`/`labels` (a small batch).
