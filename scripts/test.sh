@@ -8,6 +8,15 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r scripts/requirements.txt
 
+# Headless Chromium for the browser test of `bundle report` (Debian's chromium package).
+if ! command -v chromium >/dev/null; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo=sudo; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -qq chromium >/dev/null ||
+        { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }
+fi
+
 cargo test --release --all-targets
 cargo test --release --doc
 
@@ -56,3 +65,14 @@ python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "
     --demo "$work/demo" "$work/demo-verify.json" \
     --assess "$work/demo" "$work/demo-assess.json" --assess "$work/demo" "$work/demo-assess-30.json" \
     --assess-json "$work/demo-assess.json"
+
+# The browser test: headless Chromium renders the reports of the demo and of a bundle whose
+# tensor names are markup; no console message, no script, every chart, names shown as text.
+python3 scripts/check_report.py hostile-checkpoint "$work/hostile-source"
+"$bundle" create --from "$work/hostile-source/model.safetensors" \
+    --validation "$work/hostile-source/validation.safetensors" --out "$work/hostile" >/dev/null
+"$bundle" report "$work/demo" --out "$work/demo-report.html" >/dev/null
+"$bundle" report "$work/hostile" --out "$work/hostile-report.html" >/dev/null
+python3 scripts/check_report.py browse "$work/demo-report.html" "$work/hostile-report.html" \
+    --shots "$work/screenshots" --chosen "$work/demo-report.html" 7 \
+    --names "$work/hostile-report.html" "$work/hostile-source/names.json"

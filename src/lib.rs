@@ -21,6 +21,7 @@
 //! - [`write`](mod@write): building bundles atomically (`create`, the demo, `requantize`, `export`);
 //! - [`verify`]: `bundle verify`, the CI gate;
 //! - [`assess`]: `bundle assess`, the receiving stage's edge-of-chaos assessment;
+//! - [`report`]: `bundle report`, one self-contained HTML page of all of it;
 //! - [`error`]: the error type every module returns.
 //!
 //! The `bundle` binary (`src/main.rs`, `src/cli/`) only parses arguments and prints.
@@ -37,6 +38,7 @@ pub mod fuzzing;
 pub mod model;
 pub mod quant;
 pub mod read;
+pub mod report;
 pub mod source;
 pub mod verify;
 pub mod write;

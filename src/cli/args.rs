@@ -67,6 +67,10 @@ pub enum Command {
     /// is right 75% of the time, with the accuracy, loss and gradient variance of every level.
     #[command(after_help = ASSESS_HELP)]
     Assess(AssessArgs),
+    /// Write one self-contained HTML page to read before accepting a handoff: summary, every
+    /// verify check, the handoff metrics, per-tensor charts and the assessment curve.
+    #[command(after_help = REPORT_HELP)]
+    Report(ReportArgs),
 }
 
 /// How the demo model and its validation set are made (`bundle demo --help`, `create --help`).
@@ -441,4 +445,49 @@ fn parse_zone(s: &str) -> Result<(f64, f64), String> {
         hi.trim().parse().map_err(|_| bad())?,
     );
     Ok((lo, hi))
+}
+
+const REPORT_HELP: &str = "\
+The page runs `bundle verify` (all checks, default thresholds) and `bundle assess` (defaults)
+and shows:
+  summary      format, architecture, parameters, sizes, bits per weight, compression
+  checks       every verify check with its status and detail
+  metrics      retention of the original model's decisions; accuracy of the original, FP16 and
+               ternary models on the validation set (n/a, with the reason, when unknown)
+  tensors      per quantized tensor: shares of -1 / 0 / +1 trits, a histogram of its scales
+               (log-spaced bins shared by all tensors); per parameter tensor the norm of its
+               gradient (from verify's gradient_flow check, log scale)
+  assessment   FP16 accuracy and gradient variance by difficulty level, the target line, the
+               zone and the chosen level (or why there is no assessment)
+A bundle that does not open still gets a page, with verify's findings.
+
+The file is one HTML document with inline CSS and SVG: no script, font, image or network
+fetch, and a Content-Security-Policy that forbids them. Every name from the bundle is escaped.
+It is written atomically: an existing --out is replaced only with --force.
+
+Exit codes: 0 the page was written and every verify check passed; 1 the page was written but
+the bundle failed a check (the page says which), or it could not be written.
+
+Examples:
+  bundle report demo-bundle --out report.html
+  bundle report my-bundle --out report.html --reference original.safetensors --force";
+
+/// `bundle report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The bundle directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// The HTML file to write.
+    #[arg(long, value_name = "FILE.html")]
+    pub out: PathBuf,
+
+    /// The pre-quantization checkpoint, for verify's reference and retention checks.
+    #[arg(long, value_name = "ORIGINAL.safetensors")]
+    pub reference: Option<PathBuf>,
+
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
 }

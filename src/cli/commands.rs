@@ -10,6 +10,7 @@ use ternary_bundle::format::rfc3339::now_utc;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::read::checks;
 use ternary_bundle::read::inspect::inspect;
+use ternary_bundle::report::{write_report, ReportOptions};
 use ternary_bundle::source::{load_validation_set, CheckpointSource, TensorSource, ValidationSet};
 use ternary_bundle::verify::{verify, Check, VerifyOptions};
 use ternary_bundle::write::arch::{infer_arch, load_arch};
@@ -272,4 +273,27 @@ pub fn assess_cmd(a: args::AssessArgs, open: OpenOptions) -> Result<bool> {
         render::assessment(&report);
     }
     Ok(report.ok)
+}
+
+pub fn report_cmd(a: args::ReportArgs, open: OpenOptions) -> Result<bool> {
+    let options = ReportOptions {
+        verify: VerifyOptions {
+            reference: a.reference,
+            open,
+            ..VerifyOptions::default()
+        },
+        ..ReportOptions::default()
+    };
+    let (bytes, ok) = write_report(&a.dir, &a.out, &options, a.force)?;
+    println!(
+        "Wrote {} ({}): {}",
+        a.out.display(),
+        print::size(bytes),
+        if ok {
+            "every verify check passed"
+        } else {
+            "the bundle FAILED a verify check (the page says which)"
+        }
+    );
+    Ok(ok)
 }

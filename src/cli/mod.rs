@@ -53,6 +53,7 @@ pub fn run() -> ExitCode {
         Command::Export(a) => commands::export_cmd(a, &open),
         Command::Requantize(a) => commands::requantize_cmd(a, &open),
         Command::Assess(a) => commands::assess_cmd(a, open),
+        Command::Report(a) => commands::report_cmd(a, open),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

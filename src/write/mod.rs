@@ -9,4 +9,4 @@ pub mod export;
 pub mod plan;
 pub mod requantize;
 pub mod safetensors;
-mod staging;
+pub(crate) mod staging;

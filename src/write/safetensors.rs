@@ -3,19 +3,15 @@
 //! bundle's files and, through [`write_safetensors_file`], for exports.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-
-use rustix::fs::{RenameFlags, CWD};
-use rustix::io::Errno;
 
 use crate::error::{escape_name, Error, Result};
 use crate::format::checksum::{sha256_file, sha256_hex};
 use crate::format::manifest::{FileEntry, TensorDigest};
 use crate::format::safetensors::{plan_layout, Dtype, Header};
-use crate::write::staging::{parent_of, sync_dir, STAGING_COUNTER};
+use crate::write::staging::write_file_atomic;
 
 /// Writes tensor `name`'s data at its planned offset and records its digest.
 pub(crate) fn put(
@@ -82,10 +78,9 @@ pub(crate) fn finish_file(
     })
 }
 
-/// Writes one safetensors file atomically: a temporary file beside `dest` is filled in the
-/// canonical layout, fsynced and renamed into place. `data(name)` supplies each tensor's bytes,
-/// one at a time, in data order. An existing `dest` is replaced only with `force`, and only if
-/// it is a regular file.
+/// Writes one safetensors file atomically ([`write_file_atomic`]) in the canonical layout.
+/// `data(name)` supplies each tensor's bytes, one at a time, in data order. An existing `dest`
+/// is replaced only with `force`, and only if it is a regular file.
 pub fn write_safetensors_file(
     dest: &Path,
     tensors: Vec<(String, Dtype, Vec<u64>)>,
@@ -93,34 +88,9 @@ pub fn write_safetensors_file(
     force: bool,
     mut data: impl FnMut(&str) -> Result<Vec<u8>>,
 ) -> Result<()> {
-    match fs::symlink_metadata(dest) {
-        Ok(_) if !force => {
-            return Err(Error::DestinationExists {
-                path: dest.to_path_buf(),
-            })
-        }
-        Ok(m) if !m.is_file() => {
-            return Err(Error::InvalidArgument(format!(
-                "{}: refusing to replace something that is not a regular file",
-                dest.display()
-            )))
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(dest, "stat", e)),
-    }
     let (prefix, header) = plan_layout(tensors, metadata)?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent_of(dest).join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let file = create_sized(&tmp, &prefix, &header)?;
+    write_file_atomic(dest, force, |tmp| {
+        let file = create_sized(tmp, &prefix, &header)?;
         for e in &header.entries {
             let bytes = data(&e.name)?;
             if bytes.len() as u64 != e.byte_len() {
@@ -132,28 +102,8 @@ pub fn write_safetensors_file(
                 )));
             }
             file.write_all_at(&bytes, header.data_start() + e.start)
-                .map_err(|err| Error::io(&tmp, "write", err))?;
+                .map_err(|err| Error::io(tmp, "write", err))?;
         }
-        file.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-        let flags = if force {
-            RenameFlags::empty()
-        } else {
-            RenameFlags::NOREPLACE
-        };
-        rustix::fs::renameat_with(CWD, &tmp, CWD, dest, flags).map_err(|e| match e {
-            Errno::EXIST => Error::DestinationExists {
-                path: dest.to_path_buf(),
-            },
-            e => Error::io(
-                dest,
-                "rename",
-                std::io::Error::from_raw_os_error(e.raw_os_error()),
-            ),
-        })?;
-        sync_dir(&parent_of(dest))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+        Ok(file)
+    })
 }

@@ -57,6 +57,68 @@ pub(crate) fn check_destination(dest: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an existing file destination unless forced; never replaces something that is not
+/// a regular file.
+pub(crate) fn check_file_destination(dest: &Path, force: bool) -> Result<()> {
+    match fs::symlink_metadata(dest) {
+        Ok(_) if !force => Err(Error::DestinationExists {
+            path: dest.to_path_buf(),
+        }),
+        Ok(m) if !m.is_file() => Err(Error::InvalidArgument(format!(
+            "{}: refusing to replace something that is not a regular file",
+            dest.display()
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dest, "stat", e)),
+    }
+}
+
+/// Publishes one file atomically: `fill(tmp)` creates and writes a temporary file beside
+/// `dest` (`.<name>.tmp-<pid>-<n>`), which is fsynced and renamed into place (without `force`,
+/// a no-replace rename, so a file that appeared meanwhile is not lost). On any failure the
+/// temporary file is removed and `dest` is untouched.
+pub(crate) fn write_file_atomic(
+    dest: &Path,
+    force: bool,
+    fill: impl FnOnce(&Path) -> Result<File>,
+) -> Result<()> {
+    check_file_destination(dest, force)?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent_of(dest).join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let file = fill(&tmp)?;
+        file.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        let flags = if force {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        rustix::fs::renameat_with(CWD, &tmp, CWD, dest, flags).map_err(|e| match e {
+            Errno::EXIST => Error::DestinationExists {
+                path: dest.to_path_buf(),
+            },
+            e => Error::io(
+                dest,
+                "rename",
+                std::io::Error::from_raw_os_error(e.raw_os_error()),
+            ),
+        })?;
+        sync_dir(&parent_of(dest))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Removes staging directories `.<name>.tmp-<pid>-<n>` left in `parent` by writers that were
 /// killed (their process no longer exists). Best effort: failures are ignored.
 fn remove_stale_staging(parent: &Path, name: &str) {
