@@ -392,7 +392,9 @@ difficulty U8 [N]):
                       --batch-size N splits it, in data order), the gradient of the mean
                       cross-entropy with respect to every parameter tensor of the FP16 model (f64);
                       per tensor the unbiased variance of its entries (torch's Tensor.var());
-                      summed over tensors; averaged over the level's batches
+                      summed over tensors; averaged over the level's batches. The variance is
+                      over a tensor's entries, so a level of one example has one; a tensor of
+                      one entry has none and is left out (counted in skipped_tensors)
 The chosen level is the one whose FP16 accuracy is closest to --target-accuracy (ties: the lower
 level); the assessment succeeds when it lies in --zone. Otherwise the report says where the
 model stands: too easy at every level, too hard at every level, or a gap between two levels.
