@@ -255,7 +255,8 @@ Checks, in order (each PASS, FAIL or SKIP with a one-line detail):
                   (pre-quantization) model's decisions: its argmax equals the original's
                   predictions, stored in the validation set by `bundle create` (rule 6.3) or
                   recomputed from --reference. Skipped, with the reason, when neither exists
-  gradient_check  f64 backprop vs central differences (sampled coordinates and random directions)
+  gradient_check  f64 backprop vs central differences (sampled coordinates and random directions),
+                  each within --grad-tol relative plus the round-off bound of the difference
   gradient_flow   every parameter tensor gets a finite, non-zero gradient; per-tensor norm and variance
   reference       with --reference: the original checkpoint run again; its agreement with the FP16
                   model, and its predictions must equal the stored ones (up to near-ties)
@@ -312,8 +313,10 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = ternary_bundle::verify::DEFAULT_SEED)]
     pub seed: u64,
 
-    /// Largest accepted relative error between analytic and numeric derivatives. Correct f64
-    /// gradients agree to about 1e-8; a wrong backward pass is off by 1e-2 or more.
+    /// Relative part of the gradient check's allowance: an analytic derivative a and its
+    /// central difference n agree when |a - n| <= TOL * max(|a|, |n|) + the round-off bound of
+    /// the difference (spec section 16.1). Correct f64 gradients agree to about 1e-8; a wrong
+    /// backward pass is off by 1e-2 or more.
     #[arg(long, value_name = "TOL", default_value_t = ternary_bundle::model::gradcheck::DEFAULT_GRAD_TOL)]
     pub grad_tol: f64,
 

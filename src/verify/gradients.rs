@@ -72,13 +72,19 @@ fn check(
     let figures = json!({
         "batch": rep.batch, "coordinates": rep.coordinates, "excluded_relu_kinks": rep.excluded_kinks,
         "directions": rep.directions, "excluded_directions": rep.excluded_directions,
-        "max_relative_error": rep.max_relative_error, "grad_tol": grad.tolerance, "step": grad.step, "worst": rep.worst,
+        "max_relative_error": rep.max_relative_error, "error_ratio": rep.error_ratio,
+        "grad_tol": grad.tolerance, "atol": rep.atol, "step": grad.step, "worst": rep.worst,
     });
+    let margin = if rep.error_ratio > 0.0 {
+        format!("margin {:.0}x", 1.0 / rep.error_ratio)
+    } else {
+        "exact".into()
+    };
     let detail = format!(
-        "max relative error {:.2e} (tolerance {:.0e}) over {} coordinates and {} directions; {} coordinates excluded at ReLU kinks; worst: {}",
-        rep.max_relative_error, grad.tolerance, rep.coordinates, rep.directions, rep.excluded_kinks, rep.worst
+        "worst error {:.2e} of its allowance ({margin}) over {} coordinates and {} directions; allowance {:.0e} x |gradient| + {:.1e} / step h, the round-off bound of a central difference (h = {:.0e}: {:.1e}); max relative error {:.2e}; {} coordinates excluded at ReLU kinks; worst: {}",
+        rep.error_ratio, rep.coordinates, rep.directions, grad.tolerance, rep.atol * grad.step, grad.step, rep.atol, rep.max_relative_error, rep.excluded_kinks, rep.worst
     );
-    if rep.passed(grad.tolerance) {
+    if rep.passed() {
         Ok((detail, figures))
     } else {
         Err((detail, figures))
