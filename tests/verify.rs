@@ -16,7 +16,7 @@ use common::surgery::{
 };
 use common::{bundle, row_trits, row_with_nonzero_trit, set_f32, set_u16, t, tiny_bundle, u16_at};
 use serde_json::{json, Value};
-use ternary_bundle::format::manifest::{LayerSpec, ModelSpec};
+use ternary_bundle::format::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
 use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::source::ValidationSet;
 use ternary_bundle::source::{MemorySource, TensorSource};
@@ -1106,6 +1106,57 @@ fn gradient_check_passes_with_default_options_and_reports_its_figures() {
         );
         assert_eq!(g.figures["grad_tol"], 1e-4);
         assert!(g.detail.contains("1e-4 x |gradient|"), "{}", g.detail);
+    }
+}
+
+/// The batched central differences follow every path a perturbation can take: a coordinate of
+/// a weight, a bias or an RMSNorm weight, changed columns reaching a layer with and without an
+/// RMSNorm, every activation, random directions. A wrong numeric side would disagree with the
+/// backward pass; a wrong backward pass must still be caught.
+#[test]
+fn gradient_check_agrees_on_every_activation_with_norms_on_every_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    for act in ["relu", "gelu", "silu", "tanh", "identity"] {
+        let (mut src, mut plan) = common::tiny_model(7);
+        let norm: Vec<f32> = common::values(5, 7).iter().map(|v| 1.0 + v / 3.0).collect();
+        src.push("fc1.norm.weight".to_string(), vec![7], norm)
+            .unwrap();
+        plan.model.layers[0].activation = act.into();
+        plan.model.layers[0].rmsnorm = Some(RmsNormSpec {
+            weight: "fc1.norm.weight".into(),
+            eps: 1e-5,
+        });
+        let dir = tmp.path().join(act);
+        write_bundle(&dir, &src, &plan, &WriteOptions::default()).unwrap();
+        let run = |scale: f64| {
+            verify(
+                &dir,
+                &VerifyOptions {
+                    only: checks(&["gradient_check"]),
+                    grad: GradCheckOptions {
+                        analytic_gradient_scale: scale,
+                        coordinates_per_tensor: 6,
+                        directions: 3,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+        };
+        let report = run(1.0);
+        let g = check(&report, "gradient_check");
+        assert_eq!(g.status, Status::Pass, "{act}: {}", g.detail);
+        let ratio = f64_figure(g, "error_ratio");
+        assert!(ratio < 0.01, "{act}: error ratio {ratio}: {}", g.detail);
+        let compared = g.figures["coordinates"].as_u64().unwrap();
+        assert!(compared >= 10, "{act}: {}", g.figures);
+        assert_eq!(g.figures["directions"], 3, "{act}: {}", g.figures);
+        let report = run(1.01);
+        assert_eq!(
+            check(&report, "gradient_check").status,
+            Status::Fail,
+            "{act}"
+        );
     }
 }
 

@@ -24,7 +24,7 @@ use ndarray::{Array2, ArrayView2};
 use crate::error::{Error, Result};
 use crate::format::manifest::FileRole;
 use crate::model::chunks::{chunk_rows, gradient_rows};
-use crate::model::gradcheck::{accumulate_gradient, Model64};
+use crate::model::model64::{accumulate_gradient, Model64};
 use crate::model::reference::{argmax_rows, forward_bundle, WeightPath};
 use crate::read::{Bundle, OpenOptions};
 
@@ -170,7 +170,7 @@ fn batch_gradient_variance(
     let mut grads: Vec<Vec<f64>> = model
         .params()
         .iter()
-        .map(|(_, n)| vec![0.0; *n as usize])
+        .map(|p| vec![0.0; p.shape.elements()])
         .collect();
     let n = labels.len() as f64;
     let rows = gradient_rows(&bundle.manifest().model, labels.len());

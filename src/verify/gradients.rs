@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use crate::error::printable;
 use crate::model::chunks::gradient_rows;
-use crate::model::gradcheck::{gradient_check, gradient_flow, to_f64, GradCheckOptions, Model64};
+use crate::model::gradcheck::{gradient_check, GradCheckOptions};
+use crate::model::model64::{gradient_flow, to_f64, Model64};
 use crate::verify::check::Check;
 use crate::verify::integrity::fail_with;
 use crate::verify::options::{VerifyOptions, FLOW_BATCH, GRADCHECK_BATCH};

@@ -1,0 +1,426 @@
+//! The FP16 model of a bundle, promoted exactly to f64, with its forward pass and analytic
+//! backward pass: what the gradient checks ([`crate::model::gradcheck`]) and the assessment
+//! ([`crate::assess`]) differentiate.
+//!
+//! Weight matrices are never held whole: every pass converts row blocks of the FP16 bytes to
+//! f64 on the fly, so memory stays near one block plus the activations of the batch. The
+//! backward pass hands each block of each parameter's gradient to a sink, so that its callers
+//! reduce it as they need (statistics, sampled entries, dot products, a full copy) without
+//! the whole gradient ever being materialised here.
+
+use std::collections::HashMap;
+
+use half::f16;
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+
+use crate::error::Result;
+use crate::format::activation::Activation;
+use crate::format::manifest::FileRole;
+use crate::read::Bundle;
+
+/// The shape of a parameter tensor as the model uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamShape {
+    /// A layer's weight, `[rows, cols]` = `[out_features, in_features]`.
+    Matrix {
+        /// Rows (out_features).
+        rows: usize,
+        /// Columns (in_features).
+        cols: usize,
+    },
+    /// A bias or RMSNorm weight.
+    Vector(usize),
+}
+
+impl ParamShape {
+    /// Number of entries.
+    pub fn elements(self) -> usize {
+        match self {
+            ParamShape::Matrix { rows, cols } => rows * cols,
+            ParamShape::Vector(n) => n,
+        }
+    }
+}
+
+/// One parameter tensor of the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    /// Tensor name (untrusted: escape before printing).
+    pub name: String,
+    /// Its shape as the model uses it.
+    pub shape: ParamShape,
+}
+
+/// One layer of the f64 model: the weight stays as FP16 bytes; small vectors are f64.
+pub(crate) struct Layer64<'a> {
+    pub(crate) weight: &'a [u8],
+    pub(crate) weight_param: usize,
+    pub(crate) out: usize,
+    pub(crate) inp: usize,
+    pub(crate) bias: Option<(usize, Vec<f64>)>,
+    pub(crate) norm: Option<(usize, Vec<f64>, f64)>,
+    pub(crate) act: Activation,
+}
+
+/// Activations kept from a forward pass, per layer.
+#[derive(Clone)]
+pub(crate) struct Cache {
+    pub(crate) input: Array2<f64>,
+    pub(crate) normed: Array2<f64>,
+    pub(crate) inv_rms: Vec<f64>,
+    pub(crate) pre: Array2<f64>,
+}
+
+/// The FP16 model of a bundle in f64, streamed from the FP16 bytes.
+pub struct Model64<'a> {
+    pub(crate) layers: Vec<Layer64<'a>>,
+    params: Vec<Param>,
+}
+
+/// Every F16 bit pattern as f64 (exact): converting a weight block is one lookup per value.
+fn f16_table() -> &'static [f64] {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f64()).collect())
+}
+
+fn f16_vec64(bytes: &[u8]) -> Vec<f64> {
+    let table = f16_table();
+    crate::format::le::u16s(bytes)
+        .map(|b| table[usize::from(b)])
+        .collect()
+}
+
+impl<'a> Model64<'a> {
+    /// The bundle's model with the FP16 weights (every F16 value is exact in f64).
+    pub fn new(bundle: &'a Bundle) -> Result<Model64<'a>> {
+        let m = bundle.manifest();
+        let mut params: Vec<Param> = Vec::new();
+        let mut index = HashMap::new();
+        let mut param = |name: &str, shape: ParamShape| -> usize {
+            *index.entry(name.to_string()).or_insert_with(|| {
+                params.push(Param {
+                    name: name.to_string(),
+                    shape,
+                });
+                params.len() - 1
+            })
+        };
+        let fp16 = |name: &str| {
+            bundle
+                .fp16_bytes(name)
+                .ok_or_else(|| bundle.missing_tensor(FileRole::Fp16, name))
+        };
+        let mut layers = Vec::new();
+        for (i, l) in m.model.layers.iter().enumerate() {
+            let (out, inp) = (l.out_features as usize, l.in_features as usize);
+            layers.push(Layer64 {
+                weight: fp16(&l.weight)?,
+                weight_param: param(
+                    &l.weight,
+                    ParamShape::Matrix {
+                        rows: out,
+                        cols: inp,
+                    },
+                ),
+                out,
+                inp,
+                bias: match &l.bias {
+                    Some(b) => Some((param(b, ParamShape::Vector(out)), f16_vec64(fp16(b)?))),
+                    None => None,
+                },
+                norm: match &l.rmsnorm {
+                    Some(n) => Some((
+                        param(&n.weight, ParamShape::Vector(inp)),
+                        f16_vec64(fp16(&n.weight)?),
+                        n.eps as f64,
+                    )),
+                    None => None,
+                },
+                act: bundle.facts().activations[i],
+            });
+        }
+        Ok(Model64 { layers, params })
+    }
+
+    /// Parameter tensors, in order of first use.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Rows of a weight block converted at once (about 4 MB of f64).
+    pub(crate) fn rows_per_block(inp: usize) -> usize {
+        ((1 << 19) / inp.max(1)).max(1)
+    }
+
+    /// Rows `r0..r1` of layer `l`'s weight in f64.
+    pub(crate) fn weight_block(l: &Layer64<'_>, r0: usize, r1: usize) -> Array2<f64> {
+        let values = f16_vec64(&l.weight[r0 * l.inp * 2..r1 * l.inp * 2]);
+        Array2::from_shape_vec((r1 - r0, l.inp), values).expect("rows * inp values")
+    }
+
+    /// Column `c` of layer `l`'s weight in f64.
+    pub(crate) fn weight_column(l: &Layer64<'_>, c: usize) -> Array1<f64> {
+        let table = f16_table();
+        Array1::from_shape_fn(l.out, |r| {
+            let at = 2 * (r * l.inp + c);
+            table[usize::from(u16::from_le_bytes([l.weight[at], l.weight[at + 1]]))]
+        })
+    }
+
+    /// RMSNorm of the rows of `x` with weight `w`: the normed rows and each row's 1 / rms.
+    pub(crate) fn rms_norm(x: &Array2<f64>, w: &[f64], eps: f64) -> (Array2<f64>, Vec<f64>) {
+        let mut u = x.clone();
+        let mut inv = Vec::with_capacity(u.nrows());
+        for mut row in u.axis_iter_mut(Axis(0)) {
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64;
+            let r = 1.0 / (ms + eps).sqrt();
+            inv.push(r);
+            row.iter_mut().zip(w).for_each(|(v, &wv)| *v = *v * r * wv);
+        }
+        (u, inv)
+    }
+
+    /// `u W^T` for layer `l`, the weight converted block by block.
+    pub(crate) fn matmul(l: &Layer64<'_>, u: ArrayView2<f64>) -> Array2<f64> {
+        let mut pre = Array2::<f64>::zeros((u.nrows(), l.out));
+        let rows = Model64::rows_per_block(l.inp);
+        let mut r0 = 0;
+        while r0 < l.out {
+            let r1 = (r0 + rows).min(l.out);
+            let w = Model64::weight_block(l, r0, r1);
+            pre.slice_mut(s![.., r0..r1]).assign(&u.dot(&w.t()));
+            r0 = r1;
+        }
+        pre
+    }
+
+    /// The forward pass over `x`: the logits and every layer's cache.
+    pub(crate) fn forward(&self, x: ArrayView2<f64>) -> (Array2<f64>, Vec<Cache>) {
+        let mut caches: Vec<Cache> = Vec::with_capacity(self.layers.len());
+        let mut h = x.to_owned();
+        for l in &self.layers {
+            let input = h;
+            let (normed, inv_rms) = match &l.norm {
+                Some((_, w, eps)) => Model64::rms_norm(&input, w, *eps),
+                None => (input.clone(), Vec::new()),
+            };
+            let mut pre = Model64::matmul(l, normed.view());
+            if let Some((_, b)) = &l.bias {
+                pre += &ndarray::ArrayView1::from(b.as_slice());
+            }
+            h = activate_all(pre.view(), l.act);
+            caches.push(Cache {
+                input,
+                normed,
+                inv_rms,
+                pre,
+            });
+        }
+        (h, caches)
+    }
+
+    /// The backward pass from `caches` and the gradient of the loss with respect to the
+    /// logits: `sink(param, offset, block)` receives the gradient of entries
+    /// `offset..offset + block.len()` of every parameter, block by block (a parameter used by
+    /// several layers arrives once per use; the sink adds them up).
+    pub(crate) fn backward(
+        &self,
+        caches: &[Cache],
+        dlogits: Array2<f64>,
+        sink: &mut dyn FnMut(usize, usize, &[f64]),
+    ) {
+        let mut delta = dlogits;
+        for (l, c) in self.layers.iter().zip(caches).rev() {
+            // Through the activation.
+            let mut dz = delta;
+            if l.act != Activation::Identity {
+                dz.zip_mut_with(&c.pre, |d, &z| *d *= l.act.derivative(z));
+            }
+            if let Some((param, _)) = &l.bias {
+                let db = dz.sum_axis(Axis(0));
+                sink(*param, 0, db.as_slice().expect("contiguous"));
+            }
+            // Weight gradient and the gradient of the layer input, block by block.
+            let mut dnormed = Array2::<f64>::zeros((c.normed.nrows(), l.inp));
+            let rows = Model64::rows_per_block(l.inp);
+            let mut r0 = 0;
+            while r0 < l.out {
+                let r1 = (r0 + rows).min(l.out);
+                let w = Model64::weight_block(l, r0, r1);
+                let dz_block = dz.slice(s![.., r0..r1]);
+                let dw = dz_block.t().dot(&c.normed);
+                let dw = dw.as_standard_layout();
+                sink(
+                    l.weight_param,
+                    r0 * l.inp,
+                    dw.as_slice().expect("standard layout"),
+                );
+                dnormed += &dz_block.dot(&w);
+                r0 = r1;
+            }
+            // Through the RMSNorm: u = x * r * w with r = 1/sqrt(mean(x^2) + eps).
+            delta = match &l.norm {
+                Some((param, w, _)) => {
+                    let n = l.inp as f64;
+                    let mut dw = vec![0.0; l.inp];
+                    let mut dx = Array2::<f64>::zeros(c.input.raw_dim());
+                    for (i, (x, du)) in c
+                        .input
+                        .axis_iter(Axis(0))
+                        .zip(dnormed.axis_iter(Axis(0)))
+                        .enumerate()
+                    {
+                        let r = c.inv_rms[i];
+                        let dot: f64 = (0..l.inp).map(|j| du[j] * w[j] * x[j]).sum();
+                        for j in 0..l.inp {
+                            dw[j] += du[j] * x[j] * r;
+                            dx[[i, j]] = r * du[j] * w[j] - x[j] * r * r * r * dot / n;
+                        }
+                    }
+                    sink(*param, 0, &dw);
+                    dx
+                }
+                None => dnormed,
+            };
+        }
+    }
+}
+
+/// `act` applied to every element.
+pub(crate) fn activate_all(pre: ArrayView2<f64>, act: Activation) -> Array2<f64> {
+    if act == Activation::Identity {
+        pre.to_owned()
+    } else {
+        pre.mapv(|v| act.apply(v))
+    }
+}
+
+/// Mean cross-entropy of `logits` against `labels`.
+pub(crate) fn mean_cross_entropy(logits: ArrayView2<f64>, labels: &[usize]) -> f64 {
+    let n = logits.nrows();
+    let loss: f64 = logits
+        .axis_iter(Axis(0))
+        .zip(labels)
+        .map(|(row, &label)| {
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+            max + sum.ln() - row[label]
+        })
+        .sum();
+    loss / n as f64
+}
+
+/// Mean cross-entropy of `logits` against `labels`, and its gradient with respect to the logits.
+pub(crate) fn cross_entropy(logits: &Array2<f64>, labels: &[usize]) -> (f64, Array2<f64>) {
+    let n = logits.nrows();
+    let mut grad = Array2::<f64>::zeros(logits.raw_dim());
+    for (i, row) in logits.axis_iter(Axis(0)).enumerate() {
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+        let lse = max + sum.ln();
+        for (j, v) in row.iter().enumerate() {
+            grad[[i, j]] = ((v - lse).exp() - if j == labels[i] { 1.0 } else { 0.0 }) / n as f64;
+        }
+    }
+    (mean_cross_entropy(logits.view(), labels), grad)
+}
+
+/// Statistics of one parameter tensor's gradient over a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorGradient {
+    /// Tensor name.
+    pub name: String,
+    /// Elements.
+    pub elements: u64,
+    /// L2 norm.
+    pub norm: f64,
+    /// Variance of the entries (population).
+    pub variance: f64,
+    /// Mean of the entries.
+    pub mean: f64,
+    /// Number of non-finite entries.
+    pub non_finite: u64,
+    /// Number of non-zero entries.
+    pub non_zero: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Acc {
+    sum: f64,
+    sum_sq: f64,
+    non_finite: u64,
+    non_zero: u64,
+}
+
+/// Gradient statistics of every parameter tensor for the mean cross-entropy over `inputs`
+/// (`[n, input_dim]`) and `labels`.
+pub fn gradient_flow(
+    model: &Model64<'_>,
+    inputs: ArrayView2<f64>,
+    labels: &[usize],
+) -> (f64, Vec<TensorGradient>) {
+    let (logits, caches) = model.forward(inputs);
+    let (loss, dlogits) = cross_entropy(&logits, labels);
+    let mut acc = vec![Acc::default(); model.params.len()];
+    model.backward(&caches, dlogits, &mut |param, _, g| {
+        let a = &mut acc[param];
+        for &x in g {
+            if x.is_finite() {
+                a.sum += x;
+                a.sum_sq += x * x;
+            } else {
+                a.non_finite += 1;
+            }
+            a.non_zero += (x != 0.0) as u64;
+        }
+    });
+    let stats = model
+        .params
+        .iter()
+        .zip(&acc)
+        .map(|(p, a)| {
+            let elements = p.shape.elements() as u64;
+            let n = elements.max(1) as f64;
+            let mean = a.sum / n;
+            TensorGradient {
+                name: p.name.clone(),
+                elements,
+                norm: a.sum_sq.sqrt(),
+                variance: (a.sum_sq / n - mean * mean).max(0.0),
+                mean,
+                non_finite: a.non_finite,
+                non_zero: a.non_zero,
+            }
+        })
+        .collect();
+    (loss, stats)
+}
+
+/// Adds `weight` times the gradient of the mean cross-entropy over `inputs`/`labels` with respect
+/// to every parameter into `into` (one f64 vector per parameter, sized like
+/// [`Model64::params`]); returns the mean cross-entropy. A batch too large for one pass is the
+/// sum of its chunks with weights `chunk size / batch size`.
+pub fn accumulate_gradient(
+    model: &Model64<'_>,
+    inputs: ArrayView2<f64>,
+    labels: &[usize],
+    weight: f64,
+    into: &mut [Vec<f64>],
+) -> f64 {
+    let (logits, caches) = model.forward(inputs);
+    let (loss, dlogits) = cross_entropy(&logits, labels);
+    model.backward(&caches, dlogits, &mut |param, offset, g| {
+        if let Some(dst) = into
+            .get_mut(param)
+            .and_then(|v| v.get_mut(offset..offset + g.len()))
+        {
+            dst.iter_mut().zip(g).for_each(|(d, &x)| *d += x * weight);
+        }
+    });
+    loss
+}
+
+/// Converts f32 inputs to f64 (exact).
+pub fn to_f64(x: ArrayView2<f32>) -> Array2<f64> {
+    x.mapv(f64::from)
+}
