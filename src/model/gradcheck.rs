@@ -15,7 +15,8 @@ use std::collections::HashMap;
 
 use ndarray::{ArrayView2, Axis};
 
-use crate::model::model64::{cross_entropy, Model64, Param, ParamShape};
+use crate::model::direction::{direction_value, Direction};
+use crate::model::model64::{cross_entropy, Cache, Model64};
 use crate::model::perturbed::{central_differences, Move};
 
 /// Settings of the gradient check.
@@ -117,105 +118,6 @@ pub fn relative_error(analytic: f64, numeric: f64) -> f64 {
     (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(RELATIVE_ERROR_FLOOR)
 }
 
-/// A deterministic value in [-1, 1) for element `index` of parameter `param` of direction
-/// `seed` (splitmix64).
-fn direction_value(seed: u64, param: usize, index: usize) -> f64 {
-    let mut z = seed
-        ^ (param as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-}
-
-/// One parameter tensor's part of a [`Direction`].
-pub(crate) enum DirPart {
-    /// A weight matrix's part: entry (r, c) is `a[r] * b[c]`.
-    Matrix {
-        /// One value per row.
-        a: Vec<f64>,
-        /// One value per column.
-        b: Vec<f64>,
-    },
-    /// A vector parameter's part.
-    Vector(Vec<f64>),
-}
-
-/// A random direction over all parameters: for a weight matrix the outer product of two
-/// random vectors, for a bias or norm weight a random vector; every value uniform in [-1, 1)
-/// from splitmix64 of the seed. Every parameter moves, and a wrong gradient is missed only if
-/// its error is orthogonal to the direction (probability zero for a random one).
-pub(crate) struct Direction {
-    pub(crate) parts: Vec<DirPart>,
-    /// Euclidean norm over all parameters.
-    pub(crate) norm: f64,
-}
-
-impl Direction {
-    fn new(seed: u64, params: &[Param]) -> Direction {
-        let values = |param: usize, from: usize, n: usize| -> Vec<f64> {
-            (from..from + n)
-                .map(|i| direction_value(seed, param, i))
-                .collect()
-        };
-        let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
-        let mut norm_sq = 0.0;
-        let parts = params
-            .iter()
-            .enumerate()
-            .map(|(p, param)| match param.shape {
-                ParamShape::Matrix { rows, cols } => {
-                    let (a, b) = (values(p, 0, rows), values(p, rows, cols));
-                    norm_sq += sq(&a) * sq(&b);
-                    DirPart::Matrix { a, b }
-                }
-                ParamShape::Vector(n) => {
-                    let d = values(p, 0, n);
-                    norm_sq += sq(&d);
-                    DirPart::Vector(d)
-                }
-            })
-            .collect();
-        Direction {
-            parts,
-            norm: norm_sq.sqrt(),
-        }
-    }
-
-    /// The dot product of entries `offset..offset + g.len()` of parameter `param` with `g`.
-    fn dot(&self, param: usize, offset: usize, g: &[f64]) -> f64 {
-        match &self.parts[param] {
-            DirPart::Vector(d) => d[offset..offset + g.len()]
-                .iter()
-                .zip(g)
-                .map(|(x, y)| x * y)
-                .sum(),
-            DirPart::Matrix { a, b } => {
-                let cols = b.len();
-                let (mut r, mut c) = (offset / cols, offset % cols);
-                let mut sum = 0.0;
-                let mut row = 0.0;
-                for &x in g {
-                    row += x * b[c];
-                    c += 1;
-                    if c == cols {
-                        sum += row * a[r];
-                        row = 0.0;
-                        c = 0;
-                        r += 1;
-                    }
-                }
-                if c > 0 {
-                    sum += row * a[r];
-                }
-                sum
-            }
-        }
-    }
-}
-
 /// The numeric gradient check on `inputs`/`labels` (a small batch).
 pub fn gradient_check(
     model: &Model64<'_>,
@@ -235,52 +137,11 @@ pub fn gradient_check(
     let h = options.step;
     let sampled = sample_coordinates(model, options);
 
-    // Candidate directions: up to 4 per requested one, evaluated in rounds until enough have
-    // no ReLU kink (the first round carries the coordinates too). A direction's step is scaled
-    // by its norm, so that the move has length h.
     let candidates: Vec<Direction> = (0..options.directions as u64 * 4)
         .map(|d| Direction::new(options.seed.wrapping_add(0x5EED_0000 + d), model.params()))
         .collect();
-    let mut moves: Vec<(Move, f64)> = sampled
-        .iter()
-        .map(|&(param, index)| (Move::Coordinate { param, index }, h))
-        .collect();
-    let mut coordinate_numeric: Vec<Option<f64>> = Vec::new();
-    let mut chosen: Vec<(usize, f64)> = Vec::new();
-    let mut excluded_directions = 0;
-    let mut next = 0;
-    loop {
-        let wanted = options.directions.saturating_sub(chosen.len());
-        let round: Vec<usize> = (next..(next + wanted).min(candidates.len())).collect();
-        next += round.len();
-        moves.extend(round.iter().map(|&d| {
-            (
-                Move::Direction(d),
-                h / candidates[d].norm.max(f64::MIN_POSITIVE),
-            )
-        }));
-        if moves.is_empty() {
-            break;
-        }
-        let numeric = central_differences(model, &caches, labels, &moves, &candidates);
-        let split = moves
-            .iter()
-            .take_while(|m| matches!(m.0, Move::Coordinate { .. }))
-            .count();
-        if coordinate_numeric.is_empty() {
-            coordinate_numeric = numeric[..split].to_vec();
-        }
-        for (&d, n) in round.iter().zip(&numeric[split..]) {
-            match n {
-                Some(n) => chosen.push((d, *n)),
-                None => excluded_directions += 1,
-            }
-        }
-        moves.clear();
-        if chosen.len() >= options.directions || next >= candidates.len() {
-            break;
-        }
-    }
+    let numeric = numeric_side(model, &caches, labels, &sampled, &candidates, options);
+    let (coordinate_numeric, chosen, excluded_directions) = numeric;
 
     // The analytic side: one backward pass, reduced to the sampled entries and the dot
     // products with the chosen directions.
@@ -348,6 +209,64 @@ pub fn gradient_check(
     report.excluded_kinks = compared.1;
     report.directions = compared.2;
     report
+}
+
+/// The central differences: one per sampled coordinate (`None` at a ReLU kink), and the chosen
+/// directions with theirs. Candidate directions are evaluated in rounds until `directions` of
+/// them have no kink (the first round carries the coordinates too); a direction's step is
+/// scaled by its norm, so that the move has length h. Returns the coordinates' differences,
+/// the chosen (candidate, difference) pairs and how many candidates were excluded.
+#[allow(clippy::type_complexity)]
+fn numeric_side(
+    model: &Model64<'_>,
+    caches: &[Cache],
+    labels: &[usize],
+    sampled: &[(usize, usize)],
+    candidates: &[Direction],
+    options: &GradCheckOptions,
+) -> (Vec<Option<f64>>, Vec<(usize, f64)>, usize) {
+    let h = options.step;
+    let mut moves: Vec<(Move, f64)> = sampled
+        .iter()
+        .map(|&(param, index)| (Move::Coordinate { param, index }, h))
+        .collect();
+    let mut coordinate_numeric: Vec<Option<f64>> = Vec::new();
+    let mut chosen: Vec<(usize, f64)> = Vec::new();
+    let mut excluded_directions = 0;
+    let mut next = 0;
+    loop {
+        let wanted = options.directions.saturating_sub(chosen.len());
+        let round: Vec<usize> = (next..(next + wanted).min(candidates.len())).collect();
+        next += round.len();
+        moves.extend(round.iter().map(|&d| {
+            (
+                Move::Direction(d),
+                h / candidates[d].norm.max(f64::MIN_POSITIVE),
+            )
+        }));
+        if moves.is_empty() {
+            break;
+        }
+        let numeric = central_differences(model, caches, labels, &moves, candidates);
+        let split = moves
+            .iter()
+            .take_while(|m| matches!(m.0, Move::Coordinate { .. }))
+            .count();
+        if coordinate_numeric.is_empty() {
+            coordinate_numeric = numeric[..split].to_vec();
+        }
+        for (&d, n) in round.iter().zip(&numeric[split..]) {
+            match n {
+                Some(n) => chosen.push((d, *n)),
+                None => excluded_directions += 1,
+            }
+        }
+        moves.clear();
+        if chosen.len() >= options.directions || next >= candidates.len() {
+            break;
+        }
+    }
+    (coordinate_numeric, chosen, excluded_directions)
 }
 
 /// The coordinates the gradient check perturbs: `coordinates_per_tensor` distinct indices of

@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod chunks;
+pub(crate) mod direction;
 pub mod gradcheck;
 pub mod model64;
 pub(crate) mod perturbed;

@@ -19,7 +19,7 @@ use ndarray::{concatenate, s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::format::activation::Activation;
 use crate::model::chunks::MAX_BATCH_ELEMENTS;
-use crate::model::gradcheck::{DirPart, Direction};
+use crate::model::direction::{DirPart, Direction};
 use crate::model::model64::{activate_all, mean_cross_entropy, Cache, Layer64, Model64};
 
 /// A perturbation of the parameters, applied with a signed step.
