@@ -32,6 +32,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_mmap: bool,
 
+    /// Threads of the one pool every parallel step runs on (hashing, checks, quantization,
+    /// matrix products). Default: one per core.
+    #[arg(long, global = true, value_name = "N", env = "BUNDLE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
     /// The command.
     #[command(subcommand)]
     pub command: Command,

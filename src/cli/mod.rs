@@ -18,13 +18,13 @@ use args::{Cli, Command};
 /// Runs the command line; returns the process exit code (0 success, 1 failure; clap exits
 /// with 2 on usage errors).
 pub fn run() -> ExitCode {
-    // matrixmultiply counts physical cores, which some VMs report as one; the reference model's
-    // matmuls should use every core unless the user chose otherwise.
-    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
-    }
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Fails only if a pool was already built, which nothing does before this point.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(usize::from(n))
+            .build_global();
+    }
     let open = OpenOptions {
         backing: if cli.no_mmap {
             Backing::Read

@@ -10,6 +10,7 @@ pub mod activation;
 pub mod chunks;
 pub(crate) mod direction;
 pub mod gradcheck;
+pub mod matmul;
 pub mod model64;
 pub(crate) mod perturbed;
 pub mod reference;

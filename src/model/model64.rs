@@ -11,11 +11,13 @@
 use std::collections::HashMap;
 
 use half::f16;
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, Axis, CowArray};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::format::activation::Activation;
 use crate::format::manifest::FileRole;
+use crate::model::matmul::dot_t_blocks;
 use crate::read::Bundle;
 
 /// The shape of a parameter tensor as the model uses it.
@@ -180,18 +182,11 @@ impl<'a> Model64<'a> {
         (u, inv)
     }
 
-    /// `u W^T` for layer `l`, the weight converted block by block.
+    /// `u W^T` for layer `l`, the weight converted block by block (blocks in parallel).
     pub(crate) fn matmul(l: &Layer64<'_>, u: ArrayView2<f64>) -> Array2<f64> {
-        let mut pre = Array2::<f64>::zeros((u.nrows(), l.out));
-        let rows = Model64::rows_per_block(l.inp);
-        let mut r0 = 0;
-        while r0 < l.out {
-            let r1 = (r0 + rows).min(l.out);
-            let w = Model64::weight_block(l, r0, r1);
-            pre.slice_mut(s![.., r0..r1]).assign(&u.dot(&w.t()));
-            r0 = r1;
-        }
-        pre
+        dot_t_blocks(u, l.out, Model64::rows_per_block(l.inp), |r0, r1| {
+            CowArray::from(Model64::weight_block(l, r0, r1))
+        })
     }
 
     /// The forward pass over `x`: the logits and every layer's cache.
@@ -240,23 +235,31 @@ impl<'a> Model64<'a> {
                 let db = dz.sum_axis(Axis(0));
                 sink(*param, 0, db.as_slice().expect("contiguous"));
             }
-            // Weight gradient and the gradient of the layer input, block by block.
+            // Weight gradient and the gradient of the layer input, block by block: a window of
+            // blocks in parallel, then their weight gradients to the sink in order.
             let mut dnormed = Array2::<f64>::zeros((c.normed.nrows(), l.inp));
             let rows = Model64::rows_per_block(l.inp);
-            let mut r0 = 0;
-            while r0 < l.out {
-                let r1 = (r0 + rows).min(l.out);
-                let w = Model64::weight_block(l, r0, r1);
-                let dz_block = dz.slice(s![.., r0..r1]);
-                let dw = dz_block.t().dot(&c.normed);
-                let dw = dw.as_standard_layout();
-                sink(
-                    l.weight_param,
-                    r0 * l.inp,
-                    dw.as_slice().expect("standard layout"),
-                );
-                dnormed += &dz_block.dot(&w);
-                r0 = r1;
+            let starts: Vec<usize> = (0..l.out).step_by(rows).collect();
+            for window in starts.chunks(2 * rayon::current_num_threads()) {
+                let parts: Vec<(Array2<f64>, Array2<f64>)> = window
+                    .par_iter()
+                    .map(|&r0| {
+                        let r1 = (r0 + rows).min(l.out);
+                        let dz_block = dz.slice(s![.., r0..r1]);
+                        let dw = dz_block.t().dot(&c.normed);
+                        let w = Model64::weight_block(l, r0, r1);
+                        (dw, dz_block.dot(&w))
+                    })
+                    .collect();
+                for (&r0, (dw, dn)) in window.iter().zip(parts) {
+                    let dw = dw.as_standard_layout();
+                    sink(
+                        l.weight_param,
+                        r0 * l.inp,
+                        dw.as_slice().expect("standard layout"),
+                    );
+                    dnormed += &dn;
+                }
             }
             // Through the RMSNorm: u = x * r * w with r = 1/sqrt(mean(x^2) + eps).
             delta = match &l.norm {

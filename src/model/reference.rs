@@ -20,6 +20,7 @@ use crate::format::manifest::{FileRole, LayerSpec, ModelSpec};
 use crate::format::quantization::Granularity;
 use crate::format::rules::Rule;
 use crate::model::chunks::chunk_rows;
+use crate::model::matmul::dot_t;
 use crate::read::Bundle;
 use crate::source::TensorSource;
 
@@ -110,19 +111,19 @@ pub const SMALL_GROUP: usize = 32;
 /// `x . W^T` for either weight form.
 pub fn linear(x: ArrayView2<f32>, w: &LinearWeight) -> Array2<f32> {
     match w {
-        LinearWeight::Dense(w) => x.dot(&w.t()),
+        LinearWeight::Dense(w) => dot_t(x, w.view()),
         LinearWeight::Ternary {
             trits,
             scales,
             granularity,
         } => match *granularity {
             Granularity::Tensor => {
-                let mut y = x.dot(&trits.t());
+                let mut y = dot_t(x, trits.view());
                 y *= scales[[0, 0]];
                 y
             }
             Granularity::Channel => {
-                let mut y = x.dot(&trits.t());
+                let mut y = dot_t(x, trits.view());
                 y *= &scales.column(0);
                 y
             }
@@ -139,14 +140,12 @@ pub fn linear(x: ArrayView2<f32>, w: &LinearWeight) -> Array2<f32> {
                             *v *= srow[c / group];
                         }
                     }
-                    return x.dot(&w.t());
+                    return dot_t(x, w.view());
                 }
                 let mut y = Array2::<f32>::zeros((x.nrows(), trits.nrows()));
                 for g in 0..per_row {
                     let (lo, hi) = (g * group, ((g + 1) * group).min(cols));
-                    let mut part = x
-                        .slice(s![.., lo..hi])
-                        .dot(&trits.slice(s![.., lo..hi]).t());
+                    let mut part = dot_t(x.slice(s![.., lo..hi]), trits.slice(s![.., lo..hi]));
                     part *= &s.column(g);
                     y += &part;
                 }

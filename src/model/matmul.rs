@@ -1,0 +1,95 @@
+//! Matrix products on the crate's one thread pool.
+//!
+//! Every parallel loop of the crate runs on rayon's pool (sized by `--threads` or
+//! `BUNDLE_THREADS`, else one thread per core). The matrix kernels themselves (ndarray's
+//! matrixmultiply) run single-threaded inside rayon tasks: a product `x W^T` is split into
+//! blocks of W's rows, several per thread, that idle threads steal. A second pool of matmul
+//! threads beside rayon's would oversubscribe the cores, and a product split once per thread
+//! waits for its slowest part at every call: on a machine whose cores are shared with other
+//! processes that is a preempted thread, again and again (`benches/contention.sh` measures it).
+
+use ndarray::{s, Array2, ArrayView2, CowArray, Ix2, LinalgScalar};
+use rayon::prelude::*;
+
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// Blocks per thread: enough that threads that finish early (or that another process slows
+/// down) are balanced by stealing.
+const BLOCKS_PER_THREAD: usize = 4;
+
+/// Fewest rows of W in a block (narrower blocks make inefficient kernels).
+const MIN_BLOCK_ROWS: usize = 16;
+
+/// `x W^T`, where W has `out` rows and `weight(r0, r1)` gives rows `r0..r1` of it (converted on
+/// the fly, or borrowed), at most `max_block` rows at a time. Blocks of rows run in parallel;
+/// each block is asked for once.
+pub fn dot_t_blocks<'w, A, F>(
+    x: ArrayView2<'_, A>,
+    out: usize,
+    max_block: usize,
+    weight: F,
+) -> Array2<A>
+where
+    A: LinalgScalar + Send + Sync,
+    F: Fn(usize, usize) -> CowArray<'w, A, Ix2> + Sync,
+{
+    let (n, k) = x.dim();
+    let threads = rayon::current_num_threads();
+    let small = n.saturating_mul(k).saturating_mul(out) < PARALLEL_MIN_MACS;
+    if (threads == 1 || small) && out <= max_block {
+        return x.dot(&weight(0, out).t());
+    }
+    let block = out
+        .div_ceil(BLOCKS_PER_THREAD * threads)
+        .max(MIN_BLOCK_ROWS)
+        .min(max_block)
+        .clamp(1, out.max(1));
+    let starts: Vec<usize> = (0..out).step_by(block).collect();
+    let parts: Vec<Array2<A>> = starts
+        .par_iter()
+        .map(|&r0| x.dot(&weight(r0, (r0 + block).min(out)).t()))
+        .collect();
+    let mut y = Array2::<A>::zeros((n, out));
+    for (&r0, part) in starts.iter().zip(&parts) {
+        y.slice_mut(s![.., r0..r0 + part.ncols()]).assign(part);
+    }
+    y
+}
+
+/// `x W^T` for a W in memory.
+pub fn dot_t<A>(x: ArrayView2<'_, A>, w: ArrayView2<'_, A>) -> Array2<A>
+where
+    A: LinalgScalar + Send + Sync,
+{
+    dot_t_blocks(x, w.nrows(), usize::MAX, |r0, r1| {
+        CowArray::from(w.slice(s![r0..r1, ..]))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_products_equal_the_plain_product() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (n, k, out) in [(1, 1, 1), (5, 300, 1000), (64, 257, 33), (3, 2000, 700)] {
+            let x = Array2::from_shape_fn((n, k), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+            let w = Array2::from_shape_fn((out, k), |(i, j)| ((i * 5 + j) % 13) as f64 - 6.0);
+            let plain = x.dot(&w.t());
+            let blocked = pool.install(|| dot_t(x.view(), w.view()));
+            // Integer-valued entries: both sums are exact.
+            assert_eq!(blocked, plain, "{n}x{k} . ({out}x{k})^T");
+            let narrow = pool.install(|| {
+                dot_t_blocks(x.view(), out, 7, |r0, r1| {
+                    CowArray::from(w.slice(s![r0..r1, ..]).to_owned())
+                })
+            });
+            assert_eq!(narrow, plain, "{n}x{k} . ({out}x{k})^T in blocks of 7");
+        }
+    }
+}
