@@ -2,7 +2,7 @@
 """Side-by-side baseline for `cargo bench --bench codecs`: gguf-py's numpy TQ1_0 / TQ2_0 quantizer
 and dequantizer over the same 25.2 M weights (4096 x 6144). Prints M weights/s (best of 3).
 
-    pip install gguf numpy && python3 bench/gguf_tq1_0.py
+    pip install gguf numpy && python3 benches/gguf_tq1_0.py
 """
 import time
 

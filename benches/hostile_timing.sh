@@ -4,7 +4,7 @@
 # `hostile-case <seconds> <name>` lines it prints (open plus every data check, damage excluded),
 # lists the slowest cases and fails if any took a second or more.
 #
-#   bash bench/hostile_timing.sh [LIMIT_SECONDS]      (default 1)
+#   bash benches/hostile_timing.sh [LIMIT_SECONDS]      (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=${1:-1}

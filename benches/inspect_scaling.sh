@@ -3,7 +3,7 @@
 # with the bundle. This builds a bundle of over 1 GB (a demo-style model of about 550 M
 # parameters) and times `inspect` on it and on the tiny fixture, side by side.
 #
-#   bash bench/inspect_scaling.sh [WORK_DIR]      (needs about 1.3 GB of disk)
+#   bash benches/inspect_scaling.sh [WORK_DIR]      (needs about 1.3 GB of disk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# `bundle verify` next to an equivalent numpy script (bench/verify_numpy.py) on the demo bundle
+# `bundle verify` next to an equivalent numpy script (benches/verify_numpy.py) on the demo bundle
 # (25 M parameters, 4 layers, validation set of 1000 samples): wall time (best of REPS runs, default
 # 3) and peak RSS of each, then a side-by-side table. A tool that fails (for example a `bundle`
 # built without the `verify` subcommand) is reported as failed, with its error, and not timed.
 #
-#   bash bench/verify_compare.sh [WORK_DIR]      (REPS=5 bash bench/verify_compare.sh for 5 runs)
+#   bash benches/verify_compare.sh [WORK_DIR]      (REPS=5 bash benches/verify_compare.sh for 5 runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -72,8 +72,8 @@ measure() {
 
 echo "timing: $bundle verify $work/demo ($reps runs)"
 measure rust "$bundle" verify "$work/demo"
-echo "timing: python3 bench/verify_numpy.py $work/demo ($reps runs)"
-measure numpy python3 bench/verify_numpy.py "$work/demo"
+echo "timing: python3 benches/verify_numpy.py $work/demo ($reps runs)"
+measure numpy python3 benches/verify_numpy.py "$work/demo"
 
 show() { # KEY TITLE: the first run's output (or the end of a failed tool's output)
     local status="status_$1"

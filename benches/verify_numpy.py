@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Side-by-side baseline for `bundle verify`: the same checks of a bundle directory written in
 plain numpy (plus hashlib, json, struct), from spec/FORMAT.md alone, so that the two can be timed
-against each other (bench/verify_compare.sh).
+against each other (benches/verify_compare.sh).
 
-    python3 bench/verify_numpy.py DIR [--samples N] [--seed S] [--min-agreement 0.995]
+    python3 benches/verify_numpy.py DIR [--samples N] [--seed S] [--min-agreement 0.995]
                                       [--min-retention 0.995]
                                       [--grad-tol 1e-4]
 
