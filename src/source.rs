@@ -32,6 +32,10 @@ pub trait TensorSource: Sync {
     fn tensors(&self) -> Vec<SourceTensor>;
     /// The values of tensor `name`, converted exactly to f32.
     fn load_f32(&self, name: &str) -> Result<Vec<f32>>;
+    /// The SHA-256 of the source's bytes as 64 lowercase hex digits, when it has bytes (a file).
+    fn sha256(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A safetensors checkpoint file, memory-mapped after its header is validated.
@@ -69,7 +73,7 @@ impl CheckpointSource {
     /// SHA-256 of the checkpoint's bytes as they were read (the file is not opened again, so
     /// the digest is of exactly what was quantized).
     pub fn sha256(&self) -> String {
-        crate::format::checksum::sha256_hex(&self.bytes)
+        crate::format::checksum::sha256_hex_blocks(&self.bytes, |b| self.bytes.release(b))
     }
 
     /// The validated header.
@@ -134,7 +138,7 @@ impl TensorSource for CheckpointSource {
             )
             .tensor(name)
         })?;
-        to_f32(e.dtype, bytes).ok_or_else(|| {
+        let values = to_f32(e.dtype, bytes).ok_or_else(|| {
             Violation::new(
                 &self.path,
                 Rule::SourceDtype,
@@ -142,8 +146,14 @@ impl TensorSource for CheckpointSource {
                 e.dtype.name(),
             )
             .tensor(name)
-            .into()
-        })
+        })?;
+        // The values are copied: the mapped pages can leave the resident set.
+        self.bytes.release(bytes);
+        Ok(values)
+    }
+
+    fn sha256(&self) -> Option<String> {
+        Some(CheckpointSource::sha256(self))
     }
 }
 

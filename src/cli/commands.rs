@@ -14,6 +14,7 @@ use ternary_bundle::report::{write_report, ReportOptions};
 use ternary_bundle::source::{load_validation_set, CheckpointSource, TensorSource, ValidationSet};
 use ternary_bundle::verify::{verify, Check, VerifyOptions};
 use ternary_bundle::write::arch::{infer_arch, load_arch};
+use ternary_bundle::write::bundle::SourceDigest;
 use ternary_bundle::write::demo::DemoSource;
 use ternary_bundle::write::export::{export, ExportDtype};
 use ternary_bundle::write::plan::select_quantized;
@@ -121,7 +122,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             force: a.force,
             created,
             validation,
-            source_sha256: Some(ckpt.sha256()),
+            source_sha256: SourceDigest::Compute,
             ..Default::default()
         };
         write_with_progress(
@@ -236,7 +237,7 @@ pub fn requantize_cmd(a: args::RequantizeArgs, open: &OpenOptions) -> Result<boo
     let src = CheckpointSource::open(&a.from)?;
     let options = WriteOptions {
         force: a.force,
-        source_sha256: Some(src.sha256()),
+        source_sha256: SourceDigest::Compute,
         ..Default::default()
     };
     let (_, changes) =

@@ -20,6 +20,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// SHA-256 of `bytes` as [`sha256_hex`], hashed in blocks of 64 MiB; `done(block)` is called
+/// after each block (to release the pages of a mapped file, for instance).
+pub fn sha256_hex_blocks(bytes: &[u8], mut done: impl FnMut(&[u8])) -> String {
+    let mut hasher = Sha256::new();
+    for block in bytes.chunks(64 << 20) {
+        hasher.update(block);
+        done(block);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
 /// SHA-256 of the file at `path`, read sequentially in 1 MiB blocks.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;

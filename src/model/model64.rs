@@ -55,6 +55,8 @@ pub struct Param {
 
 /// One layer of the f64 model: the weight stays as FP16 bytes; small vectors are f64.
 pub(crate) struct Layer64<'a> {
+    /// The bundle the weight is borrowed from (its pages are released after each block).
+    pub(crate) bundle: &'a Bundle,
     pub(crate) weight: &'a [u8],
     pub(crate) weight_param: usize,
     pub(crate) out: usize,
@@ -116,6 +118,7 @@ impl<'a> Model64<'a> {
         for (i, l) in m.model.layers.iter().enumerate() {
             let (out, inp) = (l.out_features as usize, l.in_features as usize);
             layers.push(Layer64 {
+                bundle,
                 weight: fp16(&l.weight)?,
                 weight_param: param(
                     &l.weight,
@@ -154,19 +157,24 @@ impl<'a> Model64<'a> {
         ((1 << 19) / inp.max(1)).max(1)
     }
 
-    /// Rows `r0..r1` of layer `l`'s weight in f64.
+    /// Rows `r0..r1` of layer `l`'s weight in f64 (their FP16 pages then released: a pass
+    /// over the model keeps about one block per thread resident, not the whole file).
     pub(crate) fn weight_block(l: &Layer64<'_>, r0: usize, r1: usize) -> Array2<f64> {
-        let values = f16_vec64(&l.weight[r0 * l.inp * 2..r1 * l.inp * 2]);
+        let bytes = &l.weight[r0 * l.inp * 2..r1 * l.inp * 2];
+        let values = f16_vec64(bytes);
+        l.bundle.release(bytes);
         Array2::from_shape_vec((r1 - r0, l.inp), values).expect("rows * inp values")
     }
 
     /// Column `c` of layer `l`'s weight in f64.
     pub(crate) fn weight_column(l: &Layer64<'_>, c: usize) -> Array1<f64> {
         let table = f16_table();
-        Array1::from_shape_fn(l.out, |r| {
+        let column = Array1::from_shape_fn(l.out, |r| {
             let at = 2 * (r * l.inp + c);
             table[usize::from(u16::from_le_bytes([l.weight[at], l.weight[at + 1]]))]
-        })
+        });
+        l.bundle.release(l.weight);
+        column
     }
 
     /// RMSNorm of the rows of `x` with weight `w`: the normed rows and each row's 1 / rms.

@@ -221,11 +221,14 @@ pub enum WeightPath {
 /// `t * scale` in f32 for quantized tensors).
 pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f32>> {
     match path {
-        WeightPath::Fp16 => Ok(crate::format::le::f16s_to_f32(
-            bundle
+        WeightPath::Fp16 => {
+            let bytes = bundle
                 .fp16_bytes(name)
-                .ok_or_else(|| bundle.missing_tensor(FileRole::Fp16, name))?,
-        )),
+                .ok_or_else(|| bundle.missing_tensor(FileRole::Fp16, name))?;
+            let values = crate::format::le::f16s_to_f32(bytes);
+            bundle.release(bytes);
+            Ok(values)
+        }
         WeightPath::Ternary => match bundle.packed(name) {
             Some(p) => {
                 let scales = p.scales();
@@ -242,13 +245,16 @@ pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f
                     )
                     .map_err(|e| bundle.row_error(name, r, e))?;
                 }
+                bundle.release(p.packed);
                 Ok(out)
             }
             None => {
                 let b = bundle
                     .passthrough_bytes(name)
                     .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, name))?;
-                Ok(crate::format::le::f32s(b).collect())
+                let values = crate::format::le::f32s(b).collect();
+                bundle.release(b);
+                Ok(values)
             }
         },
     }

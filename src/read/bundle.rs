@@ -266,6 +266,16 @@ impl Bundle {
         }
     }
 
+    /// Tells the kernel this process is done with `part` (bytes borrowed from one of the
+    /// bundle's files) for now: a mapped file's pages leave the resident set, and come back from
+    /// the page cache when touched again ([`FileBytes::release`]). Readers call it after each
+    /// tensor, so that memory stays near what one layer needs, not the whole bundle.
+    pub fn release(&self, part: &[u8]) {
+        for f in self.files() {
+            f.bytes.release(part);
+        }
+    }
+
     /// The data files present, in role order.
     pub fn files(&self) -> impl Iterator<Item = &DataFile> {
         [

@@ -11,7 +11,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{Result, Violation};
-use crate::format::checksum::sha256_hex;
+use crate::format::checksum::sha256_hex_blocks;
 use crate::format::encoding::Encoding;
 use crate::format::layout::{
     VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
@@ -78,7 +78,7 @@ pub fn check_digests(bundle: &Bundle) -> Result<()> {
                     (bytes, t.sha256.as_str(), Rule::TensorDigest, Some(&t.name))
                 }
             };
-            let found = sha256_hex(bytes);
+            let found = sha256_hex_blocks(bytes, |b| bundle.release(b));
             let r = if found == declared {
                 Ok(())
             } else {
@@ -134,6 +134,7 @@ pub fn check_encoding(bundle: &Bundle) -> Result<()> {
                 .iter()
                 .map(|&b| zeros_table[b as usize] as u64)
                 .sum();
+            bundle.release(p.packed);
             if Some(zeros) != p.spec.zeros {
                 return Err(Violation::new(
                     bundle.ternary_file().path(),
@@ -309,6 +310,8 @@ pub fn check_dequantization(bundle: &Bundle) -> Result<()> {
                 )
                 .flatten()
                 .min();
+            bundle.release(p.packed);
+            bundle.release(found);
             let Some(r) = first_bad_row else {
                 return Ok(());
             };

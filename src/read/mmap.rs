@@ -8,10 +8,10 @@
 //! [`Backing::Read`].
 
 use std::fs::File;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 use std::path::Path;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 use crate::error::{Error, Result};
 
@@ -40,6 +40,41 @@ impl Deref for FileBytes {
         match self {
             FileBytes::Mapped(m) => m,
             FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+impl FileBytes {
+    /// Where `part` lies within these bytes, if it is a sub-slice of them.
+    pub fn range_of(&self, part: &[u8]) -> Option<Range<usize>> {
+        let start = (part.as_ptr() as usize).checked_sub(self.as_ptr() as usize)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.len()).then_some(start..end)
+    }
+
+    /// Tells the kernel this process is done with `part` (a sub-slice of these bytes) for now:
+    /// the whole pages of a mapped part leave the process's resident set. They stay in the page
+    /// cache, and touching them again maps them back from it. Owned bytes are unaffected; so is
+    /// a slice that is not part of these bytes.
+    pub fn release(&self, part: &[u8]) {
+        let FileBytes::Mapped(map) = self else {
+            return;
+        };
+        let Some(range) = self.range_of(part) else {
+            return;
+        };
+        let page = rustix::param::page_size();
+        let start = range.start.div_ceil(page) * page;
+        let end = range.end / page * page;
+        if start < end {
+            // SAFETY: MADV_DONTNEED on a read-only shared file mapping drops this process's page
+            // table entries for the range; the next access maps the same page of the file again
+            // (from the page cache or the disk), so every slice borrowed from the map keeps
+            // reading the file's bytes. It never discards data: the map is never written. The
+            // range is within the map (checked above). Failure only means the pages stay.
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
         }
     }
 }

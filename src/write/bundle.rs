@@ -35,13 +35,26 @@ use crate::source::{TensorSource, ValidationSet};
 use crate::write::plan::BundlePlan;
 use crate::write::safetensors::{create_sized, finish_file, put};
 use crate::write::staging::{check_destination, sync_dir, Staging};
+/// Where `provenance.source_sha256` comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SourceDigest {
+    /// Not recorded (null).
+    #[default]
+    Unknown,
+    /// Given by the caller (64 lowercase hex digits).
+    Given(String),
+    /// The SHA-256 of the source's bytes ([`TensorSource::sha256`]), computed while the
+    /// tensors are quantized rather than before.
+    Compute,
+}
+
 /// How to write.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteOptions {
     /// Replace an existing bundle at the destination.
     pub force: bool,
-    /// SHA-256 of the source checkpoint, recorded in provenance.
-    pub source_sha256: Option<String>,
+    /// The SHA-256 of the source checkpoint recorded in provenance.
+    pub source_sha256: SourceDigest,
     /// Creation timestamp to record (none by default: output stays deterministic).
     pub created: Option<String>,
     /// A validation set to embed.
@@ -114,7 +127,18 @@ pub fn write_bundle_with_progress(
     };
 
     let staging = Staging::create(dest)?;
-    let reports = write_model_files(&staging.dir, &mut manifest, source, plan, options, progress)?;
+    // The source's digest, when asked for, is hashed on one thread while the others quantize.
+    let (digest, reports) = rayon::join(
+        || match options.source_sha256 {
+            SourceDigest::Compute => source.sha256(),
+            _ => None,
+        },
+        || write_model_files(&staging.dir, &mut manifest, source, plan, options, progress),
+    );
+    let reports = reports?;
+    if let Some(d) = digest {
+        manifest.provenance.source_sha256 = Some(d);
+    }
     if let (Some(v), Some(p)) = (&options.validation, &original_predictions) {
         manifest.files.validation =
             Some(write_validation(&staging.dir, v, p, plan.model.input_dim)?);
@@ -202,7 +226,10 @@ fn draft_manifest(
         provenance: Provenance {
             tool: "ternary-bundle".into(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
-            source_sha256: options.source_sha256.clone(),
+            source_sha256: match &options.source_sha256 {
+                SourceDigest::Given(d) => Some(d.clone()),
+                SourceDigest::Unknown | SourceDigest::Compute => None,
+            },
             created: options.created.clone(),
         },
         extensions: Some(serde_json::Value::Object(Default::default())),

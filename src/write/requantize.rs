@@ -120,6 +120,10 @@ impl TensorSource for RestrictedSource<'_> {
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         self.inner.load_f32(name)
     }
+
+    fn sha256(&self) -> Option<String> {
+        self.inner.sha256()
+    }
 }
 
 /// The validation set embedded in an open bundle, if any (its original predictions are left

@@ -883,7 +883,9 @@ fn rule_2_11_valid_source_sha256_opens() {
     let tmp = tempfile::tempdir().unwrap();
     let digest = sha256_hex(b"checkpoint");
     let d = digest.clone();
-    let dir = tiny_bundle(&tmp, "b", move |_, o| o.source_sha256 = Some(d));
+    let dir = tiny_bundle(&tmp, "b", move |_, o| {
+        o.source_sha256 = ternary_bundle::write::bundle::SourceDigest::Given(d)
+    });
     let b = Bundle::open(&dir).unwrap();
     assert_eq!(b.manifest().provenance.source_sha256, Some(digest));
 }
