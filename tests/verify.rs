@@ -1161,8 +1161,8 @@ fn gradient_check_agrees_on_every_activation_with_norms_on_every_layer() {
 }
 
 /// A model whose loss is large (logits near 1000) while its first layer's gradients are tiny
-/// (inputs of 1e-8): the central difference of a first-layer weight is then mostly round-off of
-/// the loss (about ulp(L) / 2h = 6e-9 against gradients near 1e-6), the case in which a purely
+/// (inputs of 1e-9): the central difference of a first-layer weight is then mostly round-off of
+/// the loss (about ulp(L) / 2h = 6e-9 against gradients near 1e-7), the case in which a purely
 /// relative tolerance fails a correct model. It must pass, while a backward pass off by 1% must
 /// still fail.
 #[test]
@@ -1184,7 +1184,7 @@ fn gradient_check_passes_tiny_gradients_in_round_off_noise_and_still_catches_a_w
         origin: PathBuf::from("noisy-validation.safetensors"),
         inputs: common::values(3, n * inp as usize)
             .iter()
-            .map(|v| v * 1e-8)
+            .map(|v| v * 1e-9)
             .collect(),
         labels: (0..n as i64).map(|i| i % 3).collect(),
         difficulty: None,

@@ -16,7 +16,7 @@ pub const DEFAULT_SAMPLES: usize = 256;
 /// Default `--seed`.
 pub const DEFAULT_SEED: u64 = 0;
 /// Samples in the gradient-check batch.
-pub const GRADCHECK_BATCH: usize = 4;
+pub const GRADCHECK_BATCH: usize = 2;
 /// Samples in the gradient-flow batch.
 pub const FLOW_BATCH: usize = 32;
 
