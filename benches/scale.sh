@@ -9,10 +9,18 @@
 #   bash benches/scale.sh [WORK_DIR]       needs about 16 GB free in WORK_DIR (default: a
 #                                          temporary directory, removed afterwards)
 #   WIDTHS=512,2048,2048,100 bash benches/scale.sh     another size (comma-separated widths)
+#   BUNDLE_BIN=/path/to/bundle STEPS=verify bash benches/scale.sh DIR
+#                                          time another build (an older commit, say) on the
+#                                          bundle an earlier run left in DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-bundle=$PWD/target/release/bundle
+if [ -n "${BUNDLE_BIN:-}" ]; then
+    bundle=$BUNDLE_BIN
+else
+    cargo build --release --quiet
+    bundle=$PWD/target/release/bundle
+fi
+steps=${STEPS:-create verify}
 if [ $# -ge 1 ]; then
     work=$1
     mkdir -p "$work"
@@ -54,10 +62,14 @@ measured() {
     echo "$rc" >"$work/$key.rc"
 }
 
-echo "create"
-measured create "$bundle" create --from "$ckpt" --out "$work/bundle" --force
-echo "verify"
-measured verify "$bundle" verify --json "$work/bundle"
+for step in $steps; do
+    echo "$step"
+    case $step in
+        create) measured create "$bundle" create --from "$ckpt" --out "$work/bundle" --force ;;
+        verify) measured verify "$bundle" verify --json "$work/bundle" ;;
+        *) echo "unknown step $step (create, verify)" >&2; exit 2 ;;
+    esac
+done
 
 field() { awk -F': ' -v k="$2" '$1 ~ k { print $2 }' "$work/$1.time"; }
 row() {
@@ -74,17 +86,18 @@ row() {
 echo
 echo "--- $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); checkpoint $(du -h "$ckpt" | cut -f1), bundle $(du -sh "$work/bundle" | cut -f1)"
 printf '%-8s %-6s %-10s %-9s %-9s %-12s %-16s %s\n' step exit wall user sys "peak RSS" "peak RssAnon" "load 1 min (before -> after)"
-row create
-row verify
-echo
-echo "--- verify, per check (seconds)"
-python3 - "$work/verify.out" <<'EOF'
+for step in $steps; do row "$step"; done
+if [ -f "$work/verify.out" ] && [[ " $steps " == *" verify "* ]]; then
+    echo
+    echo "--- verify, per check (seconds; the JSON report is $work/verify.out)"
+    python3 - "$work/verify.out" <<'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
 for c in report["checks"]:
     print(f"  {c['name']:<15} {c['status']:<5} {c.get('seconds', 0):8.2f}  {c['detail'][:110]}")
 EOF
-for key in create verify; do
+fi
+for key in $steps; do
     if [ "$(cat "$work/$key.rc")" != 0 ]; then
         echo "$key failed:" >&2
         tail -n 5 "$work/$key.err" >&2

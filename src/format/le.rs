@@ -4,6 +4,7 @@
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 /// `f32` values.
 pub fn f32s(bytes: &[u8]) -> impl ExactSizeIterator<Item = f32> + '_ {
@@ -29,14 +30,19 @@ pub fn f16s(bytes: &[u8]) -> impl ExactSizeIterator<Item = f16> + '_ {
 pub fn f16s_to_f32(bytes: &[u8]) -> Vec<f32> {
     const CHUNK: usize = 1024;
     let mut out = vec![0f32; bytes.len() / 2];
-    let mut buf = [f16::ZERO; CHUNK];
-    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-        let n = dst.len();
-        for (h, v) in buf[..n].iter_mut().zip(f16s(src)) {
-            *h = v;
-        }
-        buf[..n].convert_to_f32_slice(dst);
-    }
+    // Blocks of 256 Ki values on all threads (a layer of a large model is 10^8 values).
+    out.par_chunks_mut(CHUNK * 256)
+        .zip(bytes.par_chunks(2 * CHUNK * 256))
+        .for_each(|(out, bytes)| {
+            let mut buf = [f16::ZERO; CHUNK];
+            for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
+                let n = dst.len();
+                for (h, v) in buf[..n].iter_mut().zip(f16s(src)) {
+                    *h = v;
+                }
+                buf[..n].convert_to_f32_slice(dst);
+            }
+        });
     out
 }
 

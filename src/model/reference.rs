@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result, Violation};
 use crate::format::activation::Activation;
@@ -267,13 +268,19 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
     let (out, inp) = (spec.out_features as usize, spec.in_features as usize);
     let weight = match (path, bundle.packed(&spec.weight)) {
         (WeightPath::Ternary, Some(p)) => {
+            // Rows unpacked on all threads; then the packed pages leave the resident set.
             let mut trits = Array2::<f32>::zeros((out, inp));
-            for (r, mut row) in trits.axis_iter_mut(Axis(0)).enumerate() {
-                let row = row.as_slice_mut().expect("standard layout");
-                p.encoding
-                    .unpack_row_f32(p.row(r), row)
-                    .map_err(|e| bundle.row_error(&spec.weight, r, e))?;
-            }
+            trits
+                .as_slice_mut()
+                .expect("standard layout")
+                .par_chunks_mut(inp.max(1))
+                .enumerate()
+                .try_for_each(|(r, row)| {
+                    p.encoding
+                        .unpack_row_f32(p.row(r), row)
+                        .map_err(|e| bundle.row_error(&spec.weight, r, e))
+                })?;
+            bundle.release(p.packed);
             LinearWeight::ternary(trits, p.scales(), p.granularity).ok_or_else(|| {
                 Violation::new(
                     bundle.ternary_file().path(),
