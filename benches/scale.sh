@@ -12,6 +12,9 @@
 #   BUNDLE_BIN=/path/to/bundle STEPS=verify bash benches/scale.sh DIR
 #                                          time another build (an older commit, say) on the
 #                                          bundle an earlier run left in DIR
+#   BUSY=2 STEPS=verify bash benches/scale.sh DIR
+#                                          the same beside 2 busy processes (`yes`), started
+#                                          and stopped by the script
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${BUNDLE_BIN:-}" ]; then
@@ -21,12 +24,18 @@ else
     bundle=$PWD/target/release/bundle
 fi
 steps=${STEPS:-create verify}
+hogs=()
+stop_hogs() {
+    if [ ${#hogs[@]} -gt 0 ]; then kill "${hogs[@]}" 2>/dev/null || true; fi
+    hogs=()
+}
 if [ $# -ge 1 ]; then
     work=$1
     mkdir -p "$work"
+    trap stop_hogs EXIT
 else
     work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
+    trap 'stop_hogs; rm -rf "$work"' EXIT
 fi
 if ! python3 -c 'import numpy' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore numpy
@@ -62,6 +71,14 @@ measured() {
     echo "$rc" >"$work/$key.rc"
 }
 
+for _ in $(seq "${BUSY:-0}"); do
+    yes >/dev/null &
+    hogs+=($!)
+done
+if [ ${#hogs[@]} -gt 0 ]; then
+    echo "beside ${#hogs[@]} busy processes"
+    sleep 1
+fi
 for step in $steps; do
     echo "$step"
     case $step in
@@ -70,6 +87,8 @@ for step in $steps; do
         *) echo "unknown step $step (create, verify)" >&2; exit 2 ;;
     esac
 done
+
+stop_hogs
 
 field() { awk -F': ' -v k="$2" '$1 ~ k { print $2 }' "$work/$1.time"; }
 row() {
