@@ -731,6 +731,9 @@ fn agreement_fails_when_the_two_paths_disagree_on_half_the_inputs() {
     assert_eq!(f64_figure(agreement, "agreement"), 0.5);
     assert_eq!(agreement.figures["inputs"], "validation");
     assert!(f64_figure(agreement, "max_logit_difference") > 0.0);
+    for path in ["ternary_seconds", "fp16_seconds"] {
+        assert!(f64_figure(agreement, path) > 0.0, "{path}");
+    }
     assert_eq!(metric(&report, "ternary_fp16_agreement"), 0.5);
     assert_eq!(metric(&report, RETENTION), 0.5);
 

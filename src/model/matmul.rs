@@ -1,15 +1,64 @@
 //! Matrix products on the crate's one thread pool.
 //!
 //! Every parallel loop of the crate runs on rayon's pool (sized by `--threads` or
-//! `BUNDLE_THREADS`, else one thread per core). The matrix kernels themselves (ndarray's
-//! matrixmultiply) run single-threaded inside rayon tasks: a product `x W^T` is split into
-//! blocks of W's rows, several per thread, that idle threads steal. A second pool of matmul
+//! `BUNDLE_THREADS`, else one thread per core). The matrix kernels themselves (faer's, which
+//! use AVX-512 or AVX2 where the CPU has them) run single-threaded inside rayon tasks: a
+//! product `x W^T` is split into blocks of W's rows, several per thread, that idle threads
+//! steal. A second pool of matmul
 //! threads beside rayon's would oversubscribe the cores, and a product split once per thread
 //! waits for its slowest part at every call: on a machine whose cores are shared with other
 //! processes that is a preempted thread, again and again (`benches/contention.sh` measures it).
 
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::{s, Array2, ArrayView2, CowArray, Ix2, LinalgScalar};
 use rayon::prelude::*;
+
+/// The element types of the products: `f32` (the reference model) and `f64` (the gradient
+/// check's model).
+pub trait Element: LinalgScalar + faer::traits::ComplexField + Send + Sync {}
+
+impl Element for f32 {}
+impl Element for f64 {}
+
+/// `a b` on the calling thread, for views of any layout.
+pub fn product<A: Element>(a: ArrayView2<'_, A>, b: ArrayView2<'_, A>) -> Array2<A> {
+    let ((m, k), (k2, n)) = (a.dim(), b.dim());
+    assert_eq!(k, k2, "inner dimensions of a product");
+    let mut c = Array2::<A>::zeros((m, n));
+    if m == 0 || n == 0 || k == 0 {
+        return c;
+    }
+    let c_rows = c.as_slice_mut().expect("a new array is in standard layout");
+    with_mat(a, |a| {
+        with_mat(b, |b| {
+            matmul(
+                MatMut::from_row_major_slice_mut(c_rows, m, n),
+                Accum::Replace,
+                a,
+                b,
+                A::one(),
+                Par::Seq,
+            )
+        })
+    });
+    c
+}
+
+/// Runs `f` on `v` as a faer matrix: borrowed when `v` is row- or column-major, else a
+/// row-major copy.
+fn with_mat<A: Element, R>(v: ArrayView2<'_, A>, f: impl FnOnce(MatRef<'_, A>) -> R) -> R {
+    let (rows, cols) = v.dim();
+    if let Some(data) = v.to_slice() {
+        return f(MatRef::from_row_major_slice(data, rows, cols));
+    }
+    if let Some(data) = v.reversed_axes().to_slice() {
+        return f(MatRef::from_column_major_slice(data, rows, cols));
+    }
+    let copy = v.as_standard_layout();
+    let data = copy.as_slice().expect("standard layout");
+    f(MatRef::from_row_major_slice(data, rows, cols))
+}
 
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
@@ -31,14 +80,14 @@ pub fn dot_t_blocks<'w, A, F>(
     weight: F,
 ) -> Array2<A>
 where
-    A: LinalgScalar + Send + Sync,
+    A: Element,
     F: Fn(usize, usize) -> CowArray<'w, A, Ix2> + Sync,
 {
     let (n, k) = x.dim();
     let threads = rayon::current_num_threads();
     let small = n.saturating_mul(k).saturating_mul(out) < PARALLEL_MIN_MACS;
     if (threads == 1 || small) && out <= max_block {
-        return x.dot(&weight(0, out).t());
+        return product(x, weight(0, out).t());
     }
     let block = out
         .div_ceil(BLOCKS_PER_THREAD * threads)
@@ -48,7 +97,7 @@ where
     let starts: Vec<usize> = (0..out).step_by(block).collect();
     let parts: Vec<Array2<A>> = starts
         .par_iter()
-        .map(|&r0| x.dot(&weight(r0, (r0 + block).min(out)).t()))
+        .map(|&r0| product(x, weight(r0, (r0 + block).min(out)).t()))
         .collect();
     let mut y = Array2::<A>::zeros((n, out));
     for (&r0, part) in starts.iter().zip(&parts) {
@@ -60,7 +109,7 @@ where
 /// `x W^T` for a W in memory.
 pub fn dot_t<A>(x: ArrayView2<'_, A>, w: ArrayView2<'_, A>) -> Array2<A>
 where
-    A: LinalgScalar + Send + Sync,
+    A: Element,
 {
     dot_t_blocks(x, w.nrows(), usize::MAX, |r0, r1| {
         CowArray::from(w.slice(s![r0..r1, ..]))
@@ -70,6 +119,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn products_of_any_layout_equal_ndarrays() {
+        let a = Array2::from_shape_fn((6, 9), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        let b = Array2::from_shape_fn((9, 5), |(i, j)| ((i * 5 + j) % 13) as f32 - 6.0);
+        // Row-major, column-major (a transposed view) and strided (a column slice) operands.
+        let bt = b.t().to_owned();
+        let cases = [
+            (a.view(), b.view()),
+            (a.view(), bt.t()),
+            (a.slice(s![.., 2..7]), b.slice(s![2..7, ..])),
+            (a.slice(s![1..4, ..]), bt.t()),
+        ];
+        for (x, y) in cases {
+            // Integer-valued entries: both sums are exact.
+            assert_eq!(
+                product(x, y),
+                x.dot(&y),
+                "{:?} . {:?}",
+                x.strides(),
+                y.strides()
+            );
+        }
+        assert_eq!(
+            product(a.slice(s![.., 0..0]), b.slice(s![0..0, ..])),
+            Array2::<f32>::zeros((6, 5))
+        );
+    }
 
     #[test]
     fn blocked_products_equal_the_plain_product() {

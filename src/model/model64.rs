@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::format::activation::Activation;
 use crate::format::manifest::FileRole;
-use crate::model::matmul::dot_t_blocks;
+use crate::model::matmul::{dot_t_blocks, product};
 use crate::read::Bundle;
 
 /// The shape of a parameter tensor as the model uses it.
@@ -254,9 +254,9 @@ impl<'a> Model64<'a> {
                     .map(|&r0| {
                         let r1 = (r0 + rows).min(l.out);
                         let dz_block = dz.slice(s![.., r0..r1]);
-                        let dw = dz_block.t().dot(&c.normed);
+                        let dw = product(dz_block.t(), c.normed.view());
                         let w = Model64::weight_block(l, r0, r1);
-                        (dw, dz_block.dot(&w))
+                        (dw, product(dz_block, w.view()))
                     })
                     .collect();
                 for (&r0, (dw, dn)) in window.iter().zip(parts) {
@@ -363,6 +363,35 @@ struct Acc {
     non_zero: u64,
 }
 
+impl Acc {
+    /// The statistics of `g`.
+    fn of(g: &[f64]) -> Acc {
+        let mut a = Acc::default();
+        for &x in g {
+            if x.is_finite() {
+                a.sum += x;
+                a.sum_sq += x * x;
+            } else {
+                a.non_finite += 1;
+            }
+            a.non_zero += (x != 0.0) as u64;
+        }
+        a
+    }
+
+    /// Adds `other`'s entries to these.
+    fn add(&mut self, other: &Acc) {
+        self.sum += other.sum;
+        self.sum_sq += other.sum_sq;
+        self.non_finite += other.non_finite;
+        self.non_zero += other.non_zero;
+    }
+}
+
+/// Entries of a gradient block a sink reduces on one thread (the blocks of a large layer are
+/// split so that every thread takes part).
+pub(crate) const SINK_CHUNK: usize = 1 << 15;
+
 /// Gradient statistics of every parameter tensor for the mean cross-entropy over `inputs`
 /// (`[n, input_dim]`) and `labels`.
 pub fn gradient_flow(
@@ -374,16 +403,9 @@ pub fn gradient_flow(
     let (loss, dlogits) = cross_entropy(&logits, labels);
     let mut acc = vec![Acc::default(); model.params.len()];
     model.backward(&caches, dlogits, &mut |param, _, g| {
-        let a = &mut acc[param];
-        for &x in g {
-            if x.is_finite() {
-                a.sum += x;
-                a.sum_sq += x * x;
-            } else {
-                a.non_finite += 1;
-            }
-            a.non_zero += (x != 0.0) as u64;
-        }
+        // Chunks on all threads, added up in order (the same sums on every run).
+        let parts: Vec<Acc> = g.par_chunks(SINK_CHUNK).map(Acc::of).collect();
+        parts.iter().for_each(|p| acc[param].add(p));
     });
     let stats = model
         .params

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result, Violation};
@@ -21,8 +21,8 @@ use crate::format::manifest::{FileRole, LayerSpec, ModelSpec};
 use crate::format::quantization::Granularity;
 use crate::format::rules::Rule;
 use crate::model::chunks::chunk_rows;
-use crate::model::matmul::dot_t;
-use crate::read::Bundle;
+use crate::model::matmul::{dot_t, dot_t_blocks};
+use crate::read::{Bundle, PackedTensor};
 use crate::source::TensorSource;
 
 /// A layer's weight matrix `[out_features, in_features]`, in one of the two forms.
@@ -158,21 +158,37 @@ pub fn linear(x: ArrayView2<f32>, w: &LinearWeight) -> Array2<f32> {
 
 /// Runs one layer on a batch `[n, in_features]`.
 pub fn layer_forward(layer: &Layer, x: ArrayView2<f32>) -> Array2<f32> {
+    affine_forward(
+        layer.rmsnorm.as_ref(),
+        layer.bias.as_ref(),
+        layer.activation,
+        x,
+        |input| linear(input, &layer.weight),
+    )
+}
+
+/// `act(linear(norm(x)) + b)`: a layer around its matrix product.
+fn affine_forward(
+    rmsnorm: Option<&(Array1<f32>, f32)>,
+    bias: Option<&Array1<f32>>,
+    act: Activation,
+    x: ArrayView2<f32>,
+    linear: impl FnOnce(ArrayView2<f32>) -> Array2<f32>,
+) -> Array2<f32> {
     let normed;
-    let input = match &layer.rmsnorm {
+    let input = match rmsnorm {
         Some((w, eps)) => {
             let mut y = x.to_owned();
-            rmsnorm(&mut y, w, *eps);
+            self::rmsnorm(&mut y, w, *eps);
             normed = y;
             normed.view()
         }
         None => x,
     };
-    let mut y = linear(input, &layer.weight);
-    if let Some(b) = &layer.bias {
+    let mut y = linear(input);
+    if let Some(b) = bias {
         y += b;
     }
-    let act = layer.activation;
     if act != Activation::Identity {
         y.mapv_inplace(|v| act.apply(v));
     }
@@ -395,7 +411,10 @@ pub fn forward_source(
     Ok(h)
 }
 
-/// Runs the bundle's model on `x` along `path`, one layer in memory at a time.
+/// Runs the bundle's model on `x` along `path`. A weight is converted to f32 a block of rows
+/// at a time, inside the matrix product (its pages released after): memory is a few blocks
+/// per thread, not a layer. Weights with per-group scales, and passthrough weights, are
+/// converted whole ([`bundle_layer`]).
 pub fn forward_bundle(
     bundle: &Bundle,
     path: WeightPath,
@@ -403,10 +422,91 @@ pub fn forward_bundle(
 ) -> Result<Array2<f32>> {
     let mut h = x.to_owned();
     for i in 0..bundle.manifest().model.layers.len() {
-        let layer = bundle_layer(bundle, i, path)?;
-        h = layer_forward(&layer, h.view());
+        h = bundle_layer_forward(bundle, i, path, h.view())?;
     }
     Ok(h)
+}
+
+/// Rows of a weight block converted at once (16 MB of f32: wide enough that the product of a
+/// block runs at the kernel's speed, small enough to stay near the cache).
+fn rows_per_block(inp: usize) -> usize {
+    ((1 << 22) / inp.max(1)).max(1)
+}
+
+/// A weight as the bundle stores it, converted to f32 block by block.
+enum Stored<'b> {
+    /// F16 values (the FP16 path).
+    Fp16(&'b [u8]),
+    /// Packed trits with per-tensor or per-channel scales (the ternary path).
+    Packed(PackedTensor<'b>),
+}
+
+/// Layer `i` of the bundle along `path` on `x`, its weight converted block by block.
+fn bundle_layer_forward(
+    bundle: &Bundle,
+    i: usize,
+    path: WeightPath,
+    x: ArrayView2<f32>,
+) -> Result<Array2<f32>> {
+    let spec = &bundle.manifest().model.layers[i];
+    let (out, inp) = (spec.out_features as usize, spec.in_features as usize);
+    let stored = match path {
+        WeightPath::Fp16 => bundle.fp16_bytes(&spec.weight).map(Stored::Fp16),
+        WeightPath::Ternary => bundle
+            .packed(&spec.weight)
+            .filter(|p| !matches!(p.granularity, Granularity::Group(_)))
+            .map(Stored::Packed),
+    };
+    let Some(stored) = stored else {
+        return Ok(layer_forward(&bundle_layer(bundle, i, path)?, x));
+    };
+    // The bundle's shapes were validated at open: every tensor has the length the spec needs.
+    let load = |name: &str| tensor_f32(bundle, name, path).map(Array1::from_vec);
+    let bias = spec.bias.as_deref().map(load).transpose()?;
+    let rmsnorm = match &spec.rmsnorm {
+        Some(n) => Some((load(&n.weight)?, n.eps)),
+        None => None,
+    };
+    // A row that fails to decode is kept and returned once the product is done.
+    let failed = std::sync::Mutex::new(None);
+    let activation = bundle.facts().activations[i];
+    let y = affine_forward(rmsnorm.as_ref(), bias.as_ref(), activation, x, |input| {
+        let mut y = dot_t_blocks(input, out, rows_per_block(inp), |r0, r1| {
+            let mut block = Array2::<f32>::zeros((r1 - r0, inp));
+            let values = block.as_slice_mut().expect("standard layout");
+            match &stored {
+                Stored::Fp16(bytes) => {
+                    let b = &bytes[r0 * inp * 2..r1 * inp * 2];
+                    values.copy_from_slice(&crate::format::le::f16s_to_f32(b));
+                    bundle.release(b);
+                }
+                Stored::Packed(p) => {
+                    for (r, row) in (r0..r1).zip(values.chunks_exact_mut(inp.max(1))) {
+                        if let Err(e) = p.encoding.unpack_row_f32(p.row(r), row) {
+                            let mut first = failed.lock().unwrap_or_else(|e| e.into_inner());
+                            first.get_or_insert(bundle.row_error(&spec.weight, r, e));
+                        }
+                    }
+                    let per_row = p.bytes_per_row();
+                    bundle.release(&p.packed[r0 * per_row..r1 * per_row]);
+                }
+            }
+            CowArray::from(block)
+        });
+        if let Stored::Packed(p) = &stored {
+            // Scales after the product: one per output channel, or one for the tensor.
+            let scales = p.scales();
+            match p.granularity {
+                Granularity::Channel => y *= &ArrayView1::from(&scales[..]),
+                _ => y *= scales.first().copied().unwrap_or(1.0),
+            }
+        }
+        y
+    });
+    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(y),
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ fn agreement(runs: &ModelRuns<'_>, options: &VerifyOptions) -> Outcome {
     let (n, source) = (samples.len(), samples.source());
     let agree = same_share(&paths.ternary, &paths.fp16);
     let diff = paths.max_logit_difference;
-    let figures = json!({ "samples": n, "inputs": source, "seed": options.seed, "agreement": agree, "min_agreement": options.min_agreement, "max_logit_difference": diff });
+    let figures = json!({ "samples": n, "inputs": source, "seed": options.seed, "agreement": agree, "min_agreement": options.min_agreement, "max_logit_difference": diff, "ternary_seconds": paths.ternary_seconds, "fp16_seconds": paths.fp16_seconds });
     let detail = format!(
         "ternary and FP16 paths agree on {:.2}% of argmaxes (minimum {:.2}%) on {n} {source} inputs; max logit difference {diff:.3e}",
         agree * 100.0,

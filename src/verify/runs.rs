@@ -2,6 +2,7 @@
 //! inputs, and the predictions of the bundle's two paths and of the original model on them.
 
 use std::cell::OnceCell;
+use std::time::Instant;
 
 use serde_json::json;
 
@@ -59,6 +60,10 @@ pub(crate) struct TwoPaths {
     pub ternary: Vec<usize>,
     pub fp16: Vec<usize>,
     pub max_logit_difference: f64,
+    /// Seconds of the ternary path's forward passes (weight decoding included).
+    pub ternary_seconds: f64,
+    /// Seconds of the FP16 path's forward passes (weight conversion included).
+    pub fp16_seconds: f64,
 }
 
 /// The original checkpoint's predictions, recomputed for `--reference`.
@@ -190,11 +195,17 @@ impl<'b> ModelRuns<'b> {
                     ternary: Vec::with_capacity(samples.len()),
                     fp16: Vec::with_capacity(samples.len()),
                     max_logit_difference: 0.0,
+                    ternary_seconds: 0.0,
+                    fp16_seconds: 0.0,
                 };
                 for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
                     let x = samples.rows(rows);
+                    let start = Instant::now();
                     let t = forward_bundle(b, WeightPath::Ternary, x.view())?;
+                    let middle = Instant::now();
                     let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
+                    p.ternary_seconds += (middle - start).as_secs_f64();
+                    p.fp16_seconds += middle.elapsed().as_secs_f64();
                     p.ternary.extend(argmax_rows(&t));
                     p.fp16.extend(argmax_rows(&f));
                     p.max_logit_difference = t
