@@ -55,6 +55,12 @@ status=0
 test "$status" -eq 1
 "$bundle" verify --json --min-retention 0.9 "$work/trained-bundle" >"$work/trained-verify-0.9.json"
 
+# An independent numpy writer (spec sections 5, 7, 8) quantizes, packs and dequantizes the same
+# checkpoint as `create`: every tensor of both files must be equal bit for bit.
+python3 benches/make_scale_checkpoint.py "$work/mlp.safetensors" --widths 64,301,7 --seed 3 >/dev/null
+"$bundle" create --from "$work/mlp.safetensors" --out "$work/mlp-bundle" >/dev/null
+python3 benches/create_numpy.py "$work/mlp.safetensors" "$work/mlp-numpy" --compare "$work/mlp-bundle"
+
 python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" "$work/trained-bundle" \
     --inspect-json "$work/demo-inspect.json" --inspect-json "$work/newer-inspect.json" \
     --verify-json "$work/demo-verify.json" --verify-json "$work/broken-verify.json" \
