@@ -25,25 +25,38 @@ pub fn f16s(bytes: &[u8]) -> impl ExactSizeIterator<Item = f16> + '_ {
     u16s(bytes).map(f16::from_bits)
 }
 
-/// F16 little-endian bytes to f32 (exact), through a small stack buffer so that no second
-/// copy of the tensor is allocated (F16C conversion where the CPU has it).
+/// F16 little-endian bytes to f32 (exact); see [`f16s_into`].
 pub fn f16s_to_f32(bytes: &[u8]) -> Vec<f32> {
-    const CHUNK: usize = 1024;
     let mut out = vec![0f32; bytes.len() / 2];
-    // Blocks of 256 Ki values on all threads (a layer of a large model is 10^8 values).
+    f16s_into(bytes, &mut out, |h, dst| h.convert_to_f32_slice(dst));
+    out
+}
+
+/// F16 little-endian bytes to f64 (exact); see [`f16s_into`].
+pub fn f16s_to_f64(bytes: &[u8]) -> Vec<f64> {
+    let mut out = vec![0f64; bytes.len() / 2];
+    f16s_into(bytes, &mut out, |h, dst| h.convert_to_f64_slice(dst));
+    out
+}
+
+/// F16 little-endian bytes converted into `out` (as many values as both hold) by `convert`
+/// (half's slice conversions: F16C where the CPU has it), through a small stack buffer so that
+/// no second copy of the tensor is allocated; blocks of 256 Ki values on all threads (a layer of
+/// a large model is 10^8 values).
+pub fn f16s_into<T: Send>(bytes: &[u8], out: &mut [T], convert: impl Fn(&[f16], &mut [T]) + Sync) {
+    const CHUNK: usize = 1024;
     out.par_chunks_mut(CHUNK * 256)
         .zip(bytes.par_chunks(2 * CHUNK * 256))
         .for_each(|(out, bytes)| {
             let mut buf = [f16::ZERO; CHUNK];
             for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
-                let n = dst.len();
+                let n = dst.len().min(src.len() / 2);
                 for (h, v) in buf[..n].iter_mut().zip(f16s(src)) {
                     *h = v;
                 }
-                buf[..n].convert_to_f32_slice(dst);
+                convert(&buf[..n], &mut dst[..n]);
             }
         });
-    out
 }
 
 /// `bf16` values.

@@ -88,10 +88,7 @@ fn f16_table() -> &'static [f64] {
 }
 
 fn f16_vec64(bytes: &[u8]) -> Vec<f64> {
-    let table = f16_table();
-    crate::format::le::u16s(bytes)
-        .map(|b| table[usize::from(b)])
-        .collect()
+    crate::format::le::f16s_to_f64(bytes)
 }
 
 impl<'a> Model64<'a> {

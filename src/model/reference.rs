@@ -12,6 +12,7 @@
 
 use std::path::Path;
 
+use half::slice::HalfFloatSliceExt;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray};
 use rayon::prelude::*;
 
@@ -477,7 +478,7 @@ fn bundle_layer_forward(
             match &stored {
                 Stored::Fp16(bytes) => {
                     let b = &bytes[r0 * inp * 2..r1 * inp * 2];
-                    values.copy_from_slice(&crate::format::le::f16s_to_f32(b));
+                    crate::format::le::f16s_into(b, values, |h, dst| h.convert_to_f32_slice(dst));
                     bundle.release(b);
                 }
                 Stored::Packed(p) => {

@@ -289,9 +289,13 @@ fn write_model_files(
         }
         reports.push(report);
     }
-    manifest.files.ternary =
-        finish_file(&ternary, &ternary_path, &ternary_header, &ternary_digests)?;
-    manifest.files.fp16 = finish_file(&fp16, &fp16_path, &fp16_header, &fp16_digests)?;
+    // Both files synced and hashed at once: the FP16 file alone is over 3 s of one core at scale.
+    let (t, f) = rayon::join(
+        || finish_file(&ternary, &ternary_path, &ternary_header, &ternary_digests),
+        || finish_file(&fp16, &fp16_path, &fp16_header, &fp16_digests),
+    );
+    manifest.files.ternary = t?;
+    manifest.files.fp16 = f?;
     Ok(reports)
 }
 

@@ -55,14 +55,16 @@ pub(crate) fn create_sized(path: &Path, prefix: &[u8], header: &Header) -> Resul
     Ok(file)
 }
 
-/// fsyncs a data file and builds its manifest entry (whole-file digest read back from disk).
+/// fsyncs a data file and builds its manifest entry (whole-file digest read back from the
+/// page cache while the fsync runs).
 pub(crate) fn finish_file(
     file: &File,
     path: &Path,
     header: &Header,
     digests: &HashMap<String, String>,
 ) -> Result<FileEntry> {
-    file.sync_all().map_err(|e| Error::io(path, "fsync", e))?;
+    let (synced, sha256) = rayon::join(|| file.sync_all(), || sha256_file(path));
+    synced.map_err(|e| Error::io(path, "fsync", e))?;
     let tensors = header
         .entries
         .iter()
@@ -73,7 +75,7 @@ pub(crate) fn finish_file(
         .collect();
     Ok(FileEntry {
         size: header.file_size(),
-        sha256: sha256_file(path)?,
+        sha256: sha256?,
         tensors,
     })
 }
