@@ -50,7 +50,12 @@ pub fn export(bundle: &Bundle, out: &Path, dtype: ExportDtype, force: bool) -> R
         force,
         |name| {
             let bytes = match dtype {
-                ExportDtype::F16 => bundle.fp16_bytes(name).map(<[u8]>::to_vec),
+                ExportDtype::F16 => bundle.fp16_bytes(name).map(|b| {
+                    let copy = b.to_vec();
+                    // Copied: its mapped pages leave the resident set.
+                    bundle.release(b);
+                    copy
+                }),
                 // The ternary path's values: f32(t) * scale for quantized tensors, the stored
                 // F32 values otherwise.
                 ExportDtype::F32 => Some(

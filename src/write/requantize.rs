@@ -88,6 +88,9 @@ pub fn requantize(
                 .map_err(|e| new.row_error(name, r, e))?;
             changed += ta.iter().zip(&tb).filter(|(x, y)| x != y).count() as u64;
         }
+        // Compared: both tensors' mapped pages leave the resident set.
+        old.release(a.packed);
+        new.release(b.packed);
         changes.push(TritChanges {
             name: name.clone(),
             trits: (a.rows * a.cols) as u64,
