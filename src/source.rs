@@ -47,21 +47,29 @@ pub struct CheckpointSource {
 }
 
 impl CheckpointSource {
-    /// Opens and validates (rules 3.2 to 3.6) the checkpoint at `path`.
+    /// Opens and validates (the safetensors rules 3.2 to 3.6) the checkpoint at `path`. A
+    /// directory, or a file that is not safetensors, is refused in those words.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
         let meta = file.metadata().map_err(|e| Error::io(&path, "stat", e))?;
         if !meta.is_file() {
-            return Err(Violation::new(
-                &path,
-                Rule::RegularFile,
-                "a regular safetensors file",
-                "not a regular file",
-            )
-            .into());
+            let what = if meta.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file"
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{}: {what}, not a checkpoint: expected a safetensors file of F32, F16 or BF16 tensors",
+                path.display()
+            )));
         }
-        let header = read_header(&path, &file, meta.len())?;
+        let header = read_header(&path, &file, meta.len()).map_err(|e| match e {
+            Error::Invalid(v) => {
+                Error::InvalidArgument(format!("not a safetensors checkpoint: {v}"))
+            }
+            other => other,
+        })?;
         let bytes = mmap::load(&file, meta.len(), &path, Backing::Map)?;
         Ok(CheckpointSource {
             path,

@@ -221,6 +221,33 @@ fn create_from_a_python_written_checkpoint_then_inspect_and_export() {
 }
 
 #[test]
+fn create_from_a_directory_or_a_non_checkpoint_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text_file = tmp.path().join("notes.txt");
+    std::fs::write(&text_file, "not a checkpoint").unwrap();
+    for (from, words) in [
+        (tmp.path().to_path_buf(), "a directory, not a checkpoint"),
+        (text_file, "not a safetensors checkpoint"),
+    ] {
+        let out = run(&[
+            "create",
+            "--from",
+            s(&from),
+            "--out",
+            s(&tmp.path().join("b")),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains(words) && err.contains(s(&from)), "{err}");
+        assert!(
+            !err.contains("bundle file"),
+            "a checkpoint is not a bundle file: {err}"
+        );
+    }
+    assert!(!tmp.path().join("b").exists(), "nothing written");
+}
+
+#[test]
 fn create_refuses_an_existing_destination_and_replaces_with_force() {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("b");
