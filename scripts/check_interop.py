@@ -35,6 +35,7 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,6 +235,44 @@ def check_demo(bundle, report_path):
     return "FP16 accuracy by difficulty " + " ".join(f"{l}:{acc[l]:.2f}" for l in sorted(acc)) + f"; retention {retention:.4f}"
 
 
+def ternary_weights(d, m):
+    """The ternary path's weights {name: float32}: trits times their scales for quantized
+    tensors (spec sections 5 and 6), the stored F32 values otherwise."""
+    q = m["quantization"]
+    ternary = read_safetensors(d / "ternary.safetensors")
+    out = {}
+    for t in m["tensors"]:
+        name, shape = t["name"], tuple(t["shape"])
+        if t["quantized"]:
+            rows, cols = shape[0], int(np.prod(shape[1:]))
+            _, pshape, praw = ternary[name]
+            trits = decode_trits(np.frombuffer(praw, dtype=np.uint8).reshape(pshape), cols, q["encoding"])
+            scales = np.frombuffer(ternary[name + ".scale"][2], dtype="<f4")
+            out[name] = (trits.astype(np.float32) * expand_scales(scales, rows, cols, q)).reshape(shape)
+        else:
+            out[name] = np.frombuffer(ternary[name][2], dtype="<f4").reshape(shape)
+    return out
+
+
+def check_run(bundle, inputs_path, output_path):
+    """`bundle run`'s logits equal numpy's forward pass (spec section 16) on the same inputs
+    and weights, to 1e-4 of the largest |logit|; its predictions are numpy's argmax (near-ties
+    aside)."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    with safe_open(str(output_path), "np") as f:
+        path = f.metadata()["path"]
+    out = load_file(str(output_path))
+    x = load_file(str(inputs_path))["inputs"]
+    weights = load_model(bundle / "fp16.safetensors") if path == "fp16" else ternary_weights(bundle, m)
+    logits = forward(m, weights, x)
+    assert out["logits"].dtype == np.float32 and out["logits"].shape == logits.shape, f"logits {out['logits'].dtype} {out['logits'].shape}"
+    err = float(np.abs(out["logits"] - logits).max()) / float(np.abs(logits).max())
+    assert err <= 1e-4, f"logits differ from numpy's by {err:.2e} of the largest |logit|"
+    want, ties = predictions(logits)
+    assert out["predictions"].dtype == np.int64 and ((out["predictions"] == want) | ties).all(), "predictions differ"
+    return f"{path} path: {len(x)} rows, logits within {err:.1e} of numpy's, predictions equal"
+
+
 ACT = {"relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(np.float64)),
        "identity": (lambda z: z, lambda z: np.ones_like(z)),
        "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2)}
@@ -310,6 +349,8 @@ def main():
     ap.add_argument("--demo", action="append", default=[], nargs=2, metavar=("BUNDLE", "VERIFY_JSON"))
     ap.add_argument("--assess", action="append", default=[], nargs=2, metavar=("BUNDLE", "ASSESS_JSON"))
     ap.add_argument("--assess-json", action="append", default=[], type=Path)
+    ap.add_argument("--run", action="append", default=[], nargs=3, metavar=("BUNDLE", "INPUTS", "OUTPUT"),
+                    help="check `bundle run BUNDLE --input INPUTS --out OUTPUT` against numpy")
     args = ap.parse_args()
     checked = failed = 0
 
@@ -341,6 +382,8 @@ def main():
         run(f"{bundle} (demo)", check_demo, Path(bundle), report)
     for bundle, report in args.assess:
         run(f"{bundle} (assess)", check_assess, Path(bundle), report)
+    for bundle, inputs, output in args.run:
+        run(f"{output} (bundle run)", check_run, Path(bundle), Path(inputs), Path(output))
 
     def refuses_major():
         major = json.loads((ROOT / "fixtures/versions/unknown-major/manifest.json").read_text())

@@ -61,6 +61,17 @@ python3 benches/make_scale_checkpoint.py "$work/mlp.safetensors" --widths 64,301
 "$bundle" create --from "$work/mlp.safetensors" --out "$work/mlp-bundle" >/dev/null
 python3 benches/create_numpy.py "$work/mlp.safetensors" "$work/mlp-numpy" --compare "$work/mlp-bundle"
 
+# `bundle run` on both weight paths of the demo and of a trit2 / group-scale bundle; numpy
+# recomputes the logits from the bundle files (--run below).
+python3 -c 'import sys, numpy as np; from safetensors.numpy import save_file
+for path, width in ((sys.argv[1], 512), (sys.argv[2], 16)):
+    save_file({"inputs": np.random.default_rng(width).standard_normal((64, width)).astype(np.float32)}, path)' \
+    "$work/x-demo.safetensors" "$work/x-tiny.safetensors"
+for p in fp16 ternary; do
+    "$bundle" run "$work/demo" --input "$work/x-demo.safetensors" --out "$work/run-demo-$p.safetensors" --path $p >/dev/null
+    "$bundle" run "$work/from-python-trit2" --input "$work/x-tiny.safetensors" --out "$work/run-tiny-$p.safetensors" --path $p >/dev/null
+done
+
 python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" "$work/trained-bundle" \
     --inspect-json "$work/demo-inspect.json" --inspect-json "$work/newer-inspect.json" \
     --verify-json "$work/demo-verify.json" --verify-json "$work/broken-verify.json" \
@@ -70,7 +81,11 @@ python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "
     --retention "$work/from-python" fixtures/source/tiny.safetensors "$work/from-python-verify.json" \
     --demo "$work/demo" "$work/demo-verify.json" \
     --assess "$work/demo" "$work/demo-assess.json" --assess "$work/demo" "$work/demo-assess-30.json" \
-    --assess-json "$work/demo-assess.json"
+    --assess-json "$work/demo-assess.json" \
+    --run "$work/demo" "$work/x-demo.safetensors" "$work/run-demo-fp16.safetensors" \
+    --run "$work/demo" "$work/x-demo.safetensors" "$work/run-demo-ternary.safetensors" \
+    --run "$work/from-python-trit2" "$work/x-tiny.safetensors" "$work/run-tiny-fp16.safetensors" \
+    --run "$work/from-python-trit2" "$work/x-tiny.safetensors" "$work/run-tiny-ternary.safetensors"
 
 # The browser test: headless Chromium renders the reports of the demo and of a bundle whose
 # tensor names are markup; no console message, no script, every chart, names shown as text.

@@ -39,6 +39,7 @@ pub mod model;
 pub mod quant;
 pub mod read;
 pub mod report;
+pub mod run;
 pub mod source;
 pub mod verify;
 pub mod write;

@@ -76,6 +76,16 @@ pub enum Command {
     /// verify check, the handoff metrics, per-tensor charts and the assessment curve.
     #[command(after_help = REPORT_HELP)]
     Report(ReportArgs),
+    /// Run the bundle's model on your inputs and write the logits, to compare the bundle with
+    /// your own framework in one step.
+    ///
+    /// The input file is safetensors with tensor `inputs` (or a single tensor of any name),
+    /// F32, F16 or BF16, shape [N, input_dim]. The output file holds `logits` F32
+    /// [N, classes] and `predictions` I64 [N] (argmax, first index on ties), from the
+    /// reference model of spec section 16 in f32. The bundle is checked first (checksums, trit
+    /// encoding, scales, exact dequantization): nothing is computed from a damaged bundle.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
 }
 
 /// How the demo model and its validation set are made (`bundle demo --help`, `create --help`).
@@ -354,6 +364,49 @@ pub struct ExportArgs {
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `bundle run --help` examples.
+const RUN_HELP: &str = "\
+Examples:
+  bundle run my-bundle --input x.safetensors --out logits.safetensors
+  bundle run my-bundle --input x.safetensors --out t.safetensors --path ternary
+
+In Python: safetensors.numpy.load_file(\"logits.safetensors\")[\"logits\"] is an array
+[N, classes]; torch.allclose it with your model's output on the same inputs.";
+
+/// `bundle run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The bundle directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// The inputs: a safetensors file with tensor `inputs` F32/F16/BF16 [N, input_dim].
+    #[arg(long, value_name = "X.safetensors")]
+    pub input: PathBuf,
+
+    /// Output file: `logits` F32 [N, classes] and `predictions` I64 [N].
+    #[arg(long, value_name = "Y.safetensors")]
+    pub out: PathBuf,
+
+    /// Which weights to run: fp16 (fp16.safetensors, what training starts from) or ternary
+    /// (trits and scales from ternary.safetensors, what inference runs).
+    #[arg(long, value_enum, default_value_t = PathArg::Fp16)]
+    pub path: PathArg,
+
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `--path`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PathArg {
+    /// The FP16 weights.
+    Fp16,
+    /// The trits and their scales.
+    Ternary,
 }
 
 /// `--dtype`.

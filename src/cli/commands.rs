@@ -8,9 +8,11 @@ use ternary_bundle::assess::{assess, AssessOptions};
 use ternary_bundle::format::activation::Activation;
 use ternary_bundle::format::rfc3339::now_utc;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
+use ternary_bundle::model::reference::WeightPath;
 use ternary_bundle::read::checks;
 use ternary_bundle::read::inspect::inspect;
 use ternary_bundle::report::{write_report, ReportOptions};
+use ternary_bundle::run;
 use ternary_bundle::source::{load_validation_set, CheckpointSource, TensorSource, ValidationSet};
 use ternary_bundle::verify::{verify, Check, VerifyOptions};
 use ternary_bundle::write::arch::{infer_arch, load_arch};
@@ -228,6 +230,27 @@ pub fn export_cmd(a: args::ExportArgs, open: &OpenOptions) -> Result<bool> {
         bundle.manifest().tensors.len(),
         print::size(bytes),
         dtype.dtype()
+    );
+    Ok(true)
+}
+
+pub fn run_cmd(a: args::RunArgs, open: &OpenOptions) -> Result<bool> {
+    let bundle = Bundle::open_with(&a.dir, open)?;
+    // As for export: never compute from a damaged bundle.
+    checks::check_all(&bundle)?;
+    let (path, name) = match a.path {
+        args::PathArg::Fp16 => (WeightPath::Fp16, "FP16"),
+        args::PathArg::Ternary => (WeightPath::Ternary, "ternary"),
+    };
+    let inputs = run::load_inputs(&a.input, &bundle)?;
+    let output = run::run(&bundle, path, &inputs)?;
+    run::write_output(&a.out, &output, path, a.force)?;
+    println!(
+        "Wrote {}: logits F32 [{}, {}] and predictions I64 [{}] of the {name} weights",
+        a.out.display(),
+        output.rows,
+        output.classes,
+        output.rows
     );
     Ok(true)
 }

@@ -54,6 +54,7 @@ pub fn run() -> ExitCode {
         Command::Requantize(a) => commands::requantize_cmd(a, &open),
         Command::Assess(a) => commands::assess_cmd(a, open),
         Command::Report(a) => commands::report_cmd(a, open),
+        Command::Run(a) => commands::run_cmd(a, &open),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
