@@ -2,12 +2,14 @@
 //! bundle's layers in f32 from either file or from a source checkpoint ([`reference`](mod@reference)), the f64
 //! model with its analytic backward pass ([`model64`]), the numeric gradient check on it
 //! ([`gradcheck`], its perturbed losses computed together by [`perturbed`]), and the
-//! activation functions they share ([`activation`]). The architecture's vocabulary (layer specs,
+//! activation functions they share ([`activation`]). [`decoder`] is the reference model of the
+//! decoder-only language models (Llama, BitNet b1.58), not yet described by the format. The architecture's vocabulary (layer specs,
 //! activation names) belongs to the format: [`crate::format::manifest`],
 //! [`crate::format::activation`].
 
 pub mod activation;
 pub mod chunks;
+pub mod decoder;
 pub(crate) mod direction;
 pub mod gradcheck;
 pub mod matmul;

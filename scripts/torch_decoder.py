@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""By-hand oracle for the decoder reference model (src/model/decoder.rs): builds tiny random
+LlamaForCausalLM and BitNetForCausalLM models with transformers, saves each with
+save_pretrained (config.json + model.safetensors, F32) and writes the logits transformers
+computes on random token ids. Not in CI: torch's wheels are several GB.
+
+    pip install torch transformers safetensors
+    python3 scripts/torch_decoder.py OUT_DIR
+    DECODER_ORACLE=OUT_DIR cargo test --release --test decoder -- --ignored
+
+Writes OUT_DIR/{llama,bitnet}/ (the model) and OUT_DIR/{llama,bitnet}/oracle.safetensors
+(input_ids I64 [N, T], logits F32 [N, T, V]).
+"""
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    torch.manual_seed(0)
+    shape = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                 max_position_embeddings=64)
+    models = {
+        "llama": LlamaForCausalLM(LlamaConfig(**shape, rope_theta=10000.0, tie_word_embeddings=False)),
+        "bitnet": BitNetForCausalLM(BitNetConfig(**shape, rope_theta=500000.0, tie_word_embeddings=True)),
+    }
+    for name, model in models.items():
+        model = model.float().eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.2)  # norm weights too, so that a missing norm shows
+        d = out / name
+        model.save_pretrained(d, safe_serialization=True)
+        ids = torch.randint(0, shape["vocab_size"], (3, 11))
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.float()
+        save_file({"input_ids": ids.to(torch.int64), "logits": logits.contiguous()}, str(d / "oracle.safetensors"))
+        print(f"{d}: {sum(p.numel() for p in model.parameters())} parameters, logits {tuple(logits.shape)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
