@@ -8,8 +8,9 @@ computes on random token ids. Not in CI: torch's wheels are several GB.
     python3 scripts/torch_decoder.py OUT_DIR
     DECODER_ORACLE=OUT_DIR cargo test --release --test decoder -- --ignored
 
-Writes OUT_DIR/{llama,bitnet}/ (the model) and OUT_DIR/{llama,bitnet}/oracle.safetensors
-(input_ids I64 [N, T], logits F32 [N, T, V]).
+Writes OUT_DIR/{llama,bitnet}/ (the model), OUT_DIR/{llama,bitnet}-sharded/ (the same in
+shards of 100 KB with model.safetensors.index.json) and oracle.safetensors in each (input_ids
+I64 [N, T], logits F32 [N, T, V]).
 """
 import sys
 from pathlib import Path
@@ -41,6 +42,10 @@ def main() -> int:
             logits = model(input_ids=ids).logits.float()
         save_file({"input_ids": ids.to(torch.int64), "logits": logits.contiguous()}, str(d / "oracle.safetensors"))
         print(f"{d}: {sum(p.numel() for p in model.parameters())} parameters, logits {tuple(logits.shape)}")
+        # The same model in shards with an index, as large checkpoints are published.
+        sharded = out / f"{name}-sharded"
+        model.save_pretrained(sharded, safe_serialization=True, max_shard_size="100KB")
+        save_file({"input_ids": ids.to(torch.int64), "logits": logits.contiguous()}, str(sharded / "oracle.safetensors"))
     return 0
 
 

@@ -226,7 +226,10 @@ fn create_from_a_directory_or_a_non_checkpoint_says_so() {
     let text_file = tmp.path().join("notes.txt");
     std::fs::write(&text_file, "not a checkpoint").unwrap();
     for (from, words) in [
-        (tmp.path().to_path_buf(), "a directory, not a checkpoint"),
+        (
+            tmp.path().to_path_buf(),
+            "not a model directory: no config.json",
+        ),
         (text_file, "not a safetensors checkpoint"),
     ] {
         let out = run(&[

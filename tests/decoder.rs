@@ -304,12 +304,11 @@ fn decoder_logits_match_transformers() {
         std::env::var("DECODER_ORACLE")
             .expect("DECODER_ORACLE=DIR written by scripts/torch_decoder.py"),
     );
-    for family in ["llama", "bitnet"] {
+    for family in ["llama", "bitnet", "llama-sharded", "bitnet-sharded"] {
         let d = dir.join(family);
-        let s =
-            DecoderSpec::from_hf_config(&std::fs::read_to_string(d.join("config.json")).unwrap())
-                .unwrap();
-        let model = CheckpointSource::open(d.join("model.safetensors")).unwrap();
+        // The directory save_pretrained wrote, read as a model directory.
+        let model = ternary_bundle::source::hf::HfModel::open(&d).unwrap();
+        let s = model.spec().clone();
         let oracle = CheckpointSource::open(d.join("oracle.safetensors")).unwrap();
         let ids_bytes = oracle.tensor_bytes("input_ids").unwrap();
         let ids: Vec<i64> = ids_bytes
@@ -325,5 +324,197 @@ fn decoder_logits_match_transformers() {
         let d = relative_difference(&ours, &want);
         eprintln!("{family}: logits within {d:.2e} of transformers' (largest |logit|)");
         assert!(d < 1e-4, "{family}: differs from transformers by {d:.2e}");
+    }
+}
+
+mod model_directories {
+    use super::*;
+    use safetensors::tensor::{serialize_to_file, Dtype as StDtype, TensorView};
+    use std::path::Path;
+    use ternary_bundle::source::hf::HfModel;
+
+    fn config(s: &DecoderSpec) -> String {
+        format!(
+            r#"{{"model_type": "{}", "vocab_size": {}, "hidden_size": {}, "intermediate_size": {}, "num_hidden_layers": {}, "num_attention_heads": {}, "num_key_value_heads": {}, "head_dim": {}, "rms_norm_eps": 1e-5, "rope_parameters": {{"rope_theta": 10000.0, "rope_type": "default"}}, "tie_word_embeddings": {}, "hidden_act": "{}"}}"#,
+            s.family.name(),
+            s.vocab_size,
+            s.hidden_size,
+            s.intermediate_size,
+            s.num_hidden_layers,
+            s.num_attention_heads,
+            s.num_key_value_heads,
+            s.head_dim,
+            s.tie_word_embeddings,
+            if s.family == Family::Llama {
+                "silu"
+            } else {
+                "relu2"
+            }
+        )
+    }
+
+    /// Writes `src`'s tensors to `dir` as BF16 (`bf16`) or F32, in `shards` files (1: a single
+    /// model.safetensors), with the config of `s`; `skip` leaves a tensor out, `extra` adds one.
+    fn write_dir(
+        dir: &Path,
+        s: &DecoderSpec,
+        src: &MemorySource,
+        bf16: bool,
+        shards: usize,
+        skip: Option<&str>,
+        extra: Option<&str>,
+    ) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.json"), config(s)).unwrap();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = s
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| Some(n.as_str()) != skip)
+            .map(|(n, shape)| {
+                let v = src.load_f32(&n).unwrap();
+                let bytes = if bf16 {
+                    v.iter()
+                        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                        .collect()
+                } else {
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+                };
+                (n, shape, bytes)
+            })
+            .collect();
+        if let Some(name) = extra {
+            tensors.push((name.to_string(), vec![2], vec![0; if bf16 { 4 } else { 8 }]));
+        }
+        let dtype = if bf16 { StDtype::BF16 } else { StDtype::F32 };
+        let mut map = serde_json::Map::new();
+        for k in 0..shards {
+            let file = if shards == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{shards:05}.safetensors", k + 1)
+            };
+            let part: Vec<(String, TensorView)> = tensors
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % shards == k)
+                .map(|(_, (n, shape, b))| {
+                    (n.clone(), TensorView::new(dtype, shape.clone(), b).unwrap())
+                })
+                .collect();
+            for (n, _) in &part {
+                map.insert(n.clone(), serde_json::Value::String(file.clone()));
+            }
+            serialize_to_file(part, None, &dir.join(&file)).unwrap();
+        }
+        if shards > 1 {
+            let index = serde_json::json!({"metadata": {}, "weight_map": map});
+            std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        }
+    }
+
+    #[test]
+    fn single_and_sharded_f32_and_bf16_directories_run_like_the_tensors_in_memory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ids = Array2::from_shape_fn((2, 6), |(i, j)| ((i * 7 + j * 4) % 29) as i64);
+        for family in [Family::Llama, Family::Bitnet] {
+            let s = spec(family, family == Family::Bitnet);
+            let src = random_model(&s);
+            // The same values rounded to BF16, as a BF16 file holds them.
+            let mut rounded = MemorySource::new("rounded.safetensors");
+            for (n, shape) in s.tensors() {
+                let v = src.load_f32(&n).unwrap();
+                let v = v
+                    .iter()
+                    .map(|x| half::bf16::from_f32(*x).to_f32())
+                    .collect();
+                rounded = rounded.with(&n, shape.iter().map(|&d| d as u64).collect(), v);
+            }
+            for (bf16, shards) in [(false, 1), (false, 3), (true, 1), (true, 2)] {
+                let dir = tmp.path().join(format!("{family:?}-{bf16}-{shards}"));
+                write_dir(&dir, &s, &src, bf16, shards, None, None);
+                let model = HfModel::open(&dir).unwrap();
+                assert_eq!(model.spec(), &s);
+                assert_eq!(model.tensors().len(), s.tensors().len());
+                let ours = forward(&s, &SourceWeights(&model), ids.view()).unwrap();
+                let want = if bf16 { &rounded } else { &src };
+                let want = forward(&s, &SourceWeights(want), ids.view()).unwrap();
+                assert_eq!(ours, want, "{family:?} bf16 {bf16} shards {shards}");
+            }
+        }
+    }
+
+    #[test]
+    fn directories_that_do_not_match_their_config_are_refused_naming_the_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = spec(Family::Llama, false);
+        let src = random_model(&s);
+        let err = |dir: &Path| HfModel::open(dir).unwrap_err().to_string();
+
+        let d = tmp.path().join("missing");
+        write_dir(
+            &d,
+            &s,
+            &src,
+            false,
+            2,
+            Some("model.layers.1.mlp.up_proj.weight"),
+            None,
+        );
+        let e = err(&d);
+        assert!(
+            e.contains("model.layers.1.mlp.up_proj.weight missing") && e.contains("[40, 24]"),
+            "{e}"
+        );
+
+        let d = tmp.path().join("extra");
+        write_dir(
+            &d,
+            &s,
+            &src,
+            false,
+            1,
+            None,
+            Some("model.layers.0.self_attn.rotary_emb.inv_freq"),
+        );
+        let e = err(&d);
+        assert!(
+            e.contains("rotary_emb.inv_freq is not part of the llama model"),
+            "{e}"
+        );
+
+        let d = tmp.path().join("shape");
+        write_dir(&d, &s, &src, false, 1, None, None);
+        let mut wrong = s.clone();
+        wrong.intermediate_size = 41;
+        std::fs::write(d.join("config.json"), config(&wrong)).unwrap();
+        let e = err(&d);
+        assert!(
+            e.contains("model.layers.0.mlp.gate_proj.weight: expected shape [41, 24]")
+                && e.contains("found [40, 24]"),
+            "{e}"
+        );
+
+        let d = tmp.path().join("shard-gone");
+        write_dir(&d, &s, &src, false, 3, None, None);
+        std::fs::remove_file(d.join("model-00002-of-00003.safetensors")).unwrap();
+        let e = err(&d);
+        assert!(e.contains("model-00002-of-00003.safetensors"), "{e}");
+
+        let d = tmp.path().join("escape");
+        write_dir(&d, &s, &src, false, 2, None, None);
+        let index = std::fs::read_to_string(d.join("model.safetensors.index.json")).unwrap();
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            index.replacen("model-00001-of-00002", "../model-00001-of-00002", 1),
+        )
+        .unwrap();
+        let e = err(&d);
+        assert!(e.contains("expected a file name in the directory"), "{e}");
+
+        let d = tmp.path().join("no-weights");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), config(&s)).unwrap();
+        assert!(err(&d).contains("no model.safetensors and no model.safetensors.index.json"));
+        assert!(err(tmp.path()).contains("not a model directory: no config.json"));
     }
 }

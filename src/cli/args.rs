@@ -131,7 +131,9 @@ chain (each layer's in_features equals the previous out_features); ReLU between 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["from", "demo"])))]
 pub struct CreateArgs {
-    /// Source checkpoint: a safetensors file of F32, F16 or BF16 tensors.
+    /// Source checkpoint: a safetensors file of F32, F16 or BF16 tensors. A Hugging Face
+    /// model directory (Llama or BitNet: config.json and model.safetensors or shards) is read
+    /// and checked, tensor by tensor, but cannot be bundled yet: the format describes MLPs.
     #[arg(long, value_name = "CHECKPOINT.safetensors")]
     pub from: Option<PathBuf>,
 

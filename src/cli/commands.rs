@@ -13,6 +13,7 @@ use ternary_bundle::read::checks;
 use ternary_bundle::read::inspect::inspect;
 use ternary_bundle::report::{write_report, ReportOptions};
 use ternary_bundle::run;
+use ternary_bundle::source::hf::HfModel;
 use ternary_bundle::source::{load_validation_set, CheckpointSource, TensorSource, ValidationSet};
 use ternary_bundle::verify::{verify, Check, VerifyOptions};
 use ternary_bundle::write::arch::{infer_arch, load_arch};
@@ -108,6 +109,21 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
         write_with_progress(&a.out, &demo, &demo.plan(params), &options)?
     } else {
         let from = a.from.expect("clap requires --from or --demo");
+        if from.is_dir() {
+            // A Hugging Face model directory is read and checked (config, every tensor and
+            // shape) so that the user learns what is wrong with it; bundling one needs the
+            // decoder description the format does not have yet.
+            let model = HfModel::open(&from)?;
+            let s = model.spec();
+            return Err(Error::InvalidArgument(format!(
+                "{}: a {} model directory ({} layers, hidden {}, vocab {}): decoder language models cannot be bundled yet, the format describes MLP chains only; --from takes a safetensors checkpoint of an MLP",
+                from.display(),
+                s.family.name(),
+                s.num_hidden_layers,
+                s.hidden_size,
+                s.vocab_size
+            )));
+        }
         let ckpt = CheckpointSource::open(&from)?;
         let tensors = ckpt.tensors();
         let model = match &a.arch {

@@ -2,6 +2,8 @@
 //! or tensors held in memory. Sources hand out one tensor at a time as f32, so the writer's
 //! memory is bounded by the largest tensor, not by the model.
 
+pub mod hf;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
