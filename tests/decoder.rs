@@ -518,3 +518,123 @@ mod model_directories {
         assert!(err(tmp.path()).contains("not a model directory: no config.json"));
     }
 }
+
+mod gradients {
+    use super::*;
+    use ternary_bundle::model::decoder64::{
+        gradient_check, BackwardHooks, Decoder64, DecoderGradCheckOptions,
+    };
+
+    fn ids() -> Array2<i64> {
+        Array2::from_shape_fn((2, 6), |(i, j)| ((i * 13 + j * 7 + 3) % 29) as i64)
+    }
+
+    #[test]
+    fn f64_loss_is_the_f32_forwards_next_token_cross_entropy() {
+        for family in [Family::Llama, Family::Bitnet] {
+            let s = spec(family, family == Family::Llama);
+            let src = random_model(&s);
+            let logits = forward(&s, &SourceWeights(&src), ids().view()).unwrap();
+            let (n, t, _) = logits.dim();
+            let mut want = 0.0f64;
+            for i in 0..n {
+                for p in 0..t - 1 {
+                    let row = logits.slice(ndarray::s![i, p, ..]);
+                    let m = row.fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                    let lz = row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
+                    want += lz - row[ids()[[i, p + 1]] as usize] as f64;
+                }
+            }
+            want /= (n * (t - 1)) as f64;
+            let model = Decoder64::load(&s, &src).unwrap();
+            let (loss, _) = model
+                .loss_and_gradient(ids().view(), false, &BackwardHooks::default())
+                .unwrap();
+            assert!(
+                (loss - want).abs() < 1e-5 * want,
+                "{family:?}: f64 {loss}, f32 {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradient_check_passes_every_tensor_with_margin_and_catches_each_wrong_backward() {
+        for family in [Family::Llama, Family::Bitnet] {
+            let s = spec(family, family == Family::Bitnet);
+            let model = Decoder64::load(&s, &random_model(&s)).unwrap();
+            let options = DecoderGradCheckOptions::default();
+            let r = gradient_check(&model, ids().view(), &options).unwrap();
+            assert_eq!(r.coordinates, 2 * s.tensors().len());
+            assert!(
+                r.error_ratio < 0.01,
+                "{family:?}: margin {:.0}x: {}",
+                1.0 / r.error_ratio,
+                r.worst
+            );
+            eprintln!(
+                "{family:?}: margin {:.0}x over {} entries and {} directions",
+                1.0 / r.error_ratio,
+                r.coordinates,
+                r.directions
+            );
+            let hooks = [
+                (
+                    "attention",
+                    BackwardHooks {
+                        attention: 1.01,
+                        ..Default::default()
+                    },
+                ),
+                (
+                    "rmsnorm",
+                    BackwardHooks {
+                        rmsnorm: 1.01,
+                        ..Default::default()
+                    },
+                ),
+                (
+                    "mlp",
+                    BackwardHooks {
+                        mlp: 1.01,
+                        ..Default::default()
+                    },
+                ),
+            ];
+            for (what, hooks) in hooks {
+                let r = gradient_check(
+                    &model,
+                    ids().view(),
+                    &DecoderGradCheckOptions {
+                        hooks,
+                        ..options.clone()
+                    },
+                )
+                .unwrap();
+                assert!(
+                    r.error_ratio > 1.0,
+                    "{family:?}: a 1% wrong {what} backward passed: {}",
+                    r.worst
+                );
+                eprintln!(
+                    "{family:?}: 1% wrong {what} backward: error {:.1}x its allowance",
+                    r.error_ratio
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sequences_too_short_to_predict_are_refused() {
+        let s = spec(Family::Llama, false);
+        let model = Decoder64::load(&s, &random_model(&s)).unwrap();
+        let err = model
+            .loss_and_gradient(
+                Array2::from_elem((1, 1), 3i64).view(),
+                true,
+                &BackwardHooks::default(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("T = 1"), "{err}");
+    }
+}

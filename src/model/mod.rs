@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod chunks;
 pub mod decoder;
+pub mod decoder64;
 pub(crate) mod direction;
 pub mod gradcheck;
 pub mod matmul;

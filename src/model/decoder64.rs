@@ -1,0 +1,648 @@
+//! The decoder of [`crate::model::decoder`] in f64 with its analytic backward pass, and the
+//! numeric gradient check on it: the loss is the mean next-token cross-entropy (position t
+//! predicts token t + 1), the gradient is computed for every tensor (embeddings, every
+//! projection, every norm), and central differences of the loss check sampled entries of every
+//! tensor and random directions over all of them, with the allowance of spec section 16.1.
+//!
+//! The whole model is held in f64: this is for models of up to some millions of parameters
+//! (tests, the demo language model). Test hooks scale the backward pass of one component
+//! (attention, the RMSNorms, the gated MLP) so that a test can show each wrong backward is
+//! caught.
+
+use std::collections::HashMap;
+
+use ndarray::{s, Array2, ArrayView2, Axis};
+
+use crate::error::{Error, Result};
+use crate::model::decoder::{DecoderSpec, Family};
+use crate::model::matmul::product;
+use crate::source::TensorSource;
+
+/// A decoder's parameters in f64, in the order of [`DecoderSpec::tensors`].
+#[derive(Debug, Clone)]
+pub struct Decoder64 {
+    spec: DecoderSpec,
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    values: Vec<Vec<f64>>,
+    index: HashMap<String, usize>,
+}
+
+/// Factors applied to the gradient one component passes back (1.0: the true backward pass).
+/// Tests set one of them to 1.01 to show the gradient check catches that component.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackwardHooks {
+    /// Attention (scores, softmax, values, RoPE).
+    pub attention: f64,
+    /// Every RMSNorm.
+    pub rmsnorm: f64,
+    /// The gated MLP's activation and gate.
+    pub mlp: f64,
+}
+
+impl Default for BackwardHooks {
+    fn default() -> Self {
+        BackwardHooks {
+            attention: 1.0,
+            rmsnorm: 1.0,
+            mlp: 1.0,
+        }
+    }
+}
+
+/// What the forward pass keeps of one RMSNorm for the backward pass.
+struct NormCache {
+    x: Array2<f64>,
+    inv: Vec<f64>,
+}
+
+/// What the forward pass keeps of one layer.
+struct LayerCache {
+    norm1: NormCache,
+    n1: Array2<f64>,
+    q: Array2<f64>,
+    k: Array2<f64>,
+    v: Array2<f64>,
+    probs: Vec<Array2<f64>>,
+    sub: Option<NormCache>,
+    a: Array2<f64>,
+    norm2: NormCache,
+    n2: Array2<f64>,
+    gate: Array2<f64>,
+    up: Array2<f64>,
+    ffn: Option<NormCache>,
+    m: Array2<f64>,
+}
+
+impl Decoder64 {
+    /// Loads every tensor of `spec` from `source` in f64.
+    pub fn load(spec: &DecoderSpec, source: &dyn TensorSource) -> Result<Decoder64> {
+        spec.check().map_err(Error::InvalidArgument)?;
+        let (mut names, mut shapes, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, shape) in spec.tensors() {
+            let v = source.load_f32(&name)?;
+            let want: usize = shape.iter().product();
+            if v.len() != want {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: tensor {name}: expected {want} values, found {}",
+                    source.path().display(),
+                    v.len()
+                )));
+            }
+            values.push(v.into_iter().map(f64::from).collect());
+            names.push(name);
+            shapes.push(shape);
+        }
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        Ok(Decoder64 {
+            spec: spec.clone(),
+            names,
+            shapes,
+            values,
+            index,
+        })
+    }
+
+    /// Tensor names, in parameter order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Number of values of parameter `p`.
+    pub fn len(&self, p: usize) -> usize {
+        self.values[p].len()
+    }
+
+    /// Whether the model has no parameters (never, for a checked spec).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Adds `delta` to entry `i` of parameter `p`.
+    pub fn nudge(&mut self, p: usize, i: usize, delta: f64) {
+        self.values[p][i] += delta;
+    }
+
+    /// Adds `scale * direction` to every parameter.
+    pub fn nudge_all(&mut self, direction: &[Vec<f64>], scale: f64) {
+        for (v, d) in self.values.iter_mut().zip(direction) {
+            v.iter_mut().zip(d).for_each(|(x, y)| *x += scale * y);
+        }
+    }
+
+    fn matrix(&self, name: &str) -> ArrayView2<'_, f64> {
+        let i = self.index[name];
+        let (r, c) = (self.shapes[i][0], self.shapes[i][1]);
+        ArrayView2::from_shape((r, c), &self.values[i][..]).expect("shape checked at load")
+    }
+
+    fn vector(&self, name: &str) -> &[f64] {
+        &self.values[self.index[name]]
+    }
+
+    /// The mean next-token cross-entropy over `ids` (`[N, T]`, T >= 2, ids < vocab) and, when
+    /// `grad`, its gradient for every parameter (in parameter order).
+    pub fn loss_and_gradient(
+        &self,
+        ids: ArrayView2<i64>,
+        grad: bool,
+        hooks: &BackwardHooks,
+    ) -> Result<(f64, Option<Vec<Vec<f64>>>)> {
+        let (n, t) = ids.dim();
+        if t < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "input_ids: expected sequences of at least 2 tokens (one to predict), found T = {t}"
+            )));
+        }
+        let tokens = self.token_ids(ids)?;
+        let mut loss = 0.0;
+        let mut grads: Vec<Vec<f64>> = if grad {
+            self.values.iter().map(|v| vec![0.0; v.len()]).collect()
+        } else {
+            Vec::new()
+        };
+        let count = (n * (t - 1)) as f64;
+        for seq in tokens.chunks(t) {
+            let (l, caches, finals, logits) = self.forward_sequence(seq);
+            loss += l / count;
+            if grad {
+                let mut dlogits = softmax_rows(&logits);
+                for (p, &target) in seq[1..].iter().enumerate() {
+                    dlogits[[p, target]] -= 1.0;
+                }
+                dlogits.slice_mut(s![t - 1, ..]).fill(0.0);
+                dlogits /= count;
+                self.backward_sequence(seq, &caches, &finals, dlogits, hooks, &mut grads);
+            }
+        }
+        Ok((loss, grad.then_some(grads)))
+    }
+
+    fn token_ids(&self, ids: ArrayView2<i64>) -> Result<Vec<usize>> {
+        ids.indexed_iter()
+            .map(|((r, c), &id)| {
+                usize::try_from(id)
+                    .ok()
+                    .filter(|&i| i < self.spec.vocab_size)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "input_ids[{r}, {c}]: expected a token id in 0..{}, found {id}",
+                            self.spec.vocab_size
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    fn rms(&self, x: &Array2<f64>, weight: &str) -> (Array2<f64>, NormCache) {
+        let w = self.vector(weight);
+        let eps = f64::from(self.spec.rms_norm_eps);
+        let mut y = x.clone();
+        let mut inv = Vec::with_capacity(x.nrows());
+        for mut row in y.axis_iter_mut(Axis(0)) {
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64;
+            let r = 1.0 / (ms + eps).sqrt();
+            inv.push(r);
+            row.iter_mut().zip(w).for_each(|(v, &wv)| *v *= r * wv);
+        }
+        (y, NormCache { x: x.clone(), inv })
+    }
+
+    fn rope(&self, x: &mut Array2<f64>, inverse: bool) {
+        let hd = self.spec.head_dim;
+        let half = hd / 2;
+        let theta = self.spec.rope_theta;
+        for (pos, mut row) in x.axis_iter_mut(Axis(0)).enumerate() {
+            for mut head in row.exact_chunks_mut(hd) {
+                for i in 0..half {
+                    let angle = pos as f64 / theta.powf((2 * i) as f64 / hd as f64);
+                    let (c, s) = (
+                        angle.cos(),
+                        if inverse { -angle.sin() } else { angle.sin() },
+                    );
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * c - b * s;
+                    head[i + half] = b * c + a * s;
+                }
+            }
+        }
+    }
+
+    /// One sequence: its summed cross-entropy, the layer caches, the final norm's cache and
+    /// normed input, and the logits.
+    #[allow(clippy::type_complexity)]
+    fn forward_sequence(
+        &self,
+        seq: &[usize],
+    ) -> (f64, Vec<LayerCache>, (NormCache, Array2<f64>), Array2<f64>) {
+        let sp = &self.spec;
+        let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
+        let group = heads / sp.num_key_value_heads;
+        let t = seq.len();
+        let emb = self.matrix("model.embed_tokens.weight");
+        let mut x = emb.select(Axis(0), seq);
+        let mut caches = Vec::with_capacity(sp.num_hidden_layers);
+        for l in 0..sp.num_hidden_layers {
+            let p = |name: &str| format!("model.layers.{l}.{name}");
+            let (n1, norm1) = self.rms(&x, &p("input_layernorm.weight"));
+            let mut q = product(n1.view(), self.matrix(&p("self_attn.q_proj.weight")).t());
+            let mut k = product(n1.view(), self.matrix(&p("self_attn.k_proj.weight")).t());
+            let v = product(n1.view(), self.matrix(&p("self_attn.v_proj.weight")).t());
+            self.rope(&mut q, false);
+            self.rope(&mut k, false);
+            let mut a = Array2::<f64>::zeros((t, heads * hd));
+            let mut probs = Vec::with_capacity(heads);
+            for h in 0..heads {
+                let g = h / group;
+                let qh = q.slice(s![.., h * hd..(h + 1) * hd]);
+                let kh = k.slice(s![.., g * hd..(g + 1) * hd]);
+                let mut sc = product(qh, kh.t()) / (hd as f64).sqrt();
+                for (i, mut row) in sc.axis_iter_mut(Axis(0)).enumerate() {
+                    row.slice_mut(s![i + 1..]).fill(f64::NEG_INFINITY);
+                }
+                let pr = softmax_rows(&sc);
+                let ah = product(pr.view(), v.slice(s![.., g * hd..(g + 1) * hd]));
+                a.slice_mut(s![.., h * hd..(h + 1) * hd]).assign(&ah);
+                probs.push(pr);
+            }
+            let (a_in, sub) = if sp.family == Family::Bitnet {
+                let (y, c) = self.rms(&a, &p("self_attn.attn_sub_norm.weight"));
+                (y, Some(c))
+            } else {
+                (a.clone(), None)
+            };
+            x = x + product(a_in.view(), self.matrix(&p("self_attn.o_proj.weight")).t());
+            let (n2, norm2) = self.rms(&x, &p("post_attention_layernorm.weight"));
+            let gate = product(n2.view(), self.matrix(&p("mlp.gate_proj.weight")).t());
+            let up = product(n2.view(), self.matrix(&p("mlp.up_proj.weight")).t());
+            let act = gate.mapv(|z| activation(sp.family, z));
+            let m0 = &act * &up;
+            let (m, ffn) = if sp.family == Family::Bitnet {
+                let (y, c) = self.rms(&m0, &p("mlp.ffn_sub_norm.weight"));
+                (y, Some(c))
+            } else {
+                (m0, None)
+            };
+            x = x + product(m.view(), self.matrix(&p("mlp.down_proj.weight")).t());
+            caches.push(LayerCache {
+                norm1,
+                n1,
+                q,
+                k,
+                v,
+                probs,
+                sub,
+                a: a_in,
+                norm2,
+                n2,
+                gate,
+                up,
+                ffn,
+                m,
+            });
+        }
+        let (nf, normf) = self.rms(&x, "model.norm.weight");
+        let logits = product(nf.view(), self.matrix(self.head()).t());
+        let lsm = log_softmax_rows(&logits);
+        let loss = -(0..t - 1).map(|p| lsm[[p, seq[p + 1]]]).sum::<f64>();
+        (loss, caches, (normf, nf), logits)
+    }
+
+    fn head(&self) -> &'static str {
+        if self.spec.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        }
+    }
+
+    /// `dy W` for the linear `name` (y = x W^T), adding `dy^T x` to its gradient.
+    fn linear_back(
+        &self,
+        name: &str,
+        x: &Array2<f64>,
+        dy: &Array2<f64>,
+        grads: &mut [Vec<f64>],
+    ) -> Array2<f64> {
+        let dw = product(dy.t(), x.view());
+        grads[self.index[name]]
+            .iter_mut()
+            .zip(dw.iter())
+            .for_each(|(g, d)| *g += d);
+        product(dy.view(), self.matrix(name))
+    }
+
+    /// The input gradient of the RMSNorm `weight` (cache `c`) from its output gradient `dy`,
+    /// adding to the weight's gradient; scaled by the RMSNorm hook.
+    fn rms_back(
+        &self,
+        weight: &str,
+        c: &NormCache,
+        dy: &Array2<f64>,
+        hook: f64,
+        grads: &mut [Vec<f64>],
+    ) -> Array2<f64> {
+        let w = self.vector(weight);
+        let n = c.x.ncols() as f64;
+        let gw = &mut grads[self.index[weight]];
+        let mut dx = Array2::<f64>::zeros(c.x.raw_dim());
+        for (i, (x, d)) in
+            c.x.axis_iter(Axis(0))
+                .zip(dy.axis_iter(Axis(0)))
+                .enumerate()
+        {
+            let r = c.inv[i];
+            let dot: f64 = (0..x.len()).map(|j| d[j] * w[j] * x[j]).sum();
+            for j in 0..x.len() {
+                gw[j] += d[j] * x[j] * r * hook;
+                dx[[i, j]] = (r * d[j] * w[j] - x[j] * r * r * r * dot / n) * hook;
+            }
+        }
+        dx
+    }
+
+    fn backward_sequence(
+        &self,
+        seq: &[usize],
+        caches: &[LayerCache],
+        finals: &(NormCache, Array2<f64>),
+        dlogits: Array2<f64>,
+        hooks: &BackwardHooks,
+        grads: &mut [Vec<f64>],
+    ) {
+        let sp = &self.spec;
+        let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
+        let group = heads / sp.num_key_value_heads;
+        let dnf = self.linear_back(self.head(), &finals.1, &dlogits, grads);
+        let mut dx = self.rms_back("model.norm.weight", &finals.0, &dnf, hooks.rmsnorm, grads);
+        for (l, c) in caches.iter().enumerate().rev() {
+            let p = |name: &str| format!("model.layers.{l}.{name}");
+            // MLP.
+            let dm = self.linear_back(&p("mlp.down_proj.weight"), &c.m, &dx, grads);
+            let dm0 = match &c.ffn {
+                Some(nc) => {
+                    self.rms_back(&p("mlp.ffn_sub_norm.weight"), nc, &dm, hooks.rmsnorm, grads)
+                }
+                None => dm,
+            };
+            let act = c.gate.mapv(|z| activation(sp.family, z));
+            let dup = &dm0 * &act;
+            let mut dgate = &dm0 * &c.up;
+            dgate.zip_mut_with(&c.gate, |d, &z| {
+                *d *= activation_derivative(sp.family, z) * hooks.mlp
+            });
+            let dn2 = self.linear_back(&p("mlp.gate_proj.weight"), &c.n2, &dgate, grads)
+                + self.linear_back(&p("mlp.up_proj.weight"), &c.n2, &dup, grads);
+            dx = dx
+                + self.rms_back(
+                    &p("post_attention_layernorm.weight"),
+                    &c.norm2,
+                    &dn2,
+                    hooks.rmsnorm,
+                    grads,
+                );
+            // Attention.
+            let da_in = self.linear_back(&p("self_attn.o_proj.weight"), &c.a, &dx, grads);
+            let da = match &c.sub {
+                Some(nc) => self.rms_back(
+                    &p("self_attn.attn_sub_norm.weight"),
+                    nc,
+                    &da_in,
+                    hooks.rmsnorm,
+                    grads,
+                ),
+                None => da_in,
+            };
+            let mut dq = Array2::<f64>::zeros(c.q.raw_dim());
+            let mut dk = Array2::<f64>::zeros(c.k.raw_dim());
+            let mut dv = Array2::<f64>::zeros(c.v.raw_dim());
+            let scale = 1.0 / (hd as f64).sqrt();
+            for h in 0..heads {
+                let g = h / group;
+                let pr = &c.probs[h];
+                let dah = da.slice(s![.., h * hd..(h + 1) * hd]);
+                let vh = c.v.slice(s![.., g * hd..(g + 1) * hd]);
+                let dp = product(dah, vh.t());
+                let mut dsc = pr * &dp;
+                for (mut row, prow) in dsc.axis_iter_mut(Axis(0)).zip(pr.axis_iter(Axis(0))) {
+                    let total: f64 = row.sum();
+                    row.zip_mut_with(&prow, |d, &pv| *d -= pv * total);
+                }
+                dsc *= scale * hooks.attention;
+                let mut dvh = dv.slice_mut(s![.., g * hd..(g + 1) * hd]);
+                dvh += &product(pr.t(), dah);
+                let qh = c.q.slice(s![.., h * hd..(h + 1) * hd]);
+                let kh = c.k.slice(s![.., g * hd..(g + 1) * hd]);
+                dq.slice_mut(s![.., h * hd..(h + 1) * hd])
+                    .assign(&product(dsc.view(), kh));
+                let mut dkh = dk.slice_mut(s![.., g * hd..(g + 1) * hd]);
+                dkh += &product(dsc.t(), qh);
+            }
+            // RoPE is a rotation: its backward is the inverse rotation.
+            self.rope(&mut dq, true);
+            self.rope(&mut dk, true);
+            let dn1 = self.linear_back(&p("self_attn.q_proj.weight"), &c.n1, &dq, grads)
+                + self.linear_back(&p("self_attn.k_proj.weight"), &c.n1, &dk, grads)
+                + self.linear_back(&p("self_attn.v_proj.weight"), &c.n1, &dv, grads);
+            dx = dx
+                + self.rms_back(
+                    &p("input_layernorm.weight"),
+                    &c.norm1,
+                    &dn1,
+                    hooks.rmsnorm,
+                    grads,
+                );
+        }
+        let ge = &mut grads[self.index["model.embed_tokens.weight"]];
+        let hsz = sp.hidden_size;
+        for (pos, &id) in seq.iter().enumerate() {
+            for j in 0..hsz {
+                ge[id * hsz + j] += dx[[pos, j]];
+            }
+        }
+    }
+}
+
+/// The gated MLP's activation: SiLU (Llama) or ReLU² (BitNet).
+fn activation(family: Family, z: f64) -> f64 {
+    match family {
+        Family::Llama => z / (1.0 + (-z).exp()),
+        Family::Bitnet => z.max(0.0).powi(2),
+    }
+}
+
+fn activation_derivative(family: Family, z: f64) -> f64 {
+    match family {
+        Family::Llama => {
+            let s = 1.0 / (1.0 + (-z).exp());
+            s * (1.0 + z * (1.0 - s))
+        }
+        Family::Bitnet => 2.0 * z.max(0.0),
+    }
+}
+
+fn softmax_rows(x: &Array2<f64>) -> Array2<f64> {
+    let mut y = x.clone();
+    for mut row in y.axis_iter_mut(Axis(0)) {
+        let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        row.mapv_inplace(|v| (v - m).exp());
+        let z = row.sum();
+        row /= z;
+    }
+    y
+}
+
+fn log_softmax_rows(x: &Array2<f64>) -> Array2<f64> {
+    let mut y = x.clone();
+    for mut row in y.axis_iter_mut(Axis(0)) {
+        let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let lz = row.iter().map(|v| (v - m).exp()).sum::<f64>().ln() + m;
+        row.mapv_inplace(|v| v - lz);
+    }
+    y
+}
+
+/// Options of [`gradient_check`].
+#[derive(Debug, Clone)]
+pub struct DecoderGradCheckOptions {
+    /// Entries sampled per tensor.
+    pub per_tensor: usize,
+    /// Random directions over all parameters.
+    pub directions: usize,
+    /// Central-difference step.
+    pub step: f64,
+    /// Relative tolerance (the allowance adds the loss's round-off over the step).
+    pub tolerance: f64,
+    /// Seed of the sampled entries and directions.
+    pub seed: u64,
+    /// Test hooks on the backward pass.
+    pub hooks: BackwardHooks,
+}
+
+impl Default for DecoderGradCheckOptions {
+    fn default() -> Self {
+        DecoderGradCheckOptions {
+            per_tensor: 2,
+            directions: 2,
+            step: 1e-5,
+            tolerance: 1e-4,
+            seed: 0x5EED,
+            hooks: BackwardHooks::default(),
+        }
+    }
+}
+
+/// What [`gradient_check`] found.
+#[derive(Debug, Clone)]
+pub struct DecoderGradCheckReport {
+    /// Mean next-token cross-entropy.
+    pub loss: f64,
+    /// Entries compared.
+    pub coordinates: usize,
+    /// Directions compared.
+    pub directions: usize,
+    /// Largest error over its allowance (passes below 1; the margin is its inverse).
+    pub error_ratio: f64,
+    /// The comparison with that ratio.
+    pub worst: String,
+}
+
+/// The numeric gradient check of `model` on `ids`: for `per_tensor` entries of every tensor
+/// and for random directions, the analytic derivative against the central difference
+/// (L(θ + h v) − L(θ − h v)) / 2h, allowed rtol·max(|a|, |n|) + ε_L / h with ε_L the f64
+/// round-off bound of the loss (spec section 16.1: 4·u·S·sqrt(Σ inner dimensions)).
+pub fn gradient_check(
+    model: &Decoder64,
+    ids: ArrayView2<i64>,
+    options: &DecoderGradCheckOptions,
+) -> Result<DecoderGradCheckReport> {
+    let (loss, grads) = model.loss_and_gradient(ids, true, &options.hooks)?;
+    let grads = grads.expect("asked for");
+    let sp = &model.spec;
+    let t = ids.ncols();
+    let inner = sp.num_hidden_layers
+        * (3 * sp.hidden_size + t + sp.num_attention_heads * sp.head_dim + sp.intermediate_size)
+        + sp.hidden_size;
+    let noise = 4.0 * f64::EPSILON / 2.0 * (loss.abs() + 1.0) * (inner as f64).sqrt();
+    let h = options.step;
+    let mut work = model.clone();
+    let mut report = DecoderGradCheckReport {
+        loss,
+        coordinates: 0,
+        directions: 0,
+        error_ratio: 0.0,
+        worst: String::new(),
+    };
+    let mut consider = |analytic: f64, numeric: f64, step: f64, what: String| {
+        let allowed = options.tolerance * analytic.abs().max(numeric.abs()) + noise / step;
+        let ratio = (analytic - numeric).abs() / allowed;
+        if ratio >= report.error_ratio {
+            report.error_ratio = ratio;
+            report.worst = format!(
+                "{what}: analytic {analytic:.6e}, numeric {numeric:.6e}, allowed difference {allowed:.2e}"
+            );
+        }
+    };
+    let mut rng = options.seed;
+    let mut next = || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        rng >> 11
+    };
+    let loss_at = |m: &Decoder64| -> Result<f64> {
+        Ok(m.loss_and_gradient(ids, false, &BackwardHooks::default())?
+            .0)
+    };
+    for (p, grad) in grads.iter().enumerate() {
+        for _ in 0..options.per_tensor {
+            let i = (next() % grad.len() as u64) as usize;
+            work.nudge(p, i, h);
+            let plus = loss_at(&work)?;
+            work.nudge(p, i, -2.0 * h);
+            let minus = loss_at(&work)?;
+            work.nudge(p, i, h);
+            consider(
+                grad[i],
+                (plus - minus) / (2.0 * h),
+                h,
+                format!("{} [{i}]", model.names[p]),
+            );
+            report.coordinates += 1;
+        }
+    }
+    for d in 0..options.directions {
+        let dir: Vec<Vec<f64>> = grads
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|_| (next() as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let norm = dir.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+        let step = h / norm;
+        let analytic: f64 = dir
+            .iter()
+            .zip(&grads)
+            .map(|(d, g)| d.iter().zip(g).map(|(a, b)| a * b).sum::<f64>())
+            .sum();
+        work.nudge_all(&dir, step);
+        let plus = loss_at(&work)?;
+        work.nudge_all(&dir, -2.0 * step);
+        let minus = loss_at(&work)?;
+        work.nudge_all(&dir, step);
+        consider(
+            analytic,
+            (plus - minus) / (2.0 * step),
+            step,
+            format!("direction {d}"),
+        );
+        report.directions += 1;
+    }
+    Ok(report)
+}
