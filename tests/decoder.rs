@@ -638,3 +638,74 @@ mod gradients {
         assert!(err.contains("T = 1"), "{err}");
     }
 }
+
+mod quantized {
+    use super::*;
+    use ternary_bundle::model::decoder::{is_projection, QuantizedDecoder};
+    use ternary_bundle::model::reference::WeightPath;
+    use ternary_bundle::{quantize, QuantParams};
+
+    #[test]
+    fn quantized_paths_run_the_trits_and_their_fp16_dequantization() {
+        let ids = Array2::from_shape_fn((2, 5), |(i, j)| ((i * 5 + j * 11) % 29) as i64);
+        let params = QuantParams::default();
+        for family in [Family::Llama, Family::Bitnet] {
+            let s = spec(family, family == Family::Llama);
+            let src = random_model(&s);
+            // The same weights written out densely: t * scale (f32) and its F16 rounding.
+            let (mut dense, mut half16) = (MemorySource::new("t"), MemorySource::new("h"));
+            let mut projections = 0;
+            for (name, shape) in s.tensors() {
+                let v = src.load_f32(&name).unwrap();
+                let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+                let values: Vec<f32> = if is_projection(&name) {
+                    projections += 1;
+                    let q = quantize(&v, &dims, &params).unwrap();
+                    let bpr = params.encoding.bytes_per_row(q.cols as u64) as usize;
+                    let mut out = Vec::with_capacity(v.len());
+                    for r in 0..q.rows {
+                        let mut t = vec![0i8; q.cols];
+                        params
+                            .encoding
+                            .unpack_row(&q.packed[r * bpr..(r + 1) * bpr], &mut t)
+                            .unwrap();
+                        out.extend(t.iter().map(|&t| t as f32 * q.scales[r]));
+                    }
+                    out
+                } else {
+                    v
+                };
+                let rounded = values
+                    .iter()
+                    .map(|&x| half::f16::from_f32(x).to_f32())
+                    .collect();
+                dense = dense.with(&name, dims.clone(), values);
+                half16 = half16.with(&name, dims, rounded);
+            }
+            assert_eq!(projections, 7 * s.num_hidden_layers);
+            let q = QuantizedDecoder::new(&s, &src, &params).unwrap();
+            let ternary = forward(&s, &q.path(WeightPath::Ternary), ids.view()).unwrap();
+            let want = forward(&s, &SourceWeights(&dense), ids.view()).unwrap();
+            let want64 = want.mapv(f64::from);
+            let d = relative_difference(&ternary, &want64);
+            assert!(
+                d < 1e-5,
+                "{family:?}: ternary path differs from t * scale by {d:.2e}"
+            );
+            let fp16 = forward(&s, &q.path(WeightPath::Fp16), ids.view()).unwrap();
+            assert_eq!(
+                fp16,
+                forward(&s, &SourceWeights(&half16), ids.view()).unwrap(),
+                "{family:?}"
+            );
+            // And neither is the original model.
+            let original = forward(&s, &SourceWeights(&src), ids.view())
+                .unwrap()
+                .mapv(f64::from);
+            assert!(
+                relative_difference(&ternary, &original) > 1e-3,
+                "{family:?}: quantization changed nothing?"
+            );
+        }
+    }
+}

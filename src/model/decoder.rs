@@ -24,11 +24,16 @@
 //! Matrix products go through [`DecoderWeights::linear`], so the same code runs the FP16
 //! weights, the trits and scales, or a checkpoint.
 
+use std::collections::HashMap;
+
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
+use crate::format::quantization::QuantParams;
 use crate::model::matmul::{dot_t, product};
-use crate::model::reference::rmsnorm;
+use crate::model::reference::{self, rmsnorm, LinearWeight, WeightPath};
+use crate::quant::dequantize::dequantize_tensor_f16;
+use crate::quant::quantize::quantize;
 use crate::source::TensorSource;
 
 /// The two decoder families.
@@ -491,6 +496,166 @@ impl DecoderWeights for SourceWeights<'_> {
         if let Some(&id) = ids.iter().find(|&&id| id >= table.nrows()) {
             return Err(Error::InvalidArgument(format!(
                 "{path}: tensor {name}: token id {id} beyond its {} rows",
+                table.nrows()
+            )));
+        }
+        Ok(table.select(Axis(0), ids))
+    }
+}
+
+/// The seven projections of a decoder layer: the tensors a bundle quantizes by default.
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+];
+
+/// Whether `name` is one of the projections of a layer (`model.layers.{i}.<projection>`).
+pub fn is_projection(name: &str) -> bool {
+    name.strip_prefix("model.layers.")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(i, p)| i.parse::<usize>().is_ok() && PROJECTIONS.contains(&p))
+}
+
+/// A decoder quantized as a bundle holds it: every projection as trits and scales (absmean,
+/// `params`), every other tensor as given; its two weight paths are [`QuantizedDecoder::path`].
+pub struct QuantizedDecoder {
+    path: std::path::PathBuf,
+    ternary: HashMap<String, LinearWeight>,
+    fp16: HashMap<String, Array2<f32>>,
+    plain: HashMap<String, (Vec<f32>, Vec<f32>)>,
+    /// Columns of each unquantized matrix (the embedding lookup needs them).
+    widths: HashMap<String, usize>,
+}
+
+impl QuantizedDecoder {
+    /// Quantizes the projections of `spec`'s model from `source`, a tensor at a time.
+    pub fn new(
+        spec: &DecoderSpec,
+        source: &dyn TensorSource,
+        params: &QuantParams,
+    ) -> Result<QuantizedDecoder> {
+        let mut q = QuantizedDecoder {
+            path: source.path().to_path_buf(),
+            ternary: HashMap::new(),
+            fp16: HashMap::new(),
+            plain: HashMap::new(),
+            widths: HashMap::new(),
+        };
+        for (name, shape) in spec.tensors() {
+            let values = source.load_f32(&name)?;
+            if is_projection(&name) {
+                let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+                let t = quantize(&values, &dims, params).map_err(|e| {
+                    let (expected, found) = e.expected_found();
+                    Error::from(
+                        crate::error::Violation::new(source.path(), e.rule(), expected, found)
+                            .tensor(&name),
+                    )
+                })?;
+                let (rows, cols) = (t.rows, t.cols);
+                let mut trits = Array2::<f32>::zeros((rows, cols));
+                let bpr = params.encoding.bytes_per_row(cols as u64) as usize;
+                for (r, row) in trits.axis_iter_mut(Axis(0)).enumerate() {
+                    let out = row.into_slice().expect("standard layout");
+                    params
+                        .encoding
+                        .unpack_row_f32(&t.packed[r * bpr..(r + 1) * bpr], out)
+                        .map_err(|e| Error::InvalidArgument(format!("{name}: row {r}: {e:?}")))?;
+                }
+                let f16s = dequantize_tensor_f16(
+                    params.encoding,
+                    params.granularity,
+                    &t.packed,
+                    &t.scales,
+                    rows,
+                    cols,
+                )
+                .map_err(|e| Error::InvalidArgument(format!("{name}: {e:?}")))?;
+                let fp16 =
+                    Array2::from_shape_vec((rows, cols), f16s.iter().map(|h| h.to_f32()).collect())
+                        .expect("rows * cols values");
+                let w = LinearWeight::ternary(trits, t.scales, params.granularity)
+                    .ok_or_else(|| Error::InvalidArgument(format!("{name}: scales do not fit")))?;
+                q.ternary.insert(name.clone(), w);
+                q.fp16.insert(name, fp16);
+            } else {
+                let rounded = values
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_f32())
+                    .collect();
+                if let [_, cols] = shape[..] {
+                    q.widths.insert(name.clone(), cols);
+                }
+                q.plain.insert(name, (values, rounded));
+            }
+        }
+        Ok(q)
+    }
+
+    /// The weights along `path`: trits and scales with the other tensors as given (ternary),
+    /// or every tensor as F16 would hold it (FP16).
+    pub fn path(&self, path: WeightPath) -> QuantizedPath<'_> {
+        QuantizedPath { q: self, path }
+    }
+}
+
+/// One weight path of a [`QuantizedDecoder`].
+pub struct QuantizedPath<'a> {
+    q: &'a QuantizedDecoder,
+    path: WeightPath,
+}
+
+impl QuantizedPath<'_> {
+    fn plain(&self, name: &str) -> Result<&[f32]> {
+        let (values, rounded) = self.q.plain.get(name).ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: no tensor {name}", self.q.path.display()))
+        })?;
+        Ok(match self.path {
+            WeightPath::Ternary => values,
+            WeightPath::Fp16 => rounded,
+        })
+    }
+}
+
+impl DecoderWeights for QuantizedPath<'_> {
+    fn linear(&self, name: &str, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        match self.path {
+            WeightPath::Ternary => {
+                if let Some(w) = self.q.ternary.get(name) {
+                    return Ok(reference::linear(x, w));
+                }
+            }
+            WeightPath::Fp16 => {
+                if let Some(w) = self.q.fp16.get(name) {
+                    return Ok(dot_t(x, w.view()));
+                }
+            }
+        }
+        // An unquantized matrix (the head).
+        let values = self.plain(name)?;
+        let cols = x.ncols().max(1);
+        let w = ArrayView2::from_shape((values.len() / cols, cols), values)
+            .map_err(|e| Error::InvalidArgument(format!("tensor {name}: {e}")))?;
+        Ok(dot_t(x, w))
+    }
+
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.plain(name)?.to_vec())
+    }
+
+    fn rows(&self, name: &str, ids: &[usize]) -> Result<Array2<f32>> {
+        let values = self.plain(name)?;
+        let width = self.q.widths.get(name).copied().unwrap_or(0).max(1);
+        let table = ArrayView2::from_shape((values.len() / width, width), values)
+            .map_err(|e| Error::InvalidArgument(format!("tensor {name}: {e}")))?;
+        if let Some(&id) = ids.iter().find(|&&id| id >= table.nrows()) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name}: token id {id} beyond its {} rows",
                 table.nrows()
             )));
         }
