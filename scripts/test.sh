@@ -72,6 +72,17 @@ for p in fp16 ternary; do
     "$bundle" run "$work/from-python-trit2" --input "$work/x-tiny.safetensors" --out "$work/run-tiny-$p.safetensors" --path $p >/dev/null
 done
 
+# The decoder reference model (Llama, BitNet) on model directories written by Python in
+# transformers' layout, single-file and sharded, tied and untied: numpy recomputes the logits of
+# the original weights and of both quantized paths.
+for cfg in "llama 1" "llama 3 --tied" "bitnet 1 --tied" "bitnet 2"; do
+    set -- $cfg
+    d="$work/decoder-$1-$2"
+    python3 scripts/decoder_numpy.py make "$d" --family "$1" --shards "$2" "${@:3}" >/dev/null
+    cargo run --release --quiet --example decoder_logits -- "$d" "$d/ids.safetensors" "$d/out.safetensors" >/dev/null
+    python3 scripts/decoder_numpy.py check "$d" "$d/out.safetensors"
+done
+
 python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" "$work/trained-bundle" \
     --inspect-json "$work/demo-inspect.json" --inspect-json "$work/newer-inspect.json" \
     --verify-json "$work/demo-verify.json" --verify-json "$work/broken-verify.json" \
