@@ -1,12 +1,13 @@
 //! The decoder reference model (src/model/decoder.rs) on a Hugging Face model directory, for
 //! the independent numpy check until bundles describe decoders:
 //!
-//!     cargo run --release --example decoder_logits -- MODEL_DIR IDS.safetensors OUT.safetensors
+//!     cargo run --release --example decoder_logits -- MODEL_DIR IDS.safetensors OUT.safetensors [--original-only]
 //!
 //! IDS.safetensors holds `input_ids` I64 [N, T]; OUT.safetensors gets `logits` F32 [N, T, V]
 //! from the original weights, and `logits_ternary` and `logits_fp16` from the model quantized
 //! as a bundle holds it (default settings). `scripts/decoder_numpy.py check` recomputes all
-//! three.
+//! three. `--original-only` skips the quantized paths (they hold the model in memory twice: for
+//! small models only), as `benches/decoder_scale.sh` runs it.
 
 use std::path::Path;
 
@@ -21,21 +22,25 @@ use ternary_bundle::{QuantParams, Result};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() != 3 {
-        eprintln!("usage: decoder_logits MODEL_DIR IDS.safetensors OUT.safetensors");
+    let original_only = args.len() == 4 && args[3] == "--original-only";
+    if args.len() != 3 && !original_only {
+        eprintln!(
+            "usage: decoder_logits MODEL_DIR IDS.safetensors OUT.safetensors [--original-only]"
+        );
         std::process::exit(2);
     }
-    if let Err(e) = run(
+    let (dir, ids, out) = (
         Path::new(&args[0]),
         Path::new(&args[1]),
         Path::new(&args[2]),
-    ) {
+    );
+    if let Err(e) = run(dir, ids, out, original_only) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(dir: &Path, ids_path: &Path, out: &Path) -> Result<()> {
+fn run(dir: &Path, ids_path: &Path, out: &Path, original_only: bool) -> Result<()> {
     let model = HfModel::open(dir)?;
     let spec = model.spec().clone();
     let ids_file = CheckpointSource::open(ids_path)?;
@@ -56,16 +61,25 @@ fn run(dir: &Path, ids_path: &Path, out: &Path) -> Result<()> {
         .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
     let ids = Array2::from_shape_vec((n, t), ids).expect("n * t ids");
+    let start = std::time::Instant::now();
     let original = forward(&spec, &SourceWeights(&model), ids.view())?;
-    let quantized = QuantizedDecoder::new(&spec, &model, &QuantParams::default())?;
-    let ternary = forward(&spec, &quantized.path(WeightPath::Ternary), ids.view())?;
-    let fp16 = forward(&spec, &quantized.path(WeightPath::Fp16), ids.view())?;
+    eprintln!(
+        "original weights: forward in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    let mut outputs = vec![("logits", original)];
+    if !original_only {
+        let quantized = QuantizedDecoder::new(&spec, &model, &QuantParams::default())?;
+        outputs.push((
+            "logits_fp16",
+            forward(&spec, &quantized.path(WeightPath::Fp16), ids.view())?,
+        ));
+        outputs.push((
+            "logits_ternary",
+            forward(&spec, &quantized.path(WeightPath::Ternary), ids.view())?,
+        ));
+    }
     let shape = vec![n as u64, t as u64, spec.vocab_size as u64];
-    let outputs = [
-        ("logits", &original),
-        ("logits_fp16", &fp16),
-        ("logits_ternary", &ternary),
-    ];
     let tensors = outputs
         .iter()
         .map(|(name, _)| (name.to_string(), Dtype::F32, shape.clone()))
@@ -78,9 +92,10 @@ fn run(dir: &Path, ids_path: &Path, out: &Path) -> Result<()> {
         Ok(a.iter().flat_map(|v| v.to_le_bytes()).collect())
     })?;
     println!(
-        "{}: logits [{n}, {t}, {}] on three paths",
+        "{}: logits [{n}, {t}, {}] of {} weight path(s)",
         out.display(),
-        spec.vocab_size
+        spec.vocab_size,
+        outputs.len()
     );
     Ok(())
 }
