@@ -16,6 +16,22 @@ pub fn manifest(data: &[u8]) {
     let _ = Manifest::parse(Path::new("fuzz/manifest.json"), data);
 }
 
+/// A model directory's `config.json` parser on arbitrary bytes, and the tensor list of every
+/// config it accepts: each tensor's element count must be a number (the accepted sizes are
+/// checked for overflow).
+pub fn decoder_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(spec) = crate::model::decoder::DecoderSpec::from_hf_config(&text) {
+        for (name, shape) in spec.tensors() {
+            let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            assert!(
+                elements.is_some(),
+                "{name} {shape:?}: accepted sizes overflow"
+            );
+        }
+    }
+}
+
 /// Splits `data` into up to four length-prefixed parts (u32 little-endian length, then bytes);
 /// the last part takes whatever remains.
 pub fn split_parts(data: &[u8]) -> Vec<&[u8]> {

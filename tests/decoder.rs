@@ -283,6 +283,14 @@ fn token_ids_and_configs_that_make_no_model_are_refused_naming_the_key() {
             r#"{"model_type": "llama", "vocab_size": 10}"#.to_string(),
             "hidden_size: missing",
         ),
+        (
+            r#"{"model_type": "llama", "vocab_size": 18446744073709551615, "hidden_size": 4294967296, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}"#.to_string(),
+            "overflow",
+        ),
+        (
+            r#"{"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4611686018427387904, "head_dim": 4}"#.to_string(),
+            "overflow",
+        ),
     ];
     for (json, key) in cases {
         let err = DecoderSpec::from_hf_config(&json).unwrap_err();

@@ -51,6 +51,11 @@ fn manifest_corpus_replays() {
 }
 
 #[test]
+fn decoder_config_corpus_replays() {
+    replay("decoder_config", fuzzing::decoder_config);
+}
+
+#[test]
 fn bundle_corpus_replays() {
     replay("bundle", fuzzing::bundle);
 }

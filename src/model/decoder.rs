@@ -119,6 +119,39 @@ impl DecoderSpec {
                 self.hidden_size, self.num_attention_heads, self.head_dim
             ));
         }
+        // Every tensor's element count, and the model's, must be a number (an untrusted config
+        // can hold any sizes): checked here so that nothing after overflows.
+        let overflow = || {
+            format!(
+                "sizes: the tensors of {} layers of hidden {}, intermediate {}, {} heads of {} and vocab {} overflow",
+                self.num_hidden_layers,
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_attention_heads,
+                self.head_dim,
+                self.vocab_size
+            )
+        };
+        let mul = |a: usize, b: usize| a.checked_mul(b).ok_or_else(overflow);
+        let per_layer = [
+            mul(
+                mul(self.num_attention_heads, self.head_dim)?,
+                self.hidden_size,
+            )?,
+            mul(
+                mul(self.num_key_value_heads, self.head_dim)?,
+                self.hidden_size,
+            )?,
+            mul(self.intermediate_size, self.hidden_size)?,
+        ];
+        let layer = per_layer.iter().try_fold(0usize, |acc, &n| {
+            acc.checked_add(mul(n, 4)?).ok_or_else(overflow)
+        })?;
+        let embeddings = mul(mul(self.vocab_size, self.hidden_size)?, 2)?;
+        mul(layer, self.num_hidden_layers)?
+            .checked_add(embeddings)
+            .and_then(|total| total.checked_mul(8))
+            .ok_or_else(overflow)?;
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
             return Err(format!(
                 "rms_norm_eps: expected a finite value > 0, found {}",
@@ -236,10 +269,14 @@ impl DecoderSpec {
         Ok(spec)
     }
 
-    /// Every parameter tensor, named and shaped as transformers names them, in model order.
+    /// Every parameter tensor, named and shaped as transformers names them, in model order
+    /// (sizes saturate for a spec that fails [`DecoderSpec::check`]).
     pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let (q, kv) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
+        let (q, kv) = (
+            self.num_attention_heads.saturating_mul(hd),
+            self.num_key_value_heads.saturating_mul(hd),
+        );
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             vec![self.vocab_size, h],
