@@ -9,7 +9,8 @@ computes on random token ids. Not in CI: torch's wheels are several GB.
     DECODER_ORACLE=OUT_DIR cargo test --release --test decoder -- --ignored
 
 Writes OUT_DIR/{llama,bitnet}/ (the model), OUT_DIR/{llama,bitnet}-sharded/ (the same in
-shards of 100 KB with model.safetensors.index.json) and oracle.safetensors in each (input_ids
+shards of 100 KB with model.safetensors.index.json), OUT_DIR/{llama,bitnet}-bf16/ (its weights
+in BF16; the oracle is transformers loading them in f32) and oracle.safetensors in each (input_ids
 I64 [N, T], logits F32 [N, T, V]).
 """
 import sys
@@ -46,6 +47,15 @@ def main() -> int:
         sharded = out / f"{name}-sharded"
         model.save_pretrained(sharded, safe_serialization=True, max_shard_size="100KB")
         save_file({"input_ids": ids.to(torch.int64), "logits": logits.contiguous()}, str(sharded / "oracle.safetensors"))
+        # The same weights in BF16 (as BitNet 2B4T's master weights are published); the oracle
+        # is transformers loading that directory in f32 (weights upcast exactly, RoPE computed
+        # afresh in f32).
+        bf16 = out / f"{name}-bf16"
+        model.to(torch.bfloat16).save_pretrained(bf16, safe_serialization=True)
+        loaded = type(model).from_pretrained(bf16, dtype=torch.float32).eval()
+        with torch.no_grad():
+            rounded = loaded(input_ids=ids).logits.float()
+        save_file({"input_ids": ids.to(torch.int64), "logits": rounded.contiguous()}, str(bf16 / "oracle.safetensors"))
     return 0
 
 

@@ -312,7 +312,14 @@ fn decoder_logits_match_transformers() {
         std::env::var("DECODER_ORACLE")
             .expect("DECODER_ORACLE=DIR written by scripts/torch_decoder.py"),
     );
-    for family in ["llama", "bitnet", "llama-sharded", "bitnet-sharded"] {
+    for family in [
+        "llama",
+        "bitnet",
+        "llama-bf16",
+        "bitnet-bf16",
+        "llama-sharded",
+        "bitnet-sharded",
+    ] {
         let d = dir.join(family);
         // The directory save_pretrained wrote, read as a model directory.
         let model = ternary_bundle::source::hf::HfModel::open(&d).unwrap();
