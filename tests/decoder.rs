@@ -724,3 +724,59 @@ mod quantized {
         }
     }
 }
+
+mod flow {
+    use super::*;
+    use ternary_bundle::model::decoder64::{gradient_flow, Decoder64};
+
+    #[test]
+    fn every_tensor_gets_a_gradient_and_a_dead_gate_shows() {
+        let ids = Array2::from_shape_fn((2, 6), |(i, j)| ((i * 13 + j * 7 + 3) % 29) as i64);
+        for family in [Family::Llama, Family::Bitnet] {
+            let s = spec(family, false);
+            let model = Decoder64::load(&s, &random_model(&s)).unwrap();
+            let (loss, stats) = gradient_flow(&model, ids.view()).unwrap();
+            assert!(loss.is_finite() && loss > 0.0);
+            assert_eq!(stats.len(), s.tensors().len());
+            for t in &stats {
+                assert!(
+                    t.non_finite == 0 && t.non_zero > 0 && t.norm > 0.0,
+                    "{family:?}: {t:?}"
+                );
+            }
+        }
+        // BitNet with layer 0's gate at zero: relu(0)^2 = 0, so the MLP's output is 0 whatever
+        // its other weights: nothing flows back to the gate, the up and down projections, the
+        // sub-norm, or the norm in front of the MLP (its only consumer).
+        let s = spec(Family::Bitnet, false);
+        let mut src = MemorySource::new("dead-gate.safetensors");
+        for (k, (name, shape)) in s.tensors().into_iter().enumerate() {
+            let n = shape.iter().product();
+            let mut values = common::values(100 + k as u64, n);
+            if shape.len() == 1 {
+                values.iter_mut().for_each(|v| *v = 1.0 + *v / 2.0);
+            }
+            if name == "model.layers.0.mlp.gate_proj.weight" {
+                values.iter_mut().for_each(|v| *v = 0.0);
+            }
+            src = src.with(&name, shape.iter().map(|&d| d as u64).collect(), values);
+        }
+        let model = Decoder64::load(&s, &src).unwrap();
+        let (_, stats) = gradient_flow(&model, ids.view()).unwrap();
+        let dead: Vec<&str> = stats
+            .iter()
+            .filter(|t| t.non_zero == 0)
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(
+            dead,
+            [
+                "model.layers.0.post_attention_layernorm.weight",
+                "model.layers.0.mlp.gate_proj.weight",
+                "model.layers.0.mlp.up_proj.weight",
+                "model.layers.0.mlp.ffn_sub_norm.weight",
+                "model.layers.0.mlp.down_proj.weight",
+            ]
+        );
+    }
+}

@@ -16,6 +16,7 @@ use ndarray::{s, Array2, ArrayView2, Axis};
 use crate::error::{Error, Result};
 use crate::model::decoder::{DecoderSpec, Family};
 use crate::model::matmul::product;
+use crate::model::model64::TensorGradient;
 use crate::source::TensorSource;
 
 /// A decoder's parameters in f64, in the order of [`DecoderSpec::tensors`].
@@ -504,6 +505,23 @@ fn log_softmax_rows(x: &Array2<f64>) -> Array2<f64> {
         row.mapv_inplace(|v| v - lz);
     }
     y
+}
+
+/// Gradient statistics of every tensor (embeddings, projections, norms) for the mean
+/// next-token cross-entropy over `ids`: the loss and, per tensor in parameter order, its
+/// gradient's norm, variance, and counts of non-finite and non-zero entries.
+pub fn gradient_flow(
+    model: &Decoder64,
+    ids: ArrayView2<i64>,
+) -> Result<(f64, Vec<TensorGradient>)> {
+    let (loss, grads) = model.loss_and_gradient(ids, true, &BackwardHooks::default())?;
+    let stats = model
+        .names
+        .iter()
+        .zip(grads.iter().flatten())
+        .map(|(name, g)| TensorGradient::of(name, g))
+        .collect();
+    Ok((loss, stats))
 }
 
 /// Options of [`gradient_check`].

@@ -408,22 +408,33 @@ pub fn gradient_flow(
         .params
         .iter()
         .zip(&acc)
-        .map(|(p, a)| {
-            let elements = p.shape.elements() as u64;
-            let n = elements.max(1) as f64;
-            let mean = a.sum / n;
-            TensorGradient {
-                name: p.name.clone(),
-                elements,
-                norm: a.sum_sq.sqrt(),
-                variance: (a.sum_sq / n - mean * mean).max(0.0),
-                mean,
-                non_finite: a.non_finite,
-                non_zero: a.non_zero,
-            }
-        })
+        .map(|(p, a)| TensorGradient::from_acc(&p.name, p.shape.elements() as u64, a))
         .collect();
     (loss, stats)
+}
+
+impl TensorGradient {
+    /// The statistics of tensor `name`'s whole gradient `g`.
+    pub(crate) fn of(name: &str, g: &[f64]) -> TensorGradient {
+        let parts: Vec<Acc> = g.par_chunks(SINK_CHUNK).map(Acc::of).collect();
+        let mut acc = Acc::default();
+        parts.iter().for_each(|p| acc.add(p));
+        TensorGradient::from_acc(name, g.len() as u64, &acc)
+    }
+
+    fn from_acc(name: &str, elements: u64, a: &Acc) -> TensorGradient {
+        let n = elements.max(1) as f64;
+        let mean = a.sum / n;
+        TensorGradient {
+            name: name.to_string(),
+            elements,
+            norm: a.sum_sq.sqrt(),
+            variance: (a.sum_sq / n - mean * mean).max(0.0),
+            mean,
+            non_finite: a.non_finite,
+            non_zero: a.non_zero,
+        }
+    }
 }
 
 /// Adds `weight` times the gradient of the mean cross-entropy over `inputs`/`labels` with respect
