@@ -62,7 +62,7 @@ fn run(dir: &Path, ids_path: &Path, out: &Path, original_only: bool) -> Result<(
         .collect();
     let ids = Array2::from_shape_vec((n, t), ids).expect("n * t ids");
     let start = std::time::Instant::now();
-    let original = forward(&spec, &SourceWeights(&model), ids.view())?;
+    let original = forward(&spec, &SourceWeights::new(&spec, &model)?, ids.view())?;
     eprintln!(
         "original weights: forward in {:.2} s",
         start.elapsed().as_secs_f64()

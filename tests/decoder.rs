@@ -185,7 +185,7 @@ fn decoder_forward_equals_a_naive_f64_model_for_both_families() {
         for tied in [false, true] {
             let s = spec(family, tied);
             let src = random_model(&s);
-            let ours = forward(&s, &SourceWeights(&src), ids.view()).unwrap();
+            let ours = forward(&s, &SourceWeights::new(&s, &src).unwrap(), ids.view()).unwrap();
             let want = naive(&s, &src, &ids);
             let d = relative_difference(&ours, &want);
             assert!(
@@ -203,7 +203,12 @@ fn decoder_forward_depends_on_every_kind_of_tensor() {
     // logits must move.
     let ids = Array2::from_shape_fn((1, 5), |(_, j)| (j * 3 % 29) as i64);
     let s = spec(Family::Bitnet, false);
-    let base = forward(&s, &SourceWeights(&random_model(&s)), ids.view()).unwrap();
+    let base = forward(
+        &s,
+        &SourceWeights::new(&s, &random_model(&s)).unwrap(),
+        ids.view(),
+    )
+    .unwrap();
     for (name, shape) in s.tensors() {
         let mut src = MemorySource::new("changed.safetensors");
         for (k, (n, sh)) in s.tensors().into_iter().enumerate() {
@@ -222,7 +227,7 @@ fn decoder_forward_depends_on_every_kind_of_tensor() {
             }
             src = src.with(&n, sh.iter().map(|&d| d as u64).collect(), values);
         }
-        let moved = forward(&s, &SourceWeights(&src), ids.view()).unwrap();
+        let moved = forward(&s, &SourceWeights::new(&s, &src).unwrap(), ids.view()).unwrap();
         let d = moved
             .iter()
             .zip(&base)
@@ -235,7 +240,7 @@ fn decoder_forward_depends_on_every_kind_of_tensor() {
 fn token_ids_and_configs_that_make_no_model_are_refused_naming_the_key() {
     let s = spec(Family::Llama, true);
     let src = random_model(&s);
-    let w = SourceWeights(&src);
+    let w = SourceWeights::new(&s, &src).unwrap();
     let err = forward(&s, &w, Array2::from_elem((1, 3), 29i64).view())
         .unwrap_err()
         .to_string();
@@ -333,7 +338,7 @@ fn decoder_logits_match_transformers() {
         let want = oracle.load_f32("logits").unwrap();
         let (n, t) = (3, ids.len() / 3);
         let ids = Array2::from_shape_vec((n, t), ids).unwrap();
-        let ours = forward(&s, &SourceWeights(&model), ids.view()).unwrap();
+        let ours = forward(&s, &SourceWeights::new(&s, &model).unwrap(), ids.view()).unwrap();
         let want =
             Array3::from_shape_vec(ours.dim(), want.iter().map(|&v| v as f64).collect()).unwrap();
         let d = relative_difference(&ours, &want);
@@ -450,9 +455,10 @@ mod model_directories {
                 let model = HfModel::open(&dir).unwrap();
                 assert_eq!(model.spec(), &s);
                 assert_eq!(model.tensors().len(), s.tensors().len());
-                let ours = forward(&s, &SourceWeights(&model), ids.view()).unwrap();
+                let ours =
+                    forward(&s, &SourceWeights::new(&s, &model).unwrap(), ids.view()).unwrap();
                 let want = if bf16 { &rounded } else { &src };
-                let want = forward(&s, &SourceWeights(want), ids.view()).unwrap();
+                let want = forward(&s, &SourceWeights::new(&s, want).unwrap(), ids.view()).unwrap();
                 assert_eq!(ours, want, "{family:?} bf16 {bf16} shards {shards}");
             }
         }
@@ -549,7 +555,7 @@ mod gradients {
         for family in [Family::Llama, Family::Bitnet] {
             let s = spec(family, family == Family::Llama);
             let src = random_model(&s);
-            let logits = forward(&s, &SourceWeights(&src), ids().view()).unwrap();
+            let logits = forward(&s, &SourceWeights::new(&s, &src).unwrap(), ids().view()).unwrap();
             let (n, t, _) = logits.dim();
             let mut want = 0.0f64;
             for i in 0..n {
@@ -700,7 +706,7 @@ mod quantized {
             assert_eq!(projections, 7 * s.num_hidden_layers);
             let q = QuantizedDecoder::new(&s, &src, &params).unwrap();
             let ternary = forward(&s, &q.path(WeightPath::Ternary), ids.view()).unwrap();
-            let want = forward(&s, &SourceWeights(&dense), ids.view()).unwrap();
+            let want = forward(&s, &SourceWeights::new(&s, &dense).unwrap(), ids.view()).unwrap();
             let want64 = want.mapv(f64::from);
             let d = relative_difference(&ternary, &want64);
             assert!(
@@ -710,11 +716,11 @@ mod quantized {
             let fp16 = forward(&s, &q.path(WeightPath::Fp16), ids.view()).unwrap();
             assert_eq!(
                 fp16,
-                forward(&s, &SourceWeights(&half16), ids.view()).unwrap(),
+                forward(&s, &SourceWeights::new(&s, &half16).unwrap(), ids.view()).unwrap(),
                 "{family:?}"
             );
             // And neither is the original model.
-            let original = forward(&s, &SourceWeights(&src), ids.view())
+            let original = forward(&s, &SourceWeights::new(&s, &src).unwrap(), ids.view())
                 .unwrap()
                 .mapv(f64::from);
             assert!(
@@ -778,5 +784,108 @@ mod flow {
                 "model.layers.0.mlp.down_proj.weight",
             ]
         );
+    }
+}
+
+mod review_cases {
+    use super::*;
+    use ternary_bundle::source::hf::HfModel;
+
+    #[test]
+    fn misshapen_tensors_are_refused_before_the_forward_pass() {
+        let s = spec(Family::Llama, false);
+        for (name, shape) in [
+            ("model.layers.0.self_attn.k_proj.weight", vec![4u64, 24]),
+            ("model.layers.1.input_layernorm.weight", vec![3]),
+            ("model.norm.weight", vec![1]),
+        ] {
+            let mut src = MemorySource::new("bad.safetensors");
+            for (k, (n, sh)) in s.tensors().into_iter().enumerate() {
+                let sh: Vec<u64> = if n == name {
+                    shape.clone()
+                } else {
+                    sh.iter().map(|&d| d as u64).collect()
+                };
+                let len = sh.iter().product::<u64>() as usize;
+                src = src.with(&n, sh, common::values(k as u64, len));
+            }
+            let err = SourceWeights::new(&s, &src)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(
+                err.contains("bad.safetensors")
+                    && err.contains(name)
+                    && err.contains("expected shape"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantization_configs_layer_counts_and_family_defaults() {
+        let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 12, "num_attention_heads": 2"#;
+        let q = format!(
+            r#"{{"model_type": "bitnet", {base}, "num_hidden_layers": 1, "quantization_config": {{"quant_method": "bitnet"}}}}"#
+        );
+        assert!(DecoderSpec::from_hf_config(&q)
+            .unwrap_err()
+            .contains("quantization_config"));
+        let deep =
+            format!(r#"{{"model_type": "llama", {base}, "num_hidden_layers": 1000000000000000}}"#);
+        assert!(DecoderSpec::from_hf_config(&deep)
+            .unwrap_err()
+            .contains("num_hidden_layers: expected at most 4096"));
+        let b = DecoderSpec::from_hf_config(&format!(
+            r#"{{"model_type": "bitnet", {base}, "num_hidden_layers": 1}}"#
+        ))
+        .unwrap();
+        assert_eq!((b.rope_theta, b.rms_norm_eps), (500000.0, 1e-5));
+        let l = DecoderSpec::from_hf_config(&format!(
+            r#"{{"model_type": "llama", {base}, "num_hidden_layers": 1}}"#
+        ))
+        .unwrap();
+        assert_eq!((l.rope_theta, l.rms_norm_eps), (10000.0, 1e-6));
+    }
+
+    #[test]
+    fn a_single_weights_file_wins_over_an_index_as_in_transformers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = spec(Family::Llama, true);
+        let src = random_model(&s);
+        let d = tmp.path().join("both");
+        std::fs::create_dir_all(&d).unwrap();
+        let mut views = Vec::new();
+        let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = s
+            .tensors()
+            .into_iter()
+            .map(|(n, shape)| {
+                let b = src
+                    .load_f32(&n)
+                    .unwrap()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                (n, shape, b)
+            })
+            .collect();
+        for (n, shape, b) in &tensors {
+            views.push((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .unwrap(),
+            ));
+        }
+        safetensors::tensor::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+        let config = r#"{"model_type": "llama", "vocab_size": 29, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 4, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true}"#;
+        std::fs::write(d.join("config.json"), config).unwrap();
+        // A stale index naming shards that are not there.
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"model.norm.weight": "gone.safetensors"}}"#,
+        )
+        .unwrap();
+        let model = HfModel::open(&d).unwrap();
+        assert_eq!(model.tensors().len(), s.tensors().len());
     }
 }

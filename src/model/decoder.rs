@@ -36,6 +36,10 @@ use crate::quant::dequantize::dequantize_tensor_f16;
 use crate::quant::quantize::quantize;
 use crate::source::TensorSource;
 
+/// Most decoder layers a spec may have (real models have under 200): bounds the tensor list an
+/// untrusted config makes the reader build.
+pub const MAX_LAYERS: usize = 4096;
+
 /// The two decoder families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -99,6 +103,12 @@ impl DecoderSpec {
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name}: expected a positive size, found 0"));
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(format!(
+                "num_hidden_layers: expected at most {MAX_LAYERS}, found {}",
+                self.num_hidden_layers
+            ));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(format!(
@@ -227,20 +237,28 @@ impl DecoderSpec {
                 ));
             }
         }
+        if v.get("quantization_config").is_some_and(|x| !x.is_null()) {
+            return Err("quantization_config: expected none: the reference model computes the dense weights in f32, while transformers would quantize weights and activations on the fly; remove the key to read the master weights".into());
+        }
         if v.get("rope_scaling").is_some_and(|x| !x.is_null()) {
             return Err("rope_scaling: expected none (plain RoPE)".into());
         }
         let theta = rope
             .and_then(|r| r.get("rope_theta"))
             .or_else(|| v.get("rope_theta"));
+        // transformers' defaults differ by family.
+        let (default_theta, default_eps) = match family {
+            Family::Llama => (10000.0, 1e-6),
+            Family::Bitnet => (500000.0, 1e-5),
+        };
         let rope_theta = match theta {
-            None => 10000.0,
+            None => default_theta,
             Some(x) => x
                 .as_f64()
                 .ok_or_else(|| format!("rope_theta: expected a number, found {x}"))?,
         };
         let eps = match v.get("rms_norm_eps") {
-            None => 1e-6,
+            None => default_eps,
             Some(x) => x
                 .as_f64()
                 .ok_or_else(|| format!("rms_norm_eps: expected a number, found {x}"))?,
@@ -330,29 +348,60 @@ pub fn forward(
     let eps = spec.rms_norm_eps;
     let norm = |x: &Array2<f32>, name: &str| -> Result<Array2<f32>> {
         let w = ndarray::Array1::from_vec(weights.vector(name)?);
+        if w.len() != x.ncols() {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name}: expected {} values, found {}",
+                x.ncols(),
+                w.len()
+            )));
+        }
         let mut y = x.clone();
         rmsnorm(&mut y, &w, eps);
         Ok(y)
     };
+    // Every product must have the shape the spec gives it (any DecoderWeights may be wrong).
+    let rows = n * t;
+    let linear = |name: &str, x: ArrayView2<f32>, cols: usize| -> Result<Array2<f32>> {
+        let y = weights.linear(name, x)?;
+        if y.dim() != (rows, cols) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name}: expected a product of shape [{rows}, {cols}], found {:?}",
+                y.dim()
+            )));
+        }
+        Ok(y)
+    };
+    let (hid, hd) = (spec.hidden_size, spec.head_dim);
+    let (q_cols, kv_cols) = (spec.num_attention_heads * hd, spec.num_key_value_heads * hd);
     // The residual stream of every token of every sequence, [N * T, hidden].
     let mut h = weights.rows("model.embed_tokens.weight", &ids)?;
+    if h.dim() != (rows, hid) {
+        return Err(Error::InvalidArgument(format!(
+            "tensor model.embed_tokens.weight: expected rows of {hid}, found {:?}",
+            h.dim()
+        )));
+    }
     let rope = Rope::new(spec, t);
     for l in 0..spec.num_hidden_layers {
         let p = |name: &str| format!("model.layers.{l}.{name}");
         let n1 = norm(&h, &p("input_layernorm.weight"))?;
-        let mut q = weights.linear(&p("self_attn.q_proj.weight"), n1.view())?;
-        let mut k = weights.linear(&p("self_attn.k_proj.weight"), n1.view())?;
-        let v = weights.linear(&p("self_attn.v_proj.weight"), n1.view())?;
+        let mut q = linear(&p("self_attn.q_proj.weight"), n1.view(), q_cols)?;
+        let mut k = linear(&p("self_attn.k_proj.weight"), n1.view(), kv_cols)?;
+        let v = linear(&p("self_attn.v_proj.weight"), n1.view(), kv_cols)?;
         rope.apply(&mut q, t);
         rope.apply(&mut k, t);
         let mut a = attention(spec, &q, &k, &v, n, t);
         if spec.family == Family::Bitnet {
             a = norm(&a, &p("self_attn.attn_sub_norm.weight"))?;
         }
-        h += &weights.linear(&p("self_attn.o_proj.weight"), a.view())?;
+        h += &linear(&p("self_attn.o_proj.weight"), a.view(), hid)?;
         let n2 = norm(&h, &p("post_attention_layernorm.weight"))?;
-        let mut gate = weights.linear(&p("mlp.gate_proj.weight"), n2.view())?;
-        let up = weights.linear(&p("mlp.up_proj.weight"), n2.view())?;
+        let mut gate = linear(
+            &p("mlp.gate_proj.weight"),
+            n2.view(),
+            spec.intermediate_size,
+        )?;
+        let up = linear(&p("mlp.up_proj.weight"), n2.view(), spec.intermediate_size)?;
         match spec.family {
             Family::Llama => gate.mapv_inplace(|z| z / (1.0 + (-z).exp())),
             Family::Bitnet => gate.mapv_inplace(|z| {
@@ -364,7 +413,7 @@ pub fn forward(
         if spec.family == Family::Bitnet {
             gate = norm(&gate, &p("mlp.ffn_sub_norm.weight"))?;
         }
-        h += &weights.linear(&p("mlp.down_proj.weight"), gate.view())?;
+        h += &linear(&p("mlp.down_proj.weight"), gate.view(), hid)?;
     }
     let h = norm(&h, "model.norm.weight")?;
     let head = if spec.tie_word_embeddings {
@@ -372,7 +421,7 @@ pub fn forward(
     } else {
         "lm_head.weight"
     };
-    let logits = weights.linear(head, h.view())?;
+    let logits = linear(head, h.view(), spec.vocab_size)?;
     logits
         .into_shape_with_order((n, t, spec.vocab_size))
         .map_err(|e| Error::InvalidArgument(format!("logits of {head}: {e}")))
@@ -487,7 +536,33 @@ fn attention(
 
 /// A decoder's weights read from a [`TensorSource`] (a checkpoint in transformers' naming, or
 /// tensors in memory), each tensor loaded in f32 when it is used.
-pub struct SourceWeights<'a>(pub &'a dyn TensorSource);
+pub struct SourceWeights<'a>(&'a dyn TensorSource);
+
+impl<'a> SourceWeights<'a> {
+    /// `source`'s tensors as the weights of `spec`'s model: every tensor the spec names must be
+    /// there with its shape (the error names the source, the tensor, expected and found).
+    pub fn new(spec: &DecoderSpec, source: &'a dyn TensorSource) -> Result<SourceWeights<'a>> {
+        let have: HashMap<String, Vec<u64>> = source
+            .tensors()
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect();
+        for (name, shape) in spec.tensors() {
+            let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            let found = match have.get(&name) {
+                Some(s) if *s == want => continue,
+                Some(s) => crate::format::safetensors::shape_string(s),
+                None => "no such tensor".to_string(),
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{}: tensor {name}: expected shape {}, found {found}",
+                source.path().display(),
+                crate::format::safetensors::shape_string(&want)
+            )));
+        }
+        Ok(SourceWeights(source))
+    }
+}
 
 impl SourceWeights<'_> {
     /// Tensor `name` as a matrix of `cols` columns.
@@ -585,6 +660,14 @@ impl QuantizedDecoder {
         };
         for (name, shape) in spec.tensors() {
             let values = source.load_f32(&name)?;
+            let want: usize = shape.iter().product();
+            if values.len() != want {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: tensor {name}: expected {want} values (shape {shape:?}), found {}",
+                    source.path().display(),
+                    values.len()
+                )));
+            }
             if is_projection(&name) {
                 let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
                 let t = quantize(&values, &dims, params).map_err(|e| {

@@ -1,6 +1,7 @@
 //! A Hugging Face model directory as a source of tensors: `config.json` (a Llama or BitNet
-//! decoder, [`DecoderSpec::from_hf_config`]) and its weights in `model.safetensors` or in shards
-//! listed by `model.safetensors.index.json`, F32, F16 or BF16. The tensor set must be exactly
+//! decoder, [`DecoderSpec::from_hf_config`]) and its weights in `model.safetensors` or, when
+//! there is none (as transformers decides), in shards listed by `model.safetensors.index.json`;
+//! F32, F16 or BF16. The tensor set must be exactly
 //! the one the config implies, each tensor with its shape: a missing, extra or misshapen tensor
 //! is refused naming it and the file. Tensors are read one at a time (the shards are mapped,
 //! each tensor's pages released once converted).
@@ -129,7 +130,8 @@ impl HfModel {
 fn open_weights(dir: &Path) -> Result<(Vec<CheckpointSource>, HashMap<String, usize>)> {
     let index_path = dir.join(INDEX_FILE);
     let single = dir.join(WEIGHTS_FILE);
-    if !index_path.exists() {
+    // As transformers loads it: the single file when there is one, else the shards.
+    if single.exists() || !index_path.exists() {
         if !single.exists() {
             return Err(Error::InvalidArgument(format!(
                 "{}: not a model directory: no {WEIGHTS_FILE} and no {INDEX_FILE}",
