@@ -532,6 +532,72 @@ mod model_directories {
         let e = err(&d);
         assert!(e.contains("expected a file name in the directory"), "{e}");
 
+        // A packed 1.58-bit checkpoint: U8 projections of [out / 4, in] and a weight_scale each.
+        let d = tmp.path().join("packed");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), config(&s)).unwrap();
+        let mut owned: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (n, shape) in s.tensors() {
+            if n.contains("_proj") {
+                let rows = shape[0].div_ceil(4);
+                owned.push((
+                    n.clone(),
+                    StDtype::U8,
+                    vec![rows, shape[1]],
+                    vec![0x55; rows * shape[1]],
+                ));
+                owned.push((
+                    n.replace(".weight", ".weight_scale"),
+                    StDtype::F32,
+                    vec![1],
+                    1f32.to_le_bytes().to_vec(),
+                ));
+            } else {
+                let len: usize = shape.iter().product();
+                owned.push((n, StDtype::F32, shape, vec![0; 4 * len]));
+            }
+        }
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(n, dt, sh, b)| (n.clone(), TensorView::new(*dt, sh.clone(), b).unwrap()))
+            .collect();
+        serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+        let e = err(&d);
+        assert!(
+            e.contains("weight_scale") && e.contains("packed 1.58-bit checkpoint"),
+            "{e}"
+        );
+
+        // The right shapes in a dtype that is not a float.
+        let d = tmp.path().join("int-dtype");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), config(&s)).unwrap();
+        let owned: Vec<(String, Vec<usize>, Vec<u8>)> = s
+            .tensors()
+            .into_iter()
+            .map(|(n, shape)| {
+                let len: usize = shape.iter().product();
+                (n, shape, vec![0; 4 * len])
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(n, sh, b)| {
+                let dt = if n == "model.norm.weight" {
+                    StDtype::I32
+                } else {
+                    StDtype::F32
+                };
+                (n.clone(), TensorView::new(dt, sh.clone(), b).unwrap())
+            })
+            .collect();
+        serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+        let e = err(&d);
+        assert!(
+            e.contains("model.norm.weight: expected dtype F32, F16 or BF16, found I32"),
+            "{e}"
+        );
+
         let d = tmp.path().join("no-weights");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("config.json"), config(&s)).unwrap();

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::safetensors::shape_string;
+use crate::format::safetensors::{shape_string, Dtype};
 use crate::model::decoder::DecoderSpec;
 use crate::source::{CheckpointSource, SourceTensor, TensorSource};
 
@@ -73,6 +73,29 @@ impl HfModel {
     /// Every tensor the config implies is present with its shape, and no other.
     fn match_tensors(&self) -> Result<Vec<SourceTensor>> {
         let want = self.spec.tensors();
+        let known: std::collections::HashSet<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
+        let mut extra: Vec<(&str, &Path)> = self
+            .home
+            .iter()
+            .filter(|(n, _)| !known.contains(n.as_str()))
+            .map(|(n, &i)| (n.as_str(), self.shards[i].path()))
+            .collect();
+        extra.sort();
+        if let Some((name, path)) = extra.first() {
+            // Packed 1.58-bit checkpoints (transformers' BitNet `pack_weights`) carry a
+            // `weight_scale` per projection: say what to give instead.
+            let hint = if extra.iter().any(|(n, _)| n.ends_with("weight_scale")) {
+                "; this looks like a packed 1.58-bit checkpoint: give the BF16 master weights"
+            } else {
+                ""
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{}: tensor {name} is not part of the {} model {CONFIG_FILE} describes ({} unexpected tensor(s)){hint}",
+                path.display(),
+                self.spec.family.name(),
+                extra.len()
+            )));
+        }
         let mut out = Vec::with_capacity(want.len());
         for (name, shape) in &want {
             let Some(&i) = self.home.get(name) else {
@@ -100,27 +123,18 @@ impl HfModel {
                     shape_string(&e.shape)
                 )));
             }
+            if !matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: tensor {name}: expected dtype F32, F16 or BF16, found {}",
+                    shard.path().display(),
+                    e.dtype
+                )));
+            }
             out.push(SourceTensor {
                 name: name.clone(),
                 shape: expected,
                 dtype: e.dtype,
             });
-        }
-        let known: std::collections::HashSet<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
-        let mut extra: Vec<(&str, &Path)> = self
-            .home
-            .iter()
-            .filter(|(n, _)| !known.contains(n.as_str()))
-            .map(|(n, &i)| (n.as_str(), self.shards[i].path()))
-            .collect();
-        extra.sort();
-        if let Some((name, path)) = extra.first() {
-            return Err(Error::InvalidArgument(format!(
-                "{}: tensor {name} is not part of the {} model {CONFIG_FILE} describes ({} unexpected tensor(s))",
-                path.display(),
-                self.spec.family.name(),
-                extra.len()
-            )));
         }
         Ok(out)
     }
