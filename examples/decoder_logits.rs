@@ -56,10 +56,7 @@ fn run(dir: &Path, ids_path: &Path, out: &Path, original_only: bool) -> Result<(
         })?;
     let (n, t) = (e.shape[0] as usize, e.shape[1] as usize);
     let bytes = ids_file.tensor_bytes("input_ids").expect("checked above");
-    let ids: Vec<i64> = bytes
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
+    let ids: Vec<i64> = ternary_bundle::format::le::i64s(bytes).collect();
     let ids = Array2::from_shape_vec((n, t), ids).expect("n * t ids");
     let start = std::time::Instant::now();
     let original = forward(&spec, &SourceWeights::new(&spec, &model)?, ids.view())?;

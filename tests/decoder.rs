@@ -25,6 +25,11 @@ fn spec(family: Family, tied: bool) -> DecoderSpec {
 }
 
 fn random_model(s: &DecoderSpec) -> MemorySource {
+    model_with(s, |_, _| {})
+}
+
+/// [`random_model`] with `edit(name, values)` applied to every tensor's values.
+fn model_with(s: &DecoderSpec, edit: impl Fn(&str, &mut Vec<f32>)) -> MemorySource {
     let mut src = MemorySource::new("random.safetensors");
     for (k, (name, shape)) in s.tensors().into_iter().enumerate() {
         let n = shape.iter().product();
@@ -32,6 +37,7 @@ fn random_model(s: &DecoderSpec) -> MemorySource {
         if shape.len() == 1 {
             values.iter_mut().for_each(|v| *v = 1.0 + *v / 2.0);
         }
+        edit(&name, &mut values);
         src = src.with(&name, shape.iter().map(|&d| d as u64).collect(), values);
     }
     src
@@ -210,23 +216,16 @@ fn decoder_forward_depends_on_every_kind_of_tensor() {
     )
     .unwrap();
     for (name, shape) in s.tensors() {
-        let mut src = MemorySource::new("changed.safetensors");
-        for (k, (n, sh)) in s.tensors().into_iter().enumerate() {
-            let len = sh.iter().product();
-            let mut values = common::values(100 + k as u64, len);
-            if sh.len() == 1 {
-                values.iter_mut().for_each(|v| *v = 1.0 + *v / 2.0);
-            }
+        let src = model_with(&s, |n, values| {
             if n == name {
                 // Added noise, not a scale: the RMSNorms would cancel a scale.
-                let noise = common::values(999, len);
+                let noise = common::values(999, values.len());
                 values
                     .iter_mut()
                     .zip(noise)
                     .for_each(|(v, e)| *v += 0.5 * e);
             }
-            src = src.with(&n, sh.iter().map(|&d| d as u64).collect(), values);
-        }
+        });
         let moved = forward(&s, &SourceWeights::new(&s, &src).unwrap(), ids.view()).unwrap();
         let d = moved
             .iter()
@@ -331,10 +330,7 @@ fn decoder_logits_match_transformers() {
         let s = model.spec().clone();
         let oracle = CheckpointSource::open(d.join("oracle.safetensors")).unwrap();
         let ids_bytes = oracle.tensor_bytes("input_ids").unwrap();
-        let ids: Vec<i64> = ids_bytes
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let ids: Vec<i64> = ternary_bundle::format::le::i64s(ids_bytes).collect();
         let want = oracle.load_f32("logits").unwrap();
         let (n, t) = (3, ids.len() / 3);
         let ids = Array2::from_shape_vec((n, t), ids).unwrap();
@@ -821,18 +817,11 @@ mod flow {
         // its other weights: nothing flows back to the gate, the up and down projections, the
         // sub-norm, or the norm in front of the MLP (its only consumer).
         let s = spec(Family::Bitnet, false);
-        let mut src = MemorySource::new("dead-gate.safetensors");
-        for (k, (name, shape)) in s.tensors().into_iter().enumerate() {
-            let n = shape.iter().product();
-            let mut values = common::values(100 + k as u64, n);
-            if shape.len() == 1 {
-                values.iter_mut().for_each(|v| *v = 1.0 + *v / 2.0);
-            }
+        let src = model_with(&s, |name, values| {
             if name == "model.layers.0.mlp.gate_proj.weight" {
                 values.iter_mut().for_each(|v| *v = 0.0);
             }
-            src = src.with(&name, shape.iter().map(|&d| d as u64).collect(), values);
-        }
+        });
         let model = Decoder64::load(&s, &src).unwrap();
         let (_, stats) = gradient_flow(&model, ids.view()).unwrap();
         let dead: Vec<&str> = stats

@@ -427,8 +427,26 @@ pub fn forward(
         .map_err(|e| Error::InvalidArgument(format!("logits of {head}: {e}")))
 }
 
+/// Tensor `name` of `source` in f32, which must hold the values of `shape`.
+pub(crate) fn load_tensor(
+    source: &dyn TensorSource,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    let values = source.load_f32(name)?;
+    let want: usize = shape.iter().product();
+    if values.len() != want {
+        return Err(Error::InvalidArgument(format!(
+            "{}: tensor {name}: expected {want} values (shape {shape:?}), found {}",
+            source.path().display(),
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
 /// The ids as row indices, each checked against the vocabulary.
-fn token_ids(spec: &DecoderSpec, input_ids: ArrayView2<i64>) -> Result<Vec<usize>> {
+pub(crate) fn token_ids(spec: &DecoderSpec, input_ids: ArrayView2<i64>) -> Result<Vec<usize>> {
     let (_, t) = input_ids.dim();
     if t == 0 {
         return Err(Error::InvalidArgument(
@@ -605,14 +623,25 @@ impl DecoderWeights for SourceWeights<'_> {
             )));
         };
         let table = self.matrix(name, cols as usize)?;
-        if let Some(&id) = ids.iter().find(|&&id| id >= table.nrows()) {
-            return Err(Error::InvalidArgument(format!(
-                "{path}: tensor {name}: token id {id} beyond its {} rows",
-                table.nrows()
-            )));
-        }
-        Ok(table.select(Axis(0), ids))
+        select_rows(self.0.path(), name, table.view(), ids)
     }
+}
+
+/// Rows `ids` of the matrix `name` (from `path`), every id checked against its rows.
+fn select_rows(
+    path: &std::path::Path,
+    name: &str,
+    table: ArrayView2<f32>,
+    ids: &[usize],
+) -> Result<Array2<f32>> {
+    if let Some(&id) = ids.iter().find(|&&id| id >= table.nrows()) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: tensor {name}: token id {id} beyond its {} rows",
+            path.display(),
+            table.nrows()
+        )));
+    }
+    Ok(table.select(Axis(0), ids))
 }
 
 /// The seven projections of a decoder layer: the tensors a bundle quantizes by default.
@@ -659,15 +688,7 @@ impl QuantizedDecoder {
             widths: HashMap::new(),
         };
         for (name, shape) in spec.tensors() {
-            let values = source.load_f32(&name)?;
-            let want: usize = shape.iter().product();
-            if values.len() != want {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: tensor {name}: expected {want} values (shape {shape:?}), found {}",
-                    source.path().display(),
-                    values.len()
-                )));
-            }
+            let values = load_tensor(source, &name, &shape)?;
             if is_projection(&name) {
                 let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
                 let t = quantize(&values, &dims, params).map_err(|e| {
@@ -685,7 +706,12 @@ impl QuantizedDecoder {
                     params
                         .encoding
                         .unpack_row_f32(&t.packed[r * bpr..(r + 1) * bpr], out)
-                        .map_err(|e| Error::InvalidArgument(format!("{name}: row {r}: {e:?}")))?;
+                        .map_err(|e| {
+                            Error::InvalidArgument(format!(
+                                "{}: tensor {name}: row {r} of its trits does not decode: {e}",
+                                source.path().display()
+                            ))
+                        })?;
                 }
                 let f16s = dequantize_tensor_f16(
                     params.encoding,
@@ -695,12 +721,25 @@ impl QuantizedDecoder {
                     rows,
                     cols,
                 )
-                .map_err(|e| Error::InvalidArgument(format!("{name}: {e:?}")))?;
+                .map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "{}: tensor {name}: its trits do not dequantize: {e}",
+                        source.path().display()
+                    ))
+                })?;
                 let fp16 =
                     Array2::from_shape_vec((rows, cols), f16s.iter().map(|h| h.to_f32()).collect())
                         .expect("rows * cols values");
-                let w = LinearWeight::ternary(trits, t.scales, params.granularity)
-                    .ok_or_else(|| Error::InvalidArgument(format!("{name}: scales do not fit")))?;
+                let t_scales_len = t.scales.len();
+                let w = LinearWeight::ternary(trits, t.scales, params.granularity).ok_or_else(
+                    || {
+                        Error::InvalidArgument(format!(
+                            "{}: tensor {name}: {} scales do not fit its {rows} x {cols} trits",
+                            source.path().display(),
+                            t_scales_len
+                        ))
+                    },
+                )?;
                 q.ternary.insert(name.clone(), w);
                 q.fp16.insert(name, fp16);
             } else {
@@ -771,14 +810,9 @@ impl DecoderWeights for QuantizedPath<'_> {
     fn rows(&self, name: &str, ids: &[usize]) -> Result<Array2<f32>> {
         let values = self.plain(name)?;
         let width = self.q.widths.get(name).copied().unwrap_or(0).max(1);
-        let table = ArrayView2::from_shape((values.len() / width, width), values)
-            .map_err(|e| Error::InvalidArgument(format!("tensor {name}: {e}")))?;
-        if let Some(&id) = ids.iter().find(|&&id| id >= table.nrows()) {
-            return Err(Error::InvalidArgument(format!(
-                "tensor {name}: token id {id} beyond its {} rows",
-                table.nrows()
-            )));
-        }
-        Ok(table.select(Axis(0), ids))
+        let table = ArrayView2::from_shape((values.len() / width, width), values).map_err(|e| {
+            Error::InvalidArgument(format!("{}: tensor {name}: {e}", self.q.path.display()))
+        })?;
+        select_rows(&self.q.path, name, table, ids)
     }
 }

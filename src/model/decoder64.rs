@@ -14,9 +14,11 @@ use std::collections::HashMap;
 use ndarray::{s, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
-use crate::model::decoder::{DecoderSpec, Family};
+use crate::model::decoder::{load_tensor, token_ids, DecoderSpec, Family};
 use crate::model::matmul::product;
-use crate::model::model64::TensorGradient;
+use crate::model::model64::{
+    cross_entropy, mean_cross_entropy, rms_norm_backward, Model64, TensorGradient,
+};
 use crate::source::TensorSource;
 
 /// A decoder's parameters in f64, in the order of [`DecoderSpec::tensors`].
@@ -81,15 +83,7 @@ impl Decoder64 {
         spec.check().map_err(Error::InvalidArgument)?;
         let (mut names, mut shapes, mut values) = (Vec::new(), Vec::new(), Vec::new());
         for (name, shape) in spec.tensors() {
-            let v = source.load_f32(&name)?;
-            let want: usize = shape.iter().product();
-            if v.len() != want {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: tensor {name}: expected {want} values, found {}",
-                    source.path().display(),
-                    v.len()
-                )));
-            }
+            let v = load_tensor(source, &name, &shape)?;
             values.push(v.into_iter().map(f64::from).collect());
             names.push(name);
             shapes.push(shape);
@@ -159,57 +153,34 @@ impl Decoder64 {
                 "input_ids: expected sequences of at least 2 tokens (one to predict), found T = {t}"
             )));
         }
-        let tokens = self.token_ids(ids)?;
+        let tokens = token_ids(&self.spec, ids)?;
         let mut loss = 0.0;
         let mut grads: Vec<Vec<f64>> = if grad {
             self.values.iter().map(|v| vec![0.0; v.len()]).collect()
         } else {
             Vec::new()
         };
-        let count = (n * (t - 1)) as f64;
+        // Every sequence predicts T - 1 tokens: the mean over all of them is the mean of the
+        // sequences' means.
         for seq in tokens.chunks(t) {
-            let (l, caches, finals, logits) = self.forward_sequence(seq);
-            loss += l / count;
-            if grad {
-                let mut dlogits = softmax_rows(&logits);
-                for (p, &target) in seq[1..].iter().enumerate() {
-                    dlogits[[p, target]] -= 1.0;
-                }
-                dlogits.slice_mut(s![t - 1, ..]).fill(0.0);
-                dlogits /= count;
-                self.backward_sequence(seq, &caches, &finals, dlogits, hooks, &mut grads);
+            let (caches, finals, logits) = self.forward_sequence(seq);
+            let predicting = logits.slice(s![..t - 1, ..]);
+            if !grad {
+                loss += mean_cross_entropy(predicting, &seq[1..]) / n as f64;
+                continue;
             }
+            let (l, g) = cross_entropy(&predicting.to_owned(), &seq[1..]);
+            loss += l / n as f64;
+            let mut dlogits = Array2::<f64>::zeros(logits.raw_dim());
+            dlogits.slice_mut(s![..t - 1, ..]).assign(&(g / n as f64));
+            self.backward_sequence(seq, &caches, &finals, dlogits, hooks, &mut grads);
         }
         Ok((loss, grad.then_some(grads)))
     }
 
-    fn token_ids(&self, ids: ArrayView2<i64>) -> Result<Vec<usize>> {
-        ids.indexed_iter()
-            .map(|((r, c), &id)| {
-                usize::try_from(id)
-                    .ok()
-                    .filter(|&i| i < self.spec.vocab_size)
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "input_ids[{r}, {c}]: expected a token id in 0..{}, found {id}",
-                            self.spec.vocab_size
-                        ))
-                    })
-            })
-            .collect()
-    }
-
     fn rms(&self, x: &Array2<f64>, weight: &str) -> (Array2<f64>, NormCache) {
-        let w = self.vector(weight);
         let eps = f64::from(self.spec.rms_norm_eps);
-        let mut y = x.clone();
-        let mut inv = Vec::with_capacity(x.nrows());
-        for mut row in y.axis_iter_mut(Axis(0)) {
-            let ms = row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64;
-            let r = 1.0 / (ms + eps).sqrt();
-            inv.push(r);
-            row.iter_mut().zip(w).for_each(|(v, &wv)| *v *= r * wv);
-        }
+        let (y, inv) = Model64::rms_norm(x, self.vector(weight), eps);
         (y, NormCache { x: x.clone(), inv })
     }
 
@@ -233,13 +204,13 @@ impl Decoder64 {
         }
     }
 
-    /// One sequence: its summed cross-entropy, the layer caches, the final norm's cache and
-    /// normed input, and the logits.
+    /// One sequence: the layer caches, the final norm's cache and normed input, and the
+    /// logits of every position.
     #[allow(clippy::type_complexity)]
     fn forward_sequence(
         &self,
         seq: &[usize],
-    ) -> (f64, Vec<LayerCache>, (NormCache, Array2<f64>), Array2<f64>) {
+    ) -> (Vec<LayerCache>, (NormCache, Array2<f64>), Array2<f64>) {
         let sp = &self.spec;
         let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
         let group = heads / sp.num_key_value_heads;
@@ -308,9 +279,7 @@ impl Decoder64 {
         }
         let (nf, normf) = self.rms(&x, "model.norm.weight");
         let logits = product(nf.view(), self.matrix(self.head()).t());
-        let lsm = log_softmax_rows(&logits);
-        let loss = -(0..t - 1).map(|p| lsm[[p, seq[p + 1]]]).sum::<f64>();
-        (loss, caches, (normf, nf), logits)
+        (caches, (normf, nf), logits)
     }
 
     fn head(&self) -> &'static str {
@@ -347,23 +316,12 @@ impl Decoder64 {
         hook: f64,
         grads: &mut [Vec<f64>],
     ) -> Array2<f64> {
-        let w = self.vector(weight);
-        let n = c.x.ncols() as f64;
-        let gw = &mut grads[self.index[weight]];
-        let mut dx = Array2::<f64>::zeros(c.x.raw_dim());
-        for (i, (x, d)) in
-            c.x.axis_iter(Axis(0))
-                .zip(dy.axis_iter(Axis(0)))
-                .enumerate()
-        {
-            let r = c.inv[i];
-            let dot: f64 = (0..x.len()).map(|j| d[j] * w[j] * x[j]).sum();
-            for j in 0..x.len() {
-                gw[j] += d[j] * x[j] * r * hook;
-                dx[[i, j]] = (r * d[j] * w[j] - x[j] * r * r * r * dot / n) * hook;
-            }
-        }
-        dx
+        let (dx, dw) = rms_norm_backward(&c.x, &c.inv, self.vector(weight), dy);
+        grads[self.index[weight]]
+            .iter_mut()
+            .zip(dw)
+            .for_each(|(g, d)| *g += d * hook);
+        dx * hook
     }
 
     fn backward_sequence(
@@ -493,16 +451,6 @@ fn softmax_rows(x: &Array2<f64>) -> Array2<f64> {
         row.mapv_inplace(|v| (v - m).exp());
         let z = row.sum();
         row /= z;
-    }
-    y
-}
-
-fn log_softmax_rows(x: &Array2<f64>) -> Array2<f64> {
-    let mut y = x.clone();
-    for mut row in y.axis_iter_mut(Axis(0)) {
-        let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-        let lz = row.iter().map(|v| (v - m).exp()).sum::<f64>().ln() + m;
-        row.mapv_inplace(|v| v - lz);
     }
     y
 }

@@ -269,22 +269,7 @@ impl<'a> Model64<'a> {
             // Through the RMSNorm: u = x * r * w with r = 1/sqrt(mean(x^2) + eps).
             delta = match &l.norm {
                 Some((param, w, _)) => {
-                    let n = l.inp as f64;
-                    let mut dw = vec![0.0; l.inp];
-                    let mut dx = Array2::<f64>::zeros(c.input.raw_dim());
-                    for (i, (x, du)) in c
-                        .input
-                        .axis_iter(Axis(0))
-                        .zip(dnormed.axis_iter(Axis(0)))
-                        .enumerate()
-                    {
-                        let r = c.inv_rms[i];
-                        let dot: f64 = (0..l.inp).map(|j| du[j] * w[j] * x[j]).sum();
-                        for j in 0..l.inp {
-                            dw[j] += du[j] * x[j] * r;
-                            dx[[i, j]] = r * du[j] * w[j] - x[j] * r * r * r * dot / n;
-                        }
-                    }
+                    let (dx, dw) = rms_norm_backward(&c.input, &c.inv_rms, w, &dnormed);
                     sink(*param, 0, &dw);
                     dx
                 }
@@ -292,6 +277,28 @@ impl<'a> Model64<'a> {
             };
         }
     }
+}
+
+/// The backward pass of `u = x * r * w` ([`Model64::rms_norm`], `inv` the rows' r): from the
+/// output gradient `du`, the input gradient and the weight's gradient (summed over rows).
+pub(crate) fn rms_norm_backward(
+    x: &Array2<f64>,
+    inv: &[f64],
+    w: &[f64],
+    du: &Array2<f64>,
+) -> (Array2<f64>, Vec<f64>) {
+    let n = x.ncols() as f64;
+    let mut dw = vec![0.0; x.ncols()];
+    let mut dx = Array2::<f64>::zeros(x.raw_dim());
+    for (i, (x, du)) in x.axis_iter(Axis(0)).zip(du.axis_iter(Axis(0))).enumerate() {
+        let r = inv[i];
+        let dot: f64 = (0..x.len()).map(|j| du[j] * w[j] * x[j]).sum();
+        for j in 0..x.len() {
+            dw[j] += du[j] * x[j] * r;
+            dx[[i, j]] = r * du[j] * w[j] - x[j] * r * r * r * dot / n;
+        }
+    }
+    (dx, dw)
 }
 
 /// `act` applied to every element.

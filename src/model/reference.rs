@@ -330,6 +330,21 @@ fn layer_with(
     weight: LinearWeight,
     load: &mut LoadF32<'_>,
 ) -> Result<Layer> {
+    let (bias, rmsnorm) = layer_vectors(spec, load)?;
+    Ok(Layer {
+        weight,
+        bias,
+        rmsnorm,
+        activation,
+    })
+}
+
+/// The bias and the RMSNorm weight (with its epsilon) of layer `spec`, from `load`.
+#[allow(clippy::type_complexity)]
+fn layer_vectors(
+    spec: &LayerSpec,
+    load: &mut LoadF32<'_>,
+) -> Result<(Option<Array1<f32>>, Option<(Array1<f32>, f32)>)> {
     let bias = match &spec.bias {
         Some(b) => Some(Array1::from_vec(load(b, spec.out_features as usize)?)),
         None => None,
@@ -341,12 +356,7 @@ fn layer_with(
         )),
         None => None,
     };
-    Ok(Layer {
-        weight,
-        bias,
-        rmsnorm,
-        activation,
-    })
+    Ok((bias, rmsnorm))
 }
 
 /// Layer `spec` of a model with real-valued weights from `source`: the original checkpoint
@@ -462,12 +472,9 @@ fn bundle_layer_forward(
         return Ok(layer_forward(&bundle_layer(bundle, i, path)?, x));
     };
     // The bundle's shapes were validated at open: every tensor has the length the spec needs.
-    let load = |name: &str| tensor_f32(bundle, name, path).map(Array1::from_vec);
-    let bias = spec.bias.as_deref().map(load).transpose()?;
-    let rmsnorm = match &spec.rmsnorm {
-        Some(n) => Some((load(&n.weight)?, n.eps)),
-        None => None,
-    };
+    let (bias, rmsnorm) = layer_vectors(spec, &mut |name: &str, _len: usize| {
+        tensor_f32(bundle, name, path)
+    })?;
     // A row that fails to decode is kept and returned once the product is done.
     let failed = std::sync::Mutex::new(None);
     let activation = bundle.facts().activations[i];
