@@ -62,6 +62,7 @@ pub fn tiny_source() -> MemorySource {
 pub fn tiny_plan(params: QuantParams) -> BundlePlan {
     BundlePlan {
         model: ModelSpec {
+            decoder: None,
             input_dim: INPUT_DIM,
             layers: vec![
                 LayerSpec {
@@ -97,6 +98,7 @@ pub fn tiny_validation() -> ValidationSet {
     let n = 32u64;
     ValidationSet {
         origin: PathBuf::from("fixtures/tiny-validation"),
+        input_ids: None,
         inputs: (0..n * INPUT_DIM).map(|i| wave(i, 29, 89) * 2.0).collect(),
         labels: (0..n).map(|i| ((i * 7) % CLASSES) as i64).collect(),
         difficulty: Some((0..n).map(|i| (i % 10 + 1) as u8).collect()),
@@ -208,12 +210,12 @@ pub fn broken_fixtures() -> Vec<Broken> {
         },
         Broken {
             name: "unknown-major",
-            damage: "format_version 3.0",
+            damage: "format_version 4.0",
             rule: "2.4",
             file: MANIFEST,
             tensor: None,
             validation: false,
-            edit: |d| edit_manifest(d, |m| m["format_version"] = "3.0".into()),
+            edit: |d| edit_manifest(d, |m| m["format_version"] = "4.0".into()),
         },
         Broken {
             name: "unknown-encoding",
@@ -388,7 +390,7 @@ pub fn generate(root: &Path) {
     // ...and another MAJOR is refused, naming both versions.
     let major = root.join("versions/unknown-major");
     write(&major, QuantParams::default(), false);
-    edit_manifest(&major, |m| m["format_version"] = "3.0".into());
+    edit_manifest(&major, |m| m["format_version"] = "4.0".into());
 }
 
 /// Fixtures that are never regenerated: written by an earlier version of the writer and kept

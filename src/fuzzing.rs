@@ -289,7 +289,11 @@ fn fuzzed_plan(
     }
     let quantize = shapes.iter().filter(|s| s.2).map(|s| s.0.clone()).collect();
     let plan = crate::write::plan::BundlePlan {
-        model: ModelSpec { input_dim, layers },
+        model: ModelSpec {
+            input_dim,
+            layers,
+            decoder: None,
+        },
         params,
         quantize,
     };
@@ -338,6 +342,7 @@ fn fuzzed_values(
         let n = 1 + usize::from(c.byte() % 4);
         let d = plan.model.input_dim as usize;
         options.validation = Some(ValidationSet {
+            input_ids: None,
             origin: "fuzz-validation.safetensors".into(),
             inputs: (0..n * d).map(|k| c.value(position + k)).collect(),
             labels: (0..n).map(|_| i64::from(c.byte() % 14)).collect(),

@@ -35,6 +35,7 @@ fn data(levels: &[(u8, usize, usize)], difficulty: bool) -> ValidationSet {
         }
     }
     ValidationSet {
+        input_ids: None,
         origin: PathBuf::from("crafted.safetensors"),
         inputs,
         labels,
@@ -49,6 +50,7 @@ fn bundle(dir: &Path, validation: Option<ValidationSet>) -> PathBuf {
     let src = MemorySource::new("two.safetensors").with("w", vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]);
     let plan = BundlePlan {
         model: ModelSpec {
+            decoder: None,
             input_dim: 2,
             layers: vec![LayerSpec {
                 name: "out".into(),

@@ -4,44 +4,11 @@
 
 mod common;
 
+use common::decoder::{model_with, random_model, spec};
+
 use ndarray::{Array2, Array3};
 use ternary_bundle::model::decoder::{forward, DecoderSpec, Family, SourceWeights};
 use ternary_bundle::source::{CheckpointSource, MemorySource, TensorSource};
-
-fn spec(family: Family, tied: bool) -> DecoderSpec {
-    DecoderSpec {
-        family,
-        vocab_size: 29,
-        hidden_size: 24,
-        intermediate_size: 40,
-        num_hidden_layers: 2,
-        num_attention_heads: 6,
-        num_key_value_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        tie_word_embeddings: tied,
-    }
-}
-
-fn random_model(s: &DecoderSpec) -> MemorySource {
-    model_with(s, |_, _| {})
-}
-
-/// [`random_model`] with `edit(name, values)` applied to every tensor's values.
-fn model_with(s: &DecoderSpec, edit: impl Fn(&str, &mut Vec<f32>)) -> MemorySource {
-    let mut src = MemorySource::new("random.safetensors");
-    for (k, (name, shape)) in s.tensors().into_iter().enumerate() {
-        let n = shape.iter().product();
-        let mut values = common::values(100 + k as u64, n);
-        if shape.len() == 1 {
-            values.iter_mut().for_each(|v| *v = 1.0 + *v / 2.0);
-        }
-        edit(&name, &mut values);
-        src = src.with(&name, shape.iter().map(|&d| d as u64).collect(), values);
-    }
-    src
-}
 
 /// The same model in f64 with plain loops.
 fn naive(s: &DecoderSpec, src: &dyn TensorSource, ids: &Array2<i64>) -> Array3<f64> {

@@ -93,7 +93,7 @@ fn unknown_major_is_refused_naming_both_versions() {
     assert_eq!(e.rule(), Some(Rule::FormatVersion));
     let msg = e.to_string();
     assert!(
-        msg.contains("3.0") && msg.contains("2.0") && msg.contains("manifest.json"),
+        msg.contains("4.0") && msg.contains("3.0") && msg.contains("manifest.json"),
         "{msg}"
     );
 }

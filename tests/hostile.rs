@@ -147,11 +147,11 @@ fn manifest_attacks() {
         edit_manifest(d, |m| m["quantization"]["encoding"] = json!("trit9"))
     });
     let e = hostile("unknown major", |d| {
-        edit_manifest(d, |m| m["format_version"] = json!("3.1"))
+        edit_manifest(d, |m| m["format_version"] = json!("4.1"))
     });
     assert_eq!(e.rule(), Some(Rule::FormatVersion), "{e}");
     assert!(
-        e.to_string().contains("3.1") && e.to_string().contains("2.0"),
+        e.to_string().contains("4.1") && e.to_string().contains("3.0"),
         "{e}"
     );
     expect("manifest shape rank 100", Rule::TensorList, |d| {
@@ -373,6 +373,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
     };
     let plan = ternary_bundle::BundlePlan {
         model: ModelSpec {
+            decoder: None,
             input_dim: 1,
             layers: vec![
                 layer("up", 1, wide, "relu"),
@@ -385,6 +386,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
     let samples = 2048;
     let options = WriteOptions {
         validation: Some(ternary_bundle::source::ValidationSet {
+            input_ids: None,
             origin: "wide-validation.safetensors".into(),
             inputs: common::values(3, samples),
             labels: (0..samples as i64).map(|i| i % 2).collect(),
@@ -453,6 +455,7 @@ fn many_tensors_are_checked_in_linear_time() {
     }
     let plan = ternary_bundle::BundlePlan {
         model: ModelSpec {
+            decoder: None,
             input_dim: 2,
             layers: vec![LayerSpec {
                 name: "l".into(),

@@ -117,6 +117,7 @@ fn hostile_bundle(dir: &Path) -> PathBuf {
     }
     let plan = BundlePlan {
         model: ModelSpec {
+            decoder: None,
             input_dim: dims[0],
             layers,
         },

@@ -119,6 +119,7 @@ fn one_layer_model(rows: &[Vec<f32>], params: QuantParams) -> (MemorySource, Bun
     );
     let plan = BundlePlan {
         model: ModelSpec {
+            decoder: None,
             input_dim: inp,
             layers: vec![LayerSpec {
                 name: "out".into(),
@@ -702,6 +703,7 @@ fn agreement_fails_when_the_two_paths_disagree_on_half_the_inputs() {
         })
         .collect();
     let validation = ValidationSet {
+        input_ids: None,
         origin: PathBuf::from("val.safetensors"),
         inputs,
         labels: (0..10).map(|i| i % 2).collect(),
@@ -850,6 +852,7 @@ fn ties_go_to_the_first_class_in_the_stored_and_the_fp16_predictions() {
     let dest = tmp.path().join("ties");
     let options = WriteOptions {
         validation: Some(ValidationSet {
+            input_ids: None,
             origin: PathBuf::from("val.safetensors"),
             inputs,
             labels: vec![0, 2, 1, 2, 0, 2, 1, 2],
@@ -912,6 +915,7 @@ fn a_single_validation_input_gives_retention_0_or_1() {
     let dest = tmp.path().join("one");
     let options = WriteOptions {
         validation: Some(ValidationSet {
+            input_ids: None,
             origin: PathBuf::from("val.safetensors"),
             inputs: common::values(3, 7),
             labels: vec![4],
@@ -1184,6 +1188,7 @@ fn gradient_check_passes_tiny_gradients_in_round_off_noise_and_still_catches_a_w
     plan.model.layers[1].rmsnorm = None;
     let n = 8;
     let validation = ValidationSet {
+        input_ids: None,
         origin: PathBuf::from("noisy-validation.safetensors"),
         inputs: common::values(3, n * inp as usize)
             .iter()
@@ -1250,6 +1255,7 @@ fn gradient_flow_fails_when_a_zero_last_layer_blocks_the_gradient() {
     };
     let plan = BundlePlan {
         model: ModelSpec {
+            decoder: None,
             input_dim: 7,
             layers: vec![layer("fc1", 7, 13, "relu"), layer("fc2", 13, 5, "identity")],
         },

@@ -6,6 +6,7 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressStyle};
 use ternary_bundle::assess::{assess, AssessOptions};
 use ternary_bundle::format::activation::Activation;
+use ternary_bundle::format::manifest::{DecoderModelSpec, ModelSpec};
 use ternary_bundle::format::rfc3339::now_utc;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::model::reference::WeightPath;
@@ -109,28 +110,6 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
         write_with_progress(&a.out, &demo, &demo.plan(params), &options)?
     } else {
         let from = a.from.expect("clap requires --from or --demo");
-        if from.is_dir() {
-            // A Hugging Face model directory is read and checked (config, every tensor and
-            // shape) so that the user learns what is wrong with it; bundling one needs the
-            // decoder description the format does not have yet.
-            let model = HfModel::open(&from)?;
-            let s = model.spec();
-            return Err(Error::InvalidArgument(format!(
-                "{}: a {} model directory ({} layers, hidden {}, vocab {}): decoder language models cannot be bundled yet, the format describes MLP chains only; --from takes a safetensors checkpoint of an MLP",
-                from.display(),
-                s.family.name(),
-                s.num_hidden_layers,
-                s.hidden_size,
-                s.vocab_size
-            )));
-        }
-        let ckpt = CheckpointSource::open(&from)?;
-        let tensors = ckpt.tensors();
-        let model = match &a.arch {
-            Some(p) => load_arch(p)?,
-            None => infer_arch(&tensors, &from, Activation::Identity)?,
-        };
-        let quantize = select_quantized(&tensors, &model, &a.quantize)?;
         let validation: Option<ValidationSet> = a
             .validation
             .as_deref()
@@ -143,6 +122,39 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             source_sha256: SourceDigest::Compute,
             ..Default::default()
         };
+        if from.is_dir() {
+            // A Hugging Face model directory: config.json and its checkpoint, checked tensor by
+            // tensor against the config when opened.
+            if a.arch.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: --arch describes a chain of layers; a model directory's config.json describes its decoder",
+                    from.display()
+                )));
+            }
+            let hf = HfModel::open(&from)?;
+            let model = ModelSpec {
+                input_dim: 0,
+                layers: Vec::new(),
+                decoder: Some(DecoderModelSpec::from_spec(hf.spec())),
+            };
+            let quantize = select_quantized(&hf.tensors(), &model, &a.quantize)?;
+            let plan = BundlePlan {
+                model,
+                params,
+                quantize,
+            };
+            let report = write_with_progress(&a.out, &hf, &plan, &options)?;
+            let bundle = Bundle::open_with(&a.out, open)?;
+            render::create_summary(&a.out, &report, &inspect(&bundle));
+            return Ok(true);
+        }
+        let ckpt = CheckpointSource::open(&from)?;
+        let tensors = ckpt.tensors();
+        let model = match &a.arch {
+            Some(p) => load_arch(p)?,
+            None => infer_arch(&tensors, &from, Activation::Identity)?,
+        };
+        let quantize = select_quantized(&tensors, &model, &a.quantize)?;
         write_with_progress(
             &a.out,
             &ckpt,
@@ -261,13 +273,17 @@ pub fn run_cmd(a: args::RunArgs, open: &OpenOptions) -> Result<bool> {
     let inputs = run::load_inputs(&a.input, &bundle)?;
     let output = run::run(&bundle, path, &inputs)?;
     run::write_output(&a.out, &output, path, a.force)?;
-    println!(
-        "Wrote {}: logits F32 [{}, {}] and predictions I64 [{}] of the {name} weights",
-        a.out.display(),
-        output.rows,
-        output.classes,
-        output.rows
-    );
+    let (rows, classes) = (output.rows, output.classes);
+    match output.tokens {
+        None => println!(
+            "Wrote {}: logits F32 [{rows}, {classes}] and predictions I64 [{rows}] of the {name} weights",
+            a.out.display()
+        ),
+        Some(t) => println!(
+            "Wrote {}: logits F32 [{rows}, {t}, {classes}] and next-token predictions I64 [{rows}, {t}] of the {name} weights",
+            a.out.display()
+        ),
+    }
     Ok(true)
 }
 

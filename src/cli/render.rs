@@ -77,18 +77,14 @@ pub fn inspection(i: &Inspection, tensors: bool) {
         "bundle {}: {} {}{newer}",
         i.path, i.format, i.format_version
     );
-    let widths: Vec<String> = std::iter::once(i.model.input_dim)
-        .chain(i.model.layers.iter().map(|l| l.out_features))
-        .map(|w| w.to_string())
-        .collect();
     println!(
-        "model: {} ({} layers, {} parameters)",
-        widths.join(" -> "),
-        i.model.layers.len(),
+        "model: {}, {} parameters",
+        i.model.describe(),
         print::count(i.totals.parameters)
     );
+    let layers = i.model.layers.as_deref().unwrap_or_default();
     let mut rows = Vec::new();
-    for l in &i.model.layers {
+    for l in layers {
         let mut extra = Vec::new();
         if l.rmsnorm {
             extra.push("rmsnorm");

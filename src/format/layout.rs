@@ -15,6 +15,8 @@ pub type Layout = Vec<(String, Dtype, Vec<u64>)>;
 
 /// Inputs tensor of the validation set.
 pub const VALIDATION_INPUTS: &str = "inputs";
+/// Token ids of a decoder's validation set (format 3.0).
+pub const VALIDATION_INPUT_IDS: &str = "input_ids";
 /// Labels tensor of the validation set.
 pub const VALIDATION_LABELS: &str = "labels";
 /// Optional difficulty tensor of the validation set.
@@ -94,6 +96,34 @@ pub fn validation_layout(
             VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
             Dtype::I64,
             vec![n],
+        ));
+    }
+    out
+}
+
+/// The tensors a decoder's `validation.safetensors` holds for `n` sequences of `t` tokens
+/// (rule 6.1, format 3.0): `input_ids` I64 `[n, t]`, `labels` I64 `[n, t - 1]` (the token that
+/// follows each position but the last), and optionally `difficulty` U8 `[n]` and
+/// `original_predictions` I64 `[n, t - 1]`.
+pub fn decoder_validation_layout(
+    n: u64,
+    t: u64,
+    difficulty: bool,
+    original_predictions: bool,
+) -> Layout {
+    let next = t.saturating_sub(1);
+    let mut out = vec![
+        (VALIDATION_INPUT_IDS.to_string(), Dtype::I64, vec![n, t]),
+        (VALIDATION_LABELS.to_string(), Dtype::I64, vec![n, next]),
+    ];
+    if difficulty {
+        out.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
+    }
+    if original_predictions {
+        out.push((
+            VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
+            Dtype::I64,
+            vec![n, next],
         ));
     }
     out

@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod checksum;
+pub mod decoder;
 pub mod encoding;
 pub mod layout;
 pub mod le;

@@ -64,6 +64,10 @@ rules! {
     Provenance = "2.11", "invalid provenance";
     /// 2.12: extensions is an object.
     Extensions = "2.12", "invalid extensions";
+    /// 2.13: the decoder model (format 3.0).
+    DecoderModel = "2.13", "invalid decoder model";
+    /// 2.14: a decoder's tensors are exactly those its config names, with their shapes.
+    DecoderTensors = "2.14", "decoder tensors differ from the model's";
     /// 3.1: file size matches the manifest.
     FileSize = "3.1", "file size differs from the manifest";
     /// 3.2: safetensors header length is sane.

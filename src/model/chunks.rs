@@ -4,6 +4,7 @@
 //! [`chunk_rows`] samples (at most [`MAX_BATCH_ELEMENTS`] activations per matrix), and the
 //! gradient batches are cut to [`gradient_rows`] (spec section 17, "Memory of the model checks").
 
+use crate::format::decoder::DecoderSpec;
 use crate::format::manifest::ModelSpec;
 
 /// Most elements in one activation matrix of the model checks (samples × width): 2^24, 64 MiB
@@ -35,6 +36,18 @@ pub fn gradient_rows(model: &ModelSpec, limit: usize) -> usize {
     ((MAX_BATCH_ELEMENTS / widths).max(1) as usize).min(limit)
 }
 
+/// Sequences of `tokens` tokens per forward pass of a decoder, so that no activation matrix
+/// (the logits `[T, vocab]` of a sequence, the MLP's `[T, intermediate]`) exceeds
+/// [`MAX_BATCH_ELEMENTS`] values in a chunk; at least 1.
+pub fn decoder_sequences(spec: &DecoderSpec, tokens: usize) -> usize {
+    let widest = spec
+        .vocab_size
+        .max(spec.intermediate_size)
+        .max(spec.hidden_size)
+        .max(1) as u64;
+    (MAX_BATCH_ELEMENTS / (tokens.max(1) as u64).saturating_mul(widest)).max(1) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,7 +72,11 @@ mod tests {
                 l
             })
             .collect();
-        ModelSpec { input_dim, layers }
+        ModelSpec {
+            input_dim,
+            layers,
+            decoder: None,
+        }
     }
 
     #[test]

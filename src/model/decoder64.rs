@@ -513,6 +513,10 @@ pub struct DecoderGradCheckReport {
     pub directions: usize,
     /// Largest error over its allowance (passes below 1; the margin is its inverse).
     pub error_ratio: f64,
+    /// Largest |a − n| / max(|a|, |n|, 1e-6), for information.
+    pub max_relative_error: f64,
+    /// The loss's round-off bound ε_L (the allowance adds ε_L / step).
+    pub atol: f64,
     /// The comparison with that ratio.
     pub worst: String,
 }
@@ -541,11 +545,15 @@ pub fn gradient_check(
         coordinates: 0,
         directions: 0,
         error_ratio: 0.0,
+        max_relative_error: 0.0,
+        atol: noise,
         worst: String::new(),
     };
     let mut consider = |analytic: f64, numeric: f64, step: f64, what: String| {
         let allowed = options.tolerance * analytic.abs().max(numeric.abs()) + noise / step;
         let ratio = (analytic - numeric).abs() / allowed;
+        let relative = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-6);
+        report.max_relative_error = report.max_relative_error.max(relative);
         if ratio >= report.error_ratio {
             report.error_ratio = ratio;
             report.worst = format!(

@@ -3,11 +3,13 @@
 //! model with its analytic backward pass ([`model64`]), the numeric gradient check on it
 //! ([`gradcheck`], its perturbed losses computed together by [`perturbed`]), and the
 //! activation functions they share ([`activation`]). [`decoder`] is the reference model of the
-//! decoder-only language models (Llama, BitNet b1.58), not yet described by the format. The architecture's vocabulary (layer specs,
+//! decoder-only language models (Llama, BitNet b1.58, format 3.0), [`decoder64`] its f64 twin
+//! with the backward pass, [`bundle_decoder`] a bundle's decoder along one weight path. The architecture's vocabulary (layer specs,
 //! activation names) belongs to the format: [`crate::format::manifest`],
 //! [`crate::format::activation`].
 
 pub mod activation;
+pub mod bundle_decoder;
 pub mod chunks;
 pub mod decoder;
 pub mod decoder64;

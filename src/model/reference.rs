@@ -283,7 +283,22 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
     let m = bundle.manifest();
     let spec = &m.model.layers[i];
     let (out, inp) = (spec.out_features as usize, spec.in_features as usize);
-    let weight = match (path, bundle.packed(&spec.weight)) {
+    let weight = bundle_weight(bundle, &spec.weight, (out, inp), path)?;
+    // The bundle's shapes were validated at open: every tensor has the length the spec needs.
+    let mut load = |name: &str, _len: usize| tensor_f32(bundle, name, path);
+    layer_with(spec, bundle.facts().activations[i], weight, &mut load)
+}
+
+/// The matrix `name` (`[rows, cols]`) of the bundle as a weight along `path`: on the ternary path
+/// a quantized matrix is its trits (unpacked on all threads) with its scales, applied after the
+/// product; otherwise its f32 values.
+pub fn bundle_weight(
+    bundle: &Bundle,
+    name: &str,
+    (out, inp): (usize, usize),
+    path: WeightPath,
+) -> Result<LinearWeight> {
+    Ok(match (path, bundle.packed(name)) {
         (WeightPath::Ternary, Some(p)) => {
             // Rows unpacked on all threads; then the packed pages leave the resident set.
             let mut trits = Array2::<f32>::zeros((out, inp));
@@ -295,7 +310,7 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
                 .try_for_each(|(r, row)| {
                     p.encoding
                         .unpack_row_f32(p.row(r), row)
-                        .map_err(|e| bundle.row_error(&spec.weight, r, e))
+                        .map_err(|e| bundle.row_error(name, r, e))
                 })?;
             bundle.release(p.packed);
             LinearWeight::ternary(trits, p.scales(), p.granularity).ok_or_else(|| {
@@ -305,19 +320,16 @@ pub fn bundle_layer(bundle: &Bundle, i: usize, path: WeightPath) -> Result<Layer
                     "scales of the granularity's shape",
                     format!("{} scales", p.scales().len()),
                 )
-                .tensor(&spec.weight)
+                .tensor(name)
             })?
         }
         _ => LinearWeight::Dense(matrix(
-            tensor_f32(bundle, &spec.weight, path)?,
+            tensor_f32(bundle, name, path)?,
             (out, inp),
-            &spec.weight,
+            name,
             bundle.dir(),
         )?),
-    };
-    // The bundle's shapes were validated at open: every tensor has the length the spec needs.
-    let mut load = |name: &str, _len: usize| tensor_f32(bundle, name, path);
-    layer_with(spec, bundle.facts().activations[i], weight, &mut load)
+    })
 }
 
 /// Loads tensor `name` as f32 values; it must hold `len` values (the loader checks).

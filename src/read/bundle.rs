@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use half::f16;
 
 use crate::error::{Error, Violation};
+use crate::format::decoder::DecoderSpec;
 use crate::format::encoding::{Encoding, RowError};
 use crate::format::manifest::{FileRole, Manifest, ManifestFacts, TensorSpec};
 use crate::format::quantization::{Granularity, QuantParams};
@@ -113,6 +114,9 @@ pub(crate) struct TensorRanges {
 #[derive(Debug, Clone)]
 pub(crate) struct ValidationRanges {
     pub samples: usize,
+    /// Tokens per sequence (T) for a decoder, 0 for a chain of layers.
+    pub tokens: usize,
+    /// `inputs` (a chain of layers) or `input_ids` (a decoder).
     pub inputs: Range<usize>,
     pub labels: Range<usize>,
     pub difficulty: Option<Range<usize>>,
@@ -209,15 +213,18 @@ pub struct TensorView<'a> {
 pub struct ValidationView<'a> {
     /// `validation.safetensors`.
     pub path: &'a Path,
-    /// Samples, N >= 1.
+    /// Samples (sequences for a decoder), N >= 1.
     pub samples: usize,
-    /// `inputs` F32 `[N, input_dim]`, little-endian.
+    /// Tokens per sequence, T >= 2, for a decoder; 0 for a chain of layers.
+    pub tokens: usize,
+    /// `inputs` F32 `[N, input_dim]` (a chain of layers) or `input_ids` I64 `[N, T]` (a
+    /// decoder), little-endian.
     pub inputs: &'a [u8],
-    /// `labels` I64 `[N]`, little-endian.
+    /// `labels` I64 `[N]` (a decoder: `[N, T - 1]`), little-endian.
     pub labels: &'a [u8],
     /// `difficulty` U8 `[N]`, when present.
     pub difficulty: Option<&'a [u8]>,
-    /// `original_predictions` I64 `[N]`, when present (format 2.0).
+    /// `original_predictions` I64 `[N]` (a decoder: `[N, T - 1]`), when present (format 2.0).
     pub original_predictions: Option<&'a [u8]>,
 }
 
@@ -292,13 +299,22 @@ impl Bundle {
         &self.extras
     }
 
-    /// The number of classes: `out_features` of the last layer (rule 2.9: there is one).
+    /// The number of classes: `out_features` of the last layer (rule 2.9: there is one), or a
+    /// decoder's vocabulary (every position predicts a token).
     pub fn classes(&self) -> u64 {
+        if let Some(d) = &self.facts.decoder {
+            return d.vocab_size as u64;
+        }
         self.manifest
             .model
             .layers
             .last()
             .map_or(0, |l| l.out_features)
+    }
+
+    /// The decoder this bundle holds (format 3.0, rule 2.13), if it holds one.
+    pub fn decoder(&self) -> Option<&DecoderSpec> {
+        self.facts.decoder.as_ref()
     }
 
     /// Every tensor, in manifest order.
@@ -347,6 +363,7 @@ impl Bundle {
         Some(ValidationView {
             path: &f.path,
             samples: r.samples,
+            tokens: r.tokens,
             inputs: &b[r.inputs.clone()],
             labels: &b[r.labels.clone()],
             difficulty: r.difficulty.clone().map(|x| &b[x]),

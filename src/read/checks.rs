@@ -14,7 +14,7 @@ use crate::error::{Result, Violation};
 use crate::format::checksum::sha256_hex_blocks;
 use crate::format::encoding::Encoding;
 use crate::format::layout::{
-    VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
+    VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
 };
 use crate::format::le;
 use crate::format::manifest::TensorSpec;
@@ -370,7 +370,13 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
         return Ok(());
     };
     let classes = bundle.classes();
-    validation_values(v.path, le::f32s(v.inputs), le::i64s(v.labels), classes)?;
+    if bundle.decoder().is_some() {
+        let (ids, labels): (Vec<i64>, Vec<i64>) =
+            (le::i64s(v.inputs).collect(), le::i64s(v.labels).collect());
+        token_values(v.path, &ids, &labels, classes)?;
+    } else {
+        validation_values(v.path, le::f32s(v.inputs), le::i64s(v.labels), classes)?;
+    }
     match v.original_predictions {
         Some(p) => class_indices(
             v.path,
@@ -380,6 +386,24 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
         ),
         None => Ok(()),
     }
+}
+
+/// Rule 6.2 for a decoder's validation set (from a bundle's file, or the set a writer is about
+/// to embed, read from `path`): every token id and every label is a token of the `vocab`.
+pub fn token_values(path: &Path, ids: &[i64], labels: &[i64], vocab: u64) -> Result<()> {
+    let rule = Rule::ValidationValues;
+    class_indices(
+        path,
+        (VALIDATION_INPUT_IDS, rule),
+        ids.iter().copied(),
+        vocab,
+    )?;
+    class_indices(
+        path,
+        (VALIDATION_LABELS, rule),
+        labels.iter().copied(),
+        vocab,
+    )
 }
 
 /// Rule 6.2 on a validation set's values, wherever they come from (a bundle's file, or the set
@@ -425,7 +449,7 @@ fn class_indices(
         Some((i, l)) => Err(Violation::new(
             path,
             rule,
-            format!("{tensor} in 0..{classes} (outputs of the last layer)"),
+            format!("{tensor} in 0..{classes} (outputs of the last layer, or the vocabulary)"),
             format!("{l} at index {i}"),
         )
         .tensor(tensor)

@@ -40,13 +40,49 @@ pub struct Inspection {
     pub provenance: crate::format::manifest::Provenance,
 }
 
-/// The model in brief.
+/// The model in brief: a chain of layers (`input_dim`, `layers`) or a decoder (`decoder`, the
+/// manifest's description).
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelSummary {
-    /// Input width.
-    pub input_dim: u64,
-    /// Layers in order.
-    pub layers: Vec<LayerSummary>,
+    /// Input width (a chain of layers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_dim: Option<u64>,
+    /// Layers in order (a chain of layers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<LayerSummary>>,
+    /// The decoder-only language model (format 3.0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<crate::format::manifest::DecoderModelSpec>,
+}
+
+impl ModelSummary {
+    /// One line: the widths of a chain of layers, or a decoder's shape.
+    pub fn describe(&self) -> String {
+        if let Some(d) = &self.decoder {
+            return format!(
+                "{} decoder: {} layers, hidden {}, intermediate {}, {} heads ({} KV) of {}, vocab {}, {} embeddings, rms_norm_eps {}, rope_theta {}",
+                d.family,
+                d.num_hidden_layers,
+                d.hidden_size,
+                d.intermediate_size,
+                d.num_attention_heads,
+                d.num_key_value_heads,
+                d.head_dim,
+                d.vocab_size,
+                if d.tie_word_embeddings { "tied" } else { "untied" },
+                d.rms_norm_eps,
+                d.rope_theta
+            );
+        }
+        let layers = self.layers.as_deref().unwrap_or_default();
+        let widths: Vec<String> = self
+            .input_dim
+            .into_iter()
+            .chain(layers.iter().map(|l| l.out_features))
+            .map(|w| w.to_string())
+            .collect();
+        format!("{} ({} layers)", widths.join(" -> "), layers.len())
+    }
 }
 
 /// One layer in brief.
@@ -211,21 +247,30 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
         format: m.format.clone(),
         format_version: m.format_version.clone(),
         newer_minor: bundle.facts().version.is_newer_minor(),
-        model: ModelSummary {
-            input_dim: m.model.input_dim,
-            layers: m
-                .model
-                .layers
-                .iter()
-                .map(|l| LayerSummary {
-                    name: l.name.clone(),
-                    in_features: l.in_features,
-                    out_features: l.out_features,
-                    activation: l.activation.clone(),
-                    bias: l.bias.is_some(),
-                    rmsnorm: l.rmsnorm.is_some(),
-                })
-                .collect(),
+        model: match &m.model.decoder {
+            Some(d) => ModelSummary {
+                input_dim: None,
+                layers: None,
+                decoder: Some(d.clone()),
+            },
+            None => ModelSummary {
+                input_dim: Some(m.model.input_dim),
+                layers: Some(
+                    m.model
+                        .layers
+                        .iter()
+                        .map(|l| LayerSummary {
+                            name: l.name.clone(),
+                            in_features: l.in_features,
+                            out_features: l.out_features,
+                            activation: l.activation.clone(),
+                            bias: l.bias.is_some(),
+                            rmsnorm: l.rmsnorm.is_some(),
+                        })
+                        .collect(),
+                ),
+                decoder: None,
+            },
         },
         quantization: m.quantization.clone(),
         files,

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use crate::error::{escape_name, Result, Violation};
 use crate::format::layout::{
-    fp16_layout, ternary_layout, validation_layout, Layout, VALIDATION_DIFFICULTY,
-    VALIDATION_INPUTS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
+    decoder_validation_layout, fp16_layout, ternary_layout, validation_layout, Layout,
+    VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
+    VALIDATION_ORIGINAL_PREDICTIONS,
 };
 use crate::format::manifest::{
     scale_tensor_name, FileEntry, FileRole, FormatVersion, Manifest, ManifestFacts,
@@ -183,7 +184,9 @@ pub(crate) fn check_model_files(
 }
 
 /// Rule 6.1: the validation file holds `inputs` F32 [N, input_dim], `labels` I64 [N], and
-/// optionally `difficulty` U8 [N] and (from format 2.0) `original_predictions` I64 [N].
+/// optionally `difficulty` U8 [N] and (from format 2.0) `original_predictions` I64 [N]; for a
+/// decoder, `input_ids` I64 [N, T >= 2], `labels` I64 [N, T - 1], and optionally `difficulty`
+/// U8 [N] and `original_predictions` I64 [N, T - 1].
 pub(crate) fn check_validation_file(
     file: &DataFile,
     manifest: &Manifest,
@@ -191,18 +194,6 @@ pub(crate) fn check_validation_file(
 ) -> Result<ValidationRanges> {
     let bad = |expected: String, found: String| {
         Violation::new(&file.path, Rule::ValidationTensors, expected, found)
-    };
-    let n = match file.header.get(VALIDATION_INPUTS) {
-        Some(e) if e.shape.len() == 2 && e.shape[0] >= 1 => e.shape[0],
-        Some(e) => {
-            return Err(bad(
-                format!("inputs of shape [N >= 1, {}]", manifest.model.input_dim),
-                shape_string(&e.shape),
-            )
-            .tensor(VALIDATION_INPUTS)
-            .into())
-        }
-        None => return Err(bad("a tensor named inputs".into(), "none".into()).into()),
     };
     let has = |name| file.header.get(name).is_some();
     if has(VALIDATION_ORIGINAL_PREDICTIONS) && !version.allows_original_predictions() {
@@ -216,12 +207,51 @@ pub(crate) fn check_validation_file(
         .tensor(VALIDATION_ORIGINAL_PREDICTIONS)
         .into());
     }
-    let expected = validation_layout(
-        n,
-        manifest.model.input_dim,
-        has(VALIDATION_DIFFICULTY),
-        has(VALIDATION_ORIGINAL_PREDICTIONS),
-    );
+    let (first, n, tokens) = if manifest.model.decoder.is_some() {
+        // A decoder's sequences: N >= 1 of T >= 2 tokens (a label needs a next token).
+        match file.header.get(VALIDATION_INPUT_IDS) {
+            Some(e) if e.shape.len() == 2 && e.shape[0] >= 1 && e.shape[1] >= 2 => {
+                (VALIDATION_INPUT_IDS, e.shape[0], e.shape[1])
+            }
+            Some(e) => {
+                return Err(bad(
+                    "input_ids of shape [N >= 1, T >= 2]".into(),
+                    shape_string(&e.shape),
+                )
+                .tensor(VALIDATION_INPUT_IDS)
+                .into())
+            }
+            None => return Err(bad("a tensor named input_ids".into(), "none".into()).into()),
+        }
+    } else {
+        match file.header.get(VALIDATION_INPUTS) {
+            Some(e) if e.shape.len() == 2 && e.shape[0] >= 1 => (VALIDATION_INPUTS, e.shape[0], 0),
+            Some(e) => {
+                return Err(bad(
+                    format!("inputs of shape [N >= 1, {}]", manifest.model.input_dim),
+                    shape_string(&e.shape),
+                )
+                .tensor(VALIDATION_INPUTS)
+                .into())
+            }
+            None => return Err(bad("a tensor named inputs".into(), "none".into()).into()),
+        }
+    };
+    let expected = if manifest.model.decoder.is_some() {
+        decoder_validation_layout(
+            n,
+            tokens,
+            has(VALIDATION_DIFFICULTY),
+            has(VALIDATION_ORIGINAL_PREDICTIONS),
+        )
+    } else {
+        validation_layout(
+            n,
+            manifest.model.input_dim,
+            has(VALIDATION_DIFFICULTY),
+            has(VALIDATION_ORIGINAL_PREDICTIONS),
+        )
+    };
     check_tensor_set(
         file,
         &expected,
@@ -234,7 +264,8 @@ pub(crate) fn check_validation_file(
     };
     Ok(ValidationRanges {
         samples: n as usize,
-        inputs: range(VALIDATION_INPUTS)?,
+        tokens: tokens as usize,
+        inputs: range(first)?,
         labels: range(VALIDATION_LABELS)?,
         difficulty: file.range(VALIDATION_DIFFICULTY),
         original_predictions: file.range(VALIDATION_ORIGINAL_PREDICTIONS),

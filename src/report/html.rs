@@ -67,10 +67,9 @@ fn summary(d: &ReportData) -> Markup {
         @match &d.inspection {
             Err(e) => p class="fail" { "The bundle does not open: " (e) },
             Ok(i) => {
-                @let widths: Vec<String> = std::iter::once(i.model.input_dim).chain(i.model.layers.iter().map(|l| l.out_features)).map(|w| w.to_string()).collect();
                 table {
                     tr { th { "format" } td { (i.format) " " (i.format_version) } }
-                    tr { th { "model" } td { (widths.join(" → ")) " (" (i.model.layers.len()) " layers)" } }
+                    tr { th { "model" } td { (i.model.describe()) } }
                     tr { th { "parameters" } td { (i.totals.parameters) " (" (i.totals.quantized_parameters) " ternary)" } }
                     tr { th { "quantization" } td { (i.quantization.method) ", " (i.quantization.encoding) ", " (i.quantization.granularity) } }
                     tr { th { "ternary.safetensors" } td { (size(i.totals.ternary_bytes)) " (" (format!("{:.2}", i.totals.bits_per_weight)) " bits per ternary weight)" } }
@@ -80,7 +79,7 @@ fn summary(d: &ReportData) -> Markup {
                 }
                 table {
                     tr { th { "layer" } th { "shape" } th { "activation" } th { "" } }
-                    @for l in &i.model.layers {
+                    @for l in i.model.layers.as_deref().unwrap_or_default() {
                         tr { td { (l.name) } td { (l.in_features) " → " (l.out_features) } td { (l.activation) } td { @if l.rmsnorm { "rmsnorm " } @if l.bias { "bias" } } }
                     }
                 }

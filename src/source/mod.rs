@@ -242,19 +242,42 @@ impl TensorSource for MemorySource {
 pub struct ValidationSet {
     /// Where it came from (named in errors).
     pub origin: PathBuf,
-    /// Inputs, `[n, input_dim]` row-major.
+    /// Inputs, `[n, input_dim]` row-major (empty for a decoder's token sequences).
     pub inputs: Vec<f32>,
-    /// Labels, `[n]`.
+    /// A decoder's token sequences, `[n, tokens]` (then `inputs` is empty).
+    pub input_ids: Option<TokenIds>,
+    /// Labels, `[n]` (a decoder: the next token of every position but the last, `[n, tokens - 1]`).
     pub labels: Vec<i64>,
     /// Optional difficulty per sample, `[n]`.
     pub difficulty: Option<Vec<u8>>,
+}
+
+/// Token sequences of a language model's validation set: `ids` is `[n, tokens]` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenIds {
+    /// Tokens per sequence (T >= 2).
+    pub tokens: usize,
+    /// The ids, row-major.
+    pub ids: Vec<i64>,
+}
+
+impl ValidationSet {
+    /// Sequences (a decoder's) or rows (a chain of layers).
+    pub fn samples(&self) -> usize {
+        match &self.input_ids {
+            Some(t) => t.ids.len().checked_div(t.tokens).unwrap_or(0),
+            None => self.labels.len(),
+        }
+    }
 }
 
 /// Loads a labelled data set for `bundle create --validation`: `inputs` F32 `[N, D]`, `labels`
 /// I64 `[N]`, optional `difficulty` U8 `[N]` (rule 6.1; sizes against the model are checked when
 /// the bundle is written).
 pub fn load_validation_set(path: &Path) -> Result<ValidationSet> {
-    use crate::format::layout::{VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_LABELS};
+    use crate::format::layout::{
+        VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
+    };
     let src = CheckpointSource::open(path)?;
     let bad = |tensor: &str, expected: String, found: String| -> Error {
         Violation::new(path, Rule::ValidationTensors, expected, found)
@@ -275,16 +298,61 @@ pub fn load_validation_set(path: &Path) -> Result<ValidationSet> {
             )),
         }
     };
+    let difficulty = get(VALIDATION_DIFFICULTY, Dtype::U8, 1)?.map(|(_, b)| b);
+    if let Some((shape, ids)) = get(VALIDATION_INPUT_IDS, Dtype::I64, 2)? {
+        // A language model's sequences: labels are the next tokens, given or derived.
+        let (n, t) = (shape[0], shape[1]);
+        if n == 0 || t < 2 {
+            return Err(bad(
+                VALIDATION_INPUT_IDS,
+                "I64 [N >= 1, T >= 2] (a label needs a next token)".into(),
+                shape_string(shape),
+            ));
+        }
+        let ids: Vec<i64> = le::i64s(ids).collect();
+        let labels: Vec<i64> = match get(VALIDATION_LABELS, Dtype::I64, 2)? {
+            Some((s, l)) if s == [n, t - 1] => le::i64s(l).collect(),
+            Some((s, _)) => {
+                return Err(bad(
+                    VALIDATION_LABELS,
+                    format!("shape [{n}, {}] (the next token of each position)", t - 1),
+                    shape_string(s),
+                ))
+            }
+            None => ids
+                .chunks_exact(t as usize)
+                .flat_map(|row| row[1..].to_vec())
+                .collect(),
+        };
+        if let Some(d) = difficulty {
+            if d.len() as u64 != n {
+                return Err(bad(
+                    VALIDATION_DIFFICULTY,
+                    format!("shape [{n}] (one per sequence)"),
+                    format!("[{}]", d.len()),
+                ));
+            }
+        }
+        return Ok(ValidationSet {
+            origin: path.to_path_buf(),
+            inputs: Vec::new(),
+            input_ids: Some(TokenIds {
+                tokens: t as usize,
+                ids,
+            }),
+            labels,
+            difficulty: difficulty.map(<[u8]>::to_vec),
+        });
+    }
     let (input_shape, inputs) = get(VALIDATION_INPUTS, Dtype::F32, 2)?.ok_or_else(|| {
         bad(
             VALIDATION_INPUTS,
-            "a tensor F32 [N, input_dim]".into(),
+            "a tensor F32 [N, input_dim] (or I64 input_ids [N, T] for a language model)".into(),
             "none".into(),
         )
     })?;
     let (label_shape, labels) = get(VALIDATION_LABELS, Dtype::I64, 1)?
         .ok_or_else(|| bad(VALIDATION_LABELS, "a tensor I64 [N]".into(), "none".into()))?;
-    let difficulty = get(VALIDATION_DIFFICULTY, Dtype::U8, 1)?.map(|(_, b)| b);
     let n = input_shape[0];
     if label_shape[0] != n {
         return Err(bad(
@@ -296,6 +364,7 @@ pub fn load_validation_set(path: &Path) -> Result<ValidationSet> {
     Ok(ValidationSet {
         origin: path.to_path_buf(),
         inputs: le::f32s(inputs).collect(),
+        input_ids: None,
         labels: le::i64s(labels).collect(),
         difficulty: difficulty.map(<[u8]>::to_vec),
     })

@@ -7,10 +7,14 @@ use std::time::Instant;
 use serde_json::json;
 
 use crate::error::Result;
-use crate::model::chunks::chunk_rows;
+use crate::format::decoder::DecoderSpec;
+use crate::model::bundle_decoder::BundleDecoder;
+use crate::model::chunks::{chunk_rows, decoder_sequences};
+use crate::model::decoder::{self, next_token_predictions, SourceWeights};
 use crate::model::reference::{argmax_rows, forward_bundle, forward_source, WeightPath};
 use crate::read::Bundle;
-use crate::source::CheckpointSource;
+use crate::source::hf::HfModel;
+use crate::source::{CheckpointSource, TensorSource};
 use crate::verify::integrity::fail_with;
 use crate::verify::options::VerifyOptions;
 use crate::verify::runner::Fail;
@@ -198,6 +202,29 @@ impl<'b> ModelRuns<'b> {
                     ternary_seconds: 0.0,
                     fp16_seconds: 0.0,
                 };
+                if let Some(spec) = b.decoder() {
+                    let (ternary, fp16) = (
+                        BundleDecoder::new(b, WeightPath::Ternary)?,
+                        BundleDecoder::new(b, WeightPath::Fp16)?,
+                    );
+                    for seqs in sequence_chunks(samples, spec) {
+                        let ids = samples.ids(seqs);
+                        let start = Instant::now();
+                        let t = decoder::forward(spec, &ternary, ids.view())?;
+                        let middle = Instant::now();
+                        let f = decoder::forward(spec, &fp16, ids.view())?;
+                        p.ternary_seconds += (middle - start).as_secs_f64();
+                        p.fp16_seconds += middle.elapsed().as_secs_f64();
+                        p.ternary.extend(next_token_predictions(&t));
+                        p.fp16.extend(next_token_predictions(&f));
+                        p.max_logit_difference = t
+                            .iter()
+                            .zip(f.iter())
+                            .map(|(a, b)| (a - b).abs() as f64)
+                            .fold(p.max_logit_difference, f64::max);
+                    }
+                    return Ok(p);
+                }
                 for rows in samples.chunks(chunk_rows(&b.manifest().model)) {
                     let x = samples.rows(rows);
                     let start = Instant::now();
@@ -230,6 +257,18 @@ impl<'b> ModelRuns<'b> {
                     return Ok(p.fp16.clone());
                 }
                 let mut out = Vec::with_capacity(samples.len());
+                if let Some(spec) = self.bundle.decoder() {
+                    let fp16 = BundleDecoder::new(self.bundle, WeightPath::Fp16)?;
+                    for seqs in sequence_chunks(samples, spec) {
+                        let ids = samples.ids(seqs);
+                        out.extend(next_token_predictions(&decoder::forward(
+                            spec,
+                            &fp16,
+                            ids.view(),
+                        )?));
+                    }
+                    return Ok(out);
+                }
                 for rows in samples.chunks(chunk_rows(&self.bundle.manifest().model)) {
                     let x = samples.rows(rows);
                     out.extend(argmax_rows(&forward_bundle(
@@ -257,6 +296,9 @@ impl<'b> ModelRuns<'b> {
         })?;
         self.reference
             .get_or_init(|| {
+                if let Some(spec) = self.bundle.decoder() {
+                    return decoder_reference(samples, spec, path);
+                }
                 let original = CheckpointSource::open(path)?;
                 let model = &self.bundle.manifest().model;
                 let activations = &self.bundle.facts().activations;
@@ -285,4 +327,60 @@ impl<'b> ModelRuns<'b> {
             .as_ref()
             .map_err(fail_with)
     }
+}
+
+/// Consecutive ranges of a decoder's sequences, as many per chunk as the memory bound allows.
+fn sequence_chunks(
+    samples: &Samples<'_>,
+    spec: &DecoderSpec,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let (n, t) = samples.sequence_shape().unwrap_or((0, 1));
+    let step = decoder_sequences(spec, t);
+    (0..n).step_by(step).map(move |s| s..(s + step).min(n))
+}
+
+/// The original decoder's next-token predictions, recomputed from `--reference` (a model
+/// directory, or a safetensors checkpoint in transformers' naming), and the near-ties.
+fn decoder_reference(
+    samples: &Samples<'_>,
+    spec: &DecoderSpec,
+    path: &std::path::Path,
+) -> Result<Recomputed> {
+    let hf;
+    let ckpt;
+    let source: &dyn TensorSource = if path.is_dir() {
+        hf = HfModel::open(path)?;
+        &hf
+    } else {
+        ckpt = CheckpointSource::open(path)?;
+        &ckpt
+    };
+    let weights = SourceWeights::new(spec, source)?;
+    let stored = samples.original_predictions();
+    let mut r = Recomputed {
+        predictions: Vec::with_capacity(samples.len()),
+        near_tie: Vec::with_capacity(samples.len()),
+        sha256: source.sha256().unwrap_or_default(),
+    };
+    for seqs in sequence_chunks(samples, spec) {
+        let ids = samples.ids(seqs);
+        let logits = decoder::forward(spec, &weights, ids.view())?;
+        let (_, t, v) = logits.dim();
+        let positions = logits
+            .slice(ndarray::s![.., ..t - 1, ..])
+            .to_shape((ids.nrows() * (t - 1), v))
+            .map_err(|e| crate::error::Error::InvalidArgument(format!("logits: {e}")))?
+            .to_owned();
+        let first = r.predictions.len();
+        let predictions = argmax_rows(&positions);
+        for (k, (row, &p)) in positions.rows().into_iter().zip(&predictions).enumerate() {
+            let tie = stored.is_some_and(|s| {
+                let scale = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                row[p] - row[s[first + k]] <= NEAR_TIE * scale
+            });
+            r.near_tie.push(tie);
+        }
+        r.predictions.extend(predictions);
+    }
+    Ok(r)
 }

@@ -23,16 +23,32 @@ enum Origin<'b> {
     Synthetic(u64),
 }
 
-/// The model checks' inputs and labels.
+/// Tokens per synthetic sequence when a decoder's bundle has no validation set.
+pub const SYNTHETIC_TOKENS: usize = 16;
+
+/// A decoder's token sequences: `n` of `tokens` ids, from the validation set's `input_ids`
+/// (little-endian I64) or drawn uniformly from the vocabulary (sequence `i` from ChaCha8 seeded
+/// with the seed, stream `i + 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sequences {
+    n: usize,
+    tokens: usize,
+    vocab: usize,
+}
+
+/// The model checks' inputs and labels. For a decoder a sample is a position of a sequence
+/// (every position but the last, whose next token is its label): labels, predictions and
+/// difficulties are per position, sequences are run whole.
 #[derive(Debug, Clone)]
 pub struct Samples<'b> {
     origin: Origin<'b>,
     width: usize,
+    sequences: Option<Sequences>,
     labels: Vec<usize>,
     /// The original model's predictions stored with a validation set (rule 6.3).
     original: Option<Vec<usize>>,
-    /// Difficulty per sample, when the validation set has one.
-    difficulty: Option<&'b [u8]>,
+    /// Difficulty per sample, when the validation set has one (a decoder's: its sequence's).
+    difficulty: Option<Vec<u8>>,
 }
 
 impl<'b> Samples<'b> {
@@ -40,17 +56,20 @@ impl<'b> Samples<'b> {
     /// otherwise `samples` synthetic inputs of the model's input width, with labels drawn
     /// uniformly from the classes (ChaCha8 seeded with `seed`, stream 0).
     pub fn of_bundle(bundle: &'b Bundle, samples: usize, seed: u64) -> Result<Self> {
+        if let Some(spec) = bundle.decoder() {
+            return Self::of_decoder(bundle, spec.vocab_size, samples, seed);
+        }
         let width = bundle.manifest().model.input_dim as usize;
         if let Some(v) = bundle.validation() {
             checks::check_validation_values(bundle)?;
             // Rules 6.2 and 6.3 proved every label and prediction a class index.
-            let classes = |b| crate::format::le::i64s(b).map(|l| l as usize).collect();
             return Ok(Samples {
                 origin: Origin::Validation(v.inputs),
                 width,
+                sequences: None,
                 labels: classes(v.labels),
                 original: v.original_predictions.map(classes),
-                difficulty: v.difficulty,
+                difficulty: v.difficulty.map(<[u8]>::to_vec),
             });
         }
         let classes = bundle.classes().max(1) as usize;
@@ -59,10 +78,94 @@ impl<'b> Samples<'b> {
         Ok(Samples {
             origin: Origin::Synthetic(seed),
             width,
+            sequences: None,
             labels,
             original: None,
             difficulty: None,
         })
+    }
+
+    /// A decoder's sequences: the validation set's (labels, predictions and difficulty per
+    /// position), or `max(1, samples / 16)` synthetic sequences of 16 tokens whose labels are
+    /// their next tokens.
+    fn of_decoder(bundle: &'b Bundle, vocab: usize, samples: usize, seed: u64) -> Result<Self> {
+        if let Some(v) = bundle.validation() {
+            checks::check_validation_values(bundle)?;
+            let per = v.tokens.saturating_sub(1);
+            return Ok(Samples {
+                origin: Origin::Validation(v.inputs),
+                width: 0,
+                sequences: Some(Sequences {
+                    n: v.samples,
+                    tokens: v.tokens,
+                    vocab,
+                }),
+                labels: classes(v.labels),
+                original: v.original_predictions.map(classes),
+                difficulty: v.difficulty.map(|d| {
+                    d.iter()
+                        .flat_map(|&l| std::iter::repeat_n(l, per))
+                        .collect()
+                }),
+            });
+        }
+        let mut s = Samples {
+            origin: Origin::Synthetic(seed),
+            width: 0,
+            sequences: Some(Sequences {
+                n: (samples / SYNTHETIC_TOKENS).max(1),
+                tokens: SYNTHETIC_TOKENS,
+                vocab,
+            }),
+            labels: Vec::new(),
+            original: None,
+            difficulty: None,
+        };
+        let (n, _) = s.sequence_shape().expect("a decoder's");
+        let ids = s.ids(0..n);
+        s.labels = ids
+            .rows()
+            .into_iter()
+            .flat_map(|row| {
+                row.iter()
+                    .skip(1)
+                    .map(|&id| id as usize)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Ok(s)
+    }
+
+    /// A decoder's sequences as (count, tokens each); `None` for a chain of layers.
+    pub fn sequence_shape(&self) -> Option<(usize, usize)> {
+        self.sequences.map(|s| (s.n, s.tokens))
+    }
+
+    /// The token ids of sequences `seqs`, `[seqs.len(), tokens]` (a decoder's samples only;
+    /// empty otherwise). `seqs` must lie within the sequences.
+    pub fn ids(&self, seqs: Range<usize>) -> Array2<i64> {
+        let Some(sq) = self.sequences else {
+            return Array2::zeros((0, 0));
+        };
+        assert!(seqs.end <= sq.n, "sequences {seqs:?} of {}", sq.n);
+        let t = sq.tokens;
+        match self.origin {
+            Origin::Validation(bytes) => {
+                let values: Vec<i64> =
+                    crate::format::le::i64s(&bytes[8 * t * seqs.start..8 * t * seqs.end]).collect();
+                Array2::from_shape_vec((seqs.len(), t), values).expect("whole sequences")
+            }
+            Origin::Synthetic(seed) => {
+                let mut x = Array2::zeros((seqs.len(), t));
+                for (mut row, i) in x.rows_mut().into_iter().zip(seqs) {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    rng.set_stream(i as u64 + 1);
+                    row.iter_mut()
+                        .for_each(|v| *v = rng.random_range(0..sq.vocab.max(1)) as i64);
+                }
+                x
+            }
+        }
     }
 
     /// Number of samples.
@@ -101,7 +204,7 @@ impl<'b> Samples<'b> {
 
     /// The difficulty of each sample, when the validation set has one.
     pub fn difficulty(&self) -> Option<&[u8]> {
-        self.difficulty
+        self.difficulty.as_deref()
     }
 
     /// The inputs of samples `rows`, `[rows.len(), input_dim]`. `rows` must lie within
@@ -135,6 +238,12 @@ impl<'b> Samples<'b> {
     }
 }
 
+/// Little-endian I64 values (labels, predictions: rules 6.2 and 6.3 proved them classes) as
+/// indices.
+fn classes(bytes: &[u8]) -> Vec<usize> {
+    crate::format::le::i64s(bytes).map(|l| l as usize).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +253,7 @@ mod tests {
         let s = Samples {
             origin: Origin::Synthetic(9),
             width: 5,
+            sequences: None,
             labels: vec![0; 10],
             original: None,
             difficulty: None,
@@ -170,6 +280,7 @@ mod tests {
         let s = Samples {
             origin: Origin::Validation(&bytes),
             width: 4,
+            sequences: None,
             labels: vec![1, 2, 0],
             original: None,
             difficulty: None,

@@ -123,6 +123,7 @@ pub fn infer_arch(
     Ok(ModelSpec {
         input_dim: layers[0].in_features,
         layers,
+        decoder: None,
     })
 }
 

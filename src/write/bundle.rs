@@ -17,9 +17,11 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{escape_name, Error, Result, Violation};
+use crate::format::decoder::DecoderSpec;
 use crate::format::layout::{
-    fp16_layout, ternary_layout, validation_layout, VALIDATION_DIFFICULTY, VALIDATION_INPUTS,
-    VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
+    decoder_validation_layout, fp16_layout, ternary_layout, validation_layout,
+    VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
+    VALIDATION_ORIGINAL_PREDICTIONS,
 };
 use crate::format::manifest::{
     FileEntry, FileRole, FileTable, FormatVersion, Manifest, ManifestFacts, ModelSpec, Provenance,
@@ -28,6 +30,7 @@ use crate::format::manifest::{
 use crate::format::quantization::QuantParams;
 use crate::format::rules::Rule;
 use crate::format::safetensors::{plan_layout, Header};
+use crate::model::decoder::{self, SourceWeights};
 use crate::model::reference::source_predictions;
 use crate::quant::dequantize::dequantize_tensor_f16;
 use crate::quant::quantize::{quantize, quantize_with_scales, QuantStats};
@@ -113,8 +116,9 @@ pub fn write_bundle_with_progress(
     // the validation inputs (rule 6.3): the source weights as read, before quantization, run by
     // the reference model in f32.
     let (mut manifest, facts) = draft_manifest(dest, source, plan, options)?;
-    let original_predictions = match &options.validation {
-        Some(v) => {
+    let original_predictions = match (&options.validation, &facts.decoder) {
+        (Some(v), Some(spec)) => Some(decoder_validation_predictions(spec, source, v)?),
+        (Some(v), None) => {
             check_validation_set(v, &plan.model)?;
             Some(source_predictions(
                 source,
@@ -123,7 +127,7 @@ pub fn write_bundle_with_progress(
                 &v.inputs,
             )?)
         }
-        None => None,
+        (None, _) => None,
     };
 
     let staging = Staging::create(dest)?;
@@ -140,8 +144,7 @@ pub fn write_bundle_with_progress(
         manifest.provenance.source_sha256 = Some(d);
     }
     if let (Some(v), Some(p)) = (&options.validation, &original_predictions) {
-        manifest.files.validation =
-            Some(write_validation(&staging.dir, v, p, plan.model.input_dim)?);
+        manifest.files.validation = Some(write_validation(&staging.dir, v, p, &plan.model)?);
     }
     write_manifest(&staging.dir, &dest.join(MANIFEST_FILE), &mut manifest)?;
     sync_dir(&staging.dir)?;
@@ -208,9 +211,11 @@ fn draft_manifest(
     };
     // The lowest version whose rules the bundle satisfies (spec section 13): original
     // predictions, written with every validation set, need 2.0; 1.0 readers open the rest.
-    let version = match options.validation {
-        Some(_) => FormatVersion::V2_0,
-        None => FormatVersion::V1_0,
+    // A decoder needs 3.0.
+    let version = match (&options.validation, &plan.model.decoder) {
+        (_, Some(_)) => FormatVersion::V3_0,
+        (Some(_), None) => FormatVersion::V2_0,
+        (None, None) => FormatVersion::V1_0,
     };
     let manifest = Manifest {
         format: FORMAT_NAME.into(),
@@ -428,26 +433,79 @@ fn check_validation_set(v: &ValidationSet, model: &ModelSpec) -> Result<()> {
     )
 }
 
+/// A decoder's validation set fits its model (rules 6.1 and 6.2: N >= 1 sequences of T >= 2
+/// tokens, T - 1 labels each, every id and label a token), and the original model's predictions
+/// on it (rule 6.3): the source weights as read, run by the reference decoder in f32.
+fn decoder_validation_predictions(
+    spec: &DecoderSpec,
+    source: &dyn TensorSource,
+    v: &ValidationSet,
+) -> Result<Vec<usize>> {
+    let bad = |expected: String, found: String| -> Error {
+        Violation::new(&v.origin, Rule::ValidationTensors, expected, found).into()
+    };
+    let Some(ids) = &v.input_ids else {
+        return Err(bad(
+            "token sequences input_ids I64 [N, T] for a language model".into(),
+            "inputs of a chain of layers".into(),
+        ));
+    };
+    let (t, n) = (ids.tokens, v.samples());
+    if t < 2 || n == 0 || ids.ids.len() != n * t || v.labels.len() != n * (t - 1) {
+        return Err(bad(
+            "N >= 1 sequences of T >= 2 tokens, T - 1 labels each".into(),
+            format!(
+                "{} ids and {} labels in sequences of {t}",
+                ids.ids.len(),
+                v.labels.len()
+            ),
+        ));
+    }
+    if let Some(d) = v.difficulty.as_ref().filter(|d| d.len() != n) {
+        return Err(bad(
+            format!("difficulty of shape [{n}]"),
+            format!("[{}]", d.len()),
+        ));
+    }
+    let vocab = spec.vocab_size as u64;
+    crate::read::checks::token_values(&v.origin, &ids.ids, &v.labels, vocab)?;
+    let ids = ndarray::ArrayView2::from_shape((n, t), &ids.ids)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", v.origin.display())))?;
+    decoder::predictions(spec, &SourceWeights::new(spec, source)?, ids)
+}
+
 fn write_validation(
     dir: &Path,
     v: &ValidationSet,
     original_predictions: &[usize],
-    input_dim: u64,
+    model: &ModelSpec,
 ) -> Result<FileEntry> {
     let path = dir.join(FileRole::Validation.file_name());
-    let n = v.labels.len() as u64;
-    let tensors = validation_layout(n, input_dim, v.difficulty.is_some(), true);
+    let n = v.samples() as u64;
+    let (tensors, first) = match &v.input_ids {
+        Some(ids) => (
+            decoder_validation_layout(n, ids.tokens as u64, v.difficulty.is_some(), true),
+            VALIDATION_INPUT_IDS,
+        ),
+        None => (
+            validation_layout(n, model.input_dim, v.difficulty.is_some(), true),
+            VALIDATION_INPUTS,
+        ),
+    };
     let (prefix, header) = plan_layout(tensors, &[])?;
     let file = create_sized(&path, &prefix, &header)?;
     let mut digests = HashMap::new();
-    let inputs: Vec<u8> = v.inputs.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let inputs: Vec<u8> = match &v.input_ids {
+        Some(ids) => ids.ids.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        None => v.inputs.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    };
     let labels: Vec<u8> = v.labels.iter().flat_map(|x| x.to_le_bytes()).collect();
     let predictions: Vec<u8> = original_predictions
         .iter()
         .flat_map(|&c| (c as i64).to_le_bytes())
         .collect();
     let mut data = vec![
-        (VALIDATION_INPUTS, inputs.as_slice()),
+        (first, inputs.as_slice()),
         (VALIDATION_LABELS, labels.as_slice()),
         (VALIDATION_ORIGINAL_PREDICTIONS, predictions.as_slice()),
     ];

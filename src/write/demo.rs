@@ -150,6 +150,7 @@ impl DemoSource {
                     }
                 })
                 .collect(),
+            decoder: None,
         }
     }
 
@@ -296,6 +297,7 @@ impl DemoSource {
             difficulty.push(level as u8 + 1);
         }
         ValidationSet {
+            input_ids: None,
             origin: self.label.clone(),
             inputs,
             labels,

@@ -21,12 +21,21 @@ pub struct BundlePlan {
 
 /// The tensors to quantize: those matching any of `patterns` (globs: `*`, `?`, `[abc]`; a
 /// pattern that matches nothing is an error), or by default every 2-D tensor named `*.weight`
-/// that is a layer weight of `model`.
+/// that is a layer weight of `model` (for a decoder: the seven projections of every layer).
 pub fn select_quantized(
     tensors: &[SourceTensor],
     model: &ModelSpec,
     patterns: &[String],
 ) -> Result<BTreeSet<String>> {
+    if patterns.is_empty() && model.decoder.is_some() {
+        // A decoder: the seven projections of every layer (embeddings, norms and an untied head
+        // stay F32).
+        return Ok(tensors
+            .iter()
+            .filter(|t| crate::format::decoder::is_projection(&t.name))
+            .map(|t| t.name.clone())
+            .collect());
+    }
     if patterns.is_empty() {
         let layer_weights: BTreeSet<&str> =
             model.layers.iter().map(|l| l.weight.as_str()).collect();

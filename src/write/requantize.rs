@@ -134,6 +134,7 @@ impl TensorSource for RestrictedSource<'_> {
 fn bundle_validation_set(bundle: &Bundle) -> Option<ValidationSet> {
     let f = bundle.file(FileRole::Validation)?;
     Some(ValidationSet {
+        input_ids: None,
         origin: f.path().to_path_buf(),
         inputs: to_f32(Dtype::F32, f.tensor_bytes(VALIDATION_INPUTS)?)?,
         labels: le::i64s(f.tensor_bytes(VALIDATION_LABELS)?).collect(),

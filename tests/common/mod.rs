@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: small deterministic models and bundle surgery.
 #![allow(dead_code)]
 
+pub mod decoder;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ pub fn values(seed: u64, n: usize) -> Vec<f32> {
 /// both weights quantized with the default parameters.
 pub fn two_layer_plan(input: u64, hidden: u64, out: u64) -> BundlePlan {
     let model = ModelSpec {
+        decoder: None,
         input_dim: input,
         layers: vec![
             LayerSpec {
@@ -157,6 +160,7 @@ pub mod surgery;
 /// `i % 4`, named `val.safetensors` in errors.
 pub fn validation_set(n: usize) -> ValidationSet {
     ValidationSet {
+        input_ids: None,
         origin: PathBuf::from("val.safetensors"),
         inputs: values(9, n * 7),
         labels: (0..n as i64).map(|i| i % 5).collect(),

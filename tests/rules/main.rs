@@ -12,6 +12,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod r1_layout;
+mod r2_decoder;
 mod r2_manifest;
 mod r3_safetensors;
 mod r4_ternary;
@@ -160,6 +161,7 @@ fn rebuild_source(src: &MemorySource, name: &str, values: Vec<f32>) -> MemorySou
 fn every_rule_has_a_test() {
     let src = [
         include_str!("r1_layout.rs"),
+        include_str!("r2_decoder.rs"),
         include_str!("r2_manifest.rs"),
         include_str!("r3_safetensors.rs"),
         include_str!("r4_ternary.rs"),

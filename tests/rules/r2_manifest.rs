@@ -253,19 +253,23 @@ fn rule_2_4_format_version_missing_or_not_a_string() {
 }
 
 #[test]
-fn rule_2_4_major_3_is_refused_naming_both_versions() {
+fn rule_2_4_major_4_is_refused_naming_both_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
-    edit_manifest(&dir, |m| m["format_version"] = json!("3.0"));
-    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "3.0", "1.0", "2.0"]);
+    edit_manifest(&dir, |m| m["format_version"] = json!("4.0"));
+    open_violation(
+        &dir,
+        Rule::FormatVersion,
+        &[MANIFEST, "4.0", "1.0", "2.0", "3.0"],
+    );
 }
 
 #[test]
-fn rule_2_4_majors_1_and_2_are_both_read() {
-    // A 2.x reader opens 1.x bundles, and a bundle that meets the 1.0 rules is also a valid
-    // 2.0 bundle (2.0 only adds an optional tensor).
+fn rule_2_4_majors_1_2_and_3_are_all_read() {
+    // A 3.x reader opens 1.x and 2.x bundles, and a bundle that meets the 1.0 rules is also a
+    // valid 2.0 and 3.0 bundle (2.0 adds an optional tensor, 3.0 the decoder form of `model`).
     let tmp = tempfile::tempdir().unwrap();
-    for v in ["1.0", "2.0", "2.3"] {
+    for v in ["1.0", "2.0", "2.3", "3.0", "3.1"] {
         let dir = tiny_bundle(&tmp, v, |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
         let b = Bundle::open(&dir).unwrap();
@@ -275,16 +279,16 @@ fn rule_2_4_majors_1_and_2_are_both_read() {
 }
 
 #[test]
-fn rule_2_4_major_3_with_a_different_structure_is_a_version_error() {
+fn rule_2_4_major_4_with_a_different_structure_is_a_version_error() {
     // A future MAJOR may change the structure: the version is reported, not a missing field.
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
     edit_manifest(&dir, |m| {
-        m["format_version"] = json!("3.0");
+        m["format_version"] = json!("4.0");
         m.as_object_mut().unwrap().remove("files");
         m["model"] = json!("a graph");
     });
-    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "3.0", "2.0"]);
+    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "4.0", "3.0"]);
 }
 
 #[test]
@@ -319,7 +323,7 @@ fn rule_2_4_malformed_versions() {
 #[test]
 fn rule_2_4_other_majors_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    for (i, v) in ["0.9", "0.0", "3.1", "999999999.0"].into_iter().enumerate() {
+    for (i, v) in ["0.9", "0.0", "4.1", "999999999.0"].into_iter().enumerate() {
         let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
         open_violation(&dir, Rule::FormatVersion, &[MANIFEST, v, "1.0", "2.0"]);

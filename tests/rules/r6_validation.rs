@@ -139,6 +139,7 @@ fn rule_6_1_writer_refuses_an_empty_validation_set() {
     let (src, plan) = common::tiny_model(7);
     let options = WriteOptions {
         validation: Some(ValidationSet {
+            input_ids: None,
             origin: "val.safetensors".into(),
             inputs: vec![],
             labels: vec![],

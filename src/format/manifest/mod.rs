@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{excerpt, Result, Violation};
 use crate::format::activation::Activation;
+use crate::format::decoder::DecoderSpec;
 use crate::format::limits::MAX_MANIFEST_BYTES;
 use crate::format::quantization::QuantParams;
 use crate::format::rules::Rule;
@@ -58,13 +59,137 @@ pub struct Manifest {
     pub manifest_sha256: String,
 }
 
-/// `model`: input dimension and the ordered layers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `model`: either a chain of dense layers (`input_dim` and `layers`, rule 2.9) or a
+/// decoder-only language model (`decoder`, rules 2.13 and 2.14, format 3.0). For a decoder,
+/// `input_dim` is 0 and `layers` is empty; the JSON holds the one form or the other, never both.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
-    /// Width of the model's input.
+    /// Width of the model's input (a chain of layers; 0 for a decoder).
     pub input_dim: u64,
-    /// Layers, applied in order.
+    /// Layers, applied in order (empty for a decoder).
     pub layers: Vec<LayerSpec>,
+    /// The decoder-only language model, when the bundle holds one.
+    pub decoder: Option<DecoderModelSpec>,
+}
+
+/// `model.decoder`: a decoder-only transformer of the Llama or BitNet b1.58 family, with the
+/// keys and meaning of transformers' config.json (rule 2.13). Its tensors are those of rule 2.14.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderModelSpec {
+    /// `"llama"` or `"bitnet"`.
+    pub family: String,
+    /// Tokens in the vocabulary.
+    pub vocab_size: u64,
+    /// Width of the residual stream.
+    pub hidden_size: u64,
+    /// Width of the gated MLP.
+    pub intermediate_size: u64,
+    /// Decoder layers.
+    pub num_hidden_layers: u64,
+    /// Query heads.
+    pub num_attention_heads: u64,
+    /// Key/value heads (grouped-query attention).
+    pub num_key_value_heads: u64,
+    /// Width of one head.
+    pub head_dim: u64,
+    /// RMSNorm epsilon (an f32, finite, > 0).
+    #[serde(deserialize_with = "exact_f32")]
+    pub rms_norm_eps: f32,
+    /// RoPE base (an f32, finite, > 0).
+    #[serde(deserialize_with = "exact_f32")]
+    pub rope_theta: f32,
+    /// Whether the output head is `model.embed_tokens.weight`.
+    pub tie_word_embeddings: bool,
+}
+
+impl DecoderModelSpec {
+    /// The manifest form of `spec`.
+    pub fn from_spec(spec: &DecoderSpec) -> Self {
+        DecoderModelSpec {
+            family: spec.family.name().into(),
+            vocab_size: spec.vocab_size as u64,
+            hidden_size: spec.hidden_size as u64,
+            intermediate_size: spec.intermediate_size as u64,
+            num_hidden_layers: spec.num_hidden_layers as u64,
+            num_attention_heads: spec.num_attention_heads as u64,
+            num_key_value_heads: spec.num_key_value_heads as u64,
+            head_dim: spec.head_dim as u64,
+            rms_norm_eps: spec.rms_norm_eps,
+            rope_theta: spec.rope_theta as f32,
+            tie_word_embeddings: spec.tie_word_embeddings,
+        }
+    }
+}
+
+impl Serialize for ModelSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Chain<'a> {
+            input_dim: u64,
+            layers: &'a [LayerSpec],
+        }
+        #[derive(Serialize)]
+        struct Decoder<'a> {
+            decoder: &'a DecoderModelSpec,
+        }
+        match &self.decoder {
+            Some(decoder) => Decoder { decoder }.serialize(s),
+            None => Chain {
+                input_dim: self.input_dim,
+                layers: &self.layers,
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    /// The form is chosen by the presence of `decoder` (rule 2.5 then applies to that form's
+    /// keys); `model` of a decoder with `input_dim` or `layers` as well is a schema error.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::{Error as _, IgnoredAny};
+        #[derive(Deserialize)]
+        struct Kind {
+            #[serde(default)]
+            decoder: Option<IgnoredAny>,
+            #[serde(default)]
+            input_dim: Option<IgnoredAny>,
+            #[serde(default)]
+            layers: Option<IgnoredAny>,
+        }
+        #[derive(Deserialize)]
+        struct Chain {
+            input_dim: u64,
+            layers: Vec<LayerSpec>,
+        }
+        #[derive(Deserialize)]
+        struct Decoder {
+            decoder: DecoderModelSpec,
+        }
+        let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+        let text = raw.get();
+        let in_model = |e: serde_json::Error| D::Error::custom(format_args!("model: {e}"));
+        let kind: Kind = serde_json::from_str(text).map_err(in_model)?;
+        if kind.decoder.is_none() {
+            let c: Chain = serde_json::from_str(text).map_err(in_model)?;
+            return Ok(ModelSpec {
+                input_dim: c.input_dim,
+                layers: c.layers,
+                decoder: None,
+            });
+        }
+        if kind.input_dim.is_some() || kind.layers.is_some() {
+            return Err(D::Error::custom(
+                "model: a decoder model (key decoder) has no input_dim or layers",
+            ));
+        }
+        let dec: Decoder = serde_json::from_str(text).map_err(in_model)?;
+        Ok(ModelSpec {
+            input_dim: 0,
+            layers: Vec::new(),
+            decoder: Some(dec.decoder),
+        })
+    }
 }
 
 /// One linear layer: `y = act(W . norm(x) + b)`.
@@ -286,11 +411,14 @@ impl FormatVersion {
     pub const V1_0: FormatVersion = FormatVersion { major: 1, minor: 0 };
     /// Version 2.0: the validation file may carry `original_predictions` (rules 6.1, 6.3).
     pub const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
+    /// Version 3.0: `model` may describe a decoder-only language model (rules 2.13, 2.14, and
+    /// its validation set, rule 6.1).
+    pub const V3_0: FormatVersion = FormatVersion { major: 3, minor: 0 };
     /// The newest version this crate knows. It reads every MAJOR from 1 to this one's (rule
     /// 2.4), and writes the lowest version whose rules a bundle satisfies (spec section 13).
-    pub const LATEST: FormatVersion = FormatVersion::V2_0;
+    pub const LATEST: FormatVersion = FormatVersion::V3_0;
 
-    /// Whether this reader opens bundles of this version: MAJOR 1 or 2, any MINOR (rule 2.4).
+    /// Whether this reader opens bundles of this version: MAJOR 1, 2 or 3, any MINOR (rule 2.4).
     pub fn is_supported(self) -> bool {
         (1..=FormatVersion::LATEST.major).contains(&self.major)
     }
@@ -305,6 +433,11 @@ impl FormatVersion {
     /// Whether the validation file may hold `original_predictions` (format 2.0 and later).
     pub fn allows_original_predictions(self) -> bool {
         self.major >= 2
+    }
+
+    /// Whether `model` may describe a decoder (format 3.0 and later, rule 2.13).
+    pub fn allows_decoder(self) -> bool {
+        self.major >= 3
     }
 
     /// Parses `"MAJOR.MINOR"`: decimal, no sign, no leading zeros, at most 9 digits each.
@@ -337,8 +470,10 @@ pub struct ManifestFacts {
     pub version: FormatVersion,
     /// Quantization settings.
     pub params: QuantParams,
-    /// Layer activations, in layer order.
+    /// Layer activations, in layer order (empty for a decoder).
     pub activations: Vec<Activation>,
+    /// The decoder the manifest describes (rule 2.13), or `None` for a chain of layers.
+    pub decoder: Option<DecoderSpec>,
     /// Position of each tensor in `tensors`, by name: lookups stay O(1) on manifests of many
     /// tensors (a linear search per tensor would make the data checks quadratic).
     pub tensor_index: HashMap<String, usize>,
@@ -402,7 +537,7 @@ impl Manifest {
                 path,
                 Rule::FormatVersion,
                 format!(
-                    "format version 1.x or 2.x (this reader supports 1.0 and {}, and newer minor versions of either)",
+                    "format version 1.x, 2.x or 3.x (this reader supports 1.0, 2.0 and {}, and newer minor versions of each)",
                     FormatVersion::LATEST
                 ),
                 format!("format version {version}"),

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::error::{escape_name, excerpt, Result, Violation};
 use crate::format::activation::Activation;
+use crate::format::decoder::{DecoderSpec, Family};
 use crate::format::encoding::Encoding;
 use crate::format::limits::{
     MAX_ELEMENTS, MAX_GROUP_SIZE, MAX_LAYERS, MAX_MANIFEST_TENSORS, MAX_QUANTIZED_NAME_BYTES,
@@ -14,7 +15,8 @@ use crate::format::limits::{
 };
 use crate::format::manifest::json::json_type;
 use crate::format::manifest::{
-    scale_tensor_name, FileRole, FormatVersion, Manifest, ManifestFacts, TensorSpec, METHOD_ABSMEAN,
+    scale_tensor_name, DecoderModelSpec, FileRole, FormatVersion, Manifest, ManifestFacts,
+    TensorSpec, METHOD_ABSMEAN,
 };
 use crate::format::names::name_problem;
 use crate::format::quantization::{rows_cols, Granularity, QuantParams};
@@ -27,7 +29,10 @@ impl Manifest {
     pub fn validate(&self, path: &Path, version: FormatVersion) -> Result<ManifestFacts> {
         let params = self.validate_quantization(path)?;
         let by_name = self.validate_tensors(path)?;
-        let activations = self.validate_model(path, &by_name)?;
+        let (activations, decoder) = match &self.model.decoder {
+            Some(d) => (Vec::new(), Some(self.validate_decoder(path, version, d)?)),
+            None => (self.validate_model(path, &by_name)?, None),
+        };
         self.validate_files(path)?;
         self.validate_provenance(path)?;
         if let Some(ext) = &self.extensions {
@@ -47,6 +52,7 @@ impl Manifest {
             version,
             params,
             activations,
+            decoder,
             tensor_index,
         })
     }
@@ -320,6 +326,117 @@ impl Manifest {
             width = l.out_features;
         }
         Ok(activations)
+    }
+
+    /// Rules 2.13 (the decoder's numbers make a model, in a format 3.x bundle) and 2.14 (the
+    /// tensors are exactly the decoder's, each with its shape).
+    fn validate_decoder(
+        &self,
+        path: &Path,
+        version: FormatVersion,
+        d: &DecoderModelSpec,
+    ) -> Result<DecoderSpec> {
+        let bad = |expected: String, found: String| {
+            Violation::new(path, Rule::DecoderModel, expected, found)
+        };
+        if !version.allows_decoder() {
+            return Err(bad(
+                "a decoder model only in a format 3.0 or later bundle".into(),
+                format!("model.decoder in a format {version} bundle"),
+            )
+            .into());
+        }
+        let family = match d.family.as_str() {
+            "llama" => Family::Llama,
+            "bitnet" => Family::Bitnet,
+            other => {
+                return Err(bad(
+                    "model.decoder.family \"llama\" or \"bitnet\"".into(),
+                    excerpt(other, 32),
+                )
+                .into())
+            }
+        };
+        let size = |key: &str, v: u64| {
+            usize::try_from(v).map_err(|_| {
+                bad(
+                    format!("model.decoder.{key} that fits in memory"),
+                    v.to_string(),
+                )
+            })
+        };
+        let spec = DecoderSpec {
+            family,
+            vocab_size: size("vocab_size", d.vocab_size)?,
+            hidden_size: size("hidden_size", d.hidden_size)?,
+            intermediate_size: size("intermediate_size", d.intermediate_size)?,
+            num_hidden_layers: size("num_hidden_layers", d.num_hidden_layers)?,
+            num_attention_heads: size("num_attention_heads", d.num_attention_heads)?,
+            num_key_value_heads: size("num_key_value_heads", d.num_key_value_heads)?,
+            head_dim: size("head_dim", d.head_dim)?,
+            rms_norm_eps: d.rms_norm_eps,
+            rope_theta: d.rope_theta as f64,
+            tie_word_embeddings: d.tie_word_embeddings,
+        };
+        spec.check().map_err(|e| {
+            // check() says "key: expected X, found Y".
+            let (key, problem) = e.split_once(": ").unwrap_or(("", &e));
+            let (want, found) = problem
+                .rsplit_once(", found ")
+                .unwrap_or(("sizes whose element counts fit in 64 bits", problem));
+            let want = want.strip_prefix("expected ").unwrap_or(want);
+            let at = if key == "sizes" {
+                "model.decoder".to_string()
+            } else {
+                format!("model.decoder.{key}")
+            };
+            bad(format!("{at}: {want}"), found.to_string())
+        })?;
+        // Rule 2.14: the same names with the same shapes, nothing missing, nothing extra.
+        let expected = spec.tensors();
+        let by_name: HashMap<&str, &TensorSpec> =
+            self.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let bad_tensor = |name: &str, expected: String, found: String| {
+            Violation::new(path, Rule::DecoderTensors, expected, found).tensor(name)
+        };
+        for (name, shape) in &expected {
+            let want: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
+            match by_name.get(name.as_str()) {
+                None => {
+                    return Err(bad_tensor(
+                        name,
+                        format!("a tensor of shape {} (the decoder's)", shape_string(&want)),
+                        "no such tensor".into(),
+                    )
+                    .into())
+                }
+                Some(t) if t.shape != want => {
+                    return Err(bad_tensor(
+                        name,
+                        format!("shape {} (from model.decoder)", shape_string(&want)),
+                        format!("shape {}", shape_string(&t.shape)),
+                    )
+                    .into())
+                }
+                Some(_) => {}
+            }
+        }
+        if self.tensors.len() != expected.len() {
+            let names: HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+            let extra = self
+                .tensors
+                .iter()
+                .find(|t| !names.contains(t.name.as_str()))
+                .map(|t| t.name.as_str())
+                .unwrap_or("?");
+            return Err(bad_tensor(
+                extra,
+                format!("only the decoder's {} tensors", expected.len()),
+                "a tensor the decoder does not have".into(),
+            )
+            .into());
+        }
+        Ok(spec)
     }
 
     fn validate_files(&self, path: &Path) -> Result<()> {

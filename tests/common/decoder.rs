@@ -1,0 +1,101 @@
+//! Small decoders for the tests: a spec of either family, random weights in transformers'
+//! naming, and decoder bundles written from them (with a validation set of token sequences).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use ternary_bundle::format::manifest::{DecoderModelSpec, ModelSpec};
+use ternary_bundle::model::decoder::{is_projection, DecoderSpec, Family};
+use ternary_bundle::source::{MemorySource, TokenIds, ValidationSet};
+use ternary_bundle::{write_bundle, BundlePlan, QuantParams, WriteOptions};
+
+/// A two-layer decoder of `family`: vocab 29, hidden 24, intermediate 40, 6 heads (2 KV) of 4.
+pub fn spec(family: Family, tied: bool) -> DecoderSpec {
+    DecoderSpec {
+        family,
+        vocab_size: 29,
+        hidden_size: 24,
+        intermediate_size: 40,
+        num_hidden_layers: 2,
+        num_attention_heads: 6,
+        num_key_value_heads: 2,
+        head_dim: 4,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: tied,
+    }
+}
+
+/// Random weights for `s` (norm weights near 1).
+pub fn random_model(s: &DecoderSpec) -> MemorySource {
+    model_with(s, |_, _| {})
+}
+
+/// [`random_model`] with `edit(name, values)` applied to every tensor's values.
+pub fn model_with(s: &DecoderSpec, edit: impl Fn(&str, &mut Vec<f32>)) -> MemorySource {
+    let mut src = MemorySource::new("random.safetensors");
+    for (k, (name, shape)) in s.tensors().into_iter().enumerate() {
+        let n = shape.iter().product();
+        let mut values = super::values(100 + k as u64, n);
+        if shape.len() == 1 {
+            values.iter_mut().for_each(|v| *v = 1.0 + *v / 2.0);
+        }
+        edit(&name, &mut values);
+        src = src.with(&name, shape.iter().map(|&d| d as u64).collect(), values);
+    }
+    src
+}
+
+/// `n` sequences of `t` pseudo-random ids of `s`'s vocabulary, labels by shifting, difficulty
+/// 1..=10 cycling.
+pub fn token_validation(s: &DecoderSpec, n: usize, t: usize) -> ValidationSet {
+    let ids: Vec<i64> = super::values(7, n * t)
+        .iter()
+        .map(|v| ((v + 1.0) / 2.0 * s.vocab_size as f32) as i64 % s.vocab_size as i64)
+        .collect();
+    let labels = ids.chunks(t).flat_map(|row| row[1..].to_vec()).collect();
+    ValidationSet {
+        origin: PathBuf::from("tokens.safetensors"),
+        inputs: Vec::new(),
+        input_ids: Some(TokenIds { tokens: t, ids }),
+        labels,
+        difficulty: Some((0..n).map(|i| (i % 10 + 1) as u8).collect()),
+    }
+}
+
+/// The plan of `s`'s bundle: the projections quantized with the default parameters.
+pub fn plan(s: &DecoderSpec) -> BundlePlan {
+    BundlePlan {
+        model: ModelSpec {
+            input_dim: 0,
+            layers: Vec::new(),
+            decoder: Some(DecoderModelSpec::from_spec(s)),
+        },
+        params: QuantParams::default(),
+        quantize: s
+            .tensors()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| is_projection(n))
+            .collect::<BTreeSet<_>>(),
+    }
+}
+
+/// A decoder bundle of `family` in `tmp/name`, with a validation set of 4 sequences of 6
+/// tokens when `validation`.
+pub fn decoder_bundle(
+    tmp: &tempfile::TempDir,
+    name: &str,
+    family: Family,
+    tied: bool,
+    validation: bool,
+) -> PathBuf {
+    let s = spec(family, tied);
+    let options = WriteOptions {
+        validation: validation.then(|| token_validation(&s, 4, 6)),
+        ..Default::default()
+    };
+    let dest = tmp.path().join(name);
+    write_bundle(&dest, &random_model(&s), &plan(&s), &options).unwrap();
+    dest
+}
