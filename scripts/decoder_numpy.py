@@ -4,9 +4,11 @@ b1.58, as src/model/decoder.rs documents it and transformers computes it), and o
 quantization of its projections (spec section 7), to check the Rust code in CI.
 
     python3 scripts/decoder_numpy.py make DIR --family llama|bitnet [--shards K] [--tied] [--seed S]
+            [--dtype f32|bf16] [--task]
         writes a random model directory in transformers' layout and naming: config.json and
-        model.safetensors (or K shards and model.safetensors.index.json), F32, and
-        DIR/ids.safetensors (input_ids I64 [3, 9])
+        model.safetensors (or K shards and model.safetensors.index.json), F32 or BF16, and
+        DIR/ids.safetensors (input_ids I64 [3, 9]); with --task, weights that do a task and
+        DIR/data.safetensors, a validation set of token sequences with difficulty levels
     python3 scripts/decoder_numpy.py check DIR OUT.safetensors
         recomputes `logits` (original weights), `logits_ternary` (t * scale) and `logits_fp16` (f16(t * scale); other tensors F16-rounded) of
         `cargo run --example decoder_logits -- DIR DIR/ids.safetensors OUT.safetensors`
@@ -45,6 +47,65 @@ def tensor_shapes(c, family):
     return out
 
 
+def task_weights(c, family, rng):
+    """A model that does a task, built rather than trained: the residual stream carries the
+    token's embedding (rows of RMS 1), every layer adds a small contribution (o_proj and
+    down_proj of RMS 0.1 / sqrt(fan-in)), and the head reads the next token off it: tied
+    embeddings repeat the token (copy), an untied lm_head whose row y is the embedding of
+    succ^-1(y) predicts succ(x) = (7x + 3) mod V (successor). So the quantized projections
+    change small terms and the decisions, with their margins, mostly survive."""
+    out = {}
+    for name, shape in tensor_shapes(c, family).items():
+        if len(shape) == 1:
+            out[name] = (1.0 + 0.05 * rng.standard_normal(shape)).astype(np.float32)
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            out[name] = (0.1 / np.sqrt(shape[1]) * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            out[name] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
+    v = c["vocab_size"]
+    out["model.embed_tokens.weight"] = rng.standard_normal((v, c["hidden_size"])).astype(np.float32)
+    if not c["tie_word_embeddings"]:
+        succ = (7 * np.arange(v) + 3) % v
+        inverse = np.argsort(succ)
+        out["lm_head.weight"] = out["model.embed_tokens.weight"][inverse].copy()
+    return out
+
+
+def task_data(c, rng, n, t):
+    """n sequences of t tokens following the task's rule (repeat when tied, succ otherwise),
+    each next token replaced by a uniform one with probability 0.06 * (d - 1) at difficulty d
+    (1..10, cycling over the sequences)."""
+    v = c["vocab_size"]
+    step = (lambda x: x) if c["tie_word_embeddings"] else (lambda x: (7 * x + 3) % v)
+    difficulty = (np.arange(n) % 10 + 1).astype(np.uint8)
+    ids = np.zeros((n, t), dtype=np.int64)
+    ids[:, 0] = rng.integers(0, v, n)
+    for p in range(1, t):
+        noise = rng.random(n) < 0.06 * (difficulty - 1)
+        ids[:, p] = np.where(noise, rng.integers(0, v, n), step(ids[:, p - 1]))
+    return ids, difficulty
+
+
+def bf16_bytes(x):
+    """f32 values rounded to bfloat16 (nearest, ties to even), as little-endian bytes."""
+    b = x.astype("<f4").view("<u4").astype(np.uint64)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    return b.astype("<u2").tobytes()
+
+
+def save(tensors, path, dtype):
+    """model safetensors via the Python safetensors package: F32, or BF16 through its
+    serialize_file (numpy has no bfloat16)."""
+    if dtype == "f32":
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    else:
+        from safetensors import TensorSpec, serialize_file
+        raw = {n: np.frombuffer(bf16_bytes(v), dtype=np.uint16) for n, v in tensors.items()}
+        specs = {n: TensorSpec(dtype="bfloat16", shape=tensors[n].shape, data_ptr=b.ctypes.data,
+                               data_len=b.nbytes) for n, b in raw.items()}
+        serialize_file(specs, str(path), metadata={"format": "pt"})
+
+
 def make(args):
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -53,24 +114,30 @@ def make(args):
              hidden_act="silu" if args.family == "llama" else "relu2",
              rope_parameters={"rope_theta": 10000.0 if args.family == "llama" else 500000.0, "rope_type": "default"})
     (d / "config.json").write_text(json.dumps(c, indent=1))
-    tensors = {}
-    for name, shape in tensor_shapes(c, args.family).items():
-        v = rng.standard_normal(shape).astype(np.float32) * np.float32(0.3)
-        tensors[name] = (v + np.float32(1.0)) if len(shape) == 1 else v
+    if args.task:
+        tensors = task_weights(c, args.family, rng)
+    else:
+        tensors = {}
+        for name, shape in tensor_shapes(c, args.family).items():
+            v = rng.standard_normal(shape).astype(np.float32) * np.float32(0.3)
+            tensors[name] = (v + np.float32(1.0)) if len(shape) == 1 else v
     names = sorted(tensors)
     if args.shards == 1:
-        save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+        save(tensors, d / "model.safetensors", args.dtype)
     else:
         weight_map = {}
         for k in range(args.shards):
             file = f"model-{k + 1:05d}-of-{args.shards:05d}.safetensors"
             part = {n: tensors[n] for n in names[k :: args.shards]}
-            save_file(part, str(d / file), metadata={"format": "pt"})
+            save(part, d / file, args.dtype)
             weight_map.update({n: file for n in part})
         (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     ids = rng.integers(0, c["vocab_size"], size=(3, 9), dtype=np.int64)
     save_file({"input_ids": ids}, str(d / "ids.safetensors"))
-    print(f"{d}: {args.family}, {sum(v.size for v in tensors.values())} parameters, {args.shards} file(s)")
+    if args.task:
+        ids, difficulty = task_data(c, rng, 100, 16)
+        save_file({"input_ids": ids, "difficulty": difficulty}, str(d / "data.safetensors"))
+    print(f"{d}: {args.family}, {sum(v.size for v in tensors.values())} parameters, {args.shards} file(s), {args.dtype}")
     return 0
 
 
@@ -180,6 +247,9 @@ def main():
     m.add_argument("--shards", type=int, default=1)
     m.add_argument("--tied", action="store_true")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    m.add_argument("--task", action="store_true",
+                   help="weights that do a task (copy when tied, successor when untied) and DIR/data.safetensors: 100 sequences of 16 tokens, difficulty 1..10")
     k = sub.add_parser("check")
     k.add_argument("dir")
     k.add_argument("out")

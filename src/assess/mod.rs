@@ -23,7 +23,10 @@ use ndarray::{Array2, ArrayView2};
 
 use crate::error::{Error, Result};
 use crate::format::manifest::FileRole;
-use crate::model::chunks::{chunk_rows, gradient_rows};
+use crate::model::bundle_decoder::BundleDecoder;
+use crate::model::chunks::{chunk_rows, decoder_sequences, gradient_rows};
+use crate::model::decoder::{self, next_token_predictions};
+use crate::model::decoder64::{BackwardHooks, Decoder64, MAX_IN_MEMORY_PARAMETERS};
 use crate::model::model64::{accumulate_gradient, Model64};
 use crate::model::reference::{argmax_rows, forward_bundle, WeightPath};
 use crate::read::{Bundle, OpenOptions};
@@ -91,10 +94,25 @@ pub fn assess(dir: &Path, options: &AssessOptions) -> Result<AssessReport> {
         Some(path) => LabelledData::from_file(path, &bundle)?,
         None => LabelledData::from_bundle(&bundle)?,
     };
-    let model = Model64::new(&bundle)?;
     let mut levels = Vec::new();
-    for (level, rows) in data.levels() {
-        levels.push(assess_level(&bundle, &model, &data, level, &rows, options)?);
+    if bundle.decoder().is_some() {
+        let fp16 = BundleDecoder::new(&bundle, WeightPath::Fp16)?;
+        let params: u64 = bundle.manifest().tensors.iter().map(|t| t.elements()).sum();
+        if params > MAX_IN_MEMORY_PARAMETERS {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the f64 copy of this decoder's {params} parameters is over the {MAX_IN_MEMORY_PARAMETERS} the in-memory assessment holds; a layer-streamed assessment is not implemented yet",
+                dir.display()
+            )));
+        }
+        let model = Decoder64::load(fp16.spec(), &fp16)?;
+        for (level, rows) in data.levels() {
+            levels.push(assess_decoder_level(&bundle, &model, &data, level, &rows, options)?);
+        }
+    } else {
+        let model = Model64::new(&bundle)?;
+        for (level, rows) in data.levels() {
+            levels.push(assess_level(&bundle, &model, &data, level, &rows, options)?);
+        }
     }
     let size_mb = bundle
         .manifest()
@@ -153,6 +171,61 @@ fn assess_level(
         accuracy_ternary: accuracy(WeightPath::Ternary)?,
         mean_cross_entropy: loss_sum / rows.len() as f64,
         gradient_variance: variance_sum / batches as f64,
+        skipped_tensors: skipped,
+    })
+}
+
+/// The figures of one level of a decoder's data: the sequences at `rows`, every position but
+/// the last scored; batches of `batch_size` sequences.
+fn assess_decoder_level(
+    bundle: &Bundle,
+    model: &Decoder64,
+    data: &LabelledData,
+    level: u8,
+    rows: &[usize],
+    options: &AssessOptions,
+) -> Result<LevelFigures> {
+    let spec = model.spec();
+    let ids = data.ids_of(rows);
+    let labels = data.labels_of(rows);
+    let chunk = decoder_sequences(spec, ids.ncols());
+    let accuracy = |path| -> Result<f64> {
+        let weights = BundleDecoder::new(bundle, path)?;
+        let mut predicted = Vec::with_capacity(labels.len());
+        for part in ids.axis_chunks_iter(ndarray::Axis(0), chunk) {
+            predicted.extend(next_token_predictions(&decoder::forward(spec, &weights, part)?));
+        }
+        let right = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        Ok(right as f64 / labels.len().max(1) as f64)
+    };
+    let batch = options.batch_size.unwrap_or(rows.len()).max(1);
+    let per = ids.ncols().saturating_sub(1);
+    let (mut variance_sum, mut loss_sum, mut skipped, mut batches) = (0.0, 0.0, 0, 0);
+    for (k, part) in ids.axis_chunks_iter(ndarray::Axis(0), batch).enumerate() {
+        let first = k * batch * per;
+        let lb = &labels[first..first + part.nrows() * per];
+        let (loss, grads) =
+            model.loss_and_gradient_with(part, Some(lb), true, &BackwardHooks::default())?;
+        loss_sum += loss * part.nrows() as f64;
+        let (mut sum, mut skip) = (0.0, 0);
+        for g in grads.iter().flatten() {
+            match unbiased_variance(g) {
+                Some(v) => sum += v,
+                None => skip += 1,
+            }
+        }
+        variance_sum += sum;
+        skipped = skip;
+        batches += 1;
+    }
+    Ok(LevelFigures {
+        difficulty: level,
+        examples: rows.len(),
+        batches,
+        accuracy_fp16: accuracy(WeightPath::Fp16)?,
+        accuracy_ternary: accuracy(WeightPath::Ternary)?,
+        mean_cross_entropy: loss_sum / rows.len() as f64,
+        gradient_variance: variance_sum / batches.max(1) as f64,
         skipped_tensors: skipped,
     })
 }

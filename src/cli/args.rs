@@ -82,7 +82,9 @@ pub enum Command {
     /// The input file is safetensors with tensor `inputs` (or a single tensor of any name),
     /// F32, F16 or BF16, shape [N, input_dim]. The output file holds `logits` F32
     /// [N, classes] and `predictions` I64 [N] (argmax, first index on ties), from the
-    /// reference model of spec section 16 in f32. The bundle is checked first (checksums, trit
+    /// reference model of spec section 16 in f32. For a language model (a decoder bundle) the
+    /// input is `input_ids` I64 or I32 [N, T] and the output `logits` F32 [N, T, vocab] and
+    /// `predictions` I64 [N, T] (the predicted next token at every position, section 16.2). The bundle is checked first (checksums, trit
     /// encoding, scales, exact dequantization): nothing is computed from a damaged bundle.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
@@ -131,10 +133,13 @@ chain (each layer's in_features equals the previous out_features); ReLU between 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["from", "demo"])))]
 pub struct CreateArgs {
-    /// Source checkpoint: a safetensors file of F32, F16 or BF16 tensors. A Hugging Face
-    /// model directory (Llama or BitNet: config.json and model.safetensors or shards) is read
-    /// and checked, tensor by tensor, but cannot be bundled yet: the format describes MLPs.
-    #[arg(long, value_name = "CHECKPOINT.safetensors")]
+    /// Source: a safetensors checkpoint of F32, F16 or BF16 tensors (a chain of layers), or a
+    /// Hugging Face model directory of a language model (LlamaForCausalLM or
+    /// BitNetForCausalLM: config.json and model.safetensors or shards with
+    /// model.safetensors.index.json), checked tensor by tensor against its config. A
+    /// directory's seven projections of every layer are quantized by default; embeddings,
+    /// norms and an untied lm_head are stored F32.
+    #[arg(long, value_name = "CHECKPOINT.safetensors|MODEL_DIR")]
     pub from: Option<PathBuf>,
 
     /// Use the built-in demo model (512 -> 4096 -> 4096 -> 1536 -> 100, ReLU, 25 M parameters,
@@ -169,8 +174,10 @@ pub struct CreateArgs {
     pub quantize: Vec<String>,
 
     /// Labelled data to embed: inputs F32 [N, input_dim], labels I64 [N], optional difficulty
-    /// U8 [N]. The checkpoint's own predictions on the inputs, before quantization, are stored
-    /// with it (original_predictions, format 2.0), so that `verify` can measure retention.
+    /// U8 [N]; for a language model, token sequences input_ids I64 [N, T >= 2], optional
+    /// labels I64 [N, T-1] (by default each position's next token) and difficulty U8 [N]. The
+    /// checkpoint's own predictions on the inputs, before quantization, are stored with it
+    /// (original_predictions), so that `verify` can measure retention.
     #[arg(long, value_name = "DATA.safetensors")]
     pub validation: Option<PathBuf>,
 
@@ -384,11 +391,13 @@ pub struct RunArgs {
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 
-    /// The inputs: a safetensors file with tensor `inputs` F32/F16/BF16 [N, input_dim].
+    /// The inputs: a safetensors file with tensor `inputs` F32/F16/BF16 [N, input_dim], or
+    /// for a language model `input_ids` I64/I32 [N, T].
     #[arg(long, value_name = "X.safetensors")]
     pub input: PathBuf,
 
-    /// Output file: `logits` F32 [N, classes] and `predictions` I64 [N].
+    /// Output file: `logits` F32 [N, classes] and `predictions` I64 [N] (a language model:
+    /// [N, T, vocab] and [N, T]).
     #[arg(long, value_name = "Y.safetensors")]
     pub out: PathBuf,
 

@@ -21,6 +21,10 @@ use crate::model::model64::{
 };
 use crate::source::TensorSource;
 
+/// Most parameters of a decoder the f64 model holds in memory (with the perturbed copy of the
+/// gradient check, 1 GiB): the gradient checks and the assessment refuse larger decoders.
+pub const MAX_IN_MEMORY_PARAMETERS: u64 = 1 << 26;
+
 /// A decoder's parameters in f64, in the order of [`DecoderSpec::tensors`].
 #[derive(Debug, Clone)]
 pub struct Decoder64 {
@@ -103,6 +107,11 @@ impl Decoder64 {
     }
 
     /// Tensor names, in parameter order.
+    pub fn spec(&self) -> &DecoderSpec {
+        &self.spec
+    }
+
+    /// Parameter tensor names, in parameter order.
     pub fn names(&self) -> &[String] {
         &self.names
     }
@@ -147,6 +156,18 @@ impl Decoder64 {
         grad: bool,
         hooks: &BackwardHooks,
     ) -> Result<(f64, Option<Vec<Vec<f64>>>)> {
+        self.loss_and_gradient_with(ids, None, grad, hooks)
+    }
+
+    /// [`Decoder64::loss_and_gradient`] with the label of every position but the last given
+    /// (`[N, T - 1]` flattened, each < vocab) instead of the next token.
+    pub fn loss_and_gradient_with(
+        &self,
+        ids: ArrayView2<i64>,
+        labels: Option<&[usize]>,
+        grad: bool,
+        hooks: &BackwardHooks,
+    ) -> Result<(f64, Option<Vec<Vec<f64>>>)> {
         let (n, t) = ids.dim();
         if t < 2 {
             return Err(Error::InvalidArgument(format!(
@@ -154,6 +175,17 @@ impl Decoder64 {
             )));
         }
         let tokens = token_ids(&self.spec, ids)?;
+        if let Some(l) = labels {
+            let vocab = self.spec.vocab_size;
+            if l.len() != n * (t - 1) || l.iter().any(|&y| y >= vocab) {
+                return Err(Error::InvalidArgument(format!(
+                    "labels: expected {} tokens below {vocab} ([{n}, {}]), found {} values",
+                    n * (t - 1),
+                    t - 1,
+                    l.len()
+                )));
+            }
+        }
         let mut loss = 0.0;
         let mut grads: Vec<Vec<f64>> = if grad {
             self.values.iter().map(|v| vec![0.0; v.len()]).collect()
@@ -162,14 +194,18 @@ impl Decoder64 {
         };
         // Every sequence predicts T - 1 tokens: the mean over all of them is the mean of the
         // sequences' means.
-        for seq in tokens.chunks(t) {
+        for (k, seq) in tokens.chunks(t).enumerate() {
+            let targets = match labels {
+                Some(l) => &l[k * (t - 1)..(k + 1) * (t - 1)],
+                None => &seq[1..],
+            };
             let (caches, finals, logits) = self.forward_sequence(seq);
             let predicting = logits.slice(s![..t - 1, ..]);
             if !grad {
-                loss += mean_cross_entropy(predicting, &seq[1..]) / n as f64;
+                loss += mean_cross_entropy(predicting, targets) / n as f64;
                 continue;
             }
-            let (l, g) = cross_entropy(&predicting.to_owned(), &seq[1..]);
+            let (l, g) = cross_entropy(&predicting.to_owned(), targets);
             loss += l / n as f64;
             let mut dlogits = Array2::<f64>::zeros(logits.raw_dim());
             dlogits.slice_mut(s![..t - 1, ..]).assign(&(g / n as f64));

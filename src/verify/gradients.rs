@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use crate::error::printable;
 use crate::model::bundle_decoder::BundleDecoder;
 use crate::model::chunks::gradient_rows;
-use crate::model::decoder64::{self, Decoder64, DecoderGradCheckOptions};
+use crate::model::decoder64::{
+    self, Decoder64, DecoderGradCheckOptions, MAX_IN_MEMORY_PARAMETERS,
+};
 use crate::model::gradcheck::{gradient_check, GradCheckOptions};
 use crate::model::model64::{gradient_flow, to_f64, Model64, TensorGradient};
 use crate::model::reference::WeightPath;
@@ -152,10 +154,6 @@ fn flow_outcome(loss: f64, stats: &[TensorGradient], n: usize, measured: &mut Me
     }
 }
 
-/// Most parameters of a decoder whose f64 copy the gradient checks hold (with the perturbed copy:
-/// 1 GiB).
-pub const MAX_F64_DECODER_PARAMETERS: u64 = 1 << 26;
-
 /// gradient_check and gradient_flow of a decoder: its FP16 weights in f64, the mean next-token
 /// cross-entropy over the first sequences of the inputs.
 fn decoder_checks(
@@ -171,11 +169,11 @@ fn decoder_checks(
         .iter()
         .map(|t| t.elements())
         .sum();
-    if params > MAX_F64_DECODER_PARAMETERS {
+    if params > MAX_IN_MEMORY_PARAMETERS {
         let why = format!(
             "not run: the f64 copy of this decoder's {params} parameters needs {:.1} GB, over the {} parameters the in-memory gradient check holds; a layer-streamed check is not implemented yet",
             params as f64 * 16.0 / 1e9,
-            MAX_F64_DECODER_PARAMETERS
+            MAX_IN_MEMORY_PARAMETERS
         );
         for check in [Check::GradientCheck, Check::GradientFlow] {
             if options.selected(check) && r.blocked(check).is_none() {
