@@ -21,7 +21,7 @@ cargo test --release --all-targets
 cargo test --release --doc
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"; git worktree prune' EXIT
 
 # The Python-written checkpoint fixtures regenerate byte for byte.
 python3 fixtures/source/make_checkpoint.py "$work/source"
@@ -83,7 +83,29 @@ for cfg in "llama 1" "llama 3 --tied" "bitnet 1 --tied" "bitnet 2"; do
     python3 scripts/decoder_numpy.py check "$d" "$d/out.safetensors"
 done
 
+# Language models (format 3.0): a Llama (F32, one file, untied) and a BitNet b1.58 (BF16, two
+# shards, tied) checkpoint written by the Python safetensors package in transformers' naming,
+# with weights that do a task and a validation set of token sequences with difficulty levels:
+# created, inspected, verified with every check passing (reference included), assessed, run on
+# both paths; an independent numpy reader of the spec recomputes every tensor and the logits.
+for cfg in "llama 1 f32" "bitnet 2 bf16 --tied"; do
+    set -- $cfg
+    d="$work/lm-$1"
+    python3 scripts/decoder_numpy.py make "$d" --family "$1" --shards "$2" --dtype "$3" "${@:4}" --task >/dev/null
+    "$bundle" create --from "$d" --validation "$d/data.safetensors" --out "$d-bundle" >/dev/null
+    "$bundle" inspect "$d-bundle" --json >"$d-inspect.json"
+    "$bundle" verify "$d-bundle" --reference "$d" --json >"$d-verify.json"
+    "$bundle" assess "$d-bundle" --json >"$d-assess.json"
+    for p in fp16 ternary; do
+        "$bundle" run "$d-bundle" --input "$d/ids.safetensors" --out "$d-run-$p.safetensors" --path $p >/dev/null
+    done
+    python3 scripts/decoder_bundle_numpy.py check "$d-bundle" "$d/ids.safetensors" "$d-run-fp16.safetensors" "$d-run-ternary.safetensors"
+done
+
 python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" "$work/trained-bundle" \
+    "$work/lm-llama-bundle" "$work/lm-bitnet-bundle" \
+    --inspect-json "$work/lm-llama-inspect.json" --verify-json "$work/lm-bitnet-verify.json" \
+    --verify-json "$work/lm-llama-verify.json" --assess-json "$work/lm-bitnet-assess.json" \
     --inspect-json "$work/demo-inspect.json" --inspect-json "$work/newer-inspect.json" \
     --verify-json "$work/demo-verify.json" --verify-json "$work/broken-verify.json" \
     --verify-json "$work/v1-verify.json" --verify-json "$work/trained-verify.json" \
@@ -108,3 +130,23 @@ python3 scripts/check_report.py hostile-checkpoint "$work/hostile-source"
 python3 scripts/check_report.py browse "$work/demo-report.html" "$work/hostile-report.html" \
     --shots "$work/screenshots" --chosen "$work/demo-report.html" 7 \
     --names "$work/hostile-report.html" "$work/hostile-source/names.json"
+
+# The previous release (format 2.0, the commit before format 3.0) refuses a decoder bundle for
+# its version (rule 2.4), not as a damaged file. Built from this repository's history into the
+# shared target directory (its dependencies are this build's), last, because it replaces
+# target/release/bundle; the current binary is rebuilt after.
+previous=8847d04
+git worktree add --quiet --detach "$work/previous" "$previous" ||
+    { echo "the previous release's commit $previous is not in this checkout's history" >&2; exit 1; }
+target_dir="$(pwd -P)/target"
+(cd "$work/previous" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --bin bundle)
+cp "$target_dir/release/bundle" "$work/bundle-2.0"
+git worktree remove --force "$work/previous"
+cargo build --release --quiet --bin bundle
+set +e
+"$work/bundle-2.0" inspect "$work/lm-bitnet-bundle" 2>"$work/previous.err"
+code=$?
+set -e
+grep -q "rule 2.4" "$work/previous.err" && grep -q "found format version 3.0" "$work/previous.err" && [ $code -eq 1 ] ||
+    { echo "the 2.0 reader did not refuse the decoder bundle for its version (exit $code):" >&2; cat "$work/previous.err" >&2; exit 1; }
+echo "ok   the 2.0 release refuses a decoder bundle by version: $(cat "$work/previous.err")"

@@ -106,7 +106,9 @@ pub fn assess(dir: &Path, options: &AssessOptions) -> Result<AssessReport> {
         }
         let model = Decoder64::load(fp16.spec(), &fp16)?;
         for (level, rows) in data.levels() {
-            levels.push(assess_decoder_level(&bundle, &model, &data, level, &rows, options)?);
+            levels.push(assess_decoder_level(
+                &bundle, &model, &data, level, &rows, options,
+            )?);
         }
     } else {
         let model = Model64::new(&bundle)?;
@@ -193,9 +195,15 @@ fn assess_decoder_level(
         let weights = BundleDecoder::new(bundle, path)?;
         let mut predicted = Vec::with_capacity(labels.len());
         for part in ids.axis_chunks_iter(ndarray::Axis(0), chunk) {
-            predicted.extend(next_token_predictions(&decoder::forward(spec, &weights, part)?));
+            predicted.extend(next_token_predictions(&decoder::forward(
+                spec, &weights, part,
+            )?));
         }
-        let right = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        let right = predicted
+            .iter()
+            .zip(&labels)
+            .filter(|(p, l)| p == l)
+            .count();
         Ok(right as f64 / labels.len().max(1) as f64)
     };
     let batch = options.batch_size.unwrap_or(rows.len()).max(1);

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use ndarray::{ArrayView2, Axis};
 
+use crate::model::decoder64::BackwardHooks;
 use crate::model::direction::{direction_value, Direction};
 use crate::model::model64::{cross_entropy, Cache, Model64};
 use crate::model::perturbed::{central_differences, Move};
@@ -37,6 +38,10 @@ pub struct GradCheckOptions {
     /// backward pass. Always 1.0 outside tests.
     #[doc(hidden)]
     pub analytic_gradient_scale: f64,
+    /// Test hooks of a decoder's backward pass (attention, RMSNorm, gated MLP), to prove the
+    /// check catches each wrong. Always 1.0 outside tests.
+    #[doc(hidden)]
+    pub decoder_hooks: BackwardHooks,
 }
 
 impl Default for GradCheckOptions {
@@ -48,6 +53,7 @@ impl Default for GradCheckOptions {
             step: 1e-5,
             tolerance: DEFAULT_GRAD_TOL,
             analytic_gradient_scale: 1.0,
+            decoder_hooks: BackwardHooks::default(),
         }
     }
 }

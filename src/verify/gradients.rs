@@ -7,9 +7,7 @@ use serde_json::{json, Value};
 use crate::error::printable;
 use crate::model::bundle_decoder::BundleDecoder;
 use crate::model::chunks::gradient_rows;
-use crate::model::decoder64::{
-    self, Decoder64, DecoderGradCheckOptions, MAX_IN_MEMORY_PARAMETERS,
-};
+use crate::model::decoder64::{self, Decoder64, DecoderGradCheckOptions, MAX_IN_MEMORY_PARAMETERS};
 use crate::model::gradcheck::{gradient_check, GradCheckOptions};
 use crate::model::model64::{gradient_flow, to_f64, Model64, TensorGradient};
 use crate::model::reference::WeightPath;
@@ -198,6 +196,7 @@ fn decoder_checks(
             seed: options.seed,
             tolerance: options.grad.tolerance,
             step: options.grad.step,
+            hooks: options.grad.decoder_hooks,
             ..DecoderGradCheckOptions::default()
         };
         let rep = decoder64::gradient_check(model, ids.view(), &grad).map_err(|e| fail_with(&e))?;

@@ -99,3 +99,55 @@ pub fn decoder_bundle(
     write_bundle(&dest, &random_model(&s), &plan(&s), &options).unwrap();
     dest
 }
+
+/// Weights that do a task (as `scripts/decoder_numpy.py make --task` builds them): embedding
+/// rows of RMS 1, every layer adding a small term (o_proj and down_proj of RMS 0.1 / sqrt(fan
+/// in)), so the head reads the token off the residual stream: a tied model repeats it.
+pub fn task_model(s: &DecoderSpec) -> MemorySource {
+    let root3 = 3f32.sqrt();
+    model_with(s, |name, v| {
+        let fan_in = if name == "model.embed_tokens.weight" {
+            1
+        } else {
+            s.hidden_size.max(if name.ends_with("down_proj.weight") {
+                s.intermediate_size
+            } else {
+                1
+            })
+        };
+        let small = name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight");
+        let scale = root3 / (fan_in as f32).sqrt() * if small { 0.1 } else { 1.0 };
+        if !name.ends_with("norm.weight") {
+            v.iter_mut().for_each(|x| *x *= scale);
+        }
+    })
+}
+
+/// `n` sequences of `t` tokens of the copy task (each next token repeats the last), a token
+/// replaced by a pseudo-random one with probability 0.06 (d - 1) at difficulty d = 1..=10.
+pub fn copy_task(s: &DecoderSpec, n: usize, t: usize) -> ValidationSet {
+    let r = super::values(11, n * t * 2);
+    let vocab = s.vocab_size as i64;
+    let draw = |k: usize| (((r[k] + 1.0) / 2.0 * vocab as f32) as i64).min(vocab - 1);
+    let difficulty: Vec<u8> = (0..n).map(|i| (i % 10 + 1) as u8).collect();
+    let mut ids = Vec::with_capacity(n * t);
+    for (seq, &d) in difficulty.iter().enumerate() {
+        let mut last = draw(seq * t * 2);
+        ids.push(last);
+        for p in 1..t {
+            let k = (seq * t + p) * 2;
+            if (r[k + 1] + 1.0) / 2.0 < 0.06 * (d - 1) as f32 {
+                last = draw(k);
+            }
+            ids.push(last);
+        }
+    }
+    let labels = ids.chunks(t).flat_map(|row| row[1..].to_vec()).collect();
+    ValidationSet {
+        origin: PathBuf::from("copy-task.safetensors"),
+        inputs: Vec::new(),
+        input_ids: Some(TokenIds { tokens: t, ids }),
+        labels,
+        difficulty: Some(difficulty),
+    }
+}

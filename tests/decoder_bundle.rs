@@ -1,0 +1,178 @@
+//! Decoder bundles end to end through the library: verify (every check passes on a model that
+//! does a task, retention fails on one quantization breaks, the gradient check catches a wrong
+//! backward pass in attention, RMSNorm and the gated MLP separately), run and assess.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::decoder::{copy_task, decoder_bundle, plan, spec, task_model};
+use ndarray::Array2;
+use ternary_bundle::assess::{assess, AssessOptions};
+use ternary_bundle::model::bundle_decoder::BundleDecoder;
+use ternary_bundle::model::decoder::{forward, Family};
+use ternary_bundle::model::decoder64::BackwardHooks;
+use ternary_bundle::model::gradcheck::GradCheckOptions;
+use ternary_bundle::model::reference::WeightPath;
+use ternary_bundle::run::{run, RunInput};
+use ternary_bundle::verify::{verify, Check, Status, VerifyOptions};
+use ternary_bundle::{write_bundle, Bundle, WriteOptions};
+
+/// A bundle of the copy-task model of `family` with 40 sequences of 12 tokens.
+fn task_bundle(tmp: &tempfile::TempDir, name: &str, family: Family) -> PathBuf {
+    let s = spec(family, true);
+    let options = WriteOptions {
+        validation: Some(copy_task(&s, 40, 12)),
+        ..Default::default()
+    };
+    let dest = tmp.path().join(name);
+    write_bundle(&dest, &task_model(&s), &plan(&s), &options).unwrap();
+    dest
+}
+
+fn status(report: &ternary_bundle::verify::VerifyReport, check: Check) -> Status {
+    report.check(check).unwrap().status
+}
+
+#[test]
+fn a_decoder_that_does_a_task_passes_every_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    for family in [Family::Llama, Family::Bitnet] {
+        let dir = task_bundle(&tmp, family.name(), family);
+        let report = verify(&dir, &VerifyOptions::default());
+        for c in &report.checks {
+            let expected = if c.name == Check::Reference {
+                Status::Skip
+            } else {
+                Status::Pass
+            };
+            assert_eq!(c.status, expected, "{family:?} {}: {}", c.name, c.detail);
+        }
+        let m = &report.metrics;
+        assert!(
+            m.retention.unwrap() >= 0.995,
+            "{family:?}: {:?}",
+            m.retention
+        );
+        // 40 sequences of 11 scored positions; the copy rule holds at difficulty 1.
+        let figures = &report.check(Check::Retention).unwrap().figures;
+        assert_eq!(figures["samples"], 440, "{figures}");
+        let acc = m.accuracy_fp16.unwrap();
+        assert!(acc > 0.5 && acc < 1.0, "{family:?}: accuracy {acc}");
+        assert_eq!(m.accuracy_original, m.accuracy_fp16);
+    }
+}
+
+#[test]
+fn retention_fails_where_quantization_changes_the_decisions() {
+    // Random weights of RMS 0.58 everywhere: ternary rounding changes what the model predicts.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spec(Family::Llama, false);
+    let options = WriteOptions {
+        validation: Some(copy_task(&s, 20, 8)),
+        ..Default::default()
+    };
+    let dir = tmp.path().join("random");
+    write_bundle(
+        &dir,
+        &common::decoder::random_model(&s),
+        &plan(&s),
+        &options,
+    )
+    .unwrap();
+    let report = verify(&dir, &VerifyOptions::default());
+    assert_eq!(status(&report, Check::Retention), Status::Fail);
+    assert!(report.metrics.retention.unwrap() < 0.9);
+    assert!(!report.ok);
+}
+
+#[test]
+fn the_gradient_check_catches_a_wrong_backward_pass_in_each_component() {
+    let tmp = tempfile::tempdir().unwrap();
+    for family in [Family::Llama, Family::Bitnet] {
+        let dir = decoder_bundle(&tmp, family.name(), family, false, true);
+        let clean = verify(&dir, &VerifyOptions::default());
+        assert_eq!(status(&clean, Check::GradientCheck), Status::Pass);
+        let wrong = [
+            BackwardHooks {
+                attention: 1.01,
+                ..BackwardHooks::default()
+            },
+            BackwardHooks {
+                rmsnorm: 1.01,
+                ..BackwardHooks::default()
+            },
+            BackwardHooks {
+                mlp: 1.01,
+                ..BackwardHooks::default()
+            },
+        ];
+        for hooks in wrong {
+            let options = VerifyOptions {
+                grad: GradCheckOptions {
+                    decoder_hooks: hooks,
+                    ..GradCheckOptions::default()
+                },
+                ..VerifyOptions::default()
+            };
+            let report = verify(&dir, &options);
+            let check = report.check(Check::GradientCheck).unwrap();
+            assert_eq!(
+                check.status,
+                Status::Fail,
+                "{family:?} {hooks:?}: {}",
+                check.detail
+            );
+            assert!(check.figures["error_ratio"].as_f64().unwrap() > 1.0);
+            // Only the check of the analytic gradient sees it.
+            assert_eq!(status(&report, Check::GradientFlow), Status::Pass);
+            assert_eq!(status(&report, Check::Agreement), Status::Pass);
+        }
+    }
+}
+
+#[test]
+fn run_writes_the_logits_of_every_position_on_both_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = decoder_bundle(&tmp, "b", Family::Bitnet, true, false);
+    let b = Bundle::open(&dir).unwrap();
+    let ids: Vec<i64> = (0..15).map(|i| (i * 7 % 29) as i64).collect();
+    let input = RunInput::Tokens {
+        ids: ids.clone(),
+        tokens: 5,
+    };
+    let ids = Array2::from_shape_vec((3, 5), ids).unwrap();
+    for path in [WeightPath::Fp16, WeightPath::Ternary] {
+        let out = run(&b, path, &input).unwrap();
+        assert_eq!((out.rows, out.tokens, out.classes), (3, Some(5), 29));
+        let weights = BundleDecoder::new(&b, path).unwrap();
+        let want = forward(weights.spec(), &weights, ids.view()).unwrap();
+        assert_eq!(out.logits, want.iter().copied().collect::<Vec<_>>());
+        assert_eq!(out.predictions.len(), 15);
+    }
+    // Rows where a decoder takes token ids are refused, and ids beyond the vocabulary too.
+    let e = run(&b, WeightPath::Fp16, &RunInput::Rows(vec![0.0; 24])).unwrap_err();
+    assert!(e.to_string().contains("token ids for a decoder"), "{e}");
+    let bad = RunInput::Tokens {
+        ids: vec![0, 29],
+        tokens: 2,
+    };
+    let e = run(&b, WeightPath::Fp16, &bad).unwrap_err();
+    assert!(e.to_string().contains("29"), "{e}");
+}
+
+#[test]
+fn assess_finds_the_level_of_a_decoder_per_difficulty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = task_bundle(&tmp, "llama", Family::Llama);
+    let report = assess(&dir, &AssessOptions::default()).unwrap();
+    assert_eq!(report.levels.len(), 10);
+    assert_eq!(report.levels.iter().map(|l| l.examples).sum::<usize>(), 40);
+    // Difficulty 1 follows the copy rule exactly; the hardest level is far from it.
+    assert_eq!(report.levels[0].accuracy_fp16, 1.0);
+    assert!(report.levels[9].accuracy_fp16 < 0.8);
+    assert!(report
+        .levels
+        .iter()
+        .all(|l| l.gradient_variance.is_finite() && l.mean_cross_entropy.is_finite()));
+}
