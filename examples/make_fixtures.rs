@@ -160,6 +160,75 @@ fn write(dest: &Path, params: QuantParams, validation: bool) {
         .unwrap_or_else(|e| panic!("writing fixture {}: {e}", dest.display()));
 }
 
+/// The decoder fixture (format 3.0) under fixtures/bundles.
+pub const DECODER_FIXTURE: &str = "tiny-decoder";
+
+/// A one-layer BitNet decoder (vocab 11, hidden 8, intermediate 12, 2 heads of 4, 1 KV head,
+/// tied embeddings), its projections quantized, with 3 sequences of 5 tokens.
+pub fn write_decoder(dest: &Path) {
+    use ternary_bundle::format::manifest::DecoderModelSpec;
+    use ternary_bundle::model::decoder::{is_projection, DecoderSpec, Family};
+    use ternary_bundle::source::TokenIds;
+    let spec = DecoderSpec {
+        family: Family::Bitnet,
+        vocab_size: 11,
+        hidden_size: 8,
+        intermediate_size: 12,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        head_dim: 4,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500000.0,
+        tie_word_embeddings: true,
+    };
+    let mut src = MemorySource::new("tiny-decoder.safetensors");
+    let mut offset = 0u64;
+    for (name, shape) in spec.tensors() {
+        let n = shape.iter().product::<usize>() as u64;
+        let values = (offset..offset + n)
+            .map(|i| {
+                let w = wave(i, 37, 61);
+                if shape.len() == 1 {
+                    1.0 + w / 4.0
+                } else {
+                    w
+                }
+            })
+            .collect();
+        offset += n;
+        src = src.with(&name, shape.iter().map(|&d| d as u64).collect(), values);
+    }
+    let plan = BundlePlan {
+        model: ModelSpec {
+            input_dim: 0,
+            layers: Vec::new(),
+            decoder: Some(DecoderModelSpec::from_spec(&spec)),
+        },
+        params: QuantParams::default(),
+        quantize: spec
+            .tensors()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| is_projection(n))
+            .collect(),
+    };
+    let ids: Vec<i64> = (0..15).map(|i| (i * 4 + 1) % 11).collect();
+    let labels = ids.chunks(5).flat_map(|r| r[1..].to_vec()).collect();
+    let options = WriteOptions {
+        validation: Some(ValidationSet {
+            origin: PathBuf::from("fixtures/tiny-decoder-validation"),
+            inputs: Vec::new(),
+            input_ids: Some(TokenIds { tokens: 5, ids }),
+            labels,
+            difficulty: Some(vec![1, 5, 10]),
+        }),
+        ..WriteOptions::default()
+    };
+    write_bundle(dest, &src, &plan, &options)
+        .unwrap_or_else(|e| panic!("writing fixture {}: {e}", dest.display()));
+}
+
 /// Rewrites `dir/manifest.json` after `edit` changes its JSON value.
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     surgery::edit_manifest(dir, edit);
@@ -377,6 +446,7 @@ pub fn generate(root: &Path) {
     for (name, params, validation) in bundle_fixtures() {
         write(&bundles.join(name), params, validation);
     }
+    write_decoder(&bundles.join(DECODER_FIXTURE));
     // Versioning (spec section 13): a newer MINOR with keys this reader does not know opens...
     let newer = root.join("versions/newer-minor");
     std::fs::create_dir_all(newer.parent().unwrap()).unwrap();

@@ -132,17 +132,14 @@ python3 scripts/check_report.py browse "$work/demo-report.html" "$work/hostile-r
     --names "$work/hostile-report.html" "$work/hostile-source/names.json"
 
 # The previous release (format 2.0, the commit before format 3.0) refuses a decoder bundle for
-# its version (rule 2.4), not as a damaged file. Built from this repository's history into the
-# shared target directory (its dependencies are this build's), last, because it replaces
-# target/release/bundle; the current binary is rebuilt after.
+# its version (rule 2.4), not as a damaged file. Built from this repository's history in a
+# target directory of its own (sharing this one would mix the two builds of the crate).
 previous=8847d04
 git worktree add --quiet --detach "$work/previous" "$previous" ||
     { echo "the previous release's commit $previous is not in this checkout's history" >&2; exit 1; }
-target_dir="$(pwd -P)/target"
-(cd "$work/previous" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --bin bundle)
-cp "$target_dir/release/bundle" "$work/bundle-2.0"
+(cd "$work/previous" && CARGO_TARGET_DIR="$work/previous-target" cargo build --release --quiet --bin bundle)
+cp "$work/previous-target/release/bundle" "$work/bundle-2.0"
 git worktree remove --force "$work/previous"
-cargo build --release --quiet --bin bundle
 set +e
 "$work/bundle-2.0" inspect "$work/lm-bitnet-bundle" 2>"$work/previous.err"
 code=$?

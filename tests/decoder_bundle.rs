@@ -176,3 +176,69 @@ fn assess_finds_the_level_of_a_decoder_per_difficulty() {
         .iter()
         .all(|l| l.gradient_variance.is_finite() && l.mean_cross_entropy.is_finite()));
 }
+
+/// Writes a safetensors file of one I64 tensor `name` of `shape` holding `ids`.
+fn ids_file(path: &std::path::Path, name: &str, shape: Vec<u64>, ids: &[i64]) {
+    use ternary_bundle::format::safetensors::Dtype;
+    let bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+    ternary_bundle::write::safetensors::write_safetensors_file(
+        path,
+        vec![(name.to_string(), Dtype::I64, shape)],
+        &[],
+        true,
+        |_| Ok(bytes.clone()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn sequences_too_short_or_out_of_the_vocabulary_are_clean_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = decoder_bundle(&tmp, "b", Family::Llama, false, false);
+    let b = Bundle::open(&dir).unwrap();
+    // Validation sets need a next token: T = 1 (and T = 0) are refused by rule 6.1.
+    for (t, ids) in [(1u64, vec![3i64, 4]), (0, vec![])] {
+        let path = tmp.path().join(format!("val-{t}.safetensors"));
+        ids_file(&path, "input_ids", vec![2, t], &ids);
+        let e = ternary_bundle::source::load_validation_set(&path).unwrap_err();
+        assert_eq!(
+            e.rule(),
+            Some(ternary_bundle::Rule::ValidationTensors),
+            "{e}"
+        );
+        assert!(e.to_string().contains("T >= 2"), "{e}");
+    }
+    // `run` takes T >= 1 tokens, every id in the vocabulary.
+    let path = tmp.path().join("empty.safetensors");
+    ids_file(&path, "input_ids", vec![2, 0], &[]);
+    let e = ternary_bundle::run::load_inputs(&path, &b).unwrap_err();
+    assert!(e.to_string().contains("[N >= 1, T >= 1]"), "{e}");
+    let path = tmp.path().join("far.safetensors");
+    ids_file(&path, "input_ids", vec![1, 3], &[0, 5, 29]);
+    let e = ternary_bundle::run::load_inputs(&path, &b).unwrap_err();
+    assert!(
+        e.to_string().contains("0..29") && e.to_string().contains("position 2"),
+        "{e}"
+    );
+    // A validation set of ids beyond the vocabulary is refused by create (rule 6.2).
+    let s = spec(Family::Llama, false);
+    let mut v = copy_task(&s, 2, 4);
+    v.input_ids.as_mut().unwrap().ids[3] = 29;
+    let options = WriteOptions {
+        validation: Some(v),
+        ..Default::default()
+    };
+    let e = write_bundle(
+        &tmp.path().join("bad"),
+        &task_model(&s),
+        &plan(&s),
+        &options,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.rule(),
+        Some(ternary_bundle::Rule::ValidationValues),
+        "{e}"
+    );
+    assert!(!tmp.path().join("bad").exists());
+}

@@ -171,6 +171,17 @@ fn whole_file_digests(dir: &Path, m: &Manifest) -> Result<()> {
 /// opened.
 fn structure(b: &Bundle) -> (String, serde_json::Value) {
     let m = b.manifest();
+    if let Some(d) = b.decoder() {
+        return (
+            format!(
+                "{} tensors in headers as declared: the {} decoder's {} layers in transformers' names and shapes (rule 2.14)",
+                m.tensors.len(),
+                d.family.name(),
+                d.num_hidden_layers
+            ),
+            json!({ "tensors": m.tensors.len(), "layers": d.num_hidden_layers }),
+        );
+    }
     let widths: Vec<String> = std::iter::once(m.model.input_dim)
         .chain(m.model.layers.iter().map(|l| l.out_features))
         .map(|w| w.to_string())
