@@ -102,6 +102,15 @@ for cfg in "llama 1 f32" "bitnet 2 bf16 --tied"; do
     python3 scripts/decoder_bundle_numpy.py check "$d-bundle" "$d/ids.safetensors" "$d-run-fp16.safetensors" "$d-run-ternary.safetensors"
 done
 
+# The language-model demo, read and recomputed the same way.
+"$bundle" create --demo lm --out "$work/lm-demo" >/dev/null
+python3 -c 'import sys, numpy as np; from safetensors.numpy import save_file
+save_file({"input_ids": np.random.default_rng(5).integers(0, 1000, (3, 20), dtype=np.int64)}, sys.argv[1])' "$work/lm-ids.safetensors"
+for p in fp16 ternary; do
+    "$bundle" run "$work/lm-demo" --input "$work/lm-ids.safetensors" --out "$work/lm-demo-$p.safetensors" --path $p >/dev/null
+done
+python3 scripts/decoder_bundle_numpy.py check "$work/lm-demo" "$work/lm-ids.safetensors" "$work/lm-demo-fp16.safetensors" "$work/lm-demo-ternary.safetensors"
+
 python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" "$work/trained-bundle" \
     "$work/lm-llama-bundle" "$work/lm-bitnet-bundle" \
     --inspect-json "$work/lm-llama-inspect.json" --verify-json "$work/lm-bitnet-verify.json" \

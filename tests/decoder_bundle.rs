@@ -242,3 +242,37 @@ fn sequences_too_short_or_out_of_the_vocabulary_are_clean_errors() {
     );
     assert!(!tmp.path().join("bad").exists());
 }
+
+#[test]
+fn the_language_model_demo_passes_verify_and_its_levels_follow_the_noise() {
+    use ternary_bundle::write::demo_lm::DemoLm;
+    let tmp = tempfile::tempdir().unwrap();
+    let lm = DemoLm::new(ternary_bundle::write::demo::DEFAULT_SEED);
+    let dir = tmp.path().join("lm");
+    let options = WriteOptions {
+        validation: Some(lm.validation_set()),
+        ..Default::default()
+    };
+    write_bundle(
+        &dir,
+        &lm,
+        &lm.plan(ternary_bundle::QuantParams::default()),
+        &options,
+    )
+    .unwrap();
+    let report = verify(&dir, &VerifyOptions::default());
+    assert!(report.ok, "{:?}", report.checks);
+    assert!(report.metrics.retention.unwrap() >= 0.995);
+    let a = assess(&dir, &AssessOptions::default()).unwrap();
+    // A model that knows the rule is right at about 1 - 0.06 (d - 1) of the positions.
+    for l in &a.levels {
+        let expected = 1.0 - 0.06 * f64::from(l.difficulty - 1);
+        assert!(
+            (l.accuracy_fp16 - expected).abs() < 0.08,
+            "level {}: accuracy {} against {expected}",
+            l.difficulty,
+            l.accuracy_fp16
+        );
+    }
+    assert!((0.70..=0.80).contains(&a.levels[4].accuracy_fp16));
+}

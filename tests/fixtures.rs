@@ -81,6 +81,22 @@ fn every_fixture_bundle_opens_and_passes_every_data_check() {
 }
 
 #[test]
+fn the_decoder_fixture_is_format_3_and_passes_every_data_check() {
+    let b = Bundle::open(
+        fixtures()
+            .join("bundles")
+            .join(make_fixtures::DECODER_FIXTURE),
+    )
+    .unwrap();
+    assert_eq!(b.facts().version.to_string(), "3.0");
+    let d = b.decoder().unwrap();
+    assert_eq!((d.vocab_size, d.num_hidden_layers), (11, 1));
+    let v = b.validation().unwrap();
+    assert_eq!((v.samples, v.tokens), (3, 5));
+    check_all(&b).unwrap();
+}
+
+#[test]
 fn newer_minor_opens_and_reports_its_version() {
     let b = Bundle::open(fixtures().join("versions/newer-minor")).unwrap();
     assert_eq!(b.facts().version.to_string(), "1.7");

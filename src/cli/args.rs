@@ -112,11 +112,26 @@ what quantization does to it mean something (512 -> 4096 -> 4096 -> 1536 -> 100,
               3.32, 3.55, 3.7, 3.85, 4.2, 4.65, 5.8. The labels are the classes (the ground
               truth), and the writer stores the original model's predictions beside them
 With the default seed the FP16 model's accuracy by difficulty is 99, 97, 92, 88, 86, 80, 75,
-68, 59 and 40%, and it keeps 99.9% of the original model's decisions (1 of 1000 changed).";
+68, 59 and 40%, and it keeps 99.9% of the original model's decisions (1 of 1000 changed).
+
+The language-model demo (--model lm; create --demo lm) is a BitNet b1.58 decoder (hidden 256,
+4 layers, 8 heads and 2 KV heads of 32, intermediate 512, vocabulary 1000, untied head,
+2.75 M parameters) that continues a successor language, built rather than trained:
+  task        the token after x is succ(x) = (7x + 3) mod 1000
+  model       the residual stream carries the token's embedding; lm_head row y is the
+              embedding of succ^-1(y), so the logits of x peak at succ(x); every layer adds a
+              small term (o_proj, down_proj of RMS 0.1 / sqrt(fan in)), which is what the
+              quantized projections change
+  validation  20 sequences of 32 tokens at every difficulty 1..10; at difficulty d each next
+              token is replaced by a uniform one with probability 0.06 (d - 1), so a model
+              that knows the rule is right at about 1 - 0.06 (d - 1) of the positions
+With the default seed the FP16 model's next-token accuracy by difficulty is 100, 96, 89, 81,
+74, 69, 65, 59, 52 and 44%, and it keeps 100% of the original model's decisions.";
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
   bundle create --demo --out demo-bundle
+  bundle create --demo lm --out lm-bundle
   bundle create --from model.safetensors --out my-bundle
   bundle create --from model.safetensors --out my-bundle --granularity group --group-size 128
   bundle create --from model.safetensors --out my-bundle --arch arch.json --quantize 'layers.*.weight'
@@ -142,11 +157,18 @@ pub struct CreateArgs {
     #[arg(long, value_name = "CHECKPOINT.safetensors|MODEL_DIR")]
     pub from: Option<PathBuf>,
 
-    /// Use the built-in demo model (512 -> 4096 -> 4096 -> 1536 -> 100, ReLU, 25 M parameters,
-    /// seeded) and embed its validation set: 1000 labelled examples at difficulty 1..10 (see
-    /// `bundle demo --help` for how the model and the data are made).
-    #[arg(long, conflicts_with_all = ["arch", "quantize", "validation"])]
-    pub demo: bool,
+    /// Use a built-in demo model and embed its validation set: `mlp` (the default: 512 -> 4096
+    /// -> 4096 -> 1536 -> 100, ReLU, 25 M parameters, 1000 labelled examples at difficulty
+    /// 1..10) or `lm` (a BitNet b1.58 decoder of 2.75 M parameters, 200 token sequences at
+    /// difficulty 1..10). See `bundle demo --help` for how the models and the data are made.
+    #[arg(
+        long,
+        value_name = "MODEL",
+        num_args = 0..=1,
+        default_missing_value = "mlp",
+        conflicts_with_all = ["arch", "quantize", "validation"]
+    )]
+    pub demo: Option<DemoModel>,
 
     /// Seed of the demo model's weights and validation inputs.
     #[arg(long, requires = "demo", default_value_t = ternary_bundle::write::demo::DEFAULT_SEED)]
@@ -245,6 +267,20 @@ pub struct DemoArgs {
     /// Seed of the demo model.
     #[arg(long, default_value_t = ternary_bundle::write::demo::DEFAULT_SEED)]
     pub seed: u64,
+
+    /// Which demo: `mlp` (the 25 M-parameter classifier) or `lm` (a BitNet b1.58 decoder that
+    /// continues a successor language).
+    #[arg(long, value_enum, default_value_t = DemoModel::Mlp)]
+    pub model: DemoModel,
+}
+
+/// The built-in demo models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoModel {
+    /// The 512 -> 4096 -> 4096 -> 1536 -> 100 classifier.
+    Mlp,
+    /// The tiny BitNet b1.58 language model.
+    Lm,
 }
 
 /// `bundle inspect`.

@@ -20,6 +20,7 @@ use ternary_bundle::verify::{verify, Check, VerifyOptions};
 use ternary_bundle::write::arch::{infer_arch, load_arch};
 use ternary_bundle::write::bundle::SourceDigest;
 use ternary_bundle::write::demo::DemoSource;
+use ternary_bundle::write::demo_lm::DemoLm;
 use ternary_bundle::write::export::{export, ExportDtype};
 use ternary_bundle::write::plan::select_quantized;
 use ternary_bundle::{
@@ -27,7 +28,7 @@ use ternary_bundle::{
     QuantParams, Result, WriteOptions, WriteReport,
 };
 
-use super::args::{self, CreateArgs, DtypeArg, EncodingArg, GranularityArg, QuantFlags};
+use super::args::{self, CreateArgs, DemoModel, DtypeArg, EncodingArg, GranularityArg, QuantFlags};
 use super::print;
 use super::render;
 
@@ -87,7 +88,21 @@ fn write_with_progress(
 pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
     let params = quant_params(&a.quant)?;
     let created = a.timestamp.then(now_utc);
-    let report = if a.demo {
+    let report = if a.demo == Some(DemoModel::Lm) {
+        if a.demo_widths.is_some() {
+            return Err(Error::InvalidArgument(
+                "--demo-widths shapes the MLP demo, not the language model".into(),
+            ));
+        }
+        let lm = DemoLm::new(a.seed);
+        let options = WriteOptions {
+            force: a.force,
+            created,
+            validation: Some(lm.validation_set()),
+            ..Default::default()
+        };
+        write_with_progress(&a.out, &lm, &lm.plan(params), &options)?
+    } else if a.demo.is_some() {
         let demo = match &a.demo_widths {
             Some(w) if w.len() >= 2 && w.iter().all(|&d| d >= 1) => {
                 DemoSource::with_widths(a.seed, w).with_random_readout()
@@ -204,15 +219,28 @@ pub fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
     Ok(report.ok)
 }
 
-pub fn demo(dir: &Path, seed: u64, open: &OpenOptions) -> Result<bool> {
-    let demo = DemoSource::new(seed);
-    let options = WriteOptions {
-        force: true,
-        validation: Some(demo.validation_set()),
-        ..Default::default()
-    };
+pub fn demo(dir: &Path, seed: u64, model: DemoModel, open: &OpenOptions) -> Result<bool> {
     let started = std::time::Instant::now();
-    write_with_progress(dir, &demo, &demo.plan(QuantParams::default()), &options)?;
+    match model {
+        DemoModel::Mlp => {
+            let demo = DemoSource::new(seed);
+            let options = WriteOptions {
+                force: true,
+                validation: Some(demo.validation_set()),
+                ..Default::default()
+            };
+            write_with_progress(dir, &demo, &demo.plan(QuantParams::default()), &options)?;
+        }
+        DemoModel::Lm => {
+            let lm = DemoLm::new(seed);
+            let options = WriteOptions {
+                force: true,
+                validation: Some(lm.validation_set()),
+                ..Default::default()
+            };
+            write_with_progress(dir, &lm, &lm.plan(QuantParams::default()), &options)?;
+        }
+    }
     println!(
         "Wrote the demo bundle to {} in {:.1} s (seed {seed}).\n",
         dir.display(),

@@ -36,7 +36,7 @@ pub fn run() -> ExitCode {
     let assess = matches!(cli.command, Command::Assess(_));
     let outcome = match cli.command {
         Command::Create(a) => commands::create(a, &open),
-        Command::Demo(a) => commands::demo(&a.dir, a.seed, &open),
+        Command::Demo(a) => commands::demo(&a.dir, a.seed, a.model, &open),
         Command::Inspect(a) => Bundle::open_with(&a.dir, &open).map(|b| {
             let i = inspect(&b);
             if a.json {
