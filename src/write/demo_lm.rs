@@ -220,8 +220,8 @@ mod tests {
         let ids = &v.input_ids.as_ref().unwrap().ids;
         assert_eq!(ids.len(), 200 * TOKENS);
         // Level 1 (sequence 0) has no noise: every label is the successor of its token.
-        for p in 0..TOKENS - 1 {
-            assert_eq!(v.labels[p] as usize, successor(ids[p] as usize, vocab));
+        for (label, id) in v.labels.iter().zip(ids).take(TOKENS - 1) {
+            assert_eq!(*label as usize, successor(*id as usize, vocab));
         }
         // Level 10 (sequence 9) is far from the rule.
         let off = (0..TOKENS - 1)
