@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The decoder reference model at the size of BitNet b1.58 2B4T: streams the model directory
+# The decoder at the size of BitNet b1.58 2B4T: streams the model directory
 # (benches/make_decoder_checkpoint.py: the real config, synthetic BF16 weights, 4.8 GB, never
-# committed), then runs the f32 forward of the original weights on a few sequences
-# (examples/decoder_logits.rs --original-only) under /usr/bin/time: wall time, peak RSS, and
-# the forward's own time.
+# committed), runs the f32 forward of the original weights on a few sequences
+# (examples/decoder_logits.rs --original-only), then `bundle create --from` the directory and
+# `bundle verify` the bundle (6.5 GB more), each under /usr/bin/time: wall time, peak RSS, and
+# for verify the seconds of every check.
 #
 #   bash benches/decoder_scale.sh [WORK_DIR]      needs about 5 GB free (default: a temporary
 #                                                 directory, removed afterwards)
@@ -11,7 +12,7 @@
 #   N=2 T=64 bash benches/decoder_scale.sh        sequences and tokens per sequence
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --example decoder_logits
+cargo build --release --quiet --example decoder_logits --bin bundle
 if [ $# -ge 1 ]; then
     work=$1
     mkdir -p "$work"
@@ -33,3 +34,16 @@ save_file({"input_ids": np.random.default_rng(0).integers(0, 128256, (n, t), dty
     --original-only 2>"$work/time.txt" >/dev/null || { cat "$work/time.txt" >&2; exit 1; }
 grep -E "forward in" "$work/time.txt"
 grep -E "Elapsed|Maximum resident" "$work/time.txt" | sed 's/^\s*//'
+
+rm -rf "$work/bundle"
+/usr/bin/time -v target/release/bundle create --from "$model" --out "$work/bundle" \
+    2>"$work/create-time.txt" >/dev/null || { cat "$work/create-time.txt" >&2; exit 1; }
+echo "create:"
+grep -E "Elapsed|Maximum resident" "$work/create-time.txt" | sed 's/^\s*/  /'
+/usr/bin/time -v target/release/bundle verify "$work/bundle" --json >"$work/verify.json" \
+    2>"$work/verify-time.txt" || { cat "$work/verify-time.txt" >&2; exit 1; }
+echo "verify:"
+grep -E "Elapsed|Maximum resident" "$work/verify-time.txt" | sed 's/^\s*/  /'
+python3 -c 'import json, sys
+for c in json.load(open(sys.argv[1]))["checks"]:
+    print(f"  {c['"'"'name'"'"']:15} {c['"'"'status'"'"']:5} {c['"'"'seconds'"'"']:6.1f} s  {c['"'"'detail'"'"'][:90]}")' "$work/verify.json"

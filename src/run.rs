@@ -61,20 +61,10 @@ pub fn load_inputs(path: &Path, bundle: &Bundle) -> Result<RunInput> {
     if let Some(spec) = bundle.decoder() {
         return load_token_ids(path, &src, spec.vocab_size);
     }
-    let header = src.header();
     let width = bundle.manifest().model.input_dim;
     let bad =
         |what: String| -> Error { Error::InvalidArgument(format!("{}: {what}", path.display())) };
-    let entry = match header.get(VALIDATION_INPUTS) {
-        Some(e) => e,
-        None if header.entries.len() == 1 => &header.entries[0],
-        None => {
-            return Err(bad(format!(
-                "no tensor named {VALIDATION_INPUTS:?}, and {} tensors to choose from: name the inputs {VALIDATION_INPUTS:?}",
-                header.entries.len()
-            )))
-        }
-    };
+    let entry = input_entry(path, &src, VALIDATION_INPUTS, "inputs")?;
     let name = &entry.name;
     if entry.shape.len() != 2 || entry.shape[1] != width {
         return Err(bad(format!(
@@ -107,22 +97,31 @@ pub fn load_inputs(path: &Path, bundle: &Bundle) -> Result<RunInput> {
     Ok(RunInput::Rows(values))
 }
 
+/// The input tensor of `src`: the one named `name`, or the file's only tensor.
+fn input_entry<'a>(
+    path: &Path,
+    src: &'a CheckpointSource,
+    name: &str,
+    what: &str,
+) -> Result<&'a crate::format::safetensors::TensorEntry> {
+    let header = src.header();
+    match header.get(name) {
+        Some(e) => Ok(e),
+        None if header.entries.len() == 1 => Ok(&header.entries[0]),
+        None => Err(Error::InvalidArgument(format!(
+            "{}: no tensor named {name:?}, and {} tensors to choose from: name the {what} {name:?}",
+            path.display(),
+            header.entries.len()
+        ))),
+    }
+}
+
 /// A decoder's input: tensor `input_ids` or the file's only tensor, I64 or I32 `[N, T]` with
 /// N, T >= 1, every id in `0..vocab`.
 fn load_token_ids(path: &Path, src: &CheckpointSource, vocab: usize) -> Result<RunInput> {
-    let header = src.header();
     let bad =
         |what: String| -> Error { Error::InvalidArgument(format!("{}: {what}", path.display())) };
-    let entry = match header.get(VALIDATION_INPUT_IDS) {
-        Some(e) => e,
-        None if header.entries.len() == 1 => &header.entries[0],
-        None => {
-            return Err(bad(format!(
-                "no tensor named {VALIDATION_INPUT_IDS:?}, and {} tensors to choose from: name the token ids {VALIDATION_INPUT_IDS:?}",
-                header.entries.len()
-            )))
-        }
-    };
+    let entry = input_entry(path, src, VALIDATION_INPUT_IDS, "token ids")?;
     let name = &entry.name;
     let (n, t) = match entry.shape[..] {
         [n, t] if n >= 1 && t >= 1 => (n, t as usize),

@@ -215,13 +215,7 @@ fn assess_decoder_level(
         let (loss, grads) =
             model.loss_and_gradient_with(part, Some(lb), true, &BackwardHooks::default())?;
         loss_sum += loss * part.nrows() as f64;
-        let (mut sum, mut skip) = (0.0, 0);
-        for g in grads.iter().flatten() {
-            match unbiased_variance(g) {
-                Some(v) => sum += v,
-                None => skip += 1,
-            }
-        }
+        let (sum, skip) = variance_over_tensors(grads.iter().flatten());
         variance_sum += sum;
         skipped = skip;
         batches += 1;
@@ -264,14 +258,21 @@ fn batch_gradient_variance(
         let xc: Array2<f64> = xc.mapv(f64::from);
         loss += weight * accumulate_gradient(model, xc.view(), lc, weight, &mut grads);
     }
+    let (sum, skipped) = variance_over_tensors(&grads);
+    (loss, sum, skipped)
+}
+
+/// The sum over tensors of the unbiased variance of each one's gradient entries, and how many
+/// tensors were left out (a single entry has none).
+fn variance_over_tensors<'g>(grads: impl IntoIterator<Item = &'g Vec<f64>>) -> (f64, usize) {
     let (mut sum, mut skipped) = (0.0, 0);
-    for g in &grads {
+    for g in grads {
         match unbiased_variance(g) {
             Some(v) => sum += v,
             None => skipped += 1,
         }
     }
-    (loss, sum, skipped)
+    (sum, skipped)
 }
 
 /// The unbiased variance of `values` (two passes, in f64); `None` for fewer than two.

@@ -221,24 +221,26 @@ pub fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
 
 pub fn demo(dir: &Path, seed: u64, model: DemoModel, open: &OpenOptions) -> Result<bool> {
     let started = std::time::Instant::now();
+    let write = |source: &dyn TensorSource, plan: BundlePlan, validation| {
+        let options = WriteOptions {
+            force: true,
+            validation: Some(validation),
+            ..Default::default()
+        };
+        write_with_progress(dir, source, &plan, &options)
+    };
     match model {
         DemoModel::Mlp => {
             let demo = DemoSource::new(seed);
-            let options = WriteOptions {
-                force: true,
-                validation: Some(demo.validation_set()),
-                ..Default::default()
-            };
-            write_with_progress(dir, &demo, &demo.plan(QuantParams::default()), &options)?;
+            write(
+                &demo,
+                demo.plan(QuantParams::default()),
+                demo.validation_set(),
+            )?;
         }
         DemoModel::Lm => {
             let lm = DemoLm::new(seed);
-            let options = WriteOptions {
-                force: true,
-                validation: Some(lm.validation_set()),
-                ..Default::default()
-            };
-            write_with_progress(dir, &lm, &lm.plan(QuantParams::default()), &options)?;
+            write(&lm, lm.plan(QuantParams::default()), lm.validation_set())?;
         }
     }
     println!(

@@ -80,25 +80,12 @@ pub fn validation_layout(
     difficulty: bool,
     original_predictions: bool,
 ) -> Layout {
-    let mut out = vec![
-        (
-            VALIDATION_INPUTS.to_string(),
-            Dtype::F32,
-            vec![n, input_dim],
-        ),
-        (VALIDATION_LABELS.to_string(), Dtype::I64, vec![n]),
-    ];
-    if difficulty {
-        out.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
-    }
-    if original_predictions {
-        out.push((
-            VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
-            Dtype::I64,
-            vec![n],
-        ));
-    }
-    out
+    labelled_layout(
+        (VALIDATION_INPUTS, Dtype::F32, vec![n, input_dim]),
+        vec![n],
+        difficulty,
+        original_predictions,
+    )
 }
 
 /// The tensors a decoder's `validation.safetensors` holds for `n` sequences of `t` tokens
@@ -111,10 +98,27 @@ pub fn decoder_validation_layout(
     difficulty: bool,
     original_predictions: bool,
 ) -> Layout {
-    let next = t.saturating_sub(1);
+    labelled_layout(
+        (VALIDATION_INPUT_IDS, Dtype::I64, vec![n, t]),
+        vec![n, t.saturating_sub(1)],
+        difficulty,
+        original_predictions,
+    )
+}
+
+/// The inputs, then `labels` I64 of shape `scored` (one per scored sample), the optional
+/// `difficulty` U8 `[n]` (`n` = the inputs' first dimension) and `original_predictions` I64 of
+/// shape `scored`.
+fn labelled_layout(
+    (inputs, dtype, shape): (&str, Dtype, Vec<u64>),
+    scored: Vec<u64>,
+    difficulty: bool,
+    original_predictions: bool,
+) -> Layout {
+    let n = shape[0];
     let mut out = vec![
-        (VALIDATION_INPUT_IDS.to_string(), Dtype::I64, vec![n, t]),
-        (VALIDATION_LABELS.to_string(), Dtype::I64, vec![n, next]),
+        (inputs.to_string(), dtype, shape),
+        (VALIDATION_LABELS.to_string(), Dtype::I64, scored.clone()),
     ];
     if difficulty {
         out.push((VALIDATION_DIFFICULTY.to_string(), Dtype::U8, vec![n]));
@@ -123,7 +127,7 @@ pub fn decoder_validation_layout(
         out.push((
             VALIDATION_ORIGINAL_PREDICTIONS.to_string(),
             Dtype::I64,
-            vec![n, next],
+            scored,
         ));
     }
     out

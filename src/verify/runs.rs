@@ -91,6 +91,20 @@ pub(crate) struct Comparison {
 }
 
 impl Recomputed {
+    /// Adds the predictions of `logits` (a row per sample) and, against the stored predictions
+    /// of the same samples (`stored[k]` for row k), which are near-ties.
+    fn push(&mut self, logits: &ndarray::Array2<f32>, stored: Option<&[usize]>) {
+        let predictions = argmax_rows(logits);
+        for (k, (row, &p)) in logits.rows().into_iter().zip(&predictions).enumerate() {
+            let tie = stored.is_some_and(|s| {
+                let scale = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                row[p] - row[s[k]] <= NEAR_TIE * scale
+            });
+            self.near_tie.push(tie);
+        }
+        self.predictions.extend(predictions);
+    }
+
     pub fn compare(&self, stored: &[usize]) -> Comparison {
         let mut c = Comparison {
             differ: 0,
@@ -312,15 +326,7 @@ impl<'b> ModelRuns<'b> {
                     let start = rows.start;
                     let x = samples.rows(rows);
                     let logits = forward_source(&original, model, activations, x.view())?;
-                    let predictions = argmax_rows(&logits);
-                    for (k, (row, &p)) in logits.rows().into_iter().zip(&predictions).enumerate() {
-                        let tie = stored.is_some_and(|s| {
-                            let scale = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                            row[p] - row[s[start + k]] <= NEAR_TIE * scale
-                        });
-                        r.near_tie.push(tie);
-                    }
-                    r.predictions.extend(predictions);
+                    r.push(&logits, stored.map(|s| &s[start..]));
                 }
                 Ok(r)
             })
@@ -372,15 +378,7 @@ fn decoder_reference(
             .map_err(|e| crate::error::Error::InvalidArgument(format!("logits: {e}")))?
             .to_owned();
         let first = r.predictions.len();
-        let predictions = argmax_rows(&positions);
-        for (k, (row, &p)) in positions.rows().into_iter().zip(&predictions).enumerate() {
-            let tie = stored.is_some_and(|s| {
-                let scale = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                row[p] - row[s[first + k]] <= NEAR_TIE * scale
-            });
-            r.near_tie.push(tie);
-        }
-        r.predictions.extend(predictions);
+        r.push(&positions, stored.map(|s| &s[first..]));
     }
     Ok(r)
 }
