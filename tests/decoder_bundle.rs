@@ -276,3 +276,61 @@ fn the_language_model_demo_passes_verify_and_its_levels_follow_the_noise() {
     }
     assert!((0.70..=0.80).contains(&a.levels[4].accuracy_fp16));
 }
+
+#[test]
+fn the_streamed_gradient_check_agrees_with_the_in_memory_decoder() {
+    use ternary_bundle::model::decoder64::{gradient_flow, Decoder64, DecoderGradCheckOptions};
+    use ternary_bundle::model::decoder_stream::streamed_gradient_check;
+    let tmp = tempfile::tempdir().unwrap();
+    for (family, tied) in [(Family::Llama, false), (Family::Bitnet, true)] {
+        let dir = decoder_bundle(&tmp, family.name(), family, tied, false);
+        let b = Bundle::open(&dir).unwrap();
+        let ids: Vec<i64> = vec![3, 17, 3, 28, 0, 9, 17];
+        let rep = streamed_gradient_check(&b, &ids, &DecoderGradCheckOptions::default()).unwrap();
+        assert!(rep.check.error_ratio < 0.1, "{family:?}: {:?}", rep.check);
+        assert!(rep.check.coordinates >= 20 && rep.check.directions == 2);
+        // The same loss and the same gradient statistics as the f64 decoder held in memory.
+        let fp16 = BundleDecoder::new(&b, WeightPath::Fp16).unwrap();
+        let model = Decoder64::load(fp16.spec(), &fp16).unwrap();
+        let view = Array2::from_shape_vec((1, ids.len()), ids.clone()).unwrap();
+        let (loss, stats) = gradient_flow(&model, view.view()).unwrap();
+        assert!((rep.check.loss - loss).abs() <= 1e-12 * loss.abs());
+        assert_eq!(rep.flow.len(), stats.len());
+        for (s, m) in rep.flow.iter().zip(&stats) {
+            assert_eq!((&s.name, s.non_zero), (&m.name, m.non_zero));
+            assert!(
+                (s.norm - m.norm).abs() <= 1e-9 * m.norm,
+                "{}: {} vs {}",
+                s.name,
+                s.norm,
+                m.norm
+            );
+        }
+        // A 1% error in the backward pass of any component fails it.
+        for hooks in [
+            BackwardHooks {
+                attention: 1.01,
+                ..BackwardHooks::default()
+            },
+            BackwardHooks {
+                rmsnorm: 1.01,
+                ..BackwardHooks::default()
+            },
+            BackwardHooks {
+                mlp: 1.01,
+                ..BackwardHooks::default()
+            },
+        ] {
+            let options = DecoderGradCheckOptions {
+                hooks,
+                ..DecoderGradCheckOptions::default()
+            };
+            let rep = streamed_gradient_check(&b, &ids, &options).unwrap();
+            assert!(
+                rep.check.error_ratio > 1.0,
+                "{family:?} {hooks:?}: {:?}",
+                rep.check
+            );
+        }
+    }
+}

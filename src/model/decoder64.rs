@@ -9,9 +9,10 @@
 //! (attention, the RMSNorms, the gated MLP) so that a test can show each wrong backward is
 //! caught.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use ndarray::{s, Array2, ArrayView2, Axis};
+use ndarray::{s, Array2, ArrayView2, Axis, CowArray, Ix2};
 
 use crate::error::{Error, Result};
 use crate::model::decoder::{load_tensor, token_ids, DecoderSpec, Family};
@@ -138,16 +139,6 @@ impl Decoder64 {
         }
     }
 
-    fn matrix(&self, name: &str) -> ArrayView2<'_, f64> {
-        let i = self.index[name];
-        let (r, c) = (self.shapes[i][0], self.shapes[i][1]);
-        ArrayView2::from_shape((r, c), &self.values[i][..]).expect("shape checked at load")
-    }
-
-    fn vector(&self, name: &str) -> &[f64] {
-        &self.values[self.index[name]]
-    }
-
     /// The mean next-token cross-entropy over `ids` (`[N, T]`, T >= 2, ids < vocab) and, when
     /// `grad`, its gradient for every parameter (in parameter order).
     pub fn loss_and_gradient(
@@ -199,7 +190,8 @@ impl Decoder64 {
                 Some(l) => &l[k * (t - 1)..(k + 1) * (t - 1)],
                 None => &seq[1..],
             };
-            let (caches, finals, logits) = self.forward_sequence(seq);
+            let pass = forward_sequence(&self.spec, self, seq, None)?;
+            let logits = &pass.logits;
             let predicting = logits.slice(s![..t - 1, ..]);
             if !grad {
                 loss += mean_cross_entropy(predicting, targets) / n as f64;
@@ -209,257 +201,372 @@ impl Decoder64 {
             loss += l / n as f64;
             let mut dlogits = Array2::<f64>::zeros(logits.raw_dim());
             dlogits.slice_mut(s![..t - 1, ..]).assign(&(g / n as f64));
-            self.backward_sequence(seq, &caches, &finals, dlogits, hooks, &mut grads);
+            let mut sink = FullGradients {
+                index: &self.index,
+                shapes: &self.shapes,
+                grads: &mut grads,
+            };
+            backward_sequence(&self.spec, self, seq, &pass, dlogits, hooks, &mut sink)?;
         }
         Ok((loss, grad.then_some(grads)))
     }
+}
 
-    fn rms(&self, x: &Array2<f64>, weight: &str) -> (Array2<f64>, NormCache) {
-        let eps = f64::from(self.spec.rms_norm_eps);
-        let (y, inv) = Model64::rms_norm(x, self.vector(weight), eps);
-        (y, NormCache { x: x.clone(), inv })
+impl Weights64 for Decoder64 {
+    fn matrix(&self, name: &str) -> Result<CowArray<'_, f64, Ix2>> {
+        let i = self.index[name];
+        let (r, c) = (self.shapes[i][0], self.shapes[i][1]);
+        let view =
+            ArrayView2::from_shape((r, c), &self.values[i][..]).expect("shape checked at load");
+        Ok(CowArray::from(view))
     }
 
-    fn rope(&self, x: &mut Array2<f64>, inverse: bool) {
-        let hd = self.spec.head_dim;
-        let half = hd / 2;
-        let theta = self.spec.rope_theta;
-        for (pos, mut row) in x.axis_iter_mut(Axis(0)).enumerate() {
-            for mut head in row.exact_chunks_mut(hd) {
-                for i in 0..half {
-                    let angle = pos as f64 / theta.powf((2 * i) as f64 / hd as f64);
-                    let (c, s) = (
-                        angle.cos(),
-                        if inverse { -angle.sin() } else { angle.sin() },
-                    );
-                    let (a, b) = (head[i], head[i + half]);
-                    head[i] = a * c - b * s;
-                    head[i + half] = b * c + a * s;
-                }
+    fn vector(&self, name: &str) -> Result<Cow<'_, [f64]>> {
+        Ok(Cow::Borrowed(&self.values[self.index[name]]))
+    }
+
+    fn rows(&self, name: &str, ids: &[usize]) -> Result<Array2<f64>> {
+        Ok(self.matrix(name)?.select(Axis(0), ids))
+    }
+}
+
+/// Where the f64 decoder reads its weights: in memory ([`Decoder64`]), or a bundle's FP16
+/// tensors converted when used (`model::decoder_stream`).
+pub(crate) trait Weights64 {
+    /// The matrix `name`, `[out, in]`.
+    fn matrix(&self, name: &str) -> Result<CowArray<'_, f64, Ix2>>;
+    /// The vector `name` (a norm weight).
+    fn vector(&self, name: &str) -> Result<Cow<'_, [f64]>>;
+    /// Rows `ids` of the matrix `name` (the embedding lookup).
+    fn rows(&self, name: &str, ids: &[usize]) -> Result<Array2<f64>>;
+    /// `x W^T` for the matrix `name`.
+    fn linear(&self, name: &str, x: &Array2<f64>) -> Result<Array2<f64>> {
+        Ok(product(x.view(), self.matrix(name)?.t()))
+    }
+    /// `dy W` for the matrix `name`.
+    fn linear_t(&self, name: &str, dy: &Array2<f64>) -> Result<Array2<f64>> {
+        Ok(product(dy.view(), self.matrix(name)?.view()))
+    }
+}
+
+/// Where the backward pass puts the gradient of each tensor.
+pub(crate) trait GradSink {
+    /// Adds `g` to rows `first..first + g.nrows()` of tensor `name`'s gradient (the tensor
+    /// viewed as `[rows, columns]`; a vector is one row).
+    fn add(&mut self, name: &str, first: usize, g: ArrayView2<f64>);
+    /// Adds row j of `g` to row `ids[j]` of tensor `name`'s gradient (the embedding lookup).
+    fn add_rows(&mut self, name: &str, ids: &[usize], g: ArrayView2<f64>);
+    /// Adds `dy^T x` to the gradient of the matrix `name` (a linear's, y = x W^T).
+    fn add_outer(&mut self, name: &str, dy: &Array2<f64>, x: &Array2<f64>) {
+        self.add(name, 0, product(dy.t(), x.view()).view());
+    }
+}
+
+/// The whole gradient of every tensor, in memory.
+struct FullGradients<'a> {
+    index: &'a HashMap<String, usize>,
+    shapes: &'a [Vec<usize>],
+    grads: &'a mut [Vec<f64>],
+}
+
+impl GradSink for FullGradients<'_> {
+    fn add(&mut self, name: &str, first: usize, g: ArrayView2<f64>) {
+        let p = self.index[name];
+        let cols = self.shapes[p].get(1).copied().unwrap_or(self.shapes[p][0]);
+        let start = first * cols;
+        self.grads[p][start..start + g.len()]
+            .iter_mut()
+            .zip(g.iter())
+            .for_each(|(a, d)| *a += d);
+    }
+
+    fn add_rows(&mut self, name: &str, ids: &[usize], g: ArrayView2<f64>) {
+        let p = self.index[name];
+        let cols = g.ncols();
+        for (row, &id) in g.rows().into_iter().zip(ids) {
+            self.grads[p][id * cols..(id + 1) * cols]
+                .iter_mut()
+                .zip(row.iter())
+                .for_each(|(a, d)| *a += d);
+        }
+    }
+}
+
+/// What a forward pass over one sequence keeps: the layer caches (for the backward pass), the
+/// residual stream entering every layer and leaving the last (`inputs[l]`, `inputs[L]`), the
+/// final norm's cache and output, and the logits of every position.
+pub(crate) struct SequencePass {
+    caches: Vec<LayerCache>,
+    pub inputs: Vec<Array2<f64>>,
+    finals: (NormCache, Array2<f64>),
+    pub logits: Array2<f64>,
+}
+
+fn rms<W: Weights64 + ?Sized>(
+    spec: &DecoderSpec,
+    w: &W,
+    x: &Array2<f64>,
+    weight: &str,
+) -> Result<(Array2<f64>, NormCache)> {
+    let eps = f64::from(spec.rms_norm_eps);
+    let (y, inv) = Model64::rms_norm(x, &w.vector(weight)?, eps);
+    Ok((y, NormCache { x: x.clone(), inv }))
+}
+
+fn rope(spec: &DecoderSpec, x: &mut Array2<f64>, inverse: bool) {
+    let hd = spec.head_dim;
+    let half = hd / 2;
+    let theta = spec.rope_theta;
+    for (pos, mut row) in x.axis_iter_mut(Axis(0)).enumerate() {
+        for mut head in row.exact_chunks_mut(hd) {
+            for i in 0..half {
+                let angle = pos as f64 / theta.powf((2 * i) as f64 / hd as f64);
+                let (c, s) = (
+                    angle.cos(),
+                    if inverse { -angle.sin() } else { angle.sin() },
+                );
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * c - b * s;
+                head[i + half] = b * c + a * s;
             }
         }
     }
+}
 
-    /// One sequence: the layer caches, the final norm's cache and normed input, and the
-    /// logits of every position.
-    #[allow(clippy::type_complexity)]
-    fn forward_sequence(
-        &self,
-        seq: &[usize],
-    ) -> (Vec<LayerCache>, (NormCache, Array2<f64>), Array2<f64>) {
-        let sp = &self.spec;
-        let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
-        let group = heads / sp.num_key_value_heads;
-        let t = seq.len();
-        let emb = self.matrix("model.embed_tokens.weight");
-        let mut x = emb.select(Axis(0), seq);
-        let mut caches = Vec::with_capacity(sp.num_hidden_layers);
-        for l in 0..sp.num_hidden_layers {
-            let p = |name: &str| format!("model.layers.{l}.{name}");
-            let (n1, norm1) = self.rms(&x, &p("input_layernorm.weight"));
-            let mut q = product(n1.view(), self.matrix(&p("self_attn.q_proj.weight")).t());
-            let mut k = product(n1.view(), self.matrix(&p("self_attn.k_proj.weight")).t());
-            let v = product(n1.view(), self.matrix(&p("self_attn.v_proj.weight")).t());
-            self.rope(&mut q, false);
-            self.rope(&mut k, false);
-            let mut a = Array2::<f64>::zeros((t, heads * hd));
-            let mut probs = Vec::with_capacity(heads);
-            for h in 0..heads {
-                let g = h / group;
-                let qh = q.slice(s![.., h * hd..(h + 1) * hd]);
-                let kh = k.slice(s![.., g * hd..(g + 1) * hd]);
-                let mut sc = product(qh, kh.t()) / (hd as f64).sqrt();
-                for (i, mut row) in sc.axis_iter_mut(Axis(0)).enumerate() {
-                    row.slice_mut(s![i + 1..]).fill(f64::NEG_INFINITY);
-                }
-                let pr = softmax_rows(&sc);
-                let ah = product(pr.view(), v.slice(s![.., g * hd..(g + 1) * hd]));
-                a.slice_mut(s![.., h * hd..(h + 1) * hd]).assign(&ah);
-                probs.push(pr);
-            }
-            let (a_in, sub) = if sp.family == Family::Bitnet {
-                let (y, c) = self.rms(&a, &p("self_attn.attn_sub_norm.weight"));
-                (y, Some(c))
-            } else {
-                (a.clone(), None)
-            };
-            x = x + product(a_in.view(), self.matrix(&p("self_attn.o_proj.weight")).t());
-            let (n2, norm2) = self.rms(&x, &p("post_attention_layernorm.weight"));
-            let gate = product(n2.view(), self.matrix(&p("mlp.gate_proj.weight")).t());
-            let up = product(n2.view(), self.matrix(&p("mlp.up_proj.weight")).t());
-            let act = gate.mapv(|z| activation(sp.family, z));
-            let m0 = &act * &up;
-            let (m, ffn) = if sp.family == Family::Bitnet {
-                let (y, c) = self.rms(&m0, &p("mlp.ffn_sub_norm.weight"));
-                (y, Some(c))
-            } else {
-                (m0, None)
-            };
-            x = x + product(m.view(), self.matrix(&p("mlp.down_proj.weight")).t());
-            caches.push(LayerCache {
-                norm1,
-                n1,
-                q,
-                k,
-                v,
-                probs,
-                sub,
-                a: a_in,
-                norm2,
-                n2,
-                gate,
-                up,
-                ffn,
-                m,
-            });
-        }
-        let (nf, normf) = self.rms(&x, "model.norm.weight");
-        let logits = product(nf.view(), self.matrix(self.head()).t());
-        (caches, (normf, nf), logits)
+/// The head's name: `lm_head.weight`, or the embedding when tied.
+pub(crate) fn head_name(spec: &DecoderSpec) -> &'static str {
+    if spec.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
     }
+}
 
-    fn head(&self) -> &'static str {
-        if self.spec.tie_word_embeddings {
-            "model.embed_tokens.weight"
+/// One sequence through the decoder. With `start` = (l, x), the pass begins at layer l with
+/// residual stream x (an earlier pass's `inputs[l]`; l = L starts at the final norm).
+pub(crate) fn forward_sequence<W: Weights64 + ?Sized>(
+    sp: &DecoderSpec,
+    w: &W,
+    seq: &[usize],
+    start: Option<(usize, Array2<f64>)>,
+) -> Result<SequencePass> {
+    let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
+    let group = heads / sp.num_key_value_heads;
+    let t = seq.len();
+    let (first, mut x) = match start {
+        Some(s) => s,
+        None => (0, w.rows("model.embed_tokens.weight", seq)?),
+    };
+    let mut caches = Vec::with_capacity(sp.num_hidden_layers);
+    let mut inputs = Vec::with_capacity(sp.num_hidden_layers + 1);
+    for l in first..sp.num_hidden_layers {
+        inputs.push(x.clone());
+        let p = |name: &str| format!("model.layers.{l}.{name}");
+        let (n1, norm1) = rms(sp, w, &x, &p("input_layernorm.weight"))?;
+        let mut q = w.linear(&p("self_attn.q_proj.weight"), &n1)?;
+        let mut k = w.linear(&p("self_attn.k_proj.weight"), &n1)?;
+        let v = w.linear(&p("self_attn.v_proj.weight"), &n1)?;
+        rope(sp, &mut q, false);
+        rope(sp, &mut k, false);
+        let mut a = Array2::<f64>::zeros((t, heads * hd));
+        let mut probs = Vec::with_capacity(heads);
+        for h in 0..heads {
+            let g = h / group;
+            let qh = q.slice(s![.., h * hd..(h + 1) * hd]);
+            let kh = k.slice(s![.., g * hd..(g + 1) * hd]);
+            let mut sc = product(qh, kh.t()) / (hd as f64).sqrt();
+            for (i, mut row) in sc.axis_iter_mut(Axis(0)).enumerate() {
+                row.slice_mut(s![i + 1..]).fill(f64::NEG_INFINITY);
+            }
+            let pr = softmax_rows(&sc);
+            let ah = product(pr.view(), v.slice(s![.., g * hd..(g + 1) * hd]));
+            a.slice_mut(s![.., h * hd..(h + 1) * hd]).assign(&ah);
+            probs.push(pr);
+        }
+        let (a_in, sub) = if sp.family == Family::Bitnet {
+            let (y, c) = rms(sp, w, &a, &p("self_attn.attn_sub_norm.weight"))?;
+            (y, Some(c))
         } else {
-            "lm_head.weight"
-        }
+            (a.clone(), None)
+        };
+        x = x + w.linear(&p("self_attn.o_proj.weight"), &a_in)?;
+        let (n2, norm2) = rms(sp, w, &x, &p("post_attention_layernorm.weight"))?;
+        let gate = w.linear(&p("mlp.gate_proj.weight"), &n2)?;
+        let up = w.linear(&p("mlp.up_proj.weight"), &n2)?;
+        let act = gate.mapv(|z| activation(sp.family, z));
+        let m0 = &act * &up;
+        let (m, ffn) = if sp.family == Family::Bitnet {
+            let (y, c) = rms(sp, w, &m0, &p("mlp.ffn_sub_norm.weight"))?;
+            (y, Some(c))
+        } else {
+            (m0, None)
+        };
+        x = x + w.linear(&p("mlp.down_proj.weight"), &m)?;
+        caches.push(LayerCache {
+            norm1,
+            n1,
+            q,
+            k,
+            v,
+            probs,
+            sub,
+            a: a_in,
+            norm2,
+            n2,
+            gate,
+            up,
+            ffn,
+            m,
+        });
     }
+    inputs.push(x.clone());
+    let (nf, normf) = rms(sp, w, &x, "model.norm.weight")?;
+    let logits = w.linear(head_name(sp), &nf)?;
+    Ok(SequencePass {
+        caches,
+        inputs,
+        finals: (normf, nf),
+        logits,
+    })
+}
 
-    /// `dy W` for the linear `name` (y = x W^T), adding `dy^T x` to its gradient.
-    fn linear_back(
-        &self,
-        name: &str,
-        x: &Array2<f64>,
-        dy: &Array2<f64>,
-        grads: &mut [Vec<f64>],
-    ) -> Array2<f64> {
-        let dw = product(dy.t(), x.view());
-        grads[self.index[name]]
-            .iter_mut()
-            .zip(dw.iter())
-            .for_each(|(g, d)| *g += d);
-        product(dy.view(), self.matrix(name))
-    }
+/// `dy W` for the linear `name` (y = x W^T), adding `dy^T x` to its gradient.
+fn linear_back<W: Weights64 + ?Sized>(
+    w: &W,
+    name: &str,
+    x: &Array2<f64>,
+    dy: &Array2<f64>,
+    sink: &mut dyn GradSink,
+) -> Result<Array2<f64>> {
+    sink.add_outer(name, dy, x);
+    w.linear_t(name, dy)
+}
 
-    /// The input gradient of the RMSNorm `weight` (cache `c`) from its output gradient `dy`,
-    /// adding to the weight's gradient; scaled by the RMSNorm hook.
-    fn rms_back(
-        &self,
-        weight: &str,
-        c: &NormCache,
-        dy: &Array2<f64>,
-        hook: f64,
-        grads: &mut [Vec<f64>],
-    ) -> Array2<f64> {
-        let (dx, dw) = rms_norm_backward(&c.x, &c.inv, self.vector(weight), dy);
-        grads[self.index[weight]]
-            .iter_mut()
-            .zip(dw)
-            .for_each(|(g, d)| *g += d * hook);
-        dx * hook
-    }
+/// The input gradient of the RMSNorm `weight` (cache `c`) from its output gradient `dy`,
+/// adding to the weight's gradient; scaled by the RMSNorm hook.
+fn rms_back<W: Weights64 + ?Sized>(
+    w: &W,
+    weight: &str,
+    c: &NormCache,
+    dy: &Array2<f64>,
+    hook: f64,
+    sink: &mut dyn GradSink,
+) -> Result<Array2<f64>> {
+    let (dx, dw) = rms_norm_backward(&c.x, &c.inv, &w.vector(weight)?, dy);
+    let dw: Vec<f64> = dw.into_iter().map(|d| d * hook).collect();
+    let n = dw.len();
+    sink.add(
+        weight,
+        0,
+        ArrayView2::from_shape((1, n), &dw).expect("one row"),
+    );
+    Ok(dx * hook)
+}
 
-    fn backward_sequence(
-        &self,
-        seq: &[usize],
-        caches: &[LayerCache],
-        finals: &(NormCache, Array2<f64>),
-        dlogits: Array2<f64>,
-        hooks: &BackwardHooks,
-        grads: &mut [Vec<f64>],
-    ) {
-        let sp = &self.spec;
-        let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
-        let group = heads / sp.num_key_value_heads;
-        let dnf = self.linear_back(self.head(), &finals.1, &dlogits, grads);
-        let mut dx = self.rms_back("model.norm.weight", &finals.0, &dnf, hooks.rmsnorm, grads);
-        for (l, c) in caches.iter().enumerate().rev() {
-            let p = |name: &str| format!("model.layers.{l}.{name}");
-            // MLP.
-            let dm = self.linear_back(&p("mlp.down_proj.weight"), &c.m, &dx, grads);
-            let dm0 = match &c.ffn {
-                Some(nc) => {
-                    self.rms_back(&p("mlp.ffn_sub_norm.weight"), nc, &dm, hooks.rmsnorm, grads)
-                }
-                None => dm,
-            };
-            let act = c.gate.mapv(|z| activation(sp.family, z));
-            let dup = &dm0 * &act;
-            let mut dgate = &dm0 * &c.up;
-            dgate.zip_mut_with(&c.gate, |d, &z| {
-                *d *= activation_derivative(sp.family, z) * hooks.mlp
-            });
-            let dn2 = self.linear_back(&p("mlp.gate_proj.weight"), &c.n2, &dgate, grads)
-                + self.linear_back(&p("mlp.up_proj.weight"), &c.n2, &dup, grads);
-            dx = dx
-                + self.rms_back(
-                    &p("post_attention_layernorm.weight"),
-                    &c.norm2,
-                    &dn2,
-                    hooks.rmsnorm,
-                    grads,
-                );
-            // Attention.
-            let da_in = self.linear_back(&p("self_attn.o_proj.weight"), &c.a, &dx, grads);
-            let da = match &c.sub {
-                Some(nc) => self.rms_back(
-                    &p("self_attn.attn_sub_norm.weight"),
-                    nc,
-                    &da_in,
-                    hooks.rmsnorm,
-                    grads,
-                ),
-                None => da_in,
-            };
-            let mut dq = Array2::<f64>::zeros(c.q.raw_dim());
-            let mut dk = Array2::<f64>::zeros(c.k.raw_dim());
-            let mut dv = Array2::<f64>::zeros(c.v.raw_dim());
-            let scale = 1.0 / (hd as f64).sqrt();
-            for h in 0..heads {
-                let g = h / group;
-                let pr = &c.probs[h];
-                let dah = da.slice(s![.., h * hd..(h + 1) * hd]);
-                let vh = c.v.slice(s![.., g * hd..(g + 1) * hd]);
-                let dp = product(dah, vh.t());
-                let mut dsc = pr * &dp;
-                for (mut row, prow) in dsc.axis_iter_mut(Axis(0)).zip(pr.axis_iter(Axis(0))) {
-                    let total: f64 = row.sum();
-                    row.zip_mut_with(&prow, |d, &pv| *d -= pv * total);
-                }
-                dsc *= scale * hooks.attention;
-                let mut dvh = dv.slice_mut(s![.., g * hd..(g + 1) * hd]);
-                dvh += &product(pr.t(), dah);
-                let qh = c.q.slice(s![.., h * hd..(h + 1) * hd]);
-                let kh = c.k.slice(s![.., g * hd..(g + 1) * hd]);
-                dq.slice_mut(s![.., h * hd..(h + 1) * hd])
-                    .assign(&product(dsc.view(), kh));
-                let mut dkh = dk.slice_mut(s![.., g * hd..(g + 1) * hd]);
-                dkh += &product(dsc.t(), qh);
+/// The backward pass of one sequence (a whole [`forward_sequence`] pass, from layer 0) from
+/// the gradient of the logits, every tensor's gradient into `sink`.
+pub(crate) fn backward_sequence<W: Weights64 + ?Sized>(
+    sp: &DecoderSpec,
+    w: &W,
+    seq: &[usize],
+    pass: &SequencePass,
+    dlogits: Array2<f64>,
+    hooks: &BackwardHooks,
+    sink: &mut dyn GradSink,
+) -> Result<()> {
+    let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
+    let group = heads / sp.num_key_value_heads;
+    let finals = &pass.finals;
+    let dnf = linear_back(w, head_name(sp), &finals.1, &dlogits, sink)?;
+    let mut dx = rms_back(w, "model.norm.weight", &finals.0, &dnf, hooks.rmsnorm, sink)?;
+    for (l, c) in pass.caches.iter().enumerate().rev() {
+        let p = |name: &str| format!("model.layers.{l}.{name}");
+        // MLP.
+        let dm = linear_back(w, &p("mlp.down_proj.weight"), &c.m, &dx, sink)?;
+        let dm0 = match &c.ffn {
+            Some(nc) => rms_back(
+                w,
+                &p("mlp.ffn_sub_norm.weight"),
+                nc,
+                &dm,
+                hooks.rmsnorm,
+                sink,
+            )?,
+            None => dm,
+        };
+        let act = c.gate.mapv(|z| activation(sp.family, z));
+        let dup = &dm0 * &act;
+        let mut dgate = &dm0 * &c.up;
+        dgate.zip_mut_with(&c.gate, |d, &z| {
+            *d *= activation_derivative(sp.family, z) * hooks.mlp
+        });
+        let dn2 = linear_back(w, &p("mlp.gate_proj.weight"), &c.n2, &dgate, sink)?
+            + linear_back(w, &p("mlp.up_proj.weight"), &c.n2, &dup, sink)?;
+        dx = dx
+            + rms_back(
+                w,
+                &p("post_attention_layernorm.weight"),
+                &c.norm2,
+                &dn2,
+                hooks.rmsnorm,
+                sink,
+            )?;
+        // Attention.
+        let da_in = linear_back(w, &p("self_attn.o_proj.weight"), &c.a, &dx, sink)?;
+        let da = match &c.sub {
+            Some(nc) => rms_back(
+                w,
+                &p("self_attn.attn_sub_norm.weight"),
+                nc,
+                &da_in,
+                hooks.rmsnorm,
+                sink,
+            )?,
+            None => da_in,
+        };
+        let mut dq = Array2::<f64>::zeros(c.q.raw_dim());
+        let mut dk = Array2::<f64>::zeros(c.k.raw_dim());
+        let mut dv = Array2::<f64>::zeros(c.v.raw_dim());
+        let scale = 1.0 / (hd as f64).sqrt();
+        for h in 0..heads {
+            let g = h / group;
+            let pr = &c.probs[h];
+            let dah = da.slice(s![.., h * hd..(h + 1) * hd]);
+            let vh = c.v.slice(s![.., g * hd..(g + 1) * hd]);
+            let dp = product(dah, vh.t());
+            let mut dsc = pr * &dp;
+            for (mut row, prow) in dsc.axis_iter_mut(Axis(0)).zip(pr.axis_iter(Axis(0))) {
+                let total: f64 = row.sum();
+                row.zip_mut_with(&prow, |d, &pv| *d -= pv * total);
             }
-            // RoPE is a rotation: its backward is the inverse rotation.
-            self.rope(&mut dq, true);
-            self.rope(&mut dk, true);
-            let dn1 = self.linear_back(&p("self_attn.q_proj.weight"), &c.n1, &dq, grads)
-                + self.linear_back(&p("self_attn.k_proj.weight"), &c.n1, &dk, grads)
-                + self.linear_back(&p("self_attn.v_proj.weight"), &c.n1, &dv, grads);
-            dx = dx
-                + self.rms_back(
-                    &p("input_layernorm.weight"),
-                    &c.norm1,
-                    &dn1,
-                    hooks.rmsnorm,
-                    grads,
-                );
+            dsc *= scale * hooks.attention;
+            let mut dvh = dv.slice_mut(s![.., g * hd..(g + 1) * hd]);
+            dvh += &product(pr.t(), dah);
+            let qh = c.q.slice(s![.., h * hd..(h + 1) * hd]);
+            let kh = c.k.slice(s![.., g * hd..(g + 1) * hd]);
+            dq.slice_mut(s![.., h * hd..(h + 1) * hd])
+                .assign(&product(dsc.view(), kh));
+            let mut dkh = dk.slice_mut(s![.., g * hd..(g + 1) * hd]);
+            dkh += &product(dsc.t(), qh);
         }
-        let ge = &mut grads[self.index["model.embed_tokens.weight"]];
-        let hsz = sp.hidden_size;
-        for (pos, &id) in seq.iter().enumerate() {
-            for j in 0..hsz {
-                ge[id * hsz + j] += dx[[pos, j]];
-            }
-        }
+        // RoPE is a rotation: its backward is the inverse rotation.
+        rope(sp, &mut dq, true);
+        rope(sp, &mut dk, true);
+        let dn1 = linear_back(w, &p("self_attn.q_proj.weight"), &c.n1, &dq, sink)?
+            + linear_back(w, &p("self_attn.k_proj.weight"), &c.n1, &dk, sink)?
+            + linear_back(w, &p("self_attn.v_proj.weight"), &c.n1, &dv, sink)?;
+        dx = dx
+            + rms_back(
+                w,
+                &p("input_layernorm.weight"),
+                &c.norm1,
+                &dn1,
+                hooks.rmsnorm,
+                sink,
+            )?;
     }
+    sink.add_rows("model.embed_tokens.weight", seq, dx.view());
+    Ok(())
 }
 
 /// The gated MLP's activation: SiLU (Llama) or ReLU² (BitNet).
@@ -557,6 +664,61 @@ pub struct DecoderGradCheckReport {
     pub worst: String,
 }
 
+impl DecoderGradCheckReport {
+    /// An empty report for the loss `loss` of `spec`'s model on sequences of `t` tokens: its
+    /// allowance's absolute part is ε_L = 4·u·(|L| + 1)·sqrt(Σ inner dimensions), spec 16.1.
+    pub(crate) fn new(spec: &DecoderSpec, t: usize, loss: f64) -> Self {
+        let inner = spec.num_hidden_layers
+            * (3 * spec.hidden_size
+                + t
+                + spec.num_attention_heads * spec.head_dim
+                + spec.intermediate_size)
+            + spec.hidden_size;
+        DecoderGradCheckReport {
+            loss,
+            coordinates: 0,
+            directions: 0,
+            error_ratio: 0.0,
+            max_relative_error: 0.0,
+            atol: 4.0 * f64::EPSILON / 2.0 * (loss.abs() + 1.0) * (inner as f64).sqrt(),
+            worst: String::new(),
+        }
+    }
+
+    /// Compares an analytic derivative with its central difference of step `step`, allowed
+    /// `tolerance`·max(|a|, |n|) + ε_L / step; keeps the worst.
+    pub(crate) fn consider(
+        &mut self,
+        tolerance: f64,
+        analytic: f64,
+        numeric: f64,
+        step: f64,
+        what: String,
+    ) {
+        let allowed = tolerance * analytic.abs().max(numeric.abs()) + self.atol / step;
+        let ratio = (analytic - numeric).abs() / allowed;
+        let relative = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-6);
+        self.max_relative_error = self.max_relative_error.max(relative);
+        if ratio >= self.error_ratio {
+            self.error_ratio = ratio;
+            self.worst = format!(
+                "{what}: analytic {analytic:.6e}, numeric {numeric:.6e}, allowed difference {allowed:.2e}"
+            );
+        }
+    }
+}
+
+/// The 64-bit LCG the gradient checks draw entries and directions from (its top 53 bits).
+pub(crate) fn lcg(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 11
+    }
+}
+
 /// The numeric gradient check of `model` on `ids`: for `per_tensor` entries of every tensor
 /// and for random directions, the analytic derivative against the central difference
 /// (L(θ + h v) − L(θ − h v)) / 2h, allowed rtol·max(|a|, |n|) + ε_L / h with ε_L the f64
@@ -568,42 +730,11 @@ pub fn gradient_check(
 ) -> Result<DecoderGradCheckReport> {
     let (loss, grads) = model.loss_and_gradient(ids, true, &options.hooks)?;
     let grads = grads.expect("asked for");
-    let sp = &model.spec;
-    let t = ids.ncols();
-    let inner = sp.num_hidden_layers
-        * (3 * sp.hidden_size + t + sp.num_attention_heads * sp.head_dim + sp.intermediate_size)
-        + sp.hidden_size;
-    let noise = 4.0 * f64::EPSILON / 2.0 * (loss.abs() + 1.0) * (inner as f64).sqrt();
     let h = options.step;
     let mut work = model.clone();
-    let mut report = DecoderGradCheckReport {
-        loss,
-        coordinates: 0,
-        directions: 0,
-        error_ratio: 0.0,
-        max_relative_error: 0.0,
-        atol: noise,
-        worst: String::new(),
-    };
-    let mut consider = |analytic: f64, numeric: f64, step: f64, what: String| {
-        let allowed = options.tolerance * analytic.abs().max(numeric.abs()) + noise / step;
-        let ratio = (analytic - numeric).abs() / allowed;
-        let relative = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-6);
-        report.max_relative_error = report.max_relative_error.max(relative);
-        if ratio >= report.error_ratio {
-            report.error_ratio = ratio;
-            report.worst = format!(
-                "{what}: analytic {analytic:.6e}, numeric {numeric:.6e}, allowed difference {allowed:.2e}"
-            );
-        }
-    };
-    let mut rng = options.seed;
-    let mut next = || {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        rng >> 11
-    };
+    let mut report = DecoderGradCheckReport::new(&model.spec, ids.ncols(), loss);
+    let tolerance = options.tolerance;
+    let mut next = lcg(options.seed);
     let loss_at = |m: &Decoder64| -> Result<f64> {
         Ok(m.loss_and_gradient(ids, false, &BackwardHooks::default())?
             .0)
@@ -616,7 +747,8 @@ pub fn gradient_check(
             work.nudge(p, i, -2.0 * h);
             let minus = loss_at(&work)?;
             work.nudge(p, i, h);
-            consider(
+            report.consider(
+                tolerance,
                 grad[i],
                 (plus - minus) / (2.0 * h),
                 h,
@@ -646,7 +778,8 @@ pub fn gradient_check(
         work.nudge_all(&dir, -2.0 * step);
         let minus = loss_at(&work)?;
         work.nudge_all(&dir, step);
-        consider(
+        report.consider(
+            tolerance,
             analytic,
             (plus - minus) / (2.0 * step),
             step,

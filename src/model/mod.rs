@@ -13,6 +13,7 @@ pub mod bundle_decoder;
 pub mod chunks;
 pub mod decoder;
 pub mod decoder64;
+pub mod decoder_stream;
 pub(crate) mod direction;
 pub mod gradcheck;
 pub mod matmul;

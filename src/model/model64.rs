@@ -360,7 +360,7 @@ pub struct TensorGradient {
 }
 
 #[derive(Default, Clone, Copy)]
-struct Acc {
+pub(crate) struct Acc {
     sum: f64,
     sum_sq: f64,
     non_finite: u64,
@@ -369,7 +369,7 @@ struct Acc {
 
 impl Acc {
     /// The statistics of `g`.
-    fn of(g: &[f64]) -> Acc {
+    pub(crate) fn of(g: &[f64]) -> Acc {
         let mut a = Acc::default();
         for &x in g {
             if x.is_finite() {
@@ -384,7 +384,7 @@ impl Acc {
     }
 
     /// Adds `other`'s entries to these.
-    fn add(&mut self, other: &Acc) {
+    pub(crate) fn add(&mut self, other: &Acc) {
         self.sum += other.sum;
         self.sum_sq += other.sum_sq;
         self.non_finite += other.non_finite;
@@ -429,7 +429,7 @@ impl TensorGradient {
         TensorGradient::from_acc(name, g.len() as u64, &acc)
     }
 
-    fn from_acc(name: &str, elements: u64, a: &Acc) -> TensorGradient {
+    pub(crate) fn from_acc(name: &str, elements: u64, a: &Acc) -> TensorGradient {
         let n = elements.max(1) as f64;
         let mean = a.sum / n;
         TensorGradient {

@@ -8,6 +8,7 @@ use crate::error::printable;
 use crate::model::bundle_decoder::BundleDecoder;
 use crate::model::chunks::gradient_rows;
 use crate::model::decoder64::{self, Decoder64, DecoderGradCheckOptions, MAX_IN_MEMORY_PARAMETERS};
+use crate::model::decoder_stream::{streamed_gradient_check, StreamedReport};
 use crate::model::gradcheck::{gradient_check, GradCheckOptions};
 use crate::model::model64::{gradient_flow, to_f64, Model64, TensorGradient};
 use crate::model::reference::WeightPath;
@@ -83,11 +84,7 @@ fn check(
         "max_relative_error": rep.max_relative_error, "error_ratio": rep.error_ratio,
         "grad_tol": grad.tolerance, "atol": rep.atol, "step": grad.step, "worst": rep.worst,
     });
-    let margin = if rep.error_ratio > 0.0 {
-        format!("margin {:.0}x", 1.0 / rep.error_ratio)
-    } else {
-        "exact".into()
-    };
+    let margin = margin(rep.error_ratio);
     let detail = format!(
         "worst error {:.2e} of its allowance ({margin}) over {} coordinates and {} directions; allowance {:.0e} x |gradient| + {:.1e} / step h, the round-off bound of a central difference (h = {:.0e}: {:.1e}); max relative error {:.2e}; {} coordinates excluded at ReLU kinks; worst: {}",
         rep.error_ratio, rep.coordinates, rep.directions, grad.tolerance, rep.atol * grad.step, grad.step, rep.atol, rep.max_relative_error, rep.excluded_kinks, rep.worst
@@ -167,20 +164,15 @@ fn decoder_checks(
         .iter()
         .map(|t| t.elements())
         .sum();
+    let grad = DecoderGradCheckOptions {
+        seed: options.seed,
+        tolerance: options.grad.tolerance,
+        step: options.grad.step,
+        hooks: options.grad.decoder_hooks,
+        ..DecoderGradCheckOptions::default()
+    };
     if params > MAX_IN_MEMORY_PARAMETERS {
-        let why = format!(
-            "not run: the f64 copy of this decoder's {params} parameters needs {:.1} GB, over the {} parameters the in-memory gradient check holds; a layer-streamed check is not implemented yet",
-            params as f64 * 16.0 / 1e9,
-            MAX_IN_MEMORY_PARAMETERS
-        );
-        for check in [Check::GradientCheck, Check::GradientFlow] {
-            if options.selected(check) && r.blocked(check).is_none() {
-                r.skip(check, why.clone());
-            } else {
-                r.run_on(check, None::<()>, |_| unreachable!("not run"));
-            }
-        }
-        return;
+        return streamed_checks(r, runs, &grad, params, measured);
     }
     let model = BundleDecoder::new(runs.bundle, WeightPath::Fp16)
         .and_then(|fp16| Decoder64::load(fp16.spec(), &fp16));
@@ -192,13 +184,6 @@ fn decoder_checks(
     r.run_on(Check::GradientCheck, Some(&model), |model| {
         let model = model.as_ref().map_err(fail_with)?;
         let ids = ids(GRADCHECK_BATCH)?;
-        let grad = DecoderGradCheckOptions {
-            seed: options.seed,
-            tolerance: options.grad.tolerance,
-            step: options.grad.step,
-            hooks: options.grad.decoder_hooks,
-            ..DecoderGradCheckOptions::default()
-        };
         let rep = decoder64::gradient_check(model, ids.view(), &grad).map_err(|e| fail_with(&e))?;
         measured.max_relative_error = Some(rep.max_relative_error);
         let figures = json!({
@@ -207,11 +192,7 @@ fn decoder_checks(
             "error_ratio": rep.error_ratio, "grad_tol": grad.tolerance, "atol": rep.atol,
             "step": grad.step, "loss": rep.loss, "worst": rep.worst,
         });
-        let margin = if rep.error_ratio > 0.0 {
-            format!("margin {:.0}x", 1.0 / rep.error_ratio)
-        } else {
-            "exact".into()
-        };
+        let margin = margin(rep.error_ratio);
         let detail = format!(
             "worst error {:.2e} of its allowance ({margin}) over {} coordinates (every tensor) and {} directions of the next-token loss on {} sequences of {} tokens; allowance {:.0e} x |gradient| + {:.1e} / step; max relative error {:.2e}; worst: {}",
             rep.error_ratio, rep.coordinates, rep.directions, ids.nrows(), ids.ncols(), grad.tolerance, rep.atol, rep.max_relative_error, rep.worst
@@ -229,4 +210,69 @@ fn decoder_checks(
             decoder64::gradient_flow(model, ids.view()).map_err(|e| fail_with(&e))?;
         flow_outcome(loss, &stats, ids.nrows(), measured)
     });
+}
+
+/// Tokens of the one sequence the streamed checks of a large decoder run on.
+pub const STREAMED_TOKENS: usize = 16;
+
+/// gradient_check and gradient_flow of a decoder too large to hold in f64, from one streamed
+/// pass ([`streamed_gradient_check`]) on the first sequence (its first 16 tokens), one entry
+/// of each probed tensor and the directions of `grad`.
+fn streamed_checks(
+    r: &mut Runner<'_>,
+    runs: &ModelRuns<'_>,
+    grad: &DecoderGradCheckOptions,
+    params: u64,
+    measured: &mut Measured,
+) {
+    let result = std::cell::OnceCell::new();
+    let report = || -> Result<&StreamedReport, Fail> {
+        result
+            .get_or_init(|| -> Result<StreamedReport, Fail> {
+                let ids = runs.samples()?.ids(0..1);
+                let ids: Vec<i64> = ids.iter().take(STREAMED_TOKENS).copied().collect();
+                // One entry a tensor: each costs a pass from its layer on (the embedding's,
+                // a whole pass).
+                let grad = DecoderGradCheckOptions {
+                    per_tensor: 1,
+                    ..grad.clone()
+                };
+                streamed_gradient_check(runs.bundle, &ids, &grad).map_err(|e| fail_with(&e))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    };
+    r.run_on(Check::GradientCheck, Some(()), |_| {
+        let rep = &report()?.check;
+        measured.max_relative_error = Some(rep.max_relative_error);
+        let figures = json!({
+            "batch": 1, "tokens": STREAMED_TOKENS, "streamed": true, "parameters": params,
+            "coordinates": rep.coordinates, "directions": rep.directions,
+            "max_relative_error": rep.max_relative_error, "error_ratio": rep.error_ratio,
+            "grad_tol": grad.tolerance, "atol": rep.atol, "step": grad.step, "loss": rep.loss,
+            "worst": rep.worst,
+        });
+        let detail = format!(
+            "worst error {:.2e} of its allowance ({}) over {} coordinates (every tensor of the last layer, the embedding, the final norm and an untied head) and {} rank-1 directions over all {params} parameters, on 1 sequence of {STREAMED_TOKENS} tokens, the decoder streamed from fp16.safetensors in f64; allowance {:.0e} x |gradient| + {:.1e} / step; max relative error {:.2e}; worst: {}",
+            rep.error_ratio, margin(rep.error_ratio), rep.coordinates, rep.directions, grad.tolerance, rep.atol, rep.max_relative_error, rep.worst
+        );
+        if rep.error_ratio < 1.0 {
+            Ok((detail, figures))
+        } else {
+            Err((detail, figures))
+        }
+    });
+    r.run_on(Check::GradientFlow, Some(()), |_| {
+        let rep = report()?;
+        flow_outcome(rep.check.loss, &rep.flow, 1, measured)
+    });
+}
+
+/// "margin Nx" for an error ratio, or "exact".
+fn margin(error_ratio: f64) -> String {
+    if error_ratio > 0.0 {
+        format!("margin {:.0}x", 1.0 / error_ratio)
+    } else {
+        "exact".into()
+    }
 }
