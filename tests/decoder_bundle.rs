@@ -6,12 +6,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::decoder::{copy_task, decoder_bundle, plan, spec, task_model};
+use common::decoder::{copy_task, decoder_bundle, plan, spec, task_model, wrong_backwards};
 use ndarray::Array2;
 use ternary_bundle::assess::{assess, AssessOptions};
 use ternary_bundle::model::bundle_decoder::BundleDecoder;
 use ternary_bundle::model::decoder::{forward, Family};
-use ternary_bundle::model::decoder64::BackwardHooks;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::model::reference::WeightPath;
 use ternary_bundle::run::{run, RunInput};
@@ -93,21 +92,7 @@ fn the_gradient_check_catches_a_wrong_backward_pass_in_each_component() {
         let dir = decoder_bundle(&tmp, family.name(), family, false, true);
         let clean = verify(&dir, &VerifyOptions::default());
         assert_eq!(status(&clean, Check::GradientCheck), Status::Pass);
-        let wrong = [
-            BackwardHooks {
-                attention: 1.01,
-                ..BackwardHooks::default()
-            },
-            BackwardHooks {
-                rmsnorm: 1.01,
-                ..BackwardHooks::default()
-            },
-            BackwardHooks {
-                mlp: 1.01,
-                ..BackwardHooks::default()
-            },
-        ];
-        for hooks in wrong {
+        for hooks in wrong_backwards() {
             let options = VerifyOptions {
                 grad: GradCheckOptions {
                     decoder_hooks: hooks,
@@ -307,20 +292,7 @@ fn the_streamed_gradient_check_agrees_with_the_in_memory_decoder() {
             );
         }
         // A 1% error in the backward pass of any component fails it.
-        for hooks in [
-            BackwardHooks {
-                attention: 1.01,
-                ..BackwardHooks::default()
-            },
-            BackwardHooks {
-                rmsnorm: 1.01,
-                ..BackwardHooks::default()
-            },
-            BackwardHooks {
-                mlp: 1.01,
-                ..BackwardHooks::default()
-            },
-        ] {
+        for hooks in wrong_backwards() {
             let options = DecoderGradCheckOptions {
                 hooks,
                 ..DecoderGradCheckOptions::default()

@@ -151,3 +151,22 @@ pub fn copy_task(s: &DecoderSpec, n: usize, t: usize) -> ValidationSet {
         difficulty: Some(difficulty),
     }
 }
+
+/// A 1% error in the backward pass of attention, of the RMSNorms, of the gated MLP: one each.
+pub fn wrong_backwards() -> [ternary_bundle::model::decoder64::BackwardHooks; 3] {
+    use ternary_bundle::model::decoder64::BackwardHooks;
+    [
+        BackwardHooks {
+            attention: 1.01,
+            ..BackwardHooks::default()
+        },
+        BackwardHooks {
+            rmsnorm: 1.01,
+            ..BackwardHooks::default()
+        },
+        BackwardHooks {
+            mlp: 1.01,
+            ..BackwardHooks::default()
+        },
+    ]
+}
