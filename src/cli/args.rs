@@ -322,6 +322,13 @@ Checks, in order (each PASS, FAIL or SKIP with a one-line detail):
                   model, and its predictions must equal the stored ones (up to near-ties)
 A check whose prerequisite failed is reported as not run (SKIP), never as passed.
 
+Language models (decoder bundles, format 3.0): a sample is a position of a token sequence (every
+position but the last, whose label is the next token); the synthetic inputs are --samples / 16
+sequences of 16 random ids; the gradient checks use the next-token cross-entropy and, above
+2^26 parameters, stream the f64 model from fp16.safetensors (one sequence, one entry of each
+tensor of the last layer, the embedding and the final norm, directions over all parameters);
+--reference takes the original model directory (config.json and safetensors) or checkpoint.
+
 Metrics (--json `metrics`): phase4_to_5/dequantization_accuracy_retention is the retention
 above, never another figure; accuracy_original, accuracy_fp16 and accuracy_ternary are label
 accuracies on the validation set. A metric that cannot be computed is null and `null_reasons`
@@ -385,9 +392,10 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FRACTION", alias = "min-reference-agreement", default_value_t = ternary_bundle::verify::DEFAULT_MIN_RETENTION)]
     pub min_retention: f64,
 
-    /// The pre-quantization checkpoint: run it again (the reference check), and take the
-    /// original predictions from it when the bundle stores none.
-    #[arg(long, value_name = "ORIGINAL.safetensors")]
+    /// The pre-quantization checkpoint (a language model's: its model directory or its
+    /// safetensors file): run it again (the reference check), and take the original
+    /// predictions from it when the bundle stores none.
+    #[arg(long, value_name = "ORIGINAL.safetensors|MODEL_DIR")]
     pub reference: Option<PathBuf>,
 }
 
