@@ -20,7 +20,6 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use half::f16;
 use ndarray::{s, Array2, ArrayView2, CowArray, Ix2};
 use rayon::prelude::*;
 
@@ -33,15 +32,8 @@ use crate::model::decoder64::{
     DecoderGradCheckReport, GradSink, Weights64,
 };
 use crate::model::matmul::{dot_t_blocks, product};
-use crate::model::model64::{cross_entropy, mean_cross_entropy, Acc, TensorGradient};
+use crate::model::model64::{cross_entropy, f16_table, mean_cross_entropy, Acc, TensorGradient};
 use crate::read::Bundle;
-
-/// Every F16 value as f64, by its bits: a lookup is exact and costs a load, where converting
-/// one value at a time with F16C stalls next to the AVX-512 products (measured 40 ns a value).
-fn f16_table() -> &'static [f64] {
-    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f64()).collect())
-}
 
 /// A random direction's part in one tensor (viewed as `[rows, cols]`; a vector is one row).
 enum Part {
