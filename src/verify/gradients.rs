@@ -100,11 +100,17 @@ fn check(
 fn flow(model: &Model64<'_>, x: Array2<f64>, labels: &[usize], measured: &mut Measured) -> Outcome {
     let n = x.nrows();
     let (loss, stats) = gradient_flow(model, x.view(), labels);
-    flow_outcome(loss, &stats, n, measured)
+    flow_outcome(loss, &stats, (n, &format!("{n} samples")), measured)
 }
 
 /// Passes when the loss is finite and every tensor's gradient is finite and not all zero.
-fn flow_outcome(loss: f64, stats: &[TensorGradient], n: usize, measured: &mut Measured) -> Outcome {
+/// `n` is the batch (samples, or a decoder's sequences), `on` says what it is.
+fn flow_outcome(
+    loss: f64,
+    stats: &[TensorGradient],
+    (n, on): (usize, &str),
+    measured: &mut Measured,
+) -> Outcome {
     let bad: Vec<String> = stats
         .iter()
         .filter(|s| s.non_finite > 0 || s.non_zero == 0)
@@ -133,14 +139,14 @@ fn flow_outcome(loss: f64, stats: &[TensorGradient], n: usize, measured: &mut Me
             .collect();
         Ok((
             format!(
-                "all {} parameter tensors get finite, non-zero gradients (loss {loss:.4} on {n} samples); norms: {}",
+                "all {} parameter tensors get finite, non-zero gradients (loss {loss:.4} on {on}); norms: {}",
                 stats.len(),
                 norms.join(", ")
             ),
             figures,
         ))
     } else if !loss.is_finite() {
-        Err((format!("loss is {loss} on {n} samples"), figures))
+        Err((format!("loss is {loss} on {on}"), figures))
     } else {
         Err((
             format!("gradients do not flow to: {}", bad.join(", ")),
@@ -208,7 +214,8 @@ fn decoder_checks(
         let ids = ids(FLOW_BATCH)?;
         let (loss, stats) =
             decoder64::gradient_flow(model, ids.view()).map_err(|e| fail_with(&e))?;
-        flow_outcome(loss, &stats, ids.nrows(), measured)
+        let on = format!("{} sequences of {} tokens", ids.nrows(), ids.ncols());
+        flow_outcome(loss, &stats, (ids.nrows(), &on), measured)
     });
 }
 
@@ -264,7 +271,8 @@ fn streamed_checks(
     });
     r.run_on(Check::GradientFlow, Some(()), |_| {
         let rep = report()?;
-        flow_outcome(rep.check.loss, &rep.flow, 1, measured)
+        let on = format!("1 sequence of {STREAMED_TOKENS} tokens, streamed");
+        flow_outcome(rep.check.loss, &rep.flow, (1, &on), measured)
     });
 }
 

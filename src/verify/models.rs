@@ -56,12 +56,12 @@ pub(crate) fn run_reference(
 fn agreement(runs: &ModelRuns<'_>, options: &VerifyOptions) -> Outcome {
     let samples = runs.samples()?;
     let paths = runs.both_paths()?;
-    let (n, source) = (samples.len(), samples.source());
+    let (n, source, unit) = (samples.len(), samples.source(), samples.unit());
     let agree = same_share(&paths.ternary, &paths.fp16);
     let diff = paths.max_logit_difference;
     let figures = json!({ "samples": n, "inputs": source, "seed": options.seed, "agreement": agree, "min_agreement": options.min_agreement, "max_logit_difference": diff, "ternary_seconds": paths.ternary_seconds, "fp16_seconds": paths.fp16_seconds });
     let detail = format!(
-        "ternary and FP16 paths agree on {:.2}% of argmaxes (minimum {:.2}%) on {n} {source} inputs; max logit difference {diff:.3e}",
+        "ternary and FP16 paths agree on {:.2}% of argmaxes (minimum {:.2}%) on {n} {source} {unit}; max logit difference {diff:.3e}",
         agree * 100.0,
         options.min_agreement * 100.0,
     );
@@ -78,7 +78,7 @@ fn retention(runs: &ModelRuns<'_>, options: &VerifyOptions, value: &mut Option<f
     let samples = runs.samples()?;
     let fp16 = runs.fp16()?;
     let (original, from) = runs.original()?;
-    let (n, source) = (samples.len(), samples.source());
+    let (n, source, unit) = (samples.len(), samples.source(), samples.unit());
     let retention = same_share(original, fp16);
     *value = Some(retention);
     let changed = n - original.iter().zip(fp16).filter(|(a, b)| a == b).count();
@@ -88,7 +88,7 @@ fn retention(runs: &ModelRuns<'_>, options: &VerifyOptions, value: &mut Option<f
         "by_difficulty": by_difficulty(samples, original, fp16),
     });
     let detail = format!(
-        "the FP16 model keeps {:.2}% of the original model's decisions (minimum {:.2}%) on {n} {source} inputs, {changed} changed; original predictions {}",
+        "the FP16 model keeps {:.2}% of the original model's decisions (minimum {:.2}%) on {n} {source} {unit}, {changed} changed; original predictions {}",
         retention * 100.0,
         options.min_retention * 100.0,
         from.describe()
@@ -106,7 +106,7 @@ fn reference(runs: &ModelRuns<'_>) -> Outcome {
     let samples = runs.samples()?;
     let recomputed = runs.reference()?;
     let fp16 = runs.fp16()?;
-    let (n, source) = (samples.len(), samples.source());
+    let (n, source, unit) = (samples.len(), samples.source(), samples.unit());
     let agree = same_share(&recomputed.predictions, fp16);
     let declared = &runs.bundle.manifest().provenance.source_sha256;
     let same_file = declared.as_ref().map(|d| *d == recomputed.sha256);
@@ -124,7 +124,7 @@ fn reference(runs: &ModelRuns<'_>) -> Outcome {
         "stored_predictions": compare.as_ref().map(|c| json!({ "differ": c.differ, "near_ties": c.near_ties })),
     });
     let head = format!(
-        "original vs FP16 argmax agreement {:.2}% on {n} {source} inputs; {provenance}",
+        "original vs FP16 argmax agreement {:.2}% on {n} {source} {unit}; {provenance}",
         agree * 100.0
     );
     match compare {

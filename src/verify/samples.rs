@@ -178,6 +178,15 @@ impl<'b> Samples<'b> {
         self.labels.is_empty()
     }
 
+    /// What one sample is, for messages: `"inputs"`, or for a decoder `"next-token positions
+    /// of N sequences"`.
+    pub fn unit(&self) -> String {
+        match self.sequences {
+            Some(sq) => format!("next-token positions of {} sequences", sq.n),
+            None => "inputs".into(),
+        }
+    }
+
     /// `"validation"` or `"synthetic"`.
     pub fn source(&self) -> &'static str {
         match self.origin {
