@@ -95,6 +95,12 @@ for cfg in "llama 1 f32" "bitnet 2 bf16 --tied"; do
     "$bundle" create --from "$d" --validation "$d/data.safetensors" --out "$d-bundle" >/dev/null
     "$bundle" inspect "$d-bundle" --json >"$d-inspect.json"
     "$bundle" verify "$d-bundle" --reference "$d" --json >"$d-verify.json"
+    python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+bad = [(c["name"], c["status"]) for c in r["checks"] if c["status"] != "pass"]
+assert not bad, f"{sys.argv[1]}: not every check passed: {bad}"
+n, m = len(r["checks"]), r["metrics"]["phase4_to_5/dequantization_accuracy_retention"]
+print(f"ok   {sys.argv[1]}: all {n} checks pass, retention {m}")' "$d-verify.json"
     "$bundle" assess "$d-bundle" --json >"$d-assess.json"
     for p in fp16 ternary; do
         "$bundle" run "$d-bundle" --input "$d/ids.safetensors" --out "$d-run-$p.safetensors" --path $p >/dev/null
