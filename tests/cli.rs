@@ -667,3 +667,35 @@ fn verify_json_and_junit_reports_are_machine_readable() {
     );
     assert!(failure.attribute("message").unwrap().contains("rule 5.2"));
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
+    // `bundle inspect DIR --tensors | head -c1`: the reader goes away; no panic, exit 0.
+    let exe = assert_cmd::cargo::cargo_bin("bundle");
+    let dir = fixture("bundles/tiny-decoder");
+    for _ in 0..3 {
+        let mut child = std::process::Command::new(&exe)
+            .args(["inspect", dir.to_str().unwrap(), "--tensors"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    }
+    // A write that fails otherwise (a full device) is reported, exit 1.
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(&exe)
+        .args(["inspect", dir.to_str().unwrap()])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("writing to standard output"));
+}

@@ -208,12 +208,12 @@ pub fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
         std::fs::write(path, report.to_junit()).map_err(|e| Error::io(path, "write", e))?;
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serializes")
         );
     } else {
-        println!("bundle verify {}", a.dir.display());
+        outln!("bundle verify {}", a.dir.display());
         render::verify_report(&report);
     }
     Ok(report.ok)
@@ -243,14 +243,14 @@ pub fn demo(dir: &Path, seed: u64, model: DemoModel, open: &OpenOptions) -> Resu
             write(&lm, lm.plan(QuantParams::default()), lm.validation_set())?;
         }
     }
-    println!(
+    outln!(
         "Wrote the demo bundle to {} in {:.1} s (seed {seed}).\n",
         dir.display(),
         started.elapsed().as_secs_f64()
     );
     let bundle = Bundle::open_with(dir, open)?;
     render::inspection(&inspect(&bundle), false);
-    println!("\nbundle verify {}", dir.display());
+    outln!("\nbundle verify {}", dir.display());
     let report = verify(
         dir,
         &VerifyOptions {
@@ -260,7 +260,7 @@ pub fn demo(dir: &Path, seed: u64, model: DemoModel, open: &OpenOptions) -> Resu
     );
     render::verify_report(&report);
     let ok = report.ok;
-    println!(
+    outln!(
         "\n{}\nNext: `bundle inspect {1} --tensors`, `bundle export {1} --out model.safetensors`.",
         if ok {
             "The demo bundle is intact, its FP16 weights are exactly the dequantized trits, and the FP16 model keeps\nthe original model's decisions (retention above the handoff's 99.5%)."
@@ -282,7 +282,7 @@ pub fn export_cmd(a: args::ExportArgs, open: &OpenOptions) -> Result<bool> {
         DtypeArg::F32 => ExportDtype::F32,
     };
     let bytes = export(&bundle, &a.out, dtype, a.force)?;
-    println!(
+    outln!(
         "Wrote {} ({} tensors, {} of {} data)",
         a.out.display(),
         bundle.manifest().tensors.len(),
@@ -305,11 +305,11 @@ pub fn run_cmd(a: args::RunArgs, open: &OpenOptions) -> Result<bool> {
     run::write_output(&a.out, &output, path, a.force)?;
     let (rows, classes) = (output.rows, output.classes);
     match output.tokens {
-        None => println!(
+        None => outln!(
             "Wrote {}: logits F32 [{rows}, {classes}] and predictions I64 [{rows}] of the {name} weights",
             a.out.display()
         ),
-        Some(t) => println!(
+        Some(t) => outln!(
             "Wrote {}: logits F32 [{rows}, {t}, {classes}] and next-token predictions I64 [{rows}, {t}] of the {name} weights",
             a.out.display()
         ),
@@ -332,12 +332,12 @@ pub fn requantize_cmd(a: args::RequantizeArgs, open: &OpenOptions) -> Result<boo
     } else {
         "fresh absmean scales"
     };
-    println!(
+    outln!(
         "Wrote bundle {} from {} with {how}",
         a.out.display(),
         a.from.display()
     );
-    print!("{}", render::trit_changes(&changes));
+    out!("{}", render::trit_changes(&changes));
     Ok(true)
 }
 
@@ -351,7 +351,7 @@ pub fn assess_cmd(a: args::AssessArgs, open: OpenOptions) -> Result<bool> {
     };
     let report = assess(&a.dir, &options)?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serializes")
         );
@@ -371,7 +371,7 @@ pub fn report_cmd(a: args::ReportArgs, open: OpenOptions) -> Result<bool> {
         ..ReportOptions::default()
     };
     let (bytes, ok) = write_report(&a.dir, &a.out, &options, a.force)?;
-    println!(
+    outln!(
         "Wrote {} ({}): {}",
         a.out.display(),
         print::size(bytes),

@@ -1,6 +1,28 @@
 //! The `bundle` command: parses arguments ([`args`]), runs a command ([`commands`]), prints
 //! ([`render`], [`print`]).
 
+/// `println!` that ends the program quietly (exit 0) when standard output is closed: `bundle
+/// inspect DIR | head` stops reading, which is not an error of the bundle (`println!` would
+/// panic with "Broken pipe"). Any other write error is reported and exits with 1.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
+/// `print!` with the closed-pipe handling of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
 pub mod args;
 mod commands;
 pub mod print;
@@ -40,7 +62,7 @@ pub fn run() -> ExitCode {
         Command::Inspect(a) => Bundle::open_with(&a.dir, &open).map(|b| {
             let i = inspect(&b);
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&i).expect("inspection serializes")
                 );
@@ -67,4 +89,14 @@ pub fn run() -> ExitCode {
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// What a failed write to standard output does: a closed pipe ends the program quietly (exit
+/// 0: the reader has what it wanted); anything else is an error (exit 1).
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
 }

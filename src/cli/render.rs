@@ -19,7 +19,7 @@ pub fn create_summary(dest: &Path, report: &WriteReport, i: &Inspection) {
         Some(g) => format!("per-group scales (G = {g})"),
         None => format!("per-{} scales", q.granularity),
     };
-    println!(
+    outln!(
         "Wrote bundle {} ({}, {granularity})",
         dest.display(),
         q.encoding
@@ -48,13 +48,13 @@ pub fn create_summary(dest: &Path, report: &WriteReport, i: &Inspection) {
             err,
         ]);
     }
-    print!("{}", print::table(&rows));
+    out!("{}", print::table(&rows));
     totals(i);
 }
 
 fn totals(i: &Inspection) {
     let t = &i.totals;
-    println!(
+    outln!(
         "  parameters: {} ({} ternary)\n  ternary.safetensors: {} ({:.2} bits per ternary weight)\n  fp16.safetensors: {}\n  compression vs FP32: {:.1}x, vs FP16: {:.1}x",
         print::count(t.parameters),
         print::count(t.quantized_parameters),
@@ -73,11 +73,13 @@ pub fn inspection(i: &Inspection, tensors: bool) {
     } else {
         ""
     };
-    println!(
+    outln!(
         "bundle {}: {} {}{newer}",
-        i.path, i.format, i.format_version
+        i.path,
+        i.format,
+        i.format_version
     );
-    println!(
+    outln!(
         "model: {}, {} parameters",
         i.model.describe(),
         print::count(i.totals.parameters)
@@ -99,17 +101,17 @@ pub fn inspection(i: &Inspection, tensors: bool) {
             extra.join(", "),
         ]);
     }
-    print!("{}", print::table(&rows));
+    out!("{}", print::table(&rows));
     let q = &i.quantization;
     let granularity = match q.group_size {
         Some(g) => format!("group (G = {g})"),
         None => q.granularity.clone(),
     };
-    println!(
+    outln!(
         "quantization: {}, {}, granularity {granularity}, epsilon {}, sparsity threshold {}, zero point {}",
         q.method, q.encoding, q.epsilon, q.sparsity_threshold, q.zero_point
     );
-    println!("files:");
+    outln!("files:");
     let rows: Vec<Vec<String>> = i
         .files
         .iter()
@@ -123,7 +125,7 @@ pub fn inspection(i: &Inspection, tensors: bool) {
             ]
         })
         .collect();
-    print!("{}", print::table(&rows));
+    out!("{}", print::table(&rows));
     if let Some(n) = i.validation_samples {
         let with: Vec<&str> = i
             .validation_extras
@@ -134,16 +136,16 @@ pub fn inspection(i: &Inspection, tensors: bool) {
             })
             .collect();
         match with.is_empty() {
-            true => println!("validation set: {n} samples"),
-            false => println!("validation set: {n} samples, with {}", with.join(" and ")),
+            true => outln!("validation set: {n} samples"),
+            false => outln!("validation set: {n} samples, with {}", with.join(" and ")),
         }
     }
     if !i.extras.is_empty() {
         let names: Vec<String> = i.extras.iter().map(|e| printable(e).into_owned()).collect();
-        println!("undeclared files (ignored): {}", names.join(", "));
+        outln!("undeclared files (ignored): {}", names.join(", "));
     }
     if tensors {
-        println!("tensors:");
+        outln!("tensors:");
         let mut rows = vec![vec![
             "name".into(),
             "shape".into(),
@@ -170,9 +172,9 @@ pub fn inspection(i: &Inspection, tensors: bool) {
                 },
             ]);
         }
-        print!("{}", print::table(&rows));
+        out!("{}", print::table(&rows));
     }
-    println!("totals:");
+    outln!("totals:");
     totals(i);
 }
 
@@ -184,10 +186,10 @@ pub fn verify_report(report: &VerifyReport) {
             Status::Fail => print::status("FAIL", false),
             Status::Skip => "SKIP".to_string(),
         };
-        println!("  {:<15} {status}  {}", c.name, c.detail);
+        outln!("  {:<15} {status}  {}", c.name, c.detail);
     }
     let m = &report.metrics;
-    println!(
+    outln!(
         "{}: {} passed, {} failed, {} skipped",
         if report.ok {
             print::status("OK", true)
@@ -201,7 +203,7 @@ pub fn verify_report(report: &VerifyReport) {
     let percent = |v: Option<f64>| v.map_or("n/a".to_string(), |a| format!("{:.2}%", a * 100.0));
     let accuracies = [m.accuracy_original, m.accuracy_fp16, m.accuracy_ternary];
     if accuracies.iter().any(Option::is_some) {
-        println!(
+        outln!(
             "accuracy on the validation labels: original {}, FP16 {}, ternary {}",
             percent(m.accuracy_original),
             percent(m.accuracy_fp16),
@@ -209,11 +211,11 @@ pub fn verify_report(report: &VerifyReport) {
         );
     }
     match m.retention {
-        Some(_) => println!(
+        Some(_) => outln!(
             "retention (decisions of the original model the FP16 model keeps): {}",
             percent(m.retention)
         ),
-        None => println!(
+        None => outln!(
             "retention: unknown ({})",
             report
                 .null_reasons
@@ -222,7 +224,7 @@ pub fn verify_report(report: &VerifyReport) {
         ),
     }
     if let (Some(q), Some(d)) = (m.quantized_model_size_mb, m.dequantized_model_size_mb) {
-        println!(
+        outln!(
             "metrics: quantized {}, dequantized {}, compression {:.1}x vs FP32, gradient flow {}",
             print::size((q * 1e6) as u64),
             print::size((d * 1e6) as u64),
@@ -262,9 +264,11 @@ pub fn assessment(r: &AssessReport) {
     let batch = r
         .batch_size
         .map_or("the whole level".to_string(), |n| format!("{n} examples"));
-    println!(
+    outln!(
         "bundle assess {} (data {}; gradients in {}, batch {batch})",
-        r.bundle, r.data, r.gradient_precision
+        r.bundle,
+        r.data,
+        r.gradient_precision
     );
     let mut rows = vec![vec![
         "level".to_string(),
@@ -285,15 +289,15 @@ pub fn assessment(r: &AssessReport) {
             format!("{:.4e}{mark}", l.gradient_variance),
         ]);
     }
-    print!("{}", print::table(&rows));
+    out!("{}", print::table(&rows));
     let verdict = if r.ok {
         print::status("OK", true)
     } else {
         print::status("NOT IN ZONE", false)
     };
-    println!("{verdict}: {}", r.detail);
+    outln!("{verdict}: {}", r.detail);
     let m = &r.metrics;
-    println!(
+    outln!(
         "metrics: optimal level {}, target accuracy {}, gradient variance {:.4e}, model {} {}",
         m.optimal_level,
         m.target_accuracy,
