@@ -1,5 +1,6 @@
 //! The decoder reference model (src/model/decoder.rs) on a Hugging Face model directory, for
-//! the independent numpy check until bundles describe decoders:
+//! the independent numpy check of the decoder math on checkpoints (bundles are checked by
+//! scripts/decoder_bundle_numpy.py):
 //!
 //!     cargo run --release --example decoder_logits -- MODEL_DIR IDS.safetensors OUT.safetensors [--original-only]
 //!

@@ -166,8 +166,7 @@ pub const DECODER_FIXTURE: &str = "tiny-decoder";
 /// A one-layer BitNet decoder (vocab 11, hidden 8, intermediate 12, 2 heads of 4, 1 KV head,
 /// tied embeddings), its projections quantized, with 3 sequences of 5 tokens.
 pub fn write_decoder(dest: &Path) {
-    use ternary_bundle::format::manifest::DecoderModelSpec;
-    use ternary_bundle::model::decoder::{is_projection, DecoderSpec, Family};
+    use ternary_bundle::model::decoder::{DecoderSpec, Family};
     use ternary_bundle::source::TokenIds;
     let spec = DecoderSpec {
         family: Family::Bitnet,
@@ -199,20 +198,7 @@ pub fn write_decoder(dest: &Path) {
         offset += n;
         src = src.with(&name, shape.iter().map(|&d| d as u64).collect(), values);
     }
-    let plan = BundlePlan {
-        model: ModelSpec {
-            input_dim: 0,
-            layers: Vec::new(),
-            decoder: Some(DecoderModelSpec::from_spec(&spec)),
-        },
-        params: QuantParams::default(),
-        quantize: spec
-            .tensors()
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| is_projection(n))
-            .collect(),
-    };
+    let plan = BundlePlan::of_decoder(&spec, QuantParams::default());
     let ids: Vec<i64> = (0..15).map(|i| (i * 4 + 1) % 11).collect();
     let labels = ids.chunks(5).flat_map(|r| r[1..].to_vec()).collect();
     let options = WriteOptions {

@@ -153,28 +153,57 @@ fn assess_level(
         Ok(right as f64 / rows.len() as f64)
     };
     let batch = options.batch_size.unwrap_or(rows.len()).max(1);
-    let (mut variance_sum, mut loss_sum, mut skipped) = (0.0, 0.0, 0);
-    let mut batches = 0;
+    let mut sums = BatchSums::default();
     for (xb, lb) in x
         .axis_chunks_iter(ndarray::Axis(0), batch)
         .zip(labels.chunks(batch))
     {
         let (loss, variance, skip) = batch_gradient_variance(bundle, model, xb, lb);
-        loss_sum += loss * lb.len() as f64;
-        variance_sum += variance;
-        skipped = skip;
-        batches += 1;
+        sums.add(loss, lb.len(), (variance, skip));
     }
-    Ok(LevelFigures {
-        difficulty: level,
-        examples: rows.len(),
-        batches,
-        accuracy_fp16: accuracy(WeightPath::Fp16)?,
-        accuracy_ternary: accuracy(WeightPath::Ternary)?,
-        mean_cross_entropy: loss_sum / rows.len() as f64,
-        gradient_variance: variance_sum / batches as f64,
-        skipped_tensors: skipped,
-    })
+    Ok(sums.figures(
+        (level, rows.len()),
+        accuracy(WeightPath::Fp16)?,
+        accuracy(WeightPath::Ternary)?,
+    ))
+}
+
+/// The batches of a level, added up: loss weighted by examples, gradient variance per batch.
+#[derive(Default)]
+struct BatchSums {
+    loss: f64,
+    variance: f64,
+    skipped: usize,
+    batches: usize,
+}
+
+impl BatchSums {
+    /// A batch of `examples` with mean loss `loss`, its summed variance and skipped tensors.
+    fn add(&mut self, loss: f64, examples: usize, (variance, skipped): (f64, usize)) {
+        self.loss += loss * examples as f64;
+        self.variance += variance;
+        self.skipped = skipped;
+        self.batches += 1;
+    }
+
+    /// The level's figures: `examples` examples at difficulty `level`, and the accuracies.
+    fn figures(
+        &self,
+        (level, examples): (u8, usize),
+        accuracy_fp16: f64,
+        accuracy_ternary: f64,
+    ) -> LevelFigures {
+        LevelFigures {
+            difficulty: level,
+            examples,
+            batches: self.batches,
+            accuracy_fp16,
+            accuracy_ternary,
+            mean_cross_entropy: self.loss / examples as f64,
+            gradient_variance: self.variance / self.batches.max(1) as f64,
+            skipped_tensors: self.skipped,
+        }
+    }
 }
 
 /// The figures of one level of a decoder's data: the sequences at `rows`, every position but
@@ -208,28 +237,23 @@ fn assess_decoder_level(
     };
     let batch = options.batch_size.unwrap_or(rows.len()).max(1);
     let per = ids.ncols().saturating_sub(1);
-    let (mut variance_sum, mut loss_sum, mut skipped, mut batches) = (0.0, 0.0, 0, 0);
+    let mut sums = BatchSums::default();
     for (k, part) in ids.axis_chunks_iter(ndarray::Axis(0), batch).enumerate() {
         let first = k * batch * per;
         let lb = &labels[first..first + part.nrows() * per];
         let (loss, grads) =
             model.loss_and_gradient_with(part, Some(lb), true, &BackwardHooks::default())?;
-        loss_sum += loss * part.nrows() as f64;
-        let (sum, skip) = variance_over_tensors(grads.iter().flatten());
-        variance_sum += sum;
-        skipped = skip;
-        batches += 1;
+        sums.add(
+            loss,
+            part.nrows(),
+            variance_over_tensors(grads.iter().flatten()),
+        );
     }
-    Ok(LevelFigures {
-        difficulty: level,
-        examples: rows.len(),
-        batches,
-        accuracy_fp16: accuracy(WeightPath::Fp16)?,
-        accuracy_ternary: accuracy(WeightPath::Ternary)?,
-        mean_cross_entropy: loss_sum / rows.len() as f64,
-        gradient_variance: variance_sum / batches.max(1) as f64,
-        skipped_tensors: skipped,
-    })
+    Ok(sums.figures(
+        (level, rows.len()),
+        accuracy(WeightPath::Fp16)?,
+        accuracy(WeightPath::Ternary)?,
+    ))
 }
 
 /// The mean cross-entropy over one batch, the sum over parameter tensors of the unbiased

@@ -6,7 +6,7 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressStyle};
 use ternary_bundle::assess::{assess, AssessOptions};
 use ternary_bundle::format::activation::Activation;
-use ternary_bundle::format::manifest::{DecoderModelSpec, ModelSpec};
+use ternary_bundle::format::manifest::ModelSpec;
 use ternary_bundle::format::rfc3339::now_utc;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::model::reference::WeightPath;
@@ -147,11 +147,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
                 )));
             }
             let hf = HfModel::open(&from)?;
-            let model = ModelSpec {
-                input_dim: 0,
-                layers: Vec::new(),
-                decoder: Some(DecoderModelSpec::from_spec(hf.spec())),
-            };
+            let model = ModelSpec::of_decoder(hf.spec());
             let quantize = select_quantized(&hf.tensors(), &model, &a.quantize)?;
             let plan = BundlePlan {
                 model,

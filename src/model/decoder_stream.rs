@@ -271,19 +271,17 @@ impl Reducer<'_> {
         }
     }
 
-    /// Reduces rows `first..` of tensor `name`'s gradient, `g`, except the held embedding
-    /// rows, which are added to what they hold.
-    fn take(&mut self, name: &str, first: usize, mut g: Array2<f64>) {
-        if name == EMBEDDING {
-            for (i, mut row) in g.rows_mut().into_iter().enumerate() {
-                if let Some(h) = self.held.get_mut(&(first + i)) {
-                    h.iter_mut().zip(row.iter()).for_each(|(a, b)| *a += b);
-                    row.fill(0.0);
-                }
+    /// Reduces rows `first..` of the embedding's gradient, `g`, except the held rows, which
+    /// are added to what they hold.
+    fn take_embedding(&mut self, first: usize, mut g: Array2<f64>) {
+        for (i, mut row) in g.rows_mut().into_iter().enumerate() {
+            if let Some(h) = self.held.get_mut(&(first + i)) {
+                h.iter_mut().zip(row.iter()).for_each(|(a, b)| *a += b);
+                row.fill(0.0);
             }
         }
-        let p = self.partial(name, first, g.view());
-        self.merge(name, p);
+        let p = self.partial(EMBEDDING, first, g.view());
+        self.merge(EMBEDDING, p);
     }
 
     /// Reduces the held rows (call once, after the backward pass).
@@ -301,7 +299,11 @@ impl Reducer<'_> {
 
 impl GradSink for Reducer<'_> {
     fn add(&mut self, name: &str, first: usize, g: ArrayView2<f64>) {
-        self.take(name, first, g.to_owned());
+        if name == EMBEDDING {
+            return self.take_embedding(first, g.to_owned());
+        }
+        let p = self.partial(name, first, g);
+        self.merge(name, p);
     }
 
     fn add_rows(&mut self, name: &str, ids: &[usize], g: ArrayView2<f64>) {
@@ -321,7 +323,7 @@ impl GradSink for Reducer<'_> {
         if name == EMBEDDING {
             for &r0 in &starts {
                 let r1 = (r0 + block).min(rows);
-                self.take(name, r0, product(dy.slice(s![.., r0..r1]).t(), x.view()));
+                self.take_embedding(r0, product(dy.slice(s![.., r0..r1]).t(), x.view()));
             }
             return;
         }

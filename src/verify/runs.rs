@@ -70,6 +70,26 @@ pub(crate) struct TwoPaths {
     pub fp16_seconds: f64,
 }
 
+impl TwoPaths {
+    /// Adds a chunk: both paths' predictions, their logits (for the largest difference), and
+    /// when the ternary pass started and the FP16 pass started (it ends now).
+    fn record<'a>(
+        &mut self,
+        (ternary, fp16): (Vec<usize>, Vec<usize>),
+        (t, f): (impl Iterator<Item = &'a f32>, impl Iterator<Item = &'a f32>),
+        (start, middle): (Instant, Instant),
+    ) {
+        self.ternary_seconds += (middle - start).as_secs_f64();
+        self.fp16_seconds += middle.elapsed().as_secs_f64();
+        self.ternary.extend(ternary);
+        self.fp16.extend(fp16);
+        self.max_logit_difference = t
+            .zip(f)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(self.max_logit_difference, f64::max);
+    }
+}
+
 /// The original checkpoint's predictions, recomputed for `--reference`.
 pub(crate) struct Recomputed {
     pub predictions: Vec<usize>,
@@ -227,15 +247,11 @@ impl<'b> ModelRuns<'b> {
                         let t = decoder::forward(spec, &ternary, ids.view())?;
                         let middle = Instant::now();
                         let f = decoder::forward(spec, &fp16, ids.view())?;
-                        p.ternary_seconds += (middle - start).as_secs_f64();
-                        p.fp16_seconds += middle.elapsed().as_secs_f64();
-                        p.ternary.extend(next_token_predictions(&t));
-                        p.fp16.extend(next_token_predictions(&f));
-                        p.max_logit_difference = t
-                            .iter()
-                            .zip(f.iter())
-                            .map(|(a, b)| (a - b).abs() as f64)
-                            .fold(p.max_logit_difference, f64::max);
+                        p.record(
+                            (next_token_predictions(&t), next_token_predictions(&f)),
+                            (t.iter(), f.iter()),
+                            (start, middle),
+                        );
                     }
                     return Ok(p);
                 }
@@ -245,15 +261,11 @@ impl<'b> ModelRuns<'b> {
                     let t = forward_bundle(b, WeightPath::Ternary, x.view())?;
                     let middle = Instant::now();
                     let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
-                    p.ternary_seconds += (middle - start).as_secs_f64();
-                    p.fp16_seconds += middle.elapsed().as_secs_f64();
-                    p.ternary.extend(argmax_rows(&t));
-                    p.fp16.extend(argmax_rows(&f));
-                    p.max_logit_difference = t
-                        .iter()
-                        .zip(f.iter())
-                        .map(|(a, b)| (a - b).abs() as f64)
-                        .fold(p.max_logit_difference, f64::max);
+                    p.record(
+                        (argmax_rows(&t), argmax_rows(&f)),
+                        (t.iter(), f.iter()),
+                        (start, middle),
+                    );
                 }
                 Ok(p)
             })

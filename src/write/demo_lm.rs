@@ -17,7 +17,6 @@
 //! the projections changes those terms, not the decisions: retention stays near 100%, and a
 //! model whose layers carried the decisions would show what quantization costs it.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use ndarray_rand::rand::{Rng, SeedableRng};
@@ -25,8 +24,7 @@ use ndarray_rand::rand_distr::StandardNormal;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
-use crate::format::decoder::{is_projection, DecoderSpec, Family};
-use crate::format::manifest::{DecoderModelSpec, ModelSpec};
+use crate::format::decoder::{DecoderSpec, Family};
 use crate::format::quantization::QuantParams;
 use crate::format::safetensors::Dtype;
 use crate::source::{SourceTensor, TensorSource, TokenIds, ValidationSet};
@@ -91,21 +89,7 @@ impl DemoLm {
 
     /// The plan: the seven projections of every layer quantized with `params`.
     pub fn plan(&self, params: QuantParams) -> BundlePlan {
-        BundlePlan {
-            model: ModelSpec {
-                input_dim: 0,
-                layers: Vec::new(),
-                decoder: Some(DecoderModelSpec::from_spec(&self.spec)),
-            },
-            params,
-            quantize: self
-                .spec
-                .tensors()
-                .into_iter()
-                .map(|(n, _)| n)
-                .filter(|n| is_projection(n))
-                .collect::<BTreeSet<_>>(),
-        }
+        BundlePlan::of_decoder(&self.spec, params)
     }
 
     /// The validation set: 20 sequences of 32 tokens at each difficulty 1..10 (stream 1 of
@@ -209,6 +193,7 @@ impl TensorSource for DemoLm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn the_head_reads_the_successor_and_the_data_follows_it_at_level_1() {

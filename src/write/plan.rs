@@ -19,6 +19,23 @@ pub struct BundlePlan {
     pub quantize: BTreeSet<String>,
 }
 
+impl BundlePlan {
+    /// The plan of a decoder: the seven projections of every layer quantized with `params`
+    /// (the default choice of [`select_quantized`]).
+    pub fn of_decoder(spec: &crate::format::decoder::DecoderSpec, params: QuantParams) -> Self {
+        BundlePlan {
+            model: ModelSpec::of_decoder(spec),
+            params,
+            quantize: spec
+                .tensors()
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| crate::format::decoder::is_projection(n))
+                .collect(),
+        }
+    }
+}
+
 /// The tensors to quantize: those matching any of `patterns` (globs: `*`, `?`, `[abc]`; a
 /// pattern that matches nothing is an error), or by default every 2-D tensor named `*.weight`
 /// that is a layer weight of `model` (for a decoder: the seven projections of every layer).

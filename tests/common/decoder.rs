@@ -1,11 +1,9 @@
 //! Small decoders for the tests: a spec of either family, random weights in transformers'
 //! naming, and decoder bundles written from them (with a validation set of token sequences).
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use ternary_bundle::format::manifest::{DecoderModelSpec, ModelSpec};
-use ternary_bundle::model::decoder::{is_projection, DecoderSpec, Family};
+use ternary_bundle::model::decoder::{DecoderSpec, Family};
 use ternary_bundle::source::{MemorySource, TokenIds, ValidationSet};
 use ternary_bundle::{write_bundle, BundlePlan, QuantParams, WriteOptions};
 
@@ -65,20 +63,7 @@ pub fn token_validation(s: &DecoderSpec, n: usize, t: usize) -> ValidationSet {
 
 /// The plan of `s`'s bundle: the projections quantized with the default parameters.
 pub fn plan(s: &DecoderSpec) -> BundlePlan {
-    BundlePlan {
-        model: ModelSpec {
-            input_dim: 0,
-            layers: Vec::new(),
-            decoder: Some(DecoderModelSpec::from_spec(s)),
-        },
-        params: QuantParams::default(),
-        quantize: s
-            .tensors()
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| is_projection(n))
-            .collect::<BTreeSet<_>>(),
-    }
+    BundlePlan::of_decoder(s, QuantParams::default())
 }
 
 /// A decoder bundle of `family` in `tmp/name`, with a validation set of 4 sequences of 6

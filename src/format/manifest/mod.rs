@@ -102,6 +102,17 @@ pub struct DecoderModelSpec {
     pub tie_word_embeddings: bool,
 }
 
+impl ModelSpec {
+    /// The `model` of a decoder: `decoder` only.
+    pub fn of_decoder(spec: &DecoderSpec) -> Self {
+        ModelSpec {
+            input_dim: 0,
+            layers: Vec::new(),
+            decoder: Some(DecoderModelSpec::from_spec(spec)),
+        }
+    }
+}
+
 impl DecoderModelSpec {
     /// The manifest form of `spec`.
     pub fn from_spec(spec: &DecoderSpec) -> Self {
