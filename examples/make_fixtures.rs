@@ -90,6 +90,7 @@ pub fn tiny_plan(params: QuantParams) -> BundlePlan {
         },
         params,
         quantize: BTreeSet::from(["fc1.weight".to_string(), "fc2.weight".to_string()]),
+        given: None,
     }
 }
 
@@ -265,12 +266,12 @@ pub fn broken_fixtures() -> Vec<Broken> {
         },
         Broken {
             name: "unknown-major",
-            damage: "format_version 4.0",
+            damage: "format_version 5.0",
             rule: "2.4",
             file: MANIFEST,
             tensor: None,
             validation: false,
-            edit: |d| edit_manifest(d, |m| m["format_version"] = "4.0".into()),
+            edit: |d| edit_manifest(d, |m| m["format_version"] = "5.0".into()),
         },
         Broken {
             name: "unknown-encoding",
@@ -446,7 +447,7 @@ pub fn generate(root: &Path) {
     // ...and another MAJOR is refused, naming both versions.
     let major = root.join("versions/unknown-major");
     write(&major, QuantParams::default(), false);
-    edit_manifest(&major, |m| m["format_version"] = "4.0".into());
+    edit_manifest(&major, |m| m["format_version"] = "5.0".into());
 }
 
 /// Fixtures that are never regenerated: written by an earlier version of the writer and kept

@@ -296,6 +296,7 @@ fn fuzzed_plan(
         },
         params,
         quantize,
+        given: None,
     };
     (plan, shapes)
 }

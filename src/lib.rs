@@ -19,6 +19,8 @@
 //! - [`source`]: where `create` takes weights and labelled data from;
 //! - [`model`]: the architecture vocabulary, the reference model and its f64 backward pass;
 //! - [`write`](mod@write): building bundles atomically (`create`, the demo, `requantize`, `export`);
+//! - [`hf`]: Hugging Face's formats, in and out: packed BitNet checkpoints, online-quantized
+//!   master weights, tokenizers, and model directories that transformers loads (spec section 18);
 //! - [`verify`]: `bundle verify`, the CI gate;
 //! - [`assess`]: `bundle assess`, the receiving stage's edge-of-chaos assessment;
 //! - [`report`]: `bundle report`, one self-contained HTML page of all of it;
@@ -35,6 +37,7 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hf;
 pub mod model;
 pub mod quant;
 pub mod read;

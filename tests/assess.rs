@@ -64,6 +64,7 @@ fn bundle(dir: &Path, validation: Option<ValidationSet>) -> PathBuf {
         },
         params: QuantParams::default(),
         quantize: BTreeSet::from(["w".to_string()]),
+        given: None,
     };
     let dest = dir.join("b");
     let options = WriteOptions {

@@ -345,7 +345,7 @@ fn create_options_reach_the_manifest() {
             q.sparsity_threshold,
             q.epsilon
         ),
-        ("group", Some(8), 0.7, 0.001)
+        ("group", Some(8), Some(0.7), Some(0.001))
     );
     let quantized: Vec<&str> = b
         .manifest()

@@ -109,7 +109,7 @@ fn unknown_major_is_refused_naming_both_versions() {
     assert_eq!(e.rule(), Some(Rule::FormatVersion));
     let msg = e.to_string();
     assert!(
-        msg.contains("4.0") && msg.contains("3.0") && msg.contains("manifest.json"),
+        msg.contains("5.0") && msg.contains("4.0") && msg.contains("manifest.json"),
         "{msg}"
     );
 }

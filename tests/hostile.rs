@@ -147,11 +147,11 @@ fn manifest_attacks() {
         edit_manifest(d, |m| m["quantization"]["encoding"] = json!("trit9"))
     });
     let e = hostile("unknown major", |d| {
-        edit_manifest(d, |m| m["format_version"] = json!("4.1"))
+        edit_manifest(d, |m| m["format_version"] = json!("5.1"))
     });
     assert_eq!(e.rule(), Some(Rule::FormatVersion), "{e}");
     assert!(
-        e.to_string().contains("4.1") && e.to_string().contains("3.0"),
+        e.to_string().contains("5.1") && e.to_string().contains("4.0"),
         "{e}"
     );
     expect("manifest shape rank 100", Rule::TensorList, |d| {
@@ -382,6 +382,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
         },
         params: Default::default(),
         quantize: ["up".to_string(), "down".to_string()].into(),
+        given: None,
     };
     let samples = 2048;
     let options = WriteOptions {
@@ -469,6 +470,7 @@ fn many_tensors_are_checked_in_linear_time() {
         },
         params: Default::default(),
         quantize: names.iter().cloned().collect(),
+        given: None,
     };
     write_bundle(&dir, &src, &plan, &WriteOptions::default()).unwrap();
     let last = format!("{}.scale", names[n - 1]);

@@ -123,6 +123,7 @@ fn hostile_bundle(dir: &Path) -> PathBuf {
         },
         params: QuantParams::default(),
         quantize,
+        given: None,
     };
     let dest = dir.join("hostile");
     let options = WriteOptions {

@@ -5,6 +5,7 @@ use half::f16;
 use ternary_bundle::format::encoding::RowError;
 use ternary_bundle::format::quantization::rows_cols;
 use ternary_bundle::quant::dequantize::{dequantize_f16, dequantize_tensor_f16};
+use ternary_bundle::quant::quantize::{absmean_scale, already_ternary};
 use ternary_bundle::{quantize, Encoding, Granularity, QuantParams};
 
 fn pack(enc: Encoding, trits: &[i8]) -> Vec<u8> {
@@ -213,11 +214,14 @@ fn example_params(encoding: Encoding) -> QuantParams {
 #[test]
 fn tensor_example_scales_and_trits() {
     let q = quantize(&W, &[2, 3], &example_params(Encoding::Trit5)).unwrap();
-    // row 0: gamma = (0.9 + 0.05 + 0.4) / 3 = 0.45; row 1: gamma = 4 / 3.
+    // row 0: gamma = (0.9 + 0.05 + 0.4) / 3 = 0.45; row 1 is already ternary (only -2, 0, +2):
+    // step 0 keeps its scale 2.0 (absmean would give 4 / 3 and the same trits).
     assert_eq!(q.scales.len(), 2);
     assert_eq!(q.scales[0].to_bits(), 0.45f32.to_bits());
-    assert_eq!(q.scales[1].to_bits(), 1.333_333_4f32.to_bits());
-    assert_eq!(q.scales[1].to_bits(), (4.0f32 / 3.0).to_bits());
+    assert_eq!(q.scales[1].to_bits(), 0x40000000);
+    assert_eq!(already_ternary(&W[3..], 1e-5), Some(2.0));
+    assert_eq!(already_ternary(&W[..3], 1e-5), None);
+    assert_eq!(absmean_scale(&W[3..], 1e-5).to_bits(), 0x3FAAAAAB);
     // The spec's table, bit for bit.
     let w_bits: Vec<u32> = W.iter().map(|w| w.to_bits()).collect();
     assert_eq!(
@@ -227,19 +231,11 @@ fn tensor_example_scales_and_trits() {
     let sum0: f64 = W[..3].iter().map(|w| f64::from(w.abs())).sum();
     assert!((sum0 - 1.349_999_982_863_664_6).abs() < 1e-15, "{sum0}");
     assert_eq!(q.scales[0].to_bits(), 0x3EE66666);
-    assert_eq!(q.scales[1].to_bits(), 0x3FAAAAAB);
-    // inv = 1 / scale (f32): 2.2222223 and 0.75.
+    // inv = 1 / scale (f32): 2.2222223; x = w * inv (f32): [2.0, -0.11111112, -0.88888896].
     let inv0 = 1.0f32 / q.scales[0];
-    let inv1 = 1.0f32 / q.scales[1];
     assert_eq!(inv0.to_bits(), 0x400E38E4);
-    assert_eq!(inv1.to_bits(), 0x3F400000);
-    // x = w * inv (f32): row 0 [2.0, -0.11111112, -0.88888896], row 1 [1.5, 0.0, -1.5].
-    let x: Vec<f32> = W[..3]
-        .iter()
-        .map(|w| w * inv0)
-        .chain(W[3..].iter().map(|w| w * inv1))
-        .collect();
-    assert_eq!(x, [2.0, -0.111_111_12, -0.888_888_96, 1.5, 0.0, -1.5]);
+    let x: Vec<f32> = W[..3].iter().map(|w| w * inv0).collect();
+    assert_eq!(x, [2.0, -0.111_111_12, -0.888_888_96]);
     // Both rows are [+1, 0, -1] -> trit5 byte 2 + 1*3 + 0*9 = 5.
     assert_eq!(q.packed, vec![0x05, 0x05]);
     assert_eq!(q.stats.zeros, 2);
@@ -262,7 +258,7 @@ fn tensor_example_in_trit2() {
 #[test]
 fn tensor_example_fp16_bits() {
     // Checked with numpy: np.float32(0.45).astype(np.float16).view(np.uint16) == 0x3733 and
-    // np.float32(4/3).astype(np.float16).view(np.uint16) == 0x3d55.
+    // np.float32(2).astype(np.float16).view(np.uint16) == 0x4000.
     let q = quantize(&W, &[2, 3], &example_params(Encoding::Trit5)).unwrap();
     let h = dequantize_tensor_f16(
         Encoding::Trit5,
@@ -274,7 +270,7 @@ fn tensor_example_fp16_bits() {
     )
     .unwrap();
     let bits: Vec<u16> = h.iter().map(|v| v.to_bits()).collect();
-    assert_eq!(bits, [0x3733, 0x0000, 0xB733, 0x3D55, 0x0000, 0xBD55]);
+    assert_eq!(bits, [0x3733, 0x0000, 0xB733, 0x4000, 0x0000, 0xC000]);
     let values: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
     assert_eq!(
         values,
@@ -282,9 +278,9 @@ fn tensor_example_fp16_bits() {
             0.449_951_17,
             0.0,
             -0.449_951_17,
-            1.333_007_8,
+            2.0,
             0.0,
-            -1.333_007_8
+            -2.0
         ]
     );
     assert_eq!(f16::from_f32(0.45).to_bits(), 0x3733);

@@ -133,6 +133,7 @@ fn one_layer_model(rows: &[Vec<f32>], params: QuantParams) -> (MemorySource, Bun
         },
         params,
         quantize: BTreeSet::from(["out.weight".to_string()]),
+        given: None,
     };
     (src, plan)
 }
@@ -1261,6 +1262,7 @@ fn gradient_flow_fails_when_a_zero_last_layer_blocks_the_gradient() {
         },
         params: QuantParams::default(),
         quantize: BTreeSet::from(["fc1.weight".to_string(), "fc2.weight".to_string()]),
+        given: None,
     };
     let dir = tmp.path().join("dead");
     write_bundle(&dir, &src, &plan, &WriteOptions::default()).unwrap();

@@ -153,6 +153,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
                 model,
                 params,
                 quantize,
+                given: None,
             };
             let report = write_with_progress(&a.out, &hf, &plan, &options)?;
             let bundle = Bundle::open_with(&a.out, open)?;
@@ -173,6 +174,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
                 model,
                 params,
                 quantize,
+                given: None,
             },
             &options,
         )?

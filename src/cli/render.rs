@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use ternary_bundle::assess::AssessReport;
-use ternary_bundle::error::printable;
+use ternary_bundle::error::{escape_name, printable};
 use ternary_bundle::read::inspect::Inspection;
 use ternary_bundle::verify::{Status, VerifyReport, RETENTION_METRIC};
 use ternary_bundle::write::requantize::TritChanges;
@@ -107,10 +107,31 @@ pub fn inspection(i: &Inspection, tensors: bool) {
         Some(g) => format!("group (G = {g})"),
         None => q.granularity.clone(),
     };
-    outln!(
-        "quantization: {}, {}, granularity {granularity}, epsilon {}, sparsity threshold {}, zero point {}",
-        q.method, q.encoding, q.epsilon, q.sparsity_threshold, q.zero_point
-    );
+    match (q.epsilon, q.sparsity_threshold) {
+        (Some(e), Some(t)) => outln!(
+            "quantization: {}, {}, granularity {granularity}, epsilon {e}, sparsity threshold {t}, zero point {}",
+            q.method, q.encoding, q.zero_point
+        ),
+        _ => outln!(
+            "quantization: {}, {}, granularity {granularity}, zero point {}",
+            q.method, q.encoding, q.zero_point
+        ),
+    }
+    if let Some(s) = &q.source {
+        outln!(
+            "  given by: {} (the source's {} {}: {})",
+            escape_name(&s.format),
+            escape_name(&s.scale_name),
+            match s.scale_convention.as_str() {
+                "divide" => "divides",
+                _ => "multiplies",
+            },
+            match s.scale_convention.as_str() {
+                "divide" => "bundle scale = 1 / source scale",
+                _ => "bundle scale = source scale",
+            }
+        );
+    }
     outln!("files:");
     let rows: Vec<Vec<String>> = i
         .files

@@ -71,6 +71,27 @@ impl Granularity {
     }
 }
 
+/// How a bundle's trits and scales were made (the manifest's `quantization.method`, rule 2.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum QuantMethod {
+    /// The absmean quantizer of spec section 7 ran on real-valued weights.
+    #[default]
+    Absmean,
+    /// The source was already ternary: its trits and scales were taken as given (section 7.1,
+    /// format 4.0).
+    Given,
+}
+
+impl QuantMethod {
+    /// The manifest name.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantMethod::Absmean => "absmean",
+            QuantMethod::Given => "given",
+        }
+    }
+}
+
 /// Quantization settings (the manifest's `quantization` block, minus the fixed fields).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuantParams {

@@ -40,6 +40,8 @@ rules! {
     ValidationFilePresence = "1.4", "validation file presence must match the manifest";
     /// 1.5: undeclared directory entries (reported, fatal only in strict mode).
     ExtraFiles = "1.5", "undeclared file in bundle";
+    /// 1.6: every listed asset file is present, regular, of the listed size (format 4.0).
+    AssetFiles = "1.6", "asset file missing or of the wrong size";
     /// 2.1: manifest size limit.
     ManifestSize = "2.1", "manifest too large";
     /// 2.2: manifest is a UTF-8 JSON object without duplicate keys.
@@ -68,6 +70,12 @@ rules! {
     DecoderModel = "2.13", "invalid decoder model";
     /// 2.14: a decoder's tensors are exactly those its config names, with their shapes.
     DecoderTensors = "2.14", "decoder tensors differ from the model's";
+    /// 2.15: `quantization.source`, required exactly for method `given` (format 4.0).
+    QuantizationSource = "2.15", "invalid quantization source";
+    /// 2.16: `provenance.original`, the model of the original predictions (format 4.0).
+    OriginalModel = "2.16", "invalid original model";
+    /// 2.17: `files.assets` (format 4.0).
+    Assets = "2.17", "invalid asset table";
     /// 3.1: file size matches the manifest.
     FileSize = "3.1", "file size differs from the manifest";
     /// 3.2: safetensors header length is sane.
@@ -114,10 +122,14 @@ rules! {
     TensorDigest = "7.2", "tensor checksum mismatch";
     /// 7.3: the manifest's own SHA-256.
     ManifestDigest = "7.3", "manifest checksum mismatch";
+    /// 7.4: the SHA-256 of each asset file (format 4.0).
+    AssetDigest = "7.4", "asset checksum mismatch";
     /// 8.1: quantizer input weights are finite.
     SourceWeights = "8.1", "source weights must be finite";
     /// 8.2: a source checkpoint tensor has a supported dtype (F32, F16, BF16).
     SourceDtype = "8.2", "unsupported source tensor dtype";
+    /// 8.3: given trits are trits, their scales valid and present, zero points 0.
+    GivenTrits = "8.3", "invalid given trits or scales";
 }
 
 #[cfg(test)]

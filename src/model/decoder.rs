@@ -372,6 +372,54 @@ impl DecoderWeights for SourceWeights<'_> {
     }
 }
 
+/// A decoder's weights with transformers' `ActQuant` before every product with a weight in
+/// `names` (the modules online BitNet quantization converts, spec section 18.3): each input row
+/// (a token) quantized to 8 bits, [`quantize_activations`].
+pub struct ActivationQuantized<'a> {
+    inner: &'a dyn DecoderWeights,
+    names: std::collections::BTreeSet<String>,
+}
+
+impl<'a> ActivationQuantized<'a> {
+    /// `inner`, with the inputs of the products with `names` quantized.
+    pub fn new(inner: &'a dyn DecoderWeights, names: std::collections::BTreeSet<String>) -> Self {
+        ActivationQuantized { inner, names }
+    }
+}
+
+impl DecoderWeights for ActivationQuantized<'_> {
+    fn linear(&self, name: &str, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        if !self.names.contains(name) {
+            return self.inner.linear(name, x);
+        }
+        let mut q = x.to_owned();
+        for mut row in q.rows_mut() {
+            if let Some(row) = row.as_slice_mut() {
+                quantize_activations(row);
+            }
+        }
+        self.inner.linear(name, q.view())
+    }
+
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        self.inner.vector(name)
+    }
+
+    fn rows(&self, name: &str, ids: &[usize]) -> Result<Array2<f32>> {
+        self.inner.rows(name, ids)
+    }
+}
+
+/// transformers' `ActQuant` on one token's activations, in f32 (spec section 18.3):
+/// m = max(max |x_i|, 1e-5), s = 127 / m, x_i = clamp(round_half_even(x_i s), -128, 127) / s.
+pub fn quantize_activations(x: &mut [f32]) {
+    let m = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-5);
+    let s = 127.0f32 / m;
+    for v in x {
+        *v = (*v * s).round_ties_even().clamp(-128.0, 127.0) / s;
+    }
+}
+
 /// Rows `ids` of the matrix `name` (from `path`), every id checked against its rows.
 pub(crate) fn select_rows(
     path: &std::path::Path,

@@ -4,7 +4,8 @@
 //! ([`gradcheck`], its perturbed losses computed together by [`perturbed`]), and the
 //! activation functions they share ([`activation`]). [`decoder`] is the reference model of the
 //! decoder-only language models (Llama, BitNet b1.58, format 3.0), [`decoder64`] its f64 twin
-//! with the backward pass, [`bundle_decoder`] a bundle's decoder along one weight path. The architecture's vocabulary (layer specs,
+//! with the backward pass, [`bundle_decoder`] a bundle's decoder along one weight path,
+//! [`original`] the original model whose decisions a handoff must keep. The architecture's vocabulary (layer specs,
 //! activation names) belongs to the format: [`crate::format::manifest`],
 //! [`crate::format::activation`].
 
@@ -18,5 +19,6 @@ pub(crate) mod direction;
 pub mod gradcheck;
 pub mod matmul;
 pub mod model64;
+pub mod original;
 pub(crate) mod perturbed;
 pub mod reference;

@@ -1,9 +1,11 @@
 //! The absmean ternary quantizer (BitNet b1.58; spec section "Quantization").
 //!
 //! Owns the arithmetic that turns f32 weights into trits and scales, bit-exactly as the spec
-//! defines it: gamma accumulated in f64 in index order and rounded to f32, `scale = max(gamma,
+//! defines it: a group that is already ternary (only -a, 0, +a) keeps a and its signs (step 0);
+//! otherwise gamma accumulated in f64 in index order and rounded to f32, `scale = max(gamma,
 //! epsilon)`, `x = w * (1 / scale)` in f32, `t = sign(x)` when `|x| > threshold`. It writes the
-//! packed rows directly (no intermediate trit tensor) and does no I/O.
+//! packed rows directly (no intermediate trit tensor) and does no I/O. [`pack_given`] packs
+//! trits and scales a source already has (spec section 7.1).
 
 use half::f16;
 use rayon::prelude::*;
@@ -75,6 +77,8 @@ pub enum QuantizeError {
     Shape(String),
     /// The settings break rule 2.8.
     Params(String),
+    /// Rule 8.3: a given value is not a trit, or a given scale is not finite and > 0.
+    Given(String),
 }
 
 impl QuantizeError {
@@ -85,6 +89,7 @@ impl QuantizeError {
             QuantizeError::ScaleNotRepresentable { .. } => Rule::ScaleValid,
             QuantizeError::Shape(_) => Rule::TensorList,
             QuantizeError::Params(_) => Rule::Quantization,
+            QuantizeError::Given(_) => Rule::GivenTrits,
         }
     }
 
@@ -106,6 +111,10 @@ impl QuantizeError {
             QuantizeError::Shape(s) | QuantizeError::Params(s) => {
                 ("a quantizable tensor".into(), s.clone())
             }
+            QuantizeError::Given(s) => (
+                "trits in {-1, 0, 1} and scales finite and > 0".into(),
+                s.clone(),
+            ),
         }
     }
 }
@@ -116,7 +125,7 @@ impl QuantizeError {
 /// use ternary_bundle::{quantize, QuantParams};
 /// let q = quantize(&[0.9, -0.05, -0.4, 2.0, 0.0, -2.0], &[2, 3], &QuantParams::default()).unwrap();
 /// assert_eq!(q.packed, vec![0x05, 0x05]); // both rows are [+1, 0, -1]
-/// assert_eq!(q.scales, vec![0.45, 4.0 / 3.0]);
+/// assert_eq!(q.scales, vec![0.45, 2.0]); // row 1 is already ternary: it keeps its scale
 /// ```
 pub fn quantize(
     weights: &[f32],
@@ -139,8 +148,64 @@ pub fn quantize(
         )));
     }
     let (rows, cols) = (rows as usize, cols as usize);
-    let scales = compute_scales(weights, rows, cols, params);
-    quantize_rows(weights, rows, cols, scales, params)
+    let (scales, ternary) = compute_scales(weights, rows, cols, params);
+    quantize_rows(weights, rows, cols, scales, Some(&ternary), params)
+}
+
+/// Packs trits a source already has, with their scales (method `given`, spec section 7.1):
+/// `trits` in C order of `shape`, `scales` in the layout of [`Granularity::scale_shape`] for
+/// `params.granularity`. Every trit must be -1, 0 or 1 and every scale finite and > 0 (rule
+/// 8.3), and a scale that governs a non-zero trit must fit F16 (rule 4.5). The statistics'
+/// errors are 0: the source is these trits.
+pub fn pack_given(
+    trits: &[i8],
+    shape: &[u64],
+    params: &QuantParams,
+    scales: Vec<f32>,
+) -> Result<QuantizedTensor, QuantizeError> {
+    let (rows, cols) = rows_cols(shape)
+        .filter(|&(r, c)| r >= 1 && c >= 1)
+        .ok_or_else(|| QuantizeError::Shape(format!("shape {shape:?} is not quantizable")))?;
+    if trits.len() as u64 != rows * cols {
+        return Err(QuantizeError::Shape(format!(
+            "{} trits for shape {shape:?}",
+            trits.len()
+        )));
+    }
+    let expected: u64 = params.granularity.scale_shape(rows, cols).iter().product();
+    if scales.len() as u64 != expected {
+        return Err(QuantizeError::Shape(format!(
+            "{} scales where granularity {} needs {expected}",
+            scales.len(),
+            params.granularity.name()
+        )));
+    }
+    if let Some(i) = trits.iter().position(|t| !(-1..=1).contains(t)) {
+        return Err(QuantizeError::Given(format!(
+            "value {} at flat index {i}",
+            trits[i]
+        )));
+    }
+    if let Some(i) = scales.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(QuantizeError::Given(format!(
+            "scale {} at scale index {i}",
+            scales[i]
+        )));
+    }
+    // Every group is ternary by construction: its trits are the signs of the values.
+    let values: Vec<f32> = trits.iter().map(|&t| f32::from(t)).collect();
+    let all_given = vec![true; scales.len()];
+    let mut q = quantize_rows(
+        &values,
+        rows as usize,
+        cols as usize,
+        scales,
+        Some(&all_given),
+        params,
+    )?;
+    q.stats.rmse = 0.0;
+    q.stats.relative_error = 0.0;
+    Ok(q)
 }
 
 /// Quantizes `weights` with given `scales` (in the layout of [`Granularity::scale_shape`])
@@ -186,16 +251,20 @@ pub fn quantize_with_scales(
         rows as usize,
         cols as usize,
         scales.to_vec(),
+        None,
         params,
     )
 }
 
-/// Steps 3 to 5 for every row, given the scales.
+/// Steps 3 to 5 for every row, given the scales; a group flagged in `ternary` (step 0: already
+/// ternary) takes the sign of each weight instead. For [`pack_given`] the weights are the trits
+/// and the scales are applied only to the statistics.
 fn quantize_rows(
     weights: &[f32],
     rows: usize,
     cols: usize,
     scales: Vec<f32>,
+    ternary: Option<&[bool]>,
     params: &QuantParams,
 ) -> Result<QuantizedTensor, QuantizeError> {
     let elements = (rows * cols) as u64;
@@ -222,7 +291,7 @@ fn quantize_rows(
         .enumerate()
         .map_init(
             || vec![0i8; cols],
-            |trits, (r, (out, row))| quantize_row(row, r, &scales, params, trits, out),
+            |trits, (r, (out, row))| quantize_row(row, r, &scales, ternary, params, trits, out),
         )
         .collect();
     let mut zeros = 0u64;
@@ -271,6 +340,7 @@ fn quantize_row(
     row: &[f32],
     r: usize,
     scales: &[f32],
+    ternary: Option<&[bool]>,
     params: &QuantParams,
     trits: &mut [i8],
     out: &mut [u8],
@@ -288,14 +358,17 @@ fn quantize_row(
         let lo = g * group;
         let hi = ((g + 1) * group).min(cols);
         let (w, t) = (&row[lo..hi], &mut trits[lo..hi]);
-        let nonzero = ternarize(w, t, scale, params.sparsity_threshold);
+        let index = match params.granularity {
+            Granularity::Tensor => 0,
+            Granularity::Channel => r,
+            Granularity::Group(_) => r * groups_per_row + g,
+        };
+        let nonzero = match ternary.and_then(|flags| flags.get(index)) {
+            Some(true) => signs(w, t),
+            _ => ternarize(w, t, scale, params.sparsity_threshold),
+        };
         outcome.zeros += (hi - lo - nonzero) as u64;
         if nonzero > 0 && !scale_fits_f16(scale) && outcome.error.is_none() {
-            let index = match params.granularity {
-                Granularity::Tensor => 0,
-                Granularity::Channel => r,
-                Granularity::Group(_) => r * groups_per_row + g,
-            };
             outcome.error = Some(QuantizeError::ScaleNotRepresentable {
                 index: index as u64,
                 scale,
@@ -357,28 +430,66 @@ pub fn absmean_scale(values: &[f32], epsilon: f32) -> f32 {
     }
 }
 
-fn compute_scales(weights: &[f32], rows: usize, cols: usize, params: &QuantParams) -> Vec<f32> {
+/// Step 0 of the spec's quantizer: `Some(a)` when every value of the group is -a, +-0 or +a
+/// (compared as f32) for one a >= epsilon, at least one of them non-zero: the group is already
+/// ternary, and keeps a as its scale.
+pub fn already_ternary(values: &[f32], epsilon: f32) -> Option<f32> {
+    let a = values.iter().map(|w| w.abs()).find(|&m| m != 0.0)?;
+    (a.is_finite() && a >= epsilon && values.iter().all(|w| w.abs() == 0.0 || w.abs() == a))
+        .then_some(a)
+}
+
+/// A group's scale (step 0, else steps 1 and 2) and whether it was already ternary.
+fn group_scale(values: &[f32], epsilon: f32) -> (f32, bool) {
+    match already_ternary(values, epsilon) {
+        Some(a) => (a, true),
+        None => (absmean_scale(values, epsilon), false),
+    }
+}
+
+/// Every group's scale and whether it is already ternary, in the layout of
+/// [`Granularity::scale_shape`].
+fn compute_scales(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    params: &QuantParams,
+) -> (Vec<f32>, Vec<bool>) {
     let eps = params.epsilon;
-    match params.granularity {
-        Granularity::Tensor => vec![absmean_scale(weights, eps)],
+    let pairs: Vec<(f32, bool)> = match params.granularity {
+        Granularity::Tensor => vec![group_scale(weights, eps)],
         Granularity::Channel => weights
             .par_chunks(cols)
-            .map(|row| absmean_scale(row, eps))
+            .map(|row| group_scale(row, eps))
             .collect(),
         Granularity::Group(_) => {
             let (per_row, group) = params.granularity.row_layout(cols);
-            let mut scales = vec![0f32; rows * per_row];
-            scales
+            let mut pairs = vec![(0f32, false); rows * per_row];
+            pairs
                 .par_chunks_mut(per_row)
                 .zip(weights.par_chunks(cols))
                 .for_each(|(out, row)| {
                     for (o, g) in out.iter_mut().zip(row.chunks(group)) {
-                        *o = absmean_scale(g, eps);
+                        *o = group_scale(g, eps);
                     }
                 });
-            scales
+            pairs
         }
+    };
+    pairs.into_iter().unzip()
+}
+
+/// Writes the sign of each value of an already-ternary group (step 0) and returns how many are
+/// non-zero.
+#[inline]
+fn signs(w: &[f32], out: &mut [i8]) -> usize {
+    let mut nonzero = 0usize;
+    for (o, &w) in out.iter_mut().zip(w) {
+        let t = (w > 0.0) as i8 - (w < 0.0) as i8;
+        nonzero += (t != 0) as usize;
+        *o = t;
     }
+    nonzero
 }
 
 /// Writes the trits of `w` under `scale` and returns how many are non-zero.
@@ -407,7 +518,7 @@ mod tests {
             &QuantParams::default(),
         )
         .unwrap();
-        assert_eq!(q.scales, vec![0.45f32, 1.333_333_4]);
+        assert_eq!(q.scales, vec![0.45f32, 2.0]);
         assert_eq!(q.packed, vec![5, 5]);
         assert_eq!(q.stats.zeros, 2);
     }
@@ -435,6 +546,46 @@ mod tests {
         let e = quantize(&[0.0, f32::NAN], &[1, 2], &QuantParams::default()).unwrap_err();
         assert!(matches!(e, QuantizeError::NonFinite { index: 1, .. }));
         assert_eq!(e.rule(), Rule::SourceWeights);
+    }
+
+    #[test]
+    fn already_ternary_groups_keep_their_scale_and_signs() {
+        // Row 0 is 0.25 * [1, 0, -1, 1]: absmean would rescale it to 0.1875.
+        let w = [0.25, 0.0, -0.25, 0.25, 0.3, 0.1, -0.2, 0.0];
+        let q = quantize(&w, &[2, 4], &QuantParams::default()).unwrap();
+        assert_eq!(q.scales[0], 0.25);
+        assert_eq!(q.scales[1], absmean_scale(&w[4..], 1e-5));
+        let mut t = [0i8; 4];
+        crate::format::encoding::Encoding::Trit5
+            .unpack_row(&q.packed[..1], &mut t)
+            .unwrap();
+        assert_eq!(t, [1, 0, -1, 1]);
+        // Per tensor the rows differ (0.25 vs others): plain absmean.
+        let p = QuantParams {
+            granularity: Granularity::Tensor,
+            ..QuantParams::default()
+        };
+        let q = quantize(&w, &[2, 4], &p).unwrap();
+        assert_eq!(q.scales, vec![absmean_scale(&w, 1e-5)]);
+        // Below epsilon, step 0 does not apply.
+        assert_eq!(already_ternary(&[1e-6, -1e-6], 1e-5), None);
+        assert_eq!(already_ternary(&[0.0, -0.0], 1e-5), None);
+        assert_eq!(already_ternary(&[0.5, -0.5, 0.0], 1e-5), Some(0.5));
+    }
+
+    #[test]
+    fn given_trits_are_packed_whatever_the_scale() {
+        let q = pack_given(&[1, 0, -1, 1, 1, 0], &[2, 3], &QuantParams::default(), vec![100.0, 1e-3])
+            .unwrap();
+        assert_eq!(q.packed, vec![5, 2 + 2 * 3 + 9]);
+        assert_eq!(q.scales, vec![100.0, 1e-3]);
+        assert_eq!(q.stats.zeros, 2);
+        let e = pack_given(&[2, 0], &[1, 2], &QuantParams::default(), vec![1.0]).unwrap_err();
+        assert_eq!(e.rule(), Rule::GivenTrits);
+        let e = pack_given(&[1, 0], &[1, 2], &QuantParams::default(), vec![-1.0]).unwrap_err();
+        assert_eq!(e.rule(), Rule::GivenTrits);
+        let e = pack_given(&[1, 0], &[1, 2], &QuantParams::default(), vec![1.0, 2.0]).unwrap_err();
+        assert_eq!(e.rule(), Rule::TensorList);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use half::f16;
 use crate::error::{Error, Violation};
 use crate::format::decoder::DecoderSpec;
 use crate::format::encoding::{Encoding, RowError};
-use crate::format::manifest::{FileRole, Manifest, ManifestFacts, TensorSpec};
+use crate::format::manifest::{AssetEntry, FileRole, Manifest, ManifestFacts, TensorSpec};
 use crate::format::quantization::{Granularity, QuantParams};
 use crate::format::rules::Rule;
 use crate::format::safetensors::Header;
@@ -133,9 +133,41 @@ pub struct Bundle {
     pub(crate) ternary: DataFile,
     pub(crate) fp16: DataFile,
     pub(crate) validation: Option<(DataFile, ValidationRanges)>,
+    /// The asset files of `files.assets` (rule 1.6), in the manifest's order.
+    pub(crate) assets: Vec<AssetData>,
     pub(crate) extras: Vec<String>,
     /// One entry per manifest tensor, in manifest order.
     pub(crate) ranges: Vec<TensorRanges>,
+}
+
+/// An asset file of the bundle (format 4.0, rule 1.6), its size checked against the manifest.
+#[derive(Debug)]
+pub struct AssetData {
+    pub(crate) path: PathBuf,
+    pub(crate) entry: AssetEntry,
+    pub(crate) bytes: FileBytes,
+}
+
+impl AssetData {
+    /// Its name (one of [`crate::format::manifest::ASSET_NAMES`]).
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// Its path in the bundle directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its bytes (as opened; [`crate::read::checks::check_digests`] proves their digest).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The SHA-256 the manifest declares.
+    pub fn declared_sha256(&self) -> &str {
+        &self.entry.sha256
+    }
 }
 
 /// A quantized tensor of `ternary.safetensors`: packed rows and scales, borrowed.
@@ -232,6 +264,16 @@ impl Bundle {
     /// The bundle directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The asset files (format 4.0, rule 1.6), in the manifest's order.
+    pub fn assets(&self) -> &[AssetData] {
+        &self.assets
+    }
+
+    /// The asset file `name`, when the bundle carries it.
+    pub fn asset(&self, name: &str) -> Option<&AssetData> {
+        self.assets.iter().find(|a| a.name() == name)
     }
 
     /// The manifest.

@@ -99,7 +99,31 @@ pub fn check_digests(bundle: &Bundle) -> Result<()> {
         .collect();
     // Per file: tensor mismatches first (they localize), then the whole-file digest.
     results.sort_by_key(|&(fi, ti, _)| (fi, ti.is_none(), ti));
-    first_error(results.into_iter().map(|(_, _, r)| r).collect())
+    first_error(results.into_iter().map(|(_, _, r)| r).collect())?;
+    check_asset_digests(bundle)
+}
+
+/// Rule 7.4: the SHA-256 of every asset file, in the manifest's order.
+pub fn check_asset_digests(bundle: &Bundle) -> Result<()> {
+    let results = bundle
+        .assets()
+        .par_iter()
+        .map(|a| {
+            let found = sha256_hex_blocks(a.bytes(), |b| bundle.release(b));
+            if found == a.declared_sha256() {
+                Ok(())
+            } else {
+                Err(Violation::new(
+                    a.path(),
+                    Rule::AssetDigest,
+                    format!("sha256 {} (manifest files.assets)", a.declared_sha256()),
+                    format!("sha256 {found}"),
+                )
+                .into())
+            }
+        })
+        .collect();
+    first_error(results)
 }
 
 /// Number of zero trits in each possible byte (padding positions decode to -1, never 0).

@@ -19,7 +19,7 @@ use crate::error::{Error, Result, Violation};
 use crate::format::manifest::{FileRole, Manifest, ManifestFacts, MANIFEST_FILE};
 use crate::format::rules::Rule;
 use crate::format::safetensors::{parse_header_from_bytes, read_header};
-use crate::read::bundle::{Bundle, DataFile};
+use crate::read::bundle::{AssetData, Bundle, DataFile};
 use crate::read::mmap::{self, Backing, FileBytes};
 use crate::read::structure::{
     check_listing, check_model_files, check_size, check_validation_file, check_validation_presence,
@@ -87,8 +87,10 @@ trait Files {
     fn validation_exists(&self) -> Result<bool>;
     /// The file of `role` (opened, rule 1.3, for a directory).
     fn take(&mut self, role: FileRole) -> Result<Member>;
-    /// Undeclared entries (rule 1.5).
-    fn extras(&self) -> Result<Vec<String>>;
+    /// The asset file `name` (rule 1.6: present, a regular file), with its size.
+    fn asset(&mut self, name: &str) -> Result<Member>;
+    /// Undeclared entries (rule 1.5); `assets` are the declared asset names.
+    fn extras(&self, assets: &[&str]) -> Result<Vec<String>>;
 }
 
 /// The bundle-level order of spec section 11, after rules 1.1 to 1.3 for the required files:
@@ -124,9 +126,13 @@ fn assemble(label: &Path, files: &mut impl Files, backing: Backing) -> Result<Bu
         }
         None => None,
     };
+    let assets = asset_files(label, files, &manifest, backing)?;
+    let names: Vec<&str> = assets.iter().map(|a| a.name()).collect();
+    let extras = files.extras(&names)?;
     Ok(Bundle {
         dir: label.to_path_buf(),
-        extras: files.extras()?,
+        extras,
+        assets,
         manifest,
         facts,
         manifest_size,
@@ -135,6 +141,52 @@ fn assemble(label: &Path, files: &mut impl Files, backing: Backing) -> Result<Bu
         validation,
         ranges,
     })
+}
+
+/// Rule 1.6 for each asset file the manifest lists, in its order: present, a regular file (rule
+/// 1.3), of the listed size (checked before any byte is read); then its bytes.
+fn asset_files(
+    label: &Path,
+    files: &mut impl Files,
+    manifest: &Manifest,
+    backing: Backing,
+) -> Result<Vec<AssetData>> {
+    let Some(listed) = &manifest.files.assets else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(listed.len());
+    for entry in listed {
+        let path = label.join(&entry.name);
+        let wrong_size = |found: u64| -> Error {
+            Violation::new(
+                &path,
+                Rule::AssetFiles,
+                format!("{} bytes (manifest files.assets)", entry.size),
+                format!("{found} bytes"),
+            )
+            .into()
+        };
+        let bytes = match files.asset(&entry.name)? {
+            Member::File(file, size) => {
+                if size != entry.size {
+                    return Err(wrong_size(size));
+                }
+                mmap::load(&file, size, &path, backing)?
+            }
+            Member::Bytes(b) => {
+                if b.len() as u64 != entry.size {
+                    return Err(wrong_size(b.len() as u64));
+                }
+                FileBytes::Owned(b)
+            }
+        };
+        out.push(AssetData {
+            path,
+            entry: entry.clone(),
+            bytes,
+        });
+    }
+    Ok(out)
 }
 
 /// Rules 3.1 to 3.7 for one file (its size before any byte is read), then its bytes.
@@ -234,8 +286,20 @@ impl Files for DirFiles<'_> {
         Ok(Member::File(file, size))
     }
 
-    fn extras(&self) -> Result<Vec<String>> {
-        list_extras(self.dir, self.dirfd)
+    fn asset(&mut self, name: &str) -> Result<Member> {
+        let (file, size) = open_member(self.dir, self.dirfd, name)?.ok_or_else(|| {
+            Error::from(Violation::new(
+                self.dir.join(name),
+                Rule::AssetFiles,
+                "the asset file the manifest lists (files.assets)",
+                "no such file",
+            ))
+        })?;
+        Ok(Member::File(file, size))
+    }
+
+    fn extras(&self, assets: &[&str]) -> Result<Vec<String>> {
+        list_extras(self.dir, self.dirfd, assets)
     }
 }
 
@@ -266,7 +330,17 @@ impl Files for MemoryFiles<'_> {
         Ok(Member::Bytes(bytes.unwrap_or_default()))
     }
 
-    fn extras(&self) -> Result<Vec<String>> {
+    fn asset(&mut self, name: &str) -> Result<Member> {
+        Err(Violation::new(
+            Path::new(name),
+            Rule::AssetFiles,
+            "the asset file the manifest lists (files.assets)",
+            "a bundle held in memory, which has no asset files",
+        )
+        .into())
+    }
+
+    fn extras(&self, _assets: &[&str]) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
 }
@@ -397,7 +471,7 @@ fn require_member(dir: &Path, dirfd: &OwnedFd, name: &str) -> Result<(File, u64)
     })
 }
 
-fn list_extras(dir: &Path, dirfd: &OwnedFd) -> Result<Vec<String>> {
+fn list_extras(dir: &Path, dirfd: &OwnedFd, assets: &[&str]) -> Result<Vec<String>> {
     let known = [
         MANIFEST_FILE,
         FileRole::Ternary.file_name(),
@@ -410,7 +484,11 @@ fn list_extras(dir: &Path, dirfd: &OwnedFd) -> Result<Vec<String>> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, "read directory", errno_io(e)))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name != "." && name != ".." && !known.contains(&name.as_str()) {
+        if name != "."
+            && name != ".."
+            && !known.contains(&name.as_str())
+            && !assets.contains(&name.as_str())
+        {
             extras.push(name);
         }
     }

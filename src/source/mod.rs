@@ -2,7 +2,9 @@
 //! or tensors held in memory. Sources hand out one tensor at a time as f32, so the writer's
 //! memory is bounded by the largest tensor, not by the model.
 
+pub mod given;
 pub mod hf;
+pub mod ternarized;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,12 @@ pub trait TensorSource: Sync {
     /// The SHA-256 of the source's bytes as 64 lowercase hex digits, when it has bytes (a file).
     fn sha256(&self) -> Option<String> {
         None
+    }
+    /// The trits and scales of tensor `name` when the source already holds it ternary (spec
+    /// section 7.1: they are bundled as given, not quantized); `None` when it holds real values.
+    fn given(&self, name: &str) -> Result<Option<given::GivenTensor>> {
+        let _ = name;
+        Ok(None)
     }
 }
 
@@ -234,6 +242,16 @@ impl TensorSource for MemorySource {
                 Error::InvalidArgument(format!("no tensor {name} in {}", self.label.display()))
             })
     }
+}
+
+/// A file carried into the bundle unchanged (format 4.0, rule 1.6): a model directory's
+/// tokenizer or generation settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetFile {
+    /// Its name, one of [`crate::format::manifest::ASSET_NAMES`].
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
 }
 
 /// A labelled validation set to embed (`validation.safetensors`, rule 6.1). The writer adds the

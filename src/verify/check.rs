@@ -106,7 +106,7 @@ impl Check {
             Some(
                 ManifestSize | ManifestJson | FormatName | FormatVersion | ManifestSchema | Names
                 | TensorList | Quantization | Model | FileTable | Provenance | Extensions
-                | ManifestDigest,
+                | ManifestDigest | QuantizationSource | OriginalModel | Assets,
             ) => Check::Manifest,
             Some(
                 BundleIsDirectory
@@ -114,6 +114,7 @@ impl Check {
                 | RegularFile
                 | ValidationFilePresence
                 | ExtraFiles
+                | AssetFiles
                 | FileSize,
             ) => Check::Files,
             _ => Check::Structure,

@@ -22,13 +22,15 @@ pub(crate) fn fail_with(e: &Error) -> Fail {
     (e.to_string(), json!({ "rule": rule }))
 }
 
-/// Bytes of every file the manifest declares.
+/// Bytes of every file the manifest declares (data files and assets).
 pub(crate) fn declared_bytes(m: &Manifest) -> u64 {
+    // Sizes come from an untrusted manifest: saturate rather than overflow.
     FileRole::ALL
         .iter()
         .filter_map(|&f| m.files.get(f))
         .map(|e| e.size)
-        .sum()
+        .chain(m.files.assets.iter().flatten().map(|a| a.size))
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Runs checks 1 to 7 on the bundle in `dir`: `bundle` is the result of opening it (headers
@@ -85,6 +87,7 @@ fn files(dir: &Path, m: &Manifest, bundle: Option<&Bundle>, strict: bool) -> Out
         .iter()
         .filter(|&&f| m.files.get(f).is_some())
         .map(|f| f.file_name())
+        .chain(m.files.assets.iter().flatten().map(|a| a.name.as_str()))
         .collect();
     let bytes = declared_bytes(m);
     let figures = json!({ "files": files, "bytes": bytes, "extras": extras });

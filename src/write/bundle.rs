@@ -24,17 +24,17 @@ use crate::format::layout::{
     VALIDATION_ORIGINAL_PREDICTIONS,
 };
 use crate::format::manifest::{
-    FileEntry, FileRole, FileTable, FormatVersion, Manifest, ManifestFacts, ModelSpec, Provenance,
-    QuantizationSpec, TensorSpec, FORMAT_NAME, MANIFEST_DIGEST_PLACEHOLDER, MANIFEST_FILE,
+    AssetEntry, FileEntry, FileRole, FileTable, FormatVersion, Manifest, ManifestFacts, ModelSpec,
+    OriginalForward, OriginalSpec, Provenance, QuantizationSpec, TensorSpec, FORMAT_NAME,
+    MANIFEST_DIGEST_PLACEHOLDER, MANIFEST_FILE,
 };
 use crate::format::quantization::QuantParams;
 use crate::format::rules::Rule;
 use crate::format::safetensors::{plan_layout, Header};
-use crate::model::decoder::{self, SourceWeights};
-use crate::model::reference::source_predictions;
+use crate::model::original::OriginalModel;
 use crate::quant::dequantize::dequantize_tensor_f16;
-use crate::quant::quantize::{quantize, quantize_with_scales, QuantStats};
-use crate::source::{TensorSource, ValidationSet};
+use crate::quant::quantize::{pack_given, quantize, quantize_with_scales, QuantStats};
+use crate::source::{AssetFile, TensorSource, ValidationSet};
 use crate::write::plan::BundlePlan;
 use crate::write::safetensors::{create_sized, finish_file, put};
 use crate::write::staging::{check_destination, sync_dir, Staging};
@@ -65,6 +65,12 @@ pub struct WriteOptions {
     /// Scales to use instead of computing them, by tensor name (re-quantization with
     /// `--keep-scales`); tensors not listed get fresh absmean scales.
     pub fixed_scales: BTreeMap<String, Vec<f32>>,
+    /// Files carried unchanged into the bundle (format 4.0, rule 1.6): a model directory's
+    /// tokenizer and generation settings.
+    pub assets: Vec<AssetFile>,
+    /// The SHA-256 of the original model's file when it is not the source
+    /// (`provenance.original.sha256`, rule 2.16).
+    pub original_sha256: Option<String>,
 }
 
 /// What was written, per tensor.
@@ -102,7 +108,8 @@ pub fn write_bundle(
 }
 
 /// [`write_bundle`], calling `progress(n)` after each tensor is written with its element
-/// count (from worker threads), so a caller can drive a progress bar.
+/// count (from worker threads), so a caller can drive a progress bar. The original model is
+/// the source run dense; a plan of given trits has none (no `original_predictions`).
 pub fn write_bundle_with_progress(
     dest: &Path,
     source: &dyn TensorSource,
@@ -110,22 +117,35 @@ pub fn write_bundle_with_progress(
     options: &WriteOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WriteReport> {
+    let dense = OriginalModel::dense(source);
+    let original = plan.given.is_none().then_some(&dense);
+    write_bundle_from(dest, source, original, plan, options, progress)
+}
+
+/// Writes a bundle of `source`'s tensors to `dest` according to `plan`, with the original
+/// model's decisions on the validation set (`original_predictions`, rule 6.3) computed by
+/// `original` (spec rule 2.16: the source dense, through the quantizer, transformers' online
+/// BitNet, or another model beside given trits); `None` writes no original predictions (given
+/// trits without their full-precision weights: retention is then unknown).
+pub fn write_bundle_from(
+    dest: &Path,
+    source: &dyn TensorSource,
+    original: Option<&OriginalModel<'_>>,
+    plan: &BundlePlan,
+    options: &WriteOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WriteReport> {
     check_plan(source, plan, options)?;
     check_destination(dest, options.force)?;
     // A draft manifest, validated before any heavy work; then the original model's decisions on
-    // the validation inputs (rule 6.3): the source weights as read, before quantization, run by
-    // the reference model in f32.
-    let (mut manifest, facts) = draft_manifest(dest, source, plan, options)?;
-    let original_predictions = match (&options.validation, &facts.decoder) {
-        (Some(v), Some(spec)) => Some(decoder_validation_predictions(spec, source, v)?),
+    // the validation inputs (rule 6.3), run by the reference model in f32.
+    let forward = original.map(OriginalModel::forward);
+    let (mut manifest, facts) = draft_manifest(dest, source, plan, options, forward)?;
+    let original_predictions = match (&options.validation, original) {
+        (Some(v), Some(o)) => Some(original_predictions(o, plan, &facts, v)?),
         (Some(v), None) => {
-            check_validation_set(v, &plan.model)?;
-            Some(source_predictions(
-                source,
-                &plan.model,
-                &facts.activations,
-                &v.inputs,
-            )?)
+            check_validation_fits(v, plan, &facts)?;
+            None
         }
         (None, _) => None,
     };
@@ -143,9 +163,15 @@ pub fn write_bundle_with_progress(
     if let Some(d) = digest {
         manifest.provenance.source_sha256 = Some(d);
     }
-    if let (Some(v), Some(p)) = (&options.validation, &original_predictions) {
-        manifest.files.validation = Some(write_validation(&staging.dir, v, p, &plan.model)?);
+    if let Some(v) = &options.validation {
+        manifest.files.validation = Some(write_validation(
+            &staging.dir,
+            v,
+            original_predictions.as_deref(),
+            &plan.model,
+        )?);
     }
+    write_assets(&staging.dir, &options.assets)?;
     write_manifest(&staging.dir, &dest.join(MANIFEST_FILE), &mut manifest)?;
     sync_dir(&staging.dir)?;
     staging.commit(dest, options.force)?;
@@ -156,9 +182,24 @@ pub fn write_bundle_with_progress(
 }
 
 /// The plan's settings are valid, every tensor it names exists, fixed scales are for quantized
-/// tensors only.
+/// tensors only, given trits are not re-quantized, assets have their fixed names.
 fn check_plan(source: &dyn TensorSource, plan: &BundlePlan, options: &WriteOptions) -> Result<()> {
     plan.params.check().map_err(Error::InvalidArgument)?;
+    if plan.given.is_some() && !options.fixed_scales.is_empty() {
+        return Err(Error::InvalidArgument(
+            "fixed scales re-quantize real weights; given trits keep their own scales".into(),
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for a in &options.assets {
+        if !crate::format::manifest::ASSET_NAMES.contains(&a.name.as_str()) || !names.insert(&a.name) {
+            return Err(Error::InvalidArgument(format!(
+                "asset {}: expected one of {} (each once)",
+                escape_name(&a.name),
+                crate::format::manifest::ASSET_NAMES.join(", ")
+            )));
+        }
+    }
     if let Some(name) = options
         .fixed_scales
         .keys()
@@ -187,6 +228,7 @@ fn draft_manifest(
     source: &dyn TensorSource,
     plan: &BundlePlan,
     options: &WriteOptions,
+    forward: Option<OriginalForward>,
 ) -> Result<(Manifest, ManifestFacts)> {
     let mut sources = source.tensors();
     sources.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
@@ -209,24 +251,54 @@ fn draft_manifest(
         sha256: "0".repeat(64),
         tensors: Vec::new(),
     };
-    // The lowest version whose rules the bundle satisfies (spec section 13): original
-    // predictions, written with every validation set, need 2.0; 1.0 readers open the rest.
-    // A decoder needs 3.0.
-    let version = match (&options.validation, &plan.model.decoder) {
-        (_, Some(_)) => FormatVersion::V3_0,
-        (Some(_), None) => FormatVersion::V2_0,
-        (None, None) => FormatVersion::V1_0,
+    // The lowest version whose rules the bundle satisfies (spec section 13): given trits,
+    // assets, or an original model other than the source run dense need 4.0; a decoder needs
+    // 3.0; original predictions need 2.0; 1.0 readers open the rest.
+    let predictions = options.validation.is_some() && forward.is_some();
+    let other_original = predictions
+        && (forward != Some(OriginalForward::Dense) || options.original_sha256.is_some());
+    let version = if plan.given.is_some() || !options.assets.is_empty() || other_original {
+        FormatVersion::V4_0
+    } else if plan.model.decoder.is_some() {
+        FormatVersion::V3_0
+    } else if predictions {
+        FormatVersion::V2_0
+    } else {
+        FormatVersion::V1_0
+    };
+    let original = match forward {
+        Some(f) if predictions && version >= FormatVersion::V4_0 => Some(OriginalSpec {
+            forward: f.name().into(),
+            sha256: options.original_sha256.clone(),
+        }),
+        _ => None,
+    };
+    let assets = (!options.assets.is_empty()).then(|| {
+        options
+            .assets
+            .iter()
+            .map(|a| AssetEntry {
+                name: a.name.clone(),
+                size: a.bytes.len() as u64,
+                sha256: crate::format::checksum::sha256_hex(&a.bytes),
+            })
+            .collect()
+    });
+    let quantization = match &plan.given {
+        Some(s) => QuantizationSpec::given(&plan.params, s.clone()),
+        None => QuantizationSpec::from_params(&plan.params),
     };
     let manifest = Manifest {
         format: FORMAT_NAME.into(),
         format_version: version.to_string(),
         model: plan.model.clone(),
-        quantization: QuantizationSpec::from_params(&plan.params),
+        quantization,
         tensors,
         files: FileTable {
             ternary: placeholder.clone(),
             fp16: placeholder.clone(),
             validation: options.validation.as_ref().map(|_| placeholder),
+            assets,
         },
         provenance: Provenance {
             tool: "ternary-bundle".into(),
@@ -236,6 +308,7 @@ fn draft_manifest(
                 SourceDigest::Unknown | SourceDigest::Compute => None,
             },
             created: options.created.clone(),
+            original,
         },
         extensions: Some(serde_json::Value::Object(Default::default())),
         manifest_sha256: MANIFEST_DIGEST_PLACEHOLDER.into(),
@@ -272,6 +345,7 @@ fn write_model_files(
             let done = write_tensor(
                 spec,
                 source,
+                plan.given.is_some(),
                 &plan.params,
                 options.fixed_scales.get(&spec.name).map(Vec::as_slice),
                 (&ternary, &ternary_path, &ternary_header),
@@ -326,16 +400,17 @@ type TensorOutput = (
 
 type Target<'a> = (&'a File, &'a Path, &'a Header);
 
-/// Quantizes (or converts) one tensor and writes it to both files; returns its digests.
+/// Quantizes (or converts, or packs as given) one tensor and writes it to both files; returns
+/// its digests.
 fn write_tensor(
     spec: &TensorSpec,
     source: &dyn TensorSource,
+    given: bool,
     params: &QuantParams,
     fixed_scales: Option<&[f32]>,
     (tfile, tpath, theader): Target<'_>,
     (ffile, fpath, fheader): Target<'_>,
 ) -> Result<TensorOutput> {
-    let values = source.load_f32(&spec.name)?;
     let src_err = |rule, expected: &str, found: String| -> Error {
         Violation::new(source.path(), rule, expected, found)
             .tensor(&spec.name)
@@ -344,15 +419,32 @@ fn write_tensor(
     let mut tdig = HashMap::new();
     let mut fdig = HashMap::new();
     let (f16_values, stats) = if spec.quantized {
-        let q = match fixed_scales {
-            Some(scales) => quantize_with_scales(&values, &spec.shape, params, scales),
-            None => quantize(&values, &spec.shape, params),
+        let q = if given {
+            let g = source.given(&spec.name)?.ok_or_else(|| {
+                src_err(
+                    Rule::GivenTrits,
+                    "trits and scales (the source's own, spec section 7.1)",
+                    "real values".into(),
+                )
+            })?;
+            let (rows, cols) = crate::format::quantization::rows_cols(&spec.shape)
+                .ok_or_else(|| src_err(Rule::TensorList, "a quantizable shape", format!("{:?}", spec.shape)))?;
+            let scales = g
+                .scales
+                .layout(params.granularity, rows, cols)
+                .map_err(|m| src_err(Rule::GivenTrits, "scales that fit the tensor", m))?;
+            pack_given(&g.trits, &spec.shape, params, scales)
+        } else {
+            let values = source.load_f32(&spec.name)?;
+            match fixed_scales {
+                Some(scales) => quantize_with_scales(&values, &spec.shape, params, scales),
+                None => quantize(&values, &spec.shape, params),
+            }
         }
         .map_err(|e| {
             let (expected, found) = e.expected_found();
             src_err(e.rule(), &expected, found)
         })?;
-        drop(values);
         let scale_name = crate::format::manifest::scale_tensor_name(&spec.name);
         let scale_bytes: Vec<u8> = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
         put(tfile, tpath, theader, &spec.name, &q.packed, &mut tdig)?;
@@ -371,6 +463,7 @@ fn write_tensor(
         })?;
         (h, Some(q.stats))
     } else {
+        let values = source.load_f32(&spec.name)?;
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(src_err(
                 Rule::SourceWeights,
@@ -403,12 +496,48 @@ fn write_tensor(
     ))
 }
 
+/// The validation set fits the model (rules 6.1 and 6.2): N >= 1 rows of `input_dim` inputs and
+/// labels of the last layer's outputs for a chain of layers; N >= 1 sequences of T >= 2 tokens,
+/// T - 1 labels each, every id and label a token for a decoder.
+fn check_validation_fits(v: &ValidationSet, plan: &BundlePlan, facts: &ManifestFacts) -> Result<()> {
+    match &facts.decoder {
+        Some(spec) => check_token_sequences(v, spec),
+        None => check_validation_set(v, &plan.model),
+    }
+}
+
+/// The original model's predictions on the validation set (rule 6.3), after checking that the
+/// set fits the model.
+fn original_predictions(
+    original: &OriginalModel<'_>,
+    plan: &BundlePlan,
+    facts: &ManifestFacts,
+    v: &ValidationSet,
+) -> Result<Vec<usize>> {
+    check_validation_fits(v, plan, facts)?;
+    match (&facts.decoder, &v.input_ids) {
+        (Some(spec), Some(ids)) => {
+            let ids = ndarray::ArrayView2::from_shape((v.samples(), ids.tokens), &ids.ids)
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", v.origin.display())))?;
+            original.decoder_predictions(spec, ids)
+        }
+        _ => original.chain_predictions(&plan.model, &facts.activations, &v.inputs),
+    }
+}
+
 fn check_validation_set(v: &ValidationSet, model: &ModelSpec) -> Result<()> {
     let d = model.input_dim as usize;
     let n = v.labels.len();
     let bad = |rule, expected: String, found: String| -> Error {
         Violation::new(&v.origin, rule, expected, found).into()
     };
+    if v.input_ids.is_some() {
+        return Err(bad(
+            Rule::ValidationTensors,
+            format!("inputs F32 [N, {d}] for a chain of layers"),
+            "token sequences (input_ids) of a language model".into(),
+        ));
+    }
     if n == 0 || v.inputs.len() != n.saturating_mul(d) {
         return Err(bad(
             Rule::ValidationTensors,
@@ -434,13 +563,8 @@ fn check_validation_set(v: &ValidationSet, model: &ModelSpec) -> Result<()> {
 }
 
 /// A decoder's validation set fits its model (rules 6.1 and 6.2: N >= 1 sequences of T >= 2
-/// tokens, T - 1 labels each, every id and label a token), and the original model's predictions
-/// on it (rule 6.3): the source weights as read, run by the reference decoder in f32.
-fn decoder_validation_predictions(
-    spec: &DecoderSpec,
-    source: &dyn TensorSource,
-    v: &ValidationSet,
-) -> Result<Vec<usize>> {
+/// tokens, T - 1 labels each, every id and label a token).
+fn check_token_sequences(v: &ValidationSet, spec: &DecoderSpec) -> Result<()> {
     let bad = |expected: String, found: String| -> Error {
         Violation::new(&v.origin, Rule::ValidationTensors, expected, found).into()
     };
@@ -467,28 +591,37 @@ fn decoder_validation_predictions(
             format!("[{}]", d.len()),
         ));
     }
-    let vocab = spec.vocab_size as u64;
-    crate::read::checks::token_values(&v.origin, &ids.ids, &v.labels, vocab)?;
-    let ids = ndarray::ArrayView2::from_shape((n, t), &ids.ids)
-        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", v.origin.display())))?;
-    decoder::predictions(spec, &SourceWeights::new(spec, source)?, ids)
+    crate::read::checks::token_values(&v.origin, &ids.ids, &v.labels, spec.vocab_size as u64)
+}
+
+/// Writes each asset file into the staging directory `dir`, fsynced.
+fn write_assets(dir: &Path, assets: &[AssetFile]) -> Result<()> {
+    for a in assets {
+        let path = dir.join(&a.name);
+        let mut file = File::create(&path).map_err(|e| Error::io(&path, "create", e))?;
+        file.write_all(&a.bytes)
+            .map_err(|e| Error::io(&path, "write", e))?;
+        file.sync_all().map_err(|e| Error::io(&path, "fsync", e))?;
+    }
+    Ok(())
 }
 
 fn write_validation(
     dir: &Path,
     v: &ValidationSet,
-    original_predictions: &[usize],
+    original_predictions: Option<&[usize]>,
     model: &ModelSpec,
 ) -> Result<FileEntry> {
     let path = dir.join(FileRole::Validation.file_name());
     let n = v.samples() as u64;
+    let with = original_predictions.is_some();
     let (tensors, first) = match &v.input_ids {
         Some(ids) => (
-            decoder_validation_layout(n, ids.tokens as u64, v.difficulty.is_some(), true),
+            decoder_validation_layout(n, ids.tokens as u64, v.difficulty.is_some(), with),
             VALIDATION_INPUT_IDS,
         ),
         None => (
-            validation_layout(n, model.input_dim, v.difficulty.is_some(), true),
+            validation_layout(n, model.input_dim, v.difficulty.is_some(), with),
             VALIDATION_INPUTS,
         ),
     };
@@ -500,15 +633,18 @@ fn write_validation(
         None => v.inputs.iter().flat_map(|x| x.to_le_bytes()).collect(),
     };
     let labels: Vec<u8> = v.labels.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let predictions: Vec<u8> = original_predictions
-        .iter()
-        .flat_map(|&c| (c as i64).to_le_bytes())
-        .collect();
+    let predictions: Option<Vec<u8>> = original_predictions.map(|p| {
+        p.iter()
+            .flat_map(|&c| (c as i64).to_le_bytes())
+            .collect()
+    });
     let mut data = vec![
         (first, inputs.as_slice()),
         (VALIDATION_LABELS, labels.as_slice()),
-        (VALIDATION_ORIGINAL_PREDICTIONS, predictions.as_slice()),
     ];
+    if let Some(p) = &predictions {
+        data.push((VALIDATION_ORIGINAL_PREDICTIONS, p.as_slice()));
+    }
     if let Some(d) = &v.difficulty {
         data.push((VALIDATION_DIFFICULTY, d.as_slice()));
     }

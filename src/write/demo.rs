@@ -162,6 +162,7 @@ impl DemoSource {
             quantize: (0..self.layers())
                 .map(|i| DemoSource::layer_names(i).0)
                 .collect::<BTreeSet<_>>(),
+            given: None,
         }
     }
 

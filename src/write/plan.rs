@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
-use crate::format::manifest::ModelSpec;
+use crate::format::manifest::{ModelSpec, QuantSourceSpec};
 use crate::format::quantization::QuantParams;
 use crate::source::SourceTensor;
 
@@ -17,6 +17,11 @@ pub struct BundlePlan {
     pub params: QuantParams,
     /// Names of the source tensors to quantize; every other tensor is stored as F32/F16.
     pub quantize: BTreeSet<String>,
+    /// For a source that is already ternary: where its trits and scales come from (method
+    /// `given`, spec section 7.1). Every tensor of `quantize` is then taken from
+    /// [`crate::source::TensorSource::given`], never quantized; `params` gives only the
+    /// encoding and granularity.
+    pub given: Option<QuantSourceSpec>,
 }
 
 impl BundlePlan {
@@ -32,6 +37,7 @@ impl BundlePlan {
                 .map(|(n, _)| n)
                 .filter(|n| crate::format::decoder::is_projection(n))
                 .collect(),
+            given: None,
         }
     }
 }

@@ -52,6 +52,7 @@ pub fn requantize(
         model: m.model.clone(),
         params: *old.params(),
         quantize: old.quantized().map(|p| p.spec.name.clone()).collect(),
+        given: None,
     };
     let mut options = options;
     if keep_scales {

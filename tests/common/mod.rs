@@ -60,6 +60,7 @@ pub fn two_layer_plan(input: u64, hidden: u64, out: u64) -> BundlePlan {
         model,
         params: QuantParams::default(),
         quantize: BTreeSet::from(["fc1.weight".to_string(), "fc2.weight".to_string()]),
+        given: None,
     }
 }
 

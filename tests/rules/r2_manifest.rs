@@ -253,23 +253,24 @@ fn rule_2_4_format_version_missing_or_not_a_string() {
 }
 
 #[test]
-fn rule_2_4_major_4_is_refused_naming_both_versions() {
+fn rule_2_4_major_5_is_refused_naming_both_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
-    edit_manifest(&dir, |m| m["format_version"] = json!("4.0"));
+    edit_manifest(&dir, |m| m["format_version"] = json!("5.0"));
     open_violation(
         &dir,
         Rule::FormatVersion,
-        &[MANIFEST, "4.0", "1.0", "2.0", "3.0"],
+        &[MANIFEST, "5.0", "1.0", "2.0", "3.0", "4.0"],
     );
 }
 
 #[test]
-fn rule_2_4_majors_1_2_and_3_are_all_read() {
-    // A 3.x reader opens 1.x and 2.x bundles, and a bundle that meets the 1.0 rules is also a
-    // valid 2.0 and 3.0 bundle (2.0 adds an optional tensor, 3.0 the decoder form of `model`).
+fn rule_2_4_majors_1_to_4_are_all_read() {
+    // A 4.x reader opens 1.x, 2.x and 3.x bundles, and a bundle that meets the 1.0 rules is also
+    // a valid 2.0, 3.0 and 4.0 bundle (2.0 adds an optional tensor, 3.0 the decoder form of
+    // `model`, 4.0 given trits and assets).
     let tmp = tempfile::tempdir().unwrap();
-    for v in ["1.0", "2.0", "2.3", "3.0", "3.1"] {
+    for v in ["1.0", "2.0", "2.3", "3.0", "3.1", "4.0", "4.2"] {
         let dir = tiny_bundle(&tmp, v, |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
         let b = Bundle::open(&dir).unwrap();
@@ -279,16 +280,16 @@ fn rule_2_4_majors_1_2_and_3_are_all_read() {
 }
 
 #[test]
-fn rule_2_4_major_4_with_a_different_structure_is_a_version_error() {
+fn rule_2_4_major_5_with_a_different_structure_is_a_version_error() {
     // A future MAJOR may change the structure: the version is reported, not a missing field.
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
     edit_manifest(&dir, |m| {
-        m["format_version"] = json!("4.0");
+        m["format_version"] = json!("5.0");
         m.as_object_mut().unwrap().remove("files");
         m["model"] = json!("a graph");
     });
-    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "4.0", "3.0"]);
+    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "5.0", "4.0"]);
 }
 
 #[test]

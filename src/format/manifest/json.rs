@@ -134,3 +134,46 @@ impl<'de> Deserialize<'de> for NoDuplicateKeys {
         d.deserialize_any(V)
     }
 }
+
+/// An optional key of a newer format version, parsed without failing: a value of the wrong
+/// type gives `None` here, and [`V4Keys`] reports it when the version gives the key a meaning
+/// (below that version it is an unknown key, ignored, rule 2.5).
+pub(crate) fn lenient<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+    Ok(serde_json::from_str::<Option<T>>(raw.get()).ok().flatten())
+}
+
+/// The keys of format 4.0 with their types (rules 2.15 to 2.17), parsed strictly from a 4.x
+/// manifest so that a value of the wrong type is a schema error (rule 2.5), not ignored.
+#[derive(Deserialize)]
+pub(crate) struct V4Keys {
+    #[allow(dead_code)]
+    quantization: V4Quantization,
+    #[allow(dead_code)]
+    files: V4Files,
+    #[allow(dead_code)]
+    provenance: V4Provenance,
+}
+
+#[derive(Deserialize)]
+struct V4Quantization {
+    #[serde(default)]
+    #[allow(dead_code)]
+    source: Option<super::QuantSourceSpec>,
+}
+
+#[derive(Deserialize)]
+struct V4Files {
+    #[serde(default)]
+    #[allow(dead_code)]
+    assets: Option<Vec<super::AssetEntry>>,
+}
+
+#[derive(Deserialize)]
+struct V4Provenance {
+    #[serde(default)]
+    #[allow(dead_code)]
+    original: Option<super::OriginalSpec>,
+}

@@ -21,10 +21,12 @@ use crate::error::{excerpt, Result, Violation};
 use crate::format::activation::Activation;
 use crate::format::decoder::DecoderSpec;
 use crate::format::limits::MAX_MANIFEST_BYTES;
-use crate::format::quantization::QuantParams;
+use crate::format::quantization::{QuantMethod, QuantParams};
 use crate::format::rules::Rule;
 use crate::format::safetensors::{bounded_shape, element_count};
-use json::{describe, exact_f32, exact_f32_opt, required_nullable, Head, NoDuplicateKeys};
+use json::{
+    describe, exact_f32, exact_f32_opt, lenient, required_nullable, Head, NoDuplicateKeys,
+};
 
 pub use digest::{manifest_digest, seal_manifest_bytes, MANIFEST_DIGEST_PLACEHOLDER};
 pub use validate::is_sha256_hex;
@@ -33,6 +35,8 @@ pub use validate::is_sha256_hex;
 pub const FORMAT_NAME: &str = "ternary-bundle";
 /// The method name of the absmean scheme.
 pub const METHOD_ABSMEAN: &str = "absmean";
+/// The method name of trits and scales taken as the source gave them (format 4.0, section 7.1).
+pub const METHOD_GIVEN: &str = "given";
 
 /// The parsed `manifest.json`. Field order is the order the writer emits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,7 +241,7 @@ pub struct RmsNormSpec {
 /// `quantization`: the scheme and its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantizationSpec {
-    /// `"absmean"`.
+    /// `"absmean"`, or `"given"` (format 4.0).
     pub method: String,
     /// `"trit5"` or `"trit2"`.
     pub encoding: String,
@@ -246,27 +250,102 @@ pub struct QuantizationSpec {
     /// Columns per scale for `"group"`; `None` otherwise.
     #[serde(default)]
     pub group_size: Option<u64>,
-    /// Lower bound of every scale.
-    #[serde(deserialize_with = "exact_f32")]
-    pub epsilon: f32,
-    /// `|x|` must exceed this for a non-zero trit.
-    #[serde(deserialize_with = "exact_f32")]
-    pub sparsity_threshold: f32,
-    /// Always 0 in format 1.0.
+    /// Lower bound of every scale (`absmean`); null for `given` (the key is required).
+    #[serde(deserialize_with = "exact_f32_opt")]
+    pub epsilon: Option<f32>,
+    /// `|x|` must exceed this for a non-zero trit (`absmean`); null for `given` (the key is
+    /// required).
+    #[serde(deserialize_with = "exact_f32_opt")]
+    pub sparsity_threshold: Option<f32>,
+    /// Always 0.
     pub zero_point: i64,
+    /// Where given trits came from (format 4.0, rule 2.15); `None` for `absmean`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub source: Option<QuantSourceSpec>,
 }
 
 impl QuantizationSpec {
-    /// The block describing `params`.
+    /// The block describing `params` (method `absmean`).
     pub fn from_params(params: &QuantParams) -> Self {
         QuantizationSpec {
             method: METHOD_ABSMEAN.into(),
             encoding: params.encoding.name().into(),
             granularity: params.granularity.name().into(),
             group_size: params.granularity.group_size(),
-            epsilon: params.epsilon,
-            sparsity_threshold: params.sparsity_threshold,
+            epsilon: Some(params.epsilon),
+            sparsity_threshold: Some(params.sparsity_threshold),
             zero_point: 0,
+            source: None,
+        }
+    }
+
+    /// The block of a bundle of given trits (method `given`, section 7.1): `params`' encoding
+    /// and granularity, no quantizer settings, and where the trits came from.
+    pub fn given(params: &QuantParams, source: QuantSourceSpec) -> Self {
+        QuantizationSpec {
+            method: METHOD_GIVEN.into(),
+            epsilon: None,
+            sparsity_threshold: None,
+            source: Some(source),
+            ..QuantizationSpec::from_params(params)
+        }
+    }
+}
+
+/// `quantization.source` (format 4.0, rule 2.15): where given trits and scales came from, and how
+/// the source's scale became the bundle's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantSourceSpec {
+    /// The kind of source: `"quantization-metadata"`, `"hf-bitnet"` (spec section 18) or
+    /// another.
+    pub format: String,
+    /// What the source called the scale (`"scales"`, `"weight_scale"`).
+    pub scale_name: String,
+    /// `"multiply"` (the source computes t × s: the bundle's scale is s) or `"divide"` (t / s:
+    /// the bundle's scale is 1 / s, one f32 division).
+    pub scale_convention: String,
+    /// What else the source stated (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+/// How a source model applies its stored scale s to its trits t (rule 2.15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleConvention {
+    /// W = t × s: the bundle's scale is s.
+    Multiply,
+    /// W = t / s: the bundle's scale is 1 / s (one f32 division).
+    Divide,
+}
+
+impl ScaleConvention {
+    /// The manifest name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleConvention::Multiply => "multiply",
+            ScaleConvention::Divide => "divide",
+        }
+    }
+
+    /// Parses a manifest name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "multiply" => Some(ScaleConvention::Multiply),
+            "divide" => Some(ScaleConvention::Divide),
+            _ => None,
+        }
+    }
+
+    /// The bundle's scale for a source scale `s` (exact for multiply; one f32 division for
+    /// divide).
+    pub fn bundle_scale(self, s: f32) -> f32 {
+        match self {
+            ScaleConvention::Multiply => s,
+            ScaleConvention::Divide => 1.0 / s,
         }
     }
 }
@@ -317,7 +396,37 @@ pub struct FileTable {
     /// `validation.safetensors`, when the bundle has one.
     #[serde(default)]
     pub validation: Option<FileEntry>,
+    /// The carried asset files (format 4.0, rules 1.6 and 2.17), in the order listed; `None`
+    /// when there are none (and always for a manifest below 4.0, whose unknown keys are
+    /// ignored).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub assets: Option<Vec<AssetEntry>>,
 }
+
+/// One carried asset file (format 4.0, rule 2.17).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetEntry {
+    /// Its file name in the bundle directory, one of [`ASSET_NAMES`].
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole file, lowercase hex.
+    pub sha256: String,
+}
+
+/// The file names an asset may have (rule 1.6): a model directory's tokenizer and generation
+/// files.
+pub const ASSET_NAMES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+];
 
 /// Size and digests of one data file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,6 +461,60 @@ pub struct Provenance {
     /// Creation time (RFC 3339 UTC), only when the user asked for one (the key is required).
     #[serde(deserialize_with = "required_nullable")]
     pub created: Option<String>,
+    /// Which model `original_predictions` come from (format 4.0, rule 2.16); `None` means the
+    /// source run dense, as in earlier versions.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub original: Option<OriginalSpec>,
+}
+
+/// `provenance.original` (format 4.0, rule 2.16).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginalSpec {
+    /// `"dense"`, `"ternary"` or `"bitnet-online"` ([`OriginalForward`]).
+    pub forward: String,
+    /// SHA-256 of the original model's file when it is not the source of the weights.
+    #[serde(deserialize_with = "required_nullable")]
+    pub sha256: Option<String>,
+}
+
+/// How the original model computes `original_predictions` from its weights (rule 2.16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OriginalForward {
+    /// The weights as read (every bundle before format 4.0).
+    #[default]
+    Dense,
+    /// Every quantized tensor replaced by f32(t × scale) of the writer's quantization (the
+    /// model quantization-aware training runs, spec section 7.2).
+    Ternary,
+    /// transformers' BitNet online quantization: projections ternarized per tensor (absmean,
+    /// epsilon 1e-5), their inputs quantized to 8 bits per token (spec section 18.3).
+    BitnetOnline,
+}
+
+impl OriginalForward {
+    /// The manifest name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OriginalForward::Dense => "dense",
+            OriginalForward::Ternary => "ternary",
+            OriginalForward::BitnetOnline => "bitnet-online",
+        }
+    }
+
+    /// Parses a manifest name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            OriginalForward::Dense,
+            OriginalForward::Ternary,
+            OriginalForward::BitnetOnline,
+        ]
+        .into_iter()
+        .find(|f| f.name() == name)
+    }
 }
 
 /// The three data files of a bundle, by role.
@@ -425,11 +588,14 @@ impl FormatVersion {
     /// Version 3.0: `model` may describe a decoder-only language model (rules 2.13, 2.14, and
     /// its validation set, rule 6.1).
     pub const V3_0: FormatVersion = FormatVersion { major: 3, minor: 0 };
+    /// Version 4.0: given trits (method `given`, rule 2.15), the original model's forward pass
+    /// (rule 2.16), asset files (rules 1.6, 2.17, 7.4).
+    pub const V4_0: FormatVersion = FormatVersion { major: 4, minor: 0 };
     /// The newest version this crate knows. It reads every MAJOR from 1 to this one's (rule
     /// 2.4), and writes the lowest version whose rules a bundle satisfies (spec section 13).
-    pub const LATEST: FormatVersion = FormatVersion::V3_0;
+    pub const LATEST: FormatVersion = FormatVersion::V4_0;
 
-    /// Whether this reader opens bundles of this version: MAJOR 1, 2 or 3, any MINOR (rule 2.4).
+    /// Whether this reader opens bundles of this version: MAJOR 1 to 4, any MINOR (rule 2.4).
     pub fn is_supported(self) -> bool {
         (1..=FormatVersion::LATEST.major).contains(&self.major)
     }
@@ -449,6 +615,12 @@ impl FormatVersion {
     /// Whether `model` may describe a decoder (format 3.0 and later, rule 2.13).
     pub fn allows_decoder(self) -> bool {
         self.major >= 3
+    }
+
+    /// Whether the keys of format 4.0 have a meaning: method `given`, `quantization.source`,
+    /// `provenance.original`, `files.assets` (rules 2.8, 2.15 to 2.17).
+    pub fn allows_given_and_assets(self) -> bool {
+        self.major >= 4
     }
 
     /// Parses `"MAJOR.MINOR"`: decimal, no sign, no leading zeros, at most 9 digits each.
@@ -479,8 +651,11 @@ impl fmt::Display for FormatVersion {
 pub struct ManifestFacts {
     /// The parsed version (MAJOR is supported; MINOR may be newer).
     pub version: FormatVersion,
-    /// Quantization settings.
+    /// Quantization settings (for method `given`, the encoding and granularity; its epsilon and
+    /// threshold are the defaults and mean nothing: no quantizer ran).
     pub params: QuantParams,
+    /// The quantization method (rule 2.8).
+    pub method: QuantMethod,
     /// Layer activations, in layer order (empty for a decoder).
     pub activations: Vec<Activation>,
     /// The decoder the manifest describes (rule 2.13), or `None` for a chain of layers.
@@ -548,21 +723,31 @@ impl Manifest {
                 path,
                 Rule::FormatVersion,
                 format!(
-                    "format version 1.x, 2.x or 3.x (this reader supports 1.0, 2.0 and {}, and newer minor versions of each)",
+                    "format version 1.x, 2.x, 3.x or 4.x (this reader supports 1.0, 2.0, 3.0 and {}, and newer minor versions of each)",
                     FormatVersion::LATEST
                 ),
                 format!("format version {version}"),
             )
             .into());
         }
-        let manifest: Manifest = serde_json::from_str(text).map_err(|e| {
+        let schema_err = |e: serde_json::Error| {
             Violation::new(
                 path,
                 Rule::ManifestSchema,
                 "the fields of spec section 3",
                 e.to_string(),
             )
-        })?;
+        };
+        let mut manifest: Manifest = serde_json::from_str(text).map_err(schema_err)?;
+        if version.allows_given_and_assets() {
+            // The keys of format 4.0 were parsed leniently (below 4.0 they are unknown keys,
+            // ignored whatever they hold); here they must have their types (rule 2.5).
+            serde_json::from_str::<json::V4Keys>(text).map_err(schema_err)?;
+        } else {
+            manifest.quantization.source = None;
+            manifest.files.assets = None;
+            manifest.provenance.original = None;
+        }
         let facts = manifest.validate(path, version)?;
         // Rule 7.3, last: the other rules give the more specific message for a damaged field.
         let found = manifest_digest(bytes, &manifest.manifest_sha256);

@@ -16,25 +16,27 @@ use crate::format::limits::{
 use crate::format::manifest::json::json_type;
 use crate::format::manifest::{
     scale_tensor_name, DecoderModelSpec, FileRole, FormatVersion, Manifest, ManifestFacts,
-    TensorSpec, METHOD_ABSMEAN,
+    OriginalForward, ScaleConvention, TensorSpec, ASSET_NAMES, METHOD_ABSMEAN, METHOD_GIVEN,
 };
 use crate::format::names::name_problem;
-use crate::format::quantization::{rows_cols, Granularity, QuantParams};
+use crate::format::quantization::{rows_cols, Granularity, QuantMethod, QuantParams};
 use crate::format::rfc3339::is_rfc3339_utc;
 use crate::format::rules::Rule;
 use crate::format::safetensors::{element_count, shape_string};
 
 impl Manifest {
-    /// Semantic validation (rules 2.6 to 2.12).
+    /// Semantic validation (rules 2.6 to 2.17).
     pub fn validate(&self, path: &Path, version: FormatVersion) -> Result<ManifestFacts> {
-        let params = self.validate_quantization(path)?;
+        let (params, method) = self.validate_quantization(path, version)?;
         let by_name = self.validate_tensors(path)?;
         let (activations, decoder) = match &self.model.decoder {
             Some(d) => (Vec::new(), Some(self.validate_decoder(path, version, d)?)),
             None => (self.validate_model(path, &by_name)?, None),
         };
         self.validate_files(path)?;
+        self.validate_assets(path)?;
         self.validate_provenance(path)?;
+        self.validate_original(path)?;
         if let Some(ext) = &self.extensions {
             if !ext.is_object() && !ext.is_null() {
                 return Err(
@@ -51,20 +53,36 @@ impl Manifest {
         Ok(ManifestFacts {
             version,
             params,
+            method,
             activations,
             decoder,
             tensor_index,
         })
     }
 
-    fn validate_quantization(&self, path: &Path) -> Result<QuantParams> {
+    fn validate_quantization(
+        &self,
+        path: &Path,
+        version: FormatVersion,
+    ) -> Result<(QuantParams, QuantMethod)> {
         let q = &self.quantization;
         let bad = |expected: &str, found: String| {
             Violation::new(path, Rule::Quantization, expected, found)
         };
-        if q.method != METHOD_ABSMEAN {
-            return Err(bad("method \"absmean\"", excerpt(&q.method, 32)).into());
-        }
+        let method = match q.method.as_str() {
+            METHOD_ABSMEAN => QuantMethod::Absmean,
+            METHOD_GIVEN if version.allows_given_and_assets() => QuantMethod::Given,
+            METHOD_GIVEN => {
+                return Err(bad(
+                    &format!("method \"absmean\" in format {version} (\"given\" needs 4.0)"),
+                    excerpt(&q.method, 32),
+                )
+                .into())
+            }
+            other => {
+                return Err(bad("method \"absmean\" or \"given\"", excerpt(other, 32)).into())
+            }
+        };
         let encoding = Encoding::from_name(&q.encoding)
             .ok_or_else(|| bad("encoding \"trit5\" or \"trit2\"", excerpt(&q.encoding, 32)))?;
         let granularity = match (q.granularity.as_str(), q.group_size) {
@@ -96,16 +114,154 @@ impl Manifest {
         if q.zero_point != 0 {
             return Err(bad("zero_point 0", q.zero_point.to_string()).into());
         }
+        let defaults = QuantParams::default();
+        let (epsilon, sparsity_threshold) = match (method, q.epsilon, q.sparsity_threshold) {
+            (QuantMethod::Absmean, Some(e), Some(t)) => (e, t),
+            (QuantMethod::Absmean, e, t) => {
+                return Err(bad(
+                    "epsilon and sparsity_threshold numbers for method \"absmean\"",
+                    format!("epsilon {e:?}, sparsity_threshold {t:?}"),
+                )
+                .into())
+            }
+            // No quantizer ran: the settings are null, and the defaults stand in internally.
+            (QuantMethod::Given, None, None) => (defaults.epsilon, defaults.sparsity_threshold),
+            (QuantMethod::Given, e, t) => {
+                return Err(bad(
+                    "epsilon and sparsity_threshold null for method \"given\" (no quantizer ran)",
+                    format!("epsilon {e:?}, sparsity_threshold {t:?}"),
+                )
+                .into())
+            }
+        };
         let params = QuantParams {
             encoding,
             granularity,
-            epsilon: q.epsilon,
-            sparsity_threshold: q.sparsity_threshold,
+            epsilon,
+            sparsity_threshold,
         };
         params
             .check()
             .map_err(|m| bad("valid epsilon and sparsity_threshold", m))?;
-        Ok(params)
+        self.validate_source(path, method)?;
+        Ok((params, method))
+    }
+
+    /// Rule 2.15: `quantization.source` exactly for method `given`, with its keys.
+    fn validate_source(&self, path: &Path, method: QuantMethod) -> Result<()> {
+        let bad = |expected: &str, found: String| {
+            Violation::new(path, Rule::QuantizationSource, expected, found)
+        };
+        let source = match (method, &self.quantization.source) {
+            (QuantMethod::Absmean, None) => return Ok(()),
+            (QuantMethod::Absmean, Some(_)) => {
+                return Err(bad(
+                    "no quantization.source for method \"absmean\"",
+                    "a source object".into(),
+                )
+                .into())
+            }
+            (QuantMethod::Given, None) => {
+                return Err(bad(
+                    "quantization.source (where the given trits came from)",
+                    "none".into(),
+                )
+                .into())
+            }
+            (QuantMethod::Given, Some(s)) => s,
+        };
+        for (key, value) in [
+            ("format", &source.format),
+            ("scale_name", &source.scale_name),
+        ] {
+            if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
+                return Err(bad(
+                    &format!("quantization.source.{key}: 1 to 64 bytes without control characters"),
+                    excerpt(value, 80),
+                )
+                .into());
+            }
+        }
+        if ScaleConvention::from_name(&source.scale_convention).is_none() {
+            return Err(bad(
+                "quantization.source.scale_convention \"multiply\" or \"divide\"",
+                excerpt(&source.scale_convention, 32),
+            )
+            .into());
+        }
+        match &source.details {
+            None | Some(serde_json::Value::Null | serde_json::Value::Object(_)) => Ok(()),
+            Some(other) => Err(bad(
+                "quantization.source.details: an object or null",
+                json_type(other),
+            )
+            .into()),
+        }
+    }
+
+    /// Rule 2.17: the asset table.
+    fn validate_assets(&self, path: &Path) -> Result<()> {
+        let Some(assets) = &self.files.assets else {
+            return Ok(());
+        };
+        let bad = |expected: String, found: String| {
+            Violation::new(path, Rule::Assets, format!("files.assets: {expected}"), found)
+        };
+        if assets.len() > ASSET_NAMES.len() {
+            return Err(bad(
+                format!("at most {} entries", ASSET_NAMES.len()),
+                format!("{}", assets.len()),
+            )
+            .into());
+        }
+        let mut seen = HashSet::new();
+        for a in assets {
+            if !ASSET_NAMES.contains(&a.name.as_str()) {
+                return Err(bad(
+                    format!("a name among {}", ASSET_NAMES.join(", ")),
+                    escape_name(&a.name),
+                )
+                .into());
+            }
+            if !seen.insert(a.name.as_str()) {
+                return Err(bad("each name once".into(), format!("{} twice", a.name)).into());
+            }
+            if !is_sha256_hex(&a.sha256) {
+                return Err(bad(
+                    format!("{}: sha256 of 64 lowercase hex digits", a.name),
+                    excerpt(&a.sha256, 80),
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Rule 2.16: `provenance.original`.
+    fn validate_original(&self, path: &Path) -> Result<()> {
+        let Some(original) = &self.provenance.original else {
+            return Ok(());
+        };
+        let bad = |expected: &str, found: String| {
+            Violation::new(path, Rule::OriginalModel, expected, found)
+        };
+        if OriginalForward::from_name(&original.forward).is_none() {
+            return Err(bad(
+                "provenance.original.forward \"dense\", \"ternary\" or \"bitnet-online\"",
+                excerpt(&original.forward, 32),
+            )
+            .into());
+        }
+        if let Some(d) = &original.sha256 {
+            if !is_sha256_hex(d) {
+                return Err(bad(
+                    "provenance.original.sha256 of 64 lowercase hex digits or null",
+                    excerpt(d, 80),
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     fn validate_tensors(&self, path: &Path) -> Result<HashMap<&str, &TensorSpec>> {

@@ -1,0 +1,153 @@
+//! The original model: whose decisions `original_predictions` record and retention compares
+//! with (spec rule 2.16). Its weights are a source's, read dense, or through the quantizer where
+//! the model ternarizes in its own forward pass (quantization-aware training, section 7.2), and
+//! for transformers' online BitNet quantization with each projection's input quantized to 8
+//! bits per token (section 18.3). The writer runs it for `original_predictions`, and `verify
+//! --reference` runs it again.
+
+use std::collections::BTreeSet;
+
+use ndarray::{Array2, Array3, ArrayView2};
+
+use crate::error::{Error, Result};
+use crate::format::activation::Activation;
+use crate::format::decoder::DecoderSpec;
+use crate::format::manifest::{ModelSpec, OriginalForward};
+use crate::format::quantization::{Granularity, QuantParams};
+use crate::model::decoder::{self, ActivationQuantized, SourceWeights};
+use crate::model::chunks::chunk_rows;
+use crate::model::reference::{argmax_rows, forward_source};
+use crate::source::ternarized::Ternarized;
+use crate::source::TensorSource;
+
+/// The original model: a source of weights and how its forward pass reads them.
+pub struct OriginalModel<'a> {
+    forward: OriginalForward,
+    dense: &'a dyn TensorSource,
+    ternarized: Option<Ternarized<'a>>,
+}
+
+/// The settings of transformers' online BitNet weight quantization (`WeightQuant`, spec
+/// section 18.3): absmean per tensor, epsilon 1e-5, round half to even.
+pub fn bitnet_online_params() -> QuantParams {
+    QuantParams {
+        granularity: Granularity::Tensor,
+        epsilon: 1e-5,
+        sparsity_threshold: 0.5,
+        ..QuantParams::default()
+    }
+}
+
+impl<'a> OriginalModel<'a> {
+    /// `source` as read (forward `dense`).
+    pub fn dense(source: &'a dyn TensorSource) -> Self {
+        OriginalModel {
+            forward: OriginalForward::Dense,
+            dense: source,
+            ternarized: None,
+        }
+    }
+
+    /// `source` with the tensors `names` replaced by f32(t × scale) of their quantization with
+    /// `params` (forward `ternary`, spec section 7.2).
+    pub fn ternary(
+        source: &'a dyn TensorSource,
+        names: BTreeSet<String>,
+        params: QuantParams,
+    ) -> Result<Self> {
+        Ok(OriginalModel {
+            forward: OriginalForward::Ternary,
+            dense: source,
+            ternarized: Some(Ternarized::new(source, names, params)?),
+        })
+    }
+
+    /// transformers' online BitNet model of `source` (forward `bitnet-online`, spec section
+    /// 18.3): the modules `converted` (weight names) ternarized per tensor, their inputs
+    /// quantized to 8 bits per token.
+    pub fn bitnet_online(source: &'a dyn TensorSource, converted: BTreeSet<String>) -> Result<Self> {
+        Ok(OriginalModel {
+            forward: OriginalForward::BitnetOnline,
+            dense: source,
+            ternarized: Some(Ternarized::new(source, converted, bitnet_online_params())?),
+        })
+    }
+
+    /// How it runs.
+    pub fn forward(&self) -> OriginalForward {
+        self.forward
+    }
+
+    /// The source of its weights.
+    pub fn source(&self) -> &'a dyn TensorSource {
+        self.dense
+    }
+
+    /// Its weights as its forward pass reads them.
+    fn weights(&self) -> &dyn TensorSource {
+        match &self.ternarized {
+            Some(t) => t,
+            None => self.dense,
+        }
+    }
+
+    /// The logits `[N, T, vocab]` of the decoder `spec` on `ids` (`[N, T]`).
+    pub fn decoder_logits(&self, spec: &DecoderSpec, ids: ArrayView2<i64>) -> Result<Array3<f32>> {
+        let weights = SourceWeights::new(spec, self.weights())?;
+        match (&self.forward, &self.ternarized) {
+            (OriginalForward::BitnetOnline, Some(t)) => {
+                let quantized = ActivationQuantized::new(&weights, t.names().clone());
+                decoder::forward(spec, &quantized, ids)
+            }
+            _ => decoder::forward(spec, &weights, ids),
+        }
+    }
+
+    /// The decoder's next-token predictions at every position but the last, a chunk of
+    /// sequences at a time (what `original_predictions` records).
+    pub fn decoder_predictions(&self, spec: &DecoderSpec, ids: ArrayView2<i64>) -> Result<Vec<usize>> {
+        let (n, t) = ids.dim();
+        let chunk = crate::model::chunks::decoder_sequences(spec, t);
+        let mut out = Vec::with_capacity(n.saturating_mul(t.saturating_sub(1)));
+        for start in (0..n).step_by(chunk.max(1)) {
+            let part = ids.slice(ndarray::s![start..(start + chunk).min(n), ..]);
+            out.extend(decoder::next_token_predictions(&self.decoder_logits(spec, part)?));
+        }
+        Ok(out)
+    }
+
+    /// The logits of the chain of layers `model` on the rows `x`.
+    pub fn chain_logits(
+        &self,
+        model: &ModelSpec,
+        activations: &[Activation],
+        x: ArrayView2<f32>,
+    ) -> Result<Array2<f32>> {
+        if self.forward == OriginalForward::BitnetOnline {
+            return Err(Error::InvalidArgument(
+                "the bitnet-online forward pass is a decoder's (spec section 18.3), not a chain of layers'".into(),
+            ));
+        }
+        forward_source(self.weights(), model, activations, x)
+    }
+
+    /// The predictions of the chain of layers `model` on `inputs` (`[n, input_dim]`
+    /// row-major), in chunks.
+    pub fn chain_predictions(
+        &self,
+        model: &ModelSpec,
+        activations: &[Activation],
+        inputs: &[f32],
+    ) -> Result<Vec<usize>> {
+        let d = model.input_dim as usize;
+        let rows = chunk_rows(model);
+        let mut out = Vec::with_capacity(inputs.len() / d.max(1));
+        for chunk in inputs.chunks(rows.saturating_mul(d).max(1)) {
+            let x = ArrayView2::from_shape((chunk.len() / d.max(1), d), chunk).map_err(|_| {
+                Error::InvalidArgument(format!("{} input values are not rows of {d}", inputs.len()))
+            })?;
+            out.extend(argmax_rows(&self.chain_logits(model, activations, x)?));
+        }
+        Ok(out)
+    }
+}
