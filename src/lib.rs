@@ -19,6 +19,8 @@
 //! - [`source`]: where `create` takes weights and labelled data from;
 //! - [`model`]: the architecture vocabulary, the reference model and its f64 backward pass;
 //! - [`write`](mod@write): building bundles atomically (`create`, the demo, `requantize`, `export`);
+//! - [`create`]: what `bundle create` reads, decided in one place (which source, settings,
+//!   original model, carried files, validation set);
 //! - [`hf`]: Hugging Face's formats, in and out: packed BitNet checkpoints, online-quantized
 //!   master weights, tokenizers, and model directories that transformers loads (spec section 18);
 //! - [`verify`]: `bundle verify`, the CI gate;
@@ -33,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod assess;
+pub mod create;
 pub mod error;
 pub mod format;
 #[doc(hidden)]

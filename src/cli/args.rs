@@ -135,6 +135,22 @@ Examples:
   bundle create --from model.safetensors --out my-bundle
   bundle create --from model.safetensors --out my-bundle --granularity group --group-size 128
   bundle create --from model.safetensors --out my-bundle --arch arch.json --quantize 'layers.*.weight'
+  bundle create --from trits.safetensors --quantization-metadata quantization_metadata.json \\
+      --original model.safetensors --validation val.safetensors --out handoff
+  bundle create --from bitnet-b1.58-2B-4T --original bitnet-b1.58-2B-4T-bf16 --out 2b4t
+  bundle create --from latent.safetensors --original-forward ternary --validation val.safetensors --out qat
+  bundle create --from llama-dir --validation-text book.txt --seq-len 128 --out lm
+
+Already-ternary models are bundled as given, never re-quantized (method \"given\", spec section
+7.1): the quantizing stage's state dict of trits with its quantization_metadata.json (scales per
+tensor, per row or per group; zero points 0), and Hugging Face packed BitNet directories
+(config.json quantization_config with quant_method \"bitnet\"; autobitlinear multiplies by
+weight_scale, bitlinear divides, and the manifest records which). Their original model is
+--original (its predictions on the validation set become original_predictions); without it
+retention is unknown. A BF16 master directory with online BitNet quantization is quantized per
+tensor as transformers does (absmean, epsilon 1e-5), and its original model is the one
+transformers runs (8-bit activations). A model directory's tokenizer and generation files are
+carried into the bundle.
 
 Which tensors are quantized: by default every 2-D tensor named *.weight that is a layer of the
 architecture; --quantize PATTERN (glob, repeatable) replaces that choice. Every other tensor is
@@ -198,10 +214,41 @@ pub struct CreateArgs {
     /// Labelled data to embed: inputs F32 [N, input_dim], labels I64 [N], optional difficulty
     /// U8 [N]; for a language model, token sequences input_ids I64 [N, T >= 2], optional
     /// labels I64 [N, T-1] (by default each position's next token) and difficulty U8 [N]. The
-    /// checkpoint's own predictions on the inputs, before quantization, are stored with it
-    /// (original_predictions), so that `verify` can measure retention.
+    /// original model's predictions on the inputs are stored with it (original_predictions),
+    /// so that `verify` can measure retention.
     #[arg(long, value_name = "DATA.safetensors")]
     pub validation: Option<PathBuf>,
+
+    /// A language model's validation set from plain text (UTF-8): tokenized with the model
+    /// directory's tokenizer.json (no special tokens added) and cut into sequences of
+    /// --seq-len tokens, the remainder dropped (spec section 18.5).
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["validation", "demo"], requires = "seq_len")]
+    pub validation_text: Option<PathBuf>,
+
+    /// Tokens per validation sequence with --validation-text (at least 2).
+    #[arg(long, value_name = "T", requires = "validation_text")]
+    pub seq_len: Option<usize>,
+
+    /// The quantizing stage's metadata for a --from state dict of trits: scales per tensor (a
+    /// number, a list per row, or a list of group scales per row with a top-level group_size),
+    /// zero points (all 0). The trits and scales are bundled as given (spec section 18.1). A
+    /// model directory's quantization_metadata.json is read without this flag.
+    #[arg(long, value_name = "META.json", conflicts_with = "demo")]
+    pub quantization_metadata: Option<PathBuf>,
+
+    /// The original model, whose decisions the handoff must keep: a checkpoint or model
+    /// directory of full-precision weights (a directory with online BitNet quantization runs
+    /// as transformers runs it). Its predictions on the validation set are stored as
+    /// original_predictions. Default: the --from weights themselves, except for given trits,
+    /// which then have none (retention unknown).
+    #[arg(long, value_name = "ORIGINAL", conflicts_with = "demo")]
+    pub original: Option<PathBuf>,
+
+    /// How the original model runs: dense (its weights as read) or ternary (every tensor this
+    /// bundle quantizes replaced by t x scale of this quantization: the latent weights of
+    /// quantization-aware training, whose own forward pass ternarizes them; spec section 7.2).
+    #[arg(long, value_enum, default_value_t = OriginalForwardArg::Dense, conflicts_with = "demo")]
+    pub original_forward: OriginalForwardArg,
 
     /// Replace an existing bundle at --out (atomically; never a non-bundle directory).
     #[arg(long)]
@@ -212,7 +259,9 @@ pub struct CreateArgs {
     pub timestamp: bool,
 }
 
-/// Quantization settings shared by `create`.
+/// Quantization settings shared by `create`. Unset, they take the defaults below, or for a
+/// directory with online BitNet quantization transformers' (tensor, epsilon 1e-5, threshold
+/// 0.5); given trits keep their own scales (only --encoding applies).
 #[derive(Debug, Args)]
 pub struct QuantFlags {
     /// How trits are packed: trit5 (5 per byte, 1.6 bits/weight) or trit2 (4 per byte, 2 bits).
@@ -220,21 +269,31 @@ pub struct QuantFlags {
     pub encoding: EncodingArg,
 
     /// Which weights share a scale: one per tensor, per output channel (row), or per group of
-    /// --group-size consecutive columns of a row.
-    #[arg(long, value_enum, default_value_t = GranularityArg::Channel)]
-    pub granularity: GranularityArg,
+    /// --group-size consecutive columns of a row. [default: channel]
+    #[arg(long, value_enum)]
+    pub granularity: Option<GranularityArg>,
 
     /// Columns per scale group (with --granularity group).
     #[arg(long, value_name = "G", required_if_eq("granularity", "group"))]
     pub group_size: Option<u64>,
 
     /// A weight becomes a non-zero trit when |w / scale| exceeds this (0.5 = round-to-nearest).
-    #[arg(long, value_name = "T", default_value_t = 0.5)]
-    pub sparsity_threshold: f32,
+    /// [default: 0.5]
+    #[arg(long, value_name = "T")]
+    pub sparsity_threshold: Option<f32>,
 
-    /// Smallest allowed scale (scale = max(mean |w|, epsilon)).
-    #[arg(long, value_name = "E", default_value_t = 1e-5)]
-    pub epsilon: f32,
+    /// Smallest allowed scale (scale = max(mean |w|, epsilon)). [default: 0.00001]
+    #[arg(long, value_name = "E")]
+    pub epsilon: Option<f32>,
+}
+
+/// `--original-forward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OriginalForwardArg {
+    /// The weights as read.
+    Dense,
+    /// The quantized tensors as t x scale of this bundle's quantization.
+    Ternary,
 }
 
 /// `--encoding`.

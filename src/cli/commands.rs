@@ -5,8 +5,7 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ternary_bundle::assess::{assess, AssessOptions};
-use ternary_bundle::format::activation::Activation;
-use ternary_bundle::format::manifest::ModelSpec;
+use ternary_bundle::create::{CreateInputs, CreateRequest, Settings};
 use ternary_bundle::format::rfc3339::now_utc;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::model::reference::WeightPath;
@@ -14,15 +13,12 @@ use ternary_bundle::read::checks;
 use ternary_bundle::read::inspect::inspect;
 use ternary_bundle::report::{write_report, ReportOptions};
 use ternary_bundle::run;
-use ternary_bundle::source::hf::HfModel;
-use ternary_bundle::source::{load_validation_set, CheckpointSource, TensorSource, ValidationSet};
+use ternary_bundle::source::{CheckpointSource, TensorSource};
 use ternary_bundle::verify::{verify, Check, VerifyOptions};
-use ternary_bundle::write::arch::{infer_arch, load_arch};
 use ternary_bundle::write::bundle::SourceDigest;
 use ternary_bundle::write::demo::DemoSource;
 use ternary_bundle::write::demo_lm::DemoLm;
 use ternary_bundle::write::export::{export, ExportDtype};
-use ternary_bundle::write::plan::select_quantized;
 use ternary_bundle::{
     write_bundle_with_progress, Bundle, BundlePlan, Encoding, Error, Granularity, OpenOptions,
     QuantParams, Result, WriteOptions, WriteReport,
@@ -32,18 +28,21 @@ use super::args::{self, CreateArgs, DemoModel, DtypeArg, EncodingArg, Granularit
 use super::print;
 use super::render;
 
-pub fn quant_params(q: &QuantFlags) -> Result<QuantParams> {
+/// The quantization settings the user gave (`None` where a flag was not given: the source
+/// decides, `create::Settings`).
+pub fn settings(q: &QuantFlags) -> Result<Settings> {
     let granularity = match q.granularity {
-        GranularityArg::Tensor => Granularity::Tensor,
-        GranularityArg::Channel => Granularity::Channel,
-        GranularityArg::Group => Granularity::Group(q.group_size.unwrap_or(0)),
+        None => None,
+        Some(GranularityArg::Tensor) => Some(Granularity::Tensor),
+        Some(GranularityArg::Channel) => Some(Granularity::Channel),
+        Some(GranularityArg::Group) => Some(Granularity::Group(q.group_size.unwrap_or(0))),
     };
-    if q.group_size.is_some() && q.granularity != GranularityArg::Group {
+    if q.group_size.is_some() && q.granularity != Some(GranularityArg::Group) {
         return Err(Error::InvalidArgument(
             "--group-size needs --granularity group".into(),
         ));
     }
-    let params = QuantParams {
+    Ok(Settings {
         encoding: match q.encoding {
             EncodingArg::Trit5 => Encoding::Trit5,
             EncodingArg::Trit2 => Encoding::Trit2,
@@ -51,6 +50,18 @@ pub fn quant_params(q: &QuantFlags) -> Result<QuantParams> {
         granularity,
         epsilon: q.epsilon,
         sparsity_threshold: q.sparsity_threshold,
+    })
+}
+
+/// The settings of a built-in model: the user's, else the defaults.
+fn quant_params(q: &QuantFlags) -> Result<QuantParams> {
+    let s = settings(q)?;
+    let d = QuantParams::default();
+    let params = QuantParams {
+        encoding: s.encoding,
+        granularity: s.granularity.unwrap_or(d.granularity),
+        epsilon: s.epsilon.unwrap_or(d.epsilon),
+        sparsity_threshold: s.sparsity_threshold.unwrap_or(d.sparsity_threshold),
     };
     params.check().map_err(Error::InvalidArgument)?;
     Ok(params)
@@ -86,9 +97,9 @@ fn write_with_progress(
 }
 
 pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
-    let params = quant_params(&a.quant)?;
     let created = a.timestamp.then(now_utc);
     let report = if a.demo == Some(DemoModel::Lm) {
+        let params = quant_params(&a.quant)?;
         if a.demo_widths.is_some() {
             return Err(Error::InvalidArgument(
                 "--demo-widths shapes the MLP demo, not the language model".into(),
@@ -103,6 +114,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
         };
         write_with_progress(&a.out, &lm, &lm.plan(params), &options)?
     } else if a.demo.is_some() {
+        let params = quant_params(&a.quant)?;
         let demo = match &a.demo_widths {
             Some(w) if w.len() >= 2 && w.iter().all(|&d| d >= 1) => {
                 DemoSource::with_widths(a.seed, w).with_random_readout()
@@ -124,60 +136,28 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
         };
         write_with_progress(&a.out, &demo, &demo.plan(params), &options)?
     } else {
-        let from = a.from.expect("clap requires --from or --demo");
-        let validation: Option<ValidationSet> = a
-            .validation
-            .as_deref()
-            .map(load_validation_set)
-            .transpose()?;
-        let options = WriteOptions {
-            force: a.force,
-            created,
-            validation,
-            source_sha256: SourceDigest::Compute,
-            ..Default::default()
+        let request = CreateRequest {
+            from: a.from.expect("clap requires --from or --demo"),
+            arch: a.arch,
+            quantization_metadata: a.quantization_metadata,
+            original: a.original,
+            ternary_original: a.original_forward == args::OriginalForwardArg::Ternary,
+            quantize: a.quantize,
+            settings: settings(&a.quant)?,
+            validation: a.validation,
+            validation_text: a.validation_text.zip(a.seq_len),
         };
-        if from.is_dir() {
-            // A Hugging Face model directory: config.json and its checkpoint, checked tensor by
-            // tensor against the config when opened.
-            if a.arch.is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: --arch describes a chain of layers; a model directory's config.json describes its decoder",
-                    from.display()
-                )));
-            }
-            let hf = HfModel::open(&from)?;
-            let model = ModelSpec::of_decoder(hf.spec());
-            let quantize = select_quantized(&hf.tensors(), &model, &a.quantize)?;
-            let plan = BundlePlan {
-                model,
-                params,
-                quantize,
-                given: None,
-            };
-            let report = write_with_progress(&a.out, &hf, &plan, &options)?;
-            let bundle = Bundle::open_with(&a.out, open)?;
-            render::create_summary(&a.out, &report, &inspect(&bundle));
-            return Ok(true);
-        }
-        let ckpt = CheckpointSource::open(&from)?;
-        let tensors = ckpt.tensors();
-        let model = match &a.arch {
-            Some(p) => load_arch(p)?,
-            None => infer_arch(&tensors, &from, Activation::Identity)?,
-        };
-        let quantize = select_quantized(&tensors, &model, &a.quantize)?;
-        write_with_progress(
-            &a.out,
-            &ckpt,
-            &BundlePlan {
-                model,
-                params,
-                quantize,
-                given: None,
-            },
-            &options,
-        )?
+        let inputs = CreateInputs::open(&request)?;
+        let total: u64 = inputs
+            .weights()
+            .tensors()
+            .iter()
+            .map(|t| t.shape.iter().product::<u64>())
+            .sum();
+        let bar = progress_bar(total, "writing");
+        let report = inputs.write(&a.out, a.force, created, &|n| bar.inc(n));
+        bar.finish_and_clear();
+        report?
     };
     let bundle = Bundle::open_with(&a.out, open)?;
     render::create_summary(&a.out, &report, &inspect(&bundle));

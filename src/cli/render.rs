@@ -36,7 +36,11 @@ pub fn create_summary(dest: &Path, report: &WriteReport, i: &Inspection) {
             Some(s) => (
                 q.encoding.clone(),
                 format!("{:.1}%", s.sparsity() * 100.0),
-                format!("{:.3}", s.relative_error),
+                if q.method == "given" {
+                    "given".into()
+                } else {
+                    format!("{:.3}", s.relative_error)
+                },
             ),
             None => ("F32".into(), "-".into(), "-".into()),
         };

@@ -151,6 +151,15 @@ impl DecoderSpec {
     pub fn from_hf_config(text: &str) -> std::result::Result<DecoderSpec, String> {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        if v.get("quantization_config").is_some_and(|x| !x.is_null()) {
+            return Err("quantization_config: expected none: the reference model computes the dense weights in f32, while transformers would quantize weights and activations on the fly; remove the key to read the master weights".into());
+        }
+        DecoderSpec::from_hf_config_value(v)
+    }
+
+    /// [`DecoderSpec::from_hf_config`] of a parsed config.json, whose `quantization_config`
+    /// (if any) the caller has read (spec section 18).
+    pub fn from_hf_config_value(v: serde_json::Value) -> std::result::Result<DecoderSpec, String> {
         let str_key = |k: &str| v.get(k).and_then(|x| x.as_str());
         let family = match str_key("model_type") {
             Some("llama") => Family::Llama,
@@ -201,9 +210,6 @@ impl DecoderSpec {
                     "rope_parameters.rope_type: expected \"default\", found {t:?}"
                 ));
             }
-        }
-        if v.get("quantization_config").is_some_and(|x| !x.is_null()) {
-            return Err("quantization_config: expected none: the reference model computes the dense weights in f32, while transformers would quantize weights and activations on the fly; remove the key to read the master weights".into());
         }
         if v.get("rope_scaling").is_some_and(|x| !x.is_null()) {
             return Err("rope_scaling: expected none (plain RoPE)".into());

@@ -4,4 +4,6 @@
 //! is a module; they share the model-directory reader of [`crate::source::hf`] and the writer of
 //! [`crate::write`].
 
+pub mod bitnet;
+pub mod export;
 pub mod tokenizer;

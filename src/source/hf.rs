@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::format::safetensors::{shape_string, Dtype};
 use crate::model::decoder::DecoderSpec;
-use crate::source::{CheckpointSource, SourceTensor, TensorSource};
+use crate::source::{CheckpointSource, RawTensors, SourceTensor, TensorSource};
 
 /// The config file of a model directory.
 pub const CONFIG_FILE: &str = "config.json";
@@ -31,11 +31,47 @@ pub struct HfModel {
     home: HashMap<String, usize>,
     /// Tensors in model order (the spec's), with their source dtype.
     tensors: Vec<SourceTensor>,
+    /// The text of config.json.
+    config: String,
+}
+
+/// config.json without its `quantization_config` (read separately, spec section 18).
+fn without_quantization_config(text: &str) -> Result<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::InvalidArgument(format!("{CONFIG_FILE}: not JSON: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("quantization_config");
+    }
+    Ok(v)
+}
+
+/// Which dtypes [`HfModel::open_with`] accepts for the model's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtypes {
+    /// F32, F16 or BF16 (rule 8.2): a model of real-valued weights.
+    Float,
+    /// Any dtype, with the shapes and names of the config (integer trits, read through
+    /// [`RawTensors`]).
+    Any,
+    /// Nothing matched: the caller matches the tensors (packed checkpoints, whose weights have
+    /// shapes of their own and scales beside them).
+    Unchecked,
 }
 
 impl HfModel {
-    /// Opens the model directory `dir`.
+    /// Opens the model directory `dir` (float weights; a `quantization_config` is refused, as
+    /// [`DecoderSpec::from_hf_config`] says).
     pub fn open(dir: impl AsRef<Path>) -> Result<HfModel> {
+        HfModel::open_with(dir, Dtypes::Float, true)
+    }
+
+    /// Opens the model directory `dir`, its tensors of `dtypes`; with `refuse_quantization`
+    /// false, a `quantization_config` in config.json is left to the caller (spec section 18).
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        dtypes: Dtypes,
+        refuse_quantization: bool,
+    ) -> Result<HfModel> {
         let dir = dir.as_ref().to_path_buf();
         let invalid = |what: String| Error::InvalidArgument(format!("{}: {what}", dir.display()));
         if !dir.is_dir() {
@@ -51,8 +87,12 @@ impl HfModel {
             }
             Err(e) => return Err(Error::io(&config_path, "read", e)),
         };
-        let spec = DecoderSpec::from_hf_config(&text)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", config_path.display())))?;
+        let spec = if refuse_quantization {
+            DecoderSpec::from_hf_config(&text)
+        } else {
+            DecoderSpec::from_hf_config_value(without_quantization_config(&text)?)
+        }
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", config_path.display())))?;
         let (shards, home) = open_weights(&dir)?;
         let mut model = HfModel {
             dir,
@@ -60,9 +100,20 @@ impl HfModel {
             shards,
             home,
             tensors: Vec::new(),
+            config: text,
         };
-        model.tensors = model.match_tensors()?;
+        model.tensors = model.match_tensors(dtypes)?;
         Ok(model)
+    }
+
+    /// The text of its config.json.
+    pub fn config_text(&self) -> &str {
+        &self.config
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The decoder the config describes.
@@ -70,8 +121,14 @@ impl HfModel {
         &self.spec
     }
 
-    /// Every tensor the config implies is present with its shape, and no other.
-    fn match_tensors(&self) -> Result<Vec<SourceTensor>> {
+    /// Every tensor the config implies is present with its shape, and no other (the shapes of
+    /// `Dtypes::Any` tensors are the caller's to check: packed weights have their own).
+    fn match_tensors(&self, dtypes: Dtypes) -> Result<Vec<SourceTensor>> {
+        if dtypes == Dtypes::Unchecked {
+            let mut all: Vec<SourceTensor> = self.shards.iter().flat_map(|s| s.tensors()).collect();
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(all);
+        }
         let want = self.spec.tensors();
         let known: std::collections::HashSet<&str> = want.iter().map(|(n, _)| n.as_str()).collect();
         let mut extra: Vec<(&str, &Path)> = self
@@ -85,7 +142,7 @@ impl HfModel {
             // Packed 1.58-bit checkpoints (transformers' BitNet `pack_weights`) carry a
             // `weight_scale` per projection: say what to give instead.
             let hint = if extra.iter().any(|(n, _)| n.ends_with("weight_scale")) {
-                "; this looks like a packed 1.58-bit checkpoint: give the BF16 master weights"
+                "; this looks like a packed 1.58-bit checkpoint, whose config.json must say so (quantization_config, quant_method \"bitnet\")"
             } else {
                 ""
             };
@@ -123,7 +180,7 @@ impl HfModel {
                     shape_string(&e.shape)
                 )));
             }
-            if !matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            if dtypes == Dtypes::Float && !matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
                 return Err(Error::InvalidArgument(format!(
                     "{}: tensor {name}: expected dtype F32, F16 or BF16, found {}",
                     shard.path().display(),
@@ -236,5 +293,17 @@ impl TensorSource for HfModel {
             Error::InvalidArgument(format!("{}: no tensor {name}", self.dir.display()))
         })?;
         self.shards[i].load_f32(name)
+    }
+}
+
+impl RawTensors for HfModel {
+    fn raw(&self, name: &str) -> Option<(Dtype, &[u64], &[u8])> {
+        self.shards[*self.home.get(name)?].raw(name)
+    }
+
+    fn release(&self, bytes: &[u8]) {
+        for s in &self.shards {
+            RawTensors::release(s, bytes);
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod given;
 pub mod hf;
+pub mod quantization_metadata;
 pub mod ternarized;
 
 use std::fs::File;
@@ -104,6 +105,26 @@ impl CheckpointSource {
         let e = self.header.get(name)?;
         let start = (self.header.data_start() + e.start) as usize;
         self.bytes.get(start..start + e.byte_len() as usize)
+    }
+}
+
+/// A source whose tensors can be read as stored, whatever their dtype: what readers of
+/// already-ternary sources (integer trits, packed bytes) need beneath [`TensorSource`].
+pub trait RawTensors: TensorSource {
+    /// The dtype, shape and little-endian bytes of tensor `name`, as stored.
+    fn raw(&self, name: &str) -> Option<(Dtype, &[u64], &[u8])>;
+    /// Tells the source that `bytes` (from [`RawTensors::raw`]) are no longer needed in memory.
+    fn release(&self, bytes: &[u8]);
+}
+
+impl RawTensors for CheckpointSource {
+    fn raw(&self, name: &str) -> Option<(Dtype, &[u64], &[u8])> {
+        let e = self.header.get(name)?;
+        Some((e.dtype, &e.shape, self.tensor_bytes(name)?))
+    }
+
+    fn release(&self, bytes: &[u8]) {
+        self.bytes.release(bytes);
     }
 }
 

@@ -28,9 +28,11 @@ pub(crate) fn same_share(a: &[usize], b: &[usize]) -> f64 {
 
 /// Why a bundle offers no original predictions to compare with.
 pub(crate) fn no_original_predictions(bundle: Option<&Bundle>) -> &'static str {
-    match bundle.and_then(Bundle::validation) {
-        Some(_) => "no original predictions: the validation set has no original_predictions (a format 1.x bundle); give --reference ORIGINAL.safetensors",
-        None => "no original predictions: the bundle has no validation set; give --reference ORIGINAL.safetensors (compared on synthetic inputs)",
+    let given = bundle.is_some_and(|b| b.facts().method == crate::format::quantization::QuantMethod::Given);
+    match (bundle.and_then(Bundle::validation), given) {
+        (Some(_), true) => "no original predictions: the bundle's trits were given by an already-ternary source and it was created without their original model (create --original); give --reference ORIGINAL",
+        (Some(_), false) => "no original predictions: the validation set has no original_predictions (a format 1.x bundle); give --reference ORIGINAL.safetensors",
+        (None, _) => "no original predictions: the bundle has no validation set; give --reference ORIGINAL.safetensors (compared on synthetic inputs)",
     }
 }
 

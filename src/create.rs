@@ -1,0 +1,355 @@
+//! What `bundle create` reads, decided in one place: the kind of source (a checkpoint of real
+//! weights, the quantizing stage's state dict of trits, a Hugging Face model directory with or
+//! without BitNet quantization), the settings it implies, its original model, the files carried
+//! with it and its validation set. Each source format lives in its own module
+//! ([`crate::source`], [`crate::hf`]); this module only picks one and hands the writer a
+//! [`BundlePlan`], a source and an [`OriginalModel`].
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::activation::Activation;
+use crate::format::encoding::Encoding;
+use crate::format::manifest::{ModelSpec, OriginalForward};
+use crate::format::quantization::{Granularity, QuantParams};
+use crate::hf::bitnet::{online_converted, BitnetQuantization, PackedBitnet};
+use crate::hf::tokenizer::{carried_assets, validation_from_text};
+use crate::model::original::{bitnet_online_params, OriginalModel};
+use crate::source::hf::{Dtypes, HfModel, CONFIG_FILE};
+use crate::source::quantization_metadata::{QuantizationMetadata, StageHandoff, METADATA_FILE};
+use crate::source::{load_validation_set, AssetFile, CheckpointSource, TensorSource, ValidationSet};
+use crate::write::arch::{infer_arch, load_arch};
+use crate::write::bundle::{write_bundle_from, SourceDigest, WriteOptions, WriteReport};
+use crate::write::plan::{select_quantized, BundlePlan};
+
+/// Quantization settings as the user gave them: `None` takes the source's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Settings {
+    /// The trit packing.
+    pub encoding: Encoding,
+    /// Which weights share a scale.
+    pub granularity: Option<Granularity>,
+    /// The smallest scale.
+    pub epsilon: Option<f32>,
+    /// The rounding threshold.
+    pub sparsity_threshold: Option<f32>,
+}
+
+/// Everything `bundle create --from` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// A checkpoint file or a model directory.
+    pub from: PathBuf,
+    /// An architecture file for a chain of layers.
+    pub arch: Option<PathBuf>,
+    /// The quantizing stage's metadata for a state dict of trits (spec section 18.1).
+    pub quantization_metadata: Option<PathBuf>,
+    /// The original model, when it is not `from`.
+    pub original: Option<PathBuf>,
+    /// Run the original model's quantized tensors as t × scale (spec section 7.2).
+    pub ternary_original: bool,
+    /// Glob patterns of the tensors to quantize (replacing the default choice).
+    pub quantize: Vec<String>,
+    /// Quantization settings.
+    pub settings: Settings,
+    /// A validation set file.
+    pub validation: Option<PathBuf>,
+    /// A validation set from plain text, and the tokens per sequence (spec section 18.5).
+    pub validation_text: Option<(PathBuf, usize)>,
+}
+
+/// Whose decisions `original_predictions` record.
+enum Original {
+    /// The weights source itself, run with this forward pass (and these converted tensors for
+    /// bitnet-online).
+    Source(OriginalForward, BTreeSet<String>),
+    /// Another model, with its forward pass, converted tensors and file digest.
+    Other(Box<dyn TensorSource>, OriginalForward, BTreeSet<String>, Option<String>),
+    /// None known: no original predictions.
+    None,
+}
+
+/// The sources and plan of a `bundle create`, opened and checked.
+pub struct CreateInputs {
+    weights: Box<dyn TensorSource>,
+    plan: BundlePlan,
+    original: Original,
+    validation: Option<ValidationSet>,
+    assets: Vec<AssetFile>,
+}
+
+impl CreateInputs {
+    /// Opens what `request` names and decides the plan: a model directory by its config.json
+    /// (a `quantization_metadata.json` beside it, a packed or online BitNet
+    /// `quantization_config`, or plain weights), a file by `--quantization-metadata`.
+    pub fn open(request: &CreateRequest) -> Result<CreateInputs> {
+        let from = &request.from;
+        let metadata = match (&request.quantization_metadata, from.is_dir()) {
+            (Some(m), _) => Some(QuantizationMetadata::read(m)?),
+            (None, true) if from.join(METADATA_FILE).is_file() => {
+                Some(QuantizationMetadata::read(&from.join(METADATA_FILE))?)
+            }
+            (None, _) => None,
+        };
+        let (weights, plan, source_forward, converted, assets) = if from.is_dir() {
+            if request.arch.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: --arch describes a chain of layers; a model directory's {CONFIG_FILE} describes its decoder",
+                    from.display()
+                )));
+            }
+            let assets = carried_assets(from)?;
+            let config = std::fs::read_to_string(from.join(CONFIG_FILE)).unwrap_or_default();
+            let bitnet = BitnetQuantization::from_config(&config)
+                .map_err(|m| Error::InvalidArgument(format!("{}: {m}", from.join(CONFIG_FILE).display())))?;
+            let (weights, plan, forward, converted) = match (metadata, bitnet) {
+                (Some(meta), _) => {
+                    let model = HfModel::open_with(from, Dtypes::Any, true)?;
+                    let spec = model.spec().clone();
+                    given_plan(request, Box::new(StageHandoff::new(Box::new(model), meta)?), ModelSpec::of_decoder(&spec))?
+                }
+                (None, Some(q)) if !q.online => {
+                    let packed = PackedBitnet::open(from)?;
+                    let plan = BundlePlan {
+                        model: ModelSpec::of_decoder(packed.spec()),
+                        params: given_params(request, Granularity::Tensor)?,
+                        quantize: packed.converted().clone(),
+                        given: Some(packed.quantization().record()),
+                    };
+                    no_quantize_patterns(request)?;
+                    (Box::new(packed) as Box<dyn TensorSource>, plan, OriginalForward::Dense, BTreeSet::new())
+                }
+                (None, online) => {
+                    let model = HfModel::open_with(from, Dtypes::Float, online.is_none())?;
+                    let converted = online_converted(&model)?;
+                    let defaults = match &converted {
+                        Some(_) => bitnet_online_params(),
+                        None => QuantParams::default(),
+                    };
+                    let model_spec = ModelSpec::of_decoder(model.spec());
+                    let quantize = select_quantized(&model.tensors(), &model_spec, &request.quantize)?;
+                    let plan = BundlePlan {
+                        model: model_spec,
+                        params: absmean_params(request, defaults)?,
+                        quantize,
+                        given: None,
+                    };
+                    let (forward, converted) = match converted {
+                        Some(_) if request.ternary_original => {
+                            return Err(Error::InvalidArgument(format!(
+                                "{}: --original-forward ternary: this directory's online BitNet quantization already decides how its original model runs",
+                                from.display()
+                            )))
+                        }
+                        Some(c) => (OriginalForward::BitnetOnline, c),
+                        None => (dense_or_ternary(request), BTreeSet::new()),
+                    };
+                    (Box::new(model) as Box<dyn TensorSource>, plan, forward, converted)
+                }
+            };
+            (weights, plan, forward, converted, assets)
+        } else {
+            let ckpt = CheckpointSource::open(from)?;
+            let model = match &request.arch {
+                Some(p) => load_arch(p)?,
+                None => infer_arch(&ckpt.tensors(), from, Activation::Identity)?,
+            };
+            let (weights, plan, forward, converted) = match metadata {
+                Some(meta) => given_plan(request, Box::new(StageHandoff::new(Box::new(ckpt), meta)?), model)?,
+                None => {
+                    let quantize = select_quantized(&ckpt.tensors(), &model, &request.quantize)?;
+                    let plan = BundlePlan {
+                        model,
+                        params: absmean_params(request, QuantParams::default())?,
+                        quantize,
+                        given: None,
+                    };
+                    (Box::new(ckpt) as Box<dyn TensorSource>, plan, dense_or_ternary(request), BTreeSet::new())
+                }
+            };
+            (weights, plan, forward, converted, Vec::new())
+        };
+        let original = open_original(request, &plan, source_forward, converted)?;
+        let validation = match (&request.validation, &request.validation_text) {
+            (Some(p), _) => Some(load_validation_set(p)?),
+            (None, Some((text, t))) => {
+                let tokenizer = assets
+                    .iter()
+                    .find(|a| a.name == "tokenizer.json")
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "--validation-text needs a tokenizer: {} has no tokenizer.json",
+                            from.display()
+                        ))
+                    })?;
+                let vocab = plan
+                    .model
+                    .decoder
+                    .as_ref()
+                    .map(|d| d.vocab_size as usize)
+                    .ok_or_else(|| Error::InvalidArgument("--validation-text is for a language model (a model directory)".into()))?;
+                Some(validation_from_text(&tokenizer.bytes, text, *t, vocab)?)
+            }
+            (None, None) => None,
+        };
+        Ok(CreateInputs {
+            weights,
+            plan,
+            original,
+            validation,
+            assets,
+        })
+    }
+
+    /// What will be written.
+    pub fn plan(&self) -> &BundlePlan {
+        &self.plan
+    }
+
+    /// The weights source.
+    pub fn weights(&self) -> &dyn TensorSource {
+        &*self.weights
+    }
+
+    /// Writes the bundle to `dest` (`force` replaces one, `created` is a timestamp to record),
+    /// calling `progress` per tensor.
+    pub fn write(
+        &self,
+        dest: &Path,
+        force: bool,
+        created: Option<String>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<WriteReport> {
+        let weights = &*self.weights;
+        let (source, forward, converted, sha) = match &self.original {
+            Original::Source(f, c) => (Some(weights), *f, c, None),
+            Original::Other(s, f, c, sha) => (Some(&**s), *f, c, sha.clone()),
+            Original::None => (None, OriginalForward::Dense, &BTreeSet::new(), None),
+        };
+        let original = match source {
+            None => None,
+            Some(s) => Some(match forward {
+                OriginalForward::Dense => OriginalModel::dense(s),
+                OriginalForward::Ternary => {
+                    OriginalModel::ternary(s, self.plan.quantize.clone(), self.plan.params)?
+                }
+                OriginalForward::BitnetOnline => OriginalModel::bitnet_online(s, converted.clone())?,
+            }),
+        };
+        let options = WriteOptions {
+            force,
+            created,
+            source_sha256: SourceDigest::Compute,
+            validation: self.validation.clone(),
+            assets: self.assets.clone(),
+            original_sha256: sha,
+            ..Default::default()
+        };
+        write_bundle_from(dest, weights, original.as_ref(), &self.plan, &options, progress)
+    }
+}
+
+/// `--original-forward`'s choice for a source of real weights.
+fn dense_or_ternary(request: &CreateRequest) -> OriginalForward {
+    if request.ternary_original {
+        OriginalForward::Ternary
+    } else {
+        OriginalForward::Dense
+    }
+}
+
+/// The plan of given trits from the stage's handoff (spec section 18.1).
+#[allow(clippy::type_complexity)]
+fn given_plan(
+    request: &CreateRequest,
+    stage: Box<StageHandoff>,
+    model: ModelSpec,
+) -> Result<(Box<dyn TensorSource>, BundlePlan, OriginalForward, BTreeSet<String>)> {
+    no_quantize_patterns(request)?;
+    let plan = BundlePlan {
+        model,
+        params: given_params(request, stage.granularity()?)?,
+        quantize: stage.quantized(),
+        given: Some(stage.metadata().record()),
+    };
+    Ok((stage, plan, OriginalForward::Dense, BTreeSet::new()))
+}
+
+fn no_quantize_patterns(request: &CreateRequest) -> Result<()> {
+    if !request.quantize.is_empty() {
+        return Err(Error::InvalidArgument(
+            "--quantize: the source's trits decide what is quantized (they are taken as given)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Settings of given trits: their granularity, the requested encoding; a quantizer setting is
+/// an error (no quantizer runs).
+fn given_params(request: &CreateRequest, granularity: Granularity) -> Result<QuantParams> {
+    let s = &request.settings;
+    if s.granularity.is_some() || s.epsilon.is_some() || s.sparsity_threshold.is_some() {
+        return Err(Error::InvalidArgument(
+            "--granularity, --epsilon and --sparsity-threshold set a quantizer, and given trits are not quantized: they keep their own scales (only --encoding applies)".into(),
+        ));
+    }
+    if request.ternary_original {
+        return Err(Error::InvalidArgument(
+            "--original-forward ternary runs the source through this bundle's quantizer, and given trits have none: give their original model with --original".into(),
+        ));
+    }
+    Ok(QuantParams {
+        encoding: s.encoding,
+        granularity,
+        ..QuantParams::default()
+    })
+}
+
+/// Settings of the absmean quantizer: the user's, else `defaults`.
+fn absmean_params(request: &CreateRequest, defaults: QuantParams) -> Result<QuantParams> {
+    let s = &request.settings;
+    let params = QuantParams {
+        encoding: s.encoding,
+        granularity: s.granularity.unwrap_or(defaults.granularity),
+        epsilon: s.epsilon.unwrap_or(defaults.epsilon),
+        sparsity_threshold: s.sparsity_threshold.unwrap_or(defaults.sparsity_threshold),
+    };
+    params.check().map_err(Error::InvalidArgument)?;
+    Ok(params)
+}
+
+/// The original model: `--original` (a checkpoint, run dense or through the quantizer, or a
+/// model directory, run as its config says), else the source with `forward`, except given
+/// trits, which have none.
+fn open_original(
+    request: &CreateRequest,
+    plan: &BundlePlan,
+    forward: OriginalForward,
+    converted: BTreeSet<String>,
+) -> Result<Original> {
+    let Some(path) = &request.original else {
+        return Ok(match plan.given {
+            Some(_) => Original::None,
+            None => Original::Source(forward, converted),
+        });
+    };
+    if path.is_dir() {
+        let model = HfModel::open_with(path, Dtypes::Float, false)?;
+        if let Some(c) = online_converted(&model)? {
+            if request.ternary_original {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: --original-forward ternary: this directory's online BitNet quantization already decides how it runs",
+                    path.display()
+                )));
+            }
+            return Ok(Original::Other(Box::new(model), OriginalForward::BitnetOnline, c, None));
+        }
+        // A plain directory has no quantization_config (HfModel refused any other).
+        let model = HfModel::open(path)?;
+        return Ok(Original::Other(Box::new(model), dense_or_ternary(request), BTreeSet::new(), None));
+    }
+    let ckpt = CheckpointSource::open(path)?;
+    let sha = Some(ckpt.sha256());
+    Ok(Original::Other(Box::new(ckpt), dense_or_ternary(request), BTreeSet::new(), sha))
+}
