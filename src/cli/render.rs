@@ -165,6 +165,20 @@ pub fn inspection(i: &Inspection, tensors: bool) {
             false => outln!("validation set: {n} samples, with {}", with.join(" and ")),
         }
     }
+    if let Some(o) = &i.provenance.original {
+        let how = match o.forward.as_str() {
+            "ternary" => "its quantized tensors as t x scale (the model quantization-aware training runs)",
+            "bitnet-online" => "as transformers runs online BitNet quantization (ternary weights, 8-bit activations)",
+            _ => "its weights as read",
+        };
+        outln!(
+            "original model: {} ({how}){}",
+            printable(&o.forward),
+            o.sha256
+                .as_deref()
+                .map_or(String::new(), |d| format!(", sha256 {}", printable(d)))
+        );
+    }
     if !i.extras.is_empty() {
         let names: Vec<String> = i.extras.iter().map(|e| printable(e).into_owned()).collect();
         outln!("undeclared files (ignored): {}", names.join(", "));

@@ -177,6 +177,18 @@ impl BitnetQuantization {
         Ok(out)
     }
 
+    /// The modules transformers' default (`modules_to_not_convert` null) converts in `spec`'s
+    /// model: the seven projections of every layer.
+    pub fn default_converted(spec: &DecoderSpec) -> std::result::Result<BTreeSet<String>, String> {
+        BitnetQuantization {
+            linear_class: LinearClass::AutoBitLinear,
+            online: true,
+            not_convert: None,
+            stated: serde_json::Map::new(),
+        }
+        .converted(spec)
+    }
+
     /// What `quantization.source` records of a packed checkpoint (rule 2.15).
     pub fn record(&self) -> QuantSourceSpec {
         QuantSourceSpec {

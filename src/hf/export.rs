@@ -29,8 +29,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{escape_name, Error, Result};
-use crate::format::decoder::{is_projection, Family};
-use crate::format::manifest::{DecoderModelSpec, FileRole, MANIFEST_FILE};
+use crate::format::decoder::{is_projection, DecoderSpec, Family};
+use crate::format::manifest::{DecoderModelSpec, FileRole, ASSET_NAMES, MANIFEST_FILE};
 use crate::format::safetensors::{plan_layout, shape_string, Dtype};
 use crate::hf::bitnet::{pack_weights, BitnetQuantization};
 use crate::quant::dequantize::dequantize_row_f32;
@@ -216,6 +216,7 @@ impl OutTensor {
     }
 }
 
+/// The export of both formats: checks, config.json, assets, weights, index, publication.
 fn export_dir(
     bundle: &Bundle,
     out: &Path,
@@ -246,7 +247,106 @@ fn export_dir(
     }
     check_destination(bundle, out, options.force)?;
 
-    // Every tensor of rule 2.14, in its order (the shard filling order, spec 18.4).
+    let (tensors, not_converted) = state_dict(bundle, decoder, target)?;
+
+    let quantization_config = match target {
+        Target::Dense(_) => None,
+        Target::Bitnet => {
+            let mut modules = vec!["lm_head".to_string()];
+            modules.extend(not_converted);
+            Some(BitnetConfig {
+                quant_method: "bitnet",
+                linear_class: "autobitlinear",
+                quantization_mode: "offline",
+                modules_to_not_convert: modules,
+            })
+        }
+    };
+    let torch_dtype = match target {
+        Target::Dense(dtype) => dtype.torch_dtype(),
+        Target::Bitnet => HfDtype::F16.torch_dtype(),
+    };
+    let config = config_json(
+        bundle,
+        decoder.family,
+        model,
+        options,
+        torch_dtype,
+        quantization_config,
+    )?;
+    if target == Target::Bitnet {
+        check_converted_modules(bundle, &config, decoder)?;
+    }
+
+    let sizes: Vec<u64> = tensors.iter().map(OutTensor::byte_len).collect();
+    let total_size = sizes.iter().fold(0u64, |a, &b| a.saturating_add(b));
+    // A model within the size fills one shard: `model.safetensors`, no index.
+    let shards = fill_shards(&sizes, options.max_shard_size);
+
+    let staging = Staging::create(out)?;
+    let mut files = Vec::new();
+    files.push((
+        CONFIG_FILE.to_string(),
+        write_new(&staging.dir.join(CONFIG_FILE), config.as_bytes())?,
+    ));
+    for asset in bundle.assets() {
+        let name = asset.name();
+        // Rule 2.17 proved the name is one of rule 1.6's plain file names; checked again
+        // because it becomes a path here.
+        if !ASSET_NAMES.contains(&name) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: asset {}: not a file name a model directory can carry",
+                bundle.dir().display(),
+                escape_name(name)
+            )));
+        }
+        let size = write_new(&staging.dir.join(name), asset.bytes())?;
+        files.push((name.to_string(), size));
+    }
+    let n = shards.len();
+    let mut weight_map = BTreeMap::new();
+    for (i, range) in shards.iter().enumerate() {
+        let file_name = if n == 1 {
+            WEIGHTS_FILE.to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+        };
+        let part = &tensors[range.clone()];
+        let size = write_weights(bundle, &staging.dir.join(&file_name), part)?;
+        for t in part {
+            weight_map.insert(t.name.clone(), file_name.clone());
+        }
+        files.push((file_name, size));
+    }
+    if n > 1 {
+        let index = ShardIndex {
+            metadata: IndexMetadata { total_size },
+            weight_map,
+        };
+        let text = pretty(&index, INDEX_FILE)?;
+        files.push((
+            INDEX_FILE.to_string(),
+            write_new(&staging.dir.join(INDEX_FILE), text.as_bytes())?,
+        ));
+    }
+    sync_dir(&staging.dir)?;
+    publish(bundle, staging, out, options.force)?;
+    Ok(ExportSummary {
+        files,
+        tensors: tensors.len(),
+        shards: n,
+        total_size,
+    })
+}
+
+/// The output state dict: every tensor of rule 2.14 in its order (the shard filling order,
+/// spec 18.4), a packed projection followed by its `weight_scale`; and for hf-bitnet the modules
+/// of the projections the bundle does not quantize (`modules_to_not_convert`).
+fn state_dict(
+    bundle: &Bundle,
+    decoder: &DecoderSpec,
+    target: Target,
+) -> Result<(Vec<OutTensor>, Vec<String>)> {
     let mut tensors = Vec::new();
     let mut not_converted = Vec::new();
     for (name, shape) in decoder.tensors() {
@@ -301,97 +401,7 @@ fn export_dir(
         }
     }
 
-    let quantization_config = match target {
-        Target::Dense(_) => None,
-        Target::Bitnet => {
-            let mut modules = vec!["lm_head".to_string()];
-            modules.extend(not_converted);
-            Some(BitnetConfig {
-                quant_method: "bitnet",
-                linear_class: "autobitlinear",
-                quantization_mode: "offline",
-                modules_to_not_convert: modules,
-            })
-        }
-    };
-    let torch_dtype = match target {
-        Target::Dense(dtype) => dtype.torch_dtype(),
-        Target::Bitnet => HfDtype::F16.torch_dtype(),
-    };
-    let config = config_json(
-        bundle,
-        decoder.family,
-        model,
-        options,
-        torch_dtype,
-        quantization_config,
-    )?;
-    if target == Target::Bitnet {
-        check_converted_modules(bundle, &config, decoder)?;
-    }
-
-    let sizes: Vec<u64> = tensors.iter().map(OutTensor::byte_len).collect();
-    let total_size = sizes.iter().fold(0u64, |a, &b| a.saturating_add(b));
-    let shards = if total_size <= options.max_shard_size {
-        vec![0..tensors.len()]
-    } else {
-        fill_shards(&sizes, options.max_shard_size)
-    };
-
-    let staging = Staging::create(out)?;
-    let mut files = Vec::new();
-    files.push((
-        CONFIG_FILE.to_string(),
-        write_new(&staging.dir.join(CONFIG_FILE), config.as_bytes())?,
-    ));
-    for asset in bundle.assets() {
-        let name = asset.name();
-        // Asset names come from rule 1.6's fixed list of plain file names; checked anyway, as
-        // they become paths here.
-        if name.contains('/') || name == CONFIG_FILE || name.starts_with("model") {
-            return Err(Error::InvalidArgument(format!(
-                "{}: asset {}: not a file name a model directory can carry",
-                bundle.dir().display(),
-                escape_name(name)
-            )));
-        }
-        let size = write_new(&staging.dir.join(name), asset.bytes())?;
-        files.push((name.to_string(), size));
-    }
-    let n = shards.len();
-    let mut weight_map = BTreeMap::new();
-    for (i, range) in shards.iter().enumerate() {
-        let file_name = if n == 1 {
-            WEIGHTS_FILE.to_string()
-        } else {
-            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
-        };
-        let part = &tensors[range.clone()];
-        let size = write_weights(bundle, &staging.dir.join(&file_name), part)?;
-        for t in part {
-            weight_map.insert(t.name.clone(), file_name.clone());
-        }
-        files.push((file_name, size));
-    }
-    if n > 1 {
-        let index = ShardIndex {
-            metadata: IndexMetadata { total_size },
-            weight_map,
-        };
-        let text = pretty(&index, INDEX_FILE)?;
-        files.push((
-            INDEX_FILE.to_string(),
-            write_new(&staging.dir.join(INDEX_FILE), text.as_bytes())?,
-        ));
-    }
-    sync_dir(&staging.dir)?;
-    publish(bundle, staging, out, options.force)?;
-    Ok(ExportSummary {
-        files,
-        tensors: tensors.len(),
-        shards: n,
-        total_size,
-    })
+    Ok((tensors, not_converted))
 }
 
 /// The module of weight `name` (`x.weight` -> `x`), as `modules_to_not_convert` names it.
@@ -444,11 +454,7 @@ fn bitnet_scale(bundle: &Bundle, name: &str, p: &PackedTensor<'_>) -> Result<f32
 
 /// The packed checkpoint reader's view of our config must convert exactly the bundle's quantized
 /// tensors, so that reading the directory back gives the same bundle (spec 18.2).
-fn check_converted_modules(
-    bundle: &Bundle,
-    config: &str,
-    decoder: &crate::format::decoder::DecoderSpec,
-) -> Result<()> {
+fn check_converted_modules(bundle: &Bundle, config: &str, decoder: &DecoderSpec) -> Result<()> {
     let bad = |m: String| {
         Error::InvalidArgument(format!(
             "{}: the quantization_config written for it does not describe it: {m}",
@@ -599,7 +605,11 @@ fn token_ids(bundle: &Bundle) -> Result<[Value; 3]> {
             ))),
         }
     };
-    Ok([id("bos_token_id")?, id("eos_token_id")?, id("pad_token_id")?])
+    Ok([
+        id("bos_token_id")?,
+        id("eos_token_id")?,
+        id("pad_token_id")?,
+    ])
 }
 
 /// What kind of JSON value `v` is, for messages.

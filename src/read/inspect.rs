@@ -213,6 +213,12 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
         size: f.bytes().len() as u64,
         sha256: Some(f.declared_sha256().to_string()),
     }));
+    // The carried asset files (format 4.0, rule 1.6), in the manifest's order.
+    files.extend(bundle.assets().iter().map(|a| FileSummary {
+        name: a.name().into(),
+        size: a.bytes().len() as u64,
+        sha256: Some(a.declared_sha256().to_string()),
+    }));
     let fp32_bytes = params * 4;
     let totals = Totals {
         parameters: params,

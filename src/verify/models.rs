@@ -108,12 +108,17 @@ fn reference(runs: &ModelRuns<'_>) -> Outcome {
     let fp16 = runs.fp16()?;
     let (n, source, unit) = (samples.len(), samples.source(), samples.unit());
     let agree = same_share(&recomputed.predictions, fp16);
-    let declared = &runs.bundle.manifest().provenance.source_sha256;
-    let same_file = declared.as_ref().map(|d| *d == recomputed.sha256);
+    // The original's own digest when it is not the source (format 4.0, rule 2.16).
+    let provenance = &runs.bundle.manifest().provenance;
+    let (declared, key) = match provenance.original.as_ref().and_then(|o| o.sha256.as_ref()) {
+        Some(d) => (Some(d), "provenance.original.sha256"),
+        None => (provenance.source_sha256.as_ref(), "provenance.source_sha256"),
+    };
+    let same_file = declared.map(|d| *d == recomputed.sha256);
     let provenance = match same_file {
-        Some(true) => "its sha256 is the bundle's provenance.source_sha256",
-        Some(false) => "its sha256 differs from the bundle's provenance.source_sha256",
-        None => "the bundle records no source digest to compare",
+        Some(true) => format!("its sha256 is the bundle's {key}"),
+        Some(false) => format!("its sha256 differs from the bundle's {key}"),
+        None => "the bundle records no digest of it to compare".to_string(),
     };
     let compare = samples
         .original_predictions()

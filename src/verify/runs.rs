@@ -6,14 +6,20 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::error::Result;
+use std::collections::BTreeSet;
+
+use crate::error::{Error, Result};
+use crate::format::manifest::OriginalForward;
+use crate::format::quantization::QuantMethod;
+use crate::hf::bitnet::{online_converted, BitnetQuantization};
+use crate::model::original::OriginalModel;
 use crate::format::decoder::DecoderSpec;
 use crate::model::bundle_decoder::BundleDecoder;
 use crate::model::chunks::{chunk_rows, decoder_sequences};
-use crate::model::decoder::{self, next_token_predictions, SourceWeights};
-use crate::model::reference::{argmax_rows, forward_bundle, forward_source, WeightPath};
+use crate::model::decoder::{self, next_token_predictions};
+use crate::model::reference::{argmax_rows, forward_bundle, WeightPath};
 use crate::read::Bundle;
-use crate::source::hf::HfModel;
+use crate::source::hf::{Dtypes, HfModel};
 use crate::source::{CheckpointSource, TensorSource};
 use crate::verify::integrity::fail_with;
 use crate::verify::options::VerifyOptions;
@@ -324,22 +330,23 @@ impl<'b> ModelRuns<'b> {
         })?;
         self.reference
             .get_or_init(|| {
+                let reference = ReferenceModel::open(self.bundle, path)?;
+                let original = reference.model(self.bundle)?;
                 if let Some(spec) = self.bundle.decoder() {
-                    return decoder_reference(samples, spec, path);
+                    return decoder_reference(samples, spec, &original);
                 }
-                let original = CheckpointSource::open(path)?;
                 let model = &self.bundle.manifest().model;
                 let activations = &self.bundle.facts().activations;
                 let stored = samples.original_predictions();
                 let mut r = Recomputed {
                     predictions: Vec::with_capacity(samples.len()),
                     near_tie: Vec::with_capacity(samples.len()),
-                    sha256: original.sha256(),
+                    sha256: reference.source.sha256().unwrap_or_default(),
                 };
                 for rows in samples.chunks(chunk_rows(model)) {
                     let start = rows.start;
                     let x = samples.rows(rows);
-                    let logits = forward_source(&original, model, activations, x.view())?;
+                    let logits = original.chain_logits(model, activations, x.view())?;
                     r.push(&logits, stored.map(|s| &s[start..]));
                 }
                 Ok(r)
@@ -359,23 +366,87 @@ fn sequence_chunks(
     (0..n).step_by(step).map(move |s| s..(s + step).min(n))
 }
 
+/// The `--reference` model: its weights, and how the bundle says its original model runs
+/// (`provenance.original`, rule 2.16).
+struct ReferenceModel {
+    source: Box<dyn TensorSource>,
+    forward: OriginalForward,
+    /// For bitnet-online: the modules its config converts.
+    converted: BTreeSet<String>,
+}
+
+impl ReferenceModel {
+    /// Opens `path` (a checkpoint, or a model directory) as the bundle's original model.
+    fn open(bundle: &Bundle, path: &std::path::Path) -> Result<ReferenceModel> {
+        let forward = bundle
+            .manifest()
+            .provenance
+            .original
+            .as_ref()
+            .and_then(|o| OriginalForward::from_name(&o.forward))
+            .unwrap_or_default();
+        if !path.is_dir() {
+            if forward == OriginalForward::BitnetOnline {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: the bundle's original model runs as transformers' online BitNet (provenance.original): give its model directory, whose config.json says which modules it converts",
+                    path.display()
+                )));
+            }
+            return Ok(ReferenceModel {
+                source: Box::new(CheckpointSource::open(path)?),
+                forward,
+                converted: BTreeSet::new(),
+            });
+        }
+        let model = HfModel::open_with(path, Dtypes::Float, false)?;
+        let converted = match (forward, online_converted(&model)?) {
+            (OriginalForward::BitnetOnline, Some(c)) => c,
+            (OriginalForward::BitnetOnline, None) => BitnetQuantization::default_converted(model.spec())
+                .map_err(Error::InvalidArgument)?,
+            (_, Some(_)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: online BitNet quantization, but the bundle's original model runs {} (provenance.original)",
+                    path.display(),
+                    forward.name()
+                )))
+            }
+            (_, None) => BTreeSet::new(),
+        };
+        Ok(ReferenceModel {
+            source: Box::new(model),
+            forward,
+            converted,
+        })
+    }
+
+    /// The original model it runs.
+    fn model(&self, bundle: &Bundle) -> Result<OriginalModel<'_>> {
+        match self.forward {
+            OriginalForward::Dense => Ok(OriginalModel::dense(&*self.source)),
+            OriginalForward::Ternary => {
+                if bundle.facts().method == QuantMethod::Given {
+                    return Err(Error::InvalidArgument(
+                        "provenance.original.forward \"ternary\" needs the bundle's quantizer, and its trits were given".into(),
+                    ));
+                }
+                let names = bundle.quantized().map(|p| p.spec.name.clone()).collect();
+                OriginalModel::ternary(&*self.source, names, *bundle.params())
+            }
+            OriginalForward::BitnetOnline => {
+                OriginalModel::bitnet_online(&*self.source, self.converted.clone())
+            }
+        }
+    }
+}
+
 /// The original decoder's next-token predictions, recomputed from `--reference` (a model
 /// directory, or a safetensors checkpoint in transformers' naming), and the near-ties.
 fn decoder_reference(
     samples: &Samples<'_>,
     spec: &DecoderSpec,
-    path: &std::path::Path,
+    original: &OriginalModel<'_>,
 ) -> Result<Recomputed> {
-    let hf;
-    let ckpt;
-    let source: &dyn TensorSource = if path.is_dir() {
-        hf = HfModel::open(path)?;
-        &hf
-    } else {
-        ckpt = CheckpointSource::open(path)?;
-        &ckpt
-    };
-    let weights = SourceWeights::new(spec, source)?;
+    let source = original.source();
     let stored = samples.original_predictions();
     let mut r = Recomputed {
         predictions: Vec::with_capacity(samples.len()),
@@ -384,7 +455,7 @@ fn decoder_reference(
     };
     for seqs in sequence_chunks(samples, spec) {
         let ids = samples.ids(seqs);
-        let logits = decoder::forward(spec, &weights, ids.view())?;
+        let logits = original.decoder_logits(spec, ids.view())?;
         let (_, t, v) = logits.dim();
         let positions = logits
             .slice(ndarray::s![.., ..t - 1, ..])

@@ -38,6 +38,14 @@ pub fn requantize(
     options: WriteOptions,
 ) -> Result<(WriteReport, Vec<TritChanges>)> {
     let m = old.manifest();
+    if let Some(given) = &m.quantization.source {
+        // No setting of this tool's quantizer reproduces another quantizer's trits.
+        return Err(Error::InvalidArgument(format!(
+            "{}: its trits were given by an already-ternary source ({}, method \"given\"), not made by this tool's quantizer, so no setting reproduces them: quantize the fine-tuned weights with the stage that made them, or `bundle create --from` them with explicit settings",
+            old.dir().display(),
+            escape_name(&given.format)
+        )));
+    }
     let available: BTreeSet<String> = source.tensors().into_iter().map(|t| t.name).collect();
     for t in &m.tensors {
         if !available.contains(&t.name) {
