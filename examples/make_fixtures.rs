@@ -216,6 +216,93 @@ pub fn write_decoder(dest: &Path) {
         .unwrap_or_else(|e| panic!("writing fixture {}: {e}", dest.display()));
 }
 
+/// The given-trits fixture (format 4.0) under fixtures/bundles.
+pub const GIVEN_FIXTURE: &str = "tiny-given";
+
+/// A tiny tokenizer (Hugging Face `tokenizers` WordLevel), carried as an asset of the
+/// given-trits fixture.
+pub const TINY_TOKENIZER: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"a":1,"b":2},"unk_token":"[UNK]"}}"#;
+
+/// The tiny model's trits as an already-ternary source gives them: `fc1.weight` with a scale
+/// per row, `fc2.weight` with one per tensor (spec section 7.1: the bundle repeats it per row).
+struct TinyGiven {
+    floats: MemorySource,
+    given: std::collections::BTreeMap<String, ternary_bundle::source::given::GivenTensor>,
+}
+
+impl ternary_bundle::source::TensorSource for TinyGiven {
+    fn path(&self) -> &Path {
+        Path::new("fixtures/tiny-given")
+    }
+    fn tensors(&self) -> Vec<ternary_bundle::source::SourceTensor> {
+        self.floats.tensors()
+    }
+    fn load_f32(&self, name: &str) -> ternary_bundle::Result<Vec<f32>> {
+        self.floats.load_f32(name)
+    }
+    fn given(
+        &self,
+        name: &str,
+    ) -> ternary_bundle::Result<Option<ternary_bundle::source::given::GivenTensor>> {
+        Ok(self.given.get(name).cloned())
+    }
+}
+
+/// A bundle of given trits (method given, mixed given granularities), with a carried
+/// tokenizer and original predictions of the tiny model's float weights (`provenance.original`).
+pub fn write_given(dest: &Path) {
+    use ternary_bundle::format::manifest::QuantSourceSpec;
+    use ternary_bundle::model::original::OriginalModel;
+    use ternary_bundle::source::given::{GivenScales, GivenTensor};
+    use ternary_bundle::source::{AssetFile, TensorSource};
+    let floats = tiny_source();
+    let mut given = std::collections::BTreeMap::new();
+    for (name, rows, cols, per_row) in [
+        ("fc1.weight", 24, INPUT_DIM, true),
+        ("fc2.weight", CLASSES, 24, false),
+    ] {
+        let w = floats.load_f32(name).unwrap();
+        let trits: Vec<i8> = w
+            .iter()
+            .map(|&v| (v > 0.2) as i8 - (v < -0.2) as i8)
+            .collect();
+        let scales = if per_row {
+            GivenScales::Channel((0..rows).map(|r| 0.25 + r as f32 / 64.0).collect())
+        } else {
+            GivenScales::Tensor(0.375)
+        };
+        assert_eq!(trits.len() as u64, rows * cols);
+        given.insert(name.to_string(), GivenTensor { trits, scales });
+    }
+    let source = TinyGiven { floats, given };
+    let mut plan = tiny_plan(QuantParams::default());
+    plan.given = Some(QuantSourceSpec {
+        format: "quantization-metadata".into(),
+        scale_name: "scales".into(),
+        scale_convention: "multiply".into(),
+        details: Some(serde_json::json!({"quantization_scheme": "1.58-bit"})),
+    });
+    let options = WriteOptions {
+        validation: Some(tiny_validation()),
+        assets: vec![AssetFile {
+            name: "tokenizer.json".into(),
+            bytes: TINY_TOKENIZER.as_bytes().to_vec(),
+        }],
+        ..WriteOptions::default()
+    };
+    let original_weights = tiny_source();
+    let original = OriginalModel::dense(&original_weights);
+    ternary_bundle::write::bundle::write_bundle_from(
+        dest,
+        &source,
+        Some(&original),
+        &plan,
+        &options,
+        &|_| {},
+    )
+    .unwrap_or_else(|e| panic!("writing fixture {}: {e}", dest.display()));
+}
+
 /// Rewrites `dir/manifest.json` after `edit` changes its JSON value.
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     surgery::edit_manifest(dir, edit);
@@ -434,6 +521,7 @@ pub fn generate(root: &Path) {
         write(&bundles.join(name), params, validation);
     }
     write_decoder(&bundles.join(DECODER_FIXTURE));
+    write_given(&bundles.join(GIVEN_FIXTURE));
     // Versioning (spec section 13): a newer MINOR with keys this reader does not know opens...
     let newer = root.join("versions/newer-minor");
     std::fs::create_dir_all(newer.parent().unwrap()).unwrap();

@@ -18,7 +18,9 @@ use crate::hf::tokenizer::{carried_assets, validation_from_text};
 use crate::model::original::{bitnet_online_params, OriginalModel};
 use crate::source::hf::{Dtypes, HfModel, CONFIG_FILE};
 use crate::source::quantization_metadata::{QuantizationMetadata, StageHandoff, METADATA_FILE};
-use crate::source::{load_validation_set, AssetFile, CheckpointSource, TensorSource, ValidationSet};
+use crate::source::{
+    load_validation_set, AssetFile, CheckpointSource, TensorSource, ValidationSet,
+};
 use crate::write::arch::{infer_arch, load_arch};
 use crate::write::bundle::{write_bundle_from, SourceDigest, WriteOptions, WriteReport};
 use crate::write::plan::{select_quantized, BundlePlan};
@@ -65,7 +67,12 @@ enum Original {
     /// bitnet-online).
     Source(OriginalForward, BTreeSet<String>),
     /// Another model, with its forward pass, converted tensors and file digest.
-    Other(Box<dyn TensorSource>, OriginalForward, BTreeSet<String>, Option<String>),
+    Other(
+        Box<dyn TensorSource>,
+        OriginalForward,
+        BTreeSet<String>,
+        Option<String>,
+    ),
     /// None known: no original predictions.
     None,
 }
@@ -101,13 +108,18 @@ impl CreateInputs {
             }
             let assets = carried_assets(from)?;
             let config = std::fs::read_to_string(from.join(CONFIG_FILE)).unwrap_or_default();
-            let bitnet = BitnetQuantization::from_config(&config)
-                .map_err(|m| Error::InvalidArgument(format!("{}: {m}", from.join(CONFIG_FILE).display())))?;
+            let bitnet = BitnetQuantization::from_config(&config).map_err(|m| {
+                Error::InvalidArgument(format!("{}: {m}", from.join(CONFIG_FILE).display()))
+            })?;
             let (weights, plan, forward, converted) = match (metadata, bitnet) {
                 (Some(meta), _) => {
                     let model = HfModel::open_with(from, Dtypes::Any, true)?;
                     let spec = model.spec().clone();
-                    given_plan(request, Box::new(StageHandoff::new(Box::new(model), meta)?), ModelSpec::of_decoder(&spec))?
+                    given_plan(
+                        request,
+                        Box::new(StageHandoff::new(Box::new(model), meta)?),
+                        ModelSpec::of_decoder(&spec),
+                    )?
                 }
                 (None, Some(q)) if !q.online => {
                     let packed = PackedBitnet::open(from)?;
@@ -118,7 +130,12 @@ impl CreateInputs {
                         given: Some(packed.quantization().record()),
                     };
                     no_quantize_patterns(request)?;
-                    (Box::new(packed) as Box<dyn TensorSource>, plan, OriginalForward::Dense, BTreeSet::new())
+                    (
+                        Box::new(packed) as Box<dyn TensorSource>,
+                        plan,
+                        OriginalForward::Dense,
+                        BTreeSet::new(),
+                    )
                 }
                 (None, online) => {
                     let model = HfModel::open_with(from, Dtypes::Float, online.is_none())?;
@@ -128,7 +145,8 @@ impl CreateInputs {
                         None => QuantParams::default(),
                     };
                     let model_spec = ModelSpec::of_decoder(model.spec());
-                    let quantize = select_quantized(&model.tensors(), &model_spec, &request.quantize)?;
+                    let quantize =
+                        select_quantized(&model.tensors(), &model_spec, &request.quantize)?;
                     let plan = BundlePlan {
                         model: model_spec,
                         params: absmean_params(request, defaults)?,
@@ -145,7 +163,12 @@ impl CreateInputs {
                         Some(c) => (OriginalForward::BitnetOnline, c),
                         None => (dense_or_ternary(request), BTreeSet::new()),
                     };
-                    (Box::new(model) as Box<dyn TensorSource>, plan, forward, converted)
+                    (
+                        Box::new(model) as Box<dyn TensorSource>,
+                        plan,
+                        forward,
+                        converted,
+                    )
                 }
             };
             (weights, plan, forward, converted, assets)
@@ -156,7 +179,11 @@ impl CreateInputs {
                 None => infer_arch(&ckpt.tensors(), from, Activation::Identity)?,
             };
             let (weights, plan, forward, converted) = match metadata {
-                Some(meta) => given_plan(request, Box::new(StageHandoff::new(Box::new(ckpt), meta)?), model)?,
+                Some(meta) => given_plan(
+                    request,
+                    Box::new(StageHandoff::new(Box::new(ckpt), meta)?),
+                    model,
+                )?,
                 None => {
                     let quantize = select_quantized(&ckpt.tensors(), &model, &request.quantize)?;
                     let plan = BundlePlan {
@@ -165,7 +192,12 @@ impl CreateInputs {
                         quantize,
                         given: None,
                     };
-                    (Box::new(ckpt) as Box<dyn TensorSource>, plan, dense_or_ternary(request), BTreeSet::new())
+                    (
+                        Box::new(ckpt) as Box<dyn TensorSource>,
+                        plan,
+                        dense_or_ternary(request),
+                        BTreeSet::new(),
+                    )
                 }
             };
             (weights, plan, forward, converted, Vec::new())
@@ -188,7 +220,11 @@ impl CreateInputs {
                     .decoder
                     .as_ref()
                     .map(|d| d.vocab_size as usize)
-                    .ok_or_else(|| Error::InvalidArgument("--validation-text is for a language model (a model directory)".into()))?;
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(
+                            "--validation-text is for a language model (a model directory)".into(),
+                        )
+                    })?;
                 Some(validation_from_text(&tokenizer.bytes, text, *t, vocab)?)
             }
             (None, None) => None,
@@ -234,7 +270,9 @@ impl CreateInputs {
                 OriginalForward::Ternary => {
                     OriginalModel::ternary(s, self.plan.quantize.clone(), self.plan.params)?
                 }
-                OriginalForward::BitnetOnline => OriginalModel::bitnet_online(s, converted.clone())?,
+                OriginalForward::BitnetOnline => {
+                    OriginalModel::bitnet_online(s, converted.clone())?
+                }
             }),
         };
         let options = WriteOptions {
@@ -246,7 +284,14 @@ impl CreateInputs {
             original_sha256: sha,
             ..Default::default()
         };
-        write_bundle_from(dest, weights, original.as_ref(), &self.plan, &options, progress)
+        write_bundle_from(
+            dest,
+            weights,
+            original.as_ref(),
+            &self.plan,
+            &options,
+            progress,
+        )
     }
 }
 
@@ -265,7 +310,12 @@ fn given_plan(
     request: &CreateRequest,
     stage: Box<StageHandoff>,
     model: ModelSpec,
-) -> Result<(Box<dyn TensorSource>, BundlePlan, OriginalForward, BTreeSet<String>)> {
+) -> Result<(
+    Box<dyn TensorSource>,
+    BundlePlan,
+    OriginalForward,
+    BTreeSet<String>,
+)> {
     no_quantize_patterns(request)?;
     let plan = BundlePlan {
         model,
@@ -279,7 +329,8 @@ fn given_plan(
 fn no_quantize_patterns(request: &CreateRequest) -> Result<()> {
     if !request.quantize.is_empty() {
         return Err(Error::InvalidArgument(
-            "--quantize: the source's trits decide what is quantized (they are taken as given)".into(),
+            "--quantize: the source's trits decide what is quantized (they are taken as given)"
+                .into(),
         ));
     }
     Ok(())
@@ -343,13 +394,28 @@ fn open_original(
                     path.display()
                 )));
             }
-            return Ok(Original::Other(Box::new(model), OriginalForward::BitnetOnline, c, None));
+            return Ok(Original::Other(
+                Box::new(model),
+                OriginalForward::BitnetOnline,
+                c,
+                None,
+            ));
         }
         // A plain directory has no quantization_config (HfModel refused any other).
         let model = HfModel::open(path)?;
-        return Ok(Original::Other(Box::new(model), dense_or_ternary(request), BTreeSet::new(), None));
+        return Ok(Original::Other(
+            Box::new(model),
+            dense_or_ternary(request),
+            BTreeSet::new(),
+            None,
+        ));
     }
     let ckpt = CheckpointSource::open(path)?;
     let sha = Some(ckpt.sha256());
-    Ok(Original::Other(Box::new(ckpt), dense_or_ternary(request), BTreeSet::new(), sha))
+    Ok(Original::Other(
+        Box::new(ckpt),
+        dense_or_ternary(request),
+        BTreeSet::new(),
+        sha,
+    ))
 }

@@ -675,6 +675,45 @@ fn an_existing_destination_is_replaced_only_when_forced_and_only_if_a_model_dire
     );
 }
 
+#[test]
+fn an_invalid_packed_byte_is_refused_and_nothing_is_left_behind() {
+    // Opening reads headers only: a packed byte 0xff (not trit5, rule 4.3) is found when the
+    // trits are decoded, after staging began.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spec(Family::Llama, true);
+    let dir = decoder_bundle(
+        &tmp,
+        "b",
+        &s,
+        per_tensor(Encoding::Trit5),
+        None,
+        None,
+        vec![],
+    );
+    let path = dir.join("ternary.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (n, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let start = meta.info(name).unwrap().data_offsets.0;
+    bytes[8 + n + start] = 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let b = Bundle::open(&dir).unwrap();
+    for (k, result) in [
+        export_hf(&b, &tmp.path().join("out"), &with_dtype(HfDtype::F32)),
+        export_hf(&b, &tmp.path().join("out"), &with_dtype(HfDtype::Bf16)),
+        export_hf_bitnet(&b, &tmp.path().join("out"), &HfExport::default()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = result.unwrap_err();
+        let v = e.violation().unwrap_or_else(|| panic!("{k}: {e:?}"));
+        assert_eq!(v.rule.number(), "4.3", "{k}: {e}");
+        assert_eq!(v.tensor.as_deref(), Some(name), "{k}: {e}");
+    }
+    assert_eq!(entries(tmp.path()), ["b"]);
+}
+
 // ---- --format hf-bitnet ----
 
 #[test]
@@ -825,6 +864,14 @@ fn hf_bitnet_takes_equal_channel_scales_as_the_tensor_scale() {
         let scale = &read[&format!("{}_scale", p.spec.name)];
         assert_eq!(scale.data, scales[0].to_le_bytes(), "{}", p.spec.name);
     }
+    // Read back, the bundle has per-tensor scales (another ternary.safetensors), and the same
+    // FP16 model.
+    let back = tmp.path().join("back");
+    bundle_from_hf_bitnet(&out, Encoding::Trit5, &back);
+    assert_eq!(
+        std::fs::read(back.join("fp16.safetensors")).unwrap(),
+        std::fs::read(dir.join("fp16.safetensors")).unwrap()
+    );
 }
 
 #[test]
@@ -927,6 +974,23 @@ fn hf_bitnet_refuses_what_the_format_cannot_hold() {
 
 // ---- the round trip ----
 
+/// A bundle in `dest` of the packed BitNet checkpoint `hf`, its trits and scales as given
+/// (`encoding`, per-tensor scales, spec section 18.2); the checkpoint as read.
+fn bundle_from_hf_bitnet(hf: &Path, encoding: Encoding, dest: &Path) -> PackedBitnet {
+    let p = PackedBitnet::open(hf).unwrap();
+    let plan = BundlePlan {
+        model: ModelSpec::of_decoder(p.spec()),
+        params: QuantParams {
+            granularity: Granularity::Tensor,
+            ..per_tensor(encoding)
+        },
+        quantize: p.converted().clone(),
+        given: Some(p.quantization().record()),
+    };
+    write_bundle(dest, &p, &plan, &WriteOptions::default()).unwrap();
+    p
+}
+
 #[test]
 fn bundle_to_hf_bitnet_and_back_gives_the_same_model_files() {
     let tmp = tempfile::tempdir().unwrap();
@@ -958,20 +1022,10 @@ fn bundle_to_hf_bitnet_and_back_gives_the_same_model_files() {
         };
         export_hf_bitnet(&b, &hf, &options).unwrap();
 
-        let p = PackedBitnet::open(&hf).unwrap();
+        let back = tmp.path().join(format!("back{k}"));
+        let p = bundle_from_hf_bitnet(&hf, encoding, &back);
         assert_eq!(p.spec(), b.decoder().unwrap());
         assert_eq!(p.converted(), &quantize);
-        let plan = BundlePlan {
-            model: ModelSpec::of_decoder(p.spec()),
-            params: QuantParams {
-                granularity: Granularity::Tensor,
-                ..per_tensor(encoding)
-            },
-            quantize: p.converted().clone(),
-            given: Some(p.quantization().record()),
-        };
-        let back = tmp.path().join(format!("back{k}"));
-        write_bundle(&back, &p, &plan, &WriteOptions::default()).unwrap();
         for file in ["ternary.safetensors", "fp16.safetensors"] {
             let a = std::fs::read(original.join(file)).unwrap();
             let z = std::fs::read(back.join(file)).unwrap();

@@ -97,6 +97,33 @@ fn the_decoder_fixture_is_format_3_and_passes_every_data_check() {
 }
 
 #[test]
+fn the_given_fixture_is_format_4_and_passes_every_data_check() {
+    // Spec section 13: fixtures/bundles/tiny-given MUST open and pass every data check.
+    let b = Bundle::open(
+        fixtures()
+            .join("bundles")
+            .join(make_fixtures::GIVEN_FIXTURE),
+    )
+    .unwrap();
+    assert_eq!(b.facts().version.to_string(), "4.0");
+    let m = b.manifest();
+    assert_eq!(m.quantization.method, "given");
+    assert_eq!(m.quantization.epsilon, None);
+    assert_eq!(m.quantization.granularity, "channel");
+    assert_eq!(m.provenance.original.as_ref().unwrap().forward, "dense");
+    assert_eq!(b.assets().len(), 1);
+    assert_eq!(
+        b.assets()[0].bytes(),
+        make_fixtures::TINY_TOKENIZER.as_bytes()
+    );
+    // fc2's one given scale, repeated per row.
+    let fc2 = b.packed("fc2.weight").unwrap();
+    assert_eq!(fc2.scales(), vec![0.375; 10]);
+    assert!(b.validation().unwrap().original_predictions.is_some());
+    check_all(&b).unwrap();
+}
+
+#[test]
 fn newer_minor_opens_and_reports_its_version() {
     let b = Bundle::open(fixtures().join("versions/newer-minor")).unwrap();
     assert_eq!(b.facts().version.to_string(), "1.7");

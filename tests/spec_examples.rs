@@ -272,17 +272,7 @@ fn tensor_example_fp16_bits() {
     let bits: Vec<u16> = h.iter().map(|v| v.to_bits()).collect();
     assert_eq!(bits, [0x3733, 0x0000, 0xB733, 0x4000, 0x0000, 0xC000]);
     let values: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
-    assert_eq!(
-        values,
-        [
-            0.449_951_17,
-            0.0,
-            -0.449_951_17,
-            2.0,
-            0.0,
-            -2.0
-        ]
-    );
+    assert_eq!(values, [0.449_951_17, 0.0, -0.449_951_17, 2.0, 0.0, -2.0]);
     assert_eq!(f16::from_f32(0.45).to_bits(), 0x3733);
     assert_eq!(f16::from_f32(1.333_333_4).to_bits(), 0x3D55);
     // t = 0 dequantizes to +0.0 and t = -1 to the negated F16 of the scale.

@@ -71,7 +71,11 @@ impl BitnetQuantization {
         let q = match v.get("quantization_config") {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Object(q)) => q,
-            Some(other) => return Err(format!("quantization_config: expected an object, found {other}")),
+            Some(other) => {
+                return Err(format!(
+                    "quantization_config: expected an object, found {other}"
+                ))
+            }
         };
         match q.get("quant_method").and_then(Value::as_str) {
             Some("bitnet") => {}
@@ -131,10 +135,14 @@ impl BitnetQuantization {
                 ))
             }
         };
-        let stated = ["linear_class", "quantization_mode", "modules_to_not_convert"]
-            .iter()
-            .filter_map(|k| q.get(*k).map(|v| (k.to_string(), v.clone())))
-            .collect();
+        let stated = [
+            "linear_class",
+            "quantization_mode",
+            "modules_to_not_convert",
+        ]
+        .iter()
+        .filter_map(|k| q.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
         Ok(Some(BitnetQuantization {
             linear_class,
             online,
@@ -149,7 +157,11 @@ impl BitnetQuantization {
         let default = ["lm_head".to_string()];
         let entries = self.not_convert.as_deref().unwrap_or(&default);
         entries.iter().any(|e| {
-            name == e || name.ends_with(e.as_str()) || name.strip_prefix(e.as_str()).is_some_and(|r| r.starts_with('.'))
+            name == e
+                || name.ends_with(e.as_str())
+                || name
+                    .strip_prefix(e.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
         })
     }
 
@@ -158,9 +170,9 @@ impl BitnetQuantization {
     pub fn converted(&self, spec: &DecoderSpec) -> std::result::Result<BTreeSet<String>, String> {
         let mut modules: Vec<String> = (0..spec.num_hidden_layers)
             .flat_map(|l| {
-                PROJECTIONS.iter().map(move |p| {
-                    format!("model.layers.{l}.{}", p.trim_end_matches(".weight"))
-                })
+                PROJECTIONS
+                    .iter()
+                    .map(move |p| format!("model.layers.{l}.{}", p.trim_end_matches(".weight")))
             })
             .collect();
         modules.push("lm_head".into());
@@ -220,7 +232,11 @@ pub fn pack_weights(trits: &[i8], rows: usize, cols: usize) -> Option<Vec<u8>> {
 
 /// Unpacks `[rows / 4, cols]` bytes of `pack_weights` into the trits of a `[rows, cols]`
 /// matrix; on code 3 (not a trit), the flat index of the byte.
-pub fn unpack_weights(packed: &[u8], rows: usize, cols: usize) -> std::result::Result<Vec<i8>, usize> {
+pub fn unpack_weights(
+    packed: &[u8],
+    rows: usize,
+    cols: usize,
+) -> std::result::Result<Vec<i8>, usize> {
     let p = rows / 4;
     let mut out = vec![0i8; rows * cols];
     for (i, plane) in out.chunks_mut(p * cols.max(1)).enumerate() {
@@ -299,11 +315,7 @@ impl PackedBitnet {
                     shape_string(found)
                 )));
             }
-            tensors.push(SourceTensor {
-                name,
-                shape,
-                dtype,
-            });
+            tensors.push(SourceTensor { name, shape, dtype });
         }
         for name in &converted {
             let scale = scale_name(name);
@@ -361,7 +373,9 @@ impl PackedBitnet {
         let (dtype, _, bytes) = self.model.raw(&scale).ok_or_else(|| {
             Error::InvalidArgument(format!("{}: no tensor {scale}", self.model.dir().display()))
         })?;
-        let s = to_f32(dtype, bytes).and_then(|v| v.first().copied()).unwrap_or(f32::NAN);
+        let s = to_f32(dtype, bytes)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(f32::NAN);
         let b = self.quantization.linear_class.convention().bundle_scale(s);
         if !(s.is_finite() && s > 0.0 && b.is_finite() && b > 0.0) {
             return Err(Violation::new(
@@ -423,15 +437,21 @@ impl TensorSource for PackedBitnet {
             Error::InvalidArgument(format!("{}: no tensor {name}", self.model.dir().display()))
         })?;
         let bad = |found: String| -> Error {
-            Violation::new(self.model.dir(), Rule::GivenTrits, "trits: codes 0, 1, 2 (-1, 0, +1)", found)
-                .tensor(name)
-                .into()
+            Violation::new(
+                self.model.dir(),
+                Rule::GivenTrits,
+                "trits: codes 0, 1, 2 (-1, 0, +1)",
+                found,
+            )
+            .tensor(name)
+            .into()
         };
         let trits = if dtype == Dtype::U8 {
             unpack_weights(bytes, rows, cols)
                 .map_err(|i| bad(format!("code 3 in packed byte {i} ({:#04x})", bytes[i])))?
         } else {
-            trits_from_bytes(dtype, bytes).map_err(|(i, v)| bad(format!("{v} at flat index {i}")))?
+            trits_from_bytes(dtype, bytes)
+                .map_err(|(i, v)| bad(format!("{v} at flat index {i}")))?
         };
         RawTensors::release(&self.model, bytes);
         Ok(Some(GivenTensor {
@@ -448,7 +468,9 @@ pub fn online_converted(model: &HfModel) -> Result<Option<BTreeSet<String>>> {
     let bad = |m: String| Error::InvalidArgument(format!("{}: {m}", config.display()));
     match BitnetQuantization::from_config(model.config_text()).map_err(bad)? {
         Some(q) if q.online => Ok(Some(q.converted(model.spec()).map_err(bad)?)),
-        Some(_) => Err(bad("quantization_mode \"offline\": a packed checkpoint, not float master weights".into())),
+        Some(_) => Err(bad(
+            "quantization_mode \"offline\": a packed checkpoint, not float master weights".into(),
+        )),
         None => Ok(None),
     }
 }

@@ -355,7 +355,6 @@ fn state_dict(
         if bundle.tensor(&name).is_none() {
             return Err(bundle.missing_tensor(FileRole::Ternary, &name));
         }
-        let packed = bundle.packed(&name);
         match target {
             Target::Dense(dtype) => tensors.push(OutTensor {
                 name: name.clone(),
@@ -367,7 +366,7 @@ fn state_dict(
                     HfDtype::F32 | HfDtype::Bf16 => Content::Values(dtype.dtype()),
                 },
             }),
-            Target::Bitnet => match packed {
+            Target::Bitnet => match bundle.packed(&name) {
                 Some(p) => {
                     let scale = bitnet_scale(bundle, &name, &p)?;
                     tensors.push(OutTensor {
@@ -400,7 +399,6 @@ fn state_dict(
             },
         }
     }
-
     Ok((tensors, not_converted))
 }
 

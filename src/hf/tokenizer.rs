@@ -33,8 +33,8 @@ const TOKENIZER_JSON: &str = "tokenizer.json";
 /// The asset files (rule 1.6) of the Hugging Face model directory `dir`, whichever exist, in
 /// the order of [`ASSET_NAMES`], each read whole to be carried into the bundle unchanged.
 ///
-/// Each must be a regular file (rule 1.3: opened without following symbolic links, so a link,
-/// a directory or a FIFO is refused naming it) of at most [`MAX_ASSET_BYTES`]. The `.json`
+/// Each must be a regular file or a symbolic link to one (a directory, a FIFO or a link to
+/// nothing is refused naming it) of at most [`MAX_ASSET_BYTES`]. The `.json`
 /// files must be JSON objects, and `tokenizer.json` a tokenizer that the Hugging Face
 /// `tokenizers` library reads. Errors are [`Error::InvalidArgument`] naming the file.
 pub fn carried_assets(dir: &Path) -> Result<Vec<AssetFile>> {
@@ -201,24 +201,26 @@ fn check_json_object(path: &Path, bytes: &[u8]) -> Result<()> {
     )))
 }
 
-/// Reads the asset file at `path` (rule 1.3: a regular file, not through a symbolic link);
-/// `None` when there is none.
+/// Reads the asset file at `path` of a model directory; `None` when there is none. The model
+/// directory is the user's input, like its weights, so a symbolic link is followed (a Hugging
+/// Face cache snapshot links every file to its blob) but must lead to a regular file; a link
+/// to nothing is an error, not a missing file. `O_NONBLOCK` so that a FIFO cannot hang the
+/// reader. (In the bundle, rule 1.3 holds: the writer copies the bytes into a regular file.)
 fn read_asset(path: &Path) -> Result<Option<Vec<u8>>> {
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(flags.bits() as i32)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
     {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::LOOP) => {
-            return Err(Error::InvalidArgument(format!(
-                "{}: expected a regular file, found a symbolic link (asset files are not read \
-                 through links, rule 1.3; a Hugging Face cache snapshot links its files, a \
-                 download to a directory of its own does not)",
-                path.display()
-            )))
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: expected a regular file, found a symbolic link to nothing (an incomplete download?)",
+                    path.display()
+                )));
+            }
+            return Ok(None);
         }
         Err(e) => return Err(Error::io(path, "open", e)),
     };

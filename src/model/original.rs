@@ -14,8 +14,8 @@ use crate::format::activation::Activation;
 use crate::format::decoder::DecoderSpec;
 use crate::format::manifest::{ModelSpec, OriginalForward};
 use crate::format::quantization::{Granularity, QuantParams};
-use crate::model::decoder::{self, ActivationQuantized, SourceWeights};
 use crate::model::chunks::chunk_rows;
+use crate::model::decoder::{self, ActivationQuantized, SourceWeights};
 use crate::model::reference::{argmax_rows, forward_source};
 use crate::source::ternarized::Ternarized;
 use crate::source::TensorSource;
@@ -65,7 +65,10 @@ impl<'a> OriginalModel<'a> {
     /// transformers' online BitNet model of `source` (forward `bitnet-online`, spec section
     /// 18.3): the modules `converted` (weight names) ternarized per tensor, their inputs
     /// quantized to 8 bits per token.
-    pub fn bitnet_online(source: &'a dyn TensorSource, converted: BTreeSet<String>) -> Result<Self> {
+    pub fn bitnet_online(
+        source: &'a dyn TensorSource,
+        converted: BTreeSet<String>,
+    ) -> Result<Self> {
         Ok(OriginalModel {
             forward: OriginalForward::BitnetOnline,
             dense: source,
@@ -105,13 +108,19 @@ impl<'a> OriginalModel<'a> {
 
     /// The decoder's next-token predictions at every position but the last, a chunk of
     /// sequences at a time (what `original_predictions` records).
-    pub fn decoder_predictions(&self, spec: &DecoderSpec, ids: ArrayView2<i64>) -> Result<Vec<usize>> {
+    pub fn decoder_predictions(
+        &self,
+        spec: &DecoderSpec,
+        ids: ArrayView2<i64>,
+    ) -> Result<Vec<usize>> {
         let (n, t) = ids.dim();
         let chunk = crate::model::chunks::decoder_sequences(spec, t);
         let mut out = Vec::with_capacity(n.saturating_mul(t.saturating_sub(1)));
         for start in (0..n).step_by(chunk.max(1)) {
             let part = ids.slice(ndarray::s![start..(start + chunk).min(n), ..]);
-            out.extend(decoder::next_token_predictions(&self.decoder_logits(spec, part)?));
+            out.extend(decoder::next_token_predictions(
+                &self.decoder_logits(spec, part)?,
+            ));
         }
         Ok(out)
     }

@@ -575,8 +575,13 @@ mod tests {
 
     #[test]
     fn given_trits_are_packed_whatever_the_scale() {
-        let q = pack_given(&[1, 0, -1, 1, 1, 0], &[2, 3], &QuantParams::default(), vec![100.0, 1e-3])
-            .unwrap();
+        let q = pack_given(
+            &[1, 0, -1, 1, 1, 0],
+            &[2, 3],
+            &QuantParams::default(),
+            vec![100.0, 1e-3],
+        )
+        .unwrap();
         assert_eq!(q.packed, vec![5, 2 + 2 * 3 + 9]);
         assert_eq!(q.scales, vec![100.0, 1e-3]);
         assert_eq!(q.stats.zeros, 2);

@@ -151,11 +151,15 @@ pub fn trits_from_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<i8>, (usize, S
         Dtype::I8 => check(bytes.iter().map(|&b| b as i8), |v| int(v.into())),
         Dtype::U8 | Dtype::Bool => check(bytes.iter().copied(), |v| int(v.into())),
         Dtype::I16 => check(
-            bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])),
+            bytes
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]])),
             |v| int(v.into()),
         ),
         Dtype::U16 => check(
-            bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])),
+            bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]])),
             |v| int(v.into()),
         ),
         Dtype::I32 => check(
@@ -189,7 +193,9 @@ pub fn trits_from_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<i8>, (usize, S
                     .map(f64::from)
                     .collect(),
             };
-            check(values.into_iter(), |v| float(v as f32).filter(|_| v.abs() <= 1.0))
+            check(values.into_iter(), |v| {
+                float(v as f32).filter(|_| v.abs() <= 1.0)
+            })
         }
     }
 }
@@ -233,8 +239,14 @@ mod tests {
             trits_from_bytes(Dtype::I8, &[0xFF, 0, 1]).unwrap(),
             vec![-1, 0, 1]
         );
-        assert_eq!(trits_from_bytes(Dtype::I8, &[2]).unwrap_err(), (0, "2".into()));
-        let f: Vec<u8> = [-1.0f32, -0.0, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            trits_from_bytes(Dtype::I8, &[2]).unwrap_err(),
+            (0, "2".into())
+        );
+        let f: Vec<u8> = [-1.0f32, -0.0, 1.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(trits_from_bytes(Dtype::F32, &f).unwrap(), vec![-1, 0, 1]);
         let f: Vec<u8> = [0.5f32].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert!(trits_from_bytes(Dtype::F32, &f).is_err());

@@ -180,7 +180,8 @@ impl HfModel {
                     shape_string(&e.shape)
                 )));
             }
-            if dtypes == Dtypes::Float && !matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            if dtypes == Dtypes::Float && !matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+            {
                 return Err(Error::InvalidArgument(format!(
                     "{}: tensor {name}: expected dtype F32, F16 or BF16, found {}",
                     shard.path().display(),

@@ -71,8 +71,8 @@ impl QuantizationMetadata {
         if !dup.0 {
             return Err(bad("a JSON object", "another JSON value".into()));
         }
-        let top: BTreeMap<String, Box<RawValue>> = serde_json::from_str(&text)
-            .map_err(|e| bad("a JSON object", e.to_string()))?;
+        let top: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(&text).map_err(|e| bad("a JSON object", e.to_string()))?;
         let scales_raw = top
             .get("scales")
             .ok_or_else(|| bad("a key \"scales\" {tensor: scale}", "none".into()))?;
@@ -94,8 +94,13 @@ impl QuantizationMetadata {
             scales.insert(name, value);
         }
         if let Some(zp) = top.get("zero_points") {
-            let zp: BTreeMap<String, serde_json::Value> = serde_json::from_str(zp.get())
-                .map_err(|e| bad("\"zero_points\": an object {tensor: zero point}", e.to_string()))?;
+            let zp: BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(zp.get()).map_err(|e| {
+                    bad(
+                        "\"zero_points\": an object {tensor: zero point}",
+                        e.to_string(),
+                    )
+                })?;
             for (name, v) in zp {
                 if !all_zero(&v) {
                     return Err(Violation::new(
@@ -115,7 +120,9 @@ impl QuantizationMetadata {
                 t.parse::<u64>()
                     .ok()
                     .filter(|&g| (1..=crate::format::limits::MAX_GROUP_SIZE).contains(&g))
-                    .ok_or_else(|| bad("group_size: an integer >= 1", crate::error::excerpt(t, 32)))?,
+                    .ok_or_else(|| {
+                        bad("group_size: an integer >= 1", crate::error::excerpt(t, 32))
+                    })?,
             ),
         };
         let mut details = serde_json::Map::new();
@@ -250,11 +257,17 @@ impl StageHandoff {
             scales.insert(name.clone(), given);
         }
         for t in tensors.values() {
-            if !scales.contains_key(&t.name) && !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            if !scales.contains_key(&t.name)
+                && !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+            {
                 return Err(Violation::new(
                     inner.path(),
                     Rule::GivenTrits,
-                    format!("a scale in {} for this {} tensor (or a float tensor)", meta_path.display(), t.dtype),
+                    format!(
+                        "a scale in {} for this {} tensor (or a float tensor)",
+                        meta_path.display(),
+                        t.dtype
+                    ),
                     "a quantized tensor without a scale",
                 )
                 .tensor(&t.name)
@@ -323,8 +336,14 @@ fn given_scales(
         GivenScales::Tensor(s) => std::slice::from_ref(s),
         GivenScales::Channel(v) | GivenScales::Group { scales: v, .. } => v,
     };
-    if let Some((i, s)) = values.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
-        return Err(format!("scale {s} at index {i} (scales must be finite and > 0)"));
+    if let Some((i, s)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+    {
+        return Err(format!(
+            "scale {s} at index {i} (scales must be finite and > 0)"
+        ));
     }
     Ok(scales)
 }

@@ -112,7 +112,10 @@ fn reference(runs: &ModelRuns<'_>) -> Outcome {
     let provenance = &runs.bundle.manifest().provenance;
     let (declared, key) = match provenance.original.as_ref().and_then(|o| o.sha256.as_ref()) {
         Some(d) => (Some(d), "provenance.original.sha256"),
-        None => (provenance.source_sha256.as_ref(), "provenance.source_sha256"),
+        None => (
+            provenance.source_sha256.as_ref(),
+            "provenance.source_sha256",
+        ),
     };
     let same_file = declared.map(|d| *d == recomputed.sha256);
     let provenance = match same_file {

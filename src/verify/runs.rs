@@ -9,14 +9,14 @@ use serde_json::json;
 use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
+use crate::format::decoder::DecoderSpec;
 use crate::format::manifest::OriginalForward;
 use crate::format::quantization::QuantMethod;
 use crate::hf::bitnet::{online_converted, BitnetQuantization};
-use crate::model::original::OriginalModel;
-use crate::format::decoder::DecoderSpec;
 use crate::model::bundle_decoder::BundleDecoder;
 use crate::model::chunks::{chunk_rows, decoder_sequences};
 use crate::model::decoder::{self, next_token_predictions};
+use crate::model::original::OriginalModel;
 use crate::model::reference::{argmax_rows, forward_bundle, WeightPath};
 use crate::read::Bundle;
 use crate::source::hf::{Dtypes, HfModel};
@@ -34,7 +34,8 @@ pub(crate) fn same_share(a: &[usize], b: &[usize]) -> f64 {
 
 /// Why a bundle offers no original predictions to compare with.
 pub(crate) fn no_original_predictions(bundle: Option<&Bundle>) -> &'static str {
-    let given = bundle.is_some_and(|b| b.facts().method == crate::format::quantization::QuantMethod::Given);
+    let given =
+        bundle.is_some_and(|b| b.facts().method == crate::format::quantization::QuantMethod::Given);
     match (bundle.and_then(Bundle::validation), given) {
         (Some(_), true) => "no original predictions: the bundle's trits were given by an already-ternary source and it was created without their original model (create --original); give --reference ORIGINAL",
         (Some(_), false) => "no original predictions: the validation set has no original_predictions (a format 1.x bundle); give --reference ORIGINAL.safetensors",

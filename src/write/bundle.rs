@@ -192,7 +192,9 @@ fn check_plan(source: &dyn TensorSource, plan: &BundlePlan, options: &WriteOptio
     }
     let mut names = BTreeSet::new();
     for a in &options.assets {
-        if !crate::format::manifest::ASSET_NAMES.contains(&a.name.as_str()) || !names.insert(&a.name) {
+        if !crate::format::manifest::ASSET_NAMES.contains(&a.name.as_str())
+            || !names.insert(&a.name)
+        {
             return Err(Error::InvalidArgument(format!(
                 "asset {}: expected one of {} (each once)",
                 escape_name(&a.name),
@@ -427,8 +429,14 @@ fn write_tensor(
                     "real values".into(),
                 )
             })?;
-            let (rows, cols) = crate::format::quantization::rows_cols(&spec.shape)
-                .ok_or_else(|| src_err(Rule::TensorList, "a quantizable shape", format!("{:?}", spec.shape)))?;
+            let (rows, cols) =
+                crate::format::quantization::rows_cols(&spec.shape).ok_or_else(|| {
+                    src_err(
+                        Rule::TensorList,
+                        "a quantizable shape",
+                        format!("{:?}", spec.shape),
+                    )
+                })?;
             let scales = g
                 .scales
                 .layout(params.granularity, rows, cols)
@@ -499,7 +507,11 @@ fn write_tensor(
 /// The validation set fits the model (rules 6.1 and 6.2): N >= 1 rows of `input_dim` inputs and
 /// labels of the last layer's outputs for a chain of layers; N >= 1 sequences of T >= 2 tokens,
 /// T - 1 labels each, every id and label a token for a decoder.
-fn check_validation_fits(v: &ValidationSet, plan: &BundlePlan, facts: &ManifestFacts) -> Result<()> {
+fn check_validation_fits(
+    v: &ValidationSet,
+    plan: &BundlePlan,
+    facts: &ManifestFacts,
+) -> Result<()> {
     match &facts.decoder {
         Some(spec) => check_token_sequences(v, spec),
         None => check_validation_set(v, &plan.model),
@@ -633,11 +645,8 @@ fn write_validation(
         None => v.inputs.iter().flat_map(|x| x.to_le_bytes()).collect(),
     };
     let labels: Vec<u8> = v.labels.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let predictions: Option<Vec<u8>> = original_predictions.map(|p| {
-        p.iter()
-            .flat_map(|&c| (c as i64).to_le_bytes())
-            .collect()
-    });
+    let predictions: Option<Vec<u8>> =
+        original_predictions.map(|p| p.iter().flat_map(|&c| (c as i64).to_le_bytes()).collect());
     let mut data = vec![
         (first, inputs.as_slice()),
         (VALIDATION_LABELS, labels.as_slice()),

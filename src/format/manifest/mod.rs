@@ -24,9 +24,7 @@ use crate::format::limits::MAX_MANIFEST_BYTES;
 use crate::format::quantization::{QuantMethod, QuantParams};
 use crate::format::rules::Rule;
 use crate::format::safetensors::{bounded_shape, element_count};
-use json::{
-    describe, exact_f32, exact_f32_opt, lenient, required_nullable, Head, NoDuplicateKeys,
-};
+use json::{describe, exact_f32, exact_f32_opt, lenient, required_nullable, Head, NoDuplicateKeys};
 
 pub use digest::{manifest_digest, seal_manifest_bytes, MANIFEST_DIGEST_PLACEHOLDER};
 pub use validate::is_sha256_hex;

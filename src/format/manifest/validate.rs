@@ -79,9 +79,7 @@ impl Manifest {
                 )
                 .into())
             }
-            other => {
-                return Err(bad("method \"absmean\" or \"given\"", excerpt(other, 32)).into())
-            }
+            other => return Err(bad("method \"absmean\" or \"given\"", excerpt(other, 32)).into()),
         };
         let encoding = Encoding::from_name(&q.encoding)
             .ok_or_else(|| bad("encoding \"trit5\" or \"trit2\"", excerpt(&q.encoding, 32)))?;
@@ -115,25 +113,24 @@ impl Manifest {
             return Err(bad("zero_point 0", q.zero_point.to_string()).into());
         }
         let defaults = QuantParams::default();
-        let (epsilon, sparsity_threshold) = match (method, q.epsilon, q.sparsity_threshold) {
-            (QuantMethod::Absmean, Some(e), Some(t)) => (e, t),
-            (QuantMethod::Absmean, e, t) => {
-                return Err(bad(
-                    "epsilon and sparsity_threshold numbers for method \"absmean\"",
-                    format!("epsilon {e:?}, sparsity_threshold {t:?}"),
-                )
-                .into())
-            }
-            // No quantizer ran: the settings are null, and the defaults stand in internally.
-            (QuantMethod::Given, None, None) => (defaults.epsilon, defaults.sparsity_threshold),
-            (QuantMethod::Given, e, t) => {
-                return Err(bad(
+        let (epsilon, sparsity_threshold) =
+            match (method, q.epsilon, q.sparsity_threshold) {
+                (QuantMethod::Absmean, Some(e), Some(t)) => (e, t),
+                (QuantMethod::Absmean, e, t) => {
+                    return Err(bad(
+                        "epsilon and sparsity_threshold numbers for method \"absmean\"",
+                        format!("epsilon {e:?}, sparsity_threshold {t:?}"),
+                    )
+                    .into())
+                }
+                // No quantizer ran: the settings are null, and the defaults stand in internally.
+                (QuantMethod::Given, None, None) => (defaults.epsilon, defaults.sparsity_threshold),
+                (QuantMethod::Given, e, t) => return Err(bad(
                     "epsilon and sparsity_threshold null for method \"given\" (no quantizer ran)",
                     format!("epsilon {e:?}, sparsity_threshold {t:?}"),
                 )
-                .into())
-            }
-        };
+                .into()),
+            };
         let params = QuantParams {
             encoding,
             granularity,
@@ -205,7 +202,12 @@ impl Manifest {
             return Ok(());
         };
         let bad = |expected: String, found: String| {
-            Violation::new(path, Rule::Assets, format!("files.assets: {expected}"), found)
+            Violation::new(
+                path,
+                Rule::Assets,
+                format!("files.assets: {expected}"),
+                found,
+            )
         };
         if assets.len() > ASSET_NAMES.len() {
             return Err(bad(
