@@ -135,6 +135,84 @@ python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "
     --run "$work/from-python-trit2" "$work/x-tiny.safetensors" "$work/run-tiny-fp16.safetensors" \
     --run "$work/from-python-trit2" "$work/x-tiny.safetensors" "$work/run-tiny-ternary.safetensors"
 
+# Format 4.0: ternary models as they already exist (spec sections 7.1, 18), each bundle read back
+# and checked by an independent numpy implementation of the spec (scripts/conversions_numpy.py).
+# A verify report passes when every check passes but those named (skipped for a stated reason).
+all_pass() {
+    python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+skips = set(sys.argv[2:])
+bad = [(c["name"], c["status"]) for c in r["checks"] if c["status"] != "pass" and not (c["status"] == "skip" and c["name"] in skips)]
+assert not bad, f"{sys.argv[1]}: {bad}"
+print(f"ok   {sys.argv[1]}: every check passes (allowed skips: {sorted(skips) or None}), retention {r[\"metrics\"][\"phase4_to_5/dequantization_accuracy_retention\"]}")' "$@"
+}
+conv="python3 scripts/conversions_numpy.py"
+# (a) The quantizing stage's handoff: trits as int8, scales per row, per tensor and per group.
+$conv make-stage "$work/stage" >/dev/null
+$conv make-stage "$work/stage-group" --group-size 4 >/dev/null
+for d in stage stage-group; do
+    "$bundle" create --from "$work/$d/trits.safetensors" --quantization-metadata "$work/$d/quantization_metadata.json" \
+        --original "$work/$d/original.safetensors" --validation "$work/$d/validation.safetensors" --out "$work/$d-bundle" >/dev/null
+    "$bundle" verify "$work/$d-bundle" --reference "$work/$d/original.safetensors" --json >"$work/$d-verify.json"
+    all_pass "$work/$d-verify.json"
+    $conv check-bundle "$work/$d-bundle" --expect "$work/$d" --kind stage >/dev/null
+    echo "ok   $d: the stage's trits and scales bundled as given (numpy checked every value)"
+done
+# Without the original model, retention is unknown and says why.
+"$bundle" create --from "$work/stage/trits.safetensors" --quantization-metadata "$work/stage/quantization_metadata.json" \
+    --validation "$work/stage/validation.safetensors" --out "$work/stage-no-original" >/dev/null
+"$bundle" verify "$work/stage-no-original" --json >"$work/stage-no-original.json"
+all_pass "$work/stage-no-original.json" retention reference
+# The same for a language model directory, and its original model directory.
+$conv make-stage "$work/stage-lm" --decoder >/dev/null
+"$bundle" create --from "$work/stage-lm" --original "$work/stage-lm/original" --validation "$work/stage-lm/data.safetensors" \
+    --out "$work/stage-lm-bundle" >/dev/null
+"$bundle" verify "$work/stage-lm-bundle" --reference "$work/stage-lm/original" --json >"$work/stage-lm-verify.json"
+all_pass "$work/stage-lm-verify.json"
+$conv check-bundle "$work/stage-lm-bundle" --expect "$work/stage-lm" --kind stage >/dev/null
+# (b) Hugging Face packed BitNet, both scale conventions (autobitlinear multiplies, bitlinear
+# divides), BF16 scales as Microsoft publishes them.
+for lc in autobitlinear bitlinear; do
+    $conv make-packed "$work/packed-$lc" --linear-class $lc >/dev/null
+    "$bundle" create --from "$work/packed-$lc" --out "$work/packed-$lc-bundle" >/dev/null
+    "$bundle" verify "$work/packed-$lc-bundle" --json >"$work/packed-$lc-verify.json"
+    all_pass "$work/packed-$lc-verify.json" retention reference
+    $conv check-bundle "$work/packed-$lc-bundle" --expect "$work/packed-$lc" --kind packed >/dev/null
+    echo "ok   packed $lc: trits unpacked and scales converted as spec section 18.2 says (numpy)"
+done
+# Out again as a packed checkpoint, and back: the same trits, scales and FP16 bytes.
+"$bundle" export "$work/packed-autobitlinear-bundle" --format hf-bitnet --out "$work/hf-bitnet" >/dev/null
+$conv check-export-bitnet "$work/hf-bitnet" "$work/packed-autobitlinear-bundle" >/dev/null
+"$bundle" create --from "$work/hf-bitnet" --out "$work/hf-bitnet-bundle" >/dev/null
+for f in ternary.safetensors fp16.safetensors; do
+    cmp "$work/packed-autobitlinear-bundle/$f" "$work/hf-bitnet-bundle/$f"
+done
+echo "ok   export --format hf-bitnet, then create from it: ternary.safetensors and fp16.safetensors byte-identical"
+# (c) BF16 master weights with online BitNet quantization: transformers' own ternarization,
+# tensor by tensor, and the original model transformers runs (8-bit activations).
+$conv make-online "$work/online" >/dev/null
+"$bundle" create --from "$work/online" --validation "$work/online/data.safetensors" --out "$work/online-bundle" >/dev/null
+"$bundle" verify "$work/online-bundle" --reference "$work/online" --json >"$work/online-verify.json"
+all_pass "$work/online-verify.json"
+$conv check-bundle "$work/online-bundle" --expect "$work/online" --kind online >/dev/null
+echo "ok   online master: trits equal transformers' WeightQuant tensor by tensor; bitnet-online original predictions (numpy)"
+# (d) The tokenizer travels: a model directory with the fixture tokenizer, validation sequences
+# from text; Python tokenizers gives the same ids.
+python3 scripts/decoder_numpy.py make "$work/tok-lm" --family llama --task >/dev/null
+cp fixtures/tokenizer/tokenizer.json fixtures/tokenizer/tokenizer_config.json \
+    fixtures/tokenizer/special_tokens_map.json fixtures/tokenizer/generation_config.json "$work/tok-lm/"
+"$bundle" create --from "$work/tok-lm" --validation-text fixtures/tokenizer/corpus.txt --seq-len 16 --out "$work/tok-bundle" >/dev/null
+$conv check-tokens "$work/tok-bundle" fixtures/tokenizer/corpus.txt 16 >/dev/null
+echo "ok   --validation-text: the bundle's sequences are Python tokenizers' ids"
+# (e) Back out to transformers' layout: f16, bf16 and f32, one file and shards.
+for dt in f16 bf16 f32; do
+    "$bundle" export "$work/tok-bundle" --format hf --dtype $dt --out "$work/hf-$dt" >/dev/null
+    $conv check-export-hf "$work/hf-$dt" "$work/tok-bundle" --dtype $dt >/dev/null
+done
+"$bundle" export "$work/tok-bundle" --format hf --max-shard-size 20000 --out "$work/hf-shards" >/dev/null
+$conv check-export-hf "$work/hf-shards" "$work/tok-bundle" >/dev/null
+echo "ok   export --format hf: config.json, weights (f16, bf16, f32; sharded) and the tokenizer as the spec says (numpy)"
+
 # The browser test: headless Chromium renders the reports of the demo and of a bundle whose
 # tensor names are markup; no console message, no script, every chart, names shown as text.
 python3 scripts/check_report.py hostile-checkpoint "$work/hostile-source"
@@ -146,19 +224,32 @@ python3 scripts/check_report.py browse "$work/demo-report.html" "$work/hostile-r
     --shots "$work/screenshots" --chosen "$work/demo-report.html" 7 \
     --names "$work/hostile-report.html" "$work/hostile-source/names.json"
 
-# The previous release (format 2.0, the commit before format 3.0) refuses a decoder bundle for
-# its version (rule 2.4), not as a damaged file. Built from this repository's history in a
-# target directory of its own (sharing this one would mix the two builds of the crate).
-previous=8847d04
-git worktree add --quiet --detach "$work/previous" "$previous" ||
-    { echo "the previous release's commit $previous is not in this checkout's history" >&2; exit 1; }
-(cd "$work/previous" && CARGO_TARGET_DIR="$work/previous-target" cargo build --release --quiet --bin bundle)
-cp "$work/previous-target/release/bundle" "$work/bundle-2.0"
-git worktree remove --force "$work/previous"
-set +e
-"$work/bundle-2.0" inspect "$work/lm-bitnet-bundle" 2>"$work/previous.err"
-code=$?
-set -e
-grep -q "rule 2.4" "$work/previous.err" && grep -q "found format version 3.0" "$work/previous.err" && [ $code -eq 1 ] ||
-    { echo "the 2.0 reader did not refuse the decoder bundle for its version (exit $code):" >&2; cat "$work/previous.err" >&2; exit 1; }
-echo "ok   the 2.0 release refuses a decoder bundle by version: $(cat "$work/previous.err")"
+# The previous releases refuse the bundles of the next format for their version (rule 2.4), not
+# as damaged files: the 2.0 release (the commit before format 3.0) a decoder bundle, the 3.0
+# release (the commit before format 4.0) bundles of given trits and of carried tokenizers. Each
+# is built from this repository's history in a target directory of its own (sharing this one
+# would mix the builds of the crate); they share one registry of dependencies.
+build_release() { # COMMIT NAME
+    git worktree add --quiet --detach "$work/release-$2" "$1" ||
+        { echo "the release commit $1 is not in this checkout's history" >&2; exit 1; }
+    (cd "$work/release-$2" && CARGO_TARGET_DIR="$work/release-$2-target" cargo build --release --quiet --bin bundle)
+    cp "$work/release-$2-target/release/bundle" "$work/bundle-$2"
+    git worktree remove --force "$work/release-$2"
+    rm -rf "$work/release-$2-target"
+}
+refuses_by_version() { # READER BUNDLE FOUND
+    set +e
+    "$work/bundle-$1" inspect "$2" 2>"$work/previous.err"
+    code=$?
+    set -e
+    grep -q "rule 2.4" "$work/previous.err" && grep -q "found format version $3" "$work/previous.err" && [ $code -eq 1 ] ||
+        { echo "the $1 reader did not refuse $2 for its version (exit $code):" >&2; cat "$work/previous.err" >&2; exit 1; }
+    echo "ok   the $1 release refuses $(basename "$2") by version: $(cat "$work/previous.err")"
+}
+build_release 8847d04 2.0
+refuses_by_version 2.0 "$work/lm-bitnet-bundle" 3.0
+build_release 4e6df70 3.0
+refuses_by_version 3.0 "$work/stage-bundle" 4.0
+refuses_by_version 3.0 "$work/tok-bundle" 4.0
+"$work/bundle-3.0" inspect "$work/lm-bitnet-bundle" >/dev/null
+echo "ok   the 3.0 release still reads a 3.0 decoder bundle written now"

@@ -324,7 +324,7 @@ fn rule_2_4_malformed_versions() {
 #[test]
 fn rule_2_4_other_majors_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    for (i, v) in ["0.9", "0.0", "4.1", "999999999.0"].into_iter().enumerate() {
+    for (i, v) in ["0.9", "0.0", "5.1", "999999999.0"].into_iter().enumerate() {
         let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
         open_violation(&dir, Rule::FormatVersion, &[MANIFEST, v, "1.0", "2.0"]);
@@ -932,4 +932,529 @@ fn newer_minor_manifest_with_unknown_keys_opens_and_passes_all_checks() {
     let b = Bundle::open(&dir).unwrap();
     assert_eq!(b.facts().version, FormatVersion { major: 2, minor: 7 });
     check_all(&b).unwrap();
+}
+
+/// Sets the manifest's `format_version` to `v` (resealed).
+fn set_version(dir: &Path, v: &str) {
+    edit_manifest(dir, |m| m["format_version"] = json!(v));
+}
+
+#[test]
+fn rule_2_8_given_bundle_opens_with_null_quantizer_settings() {
+    use ternary_bundle::format::quantization::QuantMethod;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = given_bundle(&tmp, "b");
+    let m = manifest(&dir);
+    assert_eq!(m["quantization"]["method"], "given");
+    assert!(m["quantization"]["epsilon"].is_null());
+    assert!(m["quantization"]["sparsity_threshold"].is_null());
+    let b = Bundle::open(&dir).unwrap();
+    assert_eq!(b.facts().method, QuantMethod::Given);
+    check_all(&b).unwrap();
+}
+
+/// Spec rule 2.8: "A bundle whose MAJOR is below 4 with method "given" breaks this rule."
+#[test]
+fn rule_2_8_method_given_below_format_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    for v in ["3.0", "2.0", "1.0", "3.9"] {
+        let dir = given_bundle(&tmp, v);
+        set_version(&dir, v);
+        open_violation(
+            &dir,
+            Rule::Quantization,
+            &[MANIFEST, "\"given\"", &format!("format {v}")],
+        );
+    }
+    // A newer minor of 4 still knows it.
+    let dir = given_bundle(&tmp, "4.1");
+    set_version(&dir, "4.1");
+    check_all(&Bundle::open(&dir).unwrap()).unwrap();
+}
+
+#[test]
+fn rule_2_8_method_given_with_quantizer_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (key, value)) in [
+        ("epsilon", json!(1e-5)),
+        ("sparsity_threshold", json!(0.5)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = given_bundle(&tmp, &format!("b{i}"));
+        edit_manifest(&dir, |m| m["quantization"][key] = value);
+        open_violation(
+            &dir,
+            Rule::Quantization,
+            &[MANIFEST, "null for method \"given\"", key],
+        );
+    }
+    // The keys are required (f32 or null): omitting one is a schema error.
+    let dir = given_bundle(&tmp, "missing");
+    edit_manifest(&dir, |m| {
+        m["quantization"].as_object_mut().unwrap().remove("epsilon");
+    });
+    open_violation(&dir, Rule::ManifestSchema, &[MANIFEST, "epsilon"]);
+}
+
+#[test]
+fn rule_2_8_method_absmean_with_null_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, key) in ["epsilon", "sparsity_threshold"].into_iter().enumerate() {
+        // In every version: 4.0 (assets) and 1.0.
+        let dir = bundle_with_assets(&tmp, &format!("v4-{i}"));
+        edit_manifest(&dir, |m| m["quantization"][key] = Value::Null);
+        open_violation(
+            &dir,
+            Rule::Quantization,
+            &[MANIFEST, "numbers for method \"absmean\"", "None"],
+        );
+        let dir = tiny_bundle(&tmp, &format!("v1-{i}"), |_, _| {});
+        edit_manifest(&dir, |m| m["quantization"][key] = Value::Null);
+        open_violation(&dir, Rule::Quantization, &[MANIFEST, "absmean"]);
+    }
+}
+
+#[test]
+fn rule_2_8_unknown_method_in_format_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, method) in ["Given", "absmax", "", "given "].into_iter().enumerate() {
+        let dir = given_bundle(&tmp, &format!("b{i}"));
+        edit_manifest(&dir, |m| m["quantization"]["method"] = json!(method));
+        open_violation(
+            &dir,
+            Rule::Quantization,
+            &[MANIFEST, "method \"absmean\" or \"given\"", &format!("{method:?}")],
+        );
+    }
+}
+
+#[test]
+fn rule_2_15_given_source_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = given_bundle(&tmp, "b");
+    let m = manifest(&dir);
+    assert_eq!(
+        m["quantization"]["source"],
+        json!({
+            "format": "quantization-metadata",
+            "scale_name": "scales",
+            "scale_convention": "multiply",
+            "details": {"quantization_scheme": "1.58-bit", "sparsity_threshold": 0.5}
+        })
+    );
+    let b = Bundle::open(&dir).unwrap();
+    let source = b.manifest().quantization.source.as_ref().unwrap();
+    assert_eq!(source.format, "quantization-metadata");
+}
+
+#[test]
+fn rule_2_15_given_without_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = given_bundle(&tmp, "absent");
+    edit_manifest(&dir, |m| {
+        m["quantization"].as_object_mut().unwrap().remove("source");
+    });
+    open_violation(
+        &dir,
+        Rule::QuantizationSource,
+        &[MANIFEST, "quantization.source", "found none"],
+    );
+    let dir = given_bundle(&tmp, "null");
+    edit_manifest(&dir, |m| m["quantization"]["source"] = Value::Null);
+    open_violation(&dir, Rule::QuantizationSource, &[MANIFEST, "found none"]);
+}
+
+#[test]
+fn rule_2_15_absmean_with_a_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let given = manifest(&given_bundle(&tmp, "given"));
+    let dir = bundle_with_assets(&tmp, "b");
+    edit_manifest(&dir, |m| {
+        m["quantization"]["source"] = given["quantization"]["source"].clone()
+    });
+    open_violation(
+        &dir,
+        Rule::QuantizationSource,
+        &[MANIFEST, "no quantization.source for method \"absmean\""],
+    );
+    // null is the same as absent.
+    let dir = bundle_with_assets(&tmp, "null");
+    edit_manifest(&dir, |m| m["quantization"]["source"] = Value::Null);
+    check_all(&Bundle::open(&dir).unwrap()).unwrap();
+}
+
+#[test]
+fn rule_2_15_scale_convention_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = given_bundle(&tmp, "b");
+    edit_manifest(&dir, |m| {
+        m["quantization"]["source"]["scale_convention"] = json!("times")
+    });
+    open_violation(
+        &dir,
+        Rule::QuantizationSource,
+        &[MANIFEST, "scale_convention", "\"times\""],
+    );
+    // "divide" is the other convention.
+    let dir = given_bundle(&tmp, "divide");
+    edit_manifest(&dir, |m| {
+        m["quantization"]["source"]["scale_convention"] = json!("divide")
+    });
+    Bundle::open(&dir).unwrap();
+}
+
+#[test]
+fn rule_2_15_format_and_scale_name_of_1_to_64_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = "f".repeat(65);
+    for key in ["format", "scale_name"] {
+        for (i, value) in ["", long.as_str()].into_iter().enumerate() {
+            let dir = given_bundle(&tmp, &format!("{key}{i}"));
+            edit_manifest(&dir, |m| m["quantization"]["source"][key] = json!(value));
+            open_violation(
+                &dir,
+                Rule::QuantizationSource,
+                &[MANIFEST, &format!("quantization.source.{key}"), "1 to 64 bytes"],
+            );
+        }
+        // 64 bytes (of UTF-8: 32 two-byte characters) is the limit; writers may name others.
+        let dir = given_bundle(&tmp, &format!("{key}-ok"));
+        edit_manifest(&dir, |m| {
+            m["quantization"]["source"][key] = json!("é".repeat(32))
+        });
+        Bundle::open(&dir).unwrap();
+    }
+}
+
+#[test]
+fn rule_2_15_source_keys_missing_or_mistyped() {
+    // In a 4.x manifest the keys of rule 2.15 are required with their types (rule 2.5).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = given_bundle(&tmp, "missing");
+    edit_manifest(&dir, |m| {
+        m["quantization"]["source"]
+            .as_object_mut()
+            .unwrap()
+            .remove("scale_name");
+    });
+    open_violation(&dir, Rule::ManifestSchema, &[MANIFEST, "scale_name"]);
+    let dir = given_bundle(&tmp, "number");
+    edit_manifest(&dir, |m| m["quantization"]["source"]["format"] = json!(5));
+    open_violation(&dir, Rule::ManifestSchema, &[MANIFEST]);
+    let dir = given_bundle(&tmp, "string");
+    edit_manifest(&dir, |m| m["quantization"]["source"] = json!("metadata"));
+    open_violation(&dir, Rule::ManifestSchema, &[MANIFEST]);
+}
+
+#[test]
+fn rule_2_15_details_not_an_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (details, found)) in [
+        (json!(5), "a number"),
+        (json!("1.58-bit"), "a string"),
+        (json!([1, 2]), "an array"),
+        (json!(true), "a boolean"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = given_bundle(&tmp, &format!("b{i}"));
+        edit_manifest(&dir, |m| m["quantization"]["source"]["details"] = details);
+        open_violation(
+            &dir,
+            Rule::QuantizationSource,
+            &[MANIFEST, "quantization.source.details", found],
+        );
+    }
+    // Absent, null or any object (free content) is fine.
+    for (i, details) in [Value::Null, json!({"nested": {"deep": [1, null]}})]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = given_bundle(&tmp, &format!("ok{i}"));
+        edit_manifest(&dir, |m| m["quantization"]["source"]["details"] = details);
+        check_all(&Bundle::open(&dir).unwrap()).unwrap();
+    }
+    let dir = given_bundle(&tmp, "absent");
+    edit_manifest(&dir, |m| {
+        m["quantization"]["source"]
+            .as_object_mut()
+            .unwrap()
+            .remove("details");
+    });
+    check_all(&Bundle::open(&dir).unwrap()).unwrap();
+}
+
+/// Below 4.0 `quantization.source` is an unknown key: ignored, whatever it holds.
+#[test]
+fn rule_2_15_source_is_ignored_below_format_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, source) in [json!(5), json!({"format": ""}), json!({"scale_convention": "times"})]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
+        edit_manifest(&dir, |m| {
+            m["format_version"] = json!("3.0");
+            m["quantization"]["source"] = source;
+        });
+        let b = Bundle::open(&dir).unwrap();
+        assert!(b.manifest().quantization.source.is_none());
+        check_all(&b).unwrap();
+    }
+}
+
+/// A 4.0 bundle with original predictions records the original model (the source, dense).
+#[test]
+fn rule_2_16_original_is_recorded_with_original_predictions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_bundle(&tmp, "b", |_, o| {
+        o.validation = Some(validation_set());
+        o.assets = vec![asset(TOKENIZER, TOKENIZER_BYTES)];
+    });
+    let m = manifest(&dir);
+    assert_eq!(m["format_version"], "4.0");
+    assert_eq!(
+        m["provenance"]["original"],
+        json!({"forward": "dense", "sha256": null})
+    );
+    check_all(&Bundle::open(&dir).unwrap()).unwrap();
+}
+
+#[test]
+fn rule_2_16_forward_sparse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_assets(&tmp, "b");
+    edit_manifest(&dir, |m| {
+        m["provenance"]["original"] = json!({"forward": "sparse", "sha256": null})
+    });
+    open_violation(
+        &dir,
+        Rule::OriginalModel,
+        &[MANIFEST, "provenance.original.forward", "\"sparse\""],
+    );
+    for (i, forward) in ["dense", "ternary", "bitnet-online"].into_iter().enumerate() {
+        let dir = bundle_with_assets(&tmp, &format!("ok{i}"));
+        edit_manifest(&dir, |m| {
+            m["provenance"]["original"] = json!({"forward": forward, "sha256": null})
+        });
+        let b = Bundle::open(&dir).unwrap();
+        assert_eq!(b.manifest().provenance.original.as_ref().unwrap().forward, forward);
+    }
+}
+
+#[test]
+fn rule_2_16_sha256_not_lowercase_hex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upper = sha256_hex(b"original").to_uppercase();
+    for (i, digest) in ["xyz", upper.as_str(), ""].into_iter().enumerate() {
+        let dir = bundle_with_assets(&tmp, &format!("b{i}"));
+        edit_manifest(&dir, |m| {
+            m["provenance"]["original"] = json!({"forward": "dense", "sha256": digest})
+        });
+        open_violation(
+            &dir,
+            Rule::OriginalModel,
+            &[MANIFEST, "provenance.original.sha256"],
+        );
+    }
+    let digest = sha256_hex(b"original");
+    let dir = bundle_with_assets(&tmp, "ok");
+    edit_manifest(&dir, |m| {
+        m["provenance"]["original"] = json!({"forward": "ternary", "sha256": digest})
+    });
+    let b = Bundle::open(&dir).unwrap();
+    assert_eq!(
+        b.manifest().provenance.original.as_ref().unwrap().sha256,
+        Some(digest)
+    );
+}
+
+/// Below 4.0 `provenance.original` is an unknown key, ignored whatever it holds; in a 4.x
+/// manifest it must have its type (rule 2.5).
+#[test]
+fn rule_2_16_bogus_original_is_ignored_below_4_and_a_schema_error_in_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, bogus) in [json!(5), json!({"forward": "sparse"}), json!("dense")]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tiny_bundle(&tmp, &format!("v3-{i}"), |_, _| {});
+        edit_manifest(&dir, |m| {
+            m["format_version"] = json!("3.0");
+            m["provenance"]["original"] = bogus.clone();
+        });
+        let b = Bundle::open(&dir).unwrap();
+        assert!(b.manifest().provenance.original.is_none());
+        check_all(&b).unwrap();
+
+        let dir = bundle_with_assets(&tmp, &format!("v4-{i}"));
+        edit_manifest(&dir, |m| m["provenance"]["original"] = bogus);
+        open_violation(&dir, Rule::ManifestSchema, &[MANIFEST]);
+    }
+    // Without its required key sha256 (sha256 or null).
+    let dir = bundle_with_assets(&tmp, "no-sha");
+    edit_manifest(&dir, |m| {
+        m["provenance"]["original"] = json!({"forward": "dense"})
+    });
+    open_violation(&dir, Rule::ManifestSchema, &[MANIFEST, "sha256"]);
+}
+
+#[test]
+fn rule_2_17_asset_table_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_assets(&tmp, "b");
+    assert_eq!(
+        manifest(&dir)["files"]["assets"],
+        json!([{
+            "name": TOKENIZER,
+            "size": TOKENIZER_BYTES.len(),
+            "sha256": sha256_hex(TOKENIZER_BYTES)
+        }])
+    );
+}
+
+#[test]
+fn rule_2_17_unknown_asset_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, name) in [
+        "config.json",
+        "../x",
+        "/etc/passwd",
+        "Tokenizer.json",
+        "tokenizer.json/",
+        "",
+        "model.safetensors",
+        "manifest.json",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = bundle_with_assets(&tmp, &format!("b{i}"));
+        if ["config.json", "Tokenizer.json", "model.safetensors"].contains(&name) {
+            // The file exists under that name too: only the name is wrong.
+            std::fs::copy(dir.join(TOKENIZER), dir.join(name)).unwrap();
+        }
+        edit_manifest(&dir, |m| m["files"]["assets"][0]["name"] = json!(name));
+        open_violation(
+            &dir,
+            Rule::Assets,
+            &[MANIFEST, "files.assets", "tokenizer.json, tokenizer_config.json", &format!("{name:?}")],
+        );
+    }
+}
+
+#[test]
+fn rule_2_17_duplicate_asset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_assets(&tmp, "b");
+    edit_manifest(&dir, |m| {
+        let list = m["files"]["assets"].as_array_mut().unwrap();
+        let dup = list[0].clone();
+        list.push(dup);
+    });
+    open_violation(
+        &dir,
+        Rule::Assets,
+        &[MANIFEST, "each name once", "tokenizer.json twice"],
+    );
+}
+
+#[test]
+fn rule_2_17_asset_sha256_not_lowercase_hex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upper = sha256_hex(TOKENIZER_BYTES).to_uppercase();
+    for (i, digest) in ["abc", upper.as_str()].into_iter().enumerate() {
+        let dir = bundle_with_assets(&tmp, &format!("b{i}"));
+        edit_manifest(&dir, |m| m["files"]["assets"][0]["sha256"] = json!(digest));
+        open_violation(
+            &dir,
+            Rule::Assets,
+            &[MANIFEST, "files.assets", TOKENIZER, "sha256", &format!("{digest:?}")],
+        );
+    }
+}
+
+/// At most one entry per name of rule 1.6, so more entries than names break rule 2.17.
+#[test]
+fn rule_2_17_six_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_assets(&tmp, "b");
+    edit_manifest(&dir, |m| {
+        let list = m["files"]["assets"].as_array_mut().unwrap();
+        let first = list[0].clone();
+        for name in [
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "tokenizer.model",
+            "generation_config.json",
+            "tokenizer.json",
+        ] {
+            let mut e = first.clone();
+            e["name"] = json!(name);
+            list.push(e);
+        }
+        assert_eq!(list.len(), 6);
+    });
+    open_violation(&dir, Rule::Assets, &[MANIFEST, "files.assets"]);
+}
+
+#[test]
+fn rule_2_17_asset_entry_of_the_wrong_type() {
+    // In a 4.x manifest the asset table has its types (rule 2.5).
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, edit) in [
+        json!("tokenizer.json"),
+        json!([{"name": TOKENIZER, "size": "49", "sha256": sha256_hex(b"")}]),
+        json!([{"name": TOKENIZER, "size": -1, "sha256": sha256_hex(b"")}]),
+        json!([{"name": TOKENIZER, "sha256": sha256_hex(b"")}]),
+        json!({"tokenizer.json": {}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = bundle_with_assets(&tmp, &format!("b{i}"));
+        edit_manifest(&dir, |m| m["files"]["assets"] = edit);
+        open_violation(&dir, Rule::ManifestSchema, &[MANIFEST]);
+    }
+    // null means no assets (the file is then an extra entry).
+    let dir = bundle_with_assets(&tmp, "null");
+    edit_manifest(&dir, |m| m["files"]["assets"] = Value::Null);
+    let b = Bundle::open(&dir).unwrap();
+    assert!(b.assets().is_empty());
+    assert_eq!(b.extras(), [TOKENIZER.to_string()]);
+}
+
+/// Below 4.0 `files.assets` is an unknown key, ignored whatever it holds, and the asset files
+/// are extra entries (rule 2.17).
+#[test]
+fn rule_2_17_assets_are_ignored_below_format_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, garbage) in [
+        json!("lots"),
+        json!(5),
+        json!([{"name": "../../etc/passwd", "size": 1, "sha256": "x"}]),
+        Value::Null,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = bundle_with_assets(&tmp, &format!("b{i}"));
+        edit_manifest(&dir, |m| {
+            m["format_version"] = json!("3.0");
+            m["files"]["assets"] = garbage;
+        });
+        let b = Bundle::open(&dir).unwrap();
+        assert!(b.assets().is_empty());
+        assert!(b.manifest().files.assets.is_none());
+        assert_eq!(b.extras(), [TOKENIZER.to_string()]);
+        check_all(&b).unwrap();
+    }
+    // Even a valid table is ignored below 4.0: the listed file may then be missing.
+    let dir = bundle_with_assets(&tmp, "valid");
+    set_version(&dir, "3.0");
+    std::fs::remove_file(dir.join(TOKENIZER)).unwrap();
+    check_all(&Bundle::open(&dir).unwrap()).unwrap();
 }
