@@ -107,10 +107,15 @@ impl CreateInputs {
                 )));
             }
             let assets = carried_assets(from)?;
-            let config = std::fs::read_to_string(from.join(CONFIG_FILE)).unwrap_or_default();
-            let bitnet = BitnetQuantization::from_config(&config).map_err(|m| {
-                Error::InvalidArgument(format!("{}: {m}", from.join(CONFIG_FILE).display()))
-            })?;
+            // A directory without config.json is refused by the model reader, naming what a
+            // model directory holds.
+            let config_path = from.join(CONFIG_FILE);
+            let bitnet = match std::fs::read_to_string(&config_path) {
+                Ok(text) => BitnetQuantization::from_config(&text).map_err(|m| {
+                    Error::InvalidArgument(format!("{}: {m}", config_path.display()))
+                })?,
+                Err(_) => None,
+            };
             let (weights, plan, forward, converted) = match (metadata, bitnet) {
                 (Some(meta), _) => {
                     let model = HfModel::open_with(from, Dtypes::Any, true)?;

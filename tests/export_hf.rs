@@ -654,7 +654,7 @@ fn an_existing_destination_is_replaced_only_when_forced_and_only_if_a_model_dire
     assert!(empty.join("config.json").exists());
     // Never a bundle (not even the one exported), nor a directory that is not a model's.
     for (dest, what) in [
-        (dir.clone(), "manifest.json"),
+        (dir.clone(), "holds the bundle"),
         (tmp.path().to_path_buf(), "holds the bundle"),
     ] {
         let m = message(export_hf(&b, &dest, &forced).unwrap_err());
@@ -664,7 +664,7 @@ fn an_existing_destination_is_replaced_only_when_forced_and_only_if_a_model_dire
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("notes.txt"), b"keep").unwrap();
     let m = message(export_hf(&b, &other, &forced).unwrap_err());
-    assert!(m.contains("without config.json"), "{m}");
+    assert!(m.contains("not a model directory"), "{m}");
     assert_eq!(std::fs::read(other.join("notes.txt")).unwrap(), b"keep");
     Bundle::open(&dir).unwrap();
     // No staging directory is left behind.

@@ -70,9 +70,10 @@ fn next_up(x: f32) -> f32 {
 }
 
 /// The spec's absmean quantizer, written independently of the crate: for each scale group,
-/// gamma = (f64 sum of |w| in increasing flat index order) / (count as f64), rounded to f32;
-/// scale = max(gamma, eps); inv = 1 / scale in f32; x = w * inv in f32;
-/// t = +1 if x > thr, -1 if x < -thr, else 0.
+/// step 0: if its values are all -a, +-0 or +a for one a >= eps (at least one non-zero), the
+/// scale is a and t = sign(w); otherwise gamma = (f64 sum of |w| in increasing flat index
+/// order) / (count as f64), rounded to f32; scale = max(gamma, eps); inv = 1 / scale in f32;
+/// x = w * inv in f32; t = +1 if x > thr, -1 if x < -thr, else 0.
 ///
 /// Returns the trits (row-major, `rows * cols`) and the scales in the layout of the spec
 /// (`[1]`, `[R]` or `[R, ceil(C / G)]`, row-major).
@@ -103,17 +104,35 @@ fn reference(
     };
     let mut sums = vec![0f64; n_scales];
     let mut counts = vec![0u64; n_scales];
+    // Step 0: the one non-zero magnitude of each group, or None once two differ.
+    let mut magnitude: Vec<Option<Option<f32>>> = vec![Some(None); n_scales];
     for r in 0..rows {
         for c in 0..cols {
             let s = scale_index(r, c);
-            sums[s] += f64::from(w[r * cols + c].abs());
+            let v = w[r * cols + c];
+            sums[s] += f64::from(v.abs());
             counts[s] += 1;
+            if v != 0.0 {
+                magnitude[s] = match magnitude[s] {
+                    Some(None) => Some(Some(v.abs())),
+                    Some(Some(a)) if a == v.abs() => Some(Some(a)),
+                    _ => None,
+                };
+            }
         }
     }
+    let ternary: Vec<Option<f32>> = magnitude
+        .iter()
+        .map(|m| m.flatten().filter(|&a| a >= eps))
+        .collect();
     let scales: Vec<f32> = sums
         .iter()
         .zip(&counts)
-        .map(|(&sum, &n)| {
+        .zip(&ternary)
+        .map(|((&sum, &n), &a)| {
+            if let Some(a) = a {
+                return a;
+            }
             let gamma = (sum / n as f64) as f32;
             if gamma >= eps {
                 gamma
@@ -125,8 +144,14 @@ fn reference(
     let mut trits = Vec::with_capacity(rows * cols);
     for r in 0..rows {
         for c in 0..cols {
-            let inv = 1.0f32 / scales[scale_index(r, c)];
-            let x = w[r * cols + c] * inv;
+            let s = scale_index(r, c);
+            let v = w[r * cols + c];
+            if ternary[s].is_some() {
+                trits.push((v > 0.0) as i8 - (v < 0.0) as i8);
+                continue;
+            }
+            let inv = 1.0f32 / scales[s];
+            let x = v * inv;
             trits.push(if x > thr {
                 1
             } else if x < -thr {

@@ -60,10 +60,13 @@ pub enum Command {
     /// Gate a handoff: integrity, exact dequantization, model agreement, gradients.
     #[command(after_help = VERIFY_HELP)]
     Verify(VerifyArgs),
-    /// Write the dequantized weights as one plain safetensors state dict (F16 or F32).
+    /// Write the model out for other tools: a plain safetensors state dict, or a language
+    /// model's directory that transformers loads (hf), or a packed BitNet checkpoint
+    /// (hf-bitnet).
     ///
     /// The bundle is checked first (checksums, trit encoding, scales, exact dequantization):
     /// nothing is exported from a damaged bundle.
+    #[command(after_help = EXPORT_HELP)]
     Export(ExportArgs),
     /// Quantize fine-tuned weights of a bundle's model into a new bundle, with the bundle's
     /// settings (and optionally its scales), reporting how many trits changed per tensor.
@@ -465,17 +468,80 @@ pub struct ExportArgs {
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 
-    /// Output file.
-    #[arg(long, value_name = "FILE.safetensors")]
+    /// What to write: safetensors (one state dict file), hf (a language model's directory for
+    /// transformers: config.json, the carried tokenizer, model.safetensors or shards; spec
+    /// section 18.4) or hf-bitnet (a packed autobitlinear checkpoint directory; section 18.2).
+    #[arg(long, value_enum, default_value_t = FormatArg::Safetensors)]
+    pub format: FormatArg,
+
+    /// Output file (safetensors) or directory (hf, hf-bitnet).
+    #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
 
-    /// f16: the FP16 weights as stored; f32: trits times scales in single precision.
+    /// f16: the FP16 weights as stored; f32: trits times scales in single precision; bf16 (hf
+    /// only): the bfloat16 rounding of the f32 values. hf-bitnet always writes F32 scales and
+    /// float tensors, with config dtype float16.
     #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
     pub dtype: DtypeArg,
 
-    /// Replace an existing output file.
+    /// hf: the largest shard (bytes, or with kB, MB, GB, KiB, MiB, GiB); above it the weights
+    /// are split into shards listed by model.safetensors.index.json.
+    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = parse_size)]
+    pub max_shard_size: u64,
+
+    /// hf, hf-bitnet: config.json's max_position_embeddings (the bundle does not record it).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub max_position_embeddings: u64,
+
+    /// Replace an existing output (a file, or a model directory: never a bundle).
     #[arg(long)]
     pub force: bool,
+}
+
+/// `bundle export --help` examples.
+const EXPORT_HELP: &str = "\
+Examples:
+  bundle export my-bundle --out model-fp16.safetensors
+  bundle export lm-bundle --format hf --out lm-hf            # AutoModelForCausalLM.from_pretrained(\"lm-hf\")
+  bundle export lm-bundle --format hf --dtype bf16 --max-shard-size 2GB --out lm-hf
+  bundle export lm-bundle --format hf-bitnet --out lm-packed
+
+hf-bitnet takes per-tensor scales only (a bundle of channel or group scales whose every tensor's
+scales are equal is written with that one scale) and quantized projections only; loaded in
+float16, each layer's unpacked weights times weight_scale are exactly the bundle's FP16 weights,
+and `bundle create --from lm-packed` gives back the same trits, scales and FP16 bytes.";
+
+/// `--format` of `bundle export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// One safetensors state dict.
+    Safetensors,
+    /// A model directory for transformers.
+    Hf,
+    /// A packed BitNet (autobitlinear) model directory.
+    HfBitnet,
+}
+
+/// A size in bytes: digits with an optional unit (kB, MB, GB: powers of 1000; KiB, MiB, GiB:
+/// of 1024), as transformers' `max_shard_size`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().map_err(|_| format!("expected a size such as 5GB, found {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (kB, MB, GB, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("expected a size of at least 1 byte and at most 2^64, found {s:?}"))
 }
 
 /// `bundle run --help` examples.
@@ -528,6 +594,8 @@ pub enum PathArg {
 pub enum DtypeArg {
     /// Half precision.
     F16,
+    /// bfloat16 (export --format hf only).
+    Bf16,
     /// Single precision.
     F32,
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressStyle};
 use ternary_bundle::assess::{assess, AssessOptions};
 use ternary_bundle::create::{CreateInputs, CreateRequest, Settings};
+use ternary_bundle::hf::export::{export_hf, export_hf_bitnet, HfDtype, HfExport};
 use ternary_bundle::format::rfc3339::now_utc;
 use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::model::reference::WeightPath;
@@ -255,9 +256,17 @@ pub fn export_cmd(a: args::ExportArgs, open: &OpenOptions) -> Result<bool> {
     // Never export from a damaged or inconsistent bundle: the data checks read every byte once
     // (about 0.1 s for the demo) and name the file, tensor and rule of the first problem.
     checks::check_all(&bundle)?;
+    if a.format != args::FormatArg::Safetensors {
+        return export_hf_cmd(&a, &bundle);
+    }
     let dtype = match a.dtype {
         DtypeArg::F16 => ExportDtype::F16,
         DtypeArg::F32 => ExportDtype::F32,
+        DtypeArg::Bf16 => {
+            return Err(Error::InvalidArgument(
+                "--dtype bf16 is for --format hf (a state dict keeps F16 or F32 exactly)".into(),
+            ))
+        }
     };
     let bytes = export(&bundle, &a.out, dtype, a.force)?;
     outln!(
@@ -267,6 +276,26 @@ pub fn export_cmd(a: args::ExportArgs, open: &OpenOptions) -> Result<bool> {
         print::size(bytes),
         dtype.dtype()
     );
+    Ok(true)
+}
+
+/// `bundle export --format hf|hf-bitnet`: a model directory (spec sections 18.2 and 18.4).
+fn export_hf_cmd(a: &args::ExportArgs, bundle: &Bundle) -> Result<bool> {
+    let options = HfExport {
+        dtype: match a.dtype {
+            DtypeArg::F16 => HfDtype::F16,
+            DtypeArg::Bf16 => HfDtype::Bf16,
+            DtypeArg::F32 => HfDtype::F32,
+        },
+        max_shard_size: a.max_shard_size,
+        max_position_embeddings: a.max_position_embeddings,
+        force: a.force,
+    };
+    let summary = match a.format {
+        args::FormatArg::HfBitnet => export_hf_bitnet(bundle, &a.out, &options)?,
+        _ => export_hf(bundle, &a.out, &options)?,
+    };
+    render::hf_export(&a.out, &summary);
     Ok(true)
 }
 

@@ -345,3 +345,18 @@ pub fn assessment(r: &AssessReport) {
         print::size((m.model_size_mb * 1e6) as u64)
     );
 }
+
+/// What `bundle export --format hf|hf-bitnet` wrote.
+pub fn hf_export(out: &Path, s: &ternary_bundle::hf::export::ExportSummary) {
+    outln!(
+        "Wrote {} ({} tensors, {} of tensor data in {} weight file{})",
+        out.display(),
+        s.tensors,
+        print::size(s.total_size),
+        s.shards,
+        if s.shards == 1 { "" } else { "s" }
+    );
+    for (name, size) in &s.files {
+        outln!("  {:<32} {}", printable(name), print::size(*size));
+    }
+}

@@ -24,20 +24,19 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use half::bf16;
-use rustix::fs::{RenameFlags, CWD};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{escape_name, Error, Result};
 use crate::format::decoder::{is_projection, DecoderSpec, Family};
-use crate::format::manifest::{DecoderModelSpec, FileRole, ASSET_NAMES, MANIFEST_FILE};
+use crate::format::manifest::{DecoderModelSpec, FileRole, ASSET_NAMES};
 use crate::format::safetensors::{plan_layout, shape_string, Dtype};
 use crate::hf::bitnet::{pack_weights, BitnetQuantization};
 use crate::quant::dequantize::dequantize_row_f32;
 use crate::read::{Bundle, PackedTensor};
 use crate::source::hf::{CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE};
 use crate::write::safetensors::create_sized;
-use crate::write::staging::{parent_of, sync_dir, Staging};
+use crate::write::staging::{check_destination_of, sync_dir, Replaceable, Staging};
 
 /// transformers' default shard size, 5 GB (`max_shard_size="5GB"`: decimal gigabytes).
 pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
@@ -845,66 +844,20 @@ fn encode_values(dtype: Dtype, values: impl Iterator<Item = f32>, out: &mut Vec<
 /// model directory (a regular `config.json`, no `manifest.json`: never a bundle), and never a
 /// directory that holds the bundle being exported.
 fn check_destination(bundle: &Bundle, dest: &Path, force: bool) -> Result<()> {
-    let meta = match fs::symlink_metadata(dest) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(dest, "stat", e)),
-    };
-    if !force {
-        return Err(Error::DestinationExists {
-            path: dest.to_path_buf(),
-        });
-    }
-    let refuse = |what: &str| {
-        Error::InvalidArgument(format!(
-            "{}: refusing to replace {what} (only a model directory with config.json, or an empty directory)",
-            dest.display()
-        ))
-    };
-    if !meta.is_dir() {
-        return Err(refuse("something that is not a directory"));
-    }
-    if fs::symlink_metadata(dest.join(MANIFEST_FILE)).is_ok() {
-        return Err(refuse("a bundle (it has manifest.json)"));
-    }
     if let (Ok(d), Ok(b)) = (fs::canonicalize(dest), fs::canonicalize(bundle.dir())) {
-        if b.starts_with(&d) {
-            return Err(refuse("the directory that holds the bundle being exported"));
+        if force && b.starts_with(&d) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: refusing to replace the directory that holds the bundle being exported",
+                dest.display()
+            )));
         }
     }
-    let is_model = fs::symlink_metadata(dest.join(CONFIG_FILE)).is_ok_and(|m| m.is_file());
-    let is_empty = fs::read_dir(dest)
-        .map_err(|e| Error::io(dest, "read directory", e))?
-        .next()
-        .is_none();
-    if !(is_model || is_empty) {
-        return Err(refuse("a directory without config.json"));
-    }
-    Ok(())
+    check_destination_of(dest, force, Replaceable::ModelDirectory)
 }
 
 /// Publishes the staged directory at `dest` (spec section 15): a no-replace rename, or with
 /// `force` an atomic exchange with the existing model directory, which is then deleted.
-/// [`Staging::commit`] replaces only bundles or empty directories, so the exchange with a model
-/// directory is done here, after [`check_destination`] accepted it.
 fn publish(bundle: &Bundle, staging: Staging, dest: &Path, force: bool) -> Result<()> {
-    let exists = fs::symlink_metadata(dest).is_ok();
-    if !(force && exists) {
-        // Refuses a destination that appeared meanwhile (DestinationExists).
-        return staging.commit(dest, false);
-    }
-    check_destination(bundle, dest, true)?;
-    rustix::fs::renameat_with(CWD, &staging.dir, CWD, dest, RenameFlags::EXCHANGE).map_err(
-        |e| {
-            Error::io(
-                dest,
-                "rename",
-                std::io::Error::from_raw_os_error(e.raw_os_error()),
-            )
-        },
-    )?;
-    sync_dir(&parent_of(dest))?;
-    // The staging directory now holds the replaced model directory: dropping it deletes it.
-    drop(staging);
-    Ok(())
+    check_destination(bundle, dest, force)?;
+    staging.commit_replacing(dest, force, Replaceable::ModelDirectory)
 }

@@ -195,6 +195,7 @@ pub fn pack_given(
     // Every group is ternary by construction: its trits are the signs of the values.
     let values: Vec<f32> = trits.iter().map(|&t| f32::from(t)).collect();
     let all_given = vec![true; scales.len()];
+    // A scale that breaks rule 4.5 is a given scale the writer refuses (rule 8.3).
     let mut q = quantize_rows(
         &values,
         rows as usize,
@@ -202,7 +203,14 @@ pub fn pack_given(
         scales,
         Some(&all_given),
         params,
-    )?;
+    )
+    .map_err(|e| match e {
+        QuantizeError::ScaleNotRepresentable { index, scale } => QuantizeError::Given(format!(
+            "scale {scale:e} at scale index {index}, which governs non-zero trits and rounds to {} in F16 (rule 4.5)",
+            half::f16::from_f32(scale)
+        )),
+        other => other,
+    })?;
     q.stats.rmse = 0.0;
     q.stats.relative_error = 0.0;
     Ok(q)

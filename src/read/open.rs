@@ -103,6 +103,8 @@ fn assemble(label: &Path, files: &mut impl Files, backing: Backing) -> Result<Bu
         true => Some(files.take(FileRole::Validation)?),
         false => None,
     };
+    // Rule 1.6 (section 11, step 4): every listed asset, before the safetensors files.
+    let assets = asset_files(label, files, &manifest, backing)?;
     let ternary = data_file(
         label,
         FileRole::Ternary,
@@ -126,7 +128,6 @@ fn assemble(label: &Path, files: &mut impl Files, backing: Backing) -> Result<Bu
         }
         None => None,
     };
-    let assets = asset_files(label, files, &manifest, backing)?;
     let names: Vec<&str> = assets.iter().map(|a| a.name()).collect();
     let extras = files.extras(&names)?;
     Ok(Bundle {
@@ -332,7 +333,7 @@ impl Files for MemoryFiles<'_> {
 
     fn asset(&mut self, name: &str) -> Result<Member> {
         Err(Violation::new(
-            Path::new(name),
+            Path::new("<in memory>").join(name),
             Rule::AssetFiles,
             "the asset file the manifest lists (files.assets)",
             "a bundle held in memory, which has no asset files",

@@ -136,7 +136,8 @@ pub fn trits_from_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<i8>, (usize, S
             .collect()
     }
     let int = |v: i64| (-1..=1).contains(&v).then_some(v as i8);
-    let float = |v: f32| {
+    // Compared in the dtype's own precision (exactly, in f64): 0.99999999999 is not a trit.
+    let float = |v: f64| {
         if v == 0.0 {
             Some(0)
         } else if v == 1.0 {
@@ -149,7 +150,8 @@ pub fn trits_from_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<i8>, (usize, S
     };
     match dtype {
         Dtype::I8 => check(bytes.iter().map(|&b| b as i8), |v| int(v.into())),
-        Dtype::U8 | Dtype::Bool => check(bytes.iter().copied(), |v| int(v.into())),
+        Dtype::U8 => check(bytes.iter().copied(), |v| int(v.into())),
+        Dtype::Bool => Err((0, "a BOOL tensor (trits are integers or floats)".into())),
         Dtype::I16 => check(
             bytes
                 .chunks_exact(2)
@@ -193,9 +195,7 @@ pub fn trits_from_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<i8>, (usize, S
                     .map(f64::from)
                     .collect(),
             };
-            check(values.into_iter(), |v| {
-                float(v as f32).filter(|_| v.abs() <= 1.0)
-            })
+            check(values.into_iter(), float)
         }
     }
 }

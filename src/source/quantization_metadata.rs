@@ -102,6 +102,16 @@ impl QuantizationMetadata {
                     )
                 })?;
             for (name, v) in zp {
+                if !scales.contains_key(&name) {
+                    return Err(Violation::new(
+                        path,
+                        Rule::GivenTrits,
+                        "zero points only for tensors with a scale",
+                        "a zero point for a tensor without a scale",
+                    )
+                    .tensor(&name)
+                    .into());
+                }
                 if !all_zero(&v) {
                     return Err(Violation::new(
                         path,

@@ -28,9 +28,25 @@ pub(crate) fn parent_of(dest: &Path) -> PathBuf {
     }
 }
 
-/// Refuses an existing destination unless forced; never replaces something that is not a
-/// bundle or an empty directory.
+/// What an existing destination directory may be for `--force` to replace it: a writer never
+/// deletes a directory of another kind (a mistyped path must not lose unrelated data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replaceable {
+    /// A bundle (it has a regular `manifest.json`) or an empty directory.
+    Bundle,
+    /// A model directory (a regular `config.json`, no `manifest.json`: never a bundle) or an
+    /// empty directory.
+    ModelDirectory,
+}
+
+/// Refuses an existing destination unless `force`; with `force`, refuses anything `kind` does
+/// not allow replacing.
 pub(crate) fn check_destination(dest: &Path, force: bool) -> Result<()> {
+    check_destination_of(dest, force, Replaceable::Bundle)
+}
+
+/// [`check_destination`] for a destination of `kind`.
+pub(crate) fn check_destination_of(dest: &Path, force: bool, kind: Replaceable) -> Result<()> {
     let meta = match fs::symlink_metadata(dest) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -41,16 +57,28 @@ pub(crate) fn check_destination(dest: &Path, force: bool) -> Result<()> {
             path: dest.to_path_buf(),
         });
     }
-    // A bundle's manifest.json is a regular file (rule 1.3); a symlink by that name is not.
-    let is_bundle_or_empty = meta.is_dir()
-        && (fs::symlink_metadata(dest.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file())
-            || fs::read_dir(dest)
-                .map_err(|e| Error::io(dest, "read directory", e))?
-                .next()
-                .is_none());
-    if !is_bundle_or_empty {
+    let regular = |name: &str| fs::symlink_metadata(dest.join(name)).is_ok_and(|m| m.is_file());
+    let empty = || -> Result<bool> {
+        Ok(fs::read_dir(dest)
+            .map_err(|e| Error::io(dest, "read directory", e))?
+            .next()
+            .is_none())
+    };
+    let (allowed, what) = match kind {
+        Replaceable::Bundle => (
+            meta.is_dir() && (regular(MANIFEST_FILE) || empty()?),
+            "a bundle (no manifest.json) or an empty directory",
+        ),
+        Replaceable::ModelDirectory => (
+            meta.is_dir()
+                && fs::symlink_metadata(dest.join(MANIFEST_FILE)).is_err()
+                && (regular("config.json") || empty()?),
+            "a model directory (config.json, and no manifest.json: never a bundle) or an empty directory",
+        ),
+    };
+    if !allowed {
         return Err(Error::InvalidArgument(format!(
-            "{}: refusing to replace something that is not a bundle (no manifest.json) or an empty directory",
+            "{}: refusing to replace something that is not {what}",
             dest.display()
         )));
     }
@@ -183,7 +211,12 @@ impl Staging {
 
     /// Publishes the staged directory at `dest`: a plain no-replace rename, or an atomic
     /// exchange with the existing bundle when `force` (the old one is then deleted).
-    pub fn commit(mut self, dest: &Path, force: bool) -> Result<()> {
+    pub fn commit(self, dest: &Path, force: bool) -> Result<()> {
+        self.commit_replacing(dest, force, Replaceable::Bundle)
+    }
+
+    /// [`Staging::commit`] over a destination of `kind` (a model directory for exports).
+    pub fn commit_replacing(mut self, dest: &Path, force: bool, kind: Replaceable) -> Result<()> {
         let rename_err = |e: Errno| {
             Error::io(
                 dest,
@@ -194,7 +227,7 @@ impl Staging {
         match rustix::fs::renameat_with(CWD, &self.dir, CWD, dest, RenameFlags::NOREPLACE) {
             Ok(()) => {}
             Err(Errno::EXIST) if force => {
-                check_destination(dest, true)?;
+                check_destination_of(dest, true, kind)?;
                 rustix::fs::renameat_with(CWD, &self.dir, CWD, dest, RenameFlags::EXCHANGE)
                     .map_err(rename_err)?;
                 // self.dir now holds the previous bundle; dropping `self` deletes it.

@@ -164,7 +164,8 @@ fn rebuild_source(src: &MemorySource, name: &str, values: Vec<f32>) -> MemorySou
 /// The asset file the format 4.0 tests carry (rule 1.6).
 const TOKENIZER: &str = "tokenizer.json";
 /// Its bytes (asset files are carried byte for byte, never interpreted).
-const TOKENIZER_BYTES: &[u8] = br#"{"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0}}}"#;
+const TOKENIZER_BYTES: &[u8] =
+    br#"{"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0}}}"#;
 
 /// An asset file to carry.
 fn asset(name: &str, bytes: &[u8]) -> AssetFile {
@@ -231,7 +232,10 @@ impl Handoff {
     fn tiny() -> Self {
         use safetensors::Dtype as D;
         let i8s = |t: Vec<i8>| t.into_iter().map(|v| v as u8).collect::<Vec<u8>>();
-        let norm: Vec<f32> = common::values(9, 13).iter().map(|v| 1.0 + v / 4.0).collect();
+        let norm: Vec<f32> = common::values(9, 13)
+            .iter()
+            .map(|v| 1.0 + v / 4.0)
+            .collect();
         let metadata = json!({
             "scales": {"fc1.weight": Self::fc1_scales(), "fc2.weight": Self::FC2_SCALE},
             "zero_points": {"fc1.weight": 0, "fc2.weight": 0},
@@ -240,7 +244,12 @@ impl Handoff {
         });
         Handoff {
             tensors: vec![
-                ("fc1.bias".into(), D::F32, vec![13], f32_bytes(&common::values(8, 13))),
+                (
+                    "fc1.bias".into(),
+                    D::F32,
+                    vec![13],
+                    f32_bytes(&common::values(8, 13)),
+                ),
                 ("fc1.weight".into(), D::I8, vec![13, 7], i8s(trits(7, 91))),
                 ("fc2.norm.weight".into(), D::F32, vec![13], f32_bytes(&norm)),
                 ("fc2.weight".into(), D::I8, vec![5, 13], i8s(trits(10, 65))),

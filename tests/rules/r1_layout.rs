@@ -334,7 +334,6 @@ fn rule_1_6_assets_are_checked_in_the_order_listed() {
 /// Spec section 11: rule 1.6 (step 4) is checked before the safetensors files (step 5), so a
 /// bundle whose asset is missing and whose fp16 file has the wrong size breaks rule 1.6 first.
 #[test]
-#[ignore = "src/read/open.rs checks the assets after the safetensors files (spec section 11 puts rule 1.6 first)"]
 fn rule_1_6_is_checked_before_the_safetensors_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle_with_assets(&tmp, "b");

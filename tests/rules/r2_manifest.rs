@@ -975,12 +975,9 @@ fn rule_2_8_method_given_below_format_4() {
 #[test]
 fn rule_2_8_method_given_with_quantizer_settings() {
     let tmp = tempfile::tempdir().unwrap();
-    for (i, (key, value)) in [
-        ("epsilon", json!(1e-5)),
-        ("sparsity_threshold", json!(0.5)),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (key, value)) in [("epsilon", json!(1e-5)), ("sparsity_threshold", json!(0.5))]
+        .into_iter()
+        .enumerate()
     {
         let dir = given_bundle(&tmp, &format!("b{i}"));
         edit_manifest(&dir, |m| m["quantization"][key] = value);
@@ -1025,7 +1022,11 @@ fn rule_2_8_unknown_method_in_format_4() {
         open_violation(
             &dir,
             Rule::Quantization,
-            &[MANIFEST, "method \"absmean\" or \"given\"", &format!("{method:?}")],
+            &[
+                MANIFEST,
+                "method \"absmean\" or \"given\"",
+                &format!("{method:?}"),
+            ],
         );
     }
 }
@@ -1116,7 +1117,11 @@ fn rule_2_15_format_and_scale_name_of_1_to_64_bytes() {
             open_violation(
                 &dir,
                 Rule::QuantizationSource,
-                &[MANIFEST, &format!("quantization.source.{key}"), "1 to 64 bytes"],
+                &[
+                    MANIFEST,
+                    &format!("quantization.source.{key}"),
+                    "1 to 64 bytes",
+                ],
             );
         }
         // 64 bytes (of UTF-8: 32 two-byte characters) is the limit; writers may name others.
@@ -1126,6 +1131,18 @@ fn rule_2_15_format_and_scale_name_of_1_to_64_bytes() {
         });
         Bundle::open(&dir).unwrap();
     }
+}
+
+/// Rule 2.15: `format` and `scale_name` hold no control characters (as names, rule 2.6): they
+/// are printed by every tool that shows the source.
+#[test]
+fn rule_2_15_source_strings_with_a_control_character_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = given_bundle(&tmp, "b");
+    edit_manifest(&dir, |m| {
+        m["quantization"]["source"]["format"] = json!("quantization\tmetadata")
+    });
+    open_violation(&dir, Rule::QuantizationSource, &[MANIFEST, "control"]);
 }
 
 #[test]
@@ -1191,9 +1208,13 @@ fn rule_2_15_details_not_an_object() {
 #[test]
 fn rule_2_15_source_is_ignored_below_format_4() {
     let tmp = tempfile::tempdir().unwrap();
-    for (i, source) in [json!(5), json!({"format": ""}), json!({"scale_convention": "times"})]
-        .into_iter()
-        .enumerate()
+    for (i, source) in [
+        json!(5),
+        json!({"format": ""}),
+        json!({"scale_convention": "times"}),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| {
@@ -1235,13 +1256,19 @@ fn rule_2_16_forward_sparse() {
         Rule::OriginalModel,
         &[MANIFEST, "provenance.original.forward", "\"sparse\""],
     );
-    for (i, forward) in ["dense", "ternary", "bitnet-online"].into_iter().enumerate() {
+    for (i, forward) in ["dense", "ternary", "bitnet-online"]
+        .into_iter()
+        .enumerate()
+    {
         let dir = bundle_with_assets(&tmp, &format!("ok{i}"));
         edit_manifest(&dir, |m| {
             m["provenance"]["original"] = json!({"forward": forward, "sha256": null})
         });
         let b = Bundle::open(&dir).unwrap();
-        assert_eq!(b.manifest().provenance.original.as_ref().unwrap().forward, forward);
+        assert_eq!(
+            b.manifest().provenance.original.as_ref().unwrap().forward,
+            forward
+        );
     }
 }
 
@@ -1341,7 +1368,12 @@ fn rule_2_17_unknown_asset_name() {
         open_violation(
             &dir,
             Rule::Assets,
-            &[MANIFEST, "files.assets", "tokenizer.json, tokenizer_config.json", &format!("{name:?}")],
+            &[
+                MANIFEST,
+                "files.assets",
+                "tokenizer.json, tokenizer_config.json",
+                &format!("{name:?}"),
+            ],
         );
     }
 }
@@ -1372,7 +1404,13 @@ fn rule_2_17_asset_sha256_not_lowercase_hex() {
         open_violation(
             &dir,
             Rule::Assets,
-            &[MANIFEST, "files.assets", TOKENIZER, "sha256", &format!("{digest:?}")],
+            &[
+                MANIFEST,
+                "files.assets",
+                TOKENIZER,
+                "sha256",
+                &format!("{digest:?}"),
+            ],
         );
     }
 }

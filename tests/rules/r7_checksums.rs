@@ -149,3 +149,85 @@ fn errors_of_an_open_bundle_name_file_tensor_and_rule() {
         &[FP16, &t("fc9.weight"), "no such tensor"],
     );
 }
+
+#[test]
+fn rule_7_4_asset_byte_changed() {
+    // Same size (rule 1.6 passes when opening); the manifest is untouched, so its digest (rule
+    // 7.3) holds; only the asset's own digest can notice.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_assets(&tmp, "b");
+    let mut bytes = TOKENIZER_BYTES.to_vec();
+    let at = bytes.iter().position(|&c| c == b'a').unwrap();
+    bytes[at] = b'b';
+    std::fs::write(dir.join(TOKENIZER), &bytes).unwrap();
+    let b = Bundle::open(&dir).unwrap();
+    let declared = sha256_hex(TOKENIZER_BYTES);
+    let parts = [
+        TOKENIZER,
+        &format!("expected sha256 {declared} (manifest files.assets)"),
+        &format!("found sha256 {}", sha256_hex(&bytes)),
+    ];
+    expect_violation(
+        ternary_bundle::read::checks::check_asset_digests(&b),
+        Rule::AssetDigest,
+        &parts,
+    );
+    expect_violation(check_digests(&b), Rule::AssetDigest, &parts);
+    expect_violation(check_all(&b), Rule::AssetDigest, &parts);
+}
+
+#[test]
+fn rule_7_4_asset_replaced_and_its_size_updated() {
+    // Another file under the asset's name, its size edited in the manifest (resealed, rule 7.3)
+    // but not its digest.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_assets(&tmp, "b");
+    let other = b"{\"model\": {\"type\": \"BPE\"}}";
+    std::fs::write(dir.join(TOKENIZER), other).unwrap();
+    edit_manifest(&dir, |m| {
+        m["files"]["assets"][0]["size"] = json!(other.len())
+    });
+    data_violation(
+        &dir,
+        check_digests,
+        Rule::AssetDigest,
+        &[TOKENIZER, &sha256_hex(other)],
+    );
+}
+
+#[test]
+fn rule_7_4_second_asset_digest_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_bundle(&tmp, "b", |_, o| {
+        o.assets = vec![
+            asset(TOKENIZER, TOKENIZER_BYTES),
+            asset("generation_config.json", b"{\"do_sample\": false}"),
+        ]
+    });
+    std::fs::write(
+        dir.join("generation_config.json"),
+        b"{\"do_sample\": true }",
+    )
+    .unwrap();
+    let b = Bundle::open(&dir).unwrap();
+    let msg = expect_violation(
+        check_all(&b),
+        Rule::AssetDigest,
+        &["generation_config.json"],
+    );
+    assert!(!msg.contains(TOKENIZER), "{msg}");
+}
+
+/// Rule 7.3: the asset table is covered by the manifest digest like every other field.
+#[test]
+fn rule_7_3_asset_table_edited_without_resealing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = bundle_with_assets(&tmp, "b");
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let declared = sha256_hex(TOKENIZER_BYTES);
+    let forged = sha256_hex(b"forged");
+    assert_eq!(text.matches(&declared).count(), 1);
+    std::fs::write(&path, text.replace(&declared, &forged)).unwrap();
+    open_violation(&dir, Rule::ManifestDigest, &[MANIFEST, "manifest_sha256"]);
+}

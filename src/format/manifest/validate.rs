@@ -211,7 +211,7 @@ impl Manifest {
         };
         if assets.len() > ASSET_NAMES.len() {
             return Err(bad(
-                format!("at most {} entries", ASSET_NAMES.len()),
+                format!("at most {} entries (one per asset name)", ASSET_NAMES.len()),
                 format!("{}", assets.len()),
             )
             .into());
