@@ -94,6 +94,12 @@ def check_bundle(d):
     for role, entry in m["files"].items():
         if entry is None:
             continue
+        if role == "assets":  # format 4.0 (rules 1.6, 7.4): files carried byte for byte
+            for a in entry:
+                blob = (d / a["name"]).read_bytes()
+                assert len(blob) == a["size"], f"{a['name']}: size (rule 1.6)"
+                assert hashlib.sha256(blob).hexdigest() == a["sha256"], f"{a['name']}: sha256 (rule 7.4)"
+            continue
         path = d / f"{role}.safetensors"
         blob = path.read_bytes()
         assert len(blob) == entry["size"], f"{path}: size"

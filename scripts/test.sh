@@ -144,7 +144,8 @@ r = json.load(open(sys.argv[1]))
 skips = set(sys.argv[2:])
 bad = [(c["name"], c["status"]) for c in r["checks"] if c["status"] != "pass" and not (c["status"] == "skip" and c["name"] in skips)]
 assert not bad, f"{sys.argv[1]}: {bad}"
-print(f"ok   {sys.argv[1]}: every check passes (allowed skips: {sorted(skips) or None}), retention {r[\"metrics\"][\"phase4_to_5/dequantization_accuracy_retention\"]}")' "$@"
+retention = r["metrics"]["phase4_to_5/dequantization_accuracy_retention"]
+print(f"ok   {sys.argv[1]}: every check passes (allowed skips: {sorted(skips) or None}), retention {retention}")' "$@"
 }
 conv="python3 scripts/conversions_numpy.py"
 # (a) The quantizing stage's handoff: trits as int8, scales per row, per tensor and per group.

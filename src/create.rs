@@ -364,15 +364,21 @@ fn given_params(request: &CreateRequest, granularity: Granularity) -> Result<Qua
 
 /// Settings of the absmean quantizer: the user's, else `defaults`.
 fn absmean_params(request: &CreateRequest, defaults: QuantParams) -> Result<QuantParams> {
-    let s = &request.settings;
-    let params = QuantParams {
-        encoding: s.encoding,
-        granularity: s.granularity.unwrap_or(defaults.granularity),
-        epsilon: s.epsilon.unwrap_or(defaults.epsilon),
-        sparsity_threshold: s.sparsity_threshold.unwrap_or(defaults.sparsity_threshold),
-    };
-    params.check().map_err(Error::InvalidArgument)?;
-    Ok(params)
+    request.settings.absmean(defaults)
+}
+
+impl Settings {
+    /// The absmean quantizer's settings: these where given, else `defaults` (rule 2.8 checked).
+    pub fn absmean(&self, defaults: QuantParams) -> Result<QuantParams> {
+        let params = QuantParams {
+            encoding: self.encoding,
+            granularity: self.granularity.unwrap_or(defaults.granularity),
+            epsilon: self.epsilon.unwrap_or(defaults.epsilon),
+            sparsity_threshold: self.sparsity_threshold.unwrap_or(defaults.sparsity_threshold),
+        };
+        params.check().map_err(Error::InvalidArgument)?;
+        Ok(params)
+    }
 }
 
 /// The original model: `--original` (a checkpoint, run dense or through the quantizer, or a

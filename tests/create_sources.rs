@@ -348,7 +348,11 @@ fn assert_float(b: &Bundle, name: &str, v: &[f32]) {
         "{name}: F32 values"
     );
     let want: Vec<u16> = v.iter().map(|x| f16::from_f32(*x).to_bits()).collect();
-    assert_eq!(u16s(b.fp16_bytes(name).unwrap()), want, "{name}: F16 values");
+    assert_eq!(
+        u16s(b.fp16_bytes(name).unwrap()),
+        want,
+        "{name}: F16 values"
+    );
 }
 
 /// The names of the bundle's quantized tensors.
@@ -384,10 +388,7 @@ fn random_trits(seed: u64, n: usize) -> Vec<i8> {
 
 /// Pseudo-random scales in [0.01, 0.11).
 fn random_scales(seed: u64, n: usize) -> Vec<f32> {
-    values(seed, n)
-        .iter()
-        .map(|v| 0.06 + 0.05 * v)
-        .collect()
+    values(seed, n).iter().map(|v| 0.06 + 0.05 * v).collect()
 }
 
 /// Round-clamp of each row of `w` by its absmean (how a stage makes its trits).
@@ -906,10 +907,8 @@ fn stage_handoff_model_directory_is_found_and_bundled_as_given() {
             0 => {
                 let per_row = cols.div_ceil(8);
                 let g = random_scales(seed, rows * per_row);
-                let rows_text: Vec<String> = g
-                    .chunks(per_row)
-                    .map(|row| format!("{row:?}"))
-                    .collect();
+                let rows_text: Vec<String> =
+                    g.chunks(per_row).map(|row| format!("{row:?}")).collect();
                 (
                     (0..rows * cols)
                         .map(|i| g[(i / cols) * per_row + (i % cols) / 8])
@@ -919,7 +918,10 @@ fn stage_handoff_model_directory_is_found_and_bundled_as_given() {
             }
             1 => {
                 let v = random_scales(seed, rows);
-                ((0..rows * cols).map(|i| v[i / cols]).collect(), format!("{v:?}"))
+                (
+                    (0..rows * cols).map(|i| v[i / cols]).collect(),
+                    format!("{v:?}"),
+                )
             }
             2 => {
                 let v = random_scales(seed, 1)[0];
@@ -1028,20 +1030,19 @@ struct PackedCase {
     details: Value,
 }
 
+/// The converted weights of a packed directory: name -> (trits, BF16 weight_scale).
+type Converted = BTreeMap<String, (Vec<i8>, bf16)>;
+
 /// Writes the packed BitNet directory of `case` for `spec` into `dir`: each converted module's
 /// weight packed with `pack_weights` (or, for `float_trits`, an F32 matrix of trits) and its
 /// `weight_scale` BF16 [1]; every other tensor F32. Returns the trits and the BF16 scale of each
 /// converted weight, and the float values of the others.
-#[allow(clippy::type_complexity)]
 fn write_packed_dir(
     dir: &Path,
     spec: &DecoderSpec,
     case: &PackedCase,
     float_trits: Option<&str>,
-) -> (
-    BTreeMap<String, (Vec<i8>, bf16)>,
-    BTreeMap<String, Vec<f32>>,
-) {
+) -> (Converted, BTreeMap<String, Vec<f32>>) {
     let mut converted = BTreeMap::new();
     let mut floats = BTreeMap::new();
     let mut raws = Vec::new();
@@ -1071,7 +1072,11 @@ fn write_packed_dir(
         });
         converted.insert(name, (trits, ws));
     }
-    write_model_dir(dir, &hf_config(spec, Some(case.quantization.clone())), &raws);
+    write_model_dir(
+        dir,
+        &hf_config(spec, Some(case.quantization.clone())),
+        &raws,
+    );
     (converted, floats)
 }
 
@@ -1264,11 +1269,115 @@ fn online_bitnet_master_is_quantized_as_transformers_runs_it() {
     );
 }
 
+/// The 2B4T workflow (`bundle create --from bitnet-b1.58-2B-4T --original
+/// bitnet-b1.58-2B-4T-bf16`): a packed checkpoint of the master's WeightQuant trits, with its
+/// online BF16 master as `--original`, through the binary: the bundle holds the packed trits as
+/// given, its original predictions are the online model's (`bitnet-online`, sha256 null for a
+/// directory), and `bundle verify` measures retention against them.
+#[test]
+fn packed_checkpoint_with_its_online_master_as_original() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = small_spec(Family::Bitnet, false);
+    let weights = decoder_weights(&spec, 720);
+    let master = tmp.path().join("master");
+    write_model_dir(
+        &master,
+        &hf_config(
+            &spec,
+            Some(
+                json!({"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}),
+            ),
+        ),
+        &weights
+            .iter()
+            .map(|(n, (shape, v))| bf16_raw(n, shape, v))
+            .collect::<Vec<_>>(),
+    );
+    let packed = tmp.path().join("packed");
+    let mut raws = Vec::new();
+    let mut given = BTreeMap::new();
+    for (name, (shape, v)) in &weights {
+        let w: Vec<f32> = v.iter().map(|x| bf16::from_f32(*x).to_f32()).collect();
+        if !is_projection(name) {
+            raws.push(f32_raw(name, shape, &w));
+            continue;
+        }
+        let (trits, m) = weight_quant(&w);
+        let ws = bf16::from_f32(m);
+        raws.push(u8_raw(
+            name,
+            &[shape[0] / 4, shape[1]],
+            pack_weights(&trits, shape[0], shape[1]).unwrap(),
+        ));
+        raws.push(Raw {
+            name: format!("{name}_scale"),
+            dtype: StDtype::BF16,
+            shape: vec![1],
+            bytes: ws.to_le_bytes().to_vec(),
+        });
+        given.insert(name.clone(), (trits, f32::from(ws)));
+    }
+    write_model_dir(
+        &packed,
+        &hf_config(
+            &spec,
+            Some(
+                json!({"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}),
+            ),
+        ),
+        &raws,
+    );
+    let validation = tmp.path().join("tokens.safetensors");
+    let ids = write_token_validation(&validation, 3, 10, spec.vocab_size, 79);
+    let out = tmp.path().join("b");
+    cli_create(&[
+        "--from",
+        s(&packed),
+        "--original",
+        s(&master),
+        "--validation",
+        s(&validation),
+        "--out",
+        s(&out),
+    ]);
+    let b = Bundle::open(&out).unwrap();
+    check_all(&b).unwrap();
+    let m = b.manifest();
+    assert_eq!(m.quantization.method, "given");
+    assert_eq!(
+        m.provenance.original,
+        Some(OriginalSpec {
+            forward: "bitnet-online".into(),
+            sha256: None,
+        })
+    );
+    for (name, (trits, scale)) in &given {
+        assert_given(&b, name, trits, |_, _| *scale);
+    }
+    let model = HfModel::open_with(&master, Dtypes::Float, false).unwrap();
+    let online: Vec<i64> = OriginalModel::bitnet_online(&model, projections(&spec))
+        .unwrap()
+        .decoder_predictions(&spec, ids.view())
+        .unwrap()
+        .into_iter()
+        .map(|p| p as i64)
+        .collect();
+    assert_eq!(stored_predictions(&b), Some(online));
+    let (_, report) = verify_json(&out, &["--only", "retention"]);
+    let r = check(&report, "retention");
+    assert_ne!(r["status"], "skip", "{r:#}");
+    assert_eq!(r["figures"]["original"], "original_predictions", "{r:#}");
+    assert!(retention(&report) > 0.0);
+}
+
 // ---- 5. quantization-aware checkpoints (spec 7 step 0, 7.2) ----
+
+/// A chain's layers, and the trits and per-row scales each weight was made from.
+type QatChain = (Vec<Linear>, Vec<(Vec<i8>, Vec<f32>)>);
 
 /// A chain 16 -> 32 -> 10 (ReLU, a bias on the first layer) whose weights are `weight(r, c, t,
 /// s_r)` of pseudo-random trits t and per-row scales s_r.
-fn qat_chain(weight: impl Fn(usize, usize, i8, f32) -> f32) -> (Vec<Linear>, Vec<(Vec<i8>, Vec<f32>)>) {
+fn qat_chain(weight: impl Fn(usize, usize, i8, f32) -> f32) -> QatChain {
     let dims = [("fc1", 32, 16), ("fc2", 10, 32)];
     let mut layers = Vec::new();
     let mut ternary = Vec::new();
@@ -1369,7 +1478,10 @@ fn latent_weights_are_judged_against_their_ternary_forward() {
     assert_eq!(b.manifest().format_version, "2.0");
     let (code, report) = verify_json(&dense, &[]);
     let r = retention(&report);
-    assert!(r < 0.995, "dense retention {r}: the noise changes no decision");
+    assert!(
+        r < 0.995,
+        "dense retention {r}: the noise changes no decision"
+    );
     assert_eq!(check(&report, "retention")["status"], "fail");
     assert_eq!(code, Some(1));
 
@@ -1424,8 +1536,10 @@ fn latent_weights_are_judged_against_their_ternary_forward() {
 
 /// The stage's handoff refused at create (rule 8.3), each error naming the file and the
 /// tensor: a trit outside {-1, 0, 1} (integer and float), a scale list of the wrong length, a
-/// zero, negative or infinite scale, a scale for a tensor that is not there, an integer tensor
-/// without a scale, a non-zero zero point, a list of lists without group_size.
+/// zero, negative or infinite scale, a scale whose F16 rounding is zero or infinite (rule 4.5),
+/// a scale for a tensor that is not there, an integer tensor without a scale, a non-zero zero
+/// point, a list of lists without group_size, and an `--original` whose tensors are not the
+/// trits' (another shape, one missing).
 #[test]
 fn bad_stage_handoffs_are_refused_naming_file_and_tensor() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1465,10 +1579,14 @@ fn bad_stage_handoffs_are_refused_naming_file_and_tensor() {
     });
     std::fs::write(&meta, metadata_json(&extra, "")).unwrap();
     let e = create_error(&req, &out);
-    assert_names(
-        &e,
-        &[meta_name, "\"fc9.weight\"", "rule 8.3", "not there"],
-    );
+    assert_names(&e, &[meta_name, "\"fc9.weight\"", "rule 8.3", "not there"]);
+    // Scales whose F16 rounding is zero or infinite, governing non-zero trits (rule 4.5).
+    for entry in ["1e-10", "70000"] {
+        std::fs::write(&meta, metadata_json(&with_entry("fc2.weight", entry), "")).unwrap();
+        let e = create_error(&req, &out);
+        eprintln!("PROBE {e}");
+        assert_names(&e, &["\"fc2.weight\"", "rule 8.3", "rule 4.5"]);
+    }
     // A non-zero zero point.
     let text = metadata_json(&h.given, "").replace("\"fc3.weight\": 0", "\"fc3.weight\": 1");
     assert!(text.contains("\"fc3.weight\": 1"));
@@ -1480,12 +1598,21 @@ fn bad_stage_handoffs_are_refused_naming_file_and_tensor() {
     let e = create_error(&req, &out);
     assert_names(
         &e,
-        &["trits.safetensors", "\"fc1.weight\"", "rule 8.3", "without a scale"],
+        &[
+            "trits.safetensors",
+            "\"fc1.weight\"",
+            "rule 8.3",
+            "without a scale",
+        ],
     );
     std::fs::write(&meta, metadata_json(&h.given, "")).unwrap();
 
     // Trits outside {-1, 0, 1}: an integer 2, a float 0.5.
-    let mut raws = vec![f32_raw("fc1.bias", &[12], h.layers[0].bias.as_ref().unwrap())];
+    let mut raws = vec![f32_raw(
+        "fc1.bias",
+        &[12],
+        h.layers[0].bias.as_ref().unwrap(),
+    )];
     let mut bad = h.given[0].trits.clone();
     bad[17] = 2;
     raws.push(i8_raw("fc1.weight", &[12, 8], &bad));
@@ -1505,7 +1632,12 @@ fn bad_stage_handoffs_are_refused_naming_file_and_tensor() {
     let e = create_error(&bad_req, &out);
     assert_names(
         &e,
-        &["bad_trits.safetensors", "\"fc1.weight\"", "rule 8.3", "2 at flat index 17"],
+        &[
+            "bad_trits.safetensors",
+            "\"fc1.weight\"",
+            "rule 8.3",
+            "2 at flat index 17",
+        ],
     );
     raws[1] = i8_raw("fc1.weight", &[12, 8], &h.given[0].trits);
     f[33] = 0.5;
@@ -1514,8 +1646,34 @@ fn bad_stage_handoffs_are_refused_naming_file_and_tensor() {
     let e = create_error(&bad_req, &out);
     assert_names(
         &e,
-        &["bad_trits.safetensors", "\"fc3.weight\"", "rule 8.3", "flat index 33"],
+        &[
+            "bad_trits.safetensors",
+            "\"fc3.weight\"",
+            "rule 8.3",
+            "flat index 33",
+        ],
     );
+
+    // An original that is not the model the trits were quantized from: a tensor of another
+    // shape, a tensor missing.
+    let orig = tmp.path().join("other_original.safetensors");
+    let mut raws: Vec<Raw> = h.layers.iter().flat_map(Linear::raws).collect();
+    let k = raws.iter().position(|r| r.name == "fc2.weight").unwrap();
+    raws[k] = f32_raw("fc2.weight", &[10, 11], &values(1, 110));
+    write_st(&orig, &raws);
+    let with_original = CreateRequest {
+        original: Some(orig.clone()),
+        validation: Some(h.validation.clone()),
+        from: h.trits.clone(),
+        quantization_metadata: Some(h.meta.clone()),
+        ..CreateRequest::default()
+    };
+    let e = create_error(&with_original, &out);
+    assert_names(&e, &["other_original.safetensors", "\"fc2.weight\""]);
+    raws.remove(k);
+    write_st(&orig, &raws);
+    let e = create_error(&with_original, &out);
+    assert_names(&e, &["other_original.safetensors", "\"fc2.weight\""]);
     assert!(!out.exists());
 }
 
@@ -1574,7 +1732,8 @@ fn bad_bitnet_directories_are_refused_naming_what_is_wrong() {
     }
     std::fs::write(&st, &original).unwrap();
 
-    let config = |q: Value| std::fs::write(dir.join("config.json"), hf_config(&spec, Some(q))).unwrap();
+    let config =
+        |q: Value| std::fs::write(dir.join("config.json"), hf_config(&spec, Some(q))).unwrap();
     config(json!({"quant_method": "bitnet", "linear_class": "bitlinear2"}));
     let e = create_error(&request(&dir), &out);
     assert_names(&e, &["config.json", "linear_class", "bitlinear2"]);
@@ -1591,7 +1750,9 @@ fn bad_bitnet_directories_are_refused_naming_what_is_wrong() {
         &master,
         &hf_config(
             &spec,
-            Some(json!({"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"})),
+            Some(
+                json!({"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}),
+            ),
         ),
         &decoder_weights(&spec, 900)
             .iter()
@@ -1623,13 +1784,21 @@ fn bad_tokenizers_and_short_texts_are_refused() {
             .collect::<Vec<_>>(),
     );
     let out = tmp.path().join("never");
-    std::fs::write(dir.join("tokenizer.json"), r#"{"model": {"type": "nonsense"}}"#).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        r#"{"model": {"type": "nonsense"}}"#,
+    )
+    .unwrap();
     let e = create_error(&request(&dir), &out);
     assert_names(&e, &["tokenizer.json", "tokenizers"]);
     let stderr = cli_create_fails(&["--from", s(&dir), "--out", s(&out)]);
     assert_names(&stderr, &["tokenizer.json"]);
 
-    std::fs::copy(tokenizer_fixture("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        tokenizer_fixture("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
     let short = tmp.path().join("short.txt");
     std::fs::write(&short, "the cat").unwrap();
     let req = CreateRequest {
@@ -1669,9 +1838,15 @@ fn quantizer_flags_on_given_trits_are_refused() {
         s(&out),
     ];
     for (extra, words) in [
-        (vec!["--granularity", "tensor"], vec!["--granularity", "given"]),
+        (
+            vec!["--granularity", "tensor"],
+            vec!["--granularity", "given"],
+        ),
         (vec!["--epsilon", "0.001"], vec!["--epsilon", "given"]),
-        (vec!["--quantize", "fc1.weight"], vec!["--quantize", "given"]),
+        (
+            vec!["--quantize", "fc1.weight"],
+            vec!["--quantize", "given"],
+        ),
         (
             vec!["--original-forward", "ternary"],
             vec!["--original-forward ternary", "--original"],
@@ -1768,10 +1943,9 @@ fn the_tokenizer_travels_with_the_model() {
         );
     }
     // The validation set: the fixture's ids cut into rows of T, the rest dropped.
-    let expected: Value = serde_json::from_slice(
-        &std::fs::read(tokenizer_fixture("expected_ids.json")).unwrap(),
-    )
-    .unwrap();
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(tokenizer_fixture("expected_ids.json")).unwrap())
+            .unwrap();
     let ids: Vec<i64> = expected["corpus.txt"]
         .as_array()
         .unwrap()

@@ -56,16 +56,7 @@ pub fn settings(q: &QuantFlags) -> Result<Settings> {
 
 /// The settings of a built-in model: the user's, else the defaults.
 fn quant_params(q: &QuantFlags) -> Result<QuantParams> {
-    let s = settings(q)?;
-    let d = QuantParams::default();
-    let params = QuantParams {
-        encoding: s.encoding,
-        granularity: s.granularity.unwrap_or(d.granularity),
-        epsilon: s.epsilon.unwrap_or(d.epsilon),
-        sparsity_threshold: s.sparsity_threshold.unwrap_or(d.sparsity_threshold),
-    };
-    params.check().map_err(Error::InvalidArgument)?;
-    Ok(params)
+    settings(q)?.absmean(QuantParams::default())
 }
 
 fn progress_bar(total: u64, what: &str) -> ProgressBar {

@@ -16,12 +16,11 @@ use half::slice::HalfFloatSliceExt;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray};
 use rayon::prelude::*;
 
-use crate::error::{Error, Result, Violation};
+use crate::error::{Result, Violation};
 use crate::format::activation::Activation;
 use crate::format::manifest::{FileRole, LayerSpec, ModelSpec};
 use crate::format::quantization::Granularity;
 use crate::format::rules::Rule;
-use crate::model::chunks::chunk_rows;
 use crate::model::matmul::{dot_t, dot_t_blocks};
 use crate::read::{Bundle, PackedTensor};
 use crate::source::TensorSource;
@@ -397,27 +396,6 @@ pub fn source_layer(
     let w = load(&spec.weight, out * inp)?;
     let weight = LinearWeight::Dense(matrix(w, (out, inp), &spec.weight, source.path())?);
     layer_with(spec, activation, weight, &mut load)
-}
-
-/// The predictions (section 16) of `model` with weights from `source` on `inputs`
-/// (`[n, input_dim]`, row-major), in f32. Rows are run in chunks of [`chunk_rows`] and the
-/// layers loaded once per chunk, so memory is one layer and one chunk's activations.
-pub fn source_predictions(
-    source: &dyn TensorSource,
-    model: &ModelSpec,
-    activations: &[Activation],
-    inputs: &[f32],
-) -> Result<Vec<usize>> {
-    let d = model.input_dim as usize;
-    let rows = chunk_rows(model);
-    let mut out = Vec::with_capacity(inputs.len() / d.max(1));
-    for chunk in inputs.chunks(rows.saturating_mul(d).max(1)) {
-        let x = ArrayView2::from_shape((chunk.len() / d, d), chunk).map_err(|_| {
-            Error::InvalidArgument(format!("{} input values are not rows of {d}", inputs.len()))
-        })?;
-        out.extend(argmax_rows(&forward_source(source, model, activations, x)?));
-    }
-    Ok(out)
 }
 
 /// Runs `model` with weights from `source` on `x`, one layer in memory at a time.

@@ -75,7 +75,14 @@ impl CheckpointSource {
                 path.display()
             )));
         }
+        let pickle = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("pt" | "pth" | "bin" | "ckpt" | "pkl")
+        );
         let header = read_header(&path, &file, meta.len()).map_err(|e| match e {
+            Error::Invalid(v) if pickle => Error::InvalidArgument(format!(
+                "not a safetensors checkpoint: {v}; a PyTorch pickle is not read (loading one runs its code): convert it once with safetensors.torch.save_file(torch.load(path, weights_only=True), \"model.safetensors\")"
+            )),
             Error::Invalid(v) => {
                 Error::InvalidArgument(format!("not a safetensors checkpoint: {v}"))
             }
