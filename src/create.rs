@@ -268,6 +268,7 @@ impl CreateInputs {
             Original::Other(s, f, c, sha) => (Some(&**s), *f, c, sha.clone()),
             Original::None => (None, OriginalForward::Dense, &BTreeSet::new(), None),
         };
+        let elsewhere = matches!(self.original, Original::Other(..));
         let original = match source {
             None => None,
             Some(s) => Some(match forward {
@@ -287,6 +288,7 @@ impl CreateInputs {
             validation: self.validation.clone(),
             assets: self.assets.clone(),
             original_sha256: sha,
+            original_elsewhere: elsewhere,
             ..Default::default()
         };
         write_bundle_from(
@@ -374,7 +376,9 @@ impl Settings {
             encoding: self.encoding,
             granularity: self.granularity.unwrap_or(defaults.granularity),
             epsilon: self.epsilon.unwrap_or(defaults.epsilon),
-            sparsity_threshold: self.sparsity_threshold.unwrap_or(defaults.sparsity_threshold),
+            sparsity_threshold: self
+                .sparsity_threshold
+                .unwrap_or(defaults.sparsity_threshold),
         };
         params.check().map_err(Error::InvalidArgument)?;
         Ok(params)

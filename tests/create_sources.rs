@@ -1584,7 +1584,6 @@ fn bad_stage_handoffs_are_refused_naming_file_and_tensor() {
     for entry in ["1e-10", "70000"] {
         std::fs::write(&meta, metadata_json(&with_entry("fc2.weight", entry), "")).unwrap();
         let e = create_error(&req, &out);
-        eprintln!("PROBE {e}");
         assert_names(&e, &["\"fc2.weight\"", "rule 8.3", "rule 4.5"]);
     }
     // A non-zero zero point.

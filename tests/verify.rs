@@ -1356,11 +1356,7 @@ fn reference_supplies_the_original_predictions_when_the_bundle_stores_none() {
     );
     // The checkpoint is not the file the bundle was made from (the bundle has no source digest
     // in provenance at all here): said, not failed.
-    assert!(
-        r.detail.contains("records no digest of it"),
-        "{}",
-        r.detail
-    );
+    assert!(r.detail.contains("records no digest of it"), "{}", r.detail);
 
     // The gate: the original keeps its own bar; another model (seed 8) keeps fewer decisions.
     assert_checks(

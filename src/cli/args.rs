@@ -528,7 +528,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(digits);
-    let n: u64 = n.parse().map_err(|_| format!("expected a size such as 5GB, found {s:?}"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("expected a size such as 5GB, found {s:?}"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,
@@ -537,7 +539,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "kib" => 1 << 10,
         "mib" => 1 << 20,
         "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (kB, MB, GB, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (kB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .filter(|&b| b > 0)

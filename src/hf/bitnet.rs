@@ -484,8 +484,10 @@ mod tests {
         // 8 rows of 1 column: P = 2, byte 0 holds rows 0, 2, 4, 6; byte 1 rows 1, 3, 5, 7.
         let t: Vec<i8> = vec![-1, 0, 1, -1, 0, 1, 1, 0];
         let p = pack_weights(&t, 8, 1).unwrap();
-        assert_eq!(p[0], 0 | 2 << 2 | 1 << 4 | 2 << 6);
-        assert_eq!(p[1], 1 | 0 << 2 | 2 << 4 | 1 << 6);
+        // Codes t + 1: rows 0, 2, 4, 6 are -1, 1, 0, 1 -> 0, 2, 1, 2.
+        assert_eq!(p[0], 0b10_01_10_00);
+        // Rows 1, 3, 5, 7 are 0, -1, 1, 0 -> 1, 0, 2, 1.
+        assert_eq!(p[1], 0b01_10_00_01);
         assert_eq!(unpack_weights(&p, 8, 1).unwrap(), t);
         assert_eq!(pack_weights(&t[..6], 6, 1), None);
         assert_eq!(unpack_weights(&[3], 4, 1), Err(0));

@@ -165,15 +165,11 @@ impl TensorSource for CheckpointSource {
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         let e = self.header.get(name).ok_or_else(|| {
-            Error::from(
-                Violation::new(
-                    &self.path,
-                    Rule::SourceDtype,
-                    "a tensor of this name",
-                    "none",
-                )
-                .tensor(name),
-            )
+            Error::InvalidArgument(format!(
+                "{}: tensor {}: missing (the model needs it)",
+                self.path.display(),
+                crate::error::escape_name(name)
+            ))
         })?;
         let bytes = self.tensor_bytes(name).ok_or_else(|| {
             Violation::new(

@@ -124,7 +124,10 @@ impl QuantizationMetadata {
                 }
             }
         }
+        // group_size matters only to scales given per group (spec 18.1: ignored otherwise).
+        let grouped = scales.values().any(|v| matches!(v, ScaleValue::Rows(_)));
         let group_size = match top.get("group_size").map(|r| r.get()) {
+            _ if !grouped => None,
             None | Some("null") => None,
             Some(t) => Some(
                 t.parse::<u64>()

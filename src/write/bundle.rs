@@ -71,6 +71,9 @@ pub struct WriteOptions {
     /// The SHA-256 of the original model's file when it is not the source
     /// (`provenance.original.sha256`, rule 2.16).
     pub original_sha256: Option<String>,
+    /// The original model is not the source (`--original`): the manifest must say so
+    /// (`provenance.original`, format 4.0), even for a directory, whose digest is null.
+    pub original_elsewhere: bool,
 }
 
 /// What was written, per tensor.
@@ -258,7 +261,9 @@ fn draft_manifest(
     // 3.0; original predictions need 2.0; 1.0 readers open the rest.
     let predictions = options.validation.is_some() && forward.is_some();
     let other_original = predictions
-        && (forward != Some(OriginalForward::Dense) || options.original_sha256.is_some());
+        && (forward != Some(OriginalForward::Dense)
+            || options.original_sha256.is_some()
+            || options.original_elsewhere);
     let version = if plan.given.is_some() || !options.assets.is_empty() || other_original {
         FormatVersion::V4_0
     } else if plan.model.decoder.is_some() {

@@ -311,7 +311,11 @@ fn rule_8_3_zero_point_for_a_tensor_without_a_scale() {
     });
     expect_given_refused(
         &h,
-        &[METADATA_FILE, &t("fc2.weight"), "a zero point for a tensor without a scale"],
+        &[
+            METADATA_FILE,
+            &t("fc2.weight"),
+            "a zero point for a tensor without a scale",
+        ],
     );
 }
 
