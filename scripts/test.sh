@@ -213,6 +213,13 @@ done
 "$bundle" export "$work/tok-bundle" --format hf --max-shard-size 20000 --out "$work/hf-shards" >/dev/null
 $conv check-export-hf "$work/hf-shards" "$work/tok-bundle" >/dev/null
 echo "ok   export --format hf: config.json, weights (f16, bf16, f32; sharded) and the tokenizer as the spec says (numpy)"
+# The 4.0 bundles, read by the independent checker of the spec (digests, assets, FP16), and
+# their inspect and verify reports against the documented schemas.
+"$bundle" inspect "$work/tok-bundle" --json >"$work/tok-inspect.json"
+"$bundle" inspect "$work/packed-bitlinear-bundle" --json >"$work/packed-inspect.json"
+python3 scripts/check_interop.py "$work/stage-bundle" "$work/stage-group-bundle" "$work/tok-bundle" \
+    --inspect-json "$work/tok-inspect.json" --inspect-json "$work/packed-inspect.json" \
+    --verify-json "$work/online-verify.json" --verify-json "$work/stage-no-original.json"
 
 # The browser test: headless Chromium renders the reports of the demo and of a bundle whose
 # tensor names are markup; no console message, no script, every chart, names shown as text.
