@@ -235,15 +235,16 @@ python3 scripts/check_report.py browse "$work/demo-report.html" "$work/hostile-r
 # The previous releases refuse the bundles of the next format for their version (rule 2.4), not
 # as damaged files: the 2.0 release (the commit before format 3.0) a decoder bundle, the 3.0
 # release (the commit before format 4.0) bundles of given trits and of carried tokenizers. Each
-# is built from this repository's history in a target directory of its own (sharing this one
-# would mix the builds of the crate); they share one registry of dependencies.
+# is built from this repository's history in a worktree of its own, into a target directory
+# apart from this one (building there would overwrite target/release/bundle with the old
+# binary); the two releases share that directory, so their dependencies are compiled once, and
+# each binary is copied out as soon as it is built.
 build_release() { # COMMIT NAME
     git worktree add --quiet --detach "$work/release-$2" "$1" ||
         { echo "the release commit $1 is not in this checkout's history" >&2; exit 1; }
-    (cd "$work/release-$2" && CARGO_TARGET_DIR="$work/release-$2-target" cargo build --release --quiet --bin bundle)
-    cp "$work/release-$2-target/release/bundle" "$work/bundle-$2"
+    (cd "$work/release-$2" && CARGO_TARGET_DIR="$work/releases-target" cargo build --release --quiet --bin bundle)
+    cp "$work/releases-target/release/bundle" "$work/bundle-$2"
     git worktree remove --force "$work/release-$2"
-    rm -rf "$work/release-$2-target"
 }
 refuses_by_version() { # READER BUNDLE FOUND
     set +e

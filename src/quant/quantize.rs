@@ -163,23 +163,7 @@ pub fn pack_given(
     params: &QuantParams,
     scales: Vec<f32>,
 ) -> Result<QuantizedTensor, QuantizeError> {
-    let (rows, cols) = rows_cols(shape)
-        .filter(|&(r, c)| r >= 1 && c >= 1)
-        .ok_or_else(|| QuantizeError::Shape(format!("shape {shape:?} is not quantizable")))?;
-    if trits.len() as u64 != rows * cols {
-        return Err(QuantizeError::Shape(format!(
-            "{} trits for shape {shape:?}",
-            trits.len()
-        )));
-    }
-    let expected: u64 = params.granularity.scale_shape(rows, cols).iter().product();
-    if scales.len() as u64 != expected {
-        return Err(QuantizeError::Shape(format!(
-            "{} scales where granularity {} needs {expected}",
-            scales.len(),
-            params.granularity.name()
-        )));
-    }
+    let (rows, cols) = matrix_with_scales(shape, trits.len(), params, scales.len())?;
     if let Some(i) = trits.iter().position(|t| !(-1..=1).contains(t)) {
         return Err(QuantizeError::Given(format!(
             "value {} at flat index {i}",
@@ -216,6 +200,32 @@ pub fn pack_given(
     Ok(q)
 }
 
+/// The rows and columns of a quantizable `shape` holding `values` values, with `scales` scales
+/// in the layout of `params`' granularity.
+fn matrix_with_scales(
+    shape: &[u64],
+    values: usize,
+    params: &QuantParams,
+    scales: usize,
+) -> Result<(u64, u64), QuantizeError> {
+    let (rows, cols) = rows_cols(shape)
+        .filter(|&(r, c)| r >= 1 && c >= 1)
+        .ok_or_else(|| QuantizeError::Shape(format!("shape {shape:?} is not quantizable")))?;
+    if values as u64 != rows * cols {
+        return Err(QuantizeError::Shape(format!(
+            "{values} values for shape {shape:?}"
+        )));
+    }
+    let expected: u64 = params.granularity.scale_shape(rows, cols).iter().product();
+    if scales as u64 != expected {
+        return Err(QuantizeError::Shape(format!(
+            "{scales} scales where granularity {} needs {expected}",
+            params.granularity.name()
+        )));
+    }
+    Ok((rows, cols))
+}
+
 /// Quantizes `weights` with given `scales` (in the layout of [`Granularity::scale_shape`])
 /// instead of computing them: re-quantization after fine-tuning with the bundle's stored scales.
 /// Steps 3 to 5 of the spec's algorithm are applied unchanged.
@@ -226,22 +236,7 @@ pub fn quantize_with_scales(
     scales: &[f32],
 ) -> Result<QuantizedTensor, QuantizeError> {
     params.check().map_err(QuantizeError::Params)?;
-    let (rows, cols) = rows_cols(shape)
-        .filter(|&(r, c)| r >= 1 && c >= 1)
-        .ok_or_else(|| QuantizeError::Shape(format!("shape {shape:?} is not quantizable")))?;
-    if weights.len() as u64 != rows * cols {
-        return Err(QuantizeError::Shape(format!(
-            "{} values for shape {shape:?}",
-            weights.len()
-        )));
-    }
-    let expected: u64 = params.granularity.scale_shape(rows, cols).iter().product();
-    if scales.len() as u64 != expected {
-        return Err(QuantizeError::Shape(format!(
-            "{} scales where the granularity needs {expected}",
-            scales.len()
-        )));
-    }
+    let (rows, cols) = matrix_with_scales(shape, weights.len(), params, scales.len())?;
     if let Some(i) = scales.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(QuantizeError::ScaleNotRepresentable {
             index: i as u64,
