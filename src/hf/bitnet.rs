@@ -231,19 +231,26 @@ pub fn pack_weights(trits: &[i8], rows: usize, cols: usize) -> Option<Vec<u8>> {
 }
 
 /// Unpacks `[rows / 4, cols]` bytes of `pack_weights` into the trits of a `[rows, cols]`
-/// matrix; on code 3 (not a trit), the flat index of the byte.
+/// matrix. Fails, saying what was expected, when `rows` is not a multiple of 4, the bytes are
+/// not `rows / 4 * cols`, or a byte holds the code 3 (not a trit: the flat index of the byte).
 pub fn unpack_weights(
     packed: &[u8],
     rows: usize,
     cols: usize,
-) -> std::result::Result<Vec<i8>, usize> {
+) -> std::result::Result<Vec<i8>, String> {
     let p = rows / 4;
+    if rows % 4 != 0 || Some(packed.len()) != p.checked_mul(cols) {
+        return Err(format!(
+            "{} packed bytes for {rows} rows of {cols} (expected rows a multiple of 4 and rows / 4 x cols bytes)",
+            packed.len()
+        ));
+    }
     let mut out = vec![0i8; rows * cols];
     for (i, plane) in out.chunks_mut(p * cols.max(1)).enumerate() {
         for (k, (o, &b)) in plane.iter_mut().zip(packed).enumerate() {
             let code = (b >> (2 * i)) & 3;
             if code == 3 {
-                return Err(k);
+                return Err(format!("code 3 in packed byte {k} ({b:#04x})"));
             }
             *o = code as i8 - 1;
         }
@@ -410,10 +417,11 @@ impl TensorSource for PackedBitnet {
         match self.given(name)? {
             None => self.model.load_f32(name),
             Some(g) => {
-                let GivenScales::Tensor(s) = g.scales else {
-                    unreachable!("packed checkpoints have one scale per tensor")
-                };
-                Ok(g.trits.iter().map(|&t| f32::from(t) * s).collect())
+                let t = self.tensors.iter().find(|t| t.name == name);
+                let (rows, cols) = t.map_or((0, 0), |t| (t.shape[0], t.shape[1]));
+                g.values(rows, cols).map_err(|m| {
+                    Error::InvalidArgument(format!("tensor {}: {m}", escape_name(name)))
+                })
             }
         }
     }
@@ -447,8 +455,7 @@ impl TensorSource for PackedBitnet {
             .into()
         };
         let trits = if dtype == Dtype::U8 {
-            unpack_weights(bytes, rows, cols)
-                .map_err(|i| bad(format!("code 3 in packed byte {i} ({:#04x})", bytes[i])))?
+            unpack_weights(bytes, rows, cols).map_err(bad)?
         } else {
             trits_from_bytes(dtype, bytes)
                 .map_err(|(i, v)| bad(format!("{v} at flat index {i}")))?
@@ -490,7 +497,13 @@ mod tests {
         assert_eq!(p[1], 0b01_10_00_01);
         assert_eq!(unpack_weights(&p, 8, 1).unwrap(), t);
         assert_eq!(pack_weights(&t[..6], 6, 1), None);
-        assert_eq!(unpack_weights(&[3], 4, 1), Err(0));
+        assert_eq!(
+            unpack_weights(&[3], 4, 1).unwrap_err(),
+            "code 3 in packed byte 0 (0x03)"
+        );
+        assert!(unpack_weights(&[0], 8, 1)
+            .unwrap_err()
+            .contains("1 packed bytes for 8 rows"));
     }
 
     #[test]

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -29,14 +28,15 @@ use serde_json::Value;
 
 use crate::error::{escape_name, Error, Result};
 use crate::format::decoder::{is_projection, DecoderSpec, Family};
+use crate::format::manifest::json::json_type;
 use crate::format::manifest::{DecoderModelSpec, FileRole, ASSET_NAMES};
 use crate::format::safetensors::{plan_layout, shape_string, Dtype};
 use crate::hf::bitnet::{pack_weights, BitnetQuantization};
-use crate::quant::dequantize::dequantize_row_f32;
+use crate::model::reference::{tensor_f32, WeightPath};
 use crate::read::{Bundle, PackedTensor};
 use crate::source::hf::{CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE};
 use crate::write::safetensors::create_sized;
-use crate::write::staging::{check_destination_of, sync_dir, Replaceable, Staging};
+use crate::write::staging::{check_destination_of, sync_dir, write_synced, Replaceable, Staging};
 
 /// transformers' default shard size, 5 GB (`max_shard_size="5GB"`: decimal gigabytes).
 pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
@@ -73,13 +73,6 @@ impl HfDtype {
             HfDtype::Bf16 => "bf16",
             HfDtype::F32 => "f32",
         }
-    }
-
-    /// The dtype of `--dtype name`, if it is one.
-    pub fn from_name(name: &str) -> Option<HfDtype> {
-        [HfDtype::F16, HfDtype::Bf16, HfDtype::F32]
-            .into_iter()
-            .find(|d| d.name() == name)
     }
 
     /// config.json's `torch_dtype`: `"float16"`, `"bfloat16"` or `"float32"`.
@@ -286,7 +279,7 @@ fn export_dir(
     let mut files = Vec::new();
     files.push((
         CONFIG_FILE.to_string(),
-        write_new(&staging.dir.join(CONFIG_FILE), config.as_bytes())?,
+        write_synced(&staging.dir.join(CONFIG_FILE), config.as_bytes())?,
     ));
     for asset in bundle.assets() {
         let name = asset.name();
@@ -299,7 +292,7 @@ fn export_dir(
                 escape_name(name)
             )));
         }
-        let size = write_new(&staging.dir.join(name), asset.bytes())?;
+        let size = write_synced(&staging.dir.join(name), asset.bytes())?;
         files.push((name.to_string(), size));
     }
     let n = shards.len();
@@ -325,7 +318,7 @@ fn export_dir(
         let text = pretty(&index, INDEX_FILE)?;
         files.push((
             INDEX_FILE.to_string(),
-            write_new(&staging.dir.join(INDEX_FILE), text.as_bytes())?,
+            write_synced(&staging.dir.join(INDEX_FILE), text.as_bytes())?,
         ));
     }
     sync_dir(&staging.dir)?;
@@ -590,7 +583,7 @@ fn token_ids(bundle: &Bundle) -> Result<[Value; 3]> {
         .map_err(|e| bad(format!("expected a JSON object, found invalid JSON: {e}")))?;
     let object = v
         .as_object()
-        .ok_or_else(|| bad(format!("expected a JSON object, found {}", json_kind(&v))))?;
+        .ok_or_else(|| bad(format!("expected a JSON object, found {}", json_type(&v))))?;
     let is_id = |x: &Value| x.is_i64() || x.is_u64();
     let id = |key: &str| -> Result<Value> {
         match object.get(key) {
@@ -609,18 +602,6 @@ fn token_ids(bundle: &Bundle) -> Result<[Value; 3]> {
     ])
 }
 
-/// What kind of JSON value `v` is, for messages.
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Consecutive shards of the tensors of `sizes` (spec 18.4): filled in order, a new shard begun
 /// when the next tensor would take the current one past `max`; a tensor larger than `max` is
 /// therefore alone in its shard.
@@ -636,19 +617,6 @@ fn fill_shards(sizes: &[u64], max: u64) -> Vec<std::ops::Range<usize>> {
     }
     shards.push(start..sizes.len());
     shards
-}
-
-/// Creates `path` (which must not exist), writes `bytes`, fsyncs; returns the size.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<u64> {
-    let mut file = File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| Error::io(path, "create", e))?;
-    file.write_all(bytes)
-        .map_err(|e| Error::io(path, "write", e))?;
-    file.sync_all().map_err(|e| Error::io(path, "fsync", e))?;
-    Ok(bytes.len() as u64)
 }
 
 /// Writes one weight file in the canonical layout (spec section 14) with `__metadata__`
@@ -767,14 +735,7 @@ fn write_tensor(bundle: &Bundle, t: &OutTensor, sink: &mut Sink<'_>) -> Result<(
             let p = bundle
                 .packed(name)
                 .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, name))?;
-            let mut trits = vec![0i8; p.rows * p.cols];
-            for (r, row) in trits.chunks_exact_mut(p.cols.max(1)).enumerate() {
-                let packed = p.row(r);
-                p.encoding
-                    .validate_row(packed, p.cols)
-                    .and_then(|()| p.encoding.unpack_row(packed, row))
-                    .map_err(|e| bundle.row_error(name, r, e))?;
-            }
+            let trits = p.trits().map_err(|(r, e)| bundle.row_error(name, r, e))?;
             bundle.release(p.packed);
             let bytes = pack_weights(&trits, p.rows, p.cols).ok_or_else(|| {
                 Error::InvalidArgument(format!(
@@ -786,46 +747,17 @@ fn write_tensor(bundle: &Bundle, t: &OutTensor, sink: &mut Sink<'_>) -> Result<(
             })?;
             sink.write(&bytes)?;
         }
-        Content::Values(dtype) => match bundle.packed(name) {
-            Some(p) => {
-                // f32(t × scale) row by row: exactly dequantize_row_f32 of the reference
-                // model's ternary path, after checking the row (rules 4.3, 4.4).
-                let scales = p.scales();
-                let (_, group) = p.granularity.row_layout(p.cols);
-                let mut values = vec![0f32; p.cols];
-                let mut bytes = Vec::with_capacity(p.cols * dtype.size() as usize);
-                for r in 0..p.rows {
-                    let packed = p.row(r);
-                    let row_scales = p.granularity.row_scales(&scales, r, p.cols);
-                    p.encoding
-                        .validate_row(packed, p.cols)
-                        .and_then(|()| {
-                            dequantize_row_f32(p.encoding, packed, row_scales, group, &mut values)
-                        })
-                        .map_err(|e| bundle.row_error(name, r, e))?;
-                    bytes.clear();
-                    encode_values(dtype, values.iter().copied(), &mut bytes);
-                    sink.push(&bytes)?;
-                }
-                bundle.release(p.packed);
+        Content::Values(dtype) => {
+            // The ternary path's values (f32(t × scale), or the stored F32), as the
+            // safetensors export and the reference model read them.
+            let values = tensor_f32(bundle, name, WeightPath::Ternary)?;
+            let mut bytes = Vec::with_capacity(WRITE_CHUNK);
+            for chunk in values.chunks(WRITE_CHUNK / 4) {
+                bytes.clear();
+                encode_values(dtype, chunk.iter().copied(), &mut bytes);
+                sink.push(&bytes)?;
             }
-            None => {
-                let stored = bundle
-                    .passthrough_bytes(name)
-                    .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, name))?;
-                if dtype == Dtype::F32 {
-                    sink.write(stored)?;
-                } else {
-                    let mut bytes = Vec::with_capacity(WRITE_CHUNK / 2);
-                    for chunk in stored.chunks(WRITE_CHUNK) {
-                        bytes.clear();
-                        encode_values(dtype, crate::format::le::f32s(chunk), &mut bytes);
-                        sink.push(&bytes)?;
-                    }
-                }
-                bundle.release(stored);
-            }
-        },
+        }
     }
     Ok(())
 }

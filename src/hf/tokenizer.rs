@@ -188,11 +188,7 @@ fn parse_tokenizer(path: &Path, bytes: &[u8]) -> Result<Tokenizer> {
 fn check_json_object(path: &Path, bytes: &[u8]) -> Result<()> {
     let found = match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(serde_json::Value::Object(_)) => return Ok(()),
-        Ok(serde_json::Value::Array(_)) => "an array".to_string(),
-        Ok(serde_json::Value::String(_)) => "a string".to_string(),
-        Ok(serde_json::Value::Number(_)) => "a number".to_string(),
-        Ok(serde_json::Value::Bool(_)) => "a boolean".to_string(),
-        Ok(serde_json::Value::Null) => "null".to_string(),
+        Ok(other) => crate::format::manifest::json::json_type(&other),
         Err(e) => format!("text that is not JSON ({e})"),
     };
     Err(Error::InvalidArgument(format!(

@@ -15,7 +15,7 @@ use crate::format::decoder::DecoderSpec;
 use crate::format::manifest::{ModelSpec, OriginalForward};
 use crate::format::quantization::{Granularity, QuantParams};
 use crate::model::chunks::chunk_rows;
-use crate::model::decoder::{self, ActivationQuantized, SourceWeights};
+use crate::model::decoder::{self, ActivationQuantized, DecoderWeights, SourceWeights};
 use crate::model::reference::{argmax_rows, forward_source};
 use crate::source::ternarized::Ternarized;
 use crate::source::TensorSource;
@@ -94,16 +94,25 @@ impl<'a> OriginalModel<'a> {
         }
     }
 
-    /// The logits `[N, T, vocab]` of the decoder `spec` on `ids` (`[N, T]`).
-    pub fn decoder_logits(&self, spec: &DecoderSpec, ids: ArrayView2<i64>) -> Result<Array3<f32>> {
+    /// Runs `f` on the decoder weights its forward pass reads: its (ternarized) weights, with
+    /// the inputs of the converted projections quantized for bitnet-online.
+    fn with_decoder<T>(
+        &self,
+        spec: &DecoderSpec,
+        f: impl FnOnce(&dyn DecoderWeights) -> Result<T>,
+    ) -> Result<T> {
         let weights = SourceWeights::new(spec, self.weights())?;
         match (&self.forward, &self.ternarized) {
             (OriginalForward::BitnetOnline, Some(t)) => {
-                let quantized = ActivationQuantized::new(&weights, t.names().clone());
-                decoder::forward(spec, &quantized, ids)
+                f(&ActivationQuantized::new(&weights, t.names().clone()))
             }
-            _ => decoder::forward(spec, &weights, ids),
+            _ => f(&weights),
         }
+    }
+
+    /// The logits `[N, T, vocab]` of the decoder `spec` on `ids` (`[N, T]`).
+    pub fn decoder_logits(&self, spec: &DecoderSpec, ids: ArrayView2<i64>) -> Result<Array3<f32>> {
+        self.with_decoder(spec, |w| decoder::forward(spec, w, ids))
     }
 
     /// The decoder's next-token predictions at every position but the last, a chunk of
@@ -113,16 +122,7 @@ impl<'a> OriginalModel<'a> {
         spec: &DecoderSpec,
         ids: ArrayView2<i64>,
     ) -> Result<Vec<usize>> {
-        let (n, t) = ids.dim();
-        let chunk = crate::model::chunks::decoder_sequences(spec, t);
-        let mut out = Vec::with_capacity(n.saturating_mul(t.saturating_sub(1)));
-        for start in (0..n).step_by(chunk.max(1)) {
-            let part = ids.slice(ndarray::s![start..(start + chunk).min(n), ..]);
-            out.extend(decoder::next_token_predictions(
-                &self.decoder_logits(spec, part)?,
-            ));
-        }
-        Ok(out)
+        self.with_decoder(spec, |w| decoder::predictions(spec, w, ids))
     }
 
     /// The logits of the chain of layers `model` on the rows `x`.

@@ -235,7 +235,9 @@ pub enum WeightPath {
 }
 
 /// The values of tensor `name` as f32 read along `path` (the ternary path dequantizes
-/// `t * scale` in f32 for quantized tensors).
+/// `t * scale` in f32 for quantized tensors, each row first checked for valid bytes and
+/// canonical padding, rules 4.3 and 4.4: a caller that skipped the data checks gets an error
+/// naming the tensor and row, never values decoded from invalid bytes).
 pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f32>> {
     match path {
         WeightPath::Fp16 => {
@@ -253,14 +255,18 @@ pub fn tensor_f32(bundle: &Bundle, name: &str, path: WeightPath) -> Result<Vec<f
                 let mut out = vec![0f32; p.rows * p.cols];
                 for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
                     let rs = p.granularity.row_scales(&scales, r, p.cols);
-                    crate::quant::dequantize::dequantize_row_f32(
-                        p.encoding,
-                        p.row(r),
-                        rs,
-                        group,
-                        row,
-                    )
-                    .map_err(|e| bundle.row_error(name, r, e))?;
+                    p.encoding
+                        .validate_row(p.row(r), p.cols)
+                        .and_then(|()| {
+                            crate::quant::dequantize::dequantize_row_f32(
+                                p.encoding,
+                                p.row(r),
+                                rs,
+                                group,
+                                row,
+                            )
+                        })
+                        .map_err(|e| bundle.row_error(name, r, e))?;
                 }
                 bundle.release(p.packed);
                 Ok(out)

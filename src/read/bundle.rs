@@ -206,6 +206,20 @@ impl<'a> PackedTensor<'a> {
         crate::format::le::f32s(self.scale_bytes).collect()
     }
 
+    /// Every trit of the tensor, row-major, each row first checked for valid bytes (rule 4.3)
+    /// and canonical padding (rule 4.4); on failure the row and its error.
+    pub fn trits(&self) -> Result<Vec<i8>, (usize, RowError)> {
+        let mut trits = vec![0i8; self.rows * self.cols];
+        for (r, row) in trits.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            let packed = self.row(r);
+            self.encoding
+                .validate_row(packed, self.cols)
+                .and_then(|()| self.encoding.unpack_row(packed, row))
+                .map_err(|e| (r, e))?;
+        }
+        Ok(trits)
+    }
+
     /// Dequantizes the whole tensor to F16 (rule 5.2); an invalid packed byte (rule 4.3) is an
     /// error.
     pub fn dequantize_f16(&self) -> Result<Vec<f16>, RowError> {

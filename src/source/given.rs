@@ -33,6 +33,28 @@ pub struct GivenTensor {
     pub scales: GivenScales,
 }
 
+impl GivenTensor {
+    /// The effective weights f32(t × scale(r, c)) of a tensor of `rows` x `cols` (what the
+    /// source's model computes with), C order; fails, saying why, when the scales do not fit.
+    pub fn values(&self, rows: u64, cols: u64) -> Result<Vec<f32>, String> {
+        let g = self.scales.granularity();
+        let scales = self.scales.layout(g, rows, cols)?;
+        let cols = usize::try_from(cols).map_err(|_| format!("{cols} columns"))?;
+        let (_, group) = g.row_layout(cols);
+        Ok(self
+            .trits
+            .chunks(cols.max(1))
+            .enumerate()
+            .flat_map(|(r, row)| {
+                let rs = g.row_scales(&scales, r, cols);
+                row.iter()
+                    .enumerate()
+                    .map(move |(c, &t)| f32::from(t) * rs[c / group.max(1)])
+            })
+            .collect())
+    }
+}
+
 impl GivenScales {
     /// The granularity the scales were given in.
     pub fn granularity(&self) -> Granularity {

@@ -382,22 +382,8 @@ impl TensorSource for StageHandoff {
             .map(|(_, s, _)| s.to_vec())
             .unwrap_or_default();
         let (rows, cols) = rows_cols(&shape).unwrap_or((0, 0));
-        let target = g.scales.granularity();
-        let scales = g
-            .scales
-            .layout(target, rows, cols)
-            .map_err(|m| Error::InvalidArgument(format!("tensor {}: {m}", escape_name(name))))?;
-        let (_, group) = target.row_layout(cols as usize);
-        Ok(g.trits
-            .chunks(cols.max(1) as usize)
-            .enumerate()
-            .flat_map(|(r, row)| {
-                let rs = target.row_scales(&scales, r, cols as usize).to_vec();
-                row.iter()
-                    .enumerate()
-                    .map(move |(c, &t)| f32::from(t) * rs[c / group.max(1)])
-            })
-            .collect())
+        g.values(rows, cols)
+            .map_err(|m| Error::InvalidArgument(format!("tensor {}: {m}", escape_name(name))))
     }
 
     fn sha256(&self) -> Option<String> {

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use half::f16;
@@ -37,7 +36,7 @@ use crate::quant::quantize::{pack_given, quantize, quantize_with_scales, QuantSt
 use crate::source::{AssetFile, TensorSource, ValidationSet};
 use crate::write::plan::BundlePlan;
 use crate::write::safetensors::{create_sized, finish_file, put};
-use crate::write::staging::{check_destination, sync_dir, Staging};
+use crate::write::staging::{check_destination, sync_dir, write_synced, Staging};
 /// Where `provenance.source_sha256` comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SourceDigest {
@@ -391,11 +390,7 @@ fn write_model_files(
 fn write_manifest(dir: &Path, final_path: &Path, manifest: &mut Manifest) -> Result<()> {
     let bytes = manifest.seal();
     Manifest::parse(final_path, &bytes)?;
-    let path = dir.join(MANIFEST_FILE);
-    let mut file = File::create(&path).map_err(|e| Error::io(&path, "create", e))?;
-    file.write_all(&bytes)
-        .map_err(|e| Error::io(&path, "write", e))?;
-    file.sync_all().map_err(|e| Error::io(&path, "fsync", e))
+    write_synced(&dir.join(MANIFEST_FILE), &bytes).map(|_| ())
 }
 
 /// Digests written to the ternary and fp16 files, and the tensor's report.
@@ -614,11 +609,7 @@ fn check_token_sequences(v: &ValidationSet, spec: &DecoderSpec) -> Result<()> {
 /// Writes each asset file into the staging directory `dir`, fsynced.
 fn write_assets(dir: &Path, assets: &[AssetFile]) -> Result<()> {
     for a in assets {
-        let path = dir.join(&a.name);
-        let mut file = File::create(&path).map_err(|e| Error::io(&path, "create", e))?;
-        file.write_all(&a.bytes)
-            .map_err(|e| Error::io(&path, "write", e))?;
-        file.sync_all().map_err(|e| Error::io(&path, "fsync", e))?;
+        write_synced(&dir.join(&a.name), &a.bytes)?;
     }
     Ok(())
 }

@@ -87,6 +87,21 @@ pub(crate) fn check_destination_of(dest: &Path, force: bool, kind: Replaceable) 
 
 /// Refuses an existing file destination unless forced; never replaces something that is not
 /// a regular file.
+/// Creates `path` (it must not exist yet: files are written into a fresh staging directory),
+/// writes `bytes` and fsyncs; returns the size written.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<u64> {
+    use std::io::Write;
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io(path, "create", e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io(path, "write", e))?;
+    file.sync_all().map_err(|e| Error::io(path, "fsync", e))?;
+    Ok(bytes.len() as u64)
+}
+
 pub(crate) fn check_file_destination(dest: &Path, force: bool) -> Result<()> {
     match fs::symlink_metadata(dest) {
         Ok(_) if !force => Err(Error::DestinationExists {
