@@ -99,115 +99,18 @@ impl CreateInputs {
             }
             (None, _) => None,
         };
-        let (weights, plan, source_forward, converted, assets) = if from.is_dir() {
-            if request.arch.is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: --arch describes a chain of layers; a model directory's {CONFIG_FILE} describes its decoder",
-                    from.display()
-                )));
-            }
-            let assets = carried_assets(from)?;
-            // A directory without config.json is refused by the model reader, naming what a
-            // model directory holds.
-            let config_path = from.join(CONFIG_FILE);
-            let bitnet = match std::fs::read_to_string(&config_path) {
-                Ok(text) => BitnetQuantization::from_config(&text).map_err(|m| {
-                    Error::InvalidArgument(format!("{}: {m}", config_path.display()))
-                })?,
-                Err(_) => None,
-            };
-            let (weights, plan, forward, converted) = match (metadata, bitnet) {
-                (Some(meta), _) => {
-                    let model = HfModel::open_with(from, Dtypes::Any, true)?;
-                    let spec = model.spec().clone();
-                    given_plan(
-                        request,
-                        Box::new(StageHandoff::new(Box::new(model), meta)?),
-                        ModelSpec::of_decoder(&spec),
-                    )?
-                }
-                (None, Some(q)) if !q.online => {
-                    let packed = PackedBitnet::open(from)?;
-                    let plan = BundlePlan {
-                        model: ModelSpec::of_decoder(packed.spec()),
-                        params: given_params(request, Granularity::Tensor)?,
-                        quantize: packed.converted().clone(),
-                        given: Some(packed.quantization().record()),
-                    };
-                    no_quantize_patterns(request)?;
-                    (
-                        Box::new(packed) as Box<dyn TensorSource>,
-                        plan,
-                        OriginalForward::Dense,
-                        BTreeSet::new(),
-                    )
-                }
-                (None, online) => {
-                    let model = HfModel::open_with(from, Dtypes::Float, online.is_none())?;
-                    let converted = online_converted(&model)?;
-                    let defaults = match &converted {
-                        Some(_) => bitnet_online_params(),
-                        None => QuantParams::default(),
-                    };
-                    let model_spec = ModelSpec::of_decoder(model.spec());
-                    let quantize =
-                        select_quantized(&model.tensors(), &model_spec, &request.quantize)?;
-                    let plan = BundlePlan {
-                        model: model_spec,
-                        params: absmean_params(request, defaults)?,
-                        quantize,
-                        given: None,
-                    };
-                    let (forward, converted) = match converted {
-                        Some(_) if request.ternary_original => {
-                            return Err(Error::InvalidArgument(format!(
-                                "{}: --original-forward ternary: this directory's online BitNet quantization already decides how its original model runs",
-                                from.display()
-                            )))
-                        }
-                        Some(c) => (OriginalForward::BitnetOnline, c),
-                        None => (dense_or_ternary(request), BTreeSet::new()),
-                    };
-                    (
-                        Box::new(model) as Box<dyn TensorSource>,
-                        plan,
-                        forward,
-                        converted,
-                    )
-                }
-            };
-            (weights, plan, forward, converted, assets)
+        let (opened, assets) = if from.is_dir() {
+            (open_directory(request, metadata)?, carried_assets(from)?)
         } else {
-            let ckpt = CheckpointSource::open(from)?;
-            let model = match &request.arch {
-                Some(p) => load_arch(p)?,
-                None => infer_arch(&ckpt.tensors(), from, Activation::Identity)?,
-            };
-            let (weights, plan, forward, converted) = match metadata {
-                Some(meta) => given_plan(
-                    request,
-                    Box::new(StageHandoff::new(Box::new(ckpt), meta)?),
-                    model,
-                )?,
-                None => {
-                    let quantize = select_quantized(&ckpt.tensors(), &model, &request.quantize)?;
-                    let plan = BundlePlan {
-                        model,
-                        params: absmean_params(request, QuantParams::default())?,
-                        quantize,
-                        given: None,
-                    };
-                    (
-                        Box::new(ckpt) as Box<dyn TensorSource>,
-                        plan,
-                        dense_or_ternary(request),
-                        BTreeSet::new(),
-                    )
-                }
-            };
-            (weights, plan, forward, converted, Vec::new())
+            (open_file(request, metadata)?, Vec::new())
         };
-        let original = open_original(request, &plan, source_forward, converted)?;
+        let Opened {
+            weights,
+            plan,
+            forward,
+            converted,
+        } = opened;
+        let original = open_original(request, &plan, forward, converted)?;
         let validation = match (&request.validation, &request.validation_text) {
             (Some(p), _) => Some(load_validation_set(p)?),
             (None, Some((text, t))) => {
@@ -311,18 +214,124 @@ fn dense_or_ternary(request: &CreateRequest) -> OriginalForward {
     }
 }
 
-/// The plan of given trits from the stage's handoff (spec section 18.1).
-#[allow(clippy::type_complexity)]
-fn given_plan(
+/// A weights source, opened, with its plan and how its own original model runs.
+struct Opened {
+    weights: Box<dyn TensorSource>,
+    plan: BundlePlan,
+    /// The forward pass of the source as its original model (when `--original` is not given).
+    forward: OriginalForward,
+    /// For bitnet-online: the weights of the modules it converts.
+    converted: BTreeSet<String>,
+}
+
+/// A model directory, by what it holds (spec section 18): a `quantization_metadata.json` (the
+/// stage's trits), a packed BitNet `quantization_config`, an online one (the BF16 master), or
+/// plain float weights.
+fn open_directory(
     request: &CreateRequest,
-    stage: Box<StageHandoff>,
-    model: ModelSpec,
-) -> Result<(
-    Box<dyn TensorSource>,
-    BundlePlan,
-    OriginalForward,
-    BTreeSet<String>,
-)> {
+    metadata: Option<QuantizationMetadata>,
+) -> Result<Opened> {
+    let from = &request.from;
+    if request.arch.is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: --arch describes a chain of layers; a model directory's {CONFIG_FILE} describes its decoder",
+            from.display()
+        )));
+    }
+    // A directory without config.json is refused by the model reader, naming what a model
+    // directory holds.
+    let config_path = from.join(CONFIG_FILE);
+    let bitnet = match std::fs::read_to_string(&config_path) {
+        Ok(text) => BitnetQuantization::from_config(&text)
+            .map_err(|m| Error::InvalidArgument(format!("{}: {m}", config_path.display())))?,
+        Err(_) => None,
+    };
+    if let Some(meta) = metadata {
+        let model = HfModel::open_with(from, Dtypes::Any, true)?;
+        let spec = ModelSpec::of_decoder(model.spec());
+        return given_plan(request, StageHandoff::new(Box::new(model), meta)?, spec);
+    }
+    let online = match bitnet {
+        Some(q) if !q.online => {
+            no_quantize_patterns(request)?;
+            let packed = PackedBitnet::open(from)?;
+            let plan = BundlePlan {
+                model: ModelSpec::of_decoder(packed.spec()),
+                params: given_params(request, Granularity::Tensor)?,
+                quantize: packed.converted().clone(),
+                given: Some(packed.quantization().record()),
+            };
+            return Ok(Opened {
+                weights: Box::new(packed),
+                plan,
+                forward: OriginalForward::Dense,
+                converted: BTreeSet::new(),
+            });
+        }
+        online => online,
+    };
+    let model = HfModel::open_with(from, Dtypes::Float, online.is_none())?;
+    let model_spec = ModelSpec::of_decoder(model.spec());
+    let quantize = select_quantized(&model.tensors(), &model_spec, &request.quantize)?;
+    let (defaults, forward, converted) = match online {
+        Some(_) if request.ternary_original => {
+            return Err(Error::InvalidArgument(format!(
+                "{}: --original-forward ternary: this directory's online BitNet quantization already decides how its original model runs",
+                from.display()
+            )))
+        }
+        Some(q) => (
+            bitnet_online_params(),
+            OriginalForward::BitnetOnline,
+            q.converted(model.spec()).map_err(|m| {
+                Error::InvalidArgument(format!("{}: {m}", config_path.display()))
+            })?,
+        ),
+        None => (QuantParams::default(), dense_or_ternary(request), BTreeSet::new()),
+    };
+    let plan = BundlePlan {
+        model: model_spec,
+        params: absmean_params(request, defaults)?,
+        quantize,
+        given: None,
+    };
+    Ok(Opened {
+        weights: Box::new(model),
+        plan,
+        forward,
+        converted,
+    })
+}
+
+/// A checkpoint file: the stage's trits (with `--quantization-metadata`) or float weights, its
+/// chain of layers inferred or given (`--arch`).
+fn open_file(request: &CreateRequest, metadata: Option<QuantizationMetadata>) -> Result<Opened> {
+    let from = &request.from;
+    let ckpt = CheckpointSource::open(from)?;
+    let model = match &request.arch {
+        Some(p) => load_arch(p)?,
+        None => infer_arch(&ckpt.tensors(), from, Activation::Identity)?,
+    };
+    if let Some(meta) = metadata {
+        return given_plan(request, StageHandoff::new(Box::new(ckpt), meta)?, model);
+    }
+    let quantize = select_quantized(&ckpt.tensors(), &model, &request.quantize)?;
+    let plan = BundlePlan {
+        model,
+        params: absmean_params(request, QuantParams::default())?,
+        quantize,
+        given: None,
+    };
+    Ok(Opened {
+        weights: Box::new(ckpt),
+        plan,
+        forward: dense_or_ternary(request),
+        converted: BTreeSet::new(),
+    })
+}
+
+/// The plan of given trits from the stage's handoff (spec section 18.1).
+fn given_plan(request: &CreateRequest, stage: StageHandoff, model: ModelSpec) -> Result<Opened> {
     no_quantize_patterns(request)?;
     let plan = BundlePlan {
         model,
@@ -330,7 +339,12 @@ fn given_plan(
         quantize: stage.quantized(),
         given: Some(stage.metadata().record()),
     };
-    Ok((stage, plan, OriginalForward::Dense, BTreeSet::new()))
+    Ok(Opened {
+        weights: Box::new(stage),
+        plan,
+        forward: OriginalForward::Dense,
+        converted: BTreeSet::new(),
+    })
 }
 
 fn no_quantize_patterns(request: &CreateRequest) -> Result<()> {

@@ -322,7 +322,10 @@ fn export_dir(
         ));
     }
     sync_dir(&staging.dir)?;
-    publish(bundle, staging, out, options.force)?;
+    // Published atomically (spec section 15): a no-replace rename, or with `force` an exchange
+    // with the model directory checked above, which is then deleted. An ancestor of the bundle
+    // was refused above, before any work, and cannot become one meanwhile.
+    staging.commit_replacing(out, options.force, Replaceable::ModelDirectory)?;
     Ok(ExportSummary {
         files,
         tensors: tensors.len(),
@@ -785,11 +788,4 @@ fn check_destination(bundle: &Bundle, dest: &Path, force: bool) -> Result<()> {
         }
     }
     check_destination_of(dest, force, Replaceable::ModelDirectory)
-}
-
-/// Publishes the staged directory at `dest` (spec section 15): a no-replace rename, or with
-/// `force` an atomic exchange with the existing model directory, which is then deleted.
-fn publish(bundle: &Bundle, staging: Staging, dest: &Path, force: bool) -> Result<()> {
-    check_destination(bundle, dest, force)?;
-    staging.commit_replacing(dest, force, Replaceable::ModelDirectory)
 }
