@@ -24,10 +24,11 @@ and exports by the spec (sections 5, 6, 8) and compare them with those sources.
         (then "lm_head" is listed too) whose projections stay float. DIR/expected.safetensors
         holds what the bundle must hold: NAME I8 trits and NAME.scale F32 [1] per converted
         projection, NAME F32 for every other tensor; DIR/ids.safetensors input_ids I64 [100, 16]
-    python3 scripts/conversions_numpy.py make-online DIR [--tied] [--seed S]
+    python3 scripts/conversions_numpy.py make-online DIR [--tied] [--seed S] [--layer-scale F]
         BitNet BF16 master weights with quantization_mode "online" (18.3), o_proj and down_proj
-        5x decoder_numpy's task weights so that the bitnet-online original model differs from the
-        dense master at ~5 % of the positions; DIR/data.safetensors (input_ids I64 [100, 16], difficulty)
+        F x decoder_numpy's task weights (default 5: the bitnet-online original model differs from
+        the dense master at ~5 % of the positions; 15: its 8-bit activations also decide about 1 %
+        of them); DIR/data.safetensors (input_ids I64 [100, 16], difficulty)
     python3 scripts/conversions_numpy.py make-tokenizer OUT_DIR TEXT_FILE
         a byte-for-byte deterministic BPE tokenizer.json (vocabulary <= 50: <unk> <s> </s>, the
         30 commonest characters, then merges chosen by count, ties by the pair's order; the
@@ -46,7 +47,9 @@ and exports by the spec (sections 5, 6, 8) and compare them with those sources.
         tensor, trits and scales == expected.safetensors bit for bit. online (SOURCE the master DIR):
         absmean, tensor, epsilon 1e-5, threshold 0.5; trits == transformers' WeightQuant in f32,
         scale == its f32 gamma; provenance.original.forward "bitnet-online" and, when stored,
-        original_predictions == numpy's bitnet-online forward (8-bit activations per token)
+        original_predictions == numpy's bitnet-online forward (8-bit activations per token); with
+        --act-quant-decides, the same forward without the 8-bit activations must predict
+        otherwise at some position, so that the check tells whether the original ran them
     python3 scripts/conversions_numpy.py check-export-hf EXPORT_DIR BUNDLE [--dtype f16|bf16|f32]
             [--max-position-embeddings N]
         18.4: config.json from model.decoder (architectures, model_type, sizes, hidden_act,
@@ -416,7 +419,7 @@ def make_online(args, d, rng):
     latent = task_weights(fwd_config(c), "bitnet", rng)
     for k in latent:  # layers that matter: ~5 % of next-token decisions change when the projections are ternarized
         if k.endswith(("o_proj.weight", "down_proj.weight")):
-            latent[k] = latent[k] * np.float32(5)
+            latent[k] = latent[k] * np.float32(args.layer_scale)
     write_json(d / "config.json", c)
     write_st(d / "model.safetensors", {k: in_dtype(v, "BF16") for k, v in sorted(latent.items())}, {"format": "pt"})
     ids, difficulty = task_data(fwd_config(c), rng, 100, 16)
@@ -572,7 +575,10 @@ def check_bundle(args):
              f"{b}/manifest.json: method {q['method']!r}, epsilon {q['epsilon']}, sparsity_threshold "
              f"{q['sparsity_threshold']}: expected given, null, null (rule 2.8)")
     val = read_st(b / "validation.safetensors")[0] if (b / "validation.safetensors").exists() else None
-    {"stage": check_stage, "packed": check_packed, "online": check_online}[args.kind](b, Path(args.expect), m, T, val)
+    if args.kind == "online":
+        check_online(b, Path(args.expect), m, T, val, args.act_quant_decides)
+    else:
+        {"stage": check_stage, "packed": check_packed}[args.kind](b, Path(args.expect), m, T, val)
     return 0
 
 
@@ -664,7 +670,7 @@ def check_packed(b, src, m, T, val):
             ok(f"{name}: F32 == the source's values")
 
 
-def check_online(b, src, m, T, val):
+def check_online(b, src, m, T, val, act_quant_decides=False):
     """Section 18.3 against make-online's master DIR."""
     q, c = m["quantization"], load_json(src / "config.json")
     need(q["method"] == "absmean" and q["granularity"] == "tensor" and f32_decimal(q["epsilon"]) == np.float32(1e-5)
@@ -690,8 +696,18 @@ def check_online(b, src, m, T, val):
             online[name] = src_t[name]
             ok(f"{name}: F32 == the master's values")
     if val is not None and "original_predictions" in val:
-        logits = forward(fwd_config(c), "bitnet", online, val["input_ids"][1])[:, :-1]
+        ids = val["input_ids"][1]
+        logits = forward(fwd_config(c), "bitnet", online, ids)[:, :-1]
         check_predictions(b, val["original_predictions"][1], logits, "numpy's bitnet-online forward")
+        if act_quant_decides:
+            # The same weights without ActQuant: the check above can fail on an original
+            # computed without 8-bit activations only where they change a decision.
+            plain = {k: (v.w if isinstance(v, QuantLinear) else v) for k, v in online.items()}
+            without = forward(fwd_config(c), "bitnet", plain, ids)[:, :-1].argmax(-1)
+            changed = int((without != logits.argmax(-1)).sum())
+            need(changed > 0, f"{b}: 8-bit activations decide no position of this model: the "
+                              "check cannot tell whether the original model ran them")
+            ok(f"8-bit activations decide {changed} of {without.size} positions: a forward without them fails the check above")
 
 
 def bundle_assets(b, m, out_dir):
@@ -836,6 +852,7 @@ def main():
     p.add_argument("dir")
     p.add_argument("--tied", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layer-scale", type=float, default=5.0)
     p = sub.add_parser("make-tokenizer")
     p.add_argument("out_dir")
     p.add_argument("text")
@@ -843,6 +860,7 @@ def main():
     p.add_argument("bundle")
     p.add_argument("--expect", required=True)
     p.add_argument("--kind", choices=["stage", "packed", "online"], required=True)
+    p.add_argument("--act-quant-decides", action="store_true")
     for name in ("check-export-hf", "check-export-bitnet"):
         p = sub.add_parser(name)
         p.add_argument("export_dir")

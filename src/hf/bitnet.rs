@@ -420,7 +420,11 @@ impl TensorSource for PackedBitnet {
                 let t = self.tensors.iter().find(|t| t.name == name);
                 let (rows, cols) = t.map_or((0, 0), |t| (t.shape[0], t.shape[1]));
                 g.values(rows, cols).map_err(|m| {
-                    Error::InvalidArgument(format!("tensor {}: {m}", escape_name(name)))
+                    Error::InvalidArgument(format!(
+                        "{}: tensor {}: {m}",
+                        self.model.dir().display(),
+                        escape_name(name)
+                    ))
                 })
             }
         }

@@ -393,10 +393,8 @@ impl DecoderWeights for ActivationQuantized<'_> {
             return self.inner.linear(name, x);
         }
         let mut q = x.to_owned();
-        for mut row in q.rows_mut() {
-            if let Some(row) = row.as_slice_mut() {
-                quantize_activations(row);
-            }
+        for row in q.rows_mut() {
+            quantize_activations(row);
         }
         self.inner.linear(name, q.view())
     }
@@ -412,12 +410,10 @@ impl DecoderWeights for ActivationQuantized<'_> {
 
 /// transformers' `ActQuant` on one token's activations, in f32 (spec section 18.3):
 /// m = max(max |x_i|, 1e-5), s = 127 / m, x_i = clamp(round_half_even(x_i s), -128, 127) / s.
-pub fn quantize_activations(x: &mut [f32]) {
-    let m = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-5);
+pub fn quantize_activations(mut x: ndarray::ArrayViewMut1<f32>) {
+    let m = x.fold(0f32, |m, v| m.max(v.abs())).max(1e-5);
     let s = 127.0f32 / m;
-    for v in x {
-        *v = (*v * s).round_ties_even().clamp(-128.0, 127.0) / s;
-    }
+    x.mapv_inplace(|v| (v * s).round_ties_even().clamp(-128.0, 127.0) / s);
 }
 
 /// Rows `ids` of the matrix `name` (from `path`), every id checked against its rows.
@@ -589,5 +585,33 @@ impl DecoderWeights for QuantizedPath<'_> {
             Error::InvalidArgument(format!("{}: tensor {name}: {e}", self.q.path.display()))
         })?;
         select_rows(&self.q.path, name, table, ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activations_are_quantized_per_token_as_transformers_act_quant() {
+        // s = 127 / max|x| = 127; round half to even: 63.5 -> 64, 31.75 -> 32, 0.508 -> 1.
+        let mut x = ndarray::array![[0.5f32, -1.0, 0.25, 0.004], [0.0, 0.0, 0.0, 0.0]];
+        for row in x.rows_mut() {
+            quantize_activations(row);
+        }
+        let s = 127.0f32;
+        assert_eq!(
+            x.row(0).to_vec(),
+            vec![64.0 / s, -127.0 / s, 32.0 / s, 1.0 / s]
+        );
+        // An all-zero token stays zero (max floored at 1e-5, no division by zero).
+        assert_eq!(x.row(1).to_vec(), vec![0.0; 4]);
+        // A row is its own scale: doubling a token does not change its codes.
+        let mut y = ndarray::array![[1.0f32, -2.0, 0.5, 0.008]];
+        quantize_activations(y.row_mut(0));
+        assert_eq!(
+            y.row(0).to_vec(),
+            vec![64.0 / 63.5, -2.0, 32.0 / 63.5, 1.0 / 63.5]
+        );
     }
 }

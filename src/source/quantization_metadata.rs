@@ -382,8 +382,13 @@ impl TensorSource for StageHandoff {
             .map(|(_, s, _)| s.to_vec())
             .unwrap_or_default();
         let (rows, cols) = rows_cols(&shape).unwrap_or((0, 0));
-        g.values(rows, cols)
-            .map_err(|m| Error::InvalidArgument(format!("tensor {}: {m}", escape_name(name))))
+        g.values(rows, cols).map_err(|m| {
+            Error::InvalidArgument(format!(
+                "{}: tensor {}: {m}",
+                self.path().display(),
+                escape_name(name)
+            ))
+        })
     }
 
     fn sha256(&self) -> Option<String> {

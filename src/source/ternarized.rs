@@ -85,7 +85,12 @@ impl TensorSource for Ternarized<'_> {
                 group,
                 row,
             )
-            .map_err(|e| Error::InvalidArgument(format!("tensor {name}: {e}")))?;
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "{}: tensor {name}: {e}",
+                    self.inner.path().display()
+                ))
+            })?;
         }
         Ok(out)
     }
