@@ -213,6 +213,13 @@ done
 "$bundle" export "$work/tok-bundle" --format hf --max-shard-size 20000 --out "$work/hf-shards" >/dev/null
 $conv check-export-hf "$work/hf-shards" "$work/tok-bundle" >/dev/null
 echo "ok   export --format hf: config.json, weights (f16, bf16, f32; sharded) and the tokenizer as the spec says (numpy)"
+# The f32 export holds t * scale exactly: quantizing it again gives every row back unchanged
+# (section 7, step 0), so the round trip gives the same bytes.
+"$bundle" create --from "$work/hf-f32" --out "$work/hf-f32-bundle" >/dev/null
+for f in ternary.safetensors fp16.safetensors; do
+    cmp "$work/tok-bundle/$f" "$work/hf-f32-bundle/$f"
+done
+echo "ok   export --format hf --dtype f32, then create from it: ternary.safetensors and fp16.safetensors byte-identical"
 # The 4.0 bundles, read by the independent checker of the spec (digests, assets, FP16), and
 # their inspect and verify reports against the documented schemas.
 "$bundle" inspect "$work/tok-bundle" --json >"$work/tok-inspect.json"
