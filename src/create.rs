@@ -59,6 +59,9 @@ pub struct CreateRequest {
     pub validation: Option<PathBuf>,
     /// A validation set from plain text, and the tokens per sequence (spec section 18.5).
     pub validation_text: Option<(PathBuf, usize)>,
+    /// Which form of the original model's distributions to store
+    /// ([`WriteOptions::original_top_k`]).
+    pub original_top_k: Option<u64>,
 }
 
 /// Whose decisions `original_predictions` record.
@@ -84,6 +87,7 @@ pub struct CreateInputs {
     original: Original,
     validation: Option<ValidationSet>,
     assets: Vec<AssetFile>,
+    original_top_k: Option<u64>,
 }
 
 impl CreateInputs {
@@ -143,6 +147,7 @@ impl CreateInputs {
             original,
             validation,
             assets,
+            original_top_k: request.original_top_k,
         })
     }
 
@@ -192,6 +197,7 @@ impl CreateInputs {
             assets: self.assets.clone(),
             original_sha256: sha,
             original_elsewhere: elsewhere,
+            original_top_k: self.original_top_k,
             ..Default::default()
         };
         write_bundle_from(

@@ -57,5 +57,7 @@ pub use format::quantization::{Granularity, QuantParams};
 pub use format::rules::Rule;
 pub use quant::quantize::{quantize, QuantizedTensor};
 pub use read::{Bundle, OpenOptions};
-pub use write::bundle::{write_bundle, write_bundle_with_progress, WriteOptions, WriteReport};
+pub use write::bundle::{
+    write_bundle, write_bundle_qat, write_bundle_with_progress, WriteOptions, WriteReport,
+};
 pub use write::plan::BundlePlan;

@@ -253,6 +253,15 @@ pub struct CreateArgs {
     #[arg(long, value_enum, default_value_t = OriginalForwardArg::Dense, conflicts_with = "demo")]
     pub original_forward: OriginalForwardArg,
 
+    /// How much of the original model's distribution to store beside its predictions, for
+    /// verify's KL divergence and perplexity (format 5.0, spec section 9.1): by default the full
+    /// log-softmax when samples x classes <= 2^21 values, otherwise the 64 most probable
+    /// classes with their log-probabilities, the log-sum-exp and each label's log-probability.
+    /// K (1 to 1024, at most the classes) stores the top K; 0 stores none (predictions only: a
+    /// format 2.0 to 4.0 bundle older readers open).
+    #[arg(long, value_name = "K")]
+    pub original_top_k: Option<u64>,
+
     /// Replace an existing bundle at --out (atomically; never a non-bundle directory).
     #[arg(long)]
     pub force: bool,
@@ -377,11 +386,19 @@ Checks, in order (each PASS, FAIL or SKIP with a one-line detail):
                   (pre-quantization) model's decisions: its argmax equals the original's
                   predictions, stored in the validation set by `bundle create` (rule 6.3) or
                   recomputed from --reference. Skipped, with the reason, when neither exists
+  fidelity        the FP16 model's distribution stays close to the original's, as quantized
+                  language models are judged: per scored sample KL(original || path) of the FP16
+                  and ternary paths (mean, median, p99, p99.9, max; exact from a stored full
+                  distribution, a lower bound with its error bound from a stored top-K), and the
+                  cross-entropy of the labels (perplexity for a language model) of the original,
+                  FP16 and ternary models; passes when the FP16 mean KL <= --max-kl. Needs the
+                  original distributions (format 5.0, stored by `bundle create`) or --reference
   gradient_check  f64 backprop vs central differences (sampled coordinates and random directions),
                   each within --grad-tol relative plus the round-off bound of the difference
   gradient_flow   every parameter tensor gets a finite, non-zero gradient; per-tensor norm and variance
   reference       with --reference: the original checkpoint run again; its agreement with the FP16
-                  model, and its predictions must equal the stored ones (up to near-ties)
+                  model, and its predictions must equal the stored ones (up to near-ties) and its
+                  distributions the stored ones (KL(stored || recomputed) <= 1e-4 at every sample)
 A check whose prerequisite failed is reported as not run (SKIP), never as passed.
 
 Language models (decoder bundles, format 3.0): a sample is a position of a token sequence (every
@@ -401,6 +418,7 @@ Examples:
   bundle verify my-bundle --json > verify.json --junit verify.xml
   bundle verify my-bundle --only checksums,dequantization
   bundle verify my-bundle --min-retention 0.99
+  bundle verify my-bundle --max-kl 0.01
   bundle verify my-bundle --reference original.safetensors";
 
 /// `bundle verify`.
@@ -453,6 +471,12 @@ pub struct VerifyArgs {
     /// predicted (the retention check; 0.995 is the handoff's threshold).
     #[arg(long, value_name = "FRACTION", alias = "min-reference-agreement", default_value_t = ternary_bundle::verify::DEFAULT_MIN_RETENTION)]
     pub min_retention: f64,
+
+    /// Largest mean KL divergence KL(original || FP16), in nats per scored sample, of the FP16
+    /// model's distribution from the original model's (the fidelity check; spec section 16.3
+    /// says why 0.05). 0 disables the gate; the figures are still reported.
+    #[arg(long, value_name = "NATS", default_value_t = ternary_bundle::verify::DEFAULT_MAX_KL)]
+    pub max_kl: f64,
 
     /// The pre-quantization checkpoint (a language model's: its model directory or its
     /// safetensors file): run it again (the reference check), and take the original

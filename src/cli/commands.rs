@@ -21,7 +21,7 @@ use ternary_bundle::write::demo::DemoSource;
 use ternary_bundle::write::demo_lm::DemoLm;
 use ternary_bundle::write::export::{export, ExportDtype};
 use ternary_bundle::{
-    write_bundle_with_progress, Bundle, BundlePlan, Encoding, Error, Granularity, OpenOptions,
+    write_bundle_qat, Bundle, BundlePlan, Encoding, Error, Granularity, OpenOptions,
     QuantParams, Result, WriteOptions, WriteReport,
 };
 
@@ -83,7 +83,9 @@ fn write_with_progress(
         .map(|t| t.shape.iter().product::<u64>())
         .sum();
     let bar = progress_bar(total, "quantizing");
-    let report = write_bundle_with_progress(dest, source, plan, options, &|n| bar.inc(n));
+    // The demos are latent weights of quantization-aware training: their original model is
+    // their own ternary forward pass (spec section 7.2).
+    let report = write_bundle_qat(dest, source, plan, options, &|n| bar.inc(n));
     bar.finish_and_clear();
     report
 }
@@ -138,6 +140,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             settings: settings(&a.quant)?,
             validation: a.validation,
             validation_text: a.validation_text.zip(a.seq_len),
+            original_top_k: a.original_top_k,
         };
         let inputs = CreateInputs::open(&request)?;
         let total: u64 = inputs
@@ -163,6 +166,7 @@ pub fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
         strict: a.strict,
         min_agreement: a.min_agreement,
         min_retention: a.min_retention,
+        max_kl: a.max_kl,
         samples: a.samples,
         seed: a.seed,
         grad: GradCheckOptions {

@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod checksum;
 pub mod decoder;
+pub mod distribution;
 pub mod encoding;
 pub mod layout;
 pub mod le;

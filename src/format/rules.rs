@@ -116,6 +116,9 @@ rules! {
     ValidationValues = "6.2", "invalid validation set value";
     /// 6.3: original predictions index the last layer's outputs.
     OriginalPredictions = "6.3", "invalid original prediction";
+    /// 6.4: stored original distributions are finite log-probabilities, normalized, sorted,
+    /// their ids in range and their first the original prediction (format 5.0).
+    OriginalDistributions = "6.4", "invalid original distribution";
     /// 7.1: whole-file SHA-256.
     FileDigest = "7.1", "file checksum mismatch";
     /// 7.2: per-tensor SHA-256.

@@ -172,6 +172,18 @@ pub fn next_token_predictions(logits: &Array3<f32>) -> Vec<usize> {
     out
 }
 
+/// The logits of the scored positions (every position but the last of every sequence) of
+/// `logits` `[N, T, V]`, as rows `[N × (T − 1), V]` in sequence order.
+pub fn scored_rows(logits: &Array3<f32>) -> Result<Array2<f32>> {
+    let (n, t, v) = logits.dim();
+    let scored = t.saturating_sub(1);
+    logits
+        .slice(s![.., ..scored, ..])
+        .to_shape((n * scored, v))
+        .map(|a| a.to_owned())
+        .map_err(|e| Error::InvalidArgument(format!("logits [{n}, {t}, {v}]: {e}")))
+}
+
 /// Tensor `name` of `source` in f32, which must hold the values of `shape`.
 pub(crate) fn load_tensor(
     source: &dyn TensorSource,

@@ -5,7 +5,8 @@
 //! activation functions they share ([`activation`]). [`decoder`] is the reference model of the
 //! decoder-only language models (Llama, BitNet b1.58, format 3.0), [`decoder64`] its f64 twin
 //! with the backward pass, [`bundle_decoder`] a bundle's decoder along one weight path,
-//! [`original`] the original model whose decisions a handoff must keep. The architecture's vocabulary (layer specs,
+//! [`original`] the original model whose decisions a handoff must keep, [`distribution`] its
+//! stored distributions and the KL divergence and cross-entropy of a path against them. The architecture's vocabulary (layer specs,
 //! activation names) belongs to the format: [`crate::format::manifest`],
 //! [`crate::format::activation`].
 
@@ -15,6 +16,7 @@ pub mod chunks;
 pub mod decoder;
 pub mod decoder64;
 pub mod decoder_stream;
+pub mod distribution;
 pub(crate) mod direction;
 pub mod gradcheck;
 pub mod matmul;

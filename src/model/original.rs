@@ -16,6 +16,7 @@ use crate::format::manifest::{ModelSpec, OriginalForward};
 use crate::format::quantization::{Granularity, QuantParams};
 use crate::model::chunks::chunk_rows;
 use crate::model::decoder::{self, ActivationQuantized, DecoderWeights, SourceWeights};
+use crate::model::distribution::{Distributions, Form};
 use crate::model::reference::{argmax_rows, forward_source};
 use crate::source::ternarized::Ternarized;
 use crate::source::TensorSource;
@@ -25,6 +26,43 @@ pub struct OriginalModel<'a> {
     forward: OriginalForward,
     dense: &'a dyn TensorSource,
     ternarized: Option<Ternarized<'a>>,
+}
+
+/// What the original model predicts on a validation set: its argmax at every scored sample
+/// (rule 6.3) and, when asked for, its distributions (rule 6.4).
+#[derive(Debug, Clone)]
+pub struct OriginalOutputs {
+    /// The prediction at each scored sample.
+    pub predictions: Vec<usize>,
+    /// The distributions, in the form asked for.
+    pub distributions: Option<Distributions>,
+}
+
+impl OriginalOutputs {
+    fn new(form: Option<Form>, classes: usize, rows: usize) -> Self {
+        OriginalOutputs {
+            predictions: Vec::with_capacity(rows),
+            distributions: form.map(|f| Distributions::new(f, classes)),
+        }
+    }
+
+    /// Adds the scored samples of `logits` (a row each); `labels` are every sample's, from
+    /// the first.
+    fn push(&mut self, logits: ArrayView2<f32>, labels: &[i64]) -> Result<()> {
+        let first = self.predictions.len();
+        self.predictions.extend(argmax_rows(&logits));
+        if let Some(d) = &mut self.distributions {
+            let labels = labels.get(first..first + logits.nrows()).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{} labels for {} scored samples",
+                    labels.len(),
+                    first + logits.nrows()
+                ))
+            })?;
+            d.push_rows(logits, labels)?;
+        }
+        Ok(())
+    }
 }
 
 /// The settings of transformers' online BitNet weight quantization (`WeightQuant`, spec
@@ -123,6 +161,53 @@ impl<'a> OriginalModel<'a> {
         ids: ArrayView2<i64>,
     ) -> Result<Vec<usize>> {
         self.with_decoder(spec, |w| decoder::predictions(spec, w, ids))
+    }
+
+    /// The decoder's next-token predictions and, with `form`, its distributions at every
+    /// position but the last (what `original_predictions` and the distributions of rule 6.1
+    /// record), a chunk of sequences at a time. `labels` are the validation set's (`[N, T -
+    /// 1]` row-major).
+    pub fn decoder_outputs(
+        &self,
+        spec: &DecoderSpec,
+        ids: ArrayView2<i64>,
+        labels: &[i64],
+        form: Option<Form>,
+    ) -> Result<OriginalOutputs> {
+        let (n, t) = ids.dim();
+        let mut out = OriginalOutputs::new(form, spec.vocab_size as usize, n * t.saturating_sub(1));
+        self.with_decoder(spec, |w| {
+            let chunk = crate::model::chunks::decoder_sequences(spec, t);
+            for start in (0..n).step_by(chunk) {
+                let seqs = ids.slice(ndarray::s![start..(start + chunk).min(n), ..]);
+                let logits = decoder::forward(spec, w, seqs)?;
+                out.push(decoder::scored_rows(&logits)?.view(), labels)?;
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The predictions and, with `form`, the distributions of the chain of layers `model` on
+    /// `inputs` (`[n, input_dim]` row-major) with their `labels`, in chunks.
+    pub fn chain_outputs(
+        &self,
+        model: &ModelSpec,
+        activations: &[Activation],
+        inputs: &[f32],
+        labels: &[i64],
+        form: Option<Form>,
+    ) -> Result<OriginalOutputs> {
+        let d = model.input_dim as usize;
+        let classes = model.layers.last().map_or(0, |l| l.out_features as usize);
+        let mut out = OriginalOutputs::new(form, classes, labels.len());
+        for chunk in inputs.chunks(chunk_rows(model).saturating_mul(d).max(1)) {
+            let x = ArrayView2::from_shape((chunk.len() / d.max(1), d), chunk).map_err(|_| {
+                Error::InvalidArgument(format!("{} input values are not rows of {d}", inputs.len()))
+            })?;
+            out.push(self.chain_logits(model, activations, x)?.view(), labels)?;
+        }
+        Ok(out)
     }
 
     /// The logits of the chain of layers `model` on the rows `x`.

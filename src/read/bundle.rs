@@ -121,6 +121,22 @@ pub(crate) struct ValidationRanges {
     pub labels: Range<usize>,
     pub difficulty: Option<Range<usize>>,
     pub original_predictions: Option<Range<usize>>,
+    pub distributions: Option<DistributionRanges>,
+}
+
+/// Where the original model's distributions lie in the validation file (format 5.0).
+#[derive(Debug, Clone)]
+pub(crate) enum DistributionRanges {
+    Full {
+        log_probs: Range<usize>,
+    },
+    TopK {
+        k: usize,
+        ids: Range<usize>,
+        log_probs: Range<usize>,
+        log_sum_exp: Range<usize>,
+        label_log_probs: Range<usize>,
+    },
 }
 
 /// An open, structurally valid bundle.
@@ -272,6 +288,32 @@ pub struct ValidationView<'a> {
     pub difficulty: Option<&'a [u8]>,
     /// `original_predictions` I64 `[N]` (a decoder: `[N, T - 1]`), when present (format 2.0).
     pub original_predictions: Option<&'a [u8]>,
+    /// The original model's distributions, when present (format 5.0, rule 6.1).
+    pub distributions: Option<DistributionView<'a>>,
+}
+
+/// The original model's distributions at the scored samples, borrowed little-endian bytes
+/// (format 5.0, rule 6.1 proved their shapes; rule 6.4 is a data check).
+#[derive(Debug, Clone, Copy)]
+pub enum DistributionView<'a> {
+    /// `original_log_probs` F32 `[S, classes]` (S scored samples).
+    Full {
+        /// The log-probabilities.
+        log_probs: &'a [u8],
+    },
+    /// The top-K form.
+    TopK {
+        /// K.
+        k: usize,
+        /// `original_top_ids` I64 `[S, K]`.
+        ids: &'a [u8],
+        /// `original_top_log_probs` F32 `[S, K]`.
+        log_probs: &'a [u8],
+        /// `original_log_sum_exp` F32 `[S]`.
+        log_sum_exp: &'a [u8],
+        /// `original_label_log_probs` F32 `[S]`.
+        label_log_probs: &'a [u8],
+    },
 }
 
 impl Bundle {
@@ -424,6 +466,24 @@ impl Bundle {
             labels: &b[r.labels.clone()],
             difficulty: r.difficulty.clone().map(|x| &b[x]),
             original_predictions: r.original_predictions.clone().map(|x| &b[x]),
+            distributions: r.distributions.as_ref().map(|d| match d {
+                DistributionRanges::Full { log_probs } => DistributionView::Full {
+                    log_probs: &b[log_probs.clone()],
+                },
+                DistributionRanges::TopK {
+                    k,
+                    ids,
+                    log_probs,
+                    log_sum_exp,
+                    label_log_probs,
+                } => DistributionView::TopK {
+                    k: *k,
+                    ids: &b[ids.clone()],
+                    log_probs: &b[log_probs.clone()],
+                    log_sum_exp: &b[log_sum_exp.clone()],
+                    label_log_probs: &b[label_log_probs.clone()],
+                },
+            }),
         })
     }
 

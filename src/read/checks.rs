@@ -14,14 +14,18 @@ use crate::error::{Result, Violation};
 use crate::format::checksum::sha256_hex_blocks;
 use crate::format::encoding::Encoding;
 use crate::format::layout::{
-    VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS, VALIDATION_ORIGINAL_PREDICTIONS,
+    VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
+    VALIDATION_ORIGINAL_LABEL_LOG_PROBS, VALIDATION_ORIGINAL_LOG_PROBS,
+    VALIDATION_ORIGINAL_LOG_SUM_EXP, VALIDATION_ORIGINAL_PREDICTIONS,
+    VALIDATION_ORIGINAL_TOP_IDS, VALIDATION_ORIGINAL_TOP_LOG_PROBS,
 };
 use crate::format::le;
 use crate::format::manifest::TensorSpec;
 use crate::format::quantization::scale_fits_f16;
 use crate::format::rules::Rule;
 use crate::quant::dequantize::dequantize_row_f16;
-use crate::read::{Bundle, PackedTensor, Stored};
+use crate::read::{Bundle, DistributionView, PackedTensor, Stored};
+use crate::format::distribution::{log_sum_exp, NORMALIZATION_TOLERANCE};
 
 /// Runs every data check: digests first (so corruption is reported as such), then encoding,
 /// scales, passthrough values, exact dequantization and the validation set.
@@ -401,15 +405,136 @@ pub fn check_validation_values(bundle: &Bundle) -> Result<()> {
     } else {
         validation_values(v.path, le::f32s(v.inputs), le::i64s(v.labels), classes)?;
     }
-    match v.original_predictions {
-        Some(p) => class_indices(
+    if let Some(p) = v.original_predictions {
+        class_indices(
             v.path,
             (VALIDATION_ORIGINAL_PREDICTIONS, Rule::OriginalPredictions),
             le::i64s(p),
             classes,
-        ),
-        None => Ok(()),
+        )?;
+        if let Some(d) = v.distributions {
+            let predictions: Vec<i64> = le::i64s(p).collect();
+            check_distributions(v.path, &predictions, d, classes as usize)?;
+        }
     }
+    Ok(())
+}
+
+/// Rule 6.4 (format 5.0): the original model's stored distributions are distributions and
+/// agree with its predictions. Every log-probability is finite and <= 0 and every log-sum-exp
+/// finite; a full row's log-sum-exp (f64, index order) lies within 1e-3 of 0 and the row's
+/// largest value is at the stored prediction; a top-K row's ids are distinct classes, the
+/// first the stored prediction, its log-probabilities non-increasing with probabilities
+/// adding up to at most 1 + 1e-3.
+pub fn check_distributions(
+    path: &Path,
+    predictions: &[i64],
+    d: DistributionView<'_>,
+    classes: usize,
+) -> Result<()> {
+    let bad = |tensor: &str, expected: String, found: String| -> crate::error::Error {
+        Violation::new(path, Rule::OriginalDistributions, expected, found)
+            .tensor(tensor)
+            .into()
+    };
+    let log_probs = |tensor: &str, bytes: &[u8]| -> Result<Vec<f32>> {
+        let values: Vec<f32> = le::f32s(bytes).collect();
+        match values.iter().position(|x| !(x.is_finite() && *x <= 0.0)) {
+            Some(i) => Err(bad(
+                tensor,
+                "finite log-probabilities <= 0".into(),
+                format!("{} at flat index {i}", values[i]),
+            )),
+            None => Ok(values),
+        }
+    };
+    match d {
+        DistributionView::Full { log_probs: bytes } => {
+            let lp = log_probs(VALIDATION_ORIGINAL_LOG_PROBS, bytes)?;
+            for (row, (values, &p)) in lp.chunks(classes.max(1)).zip(predictions).enumerate() {
+                let lse = log_sum_exp(values).unwrap_or(f64::NAN);
+                if !(lse.abs() <= NORMALIZATION_TOLERANCE) {
+                    return Err(bad(
+                        VALIDATION_ORIGINAL_LOG_PROBS,
+                        format!("each row's log-sum-exp within {NORMALIZATION_TOLERANCE} of 0 (probabilities adding up to 1)"),
+                        format!("{lse} in row {row}"),
+                    ));
+                }
+                let max = values.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let at = values.get(p as usize).copied().unwrap_or(f32::NAN);
+                if at != max {
+                    return Err(bad(
+                        VALIDATION_ORIGINAL_LOG_PROBS,
+                        format!("row {row}'s largest log-probability ({max}) at its original prediction {p}"),
+                        format!("{at} there"),
+                    ));
+                }
+            }
+        }
+        DistributionView::TopK {
+            k,
+            ids,
+            log_probs: lp_bytes,
+            log_sum_exp,
+            label_log_probs,
+        } => {
+            let lp = log_probs(VALIDATION_ORIGINAL_TOP_LOG_PROBS, lp_bytes)?;
+            log_probs(VALIDATION_ORIGINAL_LABEL_LOG_PROBS, label_log_probs)?;
+            if let Some((i, x)) = le::f32s(log_sum_exp).enumerate().find(|(_, x)| !x.is_finite()) {
+                return Err(bad(
+                    VALIDATION_ORIGINAL_LOG_SUM_EXP,
+                    "finite values".into(),
+                    format!("{x} at index {i}"),
+                ));
+            }
+            let ids: Vec<i64> = le::i64s(ids).collect();
+            class_indices(
+                path,
+                (VALIDATION_ORIGINAL_TOP_IDS, Rule::OriginalDistributions),
+                ids.iter().copied(),
+                classes as u64,
+            )?;
+            let k = k.max(1);
+            let mut seen = vec![false; classes];
+            for (row, ((ids, lp), &p)) in ids.chunks(k).zip(lp.chunks(k)).zip(predictions).enumerate() {
+                if ids[0] != p {
+                    return Err(bad(
+                        VALIDATION_ORIGINAL_TOP_IDS,
+                        format!("row {row} to start with its original prediction {p}"),
+                        format!("{}", ids[0]),
+                    ));
+                }
+                for &id in ids {
+                    if std::mem::replace(&mut seen[id as usize], true) {
+                        return Err(bad(
+                            VALIDATION_ORIGINAL_TOP_IDS,
+                            format!("distinct ids in row {row}"),
+                            format!("{id} twice"),
+                        ));
+                    }
+                }
+                for &id in ids {
+                    seen[id as usize] = false;
+                }
+                if let Some(j) = lp.windows(2).position(|w| w[1] > w[0]) {
+                    return Err(bad(
+                        VALIDATION_ORIGINAL_TOP_LOG_PROBS,
+                        format!("non-increasing log-probabilities in row {row}"),
+                        format!("{} after {} at position {}", lp[j + 1], lp[j], j + 1),
+                    ));
+                }
+                let total: f64 = lp.iter().map(|&x| (x as f64).exp()).sum();
+                if total > 1.0 + NORMALIZATION_TOLERANCE {
+                    return Err(bad(
+                        VALIDATION_ORIGINAL_TOP_LOG_PROBS,
+                        format!("row {row}'s probabilities adding up to at most 1 + {NORMALIZATION_TOLERANCE}"),
+                        format!("{total}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rule 6.2 for a decoder's validation set (from a bundle's file, or the set a writer is about

@@ -7,17 +7,23 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::error::{escape_name, Result, Violation};
+use crate::format::distribution::{Form, MAX_TOP_K};
 use crate::format::layout::{
     decoder_validation_layout, fp16_layout, ternary_layout, validation_layout, Layout,
-    VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
-    VALIDATION_ORIGINAL_PREDICTIONS,
+    OriginalRecord, VALIDATION_DIFFICULTY, VALIDATION_DISTRIBUTION_TENSORS, VALIDATION_INPUTS,
+    VALIDATION_INPUT_IDS, VALIDATION_LABELS, VALIDATION_ORIGINAL_LABEL_LOG_PROBS,
+    VALIDATION_ORIGINAL_LOG_PROBS, VALIDATION_ORIGINAL_LOG_SUM_EXP,
+    VALIDATION_ORIGINAL_PREDICTIONS, VALIDATION_ORIGINAL_TOP_IDS,
+    VALIDATION_ORIGINAL_TOP_LOG_PROBS,
 };
 use crate::format::manifest::{
     scale_tensor_name, FileEntry, FileRole, FormatVersion, Manifest, ManifestFacts,
 };
 use crate::format::rules::Rule;
 use crate::format::safetensors::{shape_string, Header};
-use crate::read::bundle::{DataFile, ListedTensor, TensorRanges, ValidationRanges};
+use crate::read::bundle::{
+    DataFile, DistributionRanges, ListedTensor, TensorRanges, ValidationRanges,
+};
 
 /// Rule 3.1: the file's size is the manifest's.
 pub(crate) fn check_size(path: &Path, role: FileRole, size: u64, entry: &FileEntry) -> Result<()> {
@@ -237,19 +243,15 @@ pub(crate) fn check_validation_file(
             None => return Err(bad("a tensor named inputs".into(), "none".into()).into()),
         }
     };
+    let original = original_record(file, manifest, version, n, tokens)?;
     let expected = if manifest.model.decoder.is_some() {
-        decoder_validation_layout(
-            n,
-            tokens,
-            has(VALIDATION_DIFFICULTY),
-            has(VALIDATION_ORIGINAL_PREDICTIONS),
-        )
+        decoder_validation_layout(n, tokens, has(VALIDATION_DIFFICULTY), original)
     } else {
         validation_layout(
             n,
             manifest.model.input_dim,
             has(VALIDATION_DIFFICULTY),
-            has(VALIDATION_ORIGINAL_PREDICTIONS),
+            original,
         )
     };
     check_tensor_set(
@@ -269,7 +271,105 @@ pub(crate) fn check_validation_file(
         labels: range(VALIDATION_LABELS)?,
         difficulty: file.range(VALIDATION_DIFFICULTY),
         original_predictions: file.range(VALIDATION_ORIGINAL_PREDICTIONS),
+        distributions: match original {
+            OriginalRecord::Distributions {
+                form: Form::Full, ..
+            } => Some(DistributionRanges::Full {
+                log_probs: range(VALIDATION_ORIGINAL_LOG_PROBS)?,
+            }),
+            OriginalRecord::Distributions {
+                form: Form::TopK(k),
+                ..
+            } => Some(DistributionRanges::TopK {
+                k: k as usize,
+                ids: range(VALIDATION_ORIGINAL_TOP_IDS)?,
+                log_probs: range(VALIDATION_ORIGINAL_TOP_LOG_PROBS)?,
+                log_sum_exp: range(VALIDATION_ORIGINAL_LOG_SUM_EXP)?,
+                label_log_probs: range(VALIDATION_ORIGINAL_LABEL_LOG_PROBS)?,
+            }),
+            _ => None,
+        },
     })
+}
+
+/// What the validation file records of the original model, from the names its header holds
+/// (rules 6.1 and 6.4): the distributions need format 5.0 and `original_predictions`, one form
+/// only; K of the top-K form is the last dimension of `original_top_ids`, 1 <= K <=
+/// min(classes, 1024). The layout check that follows proves every shape.
+fn original_record(
+    file: &DataFile,
+    manifest: &Manifest,
+    version: FormatVersion,
+    n: u64,
+    tokens: u64,
+) -> Result<OriginalRecord> {
+    let bad = |expected: String, found: String| {
+        Violation::new(&file.path, Rule::ValidationTensors, expected, found)
+    };
+    let has = |name| file.header.get(name).is_some();
+    let present: Vec<&str> = VALIDATION_DISTRIBUTION_TENSORS
+        .into_iter()
+        .filter(|n| has(n))
+        .collect();
+    if !has(VALIDATION_ORIGINAL_PREDICTIONS) {
+        return Ok(OriginalRecord::Nothing);
+    }
+    let Some(&first) = present.first() else {
+        return Ok(OriginalRecord::Predictions);
+    };
+    if !version.allows_distributions() {
+        // A 4.x reader refuses these tensors, so a 4.x bundle cannot carry them.
+        return Err(bad(
+            format!("no original distributions in a format {version} bundle (needs format 5.0 or later)"),
+            format!("a tensor named {first}"),
+        )
+        .tensor(first)
+        .into());
+    }
+    let classes = match &manifest.model.decoder {
+        Some(d) => d.vocab_size,
+        None => manifest.model.layers.last().map_or(0, |l| l.out_features),
+    };
+    if has(VALIDATION_ORIGINAL_LOG_PROBS) {
+        return Ok(OriginalRecord::Distributions {
+            form: Form::Full,
+            classes,
+        });
+    }
+    // The top-K form: K from original_top_ids, after the scored dimensions.
+    let scored_rank = if tokens > 0 { 2 } else { 1 };
+    let k = file
+        .header
+        .get(VALIDATION_ORIGINAL_TOP_IDS)
+        .filter(|e| e.shape.len() == scored_rank + 1)
+        .map(|e| e.shape[scored_rank]);
+    match k {
+        Some(k) if (1..=classes.min(MAX_TOP_K)).contains(&k) => Ok(OriginalRecord::Distributions {
+            form: Form::TopK(k),
+            classes,
+        }),
+        Some(k) => Err(bad(
+            format!(
+                "original_top_ids with K in 1..={} (at most the {classes} classes and {MAX_TOP_K})",
+                classes.min(MAX_TOP_K)
+            ),
+            format!("K = {k}"),
+        )
+        .tensor(VALIDATION_ORIGINAL_TOP_IDS)
+        .into()),
+        None => Err(bad(
+            format!(
+                "original_log_probs, or original_top_ids of shape [{}, K] with the rest of the top-K form",
+                if tokens > 0 { format!("{n}, {}", tokens - 1) } else { n.to_string() }
+            ),
+            match file.header.get(VALIDATION_ORIGINAL_TOP_IDS) {
+                Some(e) => format!("original_top_ids of shape {}", shape_string(&e.shape)),
+                None => format!("{} without original_top_ids", present.join(", ")),
+            },
+        )
+        .tensor(VALIDATION_ORIGINAL_TOP_IDS)
+        .into()),
+    }
 }
 
 /// Rule 1.4: `validation.safetensors` exists exactly when the manifest declares it.

@@ -52,6 +52,9 @@ checks! {
     Agreement = "agreement", [Encoding];
     /// The FP16 model keeps the original model's decisions (the handoff's criterion).
     Retention = "retention", [Structure];
+    /// The FP16 model's distribution stays close to the original model's (KL divergence,
+    /// perplexity).
+    Fidelity = "fidelity", [Structure];
     /// Analytic gradients agree with central differences.
     GradientCheck = "gradient_check", [Structure];
     /// Every parameter tensor gets a finite, non-zero gradient.

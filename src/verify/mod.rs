@@ -1,6 +1,6 @@
 //! `bundle verify`: the CI gate. Runs the checks of a handoff in order ([`Check`]: manifest,
 //! files, checksums, structure, encoding, scales, dequantization, agreement, retention,
-//! gradient_check, gradient_flow, reference), each with a status, a one-line detail and
+//! fidelity, gradient_check, gradient_flow, reference), each with a status, a one-line detail and
 //! figures, and computes the handoff metrics the pipeline logs. A check whose prerequisite
 //! failed is reported as not run, never as passed; a metric that cannot be computed by its
 //! definition is null, with the reason in the report.
@@ -10,6 +10,7 @@
 //! `runs`), `gradients` (the f64 gradient checks), then `metrics` and the [`report`].
 
 mod check;
+mod fidelity;
 mod gradients;
 pub mod integrity;
 mod metrics;
@@ -25,7 +26,7 @@ use std::time::Instant;
 
 pub use check::Check;
 pub use options::{
-    VerifyOptions, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_RETENTION, DEFAULT_SAMPLES, DEFAULT_SEED,
+    VerifyOptions, DEFAULT_MAX_KL, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_RETENTION, DEFAULT_SAMPLES, DEFAULT_SEED,
     FLOW_BATCH, GRADCHECK_BATCH,
 };
 pub use report::{CheckResult, Metrics, Status, VerifyReport, RETENTION_METRIC};

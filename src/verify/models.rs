@@ -1,6 +1,6 @@
 //! The model checks on the bundle's inputs: agreement (the two forms of the bundle compute the
 //! same model), retention (the FP16 model keeps the original model's decisions: the handoff's
-//! criterion) and reference (the original checkpoint, run again). Each takes the shared
+//! criterion), fidelity (its distribution stays close to the original's, [`crate::verify::fidelity`]) and reference (the original checkpoint, run again). Each takes the shared
 //! [`ModelRuns`] of an open bundle.
 
 use std::collections::BTreeSet;
@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use crate::verify::check::Check;
 use crate::verify::options::VerifyOptions;
 use crate::verify::runner::{Outcome, Runner};
-use crate::verify::runs::{no_original_predictions, same_share, ModelRuns};
+use crate::verify::fidelity::fidelity;
+use crate::verify::runs::{no_original_distributions, no_original_predictions, same_share, ModelRuns};
 use crate::verify::samples::Samples;
 
 /// Runs agreement and retention; returns the retention when it was measured.
@@ -33,6 +34,19 @@ pub(crate) fn run(
         _ => r.run_on(Check::Retention, runs, |runs| {
             retention(runs, options, &mut retention_value)
         }),
+    }
+    match runs {
+        Some(runs)
+            if !runs.has_original_distributions()
+                && options.selected(Check::Fidelity)
+                && r.blocked(Check::Fidelity).is_none() =>
+        {
+            r.skip(
+                Check::Fidelity,
+                format!("not run: {}", no_original_distributions(runs.bundle)),
+            );
+        }
+        _ => r.run_on(Check::Fidelity, runs, |runs| fidelity(runs, options)),
     }
     retention_value
 }

@@ -11,6 +11,9 @@ use crate::verify::check::Check;
 pub const DEFAULT_MIN_AGREEMENT: f64 = 0.995;
 /// Default `--min-retention`: the handoff's threshold.
 pub const DEFAULT_MIN_RETENTION: f64 = 0.995;
+/// Default `--max-kl`: the largest mean KL(original || FP16) in nats of a passing handoff
+/// (spec section 16.3 gives the rationale); 0 disables the gate.
+pub const DEFAULT_MAX_KL: f64 = 0.05;
 /// Default `--samples` (synthetic inputs when the bundle has no validation set).
 pub const DEFAULT_SAMPLES: usize = 256;
 /// Default `--seed`.
@@ -34,6 +37,9 @@ pub struct VerifyOptions {
     /// Minimum retention: the share of inputs on which the FP16 model's prediction is the
     /// original model's.
     pub min_retention: f64,
+    /// Largest mean KL divergence of the FP16 model's distribution from the original model's,
+    /// in nats (the `fidelity` check); 0 disables the gate.
+    pub max_kl: f64,
     /// Synthetic samples when the bundle has no validation set.
     pub samples: usize,
     /// Seed of synthetic inputs, labels, coordinates and directions.
@@ -55,6 +61,7 @@ impl Default for VerifyOptions {
             strict: false,
             min_agreement: DEFAULT_MIN_AGREEMENT,
             min_retention: DEFAULT_MIN_RETENTION,
+            max_kl: DEFAULT_MAX_KL,
             samples: DEFAULT_SAMPLES,
             seed: DEFAULT_SEED,
             grad: GradCheckOptions {
@@ -79,6 +86,12 @@ impl VerifyOptions {
                     "{flag} must be in [0, 1], found {v}"
                 )));
             }
+        }
+        if !(self.max_kl >= 0.0 && self.max_kl.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "--max-kl must be finite and >= 0 (0 disables the gate), found {}",
+                self.max_kl
+            )));
         }
         if self.samples == 0 {
             return Err(Error::InvalidArgument(

@@ -15,7 +15,8 @@ use crate::format::quantization::QuantMethod;
 use crate::hf::bitnet::{online_converted, BitnetQuantization};
 use crate::model::bundle_decoder::BundleDecoder;
 use crate::model::chunks::{chunk_rows, decoder_sequences};
-use crate::model::decoder::{self, next_token_predictions};
+use crate::model::decoder::{self, next_token_predictions, scored_rows};
+use crate::model::distribution::{Distributions, Form};
 use crate::model::original::OriginalModel;
 use crate::model::reference::{argmax_rows, forward_bundle, WeightPath};
 use crate::read::Bundle;
@@ -25,11 +26,23 @@ use crate::verify::integrity::fail_with;
 use crate::verify::options::VerifyOptions;
 use crate::verify::runner::Fail;
 use crate::verify::samples::Samples;
+use crate::verify::fidelity::PathsFidelity;
 
 /// Share of positions where `a` and `b` hold the same class (0 for none).
 pub(crate) fn same_share(a: &[usize], b: &[usize]) -> f64 {
     let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
     same as f64 / a.len().max(1) as f64
+}
+
+/// Why a bundle offers no original distributions to compare with.
+pub(crate) fn no_original_distributions(bundle: &Bundle) -> String {
+    let version = bundle.facts().version;
+    match bundle.validation() {
+        Some(v) if v.original_predictions.is_some() => format!(
+            "no original distributions: the validation set stores the original model's predictions only (format {version}; distributions need 5.0, written unless create --original-top-k 0); give --reference ORIGINAL"
+        ),
+        _ => no_original_predictions(Some(bundle)).to_string(),
+    }
 }
 
 /// Why a bundle offers no original predictions to compare with.
@@ -77,6 +90,8 @@ pub(crate) struct TwoPaths {
     pub ternary_seconds: f64,
     /// Seconds of the FP16 path's forward passes (weight conversion included).
     pub fp16_seconds: f64,
+    /// Both paths' KL divergences and cross-entropies per sample (the fidelity check).
+    pub fidelity: PathsFidelity,
 }
 
 impl TwoPaths {
@@ -102,6 +117,11 @@ impl TwoPaths {
 /// The original checkpoint's predictions, recomputed for `--reference`.
 pub(crate) struct Recomputed {
     pub predictions: Vec<usize>,
+    /// Its distributions, in the stored form when the bundle stores some (else the writer's
+    /// choice), for the fidelity check of a bundle without them.
+    pub distributions: Distributions,
+    /// KL(stored || recomputed) per sample, when the bundle stores distributions.
+    pub stored_kl: Vec<f64>,
     /// Per input, whether the stored prediction (if any) is within rounding of the recomputed
     /// maximum logit: a near-tie, where summation order may pick either class.
     pub near_tie: Vec<bool>,
@@ -120,9 +140,44 @@ pub(crate) struct Comparison {
 }
 
 impl Recomputed {
-    /// Adds the predictions of `logits` (a row per sample) and, against the stored predictions
-    /// of the same samples (`stored[k]` for row k), which are near-ties.
-    fn push(&mut self, logits: &ndarray::Array2<f32>, stored: Option<&[usize]>) {
+    /// An empty recomputation of `samples`' original model (`sha256` its file's digest).
+    fn new(samples: &Samples<'_>, classes: usize, sha256: String) -> Self {
+        let form = samples
+            .distributions()
+            .map(Distributions::form)
+            .unwrap_or_else(|| Form::default_for(samples.len() as u64, classes as u64));
+        Recomputed {
+            predictions: Vec::with_capacity(samples.len()),
+            distributions: Distributions::new(form, classes),
+            stored_kl: Vec::new(),
+            near_tie: Vec::with_capacity(samples.len()),
+            sha256,
+        }
+    }
+
+    /// Adds the predictions and distributions of `logits` (a row per sample, from the next
+    /// sample on) and, against the stored predictions of the same samples (`stored[k]` for row
+    /// k), which are near-ties; against stored distributions, KL(stored || recomputed).
+    fn push(
+        &mut self,
+        logits: &ndarray::Array2<f32>,
+        stored: Option<&[usize]>,
+        samples: &Samples<'_>,
+    ) -> Result<()> {
+        let first = self.predictions.len();
+        let labels: Vec<i64> = samples.labels()[first..first + logits.nrows()]
+            .iter()
+            .map(|&l| l as i64)
+            .collect();
+        self.distributions.push_rows(logits.view(), &labels)?;
+        if let Some(d) = samples.distributions() {
+            let mut scratch = Vec::new();
+            for (k, row) in logits.rows().into_iter().enumerate() {
+                let row = row.to_vec();
+                let f = d.measure(first + k, &row, labels[k] as usize, &mut scratch);
+                self.stored_kl.push(f.kl);
+            }
+        }
         let predictions = argmax_rows(logits);
         for (k, (row, &p)) in logits.rows().into_iter().zip(&predictions).enumerate() {
             let tie = stored.is_some_and(|s| {
@@ -132,6 +187,7 @@ impl Recomputed {
             self.near_tie.push(tie);
         }
         self.predictions.extend(predictions);
+        Ok(())
     }
 
     pub fn compare(&self, stored: &[usize]) -> Comparison {
@@ -223,6 +279,24 @@ impl<'b> ModelRuns<'b> {
         }
     }
 
+    /// Whether the original model's distributions are stored or can be recomputed.
+    pub fn has_original_distributions(&self) -> bool {
+        self.bundle
+            .validation()
+            .is_some_and(|v| v.distributions.is_some())
+            || self.options.reference.is_some()
+    }
+
+    /// The original model's distributions and where they come from: stored (format 5.0),
+    /// else recomputed from `--reference` (running it if it has not run), else none.
+    pub fn original_distributions(&self) -> Option<(&Distributions, OriginalSource)> {
+        if let Some(d) = self.samples().ok()?.distributions() {
+            return Some((d, OriginalSource::Stored));
+        }
+        self.options.reference.as_ref()?;
+        Some((&self.reference().ok()?.distributions, OriginalSource::Reference))
+    }
+
     /// The original model's predictions if they are stored or were already recomputed (never
     /// runs the checkpoint: metrics only report what a check computed).
     pub fn original_if_known(&self) -> Option<&[usize]> {
@@ -244,7 +318,10 @@ impl<'b> ModelRuns<'b> {
                     max_logit_difference: 0.0,
                     ternary_seconds: 0.0,
                     fp16_seconds: 0.0,
+                    fidelity: PathsFidelity::default(),
                 };
+                let original = self.original_distributions().map(|(d, _)| d);
+                let labels = samples.labels();
                 if let Some(spec) = b.decoder() {
                     let (ternary, fp16) = (
                         BundleDecoder::new(b, WeightPath::Ternary)?,
@@ -256,6 +333,13 @@ impl<'b> ModelRuns<'b> {
                         let t = decoder::forward(spec, &ternary, ids.view())?;
                         let middle = Instant::now();
                         let f = decoder::forward(spec, &fp16, ids.view())?;
+                        let first = p.fp16.len();
+                        p.fidelity.record(
+                            original,
+                            first,
+                            (scored_rows(&t)?.view(), scored_rows(&f)?.view()),
+                            labels,
+                        );
                         p.record(
                             (next_token_predictions(&t), next_token_predictions(&f)),
                             (t.iter(), f.iter()),
@@ -270,6 +354,9 @@ impl<'b> ModelRuns<'b> {
                     let t = forward_bundle(b, WeightPath::Ternary, x.view())?;
                     let middle = Instant::now();
                     let f = forward_bundle(b, WeightPath::Fp16, x.view())?;
+                    let first = p.fp16.len();
+                    p.fidelity
+                        .record(original, first, (t.view(), f.view()), labels);
                     p.record(
                         (argmax_rows(&t), argmax_rows(&f)),
                         (t.iter(), f.iter()),
@@ -339,16 +426,17 @@ impl<'b> ModelRuns<'b> {
                 let model = &self.bundle.manifest().model;
                 let activations = &self.bundle.facts().activations;
                 let stored = samples.original_predictions();
-                let mut r = Recomputed {
-                    predictions: Vec::with_capacity(samples.len()),
-                    near_tie: Vec::with_capacity(samples.len()),
-                    sha256: reference.source.sha256().unwrap_or_default(),
-                };
+                let classes = self.bundle.classes() as usize;
+                let mut r = Recomputed::new(
+                    samples,
+                    classes,
+                    reference.source.sha256().unwrap_or_default(),
+                );
                 for rows in samples.chunks(chunk_rows(model)) {
                     let start = rows.start;
                     let x = samples.rows(rows);
                     let logits = original.chain_logits(model, activations, x.view())?;
-                    r.push(&logits, stored.map(|s| &s[start..]));
+                    r.push(&logits, stored.map(|s| &s[start..]), samples)?;
                 }
                 Ok(r)
             })
@@ -449,22 +537,16 @@ fn decoder_reference(
 ) -> Result<Recomputed> {
     let source = original.source();
     let stored = samples.original_predictions();
-    let mut r = Recomputed {
-        predictions: Vec::with_capacity(samples.len()),
-        near_tie: Vec::with_capacity(samples.len()),
-        sha256: source.sha256().unwrap_or_default(),
-    };
+    let mut r = Recomputed::new(
+        samples,
+        spec.vocab_size as usize,
+        source.sha256().unwrap_or_default(),
+    );
     for seqs in sequence_chunks(samples, spec) {
         let ids = samples.ids(seqs);
-        let logits = original.decoder_logits(spec, ids.view())?;
-        let (_, t, v) = logits.dim();
-        let positions = logits
-            .slice(ndarray::s![.., ..t - 1, ..])
-            .to_shape((ids.nrows() * (t - 1), v))
-            .map_err(|e| crate::error::Error::InvalidArgument(format!("logits: {e}")))?
-            .to_owned();
+        let positions = scored_rows(&original.decoder_logits(spec, ids.view())?)?;
         let first = r.predictions.len();
-        r.push(&positions, stored.map(|s| &s[first..]));
+        r.push(&positions, stored.map(|s| &s[first..]), samples)?;
     }
     Ok(r)
 }

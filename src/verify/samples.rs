@@ -11,8 +11,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 
+use crate::format::le;
+use crate::model::distribution::{Distributions, Stored};
 use crate::read::checks;
-use crate::read::Bundle;
+use crate::read::{Bundle, DistributionView, ValidationView};
 
 /// Where the inputs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,35 @@ pub struct Samples<'b> {
     original: Option<Vec<usize>>,
     /// Difficulty per sample, when the validation set has one (a decoder's: its sequence's).
     difficulty: Option<Vec<u8>>,
+    /// The original model's distributions stored with a validation set (format 5.0).
+    distributions: Option<Distributions>,
+}
+
+/// The stored distributions of a validation set, decoded (rule 6.4 checked).
+fn distributions(v: &ValidationView<'_>, classes: usize, rows: usize) -> Option<Distributions> {
+    let stored = match v.distributions? {
+        DistributionView::Full { log_probs } => Stored::Full {
+            log_probs: le::f32s(log_probs).collect(),
+        },
+        DistributionView::TopK {
+            k,
+            ids,
+            log_probs,
+            log_sum_exp,
+            label_log_probs,
+        } => Stored::TopK {
+            k,
+            ids: le::i64s(ids).collect(),
+            log_probs: le::f32s(log_probs).collect(),
+            log_sum_exp: le::f32s(log_sum_exp).collect(),
+            label_log_probs: le::f32s(label_log_probs).collect(),
+        },
+    };
+    Some(Distributions {
+        classes,
+        rows,
+        stored,
+    })
 }
 
 impl<'b> Samples<'b> {
@@ -70,6 +101,7 @@ impl<'b> Samples<'b> {
                 labels: classes(v.labels),
                 original: v.original_predictions.map(classes),
                 difficulty: v.difficulty.map(<[u8]>::to_vec),
+                distributions: distributions(&v, bundle.classes() as usize, v.samples),
             });
         }
         let classes = bundle.classes().max(1) as usize;
@@ -82,6 +114,7 @@ impl<'b> Samples<'b> {
             labels,
             original: None,
             difficulty: None,
+            distributions: None,
         })
     }
 
@@ -107,6 +140,7 @@ impl<'b> Samples<'b> {
                         .flat_map(|&l| std::iter::repeat_n(l, per))
                         .collect()
                 }),
+                distributions: distributions(&v, vocab, v.samples * per),
             });
         }
         let mut s = Samples {
@@ -120,6 +154,7 @@ impl<'b> Samples<'b> {
             labels: Vec::new(),
             original: None,
             difficulty: None,
+            distributions: None,
         };
         let (n, _) = s.sequence_shape().expect("a decoder's");
         let ids = s.ids(0..n);
@@ -211,7 +246,13 @@ impl<'b> Samples<'b> {
         self.original.as_deref()
     }
 
-    /// The difficulty of each sample, when the validation set has one.
+    /// The original model's distributions stored with the validation set, one per sample
+    /// (format 5.0).
+    pub fn distributions(&self) -> Option<&Distributions> {
+        self.distributions.as_ref()
+    }
+
+    /// Difficulty per sample, when the validation set has one.
     pub fn difficulty(&self) -> Option<&[u8]> {
         self.difficulty.as_deref()
     }
@@ -266,6 +307,7 @@ mod tests {
             labels: vec![0; 10],
             original: None,
             difficulty: None,
+            distributions: None,
         };
         let all = s.rows(0..10);
         assert!(all.iter().all(|v| v.is_finite()) && all.row(0) != all.row(1));
@@ -293,6 +335,7 @@ mod tests {
             labels: vec![1, 2, 0],
             original: None,
             difficulty: None,
+            distributions: None,
         };
         assert_eq!(s.source(), "validation");
         assert_eq!(

@@ -18,9 +18,11 @@ use rayon::prelude::*;
 use crate::error::{escape_name, Error, Result, Violation};
 use crate::format::decoder::DecoderSpec;
 use crate::format::layout::{
-    decoder_validation_layout, fp16_layout, ternary_layout, validation_layout,
+    decoder_validation_layout, fp16_layout, ternary_layout, validation_layout, OriginalRecord,
     VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
-    VALIDATION_ORIGINAL_PREDICTIONS,
+    VALIDATION_ORIGINAL_LABEL_LOG_PROBS, VALIDATION_ORIGINAL_LOG_PROBS,
+    VALIDATION_ORIGINAL_LOG_SUM_EXP, VALIDATION_ORIGINAL_PREDICTIONS,
+    VALIDATION_ORIGINAL_TOP_IDS, VALIDATION_ORIGINAL_TOP_LOG_PROBS,
 };
 use crate::format::manifest::{
     AssetEntry, FileEntry, FileRole, FileTable, FormatVersion, Manifest, ManifestFacts, ModelSpec,
@@ -30,7 +32,9 @@ use crate::format::manifest::{
 use crate::format::quantization::QuantParams;
 use crate::format::rules::Rule;
 use crate::format::safetensors::{plan_layout, Header};
-use crate::model::original::OriginalModel;
+use crate::format::distribution::{Form, MAX_TOP_K};
+use crate::model::distribution::Stored;
+use crate::model::original::{OriginalModel, OriginalOutputs};
 use crate::quant::dequantize::dequantize_tensor_f16;
 use crate::quant::quantize::{pack_given, quantize, quantize_with_scales, QuantStats};
 use crate::source::{AssetFile, TensorSource, ValidationSet};
@@ -73,6 +77,10 @@ pub struct WriteOptions {
     /// The original model is not the source (`--original`): the manifest must say so
     /// (`provenance.original`, format 4.0), even for a directory, whose digest is null.
     pub original_elsewhere: bool,
+    /// Which form of the original model's distributions to store beside its predictions
+    /// (format 5.0, rule 6.1): `None` for the writer's choice ([`Form::default_for`]),
+    /// `Some(0)` for none (a bundle older readers open), `Some(k)` for the top k.
+    pub original_top_k: Option<u64>,
 }
 
 /// What was written, per tensor.
@@ -124,6 +132,21 @@ pub fn write_bundle_with_progress(
     write_bundle_from(dest, source, original, plan, options, progress)
 }
 
+/// [`write_bundle_with_progress`] for the latent weights of quantization-aware training: the
+/// original model is the source's own ternary forward pass (every tensor the plan quantizes
+/// as t × scale of this quantization, `provenance.original.forward` `"ternary"`, spec section
+/// 7.2), the model that training ran. The built-in demos are such models.
+pub fn write_bundle_qat(
+    dest: &Path,
+    source: &dyn TensorSource,
+    plan: &BundlePlan,
+    options: &WriteOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WriteReport> {
+    let original = OriginalModel::ternary(source, plan.quantize.clone(), plan.params)?;
+    write_bundle_from(dest, source, Some(&original), plan, options, progress)
+}
+
 /// Writes a bundle of `source`'s tensors to `dest` according to `plan`, with the original
 /// model's decisions on the validation set (`original_predictions`, rule 6.3) computed by
 /// `original` (spec rule 2.16: the source dense, through the quantizer, transformers' online
@@ -143,8 +166,8 @@ pub fn write_bundle_from(
     // the validation inputs (rule 6.3), run by the reference model in f32.
     let forward = original.map(OriginalModel::forward);
     let (mut manifest, facts) = draft_manifest(dest, source, plan, options, forward)?;
-    let original_predictions = match (&options.validation, original) {
-        (Some(v), Some(o)) => Some(original_predictions(o, plan, &facts, v)?),
+    let original_outputs = match (&options.validation, original) {
+        (Some(v), Some(o)) => Some(original_outputs(o, plan, &facts, v, options)?),
         (Some(v), None) => {
             check_validation_fits(v, plan, &facts)?;
             None
@@ -169,7 +192,7 @@ pub fn write_bundle_from(
         manifest.files.validation = Some(write_validation(
             &staging.dir,
             v,
-            original_predictions.as_deref(),
+            original_outputs.as_ref(),
             &plan.model,
         )?);
     }
@@ -255,15 +278,19 @@ fn draft_manifest(
         sha256: "0".repeat(64),
         tensors: Vec::new(),
     };
-    // The lowest version whose rules the bundle satisfies (spec section 13): given trits,
+    // The lowest version whose rules the bundle satisfies (spec section 13): the original
+    // model's distributions need 5.0; given trits,
     // assets, or an original model other than the source run dense need 4.0; a decoder needs
     // 3.0; original predictions need 2.0; 1.0 readers open the rest.
     let predictions = options.validation.is_some() && forward.is_some();
+    let distributions = predictions && options.original_top_k != Some(0);
     let other_original = predictions
         && (forward != Some(OriginalForward::Dense)
             || options.original_sha256.is_some()
             || options.original_elsewhere);
-    let version = if plan.given.is_some() || !options.assets.is_empty() || other_original {
+    let version = if distributions {
+        FormatVersion::V5_0
+    } else if plan.given.is_some() || !options.assets.is_empty() || other_original {
         FormatVersion::V4_0
     } else if plan.model.decoder.is_some() {
         FormatVersion::V3_0
@@ -518,22 +545,61 @@ fn check_validation_fits(
     }
 }
 
-/// The original model's predictions on the validation set (rule 6.3), after checking that the
-/// set fits the model.
-fn original_predictions(
+/// The original model's predictions (rule 6.3) and distributions (rule 6.4) on the validation
+/// set, after checking that the set fits the model.
+fn original_outputs(
     original: &OriginalModel<'_>,
     plan: &BundlePlan,
     facts: &ManifestFacts,
     v: &ValidationSet,
-) -> Result<Vec<usize>> {
+    options: &WriteOptions,
+) -> Result<OriginalOutputs> {
     check_validation_fits(v, plan, facts)?;
+    let form = distribution_form(options, &plan.model, facts, v)?;
     match (&facts.decoder, &v.input_ids) {
         (Some(spec), Some(ids)) => {
             let ids = ndarray::ArrayView2::from_shape((v.samples(), ids.tokens), &ids.ids)
                 .map_err(|e| Error::InvalidArgument(format!("{}: {e}", v.origin.display())))?;
-            original.decoder_predictions(spec, ids)
+            original.decoder_outputs(spec, ids, &v.labels, form)
         }
-        _ => original.chain_predictions(&plan.model, &facts.activations, &v.inputs),
+        _ => original.chain_outputs(
+            &plan.model,
+            &facts.activations,
+            &v.inputs,
+            &v.labels,
+            form,
+        ),
+    }
+}
+
+/// The classes of the model's output: a decoder's vocabulary, a chain's last `out_features`.
+fn classes(model: &ModelSpec) -> u64 {
+    match &model.decoder {
+        Some(d) => d.vocab_size,
+        None => model.layers.last().map_or(0, |l| l.out_features),
+    }
+}
+
+/// The form of the distributions stored beside original predictions on `v` (section 9.1):
+/// the writer's choice, none (`--original-top-k 0`), or the top k (1 <= k <= min(classes,
+/// 1024), rule 6.1).
+fn distribution_form(
+    options: &WriteOptions,
+    model: &ModelSpec,
+    facts: &ManifestFacts,
+    v: &ValidationSet,
+) -> Result<Option<Form>> {
+    let classes = classes(model);
+    let scored = v.labels.len() as u64;
+    match options.original_top_k {
+        None => Ok(Some(Form::default_for(scored, classes))),
+        Some(0) => Ok(None),
+        Some(k) if k <= classes.min(MAX_TOP_K) => Ok(Some(Form::TopK(k))),
+        Some(k) => Err(Error::InvalidArgument(format!(
+            "--original-top-k {k}: the model has {classes} {}, and K may be at most {} (spec rule 6.1)",
+            if facts.decoder.is_some() { "tokens" } else { "classes" },
+            classes.min(MAX_TOP_K)
+        ))),
     }
 }
 
@@ -617,44 +683,74 @@ fn write_assets(dir: &Path, assets: &[AssetFile]) -> Result<()> {
 fn write_validation(
     dir: &Path,
     v: &ValidationSet,
-    original_predictions: Option<&[usize]>,
+    original: Option<&OriginalOutputs>,
     model: &ModelSpec,
 ) -> Result<FileEntry> {
     let path = dir.join(FileRole::Validation.file_name());
     let n = v.samples() as u64;
-    let with = original_predictions.is_some();
+    let record = match original {
+        None => OriginalRecord::Nothing,
+        Some(OriginalOutputs {
+            distributions: None,
+            ..
+        }) => OriginalRecord::Predictions,
+        Some(OriginalOutputs {
+            distributions: Some(d),
+            ..
+        }) => OriginalRecord::Distributions {
+            form: d.form(),
+            classes: d.classes as u64,
+        },
+    };
     let (tensors, first) = match &v.input_ids {
         Some(ids) => (
-            decoder_validation_layout(n, ids.tokens as u64, v.difficulty.is_some(), with),
+            decoder_validation_layout(n, ids.tokens as u64, v.difficulty.is_some(), record),
             VALIDATION_INPUT_IDS,
         ),
         None => (
-            validation_layout(n, model.input_dim, v.difficulty.is_some(), with),
+            validation_layout(n, model.input_dim, v.difficulty.is_some(), record),
             VALIDATION_INPUTS,
         ),
     };
     let (prefix, header) = plan_layout(tensors, &[])?;
     let file = create_sized(&path, &prefix, &header)?;
     let mut digests = HashMap::new();
+    let le = |x: &[i64]| -> Vec<u8> { x.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let le32 = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let inputs: Vec<u8> = match &v.input_ids {
-        Some(ids) => ids.ids.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        None => v.inputs.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Some(ids) => le(&ids.ids),
+        None => le32(&v.inputs),
     };
-    let labels: Vec<u8> = v.labels.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let predictions: Option<Vec<u8>> =
-        original_predictions.map(|p| p.iter().flat_map(|&c| (c as i64).to_le_bytes()).collect());
-    let mut data = vec![
-        (first, inputs.as_slice()),
-        (VALIDATION_LABELS, labels.as_slice()),
-    ];
-    if let Some(p) = &predictions {
-        data.push((VALIDATION_ORIGINAL_PREDICTIONS, p.as_slice()));
+    let mut data: Vec<(&str, Vec<u8>)> = vec![(first, inputs), (VALIDATION_LABELS, le(&v.labels))];
+    if let Some(o) = original {
+        data.push((
+            VALIDATION_ORIGINAL_PREDICTIONS,
+            o.predictions.iter().flat_map(|&c| (c as i64).to_le_bytes()).collect(),
+        ));
+        match o.distributions.as_ref().map(|d| &d.stored) {
+            Some(Stored::Full { log_probs }) => {
+                data.push((VALIDATION_ORIGINAL_LOG_PROBS, le32(log_probs)))
+            }
+            Some(Stored::TopK {
+                ids,
+                log_probs,
+                log_sum_exp,
+                label_log_probs,
+                ..
+            }) => data.extend([
+                (VALIDATION_ORIGINAL_TOP_IDS, le(ids)),
+                (VALIDATION_ORIGINAL_TOP_LOG_PROBS, le32(log_probs)),
+                (VALIDATION_ORIGINAL_LOG_SUM_EXP, le32(log_sum_exp)),
+                (VALIDATION_ORIGINAL_LABEL_LOG_PROBS, le32(label_log_probs)),
+            ]),
+            None => {}
+        }
     }
     if let Some(d) = &v.difficulty {
-        data.push((VALIDATION_DIFFICULTY, d.as_slice()));
+        data.push((VALIDATION_DIFFICULTY, d.clone()));
     }
     for (name, bytes) in data {
-        put(&file, &path, &header, name, bytes, &mut digests)?;
+        put(&file, &path, &header, name, &bytes, &mut digests)?;
     }
     finish_file(&file, &path, &header, &digests)
 }

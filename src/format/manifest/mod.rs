@@ -589,11 +589,14 @@ impl FormatVersion {
     /// Version 4.0: given trits (method `given`, rule 2.15), the original model's forward pass
     /// (rule 2.16), asset files (rules 1.6, 2.17, 7.4).
     pub const V4_0: FormatVersion = FormatVersion { major: 4, minor: 0 };
+    /// Version 5.0: the validation file may carry the original model's distributions (rules
+    /// 6.1, 6.4).
+    pub const V5_0: FormatVersion = FormatVersion { major: 5, minor: 0 };
     /// The newest version this crate knows. It reads every MAJOR from 1 to this one's (rule
     /// 2.4), and writes the lowest version whose rules a bundle satisfies (spec section 13).
-    pub const LATEST: FormatVersion = FormatVersion::V4_0;
+    pub const LATEST: FormatVersion = FormatVersion::V5_0;
 
-    /// Whether this reader opens bundles of this version: MAJOR 1 to 4, any MINOR (rule 2.4).
+    /// Whether this reader opens bundles of this version: MAJOR 1 to 5, any MINOR (rule 2.4).
     pub fn is_supported(self) -> bool {
         (1..=FormatVersion::LATEST.major).contains(&self.major)
     }
@@ -619,6 +622,12 @@ impl FormatVersion {
     /// `provenance.original`, `files.assets` (rules 2.8, 2.15 to 2.17).
     pub fn allows_given_and_assets(self) -> bool {
         self.major >= 4
+    }
+
+    /// Whether the validation file may hold the original model's distributions (format 5.0,
+    /// rules 6.1 and 6.4).
+    pub fn allows_distributions(self) -> bool {
+        self.major >= 5
     }
 
     /// Parses `"MAJOR.MINOR"`: decimal, no sign, no leading zeros, at most 9 digits each.
