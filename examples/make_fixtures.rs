@@ -153,8 +153,10 @@ pub fn bundle_fixtures() -> Vec<(&'static str, QuantParams, bool)> {
 }
 
 fn write(dest: &Path, params: QuantParams, validation: bool) {
+    // Predictions only (no distributions): these fixtures keep the version of their rules.
     let options = WriteOptions {
         validation: validation.then(tiny_validation),
+        original_top_k: Some(0),
         ..WriteOptions::default()
     };
     write_bundle(dest, &tiny_source(), &tiny_plan(params), &options)
@@ -164,9 +166,20 @@ fn write(dest: &Path, params: QuantParams, validation: bool) {
 /// The decoder fixture (format 3.0) under fixtures/bundles.
 pub const DECODER_FIXTURE: &str = "tiny-decoder";
 
+/// The fixtures of format 5.0 under fixtures/bundles: a chain of layers with the original
+/// model's full distributions, and the decoder with its top 3.
+pub const DISTRIBUTION_FIXTURES: [&str; 2] = ["tiny-distributions", "tiny-decoder-top-k"];
+
 /// A one-layer BitNet decoder (vocab 11, hidden 8, intermediate 12, 2 heads of 4, 1 KV head,
-/// tied embeddings), its projections quantized, with 3 sequences of 5 tokens.
+/// tied embeddings), its projections quantized, with 3 sequences of 5 tokens; its original
+/// predictions only (format 3.0).
 pub fn write_decoder(dest: &Path) {
+    write_decoder_with(dest, Some(0));
+}
+
+/// [`write_decoder`] with the original model's distributions in the form `top_k` asks for
+/// (`WriteOptions::original_top_k`).
+pub fn write_decoder_with(dest: &Path, top_k: Option<u64>) {
     use ternary_bundle::model::decoder::{DecoderSpec, Family};
     use ternary_bundle::source::TokenIds;
     let spec = DecoderSpec {
@@ -210,6 +223,7 @@ pub fn write_decoder(dest: &Path) {
             labels,
             difficulty: Some(vec![1, 5, 10]),
         }),
+        original_top_k: top_k,
         ..WriteOptions::default()
     };
     write_bundle(dest, &src, &plan, &options)
@@ -288,6 +302,7 @@ pub fn write_given(dest: &Path) {
             name: "tokenizer.json".into(),
             bytes: TINY_TOKENIZER.as_bytes().to_vec(),
         }],
+        original_top_k: Some(0),
         ..WriteOptions::default()
     };
     let original_weights = tiny_source();
@@ -353,12 +368,12 @@ pub fn broken_fixtures() -> Vec<Broken> {
         },
         Broken {
             name: "unknown-major",
-            damage: "format_version 5.0",
+            damage: "format_version 6.0",
             rule: "2.4",
             file: MANIFEST,
             tensor: None,
             validation: false,
-            edit: |d| edit_manifest(d, |m| m["format_version"] = "5.0".into()),
+            edit: |d| edit_manifest(d, |m| m["format_version"] = "6.0".into()),
         },
         Broken {
             name: "unknown-encoding",
@@ -522,6 +537,18 @@ pub fn generate(root: &Path) {
     }
     write_decoder(&bundles.join(DECODER_FIXTURE));
     write_given(&bundles.join(GIVEN_FIXTURE));
+    let [chain, decoder] = DISTRIBUTION_FIXTURES;
+    write_bundle(
+        &bundles.join(chain),
+        &tiny_source(),
+        &tiny_plan(QuantParams::default()),
+        &WriteOptions {
+            validation: Some(tiny_validation()),
+            ..WriteOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("writing fixture {chain}: {e}"));
+    write_decoder_with(&bundles.join(decoder), Some(3));
     // Versioning (spec section 13): a newer MINOR with keys this reader does not know opens...
     let newer = root.join("versions/newer-minor");
     std::fs::create_dir_all(newer.parent().unwrap()).unwrap();
@@ -535,7 +562,7 @@ pub fn generate(root: &Path) {
     // ...and another MAJOR is refused, naming both versions.
     let major = root.join("versions/unknown-major");
     write(&major, QuantParams::default(), false);
-    edit_manifest(&major, |m| m["format_version"] = "5.0".into());
+    edit_manifest(&major, |m| m["format_version"] = "6.0".into());
 }
 
 /// Fixtures that are never regenerated: written by an earlier version of the writer and kept

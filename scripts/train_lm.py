@@ -50,12 +50,12 @@ show that every part of it matters.
 
 Packages used (pinned): Python 3.11.7, jax==0.10.2, jaxlib==0.10.2, numpy==2.4.6,
 safetensors==0.8.0, tokenizers==0.23.3 (for the tokenizer self-check). On 2 CPU cores the
-default 3000 steps take about N minutes (see fixtures/lm/README.md for the measured time).
+default 3000 steps took 20 minutes (0.3 to 0.45 s a step), the evaluation and the mutation
+report about 2 more (23 minutes in all); --no-kl skips the mutation report.
 """
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path

@@ -105,8 +105,8 @@ fn create_from_a_python_written_checkpoint_then_inspect_and_export() {
     let out = run(&["inspect", s(&dest), "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // The validation set carries the original predictions: a format 2.0 bundle.
-    assert_eq!(v["format_version"], "2.0");
+    // The validation set carries the original predictions and distributions: format 5.0.
+    assert_eq!(v["format_version"], "5.0");
     assert_eq!(v["model"]["input_dim"], 16);
     assert_eq!(v["model"]["layers"].as_array().unwrap().len(), 2);
     assert_eq!(v["totals"]["parameters"], 24 * 16 + 24 + 10 * 24 + 10);
@@ -508,7 +508,7 @@ fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
         let stdout = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{dir}: {stdout}");
         assert!(
-            stdout.contains("OK: 10 passed, 0 failed, 2 skipped")
+            stdout.contains("OK: 10 passed, 0 failed, 3 skipped")
                 && stdout.contains("retention       SKIP  not run: no original predictions")
                 && stdout.contains(
                     "retention: unknown (the retention check did not run: no original predictions"
@@ -525,14 +525,41 @@ fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains("retention       FAIL  the FP16 model keeps 50.00% of the original model's decisions (minimum 99.50%) on 32 validation inputs")
-            && stdout.contains("FAILED: 10 passed, 1 failed, 1 skipped")
+            && stdout.contains("FAILED: 10 passed, 1 failed, 2 skipped")
+            && stdout.contains("fidelity        SKIP  not run: no original distributions: the validation set stores the original model's predictions only (format 2.0")
             && stdout.contains("accuracy on the validation labels: original 15.62%, FP16 18.75%, ternary 18.75%")
             && stdout.contains("retention (decisions of the original model the FP16 model keeps): 50.00%"),
         "{stdout}"
     );
     let out = run(&["verify", s(&validation), "--min-retention", "0.5"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("OK: 11 passed, 0 failed, 1 skipped"));
+    assert!(text(&out.stdout).contains("OK: 11 passed, 0 failed, 2 skipped"));
+    // The same model with its original distributions (format 5.0): what quantizing it after
+    // training did to its distribution fails the KL gate; --max-kl 0 disables it.
+    let distributions = fixture("bundles/tiny-distributions");
+    let out = run(&["verify", s(&distributions), "--min-retention", "0.5"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("fidelity        FAIL  KL(original || FP16) mean ")
+            && stdout.contains("nats (maximum 0.05)")
+            && stdout.contains("FAILED: 11 passed, 1 failed, 1 skipped"),
+        "{stdout}"
+    );
+    let out = run(&[
+        "verify",
+        s(&distributions),
+        "--min-retention",
+        "0.5",
+        "--max-kl",
+        "0",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("(gate disabled)") && stdout.contains("OK: 12 passed, 0 failed, 1 skipped"),
+        "{stdout}"
+    );
     let table: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(fixture("broken/expected.json")).unwrap()).unwrap();
     for b in table {
@@ -579,9 +606,12 @@ fn verify_json_and_junit_reports_are_machine_readable() {
     let junit = tmp.path().join("verify.xml");
     let out = run(&[
         "verify",
-        s(&fixture("bundles/tiny-validation")),
+        s(&fixture("bundles/tiny-distributions")),
         "--min-retention",
         "0.5",
+        // A dense original quantized after training: its KL is large; 0 disables the gate.
+        "--max-kl",
+        "0",
         "--json",
         "--junit",
         s(&junit),

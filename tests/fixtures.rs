@@ -124,6 +124,35 @@ fn the_given_fixture_is_format_4_and_passes_every_data_check() {
 }
 
 #[test]
+fn the_distribution_fixtures_are_format_5_and_pass_every_data_check() {
+    // Spec section 13: fixtures/bundles/tiny-distributions (full form) and
+    // tiny-decoder-top-k (top 3) MUST open and pass every data check (rule 6.4 among them).
+    use ternary_bundle::read::DistributionView;
+    let [chain, decoder] = make_fixtures::DISTRIBUTION_FIXTURES;
+    let b = Bundle::open(fixtures().join("bundles").join(chain)).unwrap();
+    assert_eq!(b.facts().version.to_string(), "5.0");
+    let v = b.validation().unwrap();
+    match v.distributions {
+        Some(DistributionView::Full { log_probs }) => {
+            assert_eq!(log_probs.len(), v.samples * b.classes() as usize * 4)
+        }
+        other => panic!("{chain}: expected the full form, found {other:?}"),
+    }
+    check_all(&b).unwrap();
+    let b = Bundle::open(fixtures().join("bundles").join(decoder)).unwrap();
+    assert_eq!(b.facts().version.to_string(), "5.0");
+    let v = b.validation().unwrap();
+    match v.distributions {
+        Some(DistributionView::TopK { k, ids, .. }) => {
+            assert_eq!(k, 3);
+            assert_eq!(ids.len(), v.samples * (v.tokens - 1) * 3 * 8);
+        }
+        other => panic!("{decoder}: expected the top-3 form, found {other:?}"),
+    }
+    check_all(&b).unwrap();
+}
+
+#[test]
 fn newer_minor_opens_and_reports_its_version() {
     let b = Bundle::open(fixtures().join("versions/newer-minor")).unwrap();
     assert_eq!(b.facts().version.to_string(), "1.7");
@@ -136,7 +165,7 @@ fn unknown_major_is_refused_naming_both_versions() {
     assert_eq!(e.rule(), Some(Rule::FormatVersion));
     let msg = e.to_string();
     assert!(
-        msg.contains("5.0") && msg.contains("4.0") && msg.contains("manifest.json"),
+        msg.contains("6.0") && msg.contains("5.0") && msg.contains("manifest.json"),
         "{msg}"
     );
 }

@@ -21,8 +21,8 @@ use ternary_bundle::write::demo::DemoSource;
 use ternary_bundle::write::demo_lm::DemoLm;
 use ternary_bundle::write::export::{export, ExportDtype};
 use ternary_bundle::{
-    write_bundle_qat, Bundle, BundlePlan, Encoding, Error, Granularity, OpenOptions,
-    QuantParams, Result, WriteOptions, WriteReport,
+    write_bundle_qat, Bundle, BundlePlan, Encoding, Error, Granularity, OpenOptions, QuantParams,
+    Result, WriteOptions, WriteReport,
 };
 
 use super::args::{self, CreateArgs, DemoModel, DtypeArg, EncodingArg, GranularityArg, QuantFlags};

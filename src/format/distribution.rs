@@ -51,7 +51,6 @@ impl Form {
     }
 }
 
-
 /// The log-sum-exp of `row` in f64: max + ln Σ exp(x − max), summed in index order; an error
 /// naming the first non-finite logit.
 pub fn log_sum_exp(row: &[f32]) -> std::result::Result<f64, usize> {

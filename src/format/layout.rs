@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use crate::error::{Result, Violation};
+use crate::format::distribution::Form;
 use crate::format::manifest::{scale_tensor_name, Manifest};
 use crate::format::quantization::{rows_cols, QuantParams};
 use crate::format::rules::Rule;
 use crate::format::safetensors::Dtype;
-use crate::format::distribution::Form;
 
 /// Tensors a file must hold: (name, dtype, shape).
 pub type Layout = Vec<(String, Dtype, Vec<u64>)>;

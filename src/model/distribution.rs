@@ -330,8 +330,8 @@ mod tests {
 
     #[test]
     fn a_path_equal_to_the_original_has_zero_kl_and_its_cross_entropy() {
-        let logits = Array2::from_shape_vec((2, 4), vec![1.0, 2.0, 0.5, -1.0, 0.0, 0.0, 3.0, 1.0])
-            .unwrap();
+        let logits =
+            Array2::from_shape_vec((2, 4), vec![1.0, 2.0, 0.5, -1.0, 0.0, 0.0, 3.0, 1.0]).unwrap();
         let d = dists(Form::Full, &logits, &[1, 2]);
         let mut s = Vec::new();
         for r in 0..2 {
@@ -365,7 +365,9 @@ mod tests {
         // 50 classes; P and Q differ in the tail, so the coarse KL is below the exact one.
         let mut rng = 7u64;
         let mut next = || {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((rng >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
         };
         let p: Vec<f32> = (0..50).map(|_| next()).collect();

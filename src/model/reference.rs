@@ -207,7 +207,9 @@ pub fn forward(layers: &[Layer], x: ArrayView2<f32>) -> Array2<f32> {
 /// The prediction of each row of logits (spec section 16): the index of the largest value, the
 /// first of equal maxima, and the first NaN when a row holds one (as `torch.argmax` and
 /// `numpy.argmax` decide).
-pub fn argmax_rows<S: ndarray::Data<Elem = f32>>(logits: &ndarray::ArrayBase<S, ndarray::Ix2>) -> Vec<usize> {
+pub fn argmax_rows<S: ndarray::Data<Elem = f32>>(
+    logits: &ndarray::ArrayBase<S, ndarray::Ix2>,
+) -> Vec<usize> {
     logits
         .axis_iter(Axis(0))
         .map(|row| {

@@ -12,12 +12,13 @@ use rayon::prelude::*;
 
 use crate::error::{Result, Violation};
 use crate::format::checksum::sha256_hex_blocks;
+use crate::format::distribution::{log_sum_exp, NORMALIZATION_TOLERANCE};
 use crate::format::encoding::Encoding;
 use crate::format::layout::{
     VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
     VALIDATION_ORIGINAL_LABEL_LOG_PROBS, VALIDATION_ORIGINAL_LOG_PROBS,
-    VALIDATION_ORIGINAL_LOG_SUM_EXP, VALIDATION_ORIGINAL_PREDICTIONS,
-    VALIDATION_ORIGINAL_TOP_IDS, VALIDATION_ORIGINAL_TOP_LOG_PROBS,
+    VALIDATION_ORIGINAL_LOG_SUM_EXP, VALIDATION_ORIGINAL_PREDICTIONS, VALIDATION_ORIGINAL_TOP_IDS,
+    VALIDATION_ORIGINAL_TOP_LOG_PROBS,
 };
 use crate::format::le;
 use crate::format::manifest::TensorSpec;
@@ -25,7 +26,6 @@ use crate::format::quantization::scale_fits_f16;
 use crate::format::rules::Rule;
 use crate::quant::dequantize::dequantize_row_f16;
 use crate::read::{Bundle, DistributionView, PackedTensor, Stored};
-use crate::format::distribution::{log_sum_exp, NORMALIZATION_TOLERANCE};
 
 /// Runs every data check: digests first (so corruption is reported as such), then encoding,
 /// scales, passthrough values, exact dequantization and the validation set.
@@ -480,7 +480,10 @@ pub fn check_distributions(
         } => {
             let lp = log_probs(VALIDATION_ORIGINAL_TOP_LOG_PROBS, lp_bytes)?;
             log_probs(VALIDATION_ORIGINAL_LABEL_LOG_PROBS, label_log_probs)?;
-            if let Some((i, x)) = le::f32s(log_sum_exp).enumerate().find(|(_, x)| !x.is_finite()) {
+            if let Some((i, x)) = le::f32s(log_sum_exp)
+                .enumerate()
+                .find(|(_, x)| !x.is_finite())
+            {
                 return Err(bad(
                     VALIDATION_ORIGINAL_LOG_SUM_EXP,
                     "finite values".into(),
@@ -496,7 +499,9 @@ pub fn check_distributions(
             )?;
             let k = k.max(1);
             let mut seen = vec![false; classes];
-            for (row, ((ids, lp), &p)) in ids.chunks(k).zip(lp.chunks(k)).zip(predictions).enumerate() {
+            for (row, ((ids, lp), &p)) in
+                ids.chunks(k).zip(lp.chunks(k)).zip(predictions).enumerate()
+            {
                 if ids[0] != p {
                     return Err(bad(
                         VALIDATION_ORIGINAL_TOP_IDS,

@@ -12,7 +12,8 @@ pub mod open;
 mod structure;
 
 pub use bundle::{
-    AssetData, Bundle, DataFile, DistributionView, ListedTensor, PackedTensor, Stored, TensorView, ValidationView,
+    AssetData, Bundle, DataFile, DistributionView, ListedTensor, PackedTensor, Stored, TensorView,
+    ValidationView,
 };
 pub use open::{open_data_file_raw, open_manifest};
 

@@ -95,7 +95,13 @@ fn perplexity(decoder: bool, cross_entropy: f64) -> Value {
 }
 
 /// The figures of one path.
-fn path_figures(p: &PathRows, bounded: bool, labelled: bool, decoder: bool, same_top: f64) -> Value {
+fn path_figures(
+    p: &PathRows,
+    bounded: bool,
+    labelled: bool,
+    decoder: bool,
+    same_top: f64,
+) -> Value {
     let ce = mean(&p.nll);
     json!({
         "kl": Summary::of(&p.kl),
@@ -147,7 +153,11 @@ pub(crate) fn fidelity(
         },
         "by_difficulty": by_difficulty(samples, f, &original_nll, decoder),
     });
-    let measure = if decoder { "perplexity" } else { "cross-entropy" };
+    let measure = if decoder {
+        "perplexity"
+    } else {
+        "cross-entropy"
+    };
     let show = |ce: f64| if decoder { ce.exp() } else { ce };
     let ce_text = if labelled {
         format!(

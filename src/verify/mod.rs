@@ -26,8 +26,8 @@ use std::time::Instant;
 
 pub use check::Check;
 pub use options::{
-    VerifyOptions, DEFAULT_MAX_KL, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_RETENTION, DEFAULT_SAMPLES, DEFAULT_SEED,
-    FLOW_BATCH, GRADCHECK_BATCH,
+    VerifyOptions, DEFAULT_MAX_KL, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_RETENTION, DEFAULT_SAMPLES,
+    DEFAULT_SEED, FLOW_BATCH, GRADCHECK_BATCH,
 };
 pub use report::{CheckResult, Metrics, Status, VerifyReport, RETENTION_METRIC};
 

@@ -8,10 +8,12 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use crate::verify::check::Check;
+use crate::verify::fidelity::fidelity;
 use crate::verify::options::VerifyOptions;
 use crate::verify::runner::{Outcome, Runner};
-use crate::verify::fidelity::fidelity;
-use crate::verify::runs::{no_original_distributions, no_original_predictions, same_share, ModelRuns};
+use crate::verify::runs::{
+    no_original_distributions, no_original_predictions, same_share, ModelRuns,
+};
 use crate::verify::samples::Samples;
 
 /// Runs agreement and retention; returns the retention when it was measured.
@@ -114,6 +116,11 @@ fn retention(runs: &ModelRuns<'_>, options: &VerifyOptions, value: &mut Option<f
     }
 }
 
+/// The largest KL(stored || recomputed) of one sample that summation order explains (spec
+/// section 16.3): f32 logits recomputed in another order differ by about 1e-6 of their size,
+/// a KL of about 1e-12.
+const REFERENCE_KL: f64 = 1e-4;
+
 /// Check 12, reference: the original checkpoint, run again, against the FP16 model and against the
 /// predictions the bundle stores.
 fn reference(runs: &ModelRuns<'_>) -> Outcome {
@@ -140,11 +147,26 @@ fn reference(runs: &ModelRuns<'_>) -> Outcome {
     let compare = samples
         .original_predictions()
         .map(|s| recomputed.compare(s));
+    // KL(stored || recomputed) of the stored distributions (format 5.0), when there are any.
+    let kl = &recomputed.stored_kl;
+    let stored_kl = (!kl.is_empty()).then(|| {
+        let max = kl.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (max, kl.iter().sum::<f64>() / kl.len() as f64)
+    });
     let figures = json!({
         "samples": n, "inputs": source, "agreement": agree, "sha256": recomputed.sha256,
         "matches_provenance": same_file,
         "stored_predictions": compare.as_ref().map(|c| json!({ "differ": c.differ, "near_ties": c.near_ties })),
+        "stored_distributions": stored_kl.map(|(max, mean)| json!({ "max_kl": max, "mean_kl": mean })),
     });
+    if let Some((max, _)) = stored_kl.filter(|(max, _)| !(*max <= REFERENCE_KL)) {
+        return Err((
+            format!(
+                "the checkpoint's distributions differ from the stored ones: KL(stored || recomputed) reaches {max:.3e} nats (at most {REFERENCE_KL:e} from summation order): not the model this bundle was made from?"
+            ),
+            figures,
+        ));
+    }
     let head = format!(
         "original vs FP16 argmax agreement {:.2}% on {n} {source} {unit}; {provenance}",
         agree * 100.0
@@ -159,11 +181,15 @@ fn reference(runs: &ModelRuns<'_>) -> Outcome {
         )),
         Some(c) => Ok((
             format!(
-                "{head}; its predictions equal the stored original_predictions{}",
+                "{head}; its predictions equal the stored original_predictions{}{}",
                 if c.near_ties > 0 {
                     format!(" ({} differ only at near-ties)", c.near_ties)
                 } else {
                     String::new()
+                },
+                match stored_kl {
+                    Some((max, _)) => format!(" and its distributions the stored ones (KL at most {max:.1e})"),
+                    None => String::new(),
                 }
             ),
             figures,

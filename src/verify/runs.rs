@@ -22,11 +22,11 @@ use crate::model::reference::{argmax_rows, forward_bundle, WeightPath};
 use crate::read::Bundle;
 use crate::source::hf::{Dtypes, HfModel};
 use crate::source::{CheckpointSource, TensorSource};
+use crate::verify::fidelity::PathsFidelity;
 use crate::verify::integrity::fail_with;
 use crate::verify::options::VerifyOptions;
 use crate::verify::runner::Fail;
 use crate::verify::samples::Samples;
-use crate::verify::fidelity::PathsFidelity;
 
 /// Share of positions where `a` and `b` hold the same class (0 for none).
 pub(crate) fn same_share(a: &[usize], b: &[usize]) -> f64 {
@@ -294,7 +294,10 @@ impl<'b> ModelRuns<'b> {
             return Some((d, OriginalSource::Stored));
         }
         self.options.reference.as_ref()?;
-        Some((&self.reference().ok()?.distributions, OriginalSource::Reference))
+        Some((
+            &self.reference().ok()?.distributions,
+            OriginalSource::Reference,
+        ))
     }
 
     /// The original model's predictions if they are stored or were already recomputed (never

@@ -17,12 +17,13 @@ use rayon::prelude::*;
 
 use crate::error::{escape_name, Error, Result, Violation};
 use crate::format::decoder::DecoderSpec;
+use crate::format::distribution::{Form, MAX_TOP_K};
 use crate::format::layout::{
     decoder_validation_layout, fp16_layout, ternary_layout, validation_layout, OriginalRecord,
     VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
     VALIDATION_ORIGINAL_LABEL_LOG_PROBS, VALIDATION_ORIGINAL_LOG_PROBS,
-    VALIDATION_ORIGINAL_LOG_SUM_EXP, VALIDATION_ORIGINAL_PREDICTIONS,
-    VALIDATION_ORIGINAL_TOP_IDS, VALIDATION_ORIGINAL_TOP_LOG_PROBS,
+    VALIDATION_ORIGINAL_LOG_SUM_EXP, VALIDATION_ORIGINAL_PREDICTIONS, VALIDATION_ORIGINAL_TOP_IDS,
+    VALIDATION_ORIGINAL_TOP_LOG_PROBS,
 };
 use crate::format::manifest::{
     AssetEntry, FileEntry, FileRole, FileTable, FormatVersion, Manifest, ManifestFacts, ModelSpec,
@@ -32,7 +33,6 @@ use crate::format::manifest::{
 use crate::format::quantization::QuantParams;
 use crate::format::rules::Rule;
 use crate::format::safetensors::{plan_layout, Header};
-use crate::format::distribution::{Form, MAX_TOP_K};
 use crate::model::distribution::Stored;
 use crate::model::original::{OriginalModel, OriginalOutputs};
 use crate::quant::dequantize::dequantize_tensor_f16;
@@ -562,13 +562,7 @@ fn original_outputs(
                 .map_err(|e| Error::InvalidArgument(format!("{}: {e}", v.origin.display())))?;
             original.decoder_outputs(spec, ids, &v.labels, form)
         }
-        _ => original.chain_outputs(
-            &plan.model,
-            &facts.activations,
-            &v.inputs,
-            &v.labels,
-            form,
-        ),
+        _ => original.chain_outputs(&plan.model, &facts.activations, &v.inputs, &v.labels, form),
     }
 }
 
@@ -725,7 +719,10 @@ fn write_validation(
     if let Some(o) = original {
         data.push((
             VALIDATION_ORIGINAL_PREDICTIONS,
-            o.predictions.iter().flat_map(|&c| (c as i64).to_le_bytes()).collect(),
+            o.predictions
+                .iter()
+                .flat_map(|&c| (c as i64).to_le_bytes())
+                .collect(),
         ));
         match o.distributions.as_ref().map(|d| &d.stored) {
             Some(Stored::Full { log_probs }) => {

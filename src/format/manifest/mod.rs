@@ -730,7 +730,7 @@ impl Manifest {
                 path,
                 Rule::FormatVersion,
                 format!(
-                    "format version 1.x, 2.x, 3.x or 4.x (this reader supports 1.0, 2.0, 3.0 and {}, and newer minor versions of each)",
+                    "format version 1.x, 2.x, 3.x, 4.x or 5.x (this reader supports 1.0, 2.0, 3.0, 4.0 and {}, and newer minor versions of each)",
                     FormatVersion::LATEST
                 ),
                 format!("format version {version}"),
