@@ -104,6 +104,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             force: a.force,
             created,
             validation: Some(lm.validation_set()),
+            assets: lm.assets(),
             ..Default::default()
         };
         write_with_progress(&a.out, &lm, &lm.plan(params), &options)?
@@ -195,10 +196,11 @@ pub fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
 
 pub fn demo(dir: &Path, seed: u64, model: DemoModel, open: &OpenOptions) -> Result<bool> {
     let started = std::time::Instant::now();
-    let write = |source: &dyn TensorSource, plan: BundlePlan, validation| {
+    let write = |source: &dyn TensorSource, plan: BundlePlan, validation, assets| {
         let options = WriteOptions {
             force: true,
             validation: Some(validation),
+            assets,
             ..Default::default()
         };
         write_with_progress(dir, source, &plan, &options)
@@ -210,11 +212,17 @@ pub fn demo(dir: &Path, seed: u64, model: DemoModel, open: &OpenOptions) -> Resu
                 &demo,
                 demo.plan(QuantParams::default()),
                 demo.validation_set(),
+                Vec::new(),
             )?;
         }
         DemoModel::Lm => {
             let lm = DemoLm::new(seed);
-            write(&lm, lm.plan(QuantParams::default()), lm.validation_set())?;
+            write(
+                &lm,
+                lm.plan(QuantParams::default()),
+                lm.validation_set(),
+                lm.assets(),
+            )?;
         }
     }
     outln!(
