@@ -35,21 +35,22 @@ and exports by the spec (sections 5, 6, 8) and compare them with those sources.
         `tokenizers` trainer is not deterministic; Whitespace pre-tokenizer; <s> prepended when
         special tokens are added), tokenizer_config.json, generation_config.json (bos 1, eos 2)
     python3 scripts/conversions_numpy.py check-bundle BUNDLE --expect SOURCE --kind stage|packed|online
-        every kind: format 4.0; every tensor decoded by sections 5 and 6 (valid bytes, zero padding,
-        scale shapes, rule 4.6's zeros/scale_min/scale_max) and fp16.safetensors == f16(t * scale)
-        / f16(value) bit for bit (rules 5.2, 5.3). stage (SOURCE the DIR of make-stage, or the trits
-        file): method "given", epsilon and sparsity_threshold null, source {quantization-metadata,
-        scales, multiply, details}, granularity the finest given; per tensor the given trits and
-        scale(r, c) == the given scale repeated (7.1), other tensors' F32 values bit for bit; the
-        validation inputs and, when stored, original_predictions == numpy's dense original model
-        (near-ties of section 16.1 allowed). packed (SOURCE the make-packed DIR): source
-        {hf-bitnet, weight_scale, multiply for autobitlinear / divide for bitlinear}, granularity
-        tensor, trits and scales == expected.safetensors bit for bit. online (SOURCE the master DIR):
-        absmean, tensor, epsilon 1e-5, threshold 0.5; trits == transformers' WeightQuant in f32,
-        scale == its f32 gamma; provenance.original.forward "bitnet-online" and, when stored,
-        original_predictions == numpy's bitnet-online forward (8-bit activations per token); with
-        --act-quant-decides, the same forward without the 8-bit activations must predict
-        otherwise at some position, so that the check tells whether the original ran them
+        every kind: format 4.0 (5.0 when the validation file holds the original model's
+        distributions, section 9.1); every tensor decoded by sections 5 and 6 (valid bytes, zero
+        padding, scale shapes, rule 4.6's zeros/scale_min/scale_max) and fp16.safetensors ==
+        f16(t * scale) / f16(value) bit for bit (rules 5.2, 5.3). stage (SOURCE the DIR of make-stage,
+        or the trits file): method "given", epsilon and sparsity_threshold null, source
+        {quantization-metadata, scales, multiply, details}, granularity the finest given; per tensor
+        the given trits and scale(r, c) == the given scale repeated (7.1), other tensors' F32 values
+        bit for bit; the validation inputs and, when stored, original_predictions == numpy's dense
+        original model (near-ties of section 16.1 allowed). packed (SOURCE the make-packed DIR):
+        source {hf-bitnet, weight_scale, multiply for autobitlinear / divide for bitlinear},
+        granularity tensor, trits and scales == expected.safetensors bit for bit. online (SOURCE the
+        master DIR): absmean, tensor, epsilon 1e-5, threshold 0.5; trits == transformers'
+        WeightQuant in f32, scale == its f32 gamma; provenance.original.forward "bitnet-online" and,
+        when stored, original_predictions == numpy's bitnet-online forward (8-bit activations per
+        token); with --act-quant-decides, the same forward without the 8-bit activations must
+        predict otherwise at some position, so that the check tells whether the original ran them
     python3 scripts/conversions_numpy.py check-export-hf EXPORT_DIR BUNDLE [--dtype f16|bf16|f32]
             [--max-position-embeddings N]
         18.4: config.json from model.decoder (architectures, model_type, sizes, hidden_act,
@@ -110,6 +111,11 @@ def ok(msg):
 
 
 # ---------------------------------------------------------------- files and numbers
+
+# The original model's distributions in the validation file (format 5.0, rule 6.1): full or top K.
+DISTRIBUTIONS = {"original_log_probs", "original_top_ids", "original_top_log_probs", "original_log_sum_exp",
+                 "original_label_log_probs"}
+
 
 def read_st(path):
     """(name -> (dtype, array), __metadata__) of a safetensors file parsed by section 4; BF16
@@ -568,13 +574,15 @@ class QuantLinear:
 def check_bundle(args):
     b = Path(args.bundle)
     m, T = read_bundle(b)
-    need(m["format_version"] == "4.0", f"{b}/manifest.json: format_version {m['format_version']!r}, expected 4.0")
+    val = read_st(b / "validation.safetensors")[0] if (b / "validation.safetensors").exists() else None
+    # 5.0 when the validation file holds the original model's distributions (section 9.1).
+    version = "5.0" if val is not None and set(val) & DISTRIBUTIONS else "4.0"
+    need(m["format_version"] == version, f"{b}/manifest.json: format_version {m['format_version']!r}, expected {version}")
     q = m["quantization"]
     if args.kind != "online":
         need(q["method"] == "given" and q["epsilon"] is None and q["sparsity_threshold"] is None,
              f"{b}/manifest.json: method {q['method']!r}, epsilon {q['epsilon']}, sparsity_threshold "
              f"{q['sparsity_threshold']}: expected given, null, null (rule 2.8)")
-    val = read_st(b / "validation.safetensors")[0] if (b / "validation.safetensors").exists() else None
     if args.kind == "online":
         check_online(b, Path(args.expect), m, T, val, args.act_quant_decides)
     else:
@@ -595,7 +603,7 @@ def check_stage(b, src, m, T, val):
     for k, v in meta.items():
         if k not in ("scales", "zero_points", "group_size"):
             need(details.get(k) == v, f"{b}/manifest.json: source.details.{k} {details.get(k)!r}, metadata says {v!r}")
-    ok(f"manifest: format 4.0, method given, epsilon/threshold null, source quantization-metadata, scales, "
+    ok(f"manifest: format {m['format_version']}, method given, epsilon/threshold null, source quantization-metadata, scales, "
        f"multiply, details {sorted(details)}")
     quantized = {n for n, r in T.items() if r["quantized"]}
     need(quantized == set(meta["scales"]), f"quantized tensors {sorted(quantized ^ set(meta['scales']))} "
@@ -678,7 +686,7 @@ def check_online(b, src, m, T, val, act_quant_decides=False):
          f"{b}/manifest.json: quantization {q}: expected absmean, tensor, 1e-5, 0.5, no source (18.3)")
     orig = m["provenance"].get("original") or {}
     need(orig.get("forward") == "bitnet-online", f"{b}/manifest.json: provenance.original {orig}, expected bitnet-online")
-    ok("manifest: format 4.0, absmean, tensor, epsilon 1e-5, threshold 0.5, provenance.original bitnet-online")
+    ok(f"manifest: format {m['format_version']}, absmean, tensor, epsilon 1e-5, threshold 0.5, provenance.original bitnet-online")
     src_t = {k: f32_of(d, a, k) for k, (d, a) in load_model_dir(src)[0].items()}
     conv, quantized = converted(c, src_t), {n for n, r in T.items() if r["quantized"]}
     need(quantized == conv, f"quantized tensors {sorted(quantized ^ conv)} differ from the converted modules (18.2)")
@@ -821,7 +829,8 @@ def check_tokens(args):
     need(n >= 1, f"{args.text}: {len(ids)} tokens, fewer than one sequence of {T}")
     want = np.array(ids[:n * T], np.int64).reshape(n, T)
     val = read_st(b / "validation.safetensors")[0]
-    need(set(val) <= {"input_ids", "labels", "original_predictions"}, f"validation.safetensors: tensors {sorted(val)}")
+    need(set(val) <= {"input_ids", "labels", "original_predictions"} | DISTRIBUTIONS,
+         f"validation.safetensors: tensors {sorted(val)}")
     got = val["input_ids"][1]
     at = np.argwhere(got != want)[:1].tolist() if got.shape == want.shape else "shape"
     need(not at, f"{b}/validation.safetensors: input_ids {list(got.shape)} differ from tokenizers' "

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""An independent numpy reader of decoder bundles (format 3.x, spec/FORMAT.md rules 2.13 and
-2.14), written from the spec alone, to check what `bundle create` wrote and `bundle run` computed.
+"""An independent numpy reader of decoder bundles (format 3.x to 5.x, spec/FORMAT.md rules 2.13
+and 2.14), written from the spec alone, to check what `bundle create` wrote and `bundle run` computed.
 
     python3 scripts/decoder_bundle_numpy.py check BUNDLE INPUT.safetensors RUN_FP16.safetensors RUN_TERNARY.safetensors
         BUNDLE: manifest.json, ternary.safetensors, fp16.safetensors; INPUT: input_ids I64 [N, T];
         RUN_*: the outputs of `bundle run BUNDLE --input INPUT --out RUN_* --path fp16|ternary`
         (logits F32 [N, T, V], predictions I64 [N, T]). Checks, one line each:
-        1. format_version 3.x with model.decoder, and `tensors` is exactly rule 2.14's table;
+        1. format_version 3.x to 5.x with model.decoder, and `tensors` is exactly rule 2.14's table;
         2. every tensor of ternary.safetensors decoded by sections 5 and 6 (valid bytes, zero
            padding, scale shapes, zeros/scale_min/scale_max of rule 4.6, f16-representable scales
            and values of rules 4.5 and 4.7), and fp16.safetensors equal to f16(t * scale) /
@@ -100,9 +100,11 @@ def check(bundle, input_path, run_paths):
 
     # 1. version, decoder and the tensor table of rule 2.14
     version, dec = m.get("format_version", ""), (m.get("model") or {}).get("decoder")
-    need(isinstance(version, str) and version.startswith("3.") and dec is not None,
+    # A decoder is 3.0; given trits, assets or provenance.original make it 4.0, and the original
+    # model's distributions in the validation file 5.0 (section 13).
+    need(isinstance(version, str) and version.split(".")[0] in ("3", "4", "5") and dec is not None,
          f"manifest: format_version {version!r}, model.decoder {'present' if dec else 'absent'}; "
-         f"expected 3.x with a decoder")
+         f"expected 3.x to 5.x with a decoder")
     family, q = dec["family"], m["quantization"]
     c = dict(dec, rope_parameters={"rope_theta": dec["rope_theta"]})
     c["rms_norm_eps"] = float(np.float32(dec["rms_norm_eps"]))  # an f32 value (section 3.2)

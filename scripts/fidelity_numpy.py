@@ -60,6 +60,13 @@ def need(ok, msg):
         raise Mismatch(msg)
 
 
+def every_row(ok, msg):
+    """Rule 6.4 on every scored sample: `ok` a boolean per row (or per value, [rows, k])."""
+    bad = np.nonzero(~ok.reshape(len(ok), -1).all(1))[0]
+    need(bad.size == 0, f"{msg} at scored sample {bad[:1].tolist()[0] if bad.size else ''} "
+                        f"({bad.size} sample(s)) (rule 6.4)")
+
+
 # ---------------------------------------------------------------- weights (sections 5, 6, 8)
 
 def unpack(name, packed, rows, cols, encoding):
@@ -133,9 +140,10 @@ class TernaryMatrix(Matrix):
 
 
 def path_weights(d, m):
-    """{"fp16": {name: f32}, "ternary": {name: f32 or TernaryMatrix}}: fp16.safetensors upcast to
-    f32, and the ternary path's tensors (a quantized matrix as its trits and scales, a quantized
-    vector as f32(t) x scale, exact in f32; other tensors as their F32 values)."""
+    """{"fp16": {...}, "ternary": {...}}, each {name: f32 array, or Matrix for a matrix}:
+    fp16.safetensors upcast to f32, and the ternary path's tensors (a quantized matrix as its
+    trits and scales, a quantized vector as f32(t) x scale, exact in f32; other tensors as their
+    F32 values)."""
     q = m["quantization"]
     ter = load_file(str(d / "ternary.safetensors"))
     f16 = load_file(str(d / "fp16.safetensors"))
@@ -236,13 +244,11 @@ def load_distributions(m, val):
         need(lp.dtype == np.float32 and lp.shape == s + (classes,),
              f"original_log_probs {lp.dtype} {list(lp.shape)}, expected float32 {list(s + (classes,))} (rule 6.1)")
         lp = lp.reshape(n, classes).astype(np.float64)
-        need(bool(np.isfinite(lp).all() and (lp <= 0).all()), "original_log_probs: a value not finite or > 0 (rule 6.4)")
+        every_row(np.isfinite(lp) & (lp <= 0), "original_log_probs: a value not finite or > 0")
         mx = lp.max(1)
         lse = mx + np.log(np.exp(lp - mx[:, None]).sum(1))
-        bad = np.nonzero(np.abs(lse) > 1e-3)[0]
-        need(bad.size == 0, f"original_log_probs: row {bad[:1]} has log-sum-exp {lse[bad[:1]]} (rule 6.4)")
-        bad = np.nonzero(lp[rows, out["pred"]] != mx)[0]
-        need(bad.size == 0, f"original_log_probs: row {bad[:1]}'s largest value is not at original_predictions (rule 6.4)")
+        every_row(np.abs(lse) <= 1e-3, "original_log_probs: a log-sum-exp not within 1e-3 of 0")
+        every_row(lp[rows, out["pred"]] == mx, "original_log_probs: the largest value not at original_predictions")
         out.update(form="full", k=None, log_probs=lp, label_lp=lp[rows, out["labels"]])
         return out
     need(len(top) == 4, f"validation.safetensors: top-K form with only {top} (rule 6.1)")
@@ -255,14 +261,14 @@ def load_distributions(m, val):
     ids, tlp = ids.reshape(n, k), tlp.reshape(n, k).astype(np.float64)
     lse, llp = lse.reshape(n).astype(np.float64), llp.reshape(n).astype(np.float64)
     for name, v in (("original_top_log_probs", tlp), ("original_label_log_probs", llp)):
-        need(bool(np.isfinite(v).all() and (v <= 0).all()), f"{name}: a value not finite or > 0 (rule 6.4)")
-    need(bool(np.isfinite(lse).all()), "original_log_sum_exp: a value not finite (rule 6.4)")
-    need(bool(((ids >= 0) & (ids < classes)).all()), "original_top_ids: an id outside the classes (rule 6.4)")
+        every_row(np.isfinite(v) & (v <= 0), f"{name}: a value not finite or > 0")
+    every_row(np.isfinite(lse), "original_log_sum_exp: a value not finite")
+    every_row((ids >= 0) & (ids < classes), f"original_top_ids: an id outside 0 .. {classes - 1}")
     srt = np.sort(ids, 1)
-    need(bool((srt[:, 1:] != srt[:, :-1]).all()), "original_top_ids: a row repeats an id (rule 6.4)")
-    need(bool((ids[:, 0] == out["pred"]).all()), "original_top_ids: a first id differs from original_predictions (rule 6.4)")
-    need(bool((tlp[:, 1:] <= tlp[:, :-1]).all()), "original_top_log_probs: a row increases (rule 6.4)")
-    need(bool((np.exp(tlp).sum(1) <= 1 + 1e-3).all()), "original_top_log_probs: a row's probabilities sum above 1 + 1e-3 (rule 6.4)")
+    every_row(srt[:, 1:] != srt[:, :-1], "original_top_ids: an id repeated")
+    every_row(ids[:, 0] == out["pred"], "original_top_ids: the first id is not original_predictions")
+    every_row(tlp[:, 1:] <= tlp[:, :-1], "original_top_log_probs: increasing")
+    every_row(np.exp(tlp).sum(1) <= 1 + 1e-3, "original_top_log_probs: probabilities summing above 1 + 1e-3")
     out.update(form="top-k", k=k, ids=ids, top_lp=tlp, label_lp=llp)
     return out
 

@@ -106,9 +106,11 @@ pub fn assess(dir: &Path, options: &AssessOptions) -> Result<AssessReport> {
         }
         let model = Decoder64::load(fp16.spec(), &fp16)?;
         for (level, rows) in data.levels() {
-            levels.push(assess_decoder_level(
-                &bundle, &model, &data, level, &rows, options,
-            )?);
+            let mut figures = assess_decoder_level(&bundle, &model, &data, level, &rows, options)?;
+            // Every sequence has the same number of scored positions, so the mean over them is
+            // the mean next-token cross-entropy of the level.
+            figures.perplexity_fp16 = Some(figures.mean_cross_entropy.exp());
+            levels.push(figures);
         }
     } else {
         let model = Model64::new(&bundle)?;
@@ -200,6 +202,7 @@ impl BatchSums {
             accuracy_fp16,
             accuracy_ternary,
             mean_cross_entropy: self.loss / examples as f64,
+            perplexity_fp16: None,
             gradient_variance: self.variance / self.batches.max(1) as f64,
             skipped_tensors: self.skipped,
         }

@@ -22,6 +22,9 @@ pub struct LevelFigures {
     pub accuracy_ternary: f64,
     /// Mean cross-entropy of the FP16 model over the level's examples.
     pub mean_cross_entropy: f64,
+    /// A language model's perplexity at this level, exp(mean cross-entropy) of the next-token
+    /// predictions; null for a chain of layers (a classifier's figure is its cross-entropy).
+    pub perplexity_fp16: Option<f64>,
     /// Sum over parameter tensors of the unbiased variance of their gradient entries, averaged
     /// over the level's batches.
     pub gradient_variance: f64,
@@ -194,6 +197,7 @@ mod tests {
             accuracy_fp16: accuracy,
             accuracy_ternary: accuracy,
             mean_cross_entropy: 1.0,
+            perplexity_fp16: None,
             gradient_variance: difficulty as f64,
             skipped_tensors: 0,
         }

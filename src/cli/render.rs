@@ -315,6 +315,7 @@ pub fn assessment(r: &AssessReport) {
         "FP16 acc".into(),
         "ternary acc".into(),
         "mean CE".into(),
+        "perplexity".into(),
         "gradient variance".into(),
     ]];
     for l in &r.levels {
@@ -325,6 +326,8 @@ pub fn assessment(r: &AssessReport) {
             format!("{:.1}%", l.accuracy_fp16 * 100.0),
             format!("{:.1}%", l.accuracy_ternary * 100.0),
             format!("{:.4}", l.mean_cross_entropy),
+            l.perplexity_fp16
+                .map_or_else(|| "-".to_string(), |p| format!("{p:.3}")),
             format!("{:.4e}{mark}", l.gradient_variance),
         ]);
     }

@@ -182,3 +182,36 @@ pub fn assessment(r: &AssessReport) -> Markup {
         }
     }
 }
+
+/// Per weight path, a histogram of the per-sample KL(original || path) by decade (spec section
+/// 16.3): `paths` are (name, counts), `edges` the bins' upper edges in nats (a last bin above).
+pub fn kl_histogram(edges: &[f64], paths: &[(&str, Vec<u64>)]) -> Markup {
+    let bins = edges.len() + 1;
+    let plot = WIDTH - LABEL - 20.0;
+    let cell = plot / bins as f64;
+    let row = 60.0;
+    let height = row * paths.len() as f64 + 40.0;
+    let bin_label = |b: usize| match b {
+        0 => format!("<{:.0e}", edges[0]),
+        b if b == edges.len() => format!("≥{:.0e}", edges[b - 1]),
+        b => format!("{:.0e}", edges[b - 1]),
+    };
+    html! {
+        svg id="chart-kl" class="chart" xmlns="http://www.w3.org/2000/svg" width=(f(WIDTH)) height=(f(height)) viewBox={"0 0 " (f(WIDTH)) " " (f(height))} role="img" aria-label="KL divergence from the original model per sample, by path" {
+            @for (i, (name, counts)) in paths.iter().enumerate() {
+                @let y = row * i as f64;
+                @let most = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+                (label(&format!("{name} path"), y + 40.0))
+                @for (b, &count) in counts.iter().enumerate() {
+                    @let h = 50.0 * count as f64 / most;
+                    rect x=(f(LABEL + cell * b as f64)) y=(f(y + 54.0 - h)) width=(f(cell - 2.0)) height=(f(h)) class="bar" { title { (count) " samples, KL " (bin_label(b)) " nats" } }
+                }
+            }
+            @let y = row * paths.len() as f64 + 16.0;
+            @for b in 0..bins {
+                text x=(f(LABEL + cell * (b as f64 + 0.5))) y=(f(y)) class="value middle" { (bin_label(b)) }
+            }
+            text x=(f(LABEL)) y=(f(y + 18.0)) class="value" { "KL(original || path) per sample, nats (bins by decade)" }
+        }
+    }
+}

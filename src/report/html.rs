@@ -5,7 +5,8 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::report::{charts, ReportData};
-use crate::verify::Status;
+use crate::verify::{Check, Status};
+use serde_json::Value;
 
 const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1000px; color: #1d2330; padding: 0 1em; }
@@ -44,6 +45,7 @@ pub fn page(d: &ReportData) -> String {
                 (summary(d))
                 (checks(d))
                 (metrics(d))
+                (fidelity(d))
                 (tensor_charts(d))
                 (assessment(d))
             }
@@ -120,6 +122,52 @@ fn metrics(d: &ReportData) -> Markup {
     }
 }
 
+/// A figure of the fidelity check's JSON, formatted; "n/a" when null or absent.
+fn num(v: &Value, fmt: fn(f64) -> String) -> String {
+    v.as_f64().map_or_else(|| "n/a".to_string(), fmt)
+}
+
+fn fidelity(d: &ReportData) -> Markup {
+    let check = d.verify.check(Check::Fidelity);
+    let figures = check
+        .map(|c| &c.figures)
+        .filter(|f| f.get("fp16").is_some());
+    let sci = |x: f64| format!("{x:.3e}");
+    let fixed = |x: f64| format!("{x:.4}");
+    html! {
+        h2 id="fidelity" { "Fidelity: KL divergence and perplexity" }
+        @match figures {
+            None => p class="note" id="no-fidelity" { "No fidelity figures: " (check.map_or("there is no fidelity check", |c| c.detail.as_str())) },
+            Some(f) => {
+                p class="note" { "KL(original || path) in nats per scored sample (spec section 16.3), against the original distributions " (f["original"].as_str().unwrap_or("")) " (" (f["form"].as_str().unwrap_or("")) " form" @if let Some(k) = f["top_k"].as_u64() { ", top " (k) ": a lower bound" } "); gate: FP16 mean at most " (num(&f["max_kl"], |x| if x > 0.0 { format!("{x}") } else { "(disabled)".into() })) "." }
+                table id="fidelity-summary" {
+                    tr { th { "path" } th { "mean KL" } th { "median" } th { "p99" } th { "max" } th { "error bound (mean)" } th { "cross-entropy" } th { "perplexity" } th { "same top-1" } }
+                    @for path in ["fp16", "ternary"] {
+                        @let p = &f[path];
+                        tr { td { (path) } td class="num" { (num(&p["kl"]["mean"], sci)) } td class="num" { (num(&p["kl"]["median"], sci)) } td class="num" { (num(&p["kl"]["p99"], sci)) } td class="num" { (num(&p["kl"]["max"], sci)) } td class="num" { (num(&p["kl_error_bound"]["mean"], sci)) } td class="num" { (num(&p["cross_entropy"], fixed)) } td class="num" { (num(&p["perplexity"], fixed)) } td class="num" { (percent(p["same_top"].as_f64())) } }
+                    }
+                    tr { td { "original" } td {} td {} td {} td {} td {} td class="num" { (num(&f["original_model"]["cross_entropy"], fixed)) } td class="num" { (num(&f["original_model"]["perplexity"], fixed)) } td {} }
+                }
+                @let edges: Vec<f64> = f["histogram_edges"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+                @let counts = |path: &str| -> Vec<u64> { f[path]["histogram"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default() };
+                @if !edges.is_empty() {
+                    (charts::kl_histogram(&edges, &[("FP16", counts("fp16")), ("ternary", counts("ternary"))]))
+                }
+                @if let Some(levels) = f["by_difficulty"].as_array() {
+                    h3 { "Per difficulty level" }
+                    table id="fidelity-levels" {
+                        tr { th { "level" } th { "samples" } th { "mean KL, FP16" } th { "mean KL, ternary" } th { "perplexity (CE), original" } th { "FP16" } th { "ternary" } }
+                        @for l in levels {
+                            @let shown = |model: &str| -> String { match l[format!("perplexity_{model}")].as_f64() { Some(p) => format!("{p:.4}"), None => num(&l[format!("cross_entropy_{model}")], fixed) } };
+                            tr { td { (l["difficulty"]) } td class="num" { (l["samples"]) } td class="num" { (num(&l["mean_kl_fp16"], sci)) } td class="num" { (num(&l["mean_kl_ternary"], sci)) } td class="num" { (shown("original")) } td class="num" { (shown("fp16")) } td class="num" { (shown("ternary")) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn tensor_charts(d: &ReportData) -> Markup {
     html! {
         h2 id="tensors" { "Tensors" }
@@ -149,9 +197,9 @@ fn assessment(d: &ReportData) -> Markup {
                 p class=(if r.ok { "verdict ok" } else { "verdict bad" }) { (r.detail) }
                 (charts::assessment(r))
                 table {
-                    tr { th { "level" } th { "examples" } th { "FP16 accuracy" } th { "ternary accuracy" } th { "mean CE" } th { "gradient variance" } }
+                    tr { th { "level" } th { "examples" } th { "FP16 accuracy" } th { "ternary accuracy" } th { "mean CE" } th { "perplexity" } th { "gradient variance" } }
                     @for l in &r.levels {
-                        tr { td { (l.difficulty) @if l.difficulty == r.chosen { " (chosen)" } } td class="num" { (l.examples) } td class="num" { (format!("{:.1}%", l.accuracy_fp16 * 100.0)) } td class="num" { (format!("{:.1}%", l.accuracy_ternary * 100.0)) } td class="num" { (format!("{:.4}", l.mean_cross_entropy)) } td class="num" { (format!("{:.4e}", l.gradient_variance)) } }
+                        tr { td { (l.difficulty) @if l.difficulty == r.chosen { " (chosen)" } } td class="num" { (l.examples) } td class="num" { (format!("{:.1}%", l.accuracy_fp16 * 100.0)) } td class="num" { (format!("{:.1}%", l.accuracy_ternary * 100.0)) } td class="num" { (format!("{:.4}", l.mean_cross_entropy)) } td class="num" { (l.perplexity_fp16.map_or_else(|| "-".to_string(), |p| format!("{p:.3}"))) } td class="num" { (format!("{:.4e}", l.gradient_variance)) } }
                     }
                 }
             }
