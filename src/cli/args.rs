@@ -76,8 +76,8 @@ pub enum Command {
     #[command(after_help = ASSESS_HELP)]
     Assess(AssessArgs),
     /// Write one self-contained HTML page to read before accepting a handoff: summary, every
-    /// verify check, the handoff metrics, the fidelity figures (KL histogram per path, perplexity per difficulty level),
-per-tensor charts and the assessment curve.
+    /// verify check, the handoff metrics, the fidelity figures (KL histogram per path,
+    /// perplexity per difficulty level), per-tensor charts and the assessment curve.
     #[command(after_help = REPORT_HELP)]
     Report(ReportArgs),
     /// Run the bundle's model on your inputs and write the logits, to compare the bundle with
