@@ -132,7 +132,8 @@ python3 scripts/fidelity_numpy.py check "$work/lm-demo" "$work/lm-demo-verify.js
 # original model is its ternary forward (quantization-aware training), with the full
 # distributions and with the top 8 (KL bracketed by its error bound), and the chains of layers
 # above (full form): the trained MLP with the fidelity gate failing (default 0.05 nats) and
-# passing (0.2), the random one with it disabled. scripts/fidelity_numpy.py recomputes both
+# passing (0.2), the random one with it disabled, and the demo (its original model is its
+# quantization-aware forward, like the fixture's). scripts/fidelity_numpy.py recomputes both
 # weight paths in numpy and every KL, cross-entropy and perplexity figure, and the gate.
 "$bundle" create --from fixtures/lm --original-forward ternary --validation-text fixtures/lm/validation.txt \
     --seq-len 64 --out "$work/lm-fixture" >/dev/null
@@ -145,6 +146,7 @@ done
 python3 scripts/fidelity_numpy.py check "$work/trained-bundle" "$work/trained-verify.json"
 python3 scripts/fidelity_numpy.py check "$work/trained-bundle" "$work/trained-verify-0.9.json"
 python3 scripts/fidelity_numpy.py check "$work/from-python" "$work/from-python-verify.json"
+python3 scripts/fidelity_numpy.py check "$work/demo" "$work/demo-verify.json"
 
 python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "$work/demo" "$work/trained-bundle" \
     "$work/lm-llama-bundle" "$work/lm-bitnet-bundle" \

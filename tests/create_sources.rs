@@ -780,7 +780,7 @@ fn stage_handoff_chain_is_bundled_as_given_with_its_original_model() {
     let b = Bundle::open(&out).unwrap();
     check_all(&b).unwrap();
     let m = b.manifest();
-    assert_eq!(m.format_version, "4.0");
+    assert_eq!(m.format_version, "5.0");
     let q = &m.quantization;
     assert_eq!(
         (q.method.as_str(), q.granularity.as_str(), q.group_size),
@@ -978,7 +978,7 @@ fn stage_handoff_model_directory_is_found_and_bundled_as_given() {
     let b = Bundle::open(&out).unwrap();
     check_all(&b).unwrap();
     let m = b.manifest();
-    assert_eq!(m.format_version, "4.0");
+    assert_eq!(m.format_version, "5.0");
     assert_eq!(b.decoder(), Some(&spec));
     let q = &m.quantization;
     assert_eq!(
@@ -1225,7 +1225,7 @@ fn online_bitnet_master_is_quantized_as_transformers_runs_it() {
     );
     assert_eq!((q.epsilon, q.sparsity_threshold), (Some(1e-5), Some(0.5)));
     assert!(q.source.is_none());
-    assert_eq!(m.format_version, "4.0");
+    assert_eq!(m.format_version, "5.0");
     assert_eq!(
         m.provenance.original,
         Some(OriginalSpec {
@@ -1475,7 +1475,7 @@ fn latent_weights_are_judged_against_their_ternary_forward() {
         stored_predictions(&b),
         Some(chain_predictions(&layers, &inputs))
     );
-    assert_eq!(b.manifest().format_version, "2.0");
+    assert_eq!(b.manifest().format_version, "5.0");
     let (code, report) = verify_json(&dense, &[]);
     let r = retention(&report);
     assert!(
@@ -1499,7 +1499,7 @@ fn latent_weights_are_judged_against_their_ternary_forward() {
     let b = Bundle::open(&ternary).unwrap();
     check_all(&b).unwrap();
     let m = b.manifest();
-    assert_eq!(m.format_version, "4.0");
+    assert_eq!(m.format_version, "5.0");
     assert_eq!(
         m.provenance.original,
         Some(OriginalSpec {
@@ -1925,7 +1925,7 @@ fn the_tokenizer_travels_with_the_model() {
     ]);
     let b = Bundle::open(&out).unwrap();
     check_all(&b).unwrap();
-    assert_eq!(b.manifest().format_version, "4.0");
+    assert_eq!(b.manifest().format_version, "5.0");
     let listed = b.manifest().files.assets.clone().expect("files.assets");
     assert_eq!(
         listed.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),

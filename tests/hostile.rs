@@ -147,11 +147,11 @@ fn manifest_attacks() {
         edit_manifest(d, |m| m["quantization"]["encoding"] = json!("trit9"))
     });
     let e = hostile("unknown major", |d| {
-        edit_manifest(d, |m| m["format_version"] = json!("5.1"))
+        edit_manifest(d, |m| m["format_version"] = json!("6.0"))
     });
     assert_eq!(e.rule(), Some(Rule::FormatVersion), "{e}");
     assert!(
-        e.to_string().contains("5.1") && e.to_string().contains("4.0"),
+        e.to_string().contains("format version 6.0") && e.to_string().contains("5.0"),
         "{e}"
     );
     expect("manifest shape rank 100", Rule::TensorList, |d| {
