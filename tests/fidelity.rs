@@ -23,9 +23,9 @@ use std::time::Instant;
 
 use common::decoder::{copy_task, plan, spec, task_model};
 use common::surgery::{
-    edit_manifest, edit_tensor, manifest, rehash, tensor_entry, St, FP16, TERNARY, VALIDATION,
+    edit_manifest, edit_tensor, manifest, rehash, tensor_entry, FP16, TERNARY, VALIDATION,
 };
-use common::{f32_at, set_f32, set_u16, u16_at};
+use common::{f32_at, set_f32, set_u16};
 use half::f16;
 use serde_json::{json, Value};
 use ternary_bundle::create::{CreateInputs, CreateRequest};
@@ -40,8 +40,8 @@ fn lm_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/lm")
 }
 
-/// Characters of `validation.txt` the shared bundle is built from: 96 windows of 64.
-const LM_VALIDATION_BYTES: usize = 96 * 64;
+/// Characters of `validation.txt` the shared bundle is built from: 64 windows of 64.
+const LM_VALIDATION_BYTES: usize = 64 * 64;
 /// Tokens per validation sequence.
 const SEQ_LEN: usize = 64;
 
@@ -57,15 +57,12 @@ fn scratch() -> &'static Path {
     .path()
 }
 
-/// The head of `validation.txt` the shared bundles are validated on.
-fn lm_validation_text() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let text = std::fs::read(lm_dir().join("validation.txt")).unwrap();
-        let path = scratch().join("validation-head.txt");
-        std::fs::write(&path, &text[..LM_VALIDATION_BYTES]).unwrap();
-        path
-    })
+/// The first `bytes` characters of `validation.txt`, as a file.
+fn validation_head(bytes: usize) -> PathBuf {
+    let text = std::fs::read(lm_dir().join("validation.txt")).unwrap();
+    let path = scratch().join(format!("validation-{bytes}.txt"));
+    std::fs::write(&path, &text[..bytes]).unwrap();
+    path
 }
 
 /// `bundle create --from fixtures/lm --original-forward ternary --validation-text TEXT
@@ -91,7 +88,7 @@ fn lm_bundle() -> &'static Path {
     DIR.get_or_init(|| {
         let dest = scratch().join("lm");
         let t = Instant::now();
-        create_lm(&dest, lm_validation_text(), None).unwrap();
+        create_lm(&dest, &validation_head(LM_VALIDATION_BYTES), None).unwrap();
         println!(
             "created the trained fixture's bundle in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -406,7 +403,7 @@ fn lm_mutation_fails_the_gate(index: usize) {
 // ---- the trained fixture ----
 
 #[test]
-fn the_trained_models_faithful_handoff_passes_every_check() {
+fn a_faithful_handoff_of_the_trained_model_passes_every_check() {
     let dir = lm_bundle();
     let m = manifest(dir);
     assert_eq!(m["format_version"], "5.0");
@@ -501,31 +498,6 @@ fn swapped_attention_heads_fail_the_kl_gate() {
     lm_mutation_fails_the_gate(6);
 }
 
-#[test]
-fn the_gate_is_max_kl_and_zero_disables_it() {
-    // The same rope mutation passes with a gate above its KL, and with the gate disabled.
-    let dir = copy_of(lm_bundle(), "lm-gate");
-    rope_theta_x10(&dir);
-    let only = |max_kl| VerifyOptions {
-        only: vec![Check::Fidelity],
-        max_kl,
-        ..VerifyOptions::default()
-    };
-    let strict = verify(&dir, &only(DEFAULT_MAX_KL));
-    let kl = fp16_mean_kl(&strict);
-    assert_eq!(status(&strict, Check::Fidelity), Status::Fail);
-    let loose = verify(&dir, &only(kl * 1.01));
-    assert_eq!(status(&loose, Check::Fidelity), Status::Pass);
-    let off = verify(&dir, &only(0.0));
-    assert_eq!(status(&off, Check::Fidelity), Status::Pass);
-    assert!(off
-        .check(Check::Fidelity)
-        .unwrap()
-        .detail
-        .contains("gate disabled"));
-    assert_eq!(fp16_mean_kl(&off), kl);
-}
-
 // ---- the decoder task checkpoint ----
 
 #[test]
@@ -549,6 +521,35 @@ fn the_task_checkpoints_mutations_are_measured() {
 
 fn report_fidelity(report: &VerifyReport) -> &ternary_bundle::verify::CheckResult {
     report.check(Check::Fidelity).unwrap()
+}
+
+#[test]
+fn the_gate_is_max_kl_and_zero_disables_it() {
+    // The task checkpoint's norm mutation, gated below and above its mean KL, and not gated.
+    let dir = copy_of(task_bundle(), "task-gate");
+    input_layernorm_x4(&dir);
+    let with_gate = |max_kl| {
+        verify(
+            &dir,
+            &VerifyOptions {
+                only: vec![Check::Fidelity],
+                max_kl,
+                ..VerifyOptions::default()
+            },
+        )
+    };
+    let kl = fp16_mean_kl(&with_gate(DEFAULT_MAX_KL));
+    assert!(kl > 0.0);
+    let strict = with_gate(kl * 0.99);
+    assert_eq!(status(&strict, Check::Fidelity), Status::Fail);
+    assert!(!strict.ok);
+    assert_eq!(fidelity(&strict)["max_kl"], kl * 0.99);
+    assert_eq!(status(&with_gate(kl * 1.01), Check::Fidelity), Status::Pass);
+    let off = with_gate(0.0);
+    let r = report_fidelity(&off);
+    assert_eq!(r.status, Status::Pass);
+    assert!(r.detail.contains("gate disabled"), "{}", r.detail);
+    assert_eq!(fp16_mean_kl(&off), kl);
 }
 
 // ---- --reference ----
@@ -622,7 +623,7 @@ fn reference_catches_tampered_distributions() {
 
 // ---- the top-K form ----
 
-/// The FP16 mean KL, mean bound and fidelity figures of `dir` (fidelity only).
+/// `dir` verified by the fidelity check alone.
 fn fidelity_only(dir: &Path) -> VerifyReport {
     verify(
         dir,
@@ -635,15 +636,19 @@ fn fidelity_only(dir: &Path) -> VerifyReport {
 
 #[test]
 fn the_top_k_form_brackets_the_full_forms_kl() {
-    let top = scratch().join("lm-top-8");
-    create_lm(&top, lm_validation_text(), Some(8)).unwrap();
+    // Both forms of the trained fixture on 24 windows of its validation text, faithful and
+    // with ten times the RoPE base.
+    let text = validation_head(24 * SEQ_LEN);
+    let (full, top) = (scratch().join("lm-24-full"), scratch().join("lm-24-top-8"));
+    create_lm(&full, &text, None).unwrap();
+    create_lm(&top, &text, Some(8)).unwrap();
     assert_eq!(manifest(&top)["format_version"], "5.0");
-    let full_rope = copy_of(lm_bundle(), "lm-full-rope");
-    let top_rope = copy_of(&top, "lm-top-8-rope");
+    let full_rope = copy_of(&full, "lm-24-full-rope");
+    let top_rope = copy_of(&top, "lm-24-top-8-rope");
     rope_theta_x10(&full_rope);
     rope_theta_x10(&top_rope);
     for (full, top, what) in [
-        (lm_bundle(), top.as_path(), "faithful"),
+        (&full, &top, "faithful"),
         (&full_rope, &top_rope, "rope_theta x10"),
     ] {
         let (rf, rt) = (fidelity_only(full), fidelity_only(top));

@@ -1,4 +1,4 @@
-//! `bundle verify` through the library: for every one of the eleven checks, a valid bundle is
+//! `bundle verify` through the library: for every one of the thirteen checks, a valid bundle is
 //! broken so that exactly that check fails (bundle surgery, then `rehash` so the checks before
 //! it keep passing), and the whole report is asserted: the failed check's detail (file, tensor,
 //! rule number or figure), every other check Pass, or Skip naming the prerequisite that did not
@@ -14,7 +14,9 @@ use common::surgery::{
     edit_manifest, edit_st, edit_tensor, manifest, rehash, tensor_entry, St, FP16, MANIFEST,
     TERNARY, VALIDATION,
 };
-use common::{bundle, row_trits, row_with_nonzero_trit, set_f32, set_u16, t, tiny_bundle, u16_at};
+use common::{
+    bundle, f32_at, row_trits, row_with_nonzero_trit, set_f32, set_u16, t, tiny_bundle, u16_at,
+};
 use serde_json::{json, Value};
 use ternary_bundle::format::manifest::{LayerSpec, ModelSpec, RmsNormSpec};
 use ternary_bundle::model::gradcheck::GradCheckOptions;
@@ -69,12 +71,20 @@ fn lossless_tiny_model() -> (MemorySource, BundlePlan) {
 }
 
 /// The lossless tiny model's bundle with the validation set embedded (its stored original
-/// predictions are all kept: retention passes).
+/// predictions are all kept: retention passes), and the original model's distributions beside
+/// them (format 5.0, full form: fidelity runs).
 fn bundle_with_validation(tmp: &tempfile::TempDir) -> PathBuf {
+    lossless_bundle(tmp, "v", None)
+}
+
+/// [`bundle_with_validation`] in `tmp/name`, with `original_top_k` as given to the writer
+/// (`Some(0)`: the original predictions only, a format 2.0 bundle).
+fn lossless_bundle(tmp: &tempfile::TempDir, name: &str, original_top_k: Option<u64>) -> PathBuf {
     let (src, plan) = lossless_tiny_model();
-    let dest = tmp.path().join("v");
+    let dest = tmp.path().join(name);
     let options = WriteOptions {
         validation: Some(validation_set()),
+        original_top_k,
         ..Default::default()
     };
     write_bundle(&dest, &src, &plan, &options).unwrap();
@@ -145,6 +155,9 @@ fn one_layer_model(rows: &[Vec<f32>], params: QuantParams) -> (MemorySource, Bun
 const NOT_SELECTED: &str = "not selected";
 const NO_REFERENCE: &str = "not run: no --reference given";
 const NO_ORIGINAL: &str = "not run: no original predictions: the bundle has no validation set; give --reference ORIGINAL.safetensors (compared on synthetic inputs)";
+/// Why fidelity does not run on a bundle that stores the original predictions without their
+/// distributions (`original_top_k: Some(0)`: format 2.0).
+const NO_DISTRIBUTIONS: &str = "not run: no original distributions: the validation set stores the original model's predictions only (format 2.0; distributions need 5.0, written unless create --original-top-k 0); give --reference ORIGINAL";
 
 /// "not run: P failed": the direct prerequisite P failed.
 fn failed(prerequisite: &str) -> String {
@@ -195,11 +208,11 @@ fn check<'r>(report: &'r VerifyReport, name: &str) -> &'r CheckResult {
         .unwrap_or_else(|| panic!("no check {name} in the report:\n{}", summary(report)))
 }
 
-/// Asserts the whole report: the checks are the twelve of `CHECKS` in order; each check named
-/// in `overrides` is as given there, every other one is Pass, except `reference`, which is
-/// Skip "not run: no --reference given", and `retention`, which is Skip for want of original
-/// predictions when the bundle has no validation file, unless overridden; `ok` is false exactly
-/// when some check is expected to fail.
+/// Asserts the whole report: the checks are the thirteen of `Check::ALL` in order; each check
+/// named in `overrides` is as given there, every other one is Pass, except `reference`, which is
+/// Skip "not run: no --reference given", and `retention` and `fidelity`, which are Skip for want
+/// of original predictions when the bundle has no validation file, unless overridden; `ok` is
+/// false exactly when some check is expected to fail.
 #[track_caller]
 fn assert_checks(report: &VerifyReport, overrides: &[(&str, Expect)]) {
     let all = summary(report);
@@ -306,6 +319,7 @@ fn manifest_fails_on_an_unknown_format_and_nothing_else_runs() {
             ("dequantization", skip(needs("encoding"))),
             ("agreement", skip(needs("encoding"))),
             ("retention", skip(needs("structure"))),
+            ("fidelity", skip(needs("structure"))),
             ("gradient_check", skip(needs("structure"))),
             ("gradient_flow", skip(needs("structure"))),
         ],
@@ -332,6 +346,7 @@ fn after_files_failed() -> Vec<(&'static str, Expect)> {
         ("dequantization", skip(needs("encoding"))),
         ("agreement", skip(needs("encoding"))),
         ("retention", skip(needs("structure"))),
+        ("fidelity", skip(needs("structure"))),
         ("gradient_check", skip(needs("structure"))),
         ("gradient_flow", skip(needs("structure"))),
     ]
@@ -513,6 +528,7 @@ fn structure_fails_on_a_transposed_fp16_shape() {
             ("dequantization", skip(needs("encoding"))),
             ("agreement", skip(needs("encoding"))),
             ("retention", skip(failed("structure"))),
+            ("fidelity", skip(failed("structure"))),
             ("gradient_check", skip(failed("structure"))),
             ("gradient_flow", skip(failed("structure"))),
         ],
@@ -787,11 +803,38 @@ fn stored_predictions(dir: &Path) -> Vec<i64> {
         .collect()
 }
 
-/// Rewrites `original_predictions` (and re-hashes, so only retention sees the change).
+/// Rewrites `original_predictions` (and re-hashes, so only the checks that read them see the
+/// change): the original model "decided otherwise". When the bundle also stores the original's
+/// distributions (format 5.0, full form), each changed row's log-probabilities of the old and
+/// the new class are swapped, so that the distributions say the same and the row's largest value
+/// stays at its prediction (rule 6.4); a class out of range (rule 6.3) leaves the row alone.
 fn set_stored_predictions(dir: &Path, classes: &[i64]) {
-    edit_tensor(dir, VALIDATION, "original_predictions", |b| {
-        for (chunk, c) in b.chunks_exact_mut(8).zip(classes) {
+    let old = stored_predictions(dir);
+    edit_st(dir, VALIDATION, |st| {
+        for (chunk, c) in st
+            .tensor_mut("original_predictions")
+            .chunks_exact_mut(8)
+            .zip(classes)
+        {
             chunk.copy_from_slice(&c.to_le_bytes());
+        }
+        let header = st.parsed();
+        assert!(
+            header.get("original_top_ids").is_none(),
+            "test bug: the top-K form is not handled"
+        );
+        if header.get("original_log_probs").is_none() {
+            return;
+        }
+        let log_probs = st.tensor_mut("original_log_probs");
+        let width = log_probs.len() / 4 / old.len();
+        for (row, (&was, &now)) in old.iter().zip(classes).enumerate() {
+            if was != now && (0..width as i64).contains(&now) {
+                let (a, b) = (row * width + was as usize, row * width + now as usize);
+                let (va, vb) = (f32_at(log_probs, a), f32_at(log_probs, b));
+                set_f32(log_probs, a, vb);
+                set_f32(log_probs, b, va);
+            }
         }
     });
     rehash(dir);
@@ -805,6 +848,20 @@ fn retention_is_the_share_of_stored_original_decisions_the_fp16_model_keeps() {
     let report = run(&dir);
     assert_checks(&report, &[]);
     assert_eq!(metric(&report, RETENTION), 1.0);
+    // Its distributions are the original's too, up to the F16 rounding of the biases: it passes
+    // the default KL gate as well (the other tests disable it, see [`run`]).
+    let fidelity = check(&report, "fidelity");
+    assert_eq!(fidelity.figures["original"], "original_predictions");
+    assert_eq!(fidelity.figures["form"], "full");
+    let kl = fidelity.figures["fp16"]["kl"]["mean"].as_f64().unwrap();
+    assert!((0.0..1e-4).contains(&kl), "{}", fidelity.detail);
+    let gated = verify(&dir, &VerifyOptions::default());
+    assert_checks(&gated, &[]);
+    assert!(
+        check(&gated, "fidelity").detail.contains("(maximum 0.05)"),
+        "{}",
+        check(&gated, "fidelity").detail
+    );
     let original = stored_predictions(&dir);
     let labels: Vec<i64> = validation_set().labels;
     let accuracy = |p: &[i64]| p.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / 32.0;
@@ -838,12 +895,16 @@ fn retention_is_the_share_of_stored_original_decisions_the_fp16_model_keeps() {
         .map(|l| levels[l]["retention"].as_f64().unwrap())
         .collect();
     assert_eq!(retention, [1.0, 7.0 / 8.0, 1.0, 1.0]);
+    // The stored distribution of input 5 says the same: the FP16 model's is now far from it.
+    let fidelity = check(&report, "fidelity");
+    let changed_kl = fidelity.figures["fp16"]["kl"]["max"].as_f64().unwrap();
+    assert!(changed_kl > 100.0 * kl, "{}", fidelity.detail);
     // The same bundle passes a bar it meets.
     let lenient = verify(
         &dir,
         &VerifyOptions {
             min_retention: 0.96,
-            ..Default::default()
+            ..options()
         },
     );
     assert_checks(&lenient, &[]);
@@ -853,7 +914,8 @@ fn retention_is_the_share_of_stored_original_decisions_the_fp16_model_keeps() {
 fn ties_go_to_the_first_class_in_the_stored_and_the_fp16_predictions() {
     // Rows 0 and 1 are the same weights: their logits tie on every input, in the original
     // and in the FP16 model, and the first (0) must win both times (as torch.argmax). Row 2
-    // is the negation: it wins exactly when the sum of the input is negative.
+    // is the negation: it wins exactly when the sum of the input is negative. Once with the
+    // original's distributions stored (format 5.0), once with its predictions only (2.0).
     let tmp = tempfile::tempdir().unwrap();
     let row = vec![0.5f32; 6];
     let neg: Vec<f32> = row.iter().map(|v| -v).collect();
@@ -861,63 +923,113 @@ fn ties_go_to_the_first_class_in_the_stored_and_the_fp16_predictions() {
     let inputs: Vec<f32> = (0..8)
         .flat_map(|i| (0..6).map(move |j| if i % 2 == 0 { 0.25 } else { -0.25 } * (j + 1) as f32))
         .collect();
-    let dest = tmp.path().join("ties");
-    let options = WriteOptions {
-        validation: Some(ValidationSet {
-            input_ids: None,
-            origin: PathBuf::from("val.safetensors"),
-            inputs,
-            labels: vec![0, 2, 1, 2, 0, 2, 1, 2],
-            difficulty: None,
-        }),
-        ..Default::default()
-    };
-    write_bundle(&dest, &src, &plan, &options).unwrap();
-    assert_eq!(stored_predictions(&dest), [0, 2, 0, 2, 0, 2, 0, 2]);
-    let report = run(&dest);
-    assert_checks(&report, &[]);
-    assert_eq!(metric(&report, RETENTION), 1.0);
-    // Labels 1 are never predicted: class 1 always ties with class 0 and loses.
-    assert_eq!(metric(&report, "accuracy_fp16"), 0.75);
-    assert_eq!(metric(&report, "accuracy_original"), 0.75);
-
-    // The reference check forgives a stored class that ties with the recomputed one (another
-    // summation order could pick it), and nothing else.
     let checkpoint = tmp.path().join("original.safetensors");
     write_checkpoint(&src, &checkpoint);
-    let with_reference = |dir: &Path| {
-        verify(
-            dir,
-            &VerifyOptions {
-                reference: Some(checkpoint.clone()),
-                min_retention: 0.0,
-                ..Default::default()
-            },
-        )
-    };
-    set_stored_predictions(&dest, &[1, 2, 0, 2, 1, 2, 0, 2]);
-    let report = with_reference(&dest);
-    assert_checks(&report, &[("reference", Expect::Pass)]);
-    let r = check(&report, "reference");
-    assert!(
-        r.detail.ends_with(
-            "its predictions equal the stored original_predictions (2 differ only at near-ties)"
-        ),
-        "{}",
-        r.detail
-    );
-    assert_eq!(
-        r.figures["stored_predictions"],
-        json!({"differ": 0, "near_ties": 2})
-    );
-    set_stored_predictions(&dest, &[2, 2, 0, 2, 0, 2, 0, 2]);
-    assert_checks(
-        &with_reference(&dest),
-        &[(
-            "reference",
-            fail(&["differ from the stored original_predictions on 1 of 8 inputs (first: input 0, stored class 2, recomputed 0)"]),
-        )],
-    );
+    for (original_top_k, version) in [(None, "5.0"), (Some(0), "2.0")] {
+        let distributions = original_top_k.is_none();
+        let dest = tmp.path().join(format!("ties-{version}"));
+        let write_options = WriteOptions {
+            validation: Some(ValidationSet {
+                input_ids: None,
+                origin: PathBuf::from("val.safetensors"),
+                inputs: inputs.clone(),
+                labels: vec![0, 2, 1, 2, 0, 2, 1, 2],
+                difficulty: None,
+            }),
+            original_top_k,
+            ..Default::default()
+        };
+        write_bundle(&dest, &src, &plan, &write_options).unwrap();
+        assert_eq!(stored_predictions(&dest), [0, 2, 0, 2, 0, 2, 0, 2]);
+        let report = run(&dest);
+        let fidelity = if distributions {
+            Expect::Pass
+        } else {
+            skip(NO_DISTRIBUTIONS)
+        };
+        assert_checks(&report, &[("fidelity", fidelity)]);
+        assert_eq!(
+            check(&report, "manifest").detail,
+            format!("format ternary-bundle {version}")
+        );
+        assert_eq!(metric(&report, RETENTION), 1.0);
+        // Labels 1 are never predicted: class 1 always ties with class 0 and loses.
+        assert_eq!(metric(&report, "accuracy_fp16"), 0.75);
+        assert_eq!(metric(&report, "accuracy_original"), 0.75);
+
+        // The reference check forgives a stored class that ties with the recomputed one (another
+        // summation order could pick it), and nothing else. (Fidelity then measures the FP16
+        // model against the checkpoint's distributions when the bundle stores none.)
+        let with_reference = |dir: &Path| {
+            verify(
+                dir,
+                &VerifyOptions {
+                    reference: Some(checkpoint.clone()),
+                    min_retention: 0.0,
+                    ..options()
+                },
+            )
+        };
+        set_stored_predictions(&dest, &[1, 2, 0, 2, 1, 2, 0, 2]);
+        let report = with_reference(&dest);
+        assert_checks(
+            &report,
+            &[("reference", Expect::Pass), ("fidelity", Expect::Pass)],
+        );
+        let f = check(&report, "fidelity");
+        let from = if distributions {
+            "original_predictions"
+        } else {
+            "reference"
+        };
+        assert_eq!(f.figures["original"], from, "{}", f.detail);
+        assert_eq!(f.figures["predictions"], "original_predictions");
+        let r = check(&report, "reference");
+        let near_ties =
+            "its predictions equal the stored original_predictions (2 differ only at near-ties)";
+        if distributions {
+            // The tied classes have the same log-probability: the stored distributions are
+            // the recomputed ones.
+            assert!(
+                r.detail.contains(&format!(
+                    "{near_ties} and its distributions the stored ones (KL at most "
+                )),
+                "{}",
+                r.detail
+            );
+            let kl = r.figures["stored_distributions"]["max_kl"]
+                .as_f64()
+                .unwrap();
+            assert!(kl <= 1e-4, "{}", r.detail);
+        } else {
+            assert!(r.detail.ends_with(near_ties), "{}", r.detail);
+            assert_eq!(r.figures["stored_distributions"], Value::Null);
+        }
+        assert_eq!(
+            r.figures["stored_predictions"],
+            json!({"differ": 0, "near_ties": 2})
+        );
+        // Input 0 stored as class 2, which does not tie: predictions only, the predictions
+        // differ; with the distributions (which say the same), they differ first.
+        set_stored_predictions(&dest, &[2, 2, 0, 2, 0, 2, 0, 2]);
+        let report = with_reference(&dest);
+        let differ = if distributions {
+            fail(&[
+                "the checkpoint's distributions differ from the stored ones: KL(stored || recomputed) reaches",
+                "not the model this bundle was made from?",
+            ])
+        } else {
+            fail(&["differ from the stored original_predictions on 1 of 8 inputs (first: input 0, stored class 2, recomputed 0)"])
+        };
+        assert_checks(
+            &report,
+            &[("reference", differ), ("fidelity", Expect::Pass)],
+        );
+        assert_eq!(
+            check(&report, "reference").figures["stored_predictions"],
+            json!({"differ": 1, "near_ties": 0})
+        );
+    }
 }
 
 #[test]
@@ -973,6 +1085,7 @@ fn corrupted_original_predictions_fail_naming_file_tensor_and_rule() {
         &[
             ("agreement", bad.clone()),
             ("retention", bad.clone()),
+            ("fidelity", bad.clone()),
             ("gradient_check", bad.clone()),
             ("gradient_flow", bad),
         ],
@@ -1018,6 +1131,7 @@ fn corrupted_original_predictions_fail_naming_file_tensor_and_rule() {
                 ("dequantization", skip(needs("encoding"))),
                 ("agreement", skip(needs("encoding"))),
                 ("retention", skip(failed("structure"))),
+                ("fidelity", skip(failed("structure"))),
                 ("gradient_check", skip(failed("structure"))),
                 ("gradient_flow", skip(failed("structure"))),
             ],
@@ -1030,7 +1144,11 @@ fn a_bundle_written_by_the_1_0_writer_has_no_retention_and_says_why() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/versions/written-by-1.0");
     let report = run(&dir);
     let why = "not run: no original predictions: the validation set has no original_predictions (a format 1.x bundle); give --reference ORIGINAL.safetensors";
-    assert_checks(&report, &[("retention", skip(why))]);
+    // Fidelity needs the original model too (its distributions): it says the same.
+    assert_checks(
+        &report,
+        &[("retention", skip(why)), ("fidelity", skip(why))],
+    );
     assert_eq!(metric(&report, RETENTION), Value::Null);
     assert_eq!(metric(&report, "accuracy_original"), Value::Null);
     assert_eq!(
@@ -1320,18 +1438,23 @@ fn reference_fails_cleanly_on_a_checkpoint_with_a_tensor_of_the_wrong_length() {
             ..Default::default()
         },
     );
-    // The retention gate would take the original predictions from it: it fails the same way.
+    // The retention and fidelity gates would take the original predictions and distributions
+    // from it: they fail the same way.
     let short_bias = fail(&["short.safetensors", &t("fc1.bias"), "13 values", "found 12"]);
     assert_checks(
         &report,
-        &[("reference", short_bias.clone()), ("retention", short_bias)],
+        &[
+            ("reference", short_bias.clone()),
+            ("retention", short_bias.clone()),
+            ("fidelity", short_bias),
+        ],
     );
 }
 
 #[test]
 fn reference_supplies_the_original_predictions_when_the_bundle_stores_none() {
     // No validation set: the original is compared with the FP16 model on synthetic inputs, and
-    // its predictions feed the retention gate.
+    // its predictions feed the retention gate, its distributions the fidelity check.
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
     let (original, _) = common::tiny_model(7);
@@ -1343,15 +1466,17 @@ fn reference_supplies_the_original_predictions_when_the_bundle_stores_none() {
             &VerifyOptions {
                 reference: Some(path.to_path_buf()),
                 min_retention,
-                ..Default::default()
+                ..options()
             },
         )
     };
+    let supplied = [
+        ("reference", Expect::Pass),
+        ("retention", Expect::Pass),
+        ("fidelity", Expect::Pass),
+    ];
     let report = with(&original_path, 0.0);
-    assert_checks(
-        &report,
-        &[("reference", Expect::Pass), ("retention", Expect::Pass)],
-    );
+    assert_checks(&report, &supplied);
     let (r, kept) = (check(&report, "reference"), check(&report, "retention"));
     let agreement = f64_figure(r, "agreement");
     assert_eq!(f64_figure(kept, "retention"), agreement);
@@ -1368,12 +1493,22 @@ fn reference_supplies_the_original_predictions_when_the_bundle_stores_none() {
     // The checkpoint is not the file the bundle was made from (the bundle has no source digest
     // in provenance at all here): said, not failed.
     assert!(r.detail.contains("records no digest of it"), "{}", r.detail);
+    let fidelity = check(&report, "fidelity");
+    assert_eq!(fidelity.figures["original"], "reference");
+    assert_eq!(fidelity.figures["predictions"], "reference");
+    assert_eq!(fidelity.figures["inputs"], "synthetic");
+    assert!(
+        fidelity.detail.ends_with(
+            "on 256 synthetic inputs, original distributions recomputed from --reference"
+        ),
+        "{}",
+        fidelity.detail
+    );
+    let own_kl = fidelity.figures["fp16"]["kl"]["mean"].as_f64().unwrap();
+    assert!(own_kl > 0.0, "{}", fidelity.detail);
 
     // The gate: the original keeps its own bar; another model (seed 8) keeps fewer decisions.
-    assert_checks(
-        &with(&original_path, agreement),
-        &[("reference", Expect::Pass), ("retention", Expect::Pass)],
-    );
+    assert_checks(&with(&original_path, agreement), &supplied);
     let (other, _) = common::tiny_model(8);
     let other_path = tmp.path().join("other.safetensors");
     write_checkpoint(&other, &other_path);
@@ -1390,58 +1525,101 @@ fn reference_supplies_the_original_predictions_when_the_bundle_stores_none() {
                     "recomputed from --reference",
                 ]),
             ),
+            ("fidelity", Expect::Pass),
         ],
     );
     assert!(f64_figure(check(&report, "retention"), "retention") < agreement);
+    // ... and its distributions lie further from the FP16 model's than the original's do.
+    let other_kl = check(&report, "fidelity").figures["fp16"]["kl"]["mean"]
+        .as_f64()
+        .unwrap();
+    assert!(other_kl > own_kl, "{other_kl} vs {own_kl}");
 }
 
 #[test]
 fn reference_must_reproduce_the_stored_original_predictions() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = bundle_with_validation(&tmp);
     let (original, _) = lossless_tiny_model();
     let original_path = tmp.path().join("original.safetensors");
     write_checkpoint(&original, &original_path);
-    let with = |path: &Path| {
-        verify(
-            &dir,
-            &VerifyOptions {
-                reference: Some(path.to_path_buf()),
-                min_retention: 0.0,
-                ..Default::default()
-            },
-        )
-    };
-    let report = with(&original_path);
-    assert_checks(&report, &[("reference", Expect::Pass)]);
-    let r = check(&report, "reference");
-    assert!(
-        r.detail
-            .ends_with("its predictions equal the stored original_predictions"),
-        "{}",
-        r.detail
-    );
-    // Retention comes from the stored predictions and equals the recomputed agreement.
-    let kept = check(&report, "retention");
-    assert_eq!(kept.figures["original"], "original_predictions");
-    assert_eq!(f64_figure(kept, "retention"), f64_figure(r, "agreement"));
-
-    // Another checkpoint does not reproduce them: the reference check says so.
     let (other, _) = common::tiny_model(8);
     let other_path = tmp.path().join("other.safetensors");
     write_checkpoint(&other, &other_path);
-    let report = with(&other_path);
-    assert_checks(
-        &report,
-        &[(
-            "reference",
+    // With the original's distributions (format 5.0) and with its predictions only (2.0).
+    for original_top_k in [None, Some(0)] {
+        let distributions = original_top_k.is_none();
+        let dir = lossless_bundle(&tmp, &format!("v{original_top_k:?}"), original_top_k);
+        let with = |path: &Path| {
+            verify(
+                &dir,
+                &VerifyOptions {
+                    reference: Some(path.to_path_buf()),
+                    min_retention: 0.0,
+                    ..options()
+                },
+            )
+        };
+        let report = with(&original_path);
+        // Without stored distributions, fidelity takes the checkpoint's.
+        assert_checks(
+            &report,
+            &[("reference", Expect::Pass), ("fidelity", Expect::Pass)],
+        );
+        let r = check(&report, "reference");
+        let same = "its predictions equal the stored original_predictions";
+        if distributions {
+            assert!(
+                r.detail.contains(&format!(
+                    "{same} and its distributions the stored ones (KL at most "
+                )),
+                "{}",
+                r.detail
+            );
+            let kl = r.figures["stored_distributions"]["max_kl"]
+                .as_f64()
+                .unwrap();
+            assert!(kl <= 1e-4, "{}", r.detail);
+        } else {
+            assert!(r.detail.ends_with(same), "{}", r.detail);
+            assert_eq!(r.figures["stored_distributions"], Value::Null);
+        }
+        // Retention comes from the stored predictions and equals the recomputed agreement.
+        let kept = check(&report, "retention");
+        assert_eq!(kept.figures["original"], "original_predictions");
+        assert_eq!(f64_figure(kept, "retention"), f64_figure(r, "agreement"));
+        let from = if distributions {
+            "original_predictions"
+        } else {
+            "reference"
+        };
+        assert_eq!(check(&report, "fidelity").figures["original"], from);
+
+        // Another checkpoint does not reproduce them: the reference check says so, by the
+        // distributions first when the bundle stores them.
+        let report = with(&other_path);
+        let differ = if distributions {
+            fail(&[
+                "the checkpoint's distributions differ from the stored ones: KL(stored || recomputed) reaches",
+                "not the model this bundle was made from?",
+            ])
+        } else {
             fail(&[
                 "the checkpoint's predictions differ from the stored original_predictions on",
                 "of 32 inputs (first: input",
                 "not the model this bundle was made from?",
-            ]),
-        )],
-    );
+            ])
+        };
+        assert_checks(
+            &report,
+            &[("reference", differ), ("fidelity", Expect::Pass)],
+        );
+        let r = check(&report, "reference");
+        assert!(
+            r.figures["stored_predictions"]["differ"].as_u64().unwrap() > 0,
+            "{}",
+            r.figures
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1470,13 +1648,14 @@ fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
                     }
                 });
                 // The tiny model's weights are not QAT weights: quantization changes some of
-                // its decisions, so the retention gate (tested on its own above) is set to 0.
+                // its decisions, so the retention gate (tested on its own above) is set to 0,
+                // and moves its distributions beyond the KL gate, which is disabled.
                 let report = verify(
                     &dir,
                     &VerifyOptions {
                         reference: Some(original_path.clone()),
                         min_retention: 0.0,
-                        ..Default::default()
+                        ..options()
                     },
                 );
                 assert!(report.ok, "{name}:\n{}", summary(&report));
@@ -1493,6 +1672,23 @@ fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
                 assert_eq!(
                     check(&report, "agreement").figures["inputs"],
                     inputs,
+                    "{name}"
+                );
+                // Fidelity measures against the stored distributions (format 5.0) when there is
+                // a validation set, else against the checkpoint's.
+                let (original, version) = if with_validation {
+                    ("original_predictions", "5.0")
+                } else {
+                    ("reference", "1.0")
+                };
+                assert_eq!(
+                    check(&report, "fidelity").figures["original"],
+                    original,
+                    "{name}"
+                );
+                assert_eq!(
+                    check(&report, "manifest").detail,
+                    format!("format ternary-bundle {version}"),
                     "{name}"
                 );
                 assert!(
@@ -1615,6 +1811,34 @@ fn unknown_check_names_are_refused() {
     assert_eq!(Check::parse_list(&all).unwrap(), Check::ALL.to_vec());
 }
 
+#[test]
+fn the_checks_are_the_thirteen_in_their_documented_order() {
+    assert_eq!(
+        check_names(),
+        [
+            "manifest",
+            "files",
+            "checksums",
+            "structure",
+            "encoding",
+            "scales",
+            "dequantization",
+            "agreement",
+            "retention",
+            "fidelity",
+            "gradient_check",
+            "gradient_flow",
+            "reference",
+        ]
+    );
+    // Like retention, fidelity needs the structure, not the trits: it reads the FP16 model.
+    assert_eq!(Check::Fidelity.prerequisites(), [Check::Structure]);
+    assert_eq!(
+        Check::Fidelity.prerequisites(),
+        Check::Retention.prerequisites()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metrics and JUnit
 // ---------------------------------------------------------------------------------------------
@@ -1702,12 +1926,13 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     let xml = run(&good).to_junit();
     assert_eq!(xml.matches("<testcase ").count(), Check::ALL.len(), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), 0, "{xml}");
-    assert_eq!(xml.matches("<skipped ").count(), 2, "{xml}"); // retention, reference
+    // retention, fidelity, reference
+    assert_eq!(xml.matches("<skipped ").count(), 3, "{xml}");
     for name in check_names() {
         assert!(xml.contains(&format!("name=\"{name}\"")), "{name}: {xml}");
     }
     assert!(
-        xml.contains("tests=\"12\" failures=\"0\" skipped=\"2\""),
+        xml.contains("tests=\"13\" failures=\"0\" skipped=\"3\""),
         "{xml}"
     );
 
@@ -1720,7 +1945,7 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     assert_eq!(xml.matches("<testcase ").count(), Check::ALL.len(), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
     assert!(
-        xml.contains("tests=\"12\" failures=\"1\" skipped=\"2\""),
+        xml.contains("tests=\"13\" failures=\"1\" skipped=\"3\""),
         "{xml}"
     );
     let case = xml
