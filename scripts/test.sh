@@ -167,7 +167,9 @@ python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "
     --run "$work/from-python-trit2" "$work/x-tiny.safetensors" "$work/run-tiny-ternary.safetensors"
 
 # Format 4.0: ternary models as they already exist (spec sections 7.1, 18), each bundle read back
-# and checked by an independent numpy implementation of the spec (scripts/conversions_numpy.py).
+# and checked by an independent numpy implementation of the spec (scripts/conversions_numpy.py);
+# those with an original model and a validation set store its distributions (format 5.0), and
+# scripts/fidelity_numpy.py recomputes their fidelity figures.
 # A verify report passes when every check passes but those named (skipped for a stated reason).
 all_pass() {
     python3 -c 'import json, sys
@@ -188,13 +190,15 @@ for d in stage stage-group; do
     "$bundle" verify "$work/$d-bundle" --reference "$work/$d/original.safetensors" --json >"$work/$d-verify.json"
     all_pass "$work/$d-verify.json"
     $conv check-bundle "$work/$d-bundle" --expect "$work/$d" --kind stage >/dev/null
+    python3 scripts/fidelity_numpy.py check "$work/$d-bundle" "$work/$d-verify.json"
     echo "ok   $d: the stage's trits and scales bundled as given (numpy checked every value)"
 done
-# Without the original model, retention is unknown and says why.
+# Without the original model, retention is unknown and says why (and fidelity has no original
+# distributions to measure against).
 "$bundle" create --from "$work/stage/trits.safetensors" --quantization-metadata "$work/stage/quantization_metadata.json" \
     --validation "$work/stage/validation.safetensors" --out "$work/stage-no-original" >/dev/null
 "$bundle" verify "$work/stage-no-original" --json >"$work/stage-no-original.json"
-all_pass "$work/stage-no-original.json" retention reference
+all_pass "$work/stage-no-original.json" retention fidelity reference
 # The same for a language model directory, and its original model directory.
 $conv make-stage "$work/stage-lm" --decoder >/dev/null
 "$bundle" create --from "$work/stage-lm" --original "$work/stage-lm/original" --validation "$work/stage-lm/data.safetensors" \
@@ -202,13 +206,14 @@ $conv make-stage "$work/stage-lm" --decoder >/dev/null
 "$bundle" verify "$work/stage-lm-bundle" --reference "$work/stage-lm/original" --json >"$work/stage-lm-verify.json"
 all_pass "$work/stage-lm-verify.json"
 $conv check-bundle "$work/stage-lm-bundle" --expect "$work/stage-lm" --kind stage >/dev/null
+python3 scripts/fidelity_numpy.py check "$work/stage-lm-bundle" "$work/stage-lm-verify.json"
 # (b) Hugging Face packed BitNet, both scale conventions (autobitlinear multiplies, bitlinear
 # divides), BF16 scales as Microsoft publishes them.
 for lc in autobitlinear bitlinear; do
     $conv make-packed "$work/packed-$lc" --linear-class $lc >/dev/null
     "$bundle" create --from "$work/packed-$lc" --out "$work/packed-$lc-bundle" >/dev/null
     "$bundle" verify "$work/packed-$lc-bundle" --json >"$work/packed-$lc-verify.json"
-    all_pass "$work/packed-$lc-verify.json" retention reference
+    all_pass "$work/packed-$lc-verify.json" retention fidelity reference
     $conv check-bundle "$work/packed-$lc-bundle" --expect "$work/packed-$lc" --kind packed >/dev/null
     echo "ok   packed $lc: trits unpacked and scales converted as spec section 18.2 says (numpy)"
 done
@@ -227,6 +232,7 @@ $conv make-online "$work/online" --layer-scale 15 >/dev/null
 "$bundle" verify "$work/online-bundle" --reference "$work/online" --json >"$work/online-verify.json"
 all_pass "$work/online-verify.json"
 $conv check-bundle "$work/online-bundle" --expect "$work/online" --kind online --act-quant-decides >/dev/null
+python3 scripts/fidelity_numpy.py check "$work/online-bundle" "$work/online-verify.json"
 echo "ok   online master: trits equal transformers' WeightQuant tensor by tensor; bitnet-online original predictions (numpy), on a model whose 8-bit activations decide some positions"
 # (d) The tokenizer travels: a model directory with the fixture tokenizer, validation sequences
 # from text; Python tokenizers gives the same ids.

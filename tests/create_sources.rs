@@ -1992,3 +1992,224 @@ fn the_tokenizer_travels_with_the_model() {
     let detail = c["detail"].as_str().unwrap();
     assert_names(detail, &["7.4", "tokenizer_config.json"]);
 }
+
+// ---- 8. the original model's distributions (--original-top-k, spec 9.1, rule 6.1) ----
+
+/// A dense chain 16 -> 32 -> `classes` (ReLU, a bias on the first layer) of pseudo-random
+/// float weights, written to `dir/chain.safetensors` with a validation file of `n` rows
+/// (`dir/val.safetensors`); returns the request to bundle it and the inputs.
+fn dense_chain(dir: &Path, classes: usize, n: usize) -> (CreateRequest, Vec<f32>) {
+    let layers = [
+        Linear {
+            name: "fc1",
+            rows: 32,
+            cols: 16,
+            weight: values(1010, 32 * 16).iter().map(|v| v / 2.0).collect(),
+            bias: Some(values(1011, 32).iter().map(|v| v / 8.0).collect()),
+        },
+        Linear {
+            name: "fc2",
+            rows: classes,
+            cols: 32,
+            weight: values(1012, classes * 32),
+            bias: None,
+        },
+    ];
+    std::fs::create_dir_all(dir).unwrap();
+    let ckpt = dir.join("chain.safetensors");
+    write_st(
+        &ckpt,
+        &layers.iter().flat_map(Linear::raws).collect::<Vec<_>>(),
+    );
+    let validation = dir.join("val.safetensors");
+    let inputs = write_chain_validation(&validation, n, 16, classes, 1013);
+    let req = CreateRequest {
+        validation: Some(validation),
+        ..request(&ckpt)
+    };
+    (req, inputs)
+}
+
+/// The tensor names of a bundle's validation file.
+fn validation_names(b: &Bundle) -> BTreeSet<String> {
+    b.file(ternary_bundle::FileRole::Validation)
+        .expect("a validation file")
+        .header()
+        .entries
+        .iter()
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// The stored form of a bundle's distributions: `None`, `Some(None)` for the full form,
+/// `Some(Some(k))` for the top k.
+fn stored_form(b: &Bundle) -> Option<Option<usize>> {
+    use ternary_bundle::read::DistributionView;
+    b.validation()
+        .expect("a validation set")
+        .distributions
+        .map(|d| match d {
+            DistributionView::Full { .. } => None,
+            DistributionView::TopK { k, .. } => Some(k),
+        })
+}
+
+/// A chain of layers: by default the full log-softmax ([200, 10]); `--original-top-k 0` no
+/// distributions and format 2.0 (the lowest version of its other rules: original predictions);
+/// `--original-top-k 4` the top 4, whose log-probabilities are the full form's at its ids,
+/// the 4 largest of each row, ties to the lower id; K = 10 (every class) is allowed, 11 is
+/// refused naming the flag and the classes.
+#[test]
+fn original_top_k_chooses_the_stored_distributions_of_a_chain() {
+    use ternary_bundle::read::DistributionView;
+    let tmp = tempfile::tempdir().unwrap();
+    let (req, inputs) = dense_chain(&tmp.path().join("src"), 10, 200);
+    let with_k = |k: Option<u64>| CreateRequest {
+        original_top_k: k,
+        ..req.clone()
+    };
+    let default = tmp.path().join("default");
+    create(&req, &default).unwrap();
+    let b = Bundle::open(&default).unwrap();
+    check_all(&b).unwrap();
+    assert_eq!(b.manifest().format_version, "5.0");
+    assert_eq!(stored_form(&b), Some(None));
+    let full = match b.validation().unwrap().distributions.unwrap() {
+        DistributionView::Full { log_probs } => f32s(log_probs),
+        _ => unreachable!(),
+    };
+    assert_eq!(full.len(), 200 * 10);
+    let layers_predictions = stored_predictions(&b).unwrap();
+    assert_eq!(layers_predictions.len(), 200);
+    // The log-softmax of the dense model's logits, recomputed here in f64.
+    for (r, row) in full.chunks(10).enumerate() {
+        let total: f64 = row.iter().map(|&x| f64::from(x).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "row {r}: {total}");
+        let best = (0..10).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+        assert_eq!(best as i64, layers_predictions[r], "row {r}");
+    }
+    let _ = inputs;
+
+    let none = tmp.path().join("none");
+    create(&with_k(Some(0)), &none).unwrap();
+    let b = Bundle::open(&none).unwrap();
+    check_all(&b).unwrap();
+    assert_eq!(b.manifest().format_version, "2.0");
+    assert_eq!(stored_form(&b), None);
+    assert_eq!(
+        validation_names(&b),
+        ["inputs", "labels", "original_predictions"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(stored_predictions(&b).unwrap(), layers_predictions);
+
+    let top = tmp.path().join("top4");
+    create(&with_k(Some(4)), &top).unwrap();
+    let b = Bundle::open(&top).unwrap();
+    check_all(&b).unwrap();
+    assert_eq!(b.manifest().format_version, "5.0");
+    assert_eq!(stored_form(&b), Some(Some(4)));
+    let DistributionView::TopK {
+        ids,
+        log_probs,
+        log_sum_exp,
+        label_log_probs,
+        ..
+    } = b.validation().unwrap().distributions.unwrap()
+    else {
+        unreachable!()
+    };
+    let (ids, lp, lse, label_lp) = (
+        i64s(ids),
+        f32s(log_probs),
+        f32s(log_sum_exp),
+        f32s(label_log_probs),
+    );
+    assert_eq!((ids.len(), lp.len(), lse.len()), (800, 800, 200));
+    for (r, row) in full.chunks(10).enumerate() {
+        let mut order: Vec<usize> = (0..10).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let want: Vec<i64> = order[..4].iter().map(|&c| c as i64).collect();
+        assert_eq!(&ids[r * 4..r * 4 + 4], want.as_slice(), "row {r}");
+        for k in 0..4 {
+            assert_eq!(lp[r * 4 + k], row[order[k]], "row {r}");
+        }
+        assert_eq!(label_lp[r], row[r % 10], "row {r}: label {}", r % 10);
+        assert!(lse[r].is_finite());
+    }
+    assert_eq!(stored_predictions(&b).unwrap(), layers_predictions);
+
+    // K may be every class, not more.
+    create(&with_k(Some(10)), &tmp.path().join("top10")).unwrap();
+    let err = create_error(&with_k(Some(11)), &tmp.path().join("top11"));
+    assert_names(&err, &["--original-top-k 11", "10 classes", "at most 10"]);
+    assert!(!tmp.path().join("top11").exists());
+}
+
+/// A decoder model directory: `--original-top-k 0` keeps format 3.0 (a decoder with original
+/// predictions of the dense source), the default stores the full form [n, t - 1, vocab];
+/// a K above the vocabulary is refused naming the flag and the tokens.
+#[test]
+fn original_top_k_chooses_the_stored_distributions_of_a_decoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = small_spec(Family::Llama, false);
+    let dir = tmp.path().join("model");
+    write_model_dir(
+        &dir,
+        &hf_config(&spec, None),
+        &decoder_weights(&spec, 1020)
+            .iter()
+            .map(|(n, (shape, v))| f32_raw(n, shape, v))
+            .collect::<Vec<_>>(),
+    );
+    let validation = tmp.path().join("tokens.safetensors");
+    write_token_validation(&validation, 3, 9, spec.vocab_size as usize, 1021);
+    let req = |k| CreateRequest {
+        validation: Some(validation.clone()),
+        original_top_k: k,
+        ..request(&dir)
+    };
+    let none = tmp.path().join("none");
+    create(&req(Some(0)), &none).unwrap();
+    let b = Bundle::open(&none).unwrap();
+    check_all(&b).unwrap();
+    assert_eq!(b.manifest().format_version, "3.0");
+    assert_eq!(stored_form(&b), None);
+    assert!(stored_predictions(&b).is_some());
+
+    let full = tmp.path().join("full");
+    create(&req(None), &full).unwrap();
+    let b = Bundle::open(&full).unwrap();
+    check_all(&b).unwrap();
+    assert_eq!(b.manifest().format_version, "5.0");
+    assert_eq!(stored_form(&b), Some(None));
+    let header = b
+        .file(ternary_bundle::FileRole::Validation)
+        .unwrap()
+        .header();
+    let e = header.get("original_log_probs").unwrap();
+    assert_eq!(e.shape, vec![3, 8, 56]);
+
+    let top = tmp.path().join("top");
+    create(&req(Some(56)), &top).unwrap();
+    assert_eq!(stored_form(&Bundle::open(&top).unwrap()), Some(Some(56)));
+    let err = create_error(&req(Some(57)), &tmp.path().join("top57"));
+    assert_names(&err, &["--original-top-k 57", "56 tokens", "at most 56"]);
+}
+
+/// The writer's default (spec section 9.1): the full form while samples × classes <= 2^21
+/// values, above that the top min(64, classes). 16384 samples of 128 classes are exactly
+/// 2^21; one more sample tips it.
+#[test]
+fn the_default_form_is_full_up_to_2_pow_21_values_then_the_top_64() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (n, form) in [(16384, None), (16385, Some(64))] {
+        let (req, _) = dense_chain(&tmp.path().join(format!("src{n}")), 128, n);
+        let out = tmp.path().join(format!("b{n}"));
+        create(&req, &out).unwrap();
+        let b = Bundle::open(&out).unwrap();
+        assert_eq!(stored_form(&b), Some(form), "{n} samples");
+        assert_eq!(b.manifest().format_version, "5.0");
+    }
+}

@@ -17,12 +17,16 @@ use ternary_bundle::source::MemorySource;
 use ternary_bundle::{write_bundle, BundlePlan, Error, QuantParams, WriteOptions};
 
 /// Every section and chart a full report has.
-const IDS: [&str; 12] = [
+const IDS: [&str; 16] = [
     "verdict",
     "summary",
     "checks",
     "verify-checks",
     "metrics",
+    "fidelity",
+    "fidelity-summary",
+    "chart-kl",
+    "fidelity-levels",
     "tensors",
     "chart-trits",
     "chart-scales",
@@ -40,13 +44,26 @@ const HOSTILE: [&str; 3] = [
     "a&amp;b 'q' </text></svg><svg onload=alert(3)>",
 ];
 
-/// The report with verify's retention threshold at 0: the tiny models are random, so the FP16
-/// model keeps only some of the original's decisions (the demo, in the browser test, passes at
-/// the default threshold).
+/// The report with verify's retention threshold at 0 and its KL gate disabled: the tiny models
+/// are random, so the FP16 model keeps only some of the original's decisions and its
+/// distributions lie far from the original's (the demo, in the browser test, passes at the
+/// default thresholds).
 fn options() -> ReportOptions {
     let mut o = ReportOptions::default();
     o.verify.min_retention = 0.0;
+    o.verify.max_kl = 0.0;
     o
+}
+
+/// The part of `html` from the element `id` to the next `end` (exclusive).
+fn element<'h>(html: &'h str, id: &str, end: &str) -> &'h str {
+    let from = html
+        .split(&format!("id=\"{id}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no element #{id}"));
+    &from[..from
+        .find(end)
+        .unwrap_or_else(|| panic!("#{id} has no {end}"))]
 }
 
 fn page(dir: &Path) -> (String, bool) {
@@ -165,6 +182,46 @@ fn a_report_has_every_section_and_chart() {
             .count(),
         4
     );
+    // Fidelity: a row per path and one for the original model; a KL histogram of 9 bins per
+    // path; a row per difficulty level (validation_set has levels 0 to 3), plus the headings.
+    assert_eq!(
+        element(&html, "fidelity-summary", "</table>")
+            .matches("<tr>")
+            .count(),
+        1 + 3
+    );
+    assert_eq!(
+        element(&html, "chart-kl", "</svg>")
+            .matches("class=\"bar\"")
+            .count(),
+        2 * 9
+    );
+    assert_eq!(
+        element(&html, "fidelity-levels", "</table>")
+            .matches("<tr>")
+            .count(),
+        1 + 4
+    );
+    assert!(!html.contains("id=\"no-fidelity\""));
+
+    // At verify's default KL gate the same bundle fails fidelity, and only fidelity: the page
+    // says so, and still shows the figures.
+    let mut gated = options();
+    gated.verify.max_kl = ReportOptions::default().verify.max_kl;
+    assert!(gated.verify.max_kl > 0.0);
+    let (html, ok) = report(&dir, &gated);
+    assert!(!ok);
+    assert!(html.contains("the bundle FAILED a check"));
+    let checks = element(&html, "verify-checks", "</table>");
+    assert_eq!(checks.matches("FAIL").count(), 1, "{checks}");
+    let failed = checks
+        .split("<tr>")
+        .find(|row| row.contains("FAIL"))
+        .unwrap();
+    assert!(failed.contains("fidelity"), "{failed}");
+    for id in ["fidelity-summary", "chart-kl", "fidelity-levels"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "no element #{id}");
+    }
 }
 
 #[test]
@@ -201,6 +258,8 @@ fn a_damaged_bundle_still_gets_a_page_that_says_so() {
     assert!(html.contains("The bundle does not open"));
     assert!(html.contains("id=\"no-assessment\""));
     assert!(!html.contains("id=\"chart-trits\""));
+    assert!(html.contains("id=\"no-fidelity\""));
+    assert!(!html.contains("id=\"chart-kl\""));
     assert_inert(&html);
 }
 
@@ -215,6 +274,17 @@ fn a_bundle_without_difficulty_says_why_there_is_no_assessment() {
         .expect("no #no-assessment");
     assert!(why.contains("difficulty"), "{}", &why[..200.min(why.len())]);
     assert!(!html.contains("id=\"chart-assessment\""));
+    // Nor a validation set: no original distributions, no fidelity figures, and the page says
+    // why.
+    assert!(html.contains("id=\"fidelity\""));
+    let why = element(&html, "no-fidelity", "</p>");
+    assert!(
+        why.contains("no original predictions: the bundle has no validation set"),
+        "{why}"
+    );
+    for id in ["fidelity-summary", "chart-kl", "fidelity-levels"] {
+        assert!(!html.contains(&format!("id=\"{id}\"")), "#{id}");
+    }
 }
 
 #[test]

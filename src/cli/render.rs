@@ -157,12 +157,14 @@ pub fn inspection(i: &Inspection, tensors: bool) {
             .iter()
             .map(|e| match e.as_str() {
                 "difficulty" => "difficulty tags",
+                "original_log_probs" => "its distributions (full)",
+                "original_top_ids" => "its distributions (top K)",
                 _ => "the original model's predictions",
             })
             .collect();
         match with.is_empty() {
             true => outln!("validation set: {n} samples"),
-            false => outln!("validation set: {n} samples, with {}", with.join(" and ")),
+            false => outln!("validation set: {n} samples, with {}", with.join(", ")),
         }
     }
     if let Some(o) = &i.provenance.original {

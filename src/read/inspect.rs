@@ -4,9 +4,12 @@
 
 use serde::Serialize;
 
-use crate::format::layout::{VALIDATION_DIFFICULTY, VALIDATION_ORIGINAL_PREDICTIONS};
+use crate::format::layout::{
+    VALIDATION_DIFFICULTY, VALIDATION_ORIGINAL_LOG_PROBS, VALIDATION_ORIGINAL_PREDICTIONS,
+    VALIDATION_ORIGINAL_TOP_IDS,
+};
 use crate::format::manifest::{QuantizationSpec, MANIFEST_FILE};
-use crate::read::{Bundle, Stored};
+use crate::read::{Bundle, DistributionView, Stored};
 
 /// Everything `bundle inspect` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -31,7 +34,9 @@ pub struct Inspection {
     pub totals: Totals,
     /// Samples in the validation set, if there is one.
     pub validation_samples: Option<u64>,
-    /// The validation set's optional tensors present (`difficulty`, `original_predictions`);
+    /// The validation set's optional tensors present (`difficulty`, `original_predictions`, and
+    /// the first tensor of the original distributions' form: `original_log_probs` or
+    /// `original_top_ids`);
     /// empty without a validation set.
     pub validation_extras: Vec<String>,
     /// Undeclared directory entries (rule 1.5).
@@ -240,6 +245,14 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
                 (
                     VALIDATION_ORIGINAL_PREDICTIONS,
                     v.original_predictions.is_some(),
+                ),
+                (
+                    VALIDATION_ORIGINAL_LOG_PROBS,
+                    matches!(v.distributions, Some(DistributionView::Full { .. })),
+                ),
+                (
+                    VALIDATION_ORIGINAL_TOP_IDS,
+                    matches!(v.distributions, Some(DistributionView::TopK { .. })),
                 ),
             ]
             .iter()
