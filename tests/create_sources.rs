@@ -465,9 +465,9 @@ impl Linear {
     }
 }
 
-/// The predictions of the chain `layers` as `bundle create` infers it (ReLU between layers,
-/// identity after the last), computed densely in f64 here: the argmax, lowest index on ties.
-fn chain_predictions(layers: &[Linear], inputs: &[f32]) -> Vec<i64> {
+/// The logits of the chain `layers` as `bundle create` infers it (ReLU between layers,
+/// identity after the last), computed densely in f64 here, one row per input.
+fn chain_logits(layers: &[Linear], inputs: &[f32]) -> Vec<Vec<f64>> {
     let d = layers[0].cols;
     inputs
         .chunks(d)
@@ -490,6 +490,16 @@ fn chain_predictions(layers: &[Linear], inputs: &[f32]) -> Vec<i64> {
                     })
                     .collect();
             }
+            h
+        })
+        .collect()
+}
+
+/// The predictions of the chain `layers` ([`chain_logits`]): the argmax, lowest index on ties.
+fn chain_predictions(layers: &[Linear], inputs: &[f32]) -> Vec<i64> {
+    chain_logits(layers, inputs)
+        .iter()
+        .map(|h| {
             let mut best = 0;
             for (i, v) in h.iter().enumerate() {
                 if *v > h[best] {
@@ -1997,9 +2007,9 @@ fn the_tokenizer_travels_with_the_model() {
 
 /// A dense chain 16 -> 32 -> `classes` (ReLU, a bias on the first layer) of pseudo-random
 /// float weights, written to `dir/chain.safetensors` with a validation file of `n` rows
-/// (`dir/val.safetensors`); returns the request to bundle it and the inputs.
-fn dense_chain(dir: &Path, classes: usize, n: usize) -> (CreateRequest, Vec<f32>) {
-    let layers = [
+/// (`dir/val.safetensors`); returns the request to bundle it, the layers and the inputs.
+fn dense_chain(dir: &Path, classes: usize, n: usize) -> (CreateRequest, Vec<Linear>, Vec<f32>) {
+    let layers = vec![
         Linear {
             name: "fc1",
             rows: 32,
@@ -2027,7 +2037,7 @@ fn dense_chain(dir: &Path, classes: usize, n: usize) -> (CreateRequest, Vec<f32>
         validation: Some(validation),
         ..request(&ckpt)
     };
-    (req, inputs)
+    (req, layers, inputs)
 }
 
 /// The tensor names of a bundle's validation file.
@@ -2063,7 +2073,7 @@ fn stored_form(b: &Bundle) -> Option<Option<usize>> {
 fn original_top_k_chooses_the_stored_distributions_of_a_chain() {
     use ternary_bundle::read::DistributionView;
     let tmp = tempfile::tempdir().unwrap();
-    let (req, inputs) = dense_chain(&tmp.path().join("src"), 10, 200);
+    let (req, layers, inputs) = dense_chain(&tmp.path().join("src"), 10, 200);
     let with_k = |k: Option<u64>| CreateRequest {
         original_top_k: k,
         ..req.clone()
@@ -2080,15 +2090,27 @@ fn original_top_k_chooses_the_stored_distributions_of_a_chain() {
     };
     assert_eq!(full.len(), 200 * 10);
     let layers_predictions = stored_predictions(&b).unwrap();
-    assert_eq!(layers_predictions.len(), 200);
-    // The log-softmax of the dense model's logits, recomputed here in f64.
-    for (r, row) in full.chunks(10).enumerate() {
-        let total: f64 = row.iter().map(|&x| f64::from(x).exp()).sum();
-        assert!((total - 1.0).abs() < 1e-5, "row {r}: {total}");
+    assert_eq!(layers_predictions, chain_predictions(&layers, &inputs));
+    // The log-softmax of the dense model's logits, recomputed here in f64 (the writer runs
+    // it in f32: its logits differ in the last bits).
+    for (r, (row, logits)) in full
+        .chunks(10)
+        .zip(chain_logits(&layers, &inputs))
+        .enumerate()
+    {
+        let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + logits.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        for c in 0..10 {
+            let want = logits[c] - lse;
+            assert!(
+                (f64::from(row[c]) - want).abs() < 1e-5,
+                "row {r} class {c}: {} vs {want}",
+                row[c]
+            );
+        }
         let best = (0..10).fold(0, |b, c| if row[c] > row[b] { c } else { b });
         assert_eq!(best as i64, layers_predictions[r], "row {r}");
     }
-    let _ = inputs;
 
     let none = tmp.path().join("none");
     create(&with_k(Some(0)), &none).unwrap();
@@ -2205,7 +2227,7 @@ fn original_top_k_chooses_the_stored_distributions_of_a_decoder() {
 fn the_default_form_is_full_up_to_2_pow_21_values_then_the_top_64() {
     let tmp = tempfile::tempdir().unwrap();
     for (n, form) in [(16384, None), (16385, Some(64))] {
-        let (req, _) = dense_chain(&tmp.path().join(format!("src{n}")), 128, n);
+        let (req, ..) = dense_chain(&tmp.path().join(format!("src{n}")), 128, n);
         let out = tmp.path().join(format!("b{n}"));
         create(&req, &out).unwrap();
         let b = Bundle::open(&out).unwrap();

@@ -426,6 +426,11 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
         };
         assert_eq!(c.status, expected, "{}: {}", c.name, c.detail);
     }
+    // The writer stored the original's distributions (format 5.0) and fidelity measured the
+    // FP16 model against them at every sample, within the same bound.
+    let fidelity = report.checks.iter().find(|c| c.name == "fidelity").unwrap();
+    assert_eq!(fidelity.figures["samples"], samples, "{}", fidelity.detail);
+    assert_eq!(fidelity.figures["original"], "original_predictions");
     eprintln!("wide model: verify peak heap {peak} bytes, bundle {size} bytes, budget {budget}");
     assert!(
         peak < size + 6 * budget,

@@ -6,7 +6,7 @@ use std::path::Path;
 use ternary_bundle::assess::AssessReport;
 use ternary_bundle::error::{escape_name, printable};
 use ternary_bundle::read::inspect::Inspection;
-use ternary_bundle::verify::{Status, VerifyReport, RETENTION_METRIC};
+use ternary_bundle::verify::{Check, Status, VerifyReport, RETENTION_METRIC};
 use ternary_bundle::write::requantize::TritChanges;
 use ternary_bundle::WriteReport;
 
@@ -263,6 +263,25 @@ pub fn verify_report(report: &VerifyReport) {
                 .get(RETENTION_METRIC)
                 .map_or("not computed", String::as_str)
         ),
+    }
+    // The fidelity check's headline: the FP16 model's distribution against the original's.
+    if let Some(f) = report
+        .check(Check::Fidelity)
+        .map(|c| &c.figures)
+        .filter(|f| f["fp16"]["kl"]["mean"].is_number())
+    {
+        let perplexity = |v: &serde_json::Value| v.as_f64().map(|p| format!("{p:.4}"));
+        let ppl = match (
+            perplexity(&f["original_model"]["perplexity"]),
+            perplexity(&f["fp16"]["perplexity"]),
+        ) {
+            (Some(o), Some(p)) => format!("; perplexity original {o}, FP16 {p}"),
+            _ => String::new(),
+        };
+        outln!(
+            "fidelity (mean KL of the FP16 model's distribution from the original's): {:.3e} nats{ppl}",
+            f["fp16"]["kl"]["mean"].as_f64().unwrap_or(f64::NAN)
+        );
     }
     if let (Some(q), Some(d)) = (m.quantized_model_size_mb, m.dequantized_model_size_mb) {
         outln!(
