@@ -175,7 +175,7 @@ impl<'a> OriginalModel<'a> {
         form: Option<Form>,
     ) -> Result<OriginalOutputs> {
         let (n, t) = ids.dim();
-        let mut out = OriginalOutputs::new(form, spec.vocab_size as usize, n * t.saturating_sub(1));
+        let mut out = OriginalOutputs::new(form, spec.vocab_size, n * t.saturating_sub(1));
         self.with_decoder(spec, |w| {
             let chunk = crate::model::chunks::decoder_sequences(spec, t);
             for start in (0..n).step_by(chunk) {

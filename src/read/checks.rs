@@ -453,7 +453,7 @@ pub fn check_distributions(
             let lp = log_probs(VALIDATION_ORIGINAL_LOG_PROBS, bytes)?;
             for (row, (values, &p)) in lp.chunks(classes.max(1)).zip(predictions).enumerate() {
                 let lse = log_sum_exp(values).unwrap_or(f64::NAN);
-                if !(lse.abs() <= NORMALIZATION_TOLERANCE) {
+                if lse.is_nan() || lse.abs() > NORMALIZATION_TOLERANCE {
                     return Err(bad(
                         VALIDATION_ORIGINAL_LOG_PROBS,
                         format!("each row's log-sum-exp within {NORMALIZATION_TOLERANCE} of 0 (probabilities adding up to 1)"),

@@ -127,7 +127,7 @@ pub(crate) fn fidelity(
     let (original, from) = runs.original()?;
     let Some((dist, dist_from)) = runs.original_distributions() else {
         return Err((
-            crate::verify::runs::no_original_distributions(runs.bundle).into(),
+            crate::verify::runs::no_original_distributions(runs.bundle),
             json!({}),
         ));
     };

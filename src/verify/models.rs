@@ -159,7 +159,7 @@ fn reference(runs: &ModelRuns<'_>) -> Outcome {
         "stored_predictions": compare.as_ref().map(|c| json!({ "differ": c.differ, "near_ties": c.near_ties })),
         "stored_distributions": stored_kl.map(|(max, mean)| json!({ "max_kl": max, "mean_kl": mean })),
     });
-    if let Some((max, _)) = stored_kl.filter(|(max, _)| !(*max <= REFERENCE_KL)) {
+    if let Some((max, _)) = stored_kl.filter(|(max, _)| max.is_nan() || *max > REFERENCE_KL) {
         return Err((
             format!(
                 "the checkpoint's distributions differ from the stored ones: KL(stored || recomputed) reaches {max:.3e} nats (at most {REFERENCE_KL:e} from summation order): not the model this bundle was made from?"

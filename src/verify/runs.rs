@@ -542,7 +542,7 @@ fn decoder_reference(
     let stored = samples.original_predictions();
     let mut r = Recomputed::new(
         samples,
-        spec.vocab_size as usize,
+        spec.vocab_size,
         source.sha256().unwrap_or_default(),
     );
     for seqs in sequence_chunks(samples, spec) {

@@ -103,7 +103,7 @@ impl DemoLm {
         let text = self
             .validation_ids()
             .expect("the embedded tokenizer reads its text");
-        let vocab = self.spec.vocab_size as usize;
+        let vocab = self.spec.vocab_size;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(1);
         let n = SEQUENCES_PER_LEVEL * LEVELS as usize;
