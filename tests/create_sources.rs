@@ -2218,6 +2218,27 @@ fn original_top_k_chooses_the_stored_distributions_of_a_decoder() {
     assert_eq!(stored_form(&Bundle::open(&top).unwrap()), Some(Some(56)));
     let err = create_error(&req(Some(57)), &tmp.path().join("top57"));
     assert_names(&err, &["--original-top-k 57", "56 tokens", "at most 56"]);
+
+    // Through the binary: the flag reaches the writer, and its refusal exits 1.
+    let cli = tmp.path().join("cli");
+    let args = |k: &'static str, out: &Path| {
+        [
+            "--from".to_string(),
+            s(&dir).into(),
+            "--validation".into(),
+            s(&validation).into(),
+            "--original-top-k".into(),
+            k.into(),
+            "--out".into(),
+            s(out).into(),
+        ]
+    };
+    let a = args("3", &cli);
+    cli_create(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(stored_form(&Bundle::open(&cli).unwrap()), Some(Some(3)));
+    let a = args("57", &tmp.path().join("cli57"));
+    let stderr = cli_create_fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_names(&stderr, &["--original-top-k 57", "56 tokens"]);
 }
 
 /// The writer's default (spec section 9.1): the full form while samples × classes <= 2^21
