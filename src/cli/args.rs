@@ -766,6 +766,15 @@ pub struct ReportArgs {
     #[arg(long, value_name = "ORIGINAL.safetensors")]
     pub reference: Option<PathBuf>,
 
+    /// Least retention of verify's retention gate (see `bundle verify --help`).
+    #[arg(long, value_name = "FRACTION", default_value_t = ternary_bundle::verify::DEFAULT_MIN_RETENTION)]
+    pub min_retention: f64,
+
+    /// Largest mean KL(original || FP16) of verify's fidelity gate, in nats; 0 disables it
+    /// (see `bundle verify --help`).
+    #[arg(long, value_name = "NATS", default_value_t = ternary_bundle::verify::DEFAULT_MAX_KL)]
+    pub max_kl: f64,
+
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,

@@ -375,11 +375,14 @@ pub fn report_cmd(a: args::ReportArgs, open: OpenOptions) -> Result<bool> {
     let options = ReportOptions {
         verify: VerifyOptions {
             reference: a.reference,
+            min_retention: a.min_retention,
+            max_kl: a.max_kl,
             open,
             ..VerifyOptions::default()
         },
         ..ReportOptions::default()
     };
+    options.verify.check()?;
     let (bytes, ok) = write_report(&a.dir, &a.out, &options, a.force)?;
     outln!(
         "Wrote {} ({}): {}",

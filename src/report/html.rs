@@ -139,7 +139,7 @@ fn fidelity(d: &ReportData) -> Markup {
         @match figures {
             None => p class="note" id="no-fidelity" { "No fidelity figures: " (check.map_or("there is no fidelity check", |c| c.detail.as_str())) },
             Some(f) => {
-                p class="note" { "KL(original || path) in nats per scored sample (spec section 16.3), against the original distributions " (f["original"].as_str().unwrap_or("")) " (" (f["form"].as_str().unwrap_or("")) " form" @if let Some(k) = f["top_k"].as_u64() { ", top " (k) ": a lower bound" } "); gate: FP16 mean at most " (num(&f["max_kl"], |x| if x > 0.0 { format!("{x}") } else { "(disabled)".into() })) "." }
+                p class="note" { "KL(original || path) in nats per scored sample (spec section 16.3), against the original model's distributions (" (if f["original"] == "reference" { "recomputed from --reference" } else { "stored in the bundle" }) ", " (f["form"].as_str().unwrap_or("")) " form" @if let Some(k) = f["top_k"].as_u64() { ", top " (k) ": a lower bound" } "); gate: FP16 mean at most " (num(&f["max_kl"], |x| if x > 0.0 { format!("{x}") } else { "(disabled)".into() })) "." }
                 table id="fidelity-summary" {
                     tr { th { "path" } th { "mean KL" } th { "median" } th { "p99" } th { "max" } th { "error bound (mean)" } th { "cross-entropy" } th { "perplexity" } th { "same top-1" } }
                     @for path in ["fp16", "ternary"] {

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::model::distribution::{nll, Distributions, Summary};
 use crate::verify::options::VerifyOptions;
-use crate::verify::runs::{same_share, ModelRuns};
+use crate::verify::runs::{same_share, ModelRuns, OriginalSource};
 use crate::verify::samples::Samples;
 
 /// Upper edges of the KL histogram's bins, in nats: [0, 1e-6), [1e-6, 1e-5), ... [1, 10), and
@@ -141,7 +141,8 @@ pub(crate) fn fidelity(
     let original_ce = mean(&original_nll);
     let fp16_kl = Summary::of(&f.fp16.kl);
     let figures = json!({
-        "samples": n, "inputs": source, "original": dist_from.name(),
+        "samples": n, "inputs": source,
+        "original": match dist_from { OriginalSource::Stored => "stored", OriginalSource::Reference => "reference" },
         "predictions": from.name(),
         "form": dist.form().name(), "top_k": dist.form().k(),
         "max_kl": options.max_kl, "histogram_edges": HISTOGRAM_EDGES,
