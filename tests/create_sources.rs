@@ -2186,7 +2186,7 @@ fn original_top_k_chooses_the_stored_distributions_of_a_decoder() {
             .collect::<Vec<_>>(),
     );
     let validation = tmp.path().join("tokens.safetensors");
-    write_token_validation(&validation, 3, 9, spec.vocab_size as usize, 1021);
+    write_token_validation(&validation, 3, 9, spec.vocab_size, 1021);
     let req = |k| CreateRequest {
         validation: Some(validation.clone()),
         original_top_k: k,

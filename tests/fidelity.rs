@@ -10,8 +10,11 @@
 //! top-K form brackets the full form's KL.
 //!
 //! The trained fixture's bundle is built once per test binary, from the first
-//! [`LM_VALIDATION_BYTES`] characters of `fixtures/lm/validation.txt` (so that each verify takes
-//! about a second), and copied for each mutation.
+//! [`LM_VALIDATION_BYTES`] characters of `fixtures/lm/validation.txt` (48 windows of 64, so that
+//! each verify takes about a second; on all 312 windows the mutations measure mean KLs of rope
+//! 0.088, eps 2.93, norm 0.86, o_proj 0.105, down_proj 0.128, layer removed 0.66, heads
+//! swapped 1.66 nats, and on these 48 within 6 % of that), and copied for each mutation. Run
+//! with `--nocapture` to see each figure.
 
 mod common;
 
@@ -40,18 +43,31 @@ fn lm_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/lm")
 }
 
-/// Characters of `validation.txt` the shared bundle is built from: 64 windows of 64.
-const LM_VALIDATION_BYTES: usize = 64 * 64;
+/// Characters of `validation.txt` the shared bundle is built from: 48 windows of 64.
+const LM_VALIDATION_BYTES: usize = 48 * 64;
 /// Tokens per validation sequence.
 const SEQ_LEN: usize = 64;
 
-/// A scratch directory that lives as long as the test binary.
+/// A scratch directory that lives as long as the test binary, in cargo's temporary directory
+/// for integration tests. A static is never dropped, so the directory outlives the run: those
+/// of earlier runs (untouched for an hour) are removed when the next run starts.
 fn scratch() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let hour = std::time::Duration::from_secs(3600);
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with("fidelity-")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > hour));
+            if stale {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         tempfile::Builder::new()
             .prefix("fidelity-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .tempdir_in(root)
             .unwrap()
     })
     .path()
@@ -93,6 +109,26 @@ fn lm_bundle() -> &'static Path {
             "created the trained fixture's bundle in {:.1} s",
             t.elapsed().as_secs_f64()
         );
+        dest
+    })
+}
+
+/// Bundles of the trained fixture on its first 24 validation windows, one per
+/// `--original-top-k` (`None`: the writer's choice, the full form; `Some(8)`; `Some(0)`: no
+/// distributions), each built once.
+fn lm24(top_k: Option<u64>) -> &'static Path {
+    static DIRS: [OnceLock<PathBuf>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static TEXT: OnceLock<PathBuf> = OnceLock::new();
+    let (slot, name) = match top_k {
+        None => (0, "lm-24-full"),
+        Some(8) => (1, "lm-24-top-8"),
+        Some(0) => (2, "lm-24-none"),
+        Some(k) => panic!("no shared bundle of top {k}"),
+    };
+    DIRS[slot].get_or_init(|| {
+        let text = TEXT.get_or_init(|| validation_head(24 * SEQ_LEN));
+        let dest = scratch().join(name);
+        create_lm(&dest, text, top_k).unwrap();
         dest
     })
 }
@@ -377,7 +413,7 @@ fn mutated(base: &Path, tag: &str, (what, mutation): Mutation) -> VerifyReport {
     let report = verify(&dir, &model_checks());
     assert_integrity(&report, what);
     println!(
-        "{tag}: {what}: mean KL(original || FP16) {:.4} nats (ternary {:.4}), fidelity {:?}, retention {:?} ({}); verify {:.1} s",
+        "{tag}: {what}: mean KL(original || FP16) {:.3e} nats (ternary {:.3e}), fidelity {:?}, retention {:?} ({}); verify {:.1} s",
         fp16_mean_kl(&report),
         fidelity(&report)["ternary"]["kl"]["mean"].as_f64().unwrap_or(f64::NAN),
         status(&report, Check::Fidelity),
@@ -556,7 +592,7 @@ fn the_gate_is_max_kl_and_zero_disables_it() {
 
 #[test]
 fn reference_recomputes_the_stored_distributions() {
-    let dir = lm_bundle();
+    let dir = lm24(None);
     let options = VerifyOptions {
         only: vec![Check::Reference],
         reference: Some(lm_dir()),
@@ -579,7 +615,7 @@ fn reference_catches_tampered_distributions() {
     // Swap two log-probabilities of row 0 that are not its maximum: still a distribution whose
     // largest value is at the prediction (rule 6.4 holds, every data check passes), but not
     // the one the checkpoint computes.
-    let dir = copy_of(lm_bundle(), "lm-tampered");
+    let dir = copy_of(lm24(None), "lm-24-tampered");
     let classes = manifest(&dir)["model"]["decoder"]["vocab_size"]
         .as_u64()
         .unwrap() as usize;
@@ -638,17 +674,14 @@ fn fidelity_only(dir: &Path) -> VerifyReport {
 fn the_top_k_form_brackets_the_full_forms_kl() {
     // Both forms of the trained fixture on 24 windows of its validation text, faithful and
     // with ten times the RoPE base.
-    let text = validation_head(24 * SEQ_LEN);
-    let (full, top) = (scratch().join("lm-24-full"), scratch().join("lm-24-top-8"));
-    create_lm(&full, &text, None).unwrap();
-    create_lm(&top, &text, Some(8)).unwrap();
-    assert_eq!(manifest(&top)["format_version"], "5.0");
-    let full_rope = copy_of(&full, "lm-24-full-rope");
-    let top_rope = copy_of(&top, "lm-24-top-8-rope");
+    let (full, top) = (lm24(None), lm24(Some(8)));
+    assert_eq!(manifest(top)["format_version"], "5.0");
+    let full_rope = copy_of(full, "lm-24-full-rope");
+    let top_rope = copy_of(top, "lm-24-top-8-rope");
     rope_theta_x10(&full_rope);
     rope_theta_x10(&top_rope);
     for (full, top, what) in [
-        (&full, &top, "faithful"),
+        (full, top, "faithful"),
         (&full_rope, &top_rope, "rope_theta x10"),
     ] {
         let (rf, rt) = (fidelity_only(full), fidelity_only(top));
@@ -690,4 +723,105 @@ fn the_top_k_form_brackets_the_full_forms_kl() {
             assert_eq!(status(&rt, Check::Fidelity), Status::Pass);
         }
     }
+}
+
+/// Verifies `dir` with the reference check alone, against the trained fixture.
+fn reference_only(dir: &Path) -> VerifyReport {
+    verify(
+        dir,
+        &VerifyOptions {
+            only: vec![Check::Reference],
+            reference: Some(lm_dir()),
+            ..VerifyOptions::default()
+        },
+    )
+}
+
+#[test]
+fn reference_checks_the_top_k_form_and_catches_tampered_ids() {
+    let top = lm24(Some(8));
+    let r = reference_only(top);
+    let c = r.check(Check::Reference).unwrap();
+    assert_eq!(c.status, Status::Pass, "{}", c.detail);
+    assert!(
+        c.figures["stored_distributions"]["max_kl"]
+            .as_f64()
+            .unwrap()
+            <= 1e-4
+    );
+    // Row 5's second and third ids swapped: the log-probabilities stay non-increasing (rule
+    // 6.4 holds) but name the wrong classes.
+    let dir = copy_of(top, "lm-24-top-8-tampered-ids");
+    edit_tensor(&dir, VALIDATION, "original_top_ids", |b| {
+        let (i, j) = (5 * 8 + 1, 5 * 8 + 2);
+        let (a, c) = (b[8 * i..8 * i + 8].to_vec(), b[8 * j..8 * j + 8].to_vec());
+        b[8 * i..8 * i + 8].copy_from_slice(&c);
+        b[8 * j..8 * j + 8].copy_from_slice(&a);
+    });
+    rehash(&dir);
+    ternary_bundle::read::checks::check_all(&Bundle::open(&dir).unwrap()).unwrap();
+    let r = reference_only(&dir);
+    let c = r.check(Check::Reference).unwrap();
+    assert_eq!(c.status, Status::Fail, "{}", c.detail);
+    assert!(
+        c.detail
+            .contains("distributions differ from the stored ones"),
+        "{}",
+        c.detail
+    );
+}
+
+#[test]
+#[ignore = "bug: --reference does not compare the top-K form's original_label_log_probs (nor original_log_sum_exp) with the checkpoint's, so a tampered record of the original model's cross-entropy passes"]
+fn reference_catches_tampered_label_log_probabilities() {
+    // The stored log-probability of every label 1 nat lower: rule 6.4 still holds (finite,
+    // <= 0), the original model's reported perplexity is e times what it was, and the
+    // checkpoint computes otherwise.
+    let top = lm24(Some(8));
+    let dir = copy_of(top, "lm-24-top-8-tampered-labels");
+    edit_tensor(&dir, VALIDATION, "original_label_log_probs", |b| {
+        for i in 0..b.len() / 4 {
+            set_f32(b, i, f32_at(b, i) - 1.0);
+        }
+    });
+    rehash(&dir);
+    ternary_bundle::read::checks::check_all(&Bundle::open(&dir).unwrap()).unwrap();
+    let r = reference_only(&dir);
+    let c = r.check(Check::Reference).unwrap();
+    assert_eq!(c.status, Status::Fail, "{}", c.detail);
+}
+
+#[test]
+fn without_stored_distributions_fidelity_needs_the_reference() {
+    // --original-top-k 0: format 4.0 (the original is the ternary forward), predictions only.
+    let none = lm24(Some(0));
+    assert_eq!(manifest(none)["format_version"], "4.0");
+    let only = |reference: Option<PathBuf>| VerifyOptions {
+        only: vec![Check::Fidelity],
+        reference,
+        ..VerifyOptions::default()
+    };
+    let r = verify(none, &only(None));
+    let f = report_fidelity(&r);
+    assert_eq!(f.status, Status::Skip, "{}", f.detail);
+    assert!(
+        f.detail.contains("no original distributions"),
+        "{}",
+        f.detail
+    );
+    // With the checkpoint, the distributions are recomputed: the figures of the bundle that
+    // stores them.
+    let r = verify(none, &only(Some(lm_dir())));
+    let f = report_fidelity(&r);
+    assert_eq!(f.status, Status::Pass, "{}", f.detail);
+    assert_eq!(f.figures["original"], "reference", "{:#}", f.figures);
+    let stored = fidelity_only(lm24(None));
+    let (a, b) = (fp16_mean_kl(&r), fp16_mean_kl(&stored));
+    assert!((a - b).abs() < 1e-6, "recomputed {a}, stored {b}");
+    let ce = |r: &VerifyReport| {
+        fidelity(r)["original_model"]["cross_entropy"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!((ce(&r) - ce(&stored)).abs() < 1e-6);
 }

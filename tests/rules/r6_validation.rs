@@ -444,10 +444,9 @@ fn full_row(bytes: &[u8], r: usize) -> Vec<f32> {
 /// every one of `parts`.
 #[track_caller]
 fn distribution_violation(dir: &Path, tensor: &str, parts: &[&str]) -> String {
-    let mut all = vec![VALIDATION, tensor];
-    all.extend_from_slice(parts);
     let named = t(tensor);
-    all[1] = &named;
+    let mut all = vec![VALIDATION, named.as_str()];
+    all.extend_from_slice(parts);
     data_violation(
         dir,
         check_validation_values,
