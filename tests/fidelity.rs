@@ -772,7 +772,6 @@ fn reference_checks_the_top_k_form_and_catches_tampered_ids() {
 }
 
 #[test]
-#[ignore = "bug: --reference does not compare the top-K form's original_label_log_probs (nor original_log_sum_exp) with the checkpoint's, so a tampered record of the original model's cross-entropy passes"]
 fn reference_catches_tampered_label_log_probabilities() {
     // The stored log-probability of every label 1 nat lower: rule 6.4 still holds (finite,
     // <= 0), the original model's reported perplexity is e times what it was, and the
@@ -789,6 +788,15 @@ fn reference_catches_tampered_label_log_probabilities() {
     let r = reference_only(&dir);
     let c = r.check(Check::Reference).unwrap();
     assert_eq!(c.status, Status::Fail, "{}", c.detail);
+    assert!(
+        c.detail.contains("original_label_log_probs"),
+        "{}",
+        c.detail
+    );
+    // The untouched top-K bundle passes the same comparison.
+    let r = reference_only(top);
+    let c = r.check(Check::Reference).unwrap();
+    assert_eq!(c.status, Status::Pass, "{}", c.detail);
 }
 
 #[test]

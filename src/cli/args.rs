@@ -402,7 +402,8 @@ Checks, in order (each PASS, FAIL or SKIP with a one-line detail):
   gradient_flow   every parameter tensor gets a finite, non-zero gradient; per-tensor norm and variance
   reference       with --reference: the original checkpoint run again; its agreement with the FP16
                   model, and its predictions must equal the stored ones (up to near-ties) and its
-                  distributions the stored ones (KL(stored || recomputed) <= 1e-4 at every sample)
+                  distributions the stored ones (KL(stored || recomputed) <= 1e-4 at every sample;
+                  top-K: log-sum-exp and label log-probabilities within 1e-3 relative)
 A check whose prerequisite failed is reported as not run (SKIP), never as passed.
 
 Language models (decoder bundles, format 3.0): a sample is a position of a token sequence (every

@@ -228,6 +228,42 @@ impl Distributions {
         }
     }
 
+    /// For the top-K form: the largest difference, relative to 1 + |stored value|, between
+    /// this (stored) set's log-sum-exp and label log-probability and those of `recomputed` at
+    /// the samples `rows` (both must hold them). The KL over the stored ids cannot see these
+    /// two figures, which the original model's perplexity and its logits are read from. `None`
+    /// for the full form.
+    pub fn top_k_scalar_difference(
+        &self,
+        recomputed: &Distributions,
+        rows: std::ops::Range<usize>,
+    ) -> Option<f64> {
+        let (
+            Stored::TopK {
+                log_sum_exp: a_lse,
+                label_log_probs: a_label,
+                ..
+            },
+            Stored::TopK {
+                log_sum_exp: b_lse,
+                label_log_probs: b_label,
+                ..
+            },
+        ) = (&self.stored, &recomputed.stored)
+        else {
+            return None;
+        };
+        let diff = |a: &[f32], b: &[f32]| -> f64 {
+            rows.clone()
+                .map(|i| match (a.get(i), b.get(i)) {
+                    (Some(&x), Some(&y)) => (x as f64 - y as f64).abs() / (1.0 + (x as f64).abs()),
+                    _ => f64::INFINITY,
+                })
+                .fold(0.0, f64::max)
+        };
+        Some(diff(a_lse, b_lse).max(diff(a_label, b_label)))
+    }
+
     /// The original model's −log p(label) at scored sample `row` (`label` its label).
     pub fn original_nll(&self, row: usize, label: usize) -> f64 {
         let lp = match &self.stored {

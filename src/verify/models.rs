@@ -121,6 +121,10 @@ fn retention(runs: &ModelRuns<'_>, options: &VerifyOptions, value: &mut Option<f
 /// a KL of about 1e-12.
 const REFERENCE_KL: f64 = 1e-4;
 
+/// The largest difference of a stored log-sum-exp or label log-probability (top-K form) from
+/// the recomputed one, relative to 1 + |stored value|, that summation order explains.
+const REFERENCE_SCALARS: f64 = 1e-3;
+
 /// Check 12, reference: the original checkpoint, run again, against the FP16 model and against the
 /// predictions the bundle stores.
 fn reference(runs: &ModelRuns<'_>) -> Outcome {
@@ -157,8 +161,19 @@ fn reference(runs: &ModelRuns<'_>) -> Outcome {
         "samples": n, "inputs": source, "agreement": agree, "sha256": recomputed.sha256,
         "matches_provenance": same_file,
         "stored_predictions": compare.as_ref().map(|c| json!({ "differ": c.differ, "near_ties": c.near_ties })),
-        "stored_distributions": stored_kl.map(|(max, mean)| json!({ "max_kl": max, "mean_kl": mean })),
+        "stored_distributions": stored_kl.map(|(max, mean)| json!({ "max_kl": max, "mean_kl": mean, "max_scalar_difference": recomputed.stored_scalars })),
     });
+    if let Some(d) = recomputed
+        .stored_scalars
+        .filter(|d| d.is_nan() || *d > REFERENCE_SCALARS)
+    {
+        return Err((
+            format!(
+                "the checkpoint's log-sum-exp or label log-probabilities differ from the stored ones (original_log_sum_exp, original_label_log_probs) by {d:.3e} relative to 1 + |stored|, more than the {REFERENCE_SCALARS:e} summation order explains: not the model this bundle was made from?"
+            ),
+            figures,
+        ));
+    }
     if let Some((max, _)) = stored_kl.filter(|(max, _)| max.is_nan() || *max > REFERENCE_KL) {
         return Err((
             format!(

@@ -122,6 +122,9 @@ pub(crate) struct Recomputed {
     pub distributions: Distributions,
     /// KL(stored || recomputed) per sample, when the bundle stores distributions.
     pub stored_kl: Vec<f64>,
+    /// For the top-K form: the largest relative difference of the stored log-sum-exp and
+    /// label log-probabilities from the recomputed ones.
+    pub stored_scalars: Option<f64>,
     /// Per input, whether the stored prediction (if any) is within rounding of the recomputed
     /// maximum logit: a near-tie, where summation order may pick either class.
     pub near_tie: Vec<bool>,
@@ -150,6 +153,7 @@ impl Recomputed {
             predictions: Vec::with_capacity(samples.len()),
             distributions: Distributions::new(form, classes),
             stored_kl: Vec::new(),
+            stored_scalars: None,
             near_tie: Vec::with_capacity(samples.len()),
             sha256,
         }
@@ -171,6 +175,10 @@ impl Recomputed {
             .collect();
         self.distributions.push_rows(logits.view(), &labels)?;
         if let Some(d) = samples.distributions() {
+            let rows = first..first + logits.nrows();
+            if let Some(diff) = d.top_k_scalar_difference(&self.distributions, rows) {
+                self.stored_scalars = Some(self.stored_scalars.unwrap_or(0.0).max(diff));
+            }
             let mut scratch = Vec::new();
             for (k, row) in logits.rows().into_iter().enumerate() {
                 let row = row.to_vec();

@@ -15,7 +15,8 @@ fn decoder_bundles_of_both_families_open_and_pass_every_data_check() {
     for (name, family, tied) in [("l", Family::Llama, false), ("b", Family::Bitnet, true)] {
         let dir = decoder_bundle(&tmp, name, family, tied, true);
         let b = Bundle::open(&dir).unwrap();
-        assert_eq!(b.facts().version, FormatVersion::V3_0);
+        // With original predictions and distributions (rule 6.1): format 5.0.
+        assert_eq!(b.facts().version, FormatVersion::V5_0);
         assert_eq!(b.decoder().unwrap().family, family);
         assert_eq!(b.classes(), 29);
         check_all(&b).unwrap();

@@ -253,24 +253,26 @@ fn rule_2_4_format_version_missing_or_not_a_string() {
 }
 
 #[test]
-fn rule_2_4_major_5_is_refused_naming_both_versions() {
+fn rule_2_4_major_6_is_refused_naming_both_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
-    edit_manifest(&dir, |m| m["format_version"] = json!("5.0"));
+    edit_manifest(&dir, |m| m["format_version"] = json!("6.0"));
     open_violation(
         &dir,
         Rule::FormatVersion,
-        &[MANIFEST, "5.0", "1.0", "2.0", "3.0", "4.0"],
+        &[MANIFEST, "6.0", "1.0", "2.0", "3.0", "4.0", "5.0"],
     );
 }
 
 #[test]
-fn rule_2_4_majors_1_to_4_are_all_read() {
-    // A 4.x reader opens 1.x, 2.x and 3.x bundles, and a bundle that meets the 1.0 rules is also
-    // a valid 2.0, 3.0 and 4.0 bundle (2.0 adds an optional tensor, 3.0 the decoder form of
-    // `model`, 4.0 given trits and assets).
+fn rule_2_4_majors_1_to_5_are_all_read() {
+    // A 5.x reader opens 1.x to 4.x bundles, and a bundle that meets the 1.0 rules is also a
+    // valid 2.0, 3.0, 4.0 and 5.0 bundle (2.0 adds an optional tensor, 3.0 the decoder form of
+    // `model`, 4.0 given trits and assets, 5.0 the original distributions).
     let tmp = tempfile::tempdir().unwrap();
-    for v in ["1.0", "2.0", "2.3", "3.0", "3.1", "4.0", "4.2"] {
+    for v in [
+        "1.0", "2.0", "2.3", "3.0", "3.1", "4.0", "4.2", "5.0", "5.1",
+    ] {
         let dir = tiny_bundle(&tmp, v, |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
         let b = Bundle::open(&dir).unwrap();
@@ -280,16 +282,16 @@ fn rule_2_4_majors_1_to_4_are_all_read() {
 }
 
 #[test]
-fn rule_2_4_major_5_with_a_different_structure_is_a_version_error() {
+fn rule_2_4_major_6_with_a_different_structure_is_a_version_error() {
     // A future MAJOR may change the structure: the version is reported, not a missing field.
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle(&tmp);
     edit_manifest(&dir, |m| {
-        m["format_version"] = json!("5.0");
+        m["format_version"] = json!("6.0");
         m.as_object_mut().unwrap().remove("files");
         m["model"] = json!("a graph");
     });
-    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "5.0", "4.0"]);
+    open_violation(&dir, Rule::FormatVersion, &[MANIFEST, "6.0", "5.0"]);
 }
 
 #[test]
@@ -324,7 +326,7 @@ fn rule_2_4_malformed_versions() {
 #[test]
 fn rule_2_4_other_majors_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    for (i, v) in ["0.9", "0.0", "5.1", "999999999.0"].into_iter().enumerate() {
+    for (i, v) in ["0.9", "0.0", "6.1", "999999999.0"].into_iter().enumerate() {
         let dir = tiny_bundle(&tmp, &format!("b{i}"), |_, _| {});
         edit_manifest(&dir, |m| m["format_version"] = json!(v));
         open_violation(&dir, Rule::FormatVersion, &[MANIFEST, v, "1.0", "2.0"]);
@@ -917,9 +919,10 @@ fn rule_2_12_extensions_with_content_are_ignored() {
 fn newer_minor_manifest_with_unknown_keys_opens_and_passes_all_checks() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = bundle_with_validation(&tmp);
-    // The bundle holds original predictions, so it is 2.0: its newer minor is 2.7.
+    // The bundle holds original predictions and distributions, so it is 5.0: its newer minor
+    // is 5.7.
     edit_manifest(&dir, |m| {
-        m["format_version"] = json!("2.7");
+        m["format_version"] = json!("5.7");
         m["new_top_level_key"] = json!({"anything": [1, 2, 3]});
         tensor_entry(m, "fc1.weight")["new_tensor_key"] = json!("outlier-aware");
         tensor_entry(m, "fc1.bias")["new_tensor_key"] = json!(null);
@@ -930,7 +933,7 @@ fn newer_minor_manifest_with_unknown_keys_opens_and_passes_all_checks() {
         m["provenance"]["new_provenance_key"] = json!({});
     });
     let b = Bundle::open(&dir).unwrap();
-    assert_eq!(b.facts().version, FormatVersion { major: 2, minor: 7 });
+    assert_eq!(b.facts().version, FormatVersion { major: 5, minor: 7 });
     check_all(&b).unwrap();
 }
 
@@ -1227,7 +1230,8 @@ fn rule_2_15_source_is_ignored_below_format_4() {
     }
 }
 
-/// A 4.0 bundle with original predictions records the original model (the source, dense).
+/// A bundle with original predictions records the original model (the source, dense); with
+/// its distributions it is 5.0.
 #[test]
 fn rule_2_16_original_is_recorded_with_original_predictions() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1236,7 +1240,7 @@ fn rule_2_16_original_is_recorded_with_original_predictions() {
         o.assets = vec![asset(TOKENIZER, TOKENIZER_BYTES)];
     });
     let m = manifest(&dir);
-    assert_eq!(m["format_version"], "4.0");
+    assert_eq!(m["format_version"], "5.0");
     assert_eq!(
         m["provenance"]["original"],
         json!({"forward": "dense", "sha256": null})
