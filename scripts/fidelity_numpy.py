@@ -15,22 +15,35 @@ divergences, cross-entropies and perplexities the Rust code reports.
            their exponentials at most 1 + 1e-3);
         2. runs both weight paths in numpy on the validation inputs (section 16; a decoder by
            scripts/decoder_numpy.py's forward, section 16.2, scored at positions 0 .. T - 2): the
-           FP16 path from fp16.safetensors upcast to f32, the ternary path as trits x scales
-           decoded from ternary.safetensors (sections 5, 6);
+           FP16 path from fp16.safetensors upcast to f32, the ternary path from
+           ternary.safetensors (sections 5, 6): a quantized matrix as the product with its trit
+           matrix, the scales applied after it (section 16.1's order);
         3. computes, in f64 at every scored sample, section 16.3's KL(original || path) (full,
            or top-K with its error bound), -log q(label), the statistics (mean, median, p99,
            p999, max, numpy's linear percentiles), the histogram by decade, same_top, the
            cross-entropies and perplexities, overall and per difficulty level;
         4. requires every figure of the report's `fidelity` check to agree (tolerance below),
-           the histograms to be equal (up to values at a bin edge), and the check's status to be
-           "pass" exactly when the FP16 mean KL <= max_kl (or max_kl == 0).
+           the histograms to be equal (up to values at a bin edge, below), the figures to be
+           measured against the stored distributions, and the check's status to be "pass"
+           exactly when the FP16 mean KL <= max_kl (or max_kl == 0).
         Prints one `ok   ...` line with the figures, or `FAIL ...` naming the first mismatch
         (exit 1).
 
-Tolerance. A figure a (Rust) and b (numpy) agree when |a - b| <= TOL * max(1, |b|), TOL = 1e-6.
-Both sides compute the logits in f32 (numpy's matmul and Rust's differ only in summation order,
-about 1e-7 of a logit) and everything after them in f64, so per-sample KL and -log q(label)
-agree to a few 1e-7 of a logit's magnitude at worst and their means far closer.
+Tolerance. A figure a (Rust) and b (numpy) agree when |a - b| <= TOL * max(1, |b|), TOL = 1e-6
+(absolute below 1, relative above; counts and strings exactly). Both sides compute the logits in
+f32 and everything after them in f64. For CI's trained MLP (small layers, channel scales)
+numpy's logits equal Rust's bit for bit; elsewhere (larger matrices, group scales, a decoder's
+attention, RoPE and norms) they differ by summation order, up to 1.3e-6 of the largest |logit|
+on CI's bundles. A logit error e moves KL(p || q) by at most
+sum_i |p_i - q_i| * max|e| and -log q(label) by at most 2 max|e|, and averaging shrinks it
+further: on CI's bundles every figure agrees within 4e-7 (relative above 1, the largest being
+per-level perplexities of ~10^3 .. 10^5 of the decoder task models), a margin of 2.5x or more.
+
+Histograms. A per-sample KL within that rounding of a bin edge can fall on either side of it: a
+bin's count may differ from numpy's only by samples whose distance to an edge is at most
+sum_i |p_i - q_i| * LOGIT_TOL * max_i |y_i| (that bound for a logit error of LOGIT_TOL = 1e-5 of
+the row's largest |logit|, about 10x the measured one; for the top-K form the sum runs over the
+K classes and the rest). CI's bundles move at most 3 of 19656 samples across 1e-6.
 """
 import json
 import math
@@ -317,7 +330,8 @@ def measure(dist, logits):
         tail = np.where(p_r > 0, p_r * (np.log(np.where(p_r > 0, p_r, 1.0)) - np.log(q_r)), 0.0)
     # U: c = exp(l_K) on the m = floor(p_r / c) classes of smallest q, the rest on the next.
     c = p[:, -1]
-    m = np.floor(p_r / c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.floor(p_r / c)
     j = np.arange(classes - k)[None, :]
     mass = np.where(j < m[:, None], c[:, None], np.where(j == m[:, None], (p_r - m * c)[:, None], 0.0))
     upper = plogp(mass, outside).sum(1)
@@ -336,11 +350,13 @@ def histogram(v):
     return np.bincount(np.searchsorted(EDGES, v, side="right"), minlength=len(EDGES) + 1).tolist()
 
 
-def figures(m, dist, paths, max_kl):
+def figures(dist, paths, max_kl):
     decoder, bounded = dist["decoder"], dist["form"] == "top-k" and dist["k"] < dist["classes"]
     ppl = (lambda ce: math.exp(ce)) if decoder else (lambda ce: None)
     original_nll = -dist["label_lp"]
-    out = {"samples": dist["rows"], "inputs": "validation", "form": dist["form"], "top_k": dist["k"],
+    # Measured against the stored distributions and predictions (not recomputed by --reference).
+    out = {"samples": dist["rows"], "inputs": "validation", "original": "stored", "predictions": "original_predictions",
+           "form": dist["form"], "top_k": dist["k"],
            "max_kl": max_kl, "histogram_edges": EDGES,
            "original_model": {"cross_entropy": float(original_nll.mean()), "perplexity": ppl(float(original_nll.mean()))}}
     for name, (kl, bound, nll, _, top) in paths.items():
@@ -442,19 +458,21 @@ def check(bundle, report_path):
         need(logits.shape == (dist["rows"], dist["classes"]),
              f"{name} path: logits {list(logits.shape)}, expected {[dist['rows'], dist['classes']]}")
         paths[name] = (*measure(dist, logits), logits.argmax(1))
-    ours = figures(m, dist, paths, max_kl)
+    ours = figures(dist, paths, max_kl)
     worst = {"rel": 0.0, "at": None, "moved": []}
     compare(ours, theirs, "fidelity", {k: (v[0], v[3]) for k, v in paths.items()}, worst)
-    mean = ours["fp16"]["kl"]["mean"]
+    # The gate on the report's own mean (which agrees with numpy's, above), so that a mean
+    # within rounding of max_kl cannot make the two disagree.
+    mean = theirs["fp16"]["kl"]["mean"]
     want = "pass" if max_kl == 0 or mean <= max_kl else "fail"
-    need(fid["status"] == want, f"fidelity status {fid['status']!r}, expected {want!r} (FP16 mean KL {mean:.6g}, max_kl {max_kl})")
+    need(fid["status"] == want, f"fidelity status {fid['status']!r}, expected {want!r} (FP16 mean KL {mean!r}, max_kl {max_kl})")
     ppl = (lambda k: f"perplexity {ours[k]['perplexity']:.6g}") if dist["decoder"] else \
           (lambda k: f"cross-entropy {ours[k]['cross_entropy']:.6g}")
     bound = f" (+ bound {ours['fp16']['kl_error_bound']['mean']:.4g})" if ours["fp16"]["kl_error_bound"] else ""
     print(f"ok   {d.name}: fidelity ({ours['form']}{'' if ours['top_k'] is None else ' K=' + str(ours['top_k'])}, "
-          f"{dist['rows']} samples, {fid['status']}) recomputed in numpy: FP16 mean KL {mean:.6g}{bound}, "
+          f"{dist['rows']} samples, {fid['status']}) recomputed in numpy: FP16 mean KL {ours['fp16']['kl']['mean']:.6g}{bound}, "
           f"ternary {ours['ternary']['kl']['mean']:.6g}; original {ppl('original_model')}, FP16 {ppl('fp16')}, "
-          f"ternary {ppl('ternary')}; every figure within {TOL:g} (largest relative difference "
+          f"ternary {ppl('ternary')}; every figure within {TOL:g} (largest |diff| / max(1, |numpy|) "
           f"{worst['rel']:.2g} at {worst['at']}); histograms "
           + (f"equal but for values within rounding of an edge: {'; '.join(worst['moved'])}" if worst["moved"] else "equal")
           + "; rule 6.4 holds")
