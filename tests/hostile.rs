@@ -430,7 +430,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
     // FP16 model against them at every sample, within the same bound.
     let fidelity = report.checks.iter().find(|c| c.name == "fidelity").unwrap();
     assert_eq!(fidelity.figures["samples"], samples, "{}", fidelity.detail);
-    assert_eq!(fidelity.figures["original"], "original_predictions");
+    assert_eq!(fidelity.figures["original"], "stored");
     eprintln!("wide model: verify peak heap {peak} bytes, bundle {size} bytes, budget {budget}");
     assert!(
         peak < size + 6 * budget,

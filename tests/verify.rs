@@ -851,7 +851,7 @@ fn retention_is_the_share_of_stored_original_decisions_the_fp16_model_keeps() {
     // Its distributions are the original's too, up to the F16 rounding of the biases: it passes
     // the default KL gate as well (the other tests disable it, see [`run`]).
     let fidelity = check(&report, "fidelity");
-    assert_eq!(fidelity.figures["original"], "original_predictions");
+    assert_eq!(fidelity.figures["original"], "stored");
     assert_eq!(fidelity.figures["form"], "full");
     let kl = fidelity.figures["fp16"]["kl"]["mean"].as_f64().unwrap();
     assert!((0.0..1e-4).contains(&kl), "{}", fidelity.detail);
@@ -977,11 +977,7 @@ fn ties_go_to_the_first_class_in_the_stored_and_the_fp16_predictions() {
             &[("reference", Expect::Pass), ("fidelity", Expect::Pass)],
         );
         let f = check(&report, "fidelity");
-        let from = if distributions {
-            "original_predictions"
-        } else {
-            "reference"
-        };
+        let from = if distributions { "stored" } else { "reference" };
         assert_eq!(f.figures["original"], from, "{}", f.detail);
         assert_eq!(f.figures["predictions"], "original_predictions");
         let r = check(&report, "reference");
@@ -1587,11 +1583,7 @@ fn reference_must_reproduce_the_stored_original_predictions() {
         let kept = check(&report, "retention");
         assert_eq!(kept.figures["original"], "original_predictions");
         assert_eq!(f64_figure(kept, "retention"), f64_figure(r, "agreement"));
-        let from = if distributions {
-            "original_predictions"
-        } else {
-            "reference"
-        };
+        let from = if distributions { "stored" } else { "reference" };
         assert_eq!(check(&report, "fidelity").figures["original"], from);
 
         // Another checkpoint does not reproduce them: the reference check says so, by the
@@ -1677,7 +1669,7 @@ fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
                 // Fidelity measures against the stored distributions (format 5.0) when there is
                 // a validation set, else against the checkpoint's.
                 let (original, version) = if with_validation {
-                    ("original_predictions", "5.0")
+                    ("stored", "5.0")
                 } else {
                     ("reference", "1.0")
                 };
