@@ -257,6 +257,22 @@ for f in ternary.safetensors fp16.safetensors; do
     cmp "$work/tok-bundle/$f" "$work/hf-f32-bundle/$f"
 done
 echo "ok   export --format hf --dtype f32, then create from it: ternary.safetensors and fp16.safetensors byte-identical"
+
+# GGUF for llama.cpp (--format gguf): models whose rows are multiples of 256 columns, both
+# families, both ternary block types; gguf-py 0.19.0 (llama.cpp's own package) reads each file,
+# its dequantize gives the FP16 weights bit for bit, its quantize of those weights gives the
+# file's bytes, and the float tensors and hyperparameters are the bundle's.
+for fam in llama bitnet; do
+    python3 scripts/gguf_check.py make "$work/gguf-$fam" --family $fam >/dev/null
+    "$bundle" create --from "$work/gguf-$fam" --out "$work/gguf-$fam-bundle" >/dev/null
+    for ty in tq1_0 tq2_0; do
+        "$bundle" export "$work/gguf-$fam-bundle" --format gguf --type $ty --no-tokenizer \
+            --out "$work/gguf-$fam.$ty.gguf" >/dev/null 2>"$work/gguf-export.err" ||
+            { cat "$work/gguf-export.err" >&2; exit 1; }
+        python3 scripts/gguf_check.py check "$work/gguf-$fam-bundle" "$work/gguf-$fam.$ty.gguf" >/dev/null
+    done
+    echo "ok   export --format gguf ($fam): TQ1_0 and TQ2_0 read by gguf-py, equal to the FP16 weights bit for bit"
+done
 # The 4.0 bundles, read by the independent checker of the spec (digests, assets, FP16), and
 # their inspect and verify reports against the documented schemas.
 "$bundle" inspect "$work/tok-bundle" --json >"$work/tok-inspect.json"

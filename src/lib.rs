@@ -23,6 +23,7 @@
 //!   original model, carried files, validation set);
 //! - [`hf`]: Hugging Face's formats, in and out: packed BitNet checkpoints, online-quantized
 //!   master weights, tokenizers, and model directories that transformers loads (spec section 18);
+//! - [`gguf`]: llama.cpp's GGUF files written from a decoder bundle (TQ1_0 / TQ2_0 exactly);
 //! - [`verify`]: `bundle verify`, the CI gate;
 //! - [`assess`]: `bundle assess`, the receiving stage's edge-of-chaos assessment;
 //! - [`report`]: `bundle report`, one self-contained HTML page of all of it;
@@ -40,6 +41,7 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gguf;
 pub mod hf;
 pub mod model;
 pub mod quant;

@@ -503,7 +503,7 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value_t = FormatArg::Safetensors)]
     pub format: FormatArg,
 
-    /// Output file (safetensors) or directory (hf, hf-bitnet).
+    /// Output file (safetensors, gguf) or directory (hf, hf-bitnet).
     #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
 
@@ -518,13 +518,49 @@ pub struct ExportArgs {
     #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = parse_size)]
     pub max_shard_size: u64,
 
-    /// hf, hf-bitnet: config.json's max_position_embeddings (the bundle does not record it).
+    /// hf, hf-bitnet: config.json's max_position_embeddings; gguf: `<arch>.context_length` (the
+    /// bundle does not record it).
     #[arg(long, value_name = "N", default_value_t = 2048)]
     pub max_position_embeddings: u64,
+
+    /// gguf: the block type of the ternary tensors: tq1_0 (1.69 bits per weight) or tq2_0
+    /// (2.06 bits per weight). Rows must be a multiple of 256 columns.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub gguf_type: Option<GgufTypeArg>,
+
+    /// gguf: the type of the tensors that are not ternary (embeddings, norms): f32 (the stored
+    /// values) or f16.
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub float_type: Option<FloatTypeArg>,
+
+    /// gguf: write no tokenizer (tokenizer.ggml.model "none" with the vocabulary size);
+    /// required until the tokenizer conversion exists.
+    #[arg(long)]
+    pub no_tokenizer: bool,
 
     /// Replace an existing output (a file, or a model directory: never a bundle).
     #[arg(long)]
     pub force: bool,
+}
+
+/// `--type` of `bundle export --format gguf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GgufTypeArg {
+    /// ggml's TQ1_0: five trits per byte, 54 bytes per 256 weights.
+    #[value(name = "tq1_0")]
+    Tq1_0,
+    /// ggml's TQ2_0: 2 bits per trit, 66 bytes per 256 weights.
+    #[value(name = "tq2_0")]
+    Tq2_0,
+}
+
+/// `--float-type` of `bundle export --format gguf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FloatTypeArg {
+    /// Single precision.
+    F32,
+    /// Half precision.
+    F16,
 }
 
 /// `bundle export --help` examples.
@@ -534,6 +570,7 @@ Examples:
   bundle export lm-bundle --format hf --out lm-hf            # AutoModelForCausalLM.from_pretrained(\"lm-hf\")
   bundle export lm-bundle --format hf --dtype bf16 --max-shard-size 2GB --out lm-hf
   bundle export lm-bundle --format hf-bitnet --out lm-packed
+  bundle export lm-bundle --format gguf --type tq2_0 --no-tokenizer --out model.gguf
 
 hf-bitnet takes per-tensor scales only (a bundle of channel or group scales whose every tensor's
 scales are equal is written with that one scale) and quantized projections only; loaded in
@@ -549,6 +586,8 @@ pub enum FormatArg {
     Hf,
     /// A packed BitNet (autobitlinear) model directory.
     HfBitnet,
+    /// One GGUF file for llama.cpp, ternary tensors as TQ1_0 or TQ2_0 (--type).
+    Gguf,
 }
 
 /// A size in bytes: digits with an optional unit (kB, MB, GB: powers of 1000; KiB, MiB, GiB:

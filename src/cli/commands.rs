@@ -7,6 +7,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ternary_bundle::assess::{assess, AssessOptions};
 use ternary_bundle::create::{CreateInputs, CreateRequest, Settings};
 use ternary_bundle::format::rfc3339::now_utc;
+use ternary_bundle::gguf::export::{export_gguf, FloatType, GgufExport};
+use ternary_bundle::gguf::ternary::TernaryType;
 use ternary_bundle::hf::export::{export_hf, export_hf_bitnet, HfDtype, HfExport};
 use ternary_bundle::model::gradcheck::GradCheckOptions;
 use ternary_bundle::model::reference::WeightPath;
@@ -259,6 +261,14 @@ pub fn export_cmd(a: args::ExportArgs, open: &OpenOptions) -> Result<bool> {
     // Never export from a damaged or inconsistent bundle: the data checks read every byte once
     // (about 0.1 s for the demo) and name the file, tensor and rule of the first problem.
     checks::check_all(&bundle)?;
+    if a.format == args::FormatArg::Gguf {
+        return export_gguf_cmd(&a, &bundle);
+    }
+    if a.gguf_type.is_some() || a.float_type.is_some() || a.no_tokenizer {
+        return Err(Error::InvalidArgument(
+            "--type, --float-type and --no-tokenizer are for --format gguf".into(),
+        ));
+    }
     if a.format != args::FormatArg::Safetensors {
         return export_hf_cmd(&a, &bundle);
     }
@@ -299,6 +309,55 @@ fn export_hf_cmd(a: &args::ExportArgs, bundle: &Bundle) -> Result<bool> {
         _ => export_hf(bundle, &a.out, &options)?,
     };
     render::hf_export(&a.out, &summary);
+    Ok(true)
+}
+
+/// `bundle export --format gguf`: one GGUF file with TQ1_0 / TQ2_0 ternary tensors.
+fn export_gguf_cmd(a: &args::ExportArgs, bundle: &Bundle) -> Result<bool> {
+    let ternary = match a.gguf_type {
+        Some(args::GgufTypeArg::Tq1_0) => TernaryType::Tq1_0,
+        Some(args::GgufTypeArg::Tq2_0) => TernaryType::Tq2_0,
+        None => {
+            return Err(Error::InvalidArgument(
+                "--format gguf needs --type tq1_0 or --type tq2_0".into(),
+            ))
+        }
+    };
+    if !matches!(a.dtype, DtypeArg::F16) {
+        return Err(Error::InvalidArgument(
+            "--dtype is for safetensors and hf; --format gguf takes --float-type f32|f16".into(),
+        ));
+    }
+    let options = GgufExport {
+        ternary,
+        float_type: match a.float_type {
+            None | Some(args::FloatTypeArg::F32) => FloatType::F32,
+            Some(args::FloatTypeArg::F16) => FloatType::F16,
+        },
+        no_tokenizer: a.no_tokenizer,
+        context_length: a.max_position_embeddings,
+        force: a.force,
+    };
+    let summary = export_gguf(bundle, &a.out, &options)?;
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    let bpw = if summary.ternary_weights == 0 {
+        0.0
+    } else {
+        summary.ternary_bytes as f64 * 8.0 / summary.ternary_weights as f64
+    };
+    outln!(
+        "Wrote {} (GGUF v3, arch {}): {} tensors, {} ternary as {} ({} weights in {}, {bpw:.4} bits per weight), {} in all",
+        a.out.display(),
+        summary.arch,
+        summary.tensors,
+        summary.ternary_tensors,
+        ternary.name().to_uppercase(),
+        summary.ternary_weights,
+        print::size(summary.ternary_bytes),
+        print::size(summary.bytes)
+    );
     Ok(true)
 }
 
