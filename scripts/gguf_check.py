@@ -27,6 +27,9 @@ from safetensors.numpy import load_file, save_file
 import gguf
 from gguf import GGMLQuantizationType as Q
 
+# The tensors of a transformers Llama / BitNet directory, as the other decoder scripts name them.
+from decoder_numpy import tensor_shapes
+
 SHAPE = dict(vocab_size=300, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-5)
 
@@ -42,25 +45,6 @@ LAYER_NAMES = {
 def fail(msg):
     print(f"FAIL {msg}", file=sys.stderr)
     sys.exit(1)
-
-
-def tensor_shapes(c, family):
-    h, i, hd = c["hidden_size"], c["intermediate_size"], c["head_dim"]
-    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
-    out = {"model.embed_tokens.weight": (c["vocab_size"], h), "model.norm.weight": (h,)}
-    for layer in range(c["num_hidden_layers"]):
-        p = f"model.layers.{layer}."
-        out.update({p + "input_layernorm.weight": (h,), p + "self_attn.q_proj.weight": (q, h),
-                    p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.v_proj.weight": (kv, h),
-                    p + "self_attn.o_proj.weight": (h, q), p + "post_attention_layernorm.weight": (h,),
-                    p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
-                    p + "mlp.down_proj.weight": (h, i)})
-        if family == "bitnet":
-            out[p + "self_attn.attn_sub_norm.weight"] = (h,)
-            out[p + "mlp.ffn_sub_norm.weight"] = (i,)
-    if not c["tie_word_embeddings"]:
-        out["lm_head.weight"] = (c["vocab_size"], h)
-    return out
 
 
 def make(args):
