@@ -5,6 +5,7 @@
 //! 99.9th percentile and maximum, perplexities, a histogram and per difficulty level. The gate:
 //! the FP16 path's mean KL at most `--max-kl`.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use ndarray::ArrayView2;
@@ -50,7 +51,10 @@ impl PathsFidelity {
     ) {
         for (rows, out) in [(ternary, &mut self.ternary), (fp16, &mut self.fp16)] {
             for (k, row) in rows.rows().into_iter().enumerate() {
-                let row = row.to_vec();
+                // Rows of a standard-layout product are contiguous: borrowed, not copied.
+                let row = row
+                    .as_slice()
+                    .map_or_else(|| Cow::Owned(row.to_vec()), Cow::Borrowed);
                 let label = labels.get(first + k).copied().unwrap_or(usize::MAX);
                 match original {
                     Some(d) => {

@@ -181,7 +181,10 @@ impl Recomputed {
             }
             let mut scratch = Vec::new();
             for (k, row) in logits.rows().into_iter().enumerate() {
-                let row = row.to_vec();
+                let row = row.as_slice().map_or_else(
+                    || std::borrow::Cow::Owned(row.to_vec()),
+                    std::borrow::Cow::Borrowed,
+                );
                 let f = d.measure(first + k, &row, labels[k] as usize, &mut scratch);
                 self.stored_kl.push(f.kl);
             }
@@ -344,15 +347,13 @@ impl<'b> ModelRuns<'b> {
                         let t = decoder::forward(spec, &ternary, ids.view())?;
                         let middle = Instant::now();
                         let f = decoder::forward(spec, &fp16, ids.view())?;
+                        // The scored positions once: the predictions and the fidelity figures.
+                        let (ts, fs) = (scored_rows(&t)?, scored_rows(&f)?);
                         let first = p.fp16.len();
-                        p.fidelity.record(
-                            original,
-                            first,
-                            (scored_rows(&t)?.view(), scored_rows(&f)?.view()),
-                            labels,
-                        );
+                        p.fidelity
+                            .record(original, first, (ts.view(), fs.view()), labels);
                         p.record(
-                            (next_token_predictions(&t), next_token_predictions(&f)),
+                            (argmax_rows(&ts), argmax_rows(&fs)),
                             (t.iter(), f.iter()),
                             (start, middle),
                         );
