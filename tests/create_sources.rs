@@ -28,11 +28,10 @@ use ternary_bundle::hf::bitnet::pack_weights;
 use ternary_bundle::model::decoder::{is_projection, DecoderSpec, Family};
 use ternary_bundle::model::original::OriginalModel;
 use ternary_bundle::read::checks::check_all;
-use ternary_bundle::read::PackedTensor;
 use ternary_bundle::source::hf::{Dtypes, HfModel};
 use ternary_bundle::{Bundle, Granularity, WriteReport};
 
-use common::values;
+use common::{bundle_trits, scale_at, values};
 
 // ---- files: safetensors, JSON, digests ----
 
@@ -278,24 +277,6 @@ fn assert_names(message: &str, parts: &[&str]) {
 }
 
 // ---- what a bundle holds, read back independently of the writer ----
-
-/// The trits of quantized tensor `p`, row after row.
-fn bundle_trits(p: &PackedTensor<'_>) -> Vec<i8> {
-    let mut out = vec![0i8; p.rows * p.cols];
-    for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
-        p.encoding.unpack_row(p.row(r), row).unwrap();
-    }
-    out
-}
-
-/// scale(r, c) of spec section 6.
-fn scale_at(p: &PackedTensor<'_>, scales: &[f32], r: usize, c: usize) -> f32 {
-    match p.granularity {
-        Granularity::Tensor => scales[0],
-        Granularity::Channel => scales[r],
-        Granularity::Group(g) => scales[r * p.cols.div_ceil(g as usize) + c / g as usize],
-    }
-}
 
 /// f16_rne(t × scale) as bits (rule 5.2): +0.0 for t = 0, the negated f16 of the scale for -1.
 fn fp16_bits(t: i8, scale: f32) -> u16 {

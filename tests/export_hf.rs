@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use common::decoder::{model_with, random_model, spec};
+use common::{bundle_trits, scale_at};
 use half::{bf16, f16};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde_json::Value;
@@ -18,7 +19,6 @@ use ternary_bundle::format::manifest::ModelSpec;
 use ternary_bundle::hf::bitnet::{unpack_weights, PackedBitnet};
 use ternary_bundle::hf::export::{export_hf, export_hf_bitnet, HfDtype, HfExport};
 use ternary_bundle::model::decoder::{DecoderSpec, Family};
-use ternary_bundle::read::PackedTensor;
 use ternary_bundle::source::hf::HfModel;
 use ternary_bundle::source::{AssetFile, MemorySource, TensorSource};
 use ternary_bundle::{
@@ -71,32 +71,11 @@ fn projections(s: &DecoderSpec) -> BTreeSet<String> {
 
 // ---- what the bundle defines, computed here independently of the exporter ----
 
-/// The trits of quantized tensor `p`, row after row.
-fn trits(p: &PackedTensor<'_>) -> Vec<i8> {
-    let mut out = vec![0i8; p.rows * p.cols];
-    for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
-        p.encoding.unpack_row(p.row(r), row).unwrap();
-    }
-    out
-}
-
-/// scale(r, c) of spec section 6.
-fn scale_at(p: &PackedTensor<'_>, scales: &[f32], r: usize, c: usize) -> f32 {
-    match p.granularity {
-        Granularity::Tensor => scales[0],
-        Granularity::Channel => scales[r],
-        Granularity::Group(g) => {
-            let g = g as usize;
-            scales[r * p.cols.div_ceil(g) + c / g]
-        }
-    }
-}
-
 /// f32(t × scale) of a quantized tensor, the stored F32 values of another (spec 18.4's f32).
 fn expected_f32(b: &Bundle, name: &str) -> Vec<f32> {
     match b.packed(name) {
         Some(p) => {
-            let t = trits(&p);
+            let t = bundle_trits(&p);
             let scales = p.scales();
             (0..p.rows * p.cols)
                 .map(|i| f32::from(t[i]) * scale_at(&p, &scales, i / p.cols, i % p.cols))
@@ -760,7 +739,7 @@ fn hf_bitnet_packs_each_projection_with_its_scale() {
                         "{name}"
                     );
                     let unpacked = unpack_weights(&r.data, shape[0], shape[1]).unwrap();
-                    assert_eq!(unpacked, trits(&p), "{name}");
+                    assert_eq!(unpacked, bundle_trits(&p), "{name}");
                     let scale = &read[&format!("{name}_scale")];
                     assert_eq!((scale.dtype, scale.shape.clone()), (StDtype::F32, vec![1]));
                     assert_eq!(scale.data, p.scale_bytes, "{name}");

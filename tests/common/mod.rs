@@ -168,3 +168,30 @@ pub fn validation_set(n: usize) -> ValidationSet {
         difficulty: Some((0..n).map(|i| (i % 4) as u8).collect()),
     }
 }
+
+/// The trits of quantized tensor `p`, row after row, decoded here with the encoding's row
+/// codec (independently of the writers under test).
+pub fn bundle_trits(p: &ternary_bundle::read::PackedTensor<'_>) -> Vec<i8> {
+    let mut out = vec![0i8; p.rows * p.cols];
+    for (r, row) in out.chunks_exact_mut(p.cols).enumerate() {
+        p.encoding.unpack_row(p.row(r), row).unwrap();
+    }
+    out
+}
+
+/// scale(r, c) of spec section 6 for quantized tensor `p` with its `scales`.
+pub fn scale_at(
+    p: &ternary_bundle::read::PackedTensor<'_>,
+    scales: &[f32],
+    r: usize,
+    c: usize,
+) -> f32 {
+    match p.granularity {
+        ternary_bundle::Granularity::Tensor => scales[0],
+        ternary_bundle::Granularity::Channel => scales[r],
+        ternary_bundle::Granularity::Group(g) => {
+            let g = g as usize;
+            scales[r * p.cols.div_ceil(g) + c / g]
+        }
+    }
+}
