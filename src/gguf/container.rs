@@ -16,31 +16,202 @@ pub const GGML_F32: u32 = 0;
 /// `GGMLQuantizationType::F16`.
 pub const GGML_F16: u32 = 1;
 
-/// A metadata value (`GGUFValueType`).
+/// A metadata value (`GGUFValueType`): what the writer emits and the reader returns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// `UINT8` (0).
+    U8(u8),
+    /// `INT8` (1).
+    I8(i8),
+    /// `UINT16` (2).
+    U16(u16),
+    /// `INT16` (3).
+    I16(i16),
     /// `UINT32` (4).
     U32(u32),
+    /// `INT32` (5).
+    I32(i32),
     /// `FLOAT32` (6).
     F32(f32),
     /// `BOOL` (7).
     Bool(bool),
-    /// `STRING` (8).
+    /// `STRING` (8): UTF-8, length-prefixed.
     Str(String),
-    /// `ARRAY` (9) of `STRING`.
-    StrArray(Vec<String>),
-    /// `ARRAY` (9) of `FLOAT32`.
-    F32Array(Vec<f32>),
-    /// `ARRAY` (9) of `INT32`.
-    I32Array(Vec<i32>),
+    /// `ARRAY` (9) of one scalar or string type (arrays of arrays are not read, rule 8.4).
+    Array(Array),
+    /// `UINT64` (10).
+    U64(u64),
+    /// `INT64` (11).
+    I64(i64),
+    /// `FLOAT64` (12).
+    F64(f64),
 }
 
-const T_INT32: u32 = 5;
-const T_UINT32: u32 = 4;
-const T_FLOAT32: u32 = 6;
-const T_BOOL: u32 = 7;
-const T_STRING: u32 = 8;
-const T_ARRAY: u32 = 9;
+/// The elements of an `ARRAY` value, by element type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    /// `UINT8` elements.
+    U8(Vec<u8>),
+    /// `INT8` elements.
+    I8(Vec<i8>),
+    /// `UINT16` elements.
+    U16(Vec<u16>),
+    /// `INT16` elements.
+    I16(Vec<i16>),
+    /// `UINT32` elements.
+    U32(Vec<u32>),
+    /// `INT32` elements.
+    I32(Vec<i32>),
+    /// `FLOAT32` elements.
+    F32(Vec<f32>),
+    /// `BOOL` elements.
+    Bool(Vec<bool>),
+    /// `STRING` elements.
+    Str(Vec<String>),
+    /// `UINT64` elements.
+    U64(Vec<u64>),
+    /// `INT64` elements.
+    I64(Vec<i64>),
+    /// `FLOAT64` elements.
+    F64(Vec<f64>),
+}
+
+impl Value {
+    /// The value as an unsigned integer, if it is one of the integer types and not negative.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, if it is `FLOAT32` or `FLOAT64`.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v.into()),
+            Value::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The value as a string, if it is `STRING`.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The GGUF name of the value's type (`"UINT32"`, `"ARRAY[STRING]"`), for messages.
+    pub fn type_name(&self) -> String {
+        match self {
+            Value::Array(a) => format!("ARRAY[{}]", TYPE_NAMES[a.element_type() as usize]),
+            other => TYPE_NAMES[other.type_id() as usize].to_string(),
+        }
+    }
+
+    /// The `GGUFValueType` number.
+    pub fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => T_UINT8,
+            Value::I8(_) => T_INT8,
+            Value::U16(_) => T_UINT16,
+            Value::I16(_) => T_INT16,
+            Value::U32(_) => T_UINT32,
+            Value::I32(_) => T_INT32,
+            Value::F32(_) => T_FLOAT32,
+            Value::Bool(_) => T_BOOL,
+            Value::Str(_) => T_STRING,
+            Value::Array(_) => T_ARRAY,
+            Value::U64(_) => T_UINT64,
+            Value::I64(_) => T_INT64,
+            Value::F64(_) => T_FLOAT64,
+        }
+    }
+}
+
+impl Array {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Array::U8(v) => v.len(),
+            Array::I8(v) => v.len(),
+            Array::U16(v) => v.len(),
+            Array::I16(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::F32(v) => v.len(),
+            Array::Bool(v) => v.len(),
+            Array::Str(v) => v.len(),
+            Array::U64(v) => v.len(),
+            Array::I64(v) => v.len(),
+            Array::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `GGUFValueType` of its elements.
+    pub fn element_type(&self) -> u32 {
+        match self {
+            Array::U8(_) => T_UINT8,
+            Array::I8(_) => T_INT8,
+            Array::U16(_) => T_UINT16,
+            Array::I16(_) => T_INT16,
+            Array::U32(_) => T_UINT32,
+            Array::I32(_) => T_INT32,
+            Array::F32(_) => T_FLOAT32,
+            Array::Bool(_) => T_BOOL,
+            Array::Str(_) => T_STRING,
+            Array::U64(_) => T_UINT64,
+            Array::I64(_) => T_INT64,
+            Array::F64(_) => T_FLOAT64,
+        }
+    }
+}
+
+/// `GGUFValueType::UINT8`.
+pub const T_UINT8: u32 = 0;
+/// `GGUFValueType::INT8`.
+pub const T_INT8: u32 = 1;
+/// `GGUFValueType::UINT16`.
+pub const T_UINT16: u32 = 2;
+/// `GGUFValueType::INT16`.
+pub const T_INT16: u32 = 3;
+/// `GGUFValueType::UINT32`.
+pub const T_UINT32: u32 = 4;
+/// `GGUFValueType::INT32`.
+pub const T_INT32: u32 = 5;
+/// `GGUFValueType::FLOAT32`.
+pub const T_FLOAT32: u32 = 6;
+/// `GGUFValueType::BOOL`.
+pub const T_BOOL: u32 = 7;
+/// `GGUFValueType::STRING`.
+pub const T_STRING: u32 = 8;
+/// `GGUFValueType::ARRAY`.
+pub const T_ARRAY: u32 = 9;
+/// `GGUFValueType::UINT64`.
+pub const T_UINT64: u32 = 10;
+/// `GGUFValueType::INT64`.
+pub const T_INT64: u32 = 11;
+/// `GGUFValueType::FLOAT64`.
+pub const T_FLOAT64: u32 = 12;
+
+/// The names of the value types 0 to 12, as gguf-py spells them.
+pub const TYPE_NAMES: [&str; 13] = [
+    "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "FLOAT32", "BOOL", "STRING", "ARRAY",
+    "UINT64", "INT64", "FLOAT64",
+];
 
 /// One tensor's entry: its name, `ne` (innermost first: a row-major `[rows, cols]` matrix is
 /// `[cols, rows]`), ggml type and data size in bytes.
@@ -67,42 +238,55 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn put_value(out: &mut Vec<u8>, v: &Value) {
-    let array = |out: &mut Vec<u8>, ty: u32, n: usize| {
-        out.extend_from_slice(&T_ARRAY.to_le_bytes());
-        out.extend_from_slice(&ty.to_le_bytes());
-        out.extend_from_slice(&(n as u64).to_le_bytes());
-    };
+    out.extend_from_slice(&v.type_id().to_le_bytes());
     match v {
-        Value::U32(x) => {
-            out.extend_from_slice(&T_UINT32.to_le_bytes());
-            out.extend_from_slice(&x.to_le_bytes());
+        Value::Array(a) => {
+            out.extend_from_slice(&a.element_type().to_le_bytes());
+            out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            put_array(out, a);
         }
-        Value::F32(x) => {
-            out.extend_from_slice(&T_FLOAT32.to_le_bytes());
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-        Value::Bool(x) => {
-            out.extend_from_slice(&T_BOOL.to_le_bytes());
-            out.push(u8::from(*x));
-        }
-        Value::Str(s) => {
-            out.extend_from_slice(&T_STRING.to_le_bytes());
-            put_str(out, s);
-        }
-        Value::StrArray(a) => {
-            array(out, T_STRING, a.len());
-            a.iter().for_each(|s| put_str(out, s));
-        }
-        Value::F32Array(a) => {
-            array(out, T_FLOAT32, a.len());
-            a.iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-        }
-        Value::I32Array(a) => {
-            array(out, T_INT32, a.len());
-            a.iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-        }
+        scalar => put_scalar(out, scalar),
+    }
+}
+
+/// The bytes of a scalar or string value (without its type).
+fn put_scalar(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::Bool(x) => out.push(u8::from(*x)),
+        Value::Str(s) => put_str(out, s),
+        Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::Array(a) => put_array(out, a),
+    }
+}
+
+fn put_array(out: &mut Vec<u8>, a: &Array) {
+    macro_rules! each {
+        ($v:expr) => {
+            $v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+        };
+    }
+    match a {
+        Array::U8(v) => out.extend_from_slice(v),
+        Array::I8(v) => each!(v),
+        Array::U16(v) => each!(v),
+        Array::I16(v) => each!(v),
+        Array::U32(v) => each!(v),
+        Array::I32(v) => each!(v),
+        Array::F32(v) => each!(v),
+        Array::Bool(v) => v.iter().for_each(|&b| out.push(u8::from(b))),
+        Array::Str(v) => v.iter().for_each(|s| put_str(out, s)),
+        Array::U64(v) => each!(v),
+        Array::I64(v) => each!(v),
+        Array::F64(v) => each!(v),
     }
 }
 
