@@ -13,6 +13,7 @@ use crate::format::activation::Activation;
 use crate::format::encoding::Encoding;
 use crate::format::manifest::{ModelSpec, OriginalForward};
 use crate::format::quantization::{Granularity, QuantParams};
+use crate::gguf::import::{is_gguf, tokenizer_assets, GgufModel};
 use crate::hf::bitnet::{online_converted, BitnetQuantization, PackedBitnet};
 use crate::hf::tokenizer::{carried_assets, validation_from_text};
 use crate::model::original::{bitnet_online_params, OriginalModel};
@@ -88,6 +89,7 @@ pub struct CreateInputs {
     validation: Option<ValidationSet>,
     assets: Vec<AssetFile>,
     original_top_k: Option<u64>,
+    notes: Vec<String>,
 }
 
 impl CreateInputs {
@@ -103,8 +105,17 @@ impl CreateInputs {
             }
             (None, _) => None,
         };
+        let mut notes = Vec::new();
         let (opened, assets) = if from.is_dir() {
             (open_directory(request, metadata)?, carried_assets(from)?)
+        } else if is_gguf(from) {
+            if metadata.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: --quantization-metadata is for a state dict of trits; a GGUF file states its own scales",
+                    from.display()
+                )));
+            }
+            open_gguf(request, &mut notes)?
         } else {
             (open_file(request, metadata)?, Vec::new())
         };
@@ -148,7 +159,13 @@ impl CreateInputs {
             validation,
             assets,
             original_top_k: request.original_top_k,
+            notes,
         })
+    }
+
+    /// What the user should know about how the source was read (printed by the CLI).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// What will be written.
@@ -334,6 +351,35 @@ fn open_file(request: &CreateRequest, metadata: Option<QuantizationMetadata>) ->
         forward: dense_or_ternary(request),
         converted: BTreeSet::new(),
     })
+}
+
+/// A GGUF file (spec section 18.6): its ternary tensors as given trits and scales, its
+/// tokenizer as a carried asset where it converts.
+fn open_gguf(request: &CreateRequest, notes: &mut Vec<String>) -> Result<(Opened, Vec<AssetFile>)> {
+    if request.arch.is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: --arch describes a chain of layers; a GGUF file's hyperparameters describe its decoder",
+            request.from.display()
+        )));
+    }
+    no_quantize_patterns(request)?;
+    let model = GgufModel::open(&request.from)?;
+    let assets = tokenizer_assets(&model, notes)?;
+    let plan = BundlePlan {
+        model: ModelSpec::of_decoder(model.spec()),
+        params: given_params(request, model.granularity()?)?,
+        quantize: model.quantized(),
+        given: Some(model.record()),
+    };
+    Ok((
+        Opened {
+            weights: Box::new(model),
+            plan,
+            forward: OriginalForward::Dense,
+            converted: BTreeSet::new(),
+        },
+        assets,
+    ))
 }
 
 /// The plan of given trits from the stage's handoff (spec section 18.1).

@@ -523,8 +523,9 @@ pub struct ExportArgs {
     #[arg(long, value_name = "N", default_value_t = 2048)]
     pub max_position_embeddings: u64,
 
-    /// gguf: the block type of the ternary tensors: tq1_0 (1.69 bits per weight) or tq2_0
-    /// (2.06 bits per weight). Rows must be a multiple of 256 columns.
+    /// gguf: the type of the ternary tensors: tq1_0 (1.69 bits per weight) or tq2_0 (2.06),
+    /// llama.cpp's, for rows of a multiple of 256 columns; or i2_s (2 bits, bitnet.cpp's), for
+    /// rows of a multiple of 128 columns and one scale per tensor.
     #[arg(long = "type", value_enum, value_name = "TYPE")]
     pub gguf_type: Option<GgufTypeArg>,
 
@@ -533,10 +534,17 @@ pub struct ExportArgs {
     #[arg(long, value_enum, value_name = "TYPE")]
     pub float_type: Option<FloatTypeArg>,
 
-    /// gguf: write no tokenizer (tokenizer.ggml.model "none" with the vocabulary size);
-    /// required until the tokenizer conversion exists.
+    /// gguf: write no tokenizer (tokenizer.ggml.model "none" with the vocabulary size).
+    /// Without it the carried tokenizer is converted: a BPE tokenizer.json to gpt2, a
+    /// SentencePiece tokenizer.model to llama; a bundle without one is refused.
     #[arg(long)]
     pub no_tokenizer: bool,
+
+    /// gguf: keep a quantized tensor the type cannot hold exactly (its columns, or scales that
+    /// differ within a block or an I2_S tensor) as F16 of its FP16 values, with a warning
+    /// naming it, instead of refusing the export. Never re-quantized either way.
+    #[arg(long)]
+    pub allow_float_fallback: bool,
 
     /// Replace an existing output (a file, or a model directory: never a bundle).
     #[arg(long)]
@@ -552,6 +560,9 @@ pub enum GgufTypeArg {
     /// ggml's TQ2_0: 2 bits per trit, 66 bytes per 256 weights.
     #[value(name = "tq2_0")]
     Tq2_0,
+    /// bitnet.cpp's I2_S: 2 bits per trit, one f32 scale per tensor.
+    #[value(name = "i2_s")]
+    I2S,
 }
 
 /// `--float-type` of `bundle export --format gguf`.
@@ -570,12 +581,20 @@ Examples:
   bundle export lm-bundle --format hf --out lm-hf            # AutoModelForCausalLM.from_pretrained(\"lm-hf\")
   bundle export lm-bundle --format hf --dtype bf16 --max-shard-size 2GB --out lm-hf
   bundle export lm-bundle --format hf-bitnet --out lm-packed
-  bundle export lm-bundle --format gguf --type tq2_0 --no-tokenizer --out model.gguf
+  bundle export lm-bundle --format gguf --type tq2_0 --out model.gguf
+  bundle export lm-bundle --format gguf --type i2_s --allow-float-fallback --out model.gguf
+  bundle create --from model.gguf --out back        # the same trits, scales and FP16 bytes
 
 hf-bitnet takes per-tensor scales only (a bundle of channel or group scales whose every tensor's
 scales are equal is written with that one scale) and quantized projections only; loaded in
 float16, each layer's unpacked weights times weight_scale are exactly the bundle's FP16 weights,
-and `bundle create --from lm-packed` gives back the same trits, scales and FP16 bytes.";
+and `bundle create --from lm-packed` gives back the same trits, scales and FP16 bytes.
+
+gguf writes every quantized tensor from its trits (never re-quantized): TQ1_0/TQ2_0 blocks with
+d = f16(scale), or I2_S with the f32 scale; the bundle's exact scales go in bundle.scale.* keys
+so that `bundle create --from model.gguf` gives the bundle's trits, scales and FP16 bytes back.
+llama.cpp runs tq1_0 and tq2_0 (a bitnet model with SiLU where BitNet uses relu², unless the
+runtime maps bitnet.hidden_activation); i2_s needs bitnet.cpp.";
 
 /// `--format` of `bundle export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -146,6 +146,9 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             original_top_k: a.original_top_k,
         };
         let inputs = CreateInputs::open(&request)?;
+        for note in inputs.notes() {
+            eprintln!("note: {note}");
+        }
         let total: u64 = inputs
             .weights()
             .tensors()
@@ -264,9 +267,10 @@ pub fn export_cmd(a: args::ExportArgs, open: &OpenOptions) -> Result<bool> {
     if a.format == args::FormatArg::Gguf {
         return export_gguf_cmd(&a, &bundle);
     }
-    if a.gguf_type.is_some() || a.float_type.is_some() || a.no_tokenizer {
+    if a.gguf_type.is_some() || a.float_type.is_some() || a.no_tokenizer || a.allow_float_fallback {
         return Err(Error::InvalidArgument(
-            "--type, --float-type and --no-tokenizer are for --format gguf".into(),
+            "--type, --float-type, --no-tokenizer and --allow-float-fallback are for --format gguf"
+                .into(),
         ));
     }
     if a.format != args::FormatArg::Safetensors {
@@ -317,9 +321,10 @@ fn export_gguf_cmd(a: &args::ExportArgs, bundle: &Bundle) -> Result<bool> {
     let ternary = match a.gguf_type {
         Some(args::GgufTypeArg::Tq1_0) => TernaryType::Tq1_0,
         Some(args::GgufTypeArg::Tq2_0) => TernaryType::Tq2_0,
+        Some(args::GgufTypeArg::I2S) => TernaryType::I2S,
         None => {
             return Err(Error::InvalidArgument(
-                "--format gguf needs --type tq1_0 or --type tq2_0".into(),
+                "--format gguf needs --type tq1_0, tq2_0 (llama.cpp) or i2_s (bitnet.cpp)".into(),
             ))
         }
     };
@@ -336,6 +341,7 @@ fn export_gguf_cmd(a: &args::ExportArgs, bundle: &Bundle) -> Result<bool> {
         },
         no_tokenizer: a.no_tokenizer,
         context_length: a.max_position_embeddings,
+        allow_float_fallback: a.allow_float_fallback,
         force: a.force,
     };
     let summary = export_gguf(bundle, &a.out, &options)?;
@@ -348,12 +354,17 @@ fn export_gguf_cmd(a: &args::ExportArgs, bundle: &Bundle) -> Result<bool> {
         summary.ternary_bytes as f64 * 8.0 / summary.ternary_weights as f64
     };
     outln!(
-        "Wrote {} (GGUF v3, arch {}): {} tensors, {} ternary as {} ({} weights in {}, {bpw:.4} bits per weight), {} in all",
+        "Wrote {} (GGUF v3, arch {}): {} tensors, {} ternary as {}{} ({} weights in {}, {bpw:.4} bits per weight), {} in all",
         a.out.display(),
         summary.arch,
         summary.tensors,
         summary.ternary_tensors,
-        ternary.name().to_uppercase(),
+        ternary.ggml_type().name(),
+        if summary.fallback_tensors > 0 {
+            format!(", {} kept as F16", summary.fallback_tensors)
+        } else {
+            String::new()
+        },
         summary.ternary_weights,
         print::size(summary.ternary_bytes),
         print::size(summary.bytes)

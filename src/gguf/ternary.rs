@@ -1,16 +1,22 @@
-//! The ternary block types of ggml (`ggml/src/ggml-quants.c`, gguf-py `quants.py`): TQ1_0 and
-//! TQ2_0, blocks of 256 consecutive weights of a row with one f16 scale `d`, each weight stored
-//! as the code `t + 1` of its trit `t` in {-1, 0, +1}; ggml dequantizes `d × t`.
+//! The ternary tensor types of GGUF (spec section 18.6): ggml's TQ1_0 and TQ2_0
+//! (`ggml/src/ggml-quants.c`, gguf-py `quants.py`), blocks of 256 consecutive weights of a row
+//! with one f16 scale `d`, and bitnet.cpp's I2_S, the whole tensor as 2-bit codes with one f32
+//! scale. Each weight is stored as the code `t + 1` of its trit `t` in {-1, 0, +1}; the
+//! runtimes dequantize `d × t` (`scale × t`).
 //!
 //! This module packs trits that are already known (never re-quantizes values): a block's `d` is
-//! given by the caller. It does no I/O.
+//! given by the caller; and unpacks them, refusing a code that is not a trit (rule 8.5). It
+//! does no I/O.
 
 use half::f16;
+
+pub use crate::gguf::types::GgmlType;
+use crate::gguf::types::{I2S_BLOCK, I2S_TRAILER};
 
 /// Weights per block (ggml's `QK_K`).
 pub const BLOCK: usize = 256;
 
-/// The two ternary block types of ggml.
+/// The ternary types a bundle is exported to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TernaryType {
     /// `GGML_TYPE_TQ1_0` (34): five trits per byte in base 3, 54 bytes per block (1.6875 bits
@@ -19,6 +25,9 @@ pub enum TernaryType {
     /// `GGML_TYPE_TQ2_0` (35): four 2-bit codes per byte, 66 bytes per block (2.0625 bits per
     /// weight).
     Tq2_0,
+    /// bitnet.cpp's `GGML_TYPE_I2_S` (36): four 2-bit codes per byte in blocks of 128, one f32
+    /// scale per tensor (2 bits per weight).
+    I2S,
 }
 
 impl TernaryType {
@@ -27,39 +36,36 @@ impl TernaryType {
         match self {
             TernaryType::Tq1_0 => "tq1_0",
             TernaryType::Tq2_0 => "tq2_0",
+            TernaryType::I2S => "i2_s",
         }
     }
 
-    /// `GGMLQuantizationType` of a tensor.
-    pub fn ggml_type(self) -> u32 {
+    /// The tensor type.
+    pub fn ggml_type(self) -> GgmlType {
         match self {
-            TernaryType::Tq1_0 => 34,
-            TernaryType::Tq2_0 => 35,
+            TernaryType::Tq1_0 => GgmlType::Tq1_0,
+            TernaryType::Tq2_0 => GgmlType::Tq2_0,
+            TernaryType::I2S => GgmlType::I2S,
         }
     }
 
-    /// `LlamaFileType` (`general.file_type`): `MOSTLY_TQ1_0` 36, `MOSTLY_TQ2_0` 37.
+    /// `general.file_type`: llama.cpp's `MOSTLY_TQ1_0` 36 and `MOSTLY_TQ2_0` 37, bitnet.cpp's
+    /// `MOSTLY_I2_S` 40.
     pub fn file_type(self) -> u32 {
         match self {
             TernaryType::Tq1_0 => 36,
             TernaryType::Tq2_0 => 37,
+            TernaryType::I2S => 40,
         }
     }
 
-    /// Bytes of one block.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            TernaryType::Tq1_0 => 54,
-            TernaryType::Tq2_0 => 66,
-        }
-    }
-
-    /// Appends one block: `trits` (exactly [`BLOCK`] values in {-1, 0, 1}) and scale `d`.
+    /// Appends one TQ block: `trits` (exactly [`BLOCK`] values in {-1, 0, 1}) and scale `d`.
+    /// I2_S has no blocks of its own scale: see [`pack_i2s`].
     pub fn pack_block(self, trits: &[i8], d: f16, out: &mut Vec<u8>) {
         debug_assert_eq!(trits.len(), BLOCK);
         match self {
             TernaryType::Tq1_0 => out.extend_from_slice(&pack_tq1_0(trits, d)),
-            TernaryType::Tq2_0 => out.extend_from_slice(&pack_tq2_0(trits, d)),
+            TernaryType::Tq2_0 | TernaryType::I2S => out.extend_from_slice(&pack_tq2_0(trits, d)),
         }
     }
 }
@@ -124,4 +130,78 @@ pub fn block_scale(trits: &[i8], s: f32) -> f16 {
     } else {
         f16::ZERO
     }
+}
+
+/// The trits and `d` of a TQ1_0 block (54 bytes), as ggml's `dequantize_row_tq1_0` reads them:
+/// the base-3 digit `k` of byte `q` is `((q × 3^k mod 256) × 3) >> 8`. Every byte gives digits
+/// in {0, 1, 2}, so every block is a block of trits.
+pub fn unpack_tq1_0(block: &[u8]) -> ([i8; BLOCK], f16) {
+    const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+    let digit = |q: u8, k: usize| ((u16::from(q.wrapping_mul(POW3[k])) * 3) >> 8) as i8 - 1;
+    let mut t = [0i8; BLOCK];
+    for k in 0..5 {
+        for m in 0..32 {
+            t[32 * k + m] = digit(block[m], k);
+        }
+        for m in 0..16 {
+            t[160 + 16 * k + m] = digit(block[32 + m], k);
+        }
+    }
+    for k in 0..4 {
+        for j in 0..4 {
+            t[240 + 4 * k + j] = digit(block[48 + j], k);
+        }
+    }
+    (t, f16::from_le_bytes([block[52], block[53]]))
+}
+
+/// The trits and `d` of a TQ2_0 block (66 bytes), or the index of a weight whose code is 3
+/// (ggml would dequantize it to `2 d`, which is not a trit).
+pub fn unpack_tq2_0(block: &[u8]) -> Result<([i8; BLOCK], f16), usize> {
+    let mut t = [0i8; BLOCK];
+    for (e, slot) in t.iter_mut().enumerate() {
+        let code = (block[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        if code == 3 {
+            return Err(e);
+        }
+        *slot = code as i8 - 1;
+    }
+    Ok((t, f16::from_le_bytes([block[64], block[65]])))
+}
+
+/// Where weight `e` of an I2_S tensor is: its byte and the shift of its 2 bits. Blocks of 128
+/// values take 32 bytes; value `j` of a block is in byte `j % 32` at bits `6 - 2 (j / 32)`.
+fn i2s_position(e: usize) -> (usize, u32) {
+    let (block, j) = (e / I2S_BLOCK as usize, e % I2S_BLOCK as usize);
+    (block * 32 + j % 32, 6 - 2 * (j / 32) as u32)
+}
+
+/// An I2_S tensor: `trits` (a multiple of 128 of them, in ggml order) as codes, then `scale`
+/// as little-endian f32 at byte `n / 4`, then 28 zero bytes, as bitnet.cpp's
+/// `quantize_i2_s` lays it out on x86.
+pub fn pack_i2s(trits: &[i8], scale: f32) -> Vec<u8> {
+    let codes = trits.len() / 4;
+    let mut out = vec![0u8; codes + I2S_TRAILER as usize];
+    for (e, &t) in trits.iter().enumerate() {
+        let (byte, shift) = i2s_position(e);
+        out[byte] |= code(t) << shift;
+    }
+    out[codes..codes + 4].copy_from_slice(&scale.to_le_bytes());
+    out
+}
+
+/// The `n` trits and the scale of an I2_S tensor's bytes (`n / 4 + 32` of them, checked by the
+/// caller), or the index of a weight whose code is 3 (not a trit).
+pub fn unpack_i2s(bytes: &[u8], n: usize) -> Result<(Vec<i8>, f32), usize> {
+    let mut trits = Vec::with_capacity(n);
+    for e in 0..n {
+        let (byte, shift) = i2s_position(e);
+        let c = (bytes[byte] >> shift) & 3;
+        if c == 3 {
+            return Err(e);
+        }
+        trits.push(c as i8 - 1);
+    }
+    let s = &bytes[n / 4..n / 4 + 4];
+    Ok((trits, f32::from_le_bytes([s[0], s[1], s[2], s[3]])))
 }
