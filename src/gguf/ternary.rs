@@ -205,3 +205,65 @@ pub fn unpack_i2s(bytes: &[u8], n: usize) -> Result<(Vec<i8>, f32), usize> {
     let s = &bytes[n / 4..n / 4 + 4];
     Ok((trits, f32::from_le_bytes([s[0], s[1], s[2], s[3]])))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trits from a small linear congruential generator: every code, in every position.
+    fn trits(n: usize, seed: u64) -> Vec<i8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % 3) as i8 - 1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tq_blocks_unpack_to_what_was_packed() {
+        for seed in 0..20 {
+            let t = trits(BLOCK, seed);
+            let d = f16::from_f32(0.01 * (seed + 1) as f32);
+            assert_eq!(
+                unpack_tq1_0(&pack_tq1_0(&t, d)),
+                (t.clone().try_into().unwrap(), d)
+            );
+            assert_eq!(
+                unpack_tq2_0(&pack_tq2_0(&t, d)),
+                Ok((t.try_into().unwrap(), d))
+            );
+        }
+    }
+
+    #[test]
+    fn a_tq2_0_code_3_is_not_a_trit() {
+        let mut b = pack_tq2_0(&[0; BLOCK], f16::ONE);
+        // Weight 37: byte 5 at bits 2-3.
+        b[5] |= 0b11 << 2;
+        assert_eq!(unpack_tq2_0(&b), Err(37));
+    }
+
+    #[test]
+    fn i2s_places_each_value_as_bitnet_cpp_does() {
+        let mut t = vec![0i8; 256];
+        t[0] = 1; // block 0, j 0: byte 0, bits 6-7, code 2
+        t[33] = -1; // block 0, j 33: byte 1, bits 4-5, code 0
+        t[128 + 127] = 1; // block 1, j 127: byte 32 + 31, bits 0-1, code 2
+        let b = pack_i2s(&t, 0.5);
+        assert_eq!(b.len(), 64 + 32);
+        assert_eq!(b[0], (2 << 6) | (1 << 4) | (1 << 2) | 1);
+        assert_eq!(b[1], (1 << 6) | (1 << 2) | 1); // value 33 is code 0 at bits 4-5
+        assert_eq!(b[63] & 3, 2);
+        assert_eq!(&b[64..68], &0.5f32.to_le_bytes());
+        assert!(b[68..].iter().all(|&x| x == 0));
+        let r = trits(384, 7);
+        assert_eq!(unpack_i2s(&pack_i2s(&r, 0.25), 384), Ok((r, 0.25)));
+        let mut bad = pack_i2s(&t, 0.5);
+        bad[2] |= 0b11; // value 98 of block 0 (j = 98: byte 2, bits 0-1)
+        assert_eq!(unpack_i2s(&bad, 256), Err(98));
+    }
+}
