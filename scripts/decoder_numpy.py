@@ -146,8 +146,10 @@ def rmsnorm(x, w, eps):
     return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)) * w
 
 
-def forward(c, family, W, ids):
-    """Logits [N, T, V] in f32, step by step as transformers' modeling code computes them."""
+def forward(c, family, W, ids, bitnet_act="relu2"):
+    """Logits [N, T, V] in f32, step by step as transformers' modeling code computes them.
+    `bitnet_act="silu"` computes a BitNet model with SiLU in its FFN, as mainline llama.cpp's
+    bitnet graph does (scripts/llama_cpp_check.py)."""
     hd, heads, kvh = c["head_dim"], c["num_attention_heads"], c["num_key_value_heads"]
     eps, theta = c["rms_norm_eps"], c["rope_parameters"]["rope_theta"]
     n, t = ids.shape
@@ -180,7 +182,8 @@ def forward(c, family, W, ids):
         if family == "llama":
             m = g / (np.float32(1) + np.exp(-g)) * u
         else:
-            m = rmsnorm(np.maximum(g, 0) ** 2 * u, W[p + "mlp.ffn_sub_norm.weight"], eps)
+            act = np.maximum(g, 0) ** 2 if bitnet_act == "relu2" else g / (np.float32(1) + np.exp(-g))
+            m = rmsnorm(act * u, W[p + "mlp.ffn_sub_norm.weight"], eps)
         h = h + m @ W[p + "mlp.down_proj.weight"].T
     head = W["model.embed_tokens.weight"] if c["tie_word_embeddings"] else W["lm_head.weight"]
     return rmsnorm(h, W["model.norm.weight"], eps) @ head.T
