@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::decoder::{model_with, spec};
+use common::decoder::{model_with, spec, spec256};
 use half::f16;
 use ternary_bundle::gguf::container::{pad, ALIGNMENT};
 use ternary_bundle::gguf::export::{export_gguf, permuted_source_row, FloatType, GgufExport};
@@ -270,18 +270,6 @@ fn decode_block(ty: u32, b: &[u8]) -> Vec<f32> {
 
 // ---- bundles ----
 
-/// hidden 256, intermediate 512, 4 heads (2 KV) of 64, 2 layers, vocab 300.
-fn spec256(family: Family, tied: bool) -> DecoderSpec {
-    DecoderSpec {
-        vocab_size: 300,
-        hidden_size: 256,
-        intermediate_size: 512,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 64,
-        ..spec(family, tied)
-    }
-}
 
 fn bundle_of(tmp: &tempfile::TempDir, name: &str, s: &DecoderSpec, params: QuantParams) -> PathBuf {
     let dest = tmp.path().join(name);

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::decoder::{model_with, spec};
+use common::decoder::{model_with, spec, spec256};
 use ternary_bundle::gguf::container::{header, pad, Value};
 use ternary_bundle::gguf::export::{export_gguf, FloatType, GgufExport, SCALE_KEY_PREFIX};
 use ternary_bundle::gguf::read::GgufFile;
@@ -16,18 +16,6 @@ use ternary_bundle::gguf::ternary::TernaryType;
 use ternary_bundle::model::decoder::{DecoderSpec, Family};
 use ternary_bundle::{write_bundle, Bundle, BundlePlan, Granularity, QuantParams, WriteOptions};
 
-/// hidden 256, intermediate 512, 4 heads (2 KV) of 64, 2 layers, vocab 300.
-fn spec256(family: Family, tied: bool) -> DecoderSpec {
-    DecoderSpec {
-        vocab_size: 300,
-        hidden_size: 256,
-        intermediate_size: 512,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 64,
-        ..spec(family, tied)
-    }
-}
 
 fn bundle_of(dir: &Path, name: &str, s: &DecoderSpec, granularity: Granularity) -> PathBuf {
     let dest = dir.join(name);

@@ -24,6 +24,20 @@ pub fn spec(family: Family, tied: bool) -> DecoderSpec {
     }
 }
 
+/// Rows of whole GGUF blocks (256 columns): hidden 256, intermediate 512, 4 heads (2 KV) of 64,
+/// 2 layers, vocab 300.
+pub fn spec256(family: Family, tied: bool) -> DecoderSpec {
+    DecoderSpec {
+        vocab_size: 300,
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        ..spec(family, tied)
+    }
+}
+
 /// Random weights for `s` (norm weights near 1).
 pub fn random_model(s: &DecoderSpec) -> MemorySource {
     model_with(s, |_, _| {})
