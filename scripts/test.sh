@@ -258,21 +258,50 @@ for f in ternary.safetensors fp16.safetensors; do
 done
 echo "ok   export --format hf --dtype f32, then create from it: ternary.safetensors and fp16.safetensors byte-identical"
 
-# GGUF for llama.cpp (--format gguf): models whose rows are multiples of 256 columns, both
-# families, both ternary block types; gguf-py 0.19.0 (llama.cpp's own package) reads each file,
-# its dequantize gives the FP16 weights bit for bit, its quantize of those weights gives the
-# file's bytes, and the float tensors and hyperparameters are the bundle's.
+# GGUF for llama.cpp (--format gguf), both ways: models whose rows are multiples of 256 columns,
+# both families, both ternary block types; gguf-py 0.19.0 (llama.cpp's own package) reads each
+# file, its dequantize gives the FP16 weights bit for bit, its quantize of those weights gives
+# the file's bytes, and the float tensors, hyperparameters and bundle.scale keys are the
+# bundle's; I2_S (bitnet.cpp's, which gguf-py cannot read) of a bundle with one scale per tensor,
+# read with numpy; the LM demo (96 columns: its projections kept as F16 by
+# --allow-float-fallback) in all three types, and as I2_S beside F16 at one scale per tensor.
+# `create --from` each file gives the bundle back: the same trits, scales and FP16 bytes. Then
+# a file that gguf-py's own writer and quantizer made, read by `create --from`.
+gguf_check="python3 scripts/gguf_check.py"
+gguf_round_trip() {  # BUNDLE TYPE OUT.gguf CHECK [export options]: export, check, create back, same
+    local src=$1 ty=$2 out=$3 check=$4
+    shift 4
+    "$bundle" export "$src" --format gguf --type "$ty" --no-tokenizer "$@" --out "$out" \
+        >/dev/null 2>"$work/gguf-export.err" || { cat "$work/gguf-export.err" >&2; exit 1; }
+    $gguf_check "$check" "$src" "$out" >/dev/null
+    "$bundle" create --from "$out" --out "$out.bundle" >/dev/null
+    $gguf_check same "$src" "$out.bundle" >/dev/null
+}
 for fam in llama bitnet; do
-    python3 scripts/gguf_check.py make "$work/gguf-$fam" --family $fam >/dev/null
+    $gguf_check make "$work/gguf-$fam" --family $fam >/dev/null
     "$bundle" create --from "$work/gguf-$fam" --out "$work/gguf-$fam-bundle" >/dev/null
     for ty in tq1_0 tq2_0; do
-        "$bundle" export "$work/gguf-$fam-bundle" --format gguf --type $ty --no-tokenizer \
-            --out "$work/gguf-$fam.$ty.gguf" >/dev/null 2>"$work/gguf-export.err" ||
-            { cat "$work/gguf-export.err" >&2; exit 1; }
-        python3 scripts/gguf_check.py check "$work/gguf-$fam-bundle" "$work/gguf-$fam.$ty.gguf" >/dev/null
+        gguf_round_trip "$work/gguf-$fam-bundle" $ty "$work/gguf-$fam.$ty.gguf" check
     done
-    echo "ok   export --format gguf ($fam): TQ1_0 and TQ2_0 read by gguf-py, equal to the FP16 weights bit for bit"
+    echo "ok   export --format gguf ($fam): TQ1_0 and TQ2_0 read by gguf-py, equal to the FP16 weights bit for bit; create --from each gives the bundle back"
+    "$bundle" create --from "$work/gguf-$fam" --granularity tensor --out "$work/gguf-$fam-tensor" >/dev/null
+    gguf_round_trip "$work/gguf-$fam-tensor" i2_s "$work/gguf-$fam.i2_s.gguf" check-i2s
+    echo "ok   export --format gguf --type i2_s ($fam): the bundle's trits and f32 scales, f16(trit * scale) the FP16 weights bit for bit (numpy); create --from it gives the bundle back"
 done
+for ty in tq1_0 tq2_0 i2_s; do
+    check=check
+    if [ $ty = i2_s ]; then check=check-i2s; fi
+    gguf_round_trip "$work/lm-demo" $ty "$work/lm-demo.$ty.gguf" $check --allow-float-fallback
+done
+# (At one scale per tensor its 256-column down_proj are I2_S, beside the F16 fallback tensors.)
+"$bundle" export "$work/lm-demo" --format hf --dtype f32 --out "$work/gguf-lm-hf" >/dev/null
+"$bundle" create --from "$work/gguf-lm-hf" --granularity tensor --out "$work/gguf-lm-tensor" >/dev/null
+gguf_round_trip "$work/gguf-lm-tensor" i2_s "$work/gguf-lm-tensor.i2_s.gguf" check-i2s --allow-float-fallback
+echo "ok   export --format gguf --allow-float-fallback (LM demo): TQ1_0, TQ2_0, I2_S (and I2_S at one scale per tensor) with F16 fallback tensors equal to the FP16 weights; create --from each gives the bundle back"
+$gguf_check foreign "$work/gguf-foreign.gguf" >/dev/null
+"$bundle" create --from "$work/gguf-foreign.gguf" --out "$work/gguf-foreign-bundle" >/dev/null
+$gguf_check check-foreign "$work/gguf-foreign-bundle" "$work/gguf-foreign.gguf" >/dev/null
+echo "ok   create --from a GGUF file written by gguf-py (TQ1_0 and TQ2_0, a scale per row): FP16 weights == gguf.quants.dequantize bit for bit, scales per channel == f32(d)"
 # The 4.0 bundles, read by the independent checker of the spec (digests, assets, FP16), and
 # their inspect and verify reports against the documented schemas.
 "$bundle" inspect "$work/tok-bundle" --json >"$work/tok-inspect.json"
