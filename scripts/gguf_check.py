@@ -48,6 +48,12 @@ does not know), a numpy reader written from the layout.
         bit for bit as f32, and so is trit * scale; the bundle's scales are per channel, f32 of
         the d of each row's blocks; the F32 tensors are carried bit for bit; the hyperparameters
         are the file's.
+    python3 scripts/gguf_check.py check-tokenizer TOKENIZER.json FILE.gguf BACK_BUNDLE TEXT
+        FILE.gguf was exported from a bundle carrying TOKENIZER.json (byte-level BPE) and
+        BACK_BUNDLE created from FILE.gguf: gguf-py reads tokenizer.ggml.model "gpt2", the
+        tokens in id order, and the merges, as the tokenizer states them; Hugging Face
+        `tokenizers` encodes TEXT with BACK_BUNDLE's tokenizer.json to the same ids as with
+        TOKENIZER.json.
     Prints `ok ...` lines; exits 1 at the first mismatch, naming the tensor and index.
 """
 import argparse
@@ -731,6 +737,34 @@ def check_foreign(args):
     print(f"ok {n_float} F32 tensors carried bit for bit")
 
 
+def check_tokenizer(args):
+    from tokenizers import Tokenizer
+    original = json.loads(Path(args.tokenizer).read_text())
+    vocab = original["model"]["vocab"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in original["model"]["merges"]]
+    get = reader_get(gguf.GGUFReader(args.file))
+    if get("tokenizer.ggml.model") != "gpt2":
+        fail(f"tokenizer.ggml.model: expected gpt2, found {get('tokenizer.ggml.model')!r}")
+    tokens = get("tokenizer.ggml.tokens")
+    by_id = {i: t for t, i in vocab.items()}
+    for i, t in enumerate(tokens):
+        if i in by_id and by_id[i] != t:
+            fail(f"tokenizer.ggml.tokens[{i}]: expected {by_id[i]!r}, found {t!r}")
+    if len(tokens) < len(vocab):
+        fail(f"tokenizer.ggml.tokens: {len(tokens)} tokens for a vocabulary of {len(vocab)}")
+    if list(get("tokenizer.ggml.merges")) != merges:
+        fail("tokenizer.ggml.merges differ from the tokenizer's merges")
+    back = Path(args.back) / "tokenizer.json"
+    text = Path(args.text).read_text()
+    a = Tokenizer.from_file(args.tokenizer).encode(text, add_special_tokens=False).ids
+    b = Tokenizer.from_file(str(back)).encode(text, add_special_tokens=False).ids
+    if a != b:
+        i = next(i for i, (x, y) in enumerate(zip_longest(a, b)) if x != y)
+        fail(f"{back}: encodes {args.text} differently from {args.tokenizer} at token {i}")
+    print(f"ok tokenizer: {len(tokens)} tokens and {len(merges)} merges in the GGUF; the tokenizer"
+          f" read back encodes {len(a)} tokens of {args.text} identically")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -746,12 +780,15 @@ def main():
     s = sub.add_parser("same")
     s.add_argument("bundle_a")
     s.add_argument("bundle_b")
+    t = sub.add_parser("check-tokenizer")
+    for a in ("tokenizer", "file", "back", "text"):
+        t.add_argument(a)
     f = sub.add_parser("foreign")
     f.add_argument("file")
     f.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     {"make": make, "check": check, "check-i2s": check_i2s, "same": same, "foreign": foreign,
-     "check-foreign": check_foreign}[args.cmd](args)
+     "check-foreign": check_foreign, "check-tokenizer": check_tokenizer}[args.cmd](args)
 
 
 if __name__ == "__main__":

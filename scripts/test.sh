@@ -298,6 +298,15 @@ done
 "$bundle" create --from "$work/gguf-lm-hf" --granularity tensor --out "$work/gguf-lm-tensor" >/dev/null
 gguf_round_trip "$work/gguf-lm-tensor" i2_s "$work/gguf-lm-tensor.i2_s.gguf" check-i2s --allow-float-fallback
 echo "ok   export --format gguf --allow-float-fallback (LM demo): TQ1_0, TQ2_0, I2_S (and I2_S at one scale per tensor) with F16 fallback tensors equal to the FP16 weights; create --from each gives the bundle back"
+# The carried tokenizer (byte-level BPE) converted to tokenizer.ggml.* and back to tokenizer.json.
+mkdir -p "$work/gguf-tok" && cp "$work/gguf-llama/config.json" "$work/gguf-llama/model.safetensors" \
+    fixtures/tokenizer/byte-level/tokenizer.json "$work/gguf-tok/"
+"$bundle" create --from "$work/gguf-tok" --out "$work/gguf-tok-bundle" >/dev/null
+"$bundle" export "$work/gguf-tok-bundle" --format gguf --type tq2_0 --out "$work/gguf-tok.gguf" >/dev/null 2>&1
+"$bundle" create --from "$work/gguf-tok.gguf" --out "$work/gguf-tok-back" >/dev/null
+$gguf_check check-tokenizer fixtures/tokenizer/byte-level/tokenizer.json "$work/gguf-tok.gguf" \
+    "$work/gguf-tok-back" fixtures/tokenizer/corpus.txt >/dev/null
+echo "ok   export --format gguf with the carried tokenizer: gpt2 tokens and merges read by gguf-py; create --from it carries a tokenizer.json that encodes the corpus identically"
 $gguf_check foreign "$work/gguf-foreign.gguf" >/dev/null
 "$bundle" create --from "$work/gguf-foreign.gguf" --out "$work/gguf-foreign-bundle" >/dev/null
 $gguf_check check-foreign "$work/gguf-foreign-bundle" "$work/gguf-foreign.gguf" >/dev/null

@@ -218,11 +218,8 @@ pub fn export_gguf(bundle: &Bundle, out: &Path, options: &GgufExport) -> Result<
                 bytes: a.bytes().to_vec(),
             })
             .collect();
-        // TOKENIZER-PENDING
-        let _ = &assets;
-        return Err(Error::InvalidArgument(
-            "tokenizer conversion pending".into(),
-        ));
+        crate::gguf::tokenizer::to_gguf(&assets, decoder.vocab_size)
+            .map_err(|e| Error::InvalidArgument(format!("{dir}: {e}")))?
     };
     let planned = plan(bundle, decoder, options, &mut warnings)?;
 

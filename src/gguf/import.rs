@@ -115,7 +115,7 @@ impl GgufModel {
         let heads = int("attention.head_count", None)?;
         let head_dim = int(
             "attention.key_length",
-            Some(if heads == 0 { 0 } else { hidden / heads }),
+            Some(hidden.checked_div(heads).unwrap_or(0)),
         )?;
         if let Some(v) = h.get(&key("attention.value_length")) {
             if v.as_u64() != Some(head_dim) {
@@ -762,7 +762,18 @@ pub fn is_gguf(path: &Path) -> bool {
 /// The asset files of a GGUF file's tokenizer, for `create` (empty when it has none or it is
 /// not converted: `notes` says why).
 pub fn tokenizer_assets(model: &GgufModel, notes: &mut Vec<String>) -> Result<Vec<AssetFile>> {
-    // TOKENIZER-IMPORT-PENDING
-    let _ = (model, notes);
-    Ok(Vec::new())
+    use crate::gguf::tokenizer::{from_gguf, TokenizerImport};
+    let path = model.file.path();
+    Ok(
+        match from_gguf(&model.file.header().kvs, model.spec.vocab_size)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?
+        {
+            TokenizerImport::Carried(assets) => assets,
+            TokenizerImport::NotConverted(why) => {
+                notes.push(format!("{}: tokenizer not carried: {why}", path.display()));
+                Vec::new()
+            }
+            TokenizerImport::None => Vec::new(),
+        },
+    )
 }

@@ -26,6 +26,21 @@
 //!
 //! Everything else (WordLevel, WordPiece, Unigram, a BPE that is not byte-level, no tokenizer)
 //! is refused naming the file; `--no-tokenizer` writes a model without vocabulary.
+//!
+//! Where this differs from the converter, on purpose:
+//! - a USER_DEFINED piece of a tokenizer.model keeps its type 4 (the converter writes NORMAL,
+//!   and llama.cpp then never produces the piece; with 4 it matches it as sentencepiece does);
+//! - a token id not below the vocabulary size (a piece, an added token, a special id) is an
+//!   error, not a warning and a skipped token; a repeated token is an error (llama.cpp refuses
+//!   the file), and so is a SentencePiece model that is not BPE (`model_type` 2);
+//! - `tokenizer.ggml.merges` is written even when empty (llama.cpp refuses a `"gpt2"` file
+//!   without it);
+//! - special_tokens_map.json and generation_config.json are read as above, and without a
+//!   tokenizer.json the special tokens resolve against the pieces;
+//! - a tokenizer.model whose normalizer adds no dummy prefix, or removes extra whitespace,
+//!   gets `tokenizer.ggml.add_space_prefix` false or `remove_extra_whitespaces` true;
+//! - added tokens that are not `normalized` are taken as they are: the converter runs them
+//!   through encode and decode, which gives a byte-level tokenizer's added token back unchanged.
 
 use std::collections::{HashMap, HashSet};
 
@@ -429,7 +444,7 @@ fn byte_level_bpe_vocab(
     }
     check_unique(TOKENIZER_JSON, &tokens)?;
     let merges = merges(model)?;
-    let pre = pre_tokenizer_name(tokenizer, model);
+    let pre = pre_tokenizer_name(tokenizer, model, added);
     let kvs = vec![
         (KEY_MODEL.into(), Value::Str("gpt2".into())),
         (KEY_PRE.into(), Value::Str(pre.into())),
@@ -514,7 +529,11 @@ fn check_merge(merge: &str) -> std::result::Result<(&str, &str), &'static str> {
 }
 
 /// llama.cpp's name for the tokenizer's pre-tokenizer (the module documentation says when).
-fn pre_tokenizer_name(tokenizer: &Map<String, Json>, model: &Map<String, Json>) -> &'static str {
+fn pre_tokenizer_name(
+    tokenizer: &Map<String, Json>,
+    model: &Map<String, Json>,
+    added: &[AddedToken],
+) -> &'static str {
     const DEFAULT: &str = "default";
     let null = |key: &str| model.get(key).is_none_or(Json::is_null);
     let plain_bpe = tokenizer.get("normalizer").is_none_or(Json::is_null)
@@ -563,7 +582,7 @@ fn pre_tokenizer_name(tokenizer: &Map<String, Json>, model: &Map<String, Json>) 
         .get("ignore_merges")
         .and_then(Json::as_bool)
         .unwrap_or(false);
-    if ignores_merges == llama_ignores_merges || merges_rebuild_every_token(model) {
+    if ignores_merges == llama_ignores_merges || merges_rebuild_every_token(model, added) {
         name
     } else {
         DEFAULT
@@ -571,8 +590,9 @@ fn pre_tokenizer_name(tokenizer: &Map<String, Json>, model: &Map<String, Json>) 
 }
 
 /// Whether merging the characters of every vocabulary token gives back that token, so that
-/// taking whole words from the vocabulary (`ignore_merges`) changes nothing.
-fn merges_rebuild_every_token(model: &Map<String, Json>) -> bool {
+/// taking whole words from the vocabulary (`ignore_merges`) changes nothing. Added tokens are
+/// left out: both libraries match them before the model sees a word.
+fn merges_rebuild_every_token(model: &Map<String, Json>, added: &[AddedToken]) -> bool {
     let mut merging = model.clone();
     merging.insert("ignore_merges".into(), Json::Bool(false));
     // From text: the BPE deserializer borrows its "type" string, which a `Json` cannot lend.
@@ -583,7 +603,8 @@ fn merges_rebuild_every_token(model: &Map<String, Json>) -> bool {
     let Some(vocab) = model.get("vocab").and_then(Json::as_object) else {
         return false;
     };
-    vocab.keys().all(|token| {
+    let added: HashSet<&str> = added.iter().map(|a| a.content.as_str()).collect();
+    vocab.keys().filter(|t| !added.contains(t.as_str())).all(|token| {
         matches!(bpe.tokenize(token), Ok(pieces) if pieces.len() == 1 && pieces[0].value == *token)
     })
 }
@@ -2048,6 +2069,13 @@ mod tests {
             encode(&files[0].bytes, SAMPLE, false),
             encode(original, SAMPLE, false)
         );
+        // An added special token in the vocabulary is no whole word for the check of merges.
+        let mut t: Json = serde_json::from_slice(original).unwrap();
+        t["model"]["vocab"]["<|eot|>"] = json!(300);
+        t["added_tokens"] = json!([{"id": 300, "content": "<|eot|>", "special": true}]);
+        let kvs = to_gguf(&[asset(TOKENIZER_JSON, t.to_string())], 301).unwrap();
+        assert_eq!(get(&kvs, KEY_PRE), Some(&Value::Str("llama-bpe".into())));
+        assert_eq!(ints(&kvs, KEY_TOKEN_TYPE)[300], CONTROL);
     }
 
     #[test]
@@ -2303,7 +2331,7 @@ mod tests {
         for end in 0..good.len() {
             let _ = parse_sentencepiece(&good[..end]);
         }
-        let cases: [(&[u8], &str); 8] = [
+        let cases: [(&[u8], &str); 9] = [
             // field 1, 10 bytes declared, 2 present
             (&[0x0a, 0x0a, 0x0a, 0x00], "expected 10 bytes, found 2"),
             // a length near 2^63
@@ -2315,6 +2343,13 @@ mod tests {
             (
                 &[
                     0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
+                "longer than 64 bits",
+            ),
+            // ten bytes whose last carries bits past the 64th
+            (
+                &[
+                    0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
                 ],
                 "longer than 64 bits",
             ),
@@ -2610,7 +2645,7 @@ mod tests {
         assert_eq!(from_gguf(&[], 10).unwrap(), TokenizerImport::None);
         let none = [(KEY_MODEL.to_string(), Value::Str("none".into()))];
         assert_eq!(from_gguf(&none, 10).unwrap(), TokenizerImport::None);
-        let bert = [(KEY_MODEL.to_string(), Value::Str("bert".into()))];
+        let bert = vec![(KEY_MODEL.to_string(), Value::Str("bert".into()))];
         let mut qwen = gpt2_kvs();
         set(&mut qwen, KEY_PRE, Value::Str("qwen2".into()));
         let mut no_pre = gpt2_kvs();
@@ -2623,7 +2658,7 @@ mod tests {
         let mut types = ints(&no_unk, KEY_TOKEN_TYPE).to_vec();
         types[0] = NORMAL;
         set(&mut no_unk, KEY_TOKEN_TYPE, Value::Array(Array::I32(types)));
-        let cases: [(&[(String, Value)], usize, &str); 4] = [
+        let cases = [
             (&bert, 10, "tokenizer.ggml.model \"bert\""),
             (&qwen, 264, "tokenizer.ggml.pre \"qwen2\""),
             (&no_pre, 264, "no tokenizer.ggml.pre"),

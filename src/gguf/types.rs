@@ -91,9 +91,13 @@ impl GgmlType {
                 ))
             }
         };
+        let bytes = |per: u64| {
+            n.checked_mul(per)
+                .ok_or_else(|| "a byte count that fits 64 bits".to_string())
+        };
         Ok(match self {
-            GgmlType::F32 => n * 4,
-            GgmlType::F16 | GgmlType::Bf16 => n * 2,
+            GgmlType::F32 => bytes(4)?,
+            GgmlType::F16 | GgmlType::Bf16 => bytes(2)?,
             GgmlType::Tq1_0 | GgmlType::Tq2_0 => {
                 matrix()?;
                 whole(TQ_BLOCK)?;
@@ -105,8 +109,7 @@ impl GgmlType {
                 whole(I2S_BLOCK)?;
                 n / 4 + I2S_TRAILER
             }
-        }
-        .max(0))
+        })
     }
 }
 
