@@ -166,6 +166,14 @@ pub fn permuted_source_row(r: usize, rows: usize, n_head: usize) -> usize {
     h * hd + s * (hd / 2) + i
 }
 
+/// `e` with `place` (a bundle or file) named first, when it is a message that does not.
+pub(crate) fn in_file(place: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{place}: {m}")),
+        other => other,
+    }
+}
+
 /// The architecture a bundle's family is written as: llama.cpp's `llama` and `bitnet` for TQ1_0
 /// and TQ2_0; for I2_S, bitnet.cpp's `llama` and `bitnet-b1.58`.
 pub fn arch_name(family: Family, ternary: TernaryType) -> &'static str {
@@ -219,7 +227,7 @@ pub fn export_gguf(bundle: &Bundle, out: &Path, options: &GgufExport) -> Result<
             })
             .collect();
         crate::gguf::tokenizer::to_gguf(&assets, decoder.vocab_size)
-            .map_err(|e| Error::InvalidArgument(format!("{dir}: {e}")))?
+            .map_err(|e| in_file(&dir, e))?
     };
     let planned = plan(bundle, decoder, options, &mut warnings)?;
 

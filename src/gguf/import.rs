@@ -24,7 +24,7 @@ use crate::format::rules::Rule;
 use crate::format::safetensors::Dtype;
 use crate::gguf::container::{Array, Value};
 use crate::gguf::export::{
-    gguf_name, permuted_source_row, scale_key, GRANULARITY_KEY, GROUP_SIZE_KEY,
+    gguf_name, in_file, permuted_source_row, scale_key, GRANULARITY_KEY, GROUP_SIZE_KEY,
 };
 use crate::gguf::read::{GgufFile, GgufTensor};
 use crate::gguf::ternary::{unpack_i2s, unpack_tq1_0, unpack_tq2_0, BLOCK};
@@ -766,7 +766,7 @@ pub fn tokenizer_assets(model: &GgufModel, notes: &mut Vec<String>) -> Result<Ve
     let path = model.file.path();
     Ok(
         match from_gguf(&model.file.header().kvs, model.spec.vocab_size)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?
+            .map_err(|e| in_file(&path.display().to_string(), e))?
         {
             TokenizerImport::Carried(assets) => assets,
             TokenizerImport::NotConverted(why) => {
