@@ -16,7 +16,6 @@ use ternary_bundle::gguf::ternary::TernaryType;
 use ternary_bundle::model::decoder::{DecoderSpec, Family};
 use ternary_bundle::{write_bundle, Bundle, BundlePlan, Granularity, QuantParams, WriteOptions};
 
-
 fn bundle_of(dir: &Path, name: &str, s: &DecoderSpec, granularity: Granularity) -> PathBuf {
     let dest = dir.join(name);
     let params = QuantParams {

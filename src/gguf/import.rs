@@ -260,8 +260,15 @@ impl GgufModel {
                 .tensor(&gname)
                 .into());
             }
-            if quantized && exact == Exact::No && !t.ggml_type.is_ternary() {
-                unreachable!("an F16 tensor is quantized only with a scale key");
+            if keyed && exact == Exact::No {
+                return Err(Violation::new(
+                    path,
+                    Rule::GgufTensor,
+                    format!("{GRANULARITY_KEY} beside the scale keys (bundle.scale.*)"),
+                    format!("{} without it", scale_key(&gname)),
+                )
+                .tensor(&gname)
+                .into());
             }
             if quantized && exact != Exact::No && !keyed {
                 return Err(Violation::new(
