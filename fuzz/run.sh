@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(manifest bundle codecs verify_numeric decoder_config)
+[ ${#targets[@]} -gt 0 ] || targets=(manifest bundle codecs verify_numeric decoder_config gguf)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
-[ -f fuzz/corpus/verify_numeric/trit5-channel-two-layers ] || bash fuzz/make_seeds.sh
+[ -f fuzz/corpus/verify_numeric/trit5-channel-two-layers ] && [ -d fuzz/corpus/gguf ] || bash fuzz/make_seeds.sh
 failed=0
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/work/$target" "fuzz/corpus/$target"

@@ -407,3 +407,96 @@ fn assert_integrity(report: &crate::verify::VerifyReport, changed: bool) {
         }
     }
 }
+
+/// The GGUF reader (rules 8.4, 8.5) on arbitrary bytes. When the header parses, every tensor's
+/// data lie within `data` (the reader's promise, asserted by slicing) and have the size of its
+/// type, and every ternary tensor's blocks are decoded. When the file names an architecture,
+/// the bytes also go to a scratch file that the import opens as `bundle create --from` does
+/// (`GgufModel`): its granularity, record and tokenizer, and every tensor's given trits and
+/// values, whose counts must match the tensor's shape.
+pub fn gguf(data: &[u8]) {
+    use crate::gguf::import::{tokenizer_assets, GgufModel};
+    use crate::gguf::read::Header;
+    use crate::gguf::ternary::{unpack_i2s, unpack_tq1_0, unpack_tq2_0};
+    use crate::gguf::types::{GgmlType, I2S_TRAILER, TQ_BLOCK};
+    use crate::source::TensorSource;
+
+    let Ok(h) = Header::parse(Path::new("fuzz.gguf"), data) else {
+        return;
+    };
+    for t in &h.tensors {
+        let start = (h.data_start + t.offset) as usize;
+        let bytes = &data[start..start + t.nbytes as usize];
+        let n = t.elements();
+        let size = match t.ggml_type {
+            GgmlType::F32 => n * 4,
+            GgmlType::F16 | GgmlType::Bf16 => n * 2,
+            GgmlType::Tq1_0 => n / TQ_BLOCK * 54,
+            GgmlType::Tq2_0 => n / TQ_BLOCK * 66,
+            GgmlType::I2S => n / 4 + I2S_TRAILER,
+        };
+        assert_eq!(t.nbytes, size, "{} {:?} {:?}", t.name, t.ggml_type, t.ne);
+        match t.ggml_type {
+            GgmlType::Tq1_0 => bytes.chunks_exact(54).for_each(|b| {
+                let _ = unpack_tq1_0(b);
+            }),
+            GgmlType::Tq2_0 => bytes.chunks_exact(66).for_each(|b| {
+                let _ = unpack_tq2_0(b);
+            }),
+            GgmlType::I2S => {
+                let _ = unpack_i2s(bytes, n as usize);
+            }
+            _ => {}
+        }
+    }
+    if h.get("general.architecture").is_none() {
+        return;
+    }
+
+    /// The scratch file, removed when dropped (also on a panic).
+    struct ScratchFile(std::path::PathBuf);
+    impl Drop for ScratchFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    // On tmpfs when there is one; one file per process and thread (the replay test runs
+    // targets in parallel).
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let file = ScratchFile(dir.join(format!(
+        "ternary-bundle-fuzz-gguf-{}-{:?}.gguf",
+        std::process::id(),
+        std::thread::current().id()
+    )));
+    if std::fs::write(&file.0, data).is_err() {
+        return;
+    }
+    let Ok(model) = GgufModel::open(&file.0) else {
+        return;
+    };
+    let _ = model.granularity();
+    let _ = model.record();
+    let _ = tokenizer_assets(&model, &mut Vec::new());
+    let quantized = model.quantized();
+    for t in model.tensors() {
+        let n: u64 = t.shape.iter().product();
+        if quantized.contains(&t.name) {
+            // What load_f32 gives for it, without decoding the blocks twice.
+            if let Ok(Some(g)) = model.given(&t.name) {
+                assert_eq!(g.trits.len() as u64, n, "{}: trits", t.name);
+                assert!(g.trits.iter().all(|x| (-1..=1).contains(x)), "{}", t.name);
+                let cols = t.shape[1..].iter().product::<u64>();
+                if let Ok(values) = g.values(t.shape[0], cols) {
+                    assert_eq!(values.len() as u64, n, "{}: values", t.name);
+                }
+            }
+        } else if let Ok(values) = model.load_f32(&t.name) {
+            assert_eq!(values.len() as u64, n, "{}: values", t.name);
+        }
+    }
+}

@@ -66,6 +66,11 @@ fn codecs_corpus_replays() {
 }
 
 #[test]
+fn gguf_corpus_replays() {
+    replay("gguf", fuzzing::gguf);
+}
+
+#[test]
 fn verify_numeric_corpus_replays() {
     let scratch = tempfile::tempdir().unwrap();
     replay("verify_numeric", |d| {

@@ -138,6 +138,9 @@ rules! {
     /// 8.5: a GGUF tensor has a type the reader takes (F32, F16, BF16, TQ1_0, TQ2_0, I2_S)
     /// whose blocks divide it, and valid codes and scales.
     GgufTensor = "8.5", "GGUF tensor of an unsupported type or with invalid blocks";
+    /// 8.6: a GGUF file's architecture, hyperparameters, tensor names and shapes and
+    /// `bundle.*` keys describe a decoder of section 16.2.
+    GgufModel = "8.6", "GGUF metadata that describes no decoder the reader takes";
 }
 
 #[cfg(test)]

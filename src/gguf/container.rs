@@ -109,6 +109,27 @@ impl Value {
         }
     }
 
+    /// The value for a message: its type and contents (`UINT32 64`, `STRING "row"`, an array
+    /// by its type and length), strings escaped.
+    pub fn show(&self) -> String {
+        let body = match self {
+            Value::U8(v) => v.to_string(),
+            Value::I8(v) => v.to_string(),
+            Value::U16(v) => v.to_string(),
+            Value::I16(v) => v.to_string(),
+            Value::U32(v) => v.to_string(),
+            Value::I32(v) => v.to_string(),
+            Value::F32(v) => v.to_string(),
+            Value::Bool(v) => v.to_string(),
+            Value::Str(s) => format!("{s:?}"),
+            Value::Array(a) => format!("of {} elements", a.len()),
+            Value::U64(v) => v.to_string(),
+            Value::I64(v) => v.to_string(),
+            Value::F64(v) => v.to_string(),
+        };
+        format!("{} {body}", self.type_name())
+    }
+
     /// The GGUF name of the value's type (`"UINT32"`, `"ARRAY[STRING]"`), for messages.
     pub fn type_name(&self) -> String {
         match self {

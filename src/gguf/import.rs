@@ -76,7 +76,7 @@ impl GgufModel {
         let file = GgufFile::open(path)?;
         let h = file.header();
         let bad = |expected: String, found: String| -> Error {
-            Violation::new(path, Rule::GgufTensor, expected, found).into()
+            Violation::new(path, Rule::GgufModel, expected, found).into()
         };
         let arch = h
             .get("general.architecture")
@@ -90,19 +90,16 @@ impl GgufModel {
                 return Err(bad(
                     "architecture llama, bitnet or bitnet-b1.58 (the decoders of section 16.2)"
                         .into(),
-                    format!("{:?}", other),
+                    format!("{other:?}"),
                 ))
             }
         };
         let key = |k: &str| format!("{arch}.{k}");
         let int = |k: &str, default: Option<u64>| -> Result<u64> {
             match h.get(&key(k)) {
-                Some(v) => v.as_u64().ok_or_else(|| {
-                    bad(
-                        format!("{}: an unsigned integer", key(k)),
-                        format!("{} {v:?}", v.type_name()),
-                    )
-                }),
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| bad(format!("{}: an unsigned integer", key(k)), v.show())),
                 None => {
                     default.ok_or_else(|| bad(format!("{}, an integer", key(k)), "none".into()))
                 }
@@ -124,7 +121,7 @@ impl GgufModel {
                         "{} equal to key_length {head_dim}",
                         key("attention.value_length")
                     ),
-                    format!("{v:?}"),
+                    v.show(),
                 ));
             }
         }
@@ -132,7 +129,7 @@ impl GgufModel {
             if v.as_u64() != Some(head_dim) {
                 return Err(bad(
                     format!("{} equal to the head width {head_dim} (RoPE on the whole head, section 16.2)", key("rope.dimension_count")),
-                    format!("{v:?}"),
+                    v.show(),
                 ));
             }
         }
@@ -146,18 +143,15 @@ impl GgufModel {
                         "{}: none, or linear with factor 1 (section 16.2 has no RoPE scaling)",
                         key("rope.scaling.type")
                     ),
-                    format!("{v:?} factor {factor:?}"),
+                    format!("{} factor {factor:?}", v.show()),
                 ));
             }
         }
         let float = |k: &str, default: Option<f64>| -> Result<f64> {
             match h.get(&key(k)) {
-                Some(v) => v.as_f64().ok_or_else(|| {
-                    bad(
-                        format!("{}: a float", key(k)),
-                        format!("{} {v:?}", v.type_name()),
-                    )
-                }),
+                Some(v) => v
+                    .as_f64()
+                    .ok_or_else(|| bad(format!("{}: a float", key(k)), v.show())),
                 None => default.ok_or_else(|| bad(format!("{}, a float", key(k)), "none".into())),
             }
         };
@@ -181,8 +175,28 @@ impl GgufModel {
             rope_theta: float("rope.freq_base", Some(10_000.0))?,
             tie_word_embeddings: h.tensor("output.weight").is_none(),
         };
-        spec.check()
-            .map_err(|m| bad("hyperparameters of a decoder (section 16.2)".into(), m))?;
+        spec.check().map_err(|m| {
+            let found = if m.contains("overflow") {
+                format!(
+                    "sizes whose tensors overflow: {} {}, {} {}, {} {}, {} {}, {} {}, {} {}",
+                    key("block_count"),
+                    spec.num_hidden_layers,
+                    key("embedding_length"),
+                    spec.hidden_size,
+                    key("feed_forward_length"),
+                    spec.intermediate_size,
+                    key("attention.head_count"),
+                    spec.num_attention_heads,
+                    key("attention.key_length"),
+                    spec.head_dim,
+                    key("vocab_size"),
+                    spec.vocab_size
+                )
+            } else {
+                gguf_keys_in(&m, &arch)
+            };
+            bad("hyperparameters of a decoder (section 16.2)".into(), found)
+        })?;
         let exact = match h.get(GRANULARITY_KEY) {
             None => Exact::No,
             Some(v) => Exact::Yes(match (v.as_str(), h.get(GROUP_SIZE_KEY).and_then(Value::as_u64)) {
@@ -192,7 +206,7 @@ impl GgufModel {
                 _ => {
                     return Err(bad(
                         format!("{GRANULARITY_KEY} \"tensor\", \"channel\" or \"group\" (with {GROUP_SIZE_KEY} >= 1)"),
-                        format!("{v:?}"),
+                        v.show(),
                     ))
                 }
             }),
@@ -206,7 +220,7 @@ impl GgufModel {
             let index = h.tensors.iter().position(|t| t.name == gname).ok_or_else(|| -> Error {
                 Violation::new(
                     path,
-                    Rule::GgufTensor,
+                    Rule::GgufModel,
                     format!("the tensor of {name} (shape {shape:?}), which the hyperparameters need"),
                     "none",
                 )
@@ -217,7 +231,7 @@ impl GgufModel {
             if t.shape() != shape {
                 return Err(Violation::new(
                     path,
-                    Rule::GgufTensor,
+                    Rule::GgufModel,
                     format!(
                         "shape {shape:?} (ne {:?}) for {name}",
                         shape.iter().rev().collect::<Vec<_>>()
@@ -236,7 +250,7 @@ impl GgufModel {
                 if shape[0] % (2 * n as u64) != 0 {
                     return Err(Violation::new(
                         path,
-                        Rule::GgufTensor,
+                        Rule::GgufModel,
                         format!("rows a multiple of 2 × {n} heads (llama.cpp's RoPE permutation)"),
                         format!("{} rows", shape[0]),
                     )
@@ -249,10 +263,10 @@ impl GgufModel {
             if keyed && !quantized {
                 return Err(Violation::new(
                     path,
-                    Rule::GgufTensor,
+                    Rule::GgufModel,
                     "scales (bundle.scale.*) only for a ternary tensor or an F16 one kept from it",
                     format!(
-                        "{} scales for a {} tensor",
+                        "{} for a tensor of type {}",
                         scale_key(&gname),
                         t.ggml_type.name()
                     ),
@@ -263,7 +277,7 @@ impl GgufModel {
             if keyed && exact == Exact::No {
                 return Err(Violation::new(
                     path,
-                    Rule::GgufTensor,
+                    Rule::GgufModel,
                     format!("{GRANULARITY_KEY} beside the scale keys (bundle.scale.*)"),
                     format!("{} without it", scale_key(&gname)),
                 )
@@ -273,7 +287,7 @@ impl GgufModel {
             if quantized && exact != Exact::No && !keyed {
                 return Err(Violation::new(
                     path,
-                    Rule::GgufTensor,
+                    Rule::GgufModel,
                     format!("{} (the file states {GRANULARITY_KEY})", scale_key(&gname)),
                     "none",
                 )
@@ -297,7 +311,7 @@ impl GgufModel {
         {
             return Err(Violation::new(
                 path,
-                Rule::GgufTensor,
+                Rule::GgufModel,
                 format!("only the tensors of the {arch} model its hyperparameters describe"),
                 "a tensor that is not part of it",
             )
@@ -646,16 +660,21 @@ impl GgufModel {
             }
             _ => {
                 let (trits, ds) = self.blocks(e)?;
+                // Every non-zero weight: d of its block = f16 of the scale covering it (one
+                // block may span several groups finer than 256 columns).
                 let per_row = cols / BLOCK;
                 for (b, &d) in ds.iter().enumerate() {
-                    let (r, c) = (b / per_row, (b % per_row) * BLOCK);
+                    let (r, c0) = (b / per_row, (b % per_row) * BLOCK);
                     let block = &trits[b * BLOCK..(b + 1) * BLOCK];
-                    let s = f16::from_f32(scale_at(r, c)).to_f32();
-                    if block.iter().any(|&x| x != 0) && d.to_bits() != s.to_bits() {
-                        return Err(mismatch(format!(
-                            "d = {d} in block {b} (row {r}, columns {c}..{}) where f16 of the stated scale is {s}",
-                            c + BLOCK
-                        )));
+                    for (j, _) in block.iter().enumerate().filter(|(_, &x)| x != 0) {
+                        let s = f16::from_f32(scale_at(r, c0 + j)).to_f32();
+                        if d.to_bits() != s.to_bits() {
+                            return Err(mismatch(format!(
+                                "d = {d} in block {b} (row {r}, columns {c0}..{}) where f16 of the scale stated for column {} is {s}",
+                                c0 + BLOCK,
+                                c0 + j
+                            )));
+                        }
                     }
                 }
                 trits
@@ -754,6 +773,27 @@ impl TensorSource for GgufModel {
         };
         Ok(Some(GivenTensor { trits, scales }))
     }
+}
+
+/// A decoder check's message with transformers' field names replaced by the GGUF keys of
+/// `arch` they are read from.
+fn gguf_keys_in(message: &str, arch: &str) -> String {
+    const KEYS: [(&str, &str); 9] = [
+        ("vocab_size", "vocab_size"),
+        ("hidden_size", "embedding_length"),
+        ("intermediate_size", "feed_forward_length"),
+        ("num_hidden_layers", "block_count"),
+        ("num_attention_heads", "attention.head_count"),
+        ("num_key_value_heads", "attention.head_count_kv"),
+        ("head_dim", "attention.key_length"),
+        ("rms_norm_eps", "attention.layer_norm_rms_epsilon"),
+        ("rope_theta", "rope.freq_base"),
+    ];
+    let mut out = message.to_string();
+    for (field, key) in KEYS {
+        out = out.replace(field, &format!("{arch}.{key}"));
+    }
+    out
 }
 
 /// Whether `path` is a GGUF file (its first four bytes are the magic).

@@ -266,10 +266,7 @@ impl<'a> Parser<'a> {
             None => DEFAULT_ALIGNMENT,
             Some((_, Value::U32(a))) if a.is_power_of_two() => u64::from(*a),
             Some((_, v)) => {
-                return Err(self.fail(
-                    "general.alignment a UINT32 power of two",
-                    format!("{} {v:?}", v.type_name()),
-                ))
+                return Err(self.fail("general.alignment a UINT32 power of two", v.show()))
             }
         };
         let mut tensors: Vec<GgufTensor> = Vec::new();
