@@ -19,6 +19,7 @@ mod r4_ternary;
 mod r5_fp16;
 mod r6_validation;
 mod r7_checksums;
+mod r8_gguf;
 mod r8_writer;
 
 use std::fmt::Debug;
@@ -337,6 +338,7 @@ fn every_rule_has_a_test() {
         include_str!("r6_validation.rs"),
         include_str!("r7_checksums.rs"),
         include_str!("r8_writer.rs"),
+        include_str!("r8_gguf.rs"),
     ]
     .concat();
     for rule in Rule::ALL {
