@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::decoder::{model_with, spec};
 use half::f16;
-use ternary_bundle::gguf::container::{header, pad, Array, TensorInfo, Value};
+use ternary_bundle::gguf::container::{file_bytes, pad, Array, TensorInfo, Value};
 use ternary_bundle::gguf::export::{
     export_gguf, scale_key, FloatType, GgufExport, GRANULARITY_KEY, GROUP_SIZE_KEY,
     SCALE_KEY_PREFIX,
@@ -198,15 +198,6 @@ impl Raw {
     }
 }
 
-fn info(name: &str, ne: &[u64], ty: u32, nbytes: u64) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        ne: ne.to_vec(),
-        ggml_type: ty,
-        nbytes,
-    }
-}
-
 /// A valid file from the writer: a key of every value type (arrays of every element type) and
 /// a tensor of every type the reader takes, with valid blocks.
 fn written_file() -> Vec<u8> {
@@ -247,12 +238,12 @@ fn written_file() -> Vec<u8> {
     let tq2 = [pack_tq2_0(&trits, f16::from_f32(0.25)); 2].concat();
     let i2s = pack_i2s(&trits[..128], 0.125);
     let tensors: Vec<(TensorInfo, Vec<u8>)> = vec![
-        (info("f32", &[3], 0, 12), vec![1; 12]),
-        (info("f16", &[2, 2], 1, 8), vec![2; 8]),
-        (info("bf16", &[5], 30, 10), vec![3; 10]),
-        (info("tq1", &[256, 1], 34, 54), tq1),
-        (info("tq2", &[256, 2], 35, 132), tq2),
-        (info("i2s", &[128, 1], 36, 64), i2s),
+        (TensorInfo::new("f32", &[3], 0, 12), vec![1; 12]),
+        (TensorInfo::new("f16", &[2, 2], 1, 8), vec![2; 8]),
+        (TensorInfo::new("bf16", &[5], 30, 10), vec![3; 10]),
+        (TensorInfo::new("tq1", &[256, 1], 34, 54), tq1),
+        (TensorInfo::new("tq2", &[256, 2], 35, 132), tq2),
+        (TensorInfo::new("i2s", &[128, 1], 36, 64), i2s),
     ];
     assemble(&Parts { kvs, tensors })
 }
@@ -789,7 +780,7 @@ fn parts(bytes: &[u8]) -> Parts {
         .map(|t| {
             let at = (h.data_start + t.offset) as usize;
             (
-                info(&t.name, &t.ne, t.ggml_type.id(), t.nbytes),
+                TensorInfo::new(&t.name, &t.ne, t.ggml_type.id(), t.nbytes),
                 bytes[at..at + t.nbytes as usize].to_vec(),
             )
         })
@@ -802,22 +793,12 @@ fn parts(bytes: &[u8]) -> Parts {
 
 /// The file of `p` as the writer lays it out (each tensor's size is its bytes').
 fn assemble(p: &Parts) -> Vec<u8> {
-    let infos: Vec<TensorInfo> = p
+    let parts: Vec<(TensorInfo, &[u8])> = p
         .tensors
         .iter()
-        .map(|(i, d)| TensorInfo {
-            nbytes: d.len() as u64,
-            ..i.clone()
-        })
+        .map(|(i, d)| (i.clone(), d.as_slice()))
         .collect();
-    let (mut out, offsets) = header(&p.kvs, &infos);
-    let start = out.len() as u64;
-    for ((_, data), offset) in p.tensors.iter().zip(offsets) {
-        assert_eq!(out.len() as u64, start + offset);
-        out.extend_from_slice(data);
-        out.resize((start + offset + pad(data.len() as u64)) as usize, 0);
-    }
-    out
+    file_bytes(&p.kvs, &parts)
 }
 
 impl Parts {
@@ -1538,7 +1519,8 @@ fn missing_extra_and_misshapen_tensors_are_refused() {
     // Extra: a second layer's tensor, a name of no model.
     for name in ["blk.1.attn_q.weight", "rope_freqs.weight", "x"] {
         let mut p = base.clone();
-        p.tensors.push((info(name, &[4], 0, 16), vec![0; 16]));
+        p.tensors
+            .push((TensorInfo::new(name, &[4], 0, 16), vec![0; 16]));
         create_refuses(
             &format!("extra-{name}"),
             &p.bytes(),
@@ -1571,7 +1553,10 @@ fn missing_extra_and_misshapen_tensors_are_refused() {
     );
     let mut p = base.clone();
     let t = p.tensor(V);
-    *t = (info(V, &[128, 256], 0, 0), vec![0; 128 * 256 * 4]);
+    *t = (
+        TensorInfo::new(V, &[128, 256], 0, 0),
+        vec![0; 128 * 256 * 4],
+    );
     p.remove(&scale_key(V));
     create_refuses(
         "v-transposed",

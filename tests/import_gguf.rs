@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::decoder::{model_with, spec, spec256};
-use ternary_bundle::gguf::container::{header, pad, Value};
+use ternary_bundle::gguf::container::{file_bytes, TensorInfo, Value};
 use ternary_bundle::gguf::export::{export_gguf, FloatType, GgufExport, SCALE_KEY_PREFIX};
 use ternary_bundle::gguf::read::GgufFile;
 use ternary_bundle::gguf::ternary::TernaryType;
@@ -142,21 +142,17 @@ fn without_bundle_keys(file: &Path, out: &Path) {
         .filter(|(k, _)| !k.starts_with("bundle."))
         .cloned()
         .collect();
-    let infos: Vec<_> = h
+    let parts: Vec<(TensorInfo, &[u8])> = h
         .tensors
         .iter()
-        .map(|t| ternary_bundle::gguf::container::TensorInfo {
-            name: t.name.clone(),
-            ne: t.ne.clone(),
-            ggml_type: t.ggml_type.id(),
-            nbytes: t.nbytes,
+        .map(|t| {
+            (
+                TensorInfo::new(&t.name, &t.ne, t.ggml_type.id(), t.nbytes),
+                g.data(t),
+            )
         })
         .collect();
-    let (mut bytes, _) = header(&kvs, &infos);
-    for t in &h.tensors {
-        bytes.extend_from_slice(g.data(t));
-        bytes.resize(bytes.len() + (pad(t.nbytes) - t.nbytes) as usize, 0);
-    }
+    let bytes = file_bytes(&kvs, &parts);
     std::fs::write(out, bytes).unwrap();
 }
 

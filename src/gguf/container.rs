@@ -248,6 +248,52 @@ pub struct TensorInfo {
     pub nbytes: u64,
 }
 
+impl TensorInfo {
+    /// A tensor entry.
+    pub fn new(name: &str, ne: &[u64], ggml_type: u32, nbytes: u64) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            ne: ne.to_vec(),
+            ggml_type,
+            nbytes,
+        }
+    }
+}
+
+/// A whole GGUF file in memory from its parts: each tensor's info with its bytes (`nbytes` taken
+/// from them), in order, each padded to the alignment. For small files (tests, fuzz seeds,
+/// rewriting a file's keys); the export streams instead.
+pub fn file_bytes(kvs: &[(String, Value)], tensors: &[(TensorInfo, &[u8])]) -> Vec<u8> {
+    let infos: Vec<TensorInfo> = tensors
+        .iter()
+        .map(|(i, d)| TensorInfo {
+            nbytes: d.len() as u64,
+            ..i.clone()
+        })
+        .collect();
+    let (mut out, _) = header(kvs, &infos);
+    for (_, data) in tensors {
+        out.extend_from_slice(data);
+        out.resize(
+            out.len() + (pad(data.len() as u64) - data.len() as u64) as usize,
+            0,
+        );
+    }
+    out
+}
+
+/// [`file_bytes`] with every tensor's data zero bytes: a file to probe a reader's header checks
+/// with (tests, fuzz seeds).
+pub fn zeroed_file(kvs: &[(String, Value)], tensors: &[TensorInfo]) -> Vec<u8> {
+    let zeros: Vec<Vec<u8>> = tensors.iter().map(|t| vec![0; t.nbytes as usize]).collect();
+    let parts: Vec<(TensorInfo, &[u8])> = tensors
+        .iter()
+        .cloned()
+        .zip(zeros.iter().map(Vec::as_slice))
+        .collect();
+    file_bytes(kvs, &parts)
+}
+
 /// `n` rounded up to the alignment.
 pub fn pad(n: u64) -> u64 {
     n.div_ceil(ALIGNMENT) * ALIGNMENT

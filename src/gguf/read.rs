@@ -513,25 +513,14 @@ fn with_context(e: Error, context: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::container::{header, TensorInfo};
+    use crate::gguf::container::{header, zeroed_file, TensorInfo};
 
     fn file(kvs: &[(String, Value)], tensors: &[TensorInfo]) -> Vec<u8> {
-        let (mut bytes, _) = header(kvs, tensors);
-        let data: u64 = tensors
-            .iter()
-            .map(|t| crate::gguf::container::pad(t.nbytes))
-            .sum();
-        bytes.resize(bytes.len() + data as usize, 0);
-        bytes
+        zeroed_file(kvs, tensors)
     }
 
     fn info(name: &str, ne: &[u64], ty: u32, nbytes: u64) -> TensorInfo {
-        TensorInfo {
-            name: name.into(),
-            ne: ne.to_vec(),
-            ggml_type: ty,
-            nbytes,
-        }
+        TensorInfo::new(name, ne, ty, nbytes)
     }
 
     fn rule_of(bytes: &[u8]) -> Rule {

@@ -3,25 +3,13 @@
 
 use std::path::Path;
 
-use ternary_bundle::gguf::container::{header, pad, Array, TensorInfo, Value};
+use ternary_bundle::gguf::container::{zeroed_file, Array, TensorInfo, Value};
 use ternary_bundle::gguf::import::GgufModel;
 use ternary_bundle::gguf::read::Header;
 use ternary_bundle::Rule;
 
-fn info(name: &str, ne: &[u64], ty: u32, nbytes: u64) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        ne: ne.to_vec(),
-        ggml_type: ty,
-        nbytes,
-    }
-}
-
 fn file(kvs: &[(String, Value)], tensors: &[TensorInfo]) -> Vec<u8> {
-    let (mut bytes, _) = header(kvs, tensors);
-    let data: u64 = tensors.iter().map(|t| pad(t.nbytes)).sum();
-    bytes.resize(bytes.len() + data as usize, 0);
-    bytes
+    zeroed_file(kvs, tensors)
 }
 
 fn parse_rule(bytes: &[u8]) -> Rule {
@@ -35,7 +23,7 @@ fn parse_rule(bytes: &[u8]) -> Rule {
 fn rule_8_4_container_refusals() {
     let good = file(
         &[("k".into(), Value::Array(Array::Str(vec!["a".into()])))],
-        &[info("t", &[4], 0, 16)],
+        &[TensorInfo::new("t", &[4], 0, 16)],
     );
     assert!(Header::parse(Path::new("r.gguf"), &good).is_ok());
     // Truncated in the tensor infos; 10^9 tensors; a duplicate key.
@@ -53,12 +41,12 @@ fn rule_8_4_container_refusals() {
 #[test]
 fn rule_8_5_tensor_types_and_blocks() {
     // Q4_K is not read; TQ2_0 rows of 96 values are not whole blocks.
-    let q4k = file(&[], &[info("w", &[256, 1], 12, 144)]);
+    let q4k = file(&[], &[TensorInfo::new("w", &[256, 1], 12, 144)]);
     assert_eq!(parse_rule(&q4k), Rule::GgufTensor);
     let e = Header::parse(Path::new("r.gguf"), &q4k).unwrap_err();
     assert!(e.to_string().contains("Q4_K"), "{e}");
     assert_eq!(
-        parse_rule(&file(&[], &[info("w", &[96, 2], 35, 66)])),
+        parse_rule(&file(&[], &[TensorInfo::new("w", &[96, 2], 35, 66)])),
         Rule::GgufTensor
     );
 }
@@ -73,7 +61,10 @@ fn rule_8_6_an_architecture_that_is_no_decoder() {
     )];
     std::fs::write(
         &path,
-        file(&kvs, &[info("token_embd.weight", &[4, 8], 0, 128)]),
+        file(
+            &kvs,
+            &[TensorInfo::new("token_embd.weight", &[4, 8], 0, 128)],
+        ),
     )
     .unwrap();
     let e = GgufModel::open(&path).err().expect("refused");
