@@ -474,23 +474,17 @@ fn tensor_and_group_scales_of_whole_blocks_decode_exactly() {
     }
 }
 
-/// The entries of `dir` (to prove a failed export left nothing, not even a temporary file).
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn refusal(bundle: &Bundle, out: &Path, o: &GgufExport) -> String {
     let parent = out.parent().unwrap();
-    let before = entries(parent);
+    let before = common::dir_entries(parent);
     let err = export_gguf(bundle, out, o).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
     assert!(!out.exists());
-    assert_eq!(entries(parent), before, "nothing left beside --out");
+    assert_eq!(
+        common::dir_entries(parent),
+        before,
+        "nothing left beside --out"
+    );
     err.to_string()
 }
 

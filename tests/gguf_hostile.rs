@@ -991,15 +991,6 @@ fn bases() -> &'static Bases {
     })
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// Runs `bundle create --from DIR/NAME.gguf --out DIR/NAME-bundle` on `bytes`: the output
 /// and the two paths.
 fn create(dir: &Path, name: &str, bytes: &[u8]) -> (std::process::Output, PathBuf, PathBuf) {
@@ -1021,7 +1012,7 @@ fn create(dir: &Path, name: &str, bytes: &[u8]) -> (std::process::Output, PathBu
 /// within 60 s. The message.
 fn create_refuses(name: &str, bytes: &[u8], says: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let before = entries(tmp.path());
+    let before = common::dir_entries(tmp.path());
     let started = Instant::now();
     let (r, file, out) = create(tmp.path(), name, bytes);
     let elapsed = started.elapsed();
@@ -1042,7 +1033,7 @@ fn create_refuses(name: &str, bytes: &[u8], says: &[&str]) -> String {
         assert!(stderr.contains(s), "{name}: expected {s:?} in: {stderr}");
     }
     assert!(!out.exists(), "{name}: a bundle was left at --out");
-    let mut after = entries(tmp.path());
+    let mut after = common::dir_entries(tmp.path());
     after.retain(|e| e != &format!("{name}.gguf"));
     assert_eq!(after, before, "{name}: something was left beside --out");
     assert!(elapsed < Duration::from_secs(60), "{name}: {elapsed:?}");

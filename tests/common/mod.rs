@@ -195,3 +195,14 @@ pub fn scale_at(
         }
     }
 }
+
+/// The names of the entries of `dir`, sorted (to prove a failed write left nothing behind, not
+/// even a temporary file).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
