@@ -4,7 +4,7 @@
 //! scale conventions of its two linear classes (`bitlinear` divides by `weight_scale`,
 //! `autobitlinear` multiplies). Reading a packed checkpoint turns it into given trits and a
 //! per-tensor scale ([`PackedBitnet`]); online quantization becomes the writer's default
-//! settings and the original model's forward pass ([`online_original`]).
+//! settings and the original model's forward pass (`online_original`).
 
 use std::collections::BTreeSet;
 use std::path::Path;

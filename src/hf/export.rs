@@ -12,7 +12,7 @@
 //! A conversion is exact or it is refused (spec section 18): what does not fit the target (a
 //! chain of layers, a quantized embedding, per-row scales that differ) is an error naming the
 //! tensor, never an approximation. The directory is published atomically (spec section 15,
-//! [`crate::write::staging`]); tensors are converted one at a time, written in chunks, and their
+//! `write::staging`); tensors are converted one at a time, written in chunks, and their
 //! mapped pages released, so memory follows one tensor, not the model. This module does not
 //! re-run `bundle verify`: it checks the packed bytes it decodes (rules 4.3, 4.4) but trusts the
 //! digests and the FP16 file, which `bundle verify` proves.

@@ -3,7 +3,7 @@
 //! coordinates of every parameter tensor and along random directions over all parameters, as
 //! torch's gradcheck fast mode does.
 //!
-//! Every perturbed loss is computed in one batched pass ([`crate::model::perturbed`]): the
+//! Every perturbed loss is computed in one batched pass (`model::perturbed`): the
 //! unperturbed activations are reused up to the first layer a perturbation touches, and the
 //! perturbed copies go through each later layer together, its weights converted once. A random
 //! direction is, for each weight matrix, the outer product of two random vectors, so applying

@@ -1,7 +1,7 @@
 //! The models a bundle describes, as numbers: the reference model (spec section 16) that runs a
 //! bundle's layers in f32 from either file or from a source checkpoint ([`reference`](mod@reference)), the f64
 //! model with its analytic backward pass ([`model64`]), the numeric gradient check on it
-//! ([`gradcheck`], its perturbed losses computed together by [`perturbed`]), and the
+//! ([`gradcheck`], its perturbed losses computed together by `perturbed`), and the
 //! activation functions they share ([`activation`]). [`decoder`] is the reference model of the
 //! decoder-only language models (Llama, BitNet b1.58, format 3.0), [`decoder64`] its f64 twin
 //! with the backward pass, [`bundle_decoder`] a bundle's decoder along one weight path,

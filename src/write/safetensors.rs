@@ -80,7 +80,7 @@ pub(crate) fn finish_file(
     })
 }
 
-/// Writes one safetensors file atomically ([`write_file_atomic`]) in the canonical layout.
+/// Writes one safetensors file atomically (`write_file_atomic`) in the canonical layout.
 /// `data(name)` supplies each tensor's bytes, one at a time, in data order. An existing `dest`
 /// is replaced only with `force`, and only if it is a regular file.
 pub fn write_safetensors_file(
