@@ -37,6 +37,11 @@ bundle=target/release/bundle
     --out "$work/from-python-trit2" >/dev/null
 "$bundle" create --demo --out "$work/demo" >/dev/null
 "$bundle" inspect --json "$work/demo" >"$work/demo-inspect.json"
+# The Python package (python/: PyO3, built by maturin): installed the README's way, then its
+# tests (views, verify/inspect equal to the CLI's JSON, broken fixtures, exceptions, the GIL).
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./python
+BUNDLE_BIN="$bundle" DEMO_DIR="$work/demo" python3 -m pytest -q -p no:cacheprovider python/tests
+echo "ok   the Python package: pip install ./python, pytest python/tests"
 "$bundle" inspect --json fixtures/versions/newer-minor >"$work/newer-inspect.json"
 "$bundle" verify --json "$work/demo" >"$work/demo-verify.json"
 "$bundle" verify --json fixtures/broken/nan-scale >"$work/broken-verify.json" || test $? -eq 1

@@ -1,0 +1,232 @@
+//! `ternary_bundle._native`: the Rust core of the Python package `ternary_bundle` (PyO3). It
+//! opens and validates bundles, runs `verify` and `inspect`, and describes where each tensor's
+//! bytes are in the files it validated; the pure-Python package (`python/ternary_bundle/`)
+//! turns that into read-only numpy views over the same files and into Python exceptions.
+//!
+//! Every call that reads a bundle's data releases the GIL (`Python::detach`). Errors are raised
+//! as `_native.NativeError(kind, message, rule, path, tensor, expected, found)`, which the
+//! Python layer maps to its exception classes (they pickle; a Rust-defined class would not).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use serde_json::{json, Value};
+
+use ternary_bundle::read::inspect::inspect as inspect_bundle;
+use ternary_bundle::read::mmap::Backing;
+use ternary_bundle::read::OpenOptions;
+use ternary_bundle::verify::{verify as verify_bundle, Check, VerifyOptions};
+use ternary_bundle::{Bundle, Error};
+
+create_exception!(
+    _native,
+    NativeError,
+    PyException,
+    "An error of the Rust core: args (kind, message, rule, path, tensor, expected, found)."
+);
+
+/// The Python exception for `e`: its kind (`"rule"`, `"exists"`, `"not_found"`,
+/// `"permission"`, `"argument"`, `"other"`), message, and for a rule violation its fields.
+fn to_py(e: Error) -> PyErr {
+    let message = e.to_string();
+    let kind = match &e {
+        Error::Invalid(_) => "rule",
+        Error::DestinationExists { .. } => "exists",
+        Error::InvalidArgument(_) => "argument",
+        Error::Io { source, .. } => match source.kind() {
+            std::io::ErrorKind::NotFound => "not_found",
+            std::io::ErrorKind::PermissionDenied => "permission",
+            std::io::ErrorKind::AlreadyExists => "exists",
+            _ => "other",
+        },
+        _ => "other",
+    };
+    let v = e.violation();
+    NativeError::new_err((
+        kind,
+        message,
+        v.map(|v| v.rule.number().to_string()),
+        v.map(|v| v.path.display().to_string()),
+        v.and_then(|v| v.tensor.clone()),
+        v.map(|v| v.expected.clone()),
+        v.map(|v| v.found.clone()),
+    ))
+}
+
+fn open_options(mmap: bool) -> OpenOptions {
+    OpenOptions {
+        backing: if mmap { Backing::Map } else { Backing::Read },
+    }
+}
+
+/// A bundle opened (headers, manifest and structure validated, spec section 11), its files
+/// memory-mapped for as long as this object lives.
+#[pyclass(module = "ternary_bundle._native", frozen)]
+struct NativeBundle {
+    bundle: Bundle,
+}
+
+/// Identity of a file as this process validated it: path, size, device and inode, so that the
+/// Python layer maps the same file and not one that replaced it since.
+fn identity(path: &Path) -> PyResult<Value> {
+    let m = std::fs::metadata(path).map_err(|e| to_py(Error::io(path, "stat", e)))?;
+    Ok(json!({
+        "path": path.display().to_string(),
+        "size": m.len(),
+        "dev": m.dev(),
+        "ino": m.ino(),
+    }))
+}
+
+#[pymethods]
+impl NativeBundle {
+    /// Opens the bundle directory `path` (`mmap=False` reads the files into memory instead).
+    #[new]
+    #[pyo3(signature = (path, mmap = true))]
+    fn new(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<Self> {
+        let bundle = py
+            .detach(|| Bundle::open_with(&path, &open_options(mmap)))
+            .map_err(to_py)?;
+        Ok(NativeBundle { bundle })
+    }
+
+    /// JSON: `manifest` (as stored), `files` {role: identity}, and `tensors` {role: [{name,
+    /// dtype, shape, offset, nbytes}]}, each offset absolute in its file and validated (rules
+    /// 3.2 to 3.6).
+    fn describe(&self) -> PyResult<String> {
+        let b = &self.bundle;
+        let mut files = serde_json::Map::new();
+        let mut tensors = serde_json::Map::new();
+        for f in b.files() {
+            let role = f
+                .role()
+                .file_name()
+                .trim_end_matches(".safetensors")
+                .to_string();
+            files.insert(role.clone(), identity(f.path())?);
+            let h = f.header();
+            let list: Vec<Value> = h
+                .entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "name": e.name,
+                        "dtype": e.dtype.name(),
+                        "shape": e.shape,
+                        "offset": h.data_start() + e.start,
+                        "nbytes": e.byte_len(),
+                    })
+                })
+                .collect();
+            tensors.insert(role, Value::Array(list));
+        }
+        let manifest: Value = serde_json::to_value(b.manifest())
+            .map_err(|e| to_py(Error::InvalidArgument(format!("manifest to JSON: {e}"))))?;
+        Ok(json!({
+            "dir": b.dir().display().to_string(),
+            "manifest": manifest,
+            "files": files,
+            "tensors": tensors,
+        })
+        .to_string())
+    }
+
+    /// The trits of quantized tensor `name`, one signed byte each (-1, 0, 1), row-major,
+    /// decoded and checked (rules 4.3, 4.4).
+    fn trits<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let b = &self.bundle;
+        let trits = py.detach(|| -> Result<Vec<u8>, Error> {
+            let p = b.packed(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{}: no quantized tensor {name:?}",
+                    b.dir().display()
+                ))
+            })?;
+            let t = p.trits().map_err(|(r, e)| b.row_error(name, r, e))?;
+            Ok(t.into_iter().map(|x| x as u8).collect())
+        });
+        Ok(PyBytes::new(py, &trits.map_err(to_py)?))
+    }
+}
+
+/// `bundle verify --json` of the bundle at `path` with `options` (a JSON object of
+/// VerifyOptions' fields: only, skip, strict, min_agreement, min_retention, max_kl, samples,
+/// seed, grad_tol, reference, mmap): the report as JSON text.
+#[pyfunction]
+fn verify(py: Python<'_>, path: PathBuf, options: &str) -> PyResult<String> {
+    let o: Value = serde_json::from_str(options)
+        .map_err(|e| to_py(Error::InvalidArgument(format!("verify options: {e}"))))?;
+    let mut opts = VerifyOptions::default();
+    let list = |key: &str| -> PyResult<Vec<Check>> {
+        let names: Vec<String> = o
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Check::parse_list(&names).map_err(to_py)
+    };
+    opts.only = list("only")?;
+    opts.skip = list("skip")?;
+    let num = |key: &str| o.get(key).and_then(Value::as_f64);
+    if let Some(v) = o.get("strict").and_then(Value::as_bool) {
+        opts.strict = v;
+    }
+    if let Some(v) = num("min_agreement") {
+        opts.min_agreement = v;
+    }
+    if let Some(v) = num("min_retention") {
+        opts.min_retention = v;
+    }
+    if let Some(v) = num("max_kl") {
+        opts.max_kl = v;
+    }
+    if let Some(v) = o.get("samples").and_then(Value::as_u64) {
+        opts.samples = v as usize;
+    }
+    if let Some(v) = o.get("seed").and_then(Value::as_u64) {
+        opts.seed = v;
+    }
+    if let Some(v) = num("grad_tol") {
+        opts.grad.tolerance = v;
+    }
+    if let Some(v) = o.get("reference").and_then(Value::as_str) {
+        opts.reference = Some(PathBuf::from(v));
+    }
+    if let Some(v) = o.get("mmap").and_then(Value::as_bool) {
+        opts.open = open_options(v);
+    }
+    opts.check().map_err(to_py)?;
+    let report = py.detach(|| verify_bundle(&path, &opts));
+    serde_json::to_string(&report)
+        .map_err(|e| to_py(Error::InvalidArgument(format!("report to JSON: {e}"))))
+}
+
+/// `bundle inspect --json` of the bundle at `path`, as JSON text.
+#[pyfunction]
+#[pyo3(signature = (path, mmap = true))]
+fn inspect(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<String> {
+    let i = py
+        .detach(|| Bundle::open_with(&path, &open_options(mmap)).map(|b| inspect_bundle(&b)))
+        .map_err(to_py)?;
+    serde_json::to_string(&i)
+        .map_err(|e| to_py(Error::InvalidArgument(format!("inspection to JSON: {e}"))))
+}
+
+/// The module `ternary_bundle._native`.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("NativeError", m.py().get_type::<NativeError>())?;
+    m.add_class::<NativeBundle>()?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+"""Ternary (BitNet b1.58) handoff bundles from Python.
+
+    >>> import ternary_bundle as tb
+    >>> b = tb.open("demo-bundle")
+    >>> w = b.fp16("fc1.weight")          # a read-only numpy view over the memory-mapped file
+    >>> sd = b.state_dict()               # every FP16 tensor, by name
+    >>> report = tb.verify("demo-bundle") # the dict `bundle verify --json` prints
+    >>> report["ok"]
+    True
+
+The Rust core (`ternary_bundle._native`) opens and validates the bundle; this module maps the
+files it validated (checking they are the same files: size, device, inode) and hands out numpy
+views over them, never copies. Errors are `BundleError` and its subclasses; a failed check is
+not an error: `verify` returns the report.
+"""
+from __future__ import annotations
+
+import json
+import mmap as _mmap
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import _native
+from .errors import BundleError, RuleViolation, from_native
+
+__all__ = ["open", "verify", "inspect", "Bundle", "BundleError", "RuleViolation"]
+__version__ = _native.__version__
+
+_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "U8": np.uint8,
+           "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "U16": np.uint16,
+           "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_}
+
+
+def _call(f, *args, **kwargs):
+    try:
+        return f(*args, **kwargs)
+    except _native.NativeError as e:
+        raise from_native(e) from None
+
+
+class Bundle:
+    """An opened bundle. Arrays it returns are read-only views over the memory-mapped files
+    (or, with `mmap=False`, over a copy read into memory); each keeps the map alive, so they
+    stay valid after the Bundle is gone."""
+
+    def __init__(self, path: "os.PathLike[str] | str", *, mmap: bool = True):
+        self._native = _call(_native.NativeBundle, os.fspath(path), mmap)
+        d = json.loads(self._native.describe())
+        self.path: str = d["dir"]
+        self.manifest: Dict[str, Any] = d["manifest"]
+        self._tensors = {role: {t["name"]: t for t in ts} for role, ts in d["tensors"].items()}
+        self._buffers: Dict[str, Any] = {}
+        self._files = d["files"]
+        self._mmap = mmap
+
+    def _buffer(self, role: str):
+        if role not in self._buffers:
+            ident = self._files[role]
+            with builtins_open(ident["path"], "rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_size, st.st_dev, st.st_ino) != (ident["size"], ident["dev"], ident["ino"]):
+                    raise BundleError(f"{ident['path']}: the file changed after it was validated")
+                if not self._mmap or st.st_size == 0:
+                    buf: Any = f.read()
+                else:
+                    buf = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+            self._buffers[role] = buf
+        return self._buffers[role]
+
+    def _view(self, role: str, name: str) -> np.ndarray:
+        try:
+            t = self._tensors[role][name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor {name!r} in {role}.safetensors") from None
+        dtype = np.dtype(_DTYPES[t["dtype"]]).newbyteorder("<")
+        count = t["nbytes"] // dtype.itemsize
+        a = np.frombuffer(self._buffer(role), dtype=dtype, count=count, offset=t["offset"])
+        a = a.reshape(t["shape"])
+        a.flags.writeable = False
+        return a
+
+    def names(self) -> List[str]:
+        """Every tensor of the model, in the manifest's order."""
+        return [t["name"] for t in self.manifest["tensors"]]
+
+    def fp16(self, name: str) -> np.ndarray:
+        """The FP16 weights of `name` (read-only view, float16)."""
+        return self._view("fp16", name)
+
+    def state_dict(self, framework: str = "np") -> Dict[str, Any]:
+        """Every FP16 tensor by name: numpy views (`"np"`), or torch tensors (`"pt"`) over the
+        same bytes (made writable copies only where torch needs aligned data)."""
+        sd = {n: self.fp16(n) for n in self.names()}
+        if framework == "np":
+            return sd
+        if framework == "pt":
+            import torch
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # read-only buffer: not written
+                return {n: torch.from_numpy(a) if a.flags.aligned else torch.from_numpy(a.copy())
+                        for n, a in sd.items()}
+        raise ValueError(f"framework: expected 'np' or 'pt', found {framework!r}")
+
+    def trits(self, name: str) -> np.ndarray:
+        """The trits of quantized tensor `name`: int8 in {-1, 0, 1}, its shape, decoded and
+        checked (rules 4.3, 4.4)."""
+        raw = _call(self._native.trits, name)
+        shape = next(t["shape"] for t in self.manifest["tensors"] if t["name"] == name)
+        a = np.frombuffer(raw, dtype=np.int8).reshape(shape)
+        return a
+
+    def scales(self, name: str) -> np.ndarray:
+        """The scales of quantized tensor `name` (float32; one, one per row, or per group)."""
+        return self._view("ternary", name + ".scale")
+
+    def __repr__(self) -> str:
+        return f"<ternary_bundle.Bundle {self.path!r}: {len(self.names())} tensors>"
+
+
+builtins_open = open
+
+
+def open(path: "os.PathLike[str] | str", *, mmap: bool = True) -> Bundle:  # noqa: A001
+    """Opens the bundle directory `path` (structure and headers validated; the data checks are
+    `verify`'s). `mmap=False` reads the files into memory (network filesystems)."""
+    return Bundle(path, mmap=mmap)
+
+
+def verify(path: "os.PathLike[str] | str", *, only: Optional[Sequence[str]] = None,
+           skip: Optional[Sequence[str]] = None, strict: bool = False,
+           min_agreement: Optional[float] = None, min_retention: Optional[float] = None,
+           max_kl: Optional[float] = None, samples: Optional[int] = None,
+           seed: Optional[int] = None, grad_tol: Optional[float] = None,
+           reference: "Optional[os.PathLike[str] | str]" = None, mmap: bool = True) -> Dict[str, Any]:
+    """`bundle verify --json` as a dict (spec/verify.schema.json): `report["ok"]` is the gate.
+    A failed check is in the report, not an exception."""
+    options: Dict[str, Any] = {"only": list(only or []), "skip": list(skip or []),
+                               "strict": strict, "mmap": mmap}
+    for k, v in [("min_agreement", min_agreement), ("min_retention", min_retention),
+                 ("max_kl", max_kl), ("samples", samples), ("seed", seed), ("grad_tol", grad_tol)]:
+        if v is not None:
+            options[k] = v
+    if reference is not None:
+        options["reference"] = os.fspath(reference)
+    return json.loads(_call(_native.verify, os.fspath(path), json.dumps(options)))
+
+
+def inspect(path: "os.PathLike[str] | str", *, mmap: bool = True) -> Dict[str, Any]:
+    """`bundle inspect --json` as a dict (spec/inspect.schema.json)."""
+    return json.loads(_call(_native.inspect, os.fspath(path), mmap))

@@ -1,0 +1,44 @@
+"""Type stubs of `ternary_bundle` (see the module docstring for examples)."""
+import os
+from typing import Any, Dict, List, Literal, Optional, Sequence, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import BundleError as BundleError
+from .errors import RuleViolation as RuleViolation
+
+__version__: str
+
+_Path = str | os.PathLike[str]
+
+class Bundle:
+    path: str
+    manifest: Dict[str, Any]
+    def __init__(self, path: _Path, *, mmap: bool = True) -> None: ...
+    def names(self) -> List[str]: ...
+    def fp16(self, name: str) -> npt.NDArray[np.float16]: ...
+    @overload
+    def state_dict(self, framework: Literal["np"] = "np") -> Dict[str, npt.NDArray[np.float16]]: ...
+    @overload
+    def state_dict(self, framework: Literal["pt"]) -> Dict[str, Any]: ...
+    def trits(self, name: str) -> npt.NDArray[np.int8]: ...
+    def scales(self, name: str) -> npt.NDArray[np.float32]: ...
+
+def open(path: _Path, *, mmap: bool = True) -> Bundle: ...
+def verify(
+    path: _Path,
+    *,
+    only: Optional[Sequence[str]] = None,
+    skip: Optional[Sequence[str]] = None,
+    strict: bool = False,
+    min_agreement: Optional[float] = None,
+    min_retention: Optional[float] = None,
+    max_kl: Optional[float] = None,
+    samples: Optional[int] = None,
+    seed: Optional[int] = None,
+    grad_tol: Optional[float] = None,
+    reference: Optional[_Path] = None,
+    mmap: bool = True,
+) -> Dict[str, Any]: ...
+def inspect(path: _Path, *, mmap: bool = True) -> Dict[str, Any]: ...

@@ -1,0 +1,177 @@
+"""The Python package against the CLI and the files: views equal what safetensors reads, are
+read-only and outlive the Bundle; verify() and inspect() equal `bundle verify --json` and
+`bundle inspect --json`; every broken fixture raises or reports its rule; exceptions pickle;
+the GIL is released while the Rust core works.
+
+Run by scripts/test.sh after `pip install ./python`; BUNDLE_BIN names the CLI and DEMO_DIR a
+demo bundle (`bundle demo`), both made by test.sh.
+"""
+import gc
+import json
+import os
+import pickle
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import ternary_bundle as tb
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("BUNDLE_BIN", str(ROOT / "target" / "release" / "bundle"))
+FIXTURES = ROOT / "fixtures"
+BUNDLES = sorted(p for p in (FIXTURES / "bundles").iterdir() if (p / "manifest.json").exists())
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    d = os.environ.get("DEMO_DIR")
+    if d:
+        return Path(d)
+    out = tmp_path_factory.mktemp("demo") / "demo-bundle"
+    subprocess.run([BIN, "demo", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def cli_json(*args):
+    r = subprocess.run([BIN, *args, "--json"], capture_output=True, text=True)
+    return json.loads(r.stdout)
+
+
+def first_difference(x, y, path=""):
+    """The first path at which two JSON values differ, with both values (None if equal)."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        for k in sorted(set(x) | set(y)):
+            d = first_difference(x.get(k), y.get(k), f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        for i, (u, v) in enumerate(zip(x, y)):
+            d = first_difference(u, v, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    return None if x == y else f"{path}: {x!r} != {y!r}"
+
+
+def without_times(v):
+    """A report with its wall-clock figures removed (they differ from run to run): the keys of
+    seconds and rates, and the rate in the checksums' detail."""
+    if isinstance(v, dict):
+        return {k: without_times(x) for k, x in v.items()
+                if not (k.endswith("seconds") or k.endswith("per_s"))}
+    if isinstance(v, list):
+        return [without_times(x) for x in v]
+    if isinstance(v, str):
+        return re.sub(r"\([0-9.]+ GB/s\)", "(GB/s)", v)
+    return v
+
+
+@pytest.mark.parametrize("path", BUNDLES, ids=lambda p: p.name)
+def test_views_equal_safetensors_and_are_read_only(path):
+    b = tb.open(path)
+    ref = load_file(str(path / "fp16.safetensors"))
+    sd = b.state_dict()
+    assert sorted(sd) == sorted(ref)
+    for name, a in sd.items():
+        assert a.dtype == ref[name].dtype and a.shape == ref[name].shape, name
+        assert a.tobytes() == ref[name].tobytes(), name
+        assert not a.flags.writeable, name
+        with pytest.raises(ValueError):
+            a.flat[0] = 0 if a.size else a.flat
+    for t in b.manifest["tensors"]:
+        if t["quantized"]:
+            trits = b.trits(t["name"])
+            assert set(np.unique(trits)) <= {-1, 0, 1}
+            assert trits.shape == tuple(t["shape"])
+
+
+def test_views_outlive_the_bundle(demo):
+    b = tb.open(demo)
+    name = b.names()[0]
+    a = b.fp16(name)
+    expected = a.copy()
+    del b
+    gc.collect()
+    assert np.array_equal(a.view(np.uint16), expected.view(np.uint16))
+
+
+def test_trits_times_scales_are_the_fp16_weights(demo):
+    b = tb.open(demo)
+    q = [t for t in b.manifest["tensors"] if t["quantized"]]
+    assert q
+    for t in q:
+        trits, scales = b.trits(t["name"]), b.scales(t["name"])
+        if b.manifest["quantization"]["granularity"] == "channel":
+            want = (trits.astype(np.float32) * scales[:, None]).astype(np.float16)
+            assert np.array_equal(want.view(np.uint16), b.fp16(t["name"]).view(np.uint16))
+
+
+@pytest.mark.parametrize("path", BUNDLES, ids=lambda p: p.name)
+def test_inspect_and_verify_equal_the_cli(path):
+    assert tb.inspect(path) == cli_json("inspect", str(path))
+    got, want = without_times(tb.verify(path)), without_times(cli_json("verify", str(path)))
+    assert got == want, first_difference(got, want)
+
+
+def test_verify_equals_the_cli_on_the_demo_with_options(demo):
+    got = tb.verify(demo, min_retention=0.999, skip=["gradient_check"])
+    want = cli_json("verify", str(demo), "--min-retention", "0.999", "--skip", "gradient_check")
+    assert without_times(got) == without_times(want), first_difference(without_times(got), without_times(want))
+    assert got["ok"] == want["ok"]
+
+
+BROKEN = json.loads((FIXTURES / "broken" / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=lambda c: c["name"])
+def test_broken_fixtures_raise_or_report_their_rule(case):
+    path = FIXTURES / "broken" / case["name"]
+    try:
+        report = tb.verify(path)
+    except tb.RuleViolation as e:
+        assert e.rule == case["rule"], (e.rule, str(e))
+        return
+    assert not report["ok"]
+    assert case["rule"] in json.dumps(report), case
+
+
+def test_errors_are_typed_and_pickle(tmp_path):
+    with pytest.raises(tb.RuleViolation) as e:
+        tb.open(tmp_path / "nothing-here")
+    assert e.value.rule == "1.1" and isinstance(e.value, ValueError)
+    back = pickle.loads(pickle.dumps(e.value))
+    assert type(back) is tb.RuleViolation and back.rule == "1.1" and str(back) == str(e.value)
+    broken = FIXTURES / "broken" / "manifest-not-json"
+    with pytest.raises(tb.RuleViolation) as e:
+        tb.open(broken)
+    assert e.value.rule == "2.2" and "manifest.json" in e.value.path
+    assert pickle.loads(pickle.dumps(e.value)).found == e.value.found
+
+
+def test_the_gil_is_released_while_verify_runs(demo):
+    # A second thread counts while verify runs in this one. Held for the whole call, the GIL
+    # would let it count only until the call began (one switch interval, 5 ms: well under
+    # 100,000); released, it counts for the whole call (millions).
+    done = threading.Event()
+    counter = [0]
+
+    def count():
+        while not done.is_set():
+            counter[0] += 1
+
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        before = counter[0]
+        tb.verify(demo, skip=["gradient_check"])
+        during = counter[0] - before
+    finally:
+        done.set()
+        t.join()
+    assert during > 200_000, during
