@@ -1,5 +1,5 @@
 //! `ternary_bundle._native`: the Rust core of the Python package `ternary_bundle` (PyO3). It
-//! opens and validates bundles, runs `verify` and `inspect`, and describes where each tensor's
+//! opens and validates bundles, runs `verify`, `assess` and `inspect`, and describes where each tensor's
 //! bytes are in the files it validated; the pure-Python package (`python/ternary_bundle/`)
 //! turns that into read-only numpy views over the same files and into Python exceptions.
 //!
@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use serde_json::{json, Value};
 
+use ternary_bundle::assess::{assess as assess_bundle, AssessOptions};
 use ternary_bundle::read::inspect::inspect as inspect_bundle;
 use ternary_bundle::read::mmap::Backing;
 use ternary_bundle::read::OpenOptions;
@@ -220,6 +221,40 @@ fn inspect(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<String> {
         .map_err(|e| to_py(Error::InvalidArgument(format!("inspection to JSON: {e}"))))
 }
 
+/// `bundle assess --json` of the bundle at `path` with `options` (a JSON object: target, zone
+/// [lo, hi], batch_size, data, mmap): the report as JSON text.
+#[pyfunction]
+fn assess(py: Python<'_>, path: PathBuf, options: &str) -> PyResult<String> {
+    let o: Value = serde_json::from_str(options)
+        .map_err(|e| to_py(Error::InvalidArgument(format!("assess options: {e}"))))?;
+    let mut opts = AssessOptions::default();
+    if let Some(v) = o.get("target").and_then(Value::as_f64) {
+        opts.target = v;
+    }
+    if let Some([lo, hi]) = o.get("zone").and_then(Value::as_array).map(Vec::as_slice) {
+        match (lo.as_f64(), hi.as_f64()) {
+            (Some(lo), Some(hi)) => opts.zone = (lo, hi),
+            _ => {
+                return Err(to_py(Error::InvalidArgument(
+                    "zone: expected two numbers [lo, hi]".into(),
+                )))
+            }
+        }
+    }
+    if let Some(v) = o.get("batch_size").and_then(Value::as_u64) {
+        opts.batch_size = Some(v as usize);
+    }
+    if let Some(v) = o.get("data").and_then(Value::as_str) {
+        opts.data = Some(PathBuf::from(v));
+    }
+    if let Some(v) = o.get("mmap").and_then(Value::as_bool) {
+        opts.open = open_options(v);
+    }
+    let report = py.detach(|| assess_bundle(&path, &opts)).map_err(to_py)?;
+    serde_json::to_string(&report)
+        .map_err(|e| to_py(Error::InvalidArgument(format!("report to JSON: {e}"))))
+}
+
 /// The module `ternary_bundle._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -227,6 +262,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeBundle>()?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(assess, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

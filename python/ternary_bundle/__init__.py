@@ -25,7 +25,7 @@ import numpy as np
 from . import _native
 from .errors import BundleError, RuleViolation, from_native
 
-__all__ = ["open", "verify", "inspect", "Bundle", "BundleError", "RuleViolation"]
+__all__ = ["open", "verify", "assess", "inspect", "Bundle", "BundleError", "RuleViolation"]
 __version__ = _native.__version__
 
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "U8": np.uint8,
@@ -146,6 +146,23 @@ def verify(path: "os.PathLike[str] | str", *, only: Optional[Sequence[str]] = No
     if reference is not None:
         options["reference"] = os.fspath(reference)
     return json.loads(_call(_native.verify, os.fspath(path), json.dumps(options)))
+
+
+def assess(path: "os.PathLike[str] | str", *, target: Optional[float] = None,
+           zone: Optional[Sequence[float]] = None, batch_size: Optional[int] = None,
+           data: "Optional[os.PathLike[str] | str]" = None, mmap: bool = True) -> Dict[str, Any]:
+    """`bundle assess --json` as a dict (spec/assess.schema.json): the receiving stage's
+    accuracy per difficulty, the level nearest `target` and the `phase5/*` metrics."""
+    options: Dict[str, Any] = {"mmap": mmap}
+    if target is not None:
+        options["target"] = target
+    if zone is not None:
+        options["zone"] = list(zone)
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if data is not None:
+        options["data"] = os.fspath(data)
+    return json.loads(_call(_native.assess, os.fspath(path), json.dumps(options)))
 
 
 def inspect(path: "os.PathLike[str] | str", *, mmap: bool = True) -> Dict[str, Any]:

@@ -41,4 +41,13 @@ def verify(
     reference: Optional[_Path] = None,
     mmap: bool = True,
 ) -> Dict[str, Any]: ...
+def assess(
+    path: _Path,
+    *,
+    target: Optional[float] = None,
+    zone: Optional[Sequence[float]] = None,
+    batch_size: Optional[int] = None,
+    data: Optional[_Path] = None,
+    mmap: bool = True,
+) -> Dict[str, Any]: ...
 def inspect(path: _Path, *, mmap: bool = True) -> Dict[str, Any]: ...

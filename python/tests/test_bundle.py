@@ -126,6 +126,13 @@ def test_verify_equals_the_cli_on_the_demo_with_options(demo):
     assert got["ok"] == want["ok"]
 
 
+def test_assess_equals_the_cli(demo):
+    got = without_times(tb.assess(demo, batch_size=30))
+    want = without_times(cli_json("assess", str(demo), "--batch-size", "30"))
+    assert got == want, first_difference(got, want)
+    assert any(k.startswith("phase5/") for k in json.dumps(got).split('"'))
+
+
 BROKEN = json.loads((FIXTURES / "broken" / "expected.json").read_text())
 
 
