@@ -20,7 +20,7 @@ use crate::model::original::{bitnet_online_params, OriginalModel};
 use crate::source::hf::{Dtypes, HfModel, CONFIG_FILE};
 use crate::source::quantization_metadata::{QuantizationMetadata, StageHandoff, METADATA_FILE};
 use crate::source::{
-    load_validation_set, AssetFile, CheckpointSource, TensorSource, ValidationSet,
+    load_validation_set, AssetFile, CheckpointSource, MemorySource, TensorSource, ValidationSet,
 };
 use crate::write::arch::{infer_arch, load_arch};
 use crate::write::bundle::{write_bundle_from, SourceDigest, WriteOptions, WriteReport};
@@ -160,6 +160,33 @@ impl CreateInputs {
             assets,
             original_top_k: request.original_top_k,
             notes,
+        })
+    }
+
+    /// Float weights of a chain of layers held in memory (the Python package's `create`), with
+    /// the settings of `request` (its `from` is ignored; `arch`, `quantize`, `settings`,
+    /// `original`, `ternary_original` and `original_top_k` apply) and an optional validation
+    /// set: what `bundle create --from` does with the same tensors in a checkpoint file.
+    pub fn from_memory(
+        weights: MemorySource,
+        request: &CreateRequest,
+        validation: Option<ValidationSet>,
+    ) -> Result<CreateInputs> {
+        let Opened {
+            weights,
+            plan,
+            forward,
+            converted,
+        } = open_chain(request, Box::new(weights))?;
+        let original = open_original(request, &plan, forward, converted)?;
+        Ok(CreateInputs {
+            weights,
+            plan,
+            original,
+            validation,
+            assets: Vec::new(),
+            original_top_k: request.original_top_k,
+            notes: Vec::new(),
         })
     }
 
@@ -329,16 +356,27 @@ fn open_directory(
 /// A checkpoint file: the stage's trits (with `--quantization-metadata`) or float weights, its
 /// chain of layers inferred or given (`--arch`).
 fn open_file(request: &CreateRequest, metadata: Option<QuantizationMetadata>) -> Result<Opened> {
-    let from = &request.from;
-    let ckpt = CheckpointSource::open(from)?;
-    let model = match &request.arch {
-        Some(p) => load_arch(p)?,
-        None => infer_arch(&ckpt.tensors(), from, Activation::Identity)?,
-    };
+    let ckpt = CheckpointSource::open(&request.from)?;
     if let Some(meta) = metadata {
+        let model = chain_model(request, &ckpt)?;
         return given_plan(request, StageHandoff::new(Box::new(ckpt), meta)?, model);
     }
-    let quantize = select_quantized(&ckpt.tensors(), &model, &request.quantize)?;
+    open_chain(request, Box::new(ckpt))
+}
+
+/// The chain of layers of `weights`: `--arch`, or inferred from the tensor names.
+fn chain_model(request: &CreateRequest, weights: &dyn TensorSource) -> Result<ModelSpec> {
+    match &request.arch {
+        Some(p) => load_arch(p),
+        None => infer_arch(&weights.tensors(), weights.path(), Activation::Identity),
+    }
+}
+
+/// Float weights of a chain of layers (a checkpoint file, or tensors in memory): the plan of
+/// the absmean quantizer with the request's settings.
+fn open_chain(request: &CreateRequest, weights: Box<dyn TensorSource>) -> Result<Opened> {
+    let model = chain_model(request, &*weights)?;
+    let quantize = select_quantized(&weights.tensors(), &model, &request.quantize)?;
     let plan = BundlePlan {
         model,
         params: absmean_params(request, QuantParams::default())?,
@@ -346,7 +384,7 @@ fn open_file(request: &CreateRequest, metadata: Option<QuantizationMetadata>) ->
         given: None,
     };
     Ok(Opened {
-        weights: Box::new(ckpt),
+        weights,
         plan,
         forward: dense_or_ternary(request),
         converted: BTreeSet::new(),

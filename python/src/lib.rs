@@ -17,11 +17,14 @@ use pyo3::types::PyBytes;
 use serde_json::{json, Value};
 
 use ternary_bundle::assess::{assess as assess_bundle, AssessOptions};
+use ternary_bundle::create::{CreateInputs, CreateRequest, Settings};
+use ternary_bundle::format::safetensors::Dtype;
 use ternary_bundle::read::inspect::inspect as inspect_bundle;
 use ternary_bundle::read::mmap::Backing;
 use ternary_bundle::read::OpenOptions;
+use ternary_bundle::source::{to_f32, MemorySource, ValidationSet};
 use ternary_bundle::verify::{verify as verify_bundle, Check, VerifyOptions};
-use ternary_bundle::{Bundle, Error};
+use ternary_bundle::{Bundle, Encoding, Error, Granularity};
 
 create_exception!(
     _native,
@@ -255,6 +258,138 @@ fn assess(py: Python<'_>, path: PathBuf, options: &str) -> PyResult<String> {
         .map_err(|e| to_py(Error::InvalidArgument(format!("report to JSON: {e}"))))
 }
 
+/// The f32 values of raw little-endian `bytes` of `dtype` ("F32", "F16", "BF16"), or an error
+/// naming the tensor.
+fn floats(name: &str, dtype: &str, bytes: &[u8], count: u64) -> Result<Vec<f32>, Error> {
+    let d = match dtype {
+        "F32" => Dtype::F32,
+        "F16" => Dtype::F16,
+        "BF16" => Dtype::BF16,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?}: expected dtype F32, F16 or BF16, found {other}"
+            )))
+        }
+    };
+    let size = if d == Dtype::F32 { 4 } else { 2 };
+    if count.checked_mul(size) != Some(bytes.len() as u64) {
+        return Err(Error::InvalidArgument(format!(
+            "tensor {name:?}: {} bytes for {count} values of {dtype}",
+            bytes.len()
+        )));
+    }
+    to_f32(d, bytes).ok_or_else(|| Error::InvalidArgument(format!("tensor {name:?}: {dtype}")))
+}
+
+/// One tensor handed over from Python: name, dtype, shape and its raw little-endian bytes.
+type RawTensor = (String, String, Vec<u64>, Vec<u8>);
+
+/// A validation set handed over from Python: the shape of `inputs`, its F32 bytes, the I64
+/// bytes of `labels`, the U8 bytes of `difficulty` if any.
+type RawValidation = (Vec<u64>, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+/// `bundle create` from tensors in memory (a chain of layers): `tensors` as (name, dtype,
+/// shape, bytes); `options` a JSON object (arch, quantize, encoding, granularity, group_size,
+/// epsilon, sparsity_threshold, original_forward, original_top_k, force); `validation`
+/// (inputs F32 bytes with its shape, labels I64 bytes, difficulty U8 bytes or None). Returns
+/// `bundle inspect --json` of the bundle written, as JSON text.
+#[pyfunction]
+#[pyo3(signature = (out, tensors, options, validation = None))]
+fn create(
+    py: Python<'_>,
+    out: PathBuf,
+    tensors: Vec<RawTensor>,
+    options: &str,
+    validation: Option<RawValidation>,
+) -> PyResult<String> {
+    let o: Value = serde_json::from_str(options)
+        .map_err(|e| to_py(Error::InvalidArgument(format!("create options: {e}"))))?;
+    let text = |k: &str| o.get(k).and_then(Value::as_str).map(String::from);
+    let written = py.detach(|| -> Result<String, Error> {
+        let mut source = MemorySource::new("<memory>");
+        for (name, dtype, shape, bytes) in &tensors {
+            let count = shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| Error::InvalidArgument(format!("tensor {name:?}: shape {shape:?} overflows")))?;
+            source.push(name.clone(), shape.clone(), floats(name, dtype, bytes, count)?)?;
+        }
+        let granularity = match (text("granularity").as_deref(), o.get("group_size").and_then(Value::as_u64)) {
+            (None, _) => None,
+            (Some("tensor"), _) => Some(Granularity::Tensor),
+            (Some("channel"), _) => Some(Granularity::Channel),
+            (Some("group"), Some(g)) => Some(Granularity::Group(g)),
+            (Some(other), _) => {
+                return Err(Error::InvalidArgument(format!(
+                    "granularity: expected \"tensor\", \"channel\" or \"group\" (with group_size), found {other:?}"
+                )))
+            }
+        };
+        let encoding = match text("encoding").as_deref() {
+            None | Some("trit5") => Encoding::Trit5,
+            Some("trit2") => Encoding::Trit2,
+            Some(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "encoding: expected \"trit5\" or \"trit2\", found {other:?}"
+                )))
+            }
+        };
+        let request = CreateRequest {
+            arch: text("arch").map(PathBuf::from),
+            quantize: o
+                .get("quantize")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default(),
+            settings: Settings {
+                encoding,
+                granularity,
+                epsilon: o.get("epsilon").and_then(Value::as_f64).map(|v| v as f32),
+                sparsity_threshold: o
+                    .get("sparsity_threshold")
+                    .and_then(Value::as_f64)
+                    .map(|v| v as f32),
+            },
+            original: text("original").map(PathBuf::from),
+            ternary_original: text("original_forward").as_deref() == Some("ternary"),
+            original_top_k: o.get("original_top_k").and_then(Value::as_u64),
+            ..CreateRequest::default()
+        };
+        let validation = match &validation {
+            None => None,
+            Some((shape, inputs, labels, difficulty)) => {
+                if labels.len() % 8 != 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "validation labels: {} bytes, not whole I64 values",
+                        labels.len()
+                    )));
+                }
+                let n = shape
+                    .iter()
+                    .try_fold(1u64, |a, &d| a.checked_mul(d))
+                    .ok_or_else(|| Error::InvalidArgument(format!("validation inputs: shape {shape:?} overflows")))?;
+                Some(ValidationSet {
+                    origin: PathBuf::from("<memory>"),
+                    inputs: floats("inputs", "F32", inputs, n)?,
+                    input_ids: None,
+                    labels: labels
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect(),
+                    difficulty: difficulty.clone(),
+                })
+            }
+        };
+        let inputs = CreateInputs::from_memory(source, &request, validation)?;
+        let force = o.get("force").and_then(Value::as_bool).unwrap_or(false);
+        inputs.write(&out, force, None, &|_| {})?;
+        let bundle = Bundle::open(&out)?;
+        serde_json::to_string(&inspect_bundle(&bundle))
+            .map_err(|e| Error::InvalidArgument(format!("inspection to JSON: {e}")))
+    });
+    written.map_err(to_py)
+}
+
 /// The module `ternary_bundle._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -263,6 +398,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(assess, m)?)?;
+    m.add_function(wrap_pyfunction!(create, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

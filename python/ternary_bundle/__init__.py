@@ -23,9 +23,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from . import _native
-from .errors import BundleError, RuleViolation, from_native
+from .errors import (BundleError, BundleExistsError, BundleNotFoundError, BundlePermissionError,
+                     RuleViolation, from_native)
 
-__all__ = ["open", "verify", "assess", "inspect", "Bundle", "BundleError", "RuleViolation"]
+__all__ = ["open", "create", "verify", "assess", "inspect", "Bundle", "BundleError",
+           "RuleViolation", "BundleExistsError", "BundleNotFoundError", "BundlePermissionError"]
 __version__ = _native.__version__
 
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "U8": np.uint8,
@@ -127,6 +129,60 @@ def open(path: "os.PathLike[str] | str", *, mmap: bool = True) -> Bundle:  # noq
     """Opens the bundle directory `path` (structure and headers validated; the data checks are
     `verify`'s). `mmap=False` reads the files into memory (network filesystems)."""
     return Bundle(path, mmap=mmap)
+
+
+_NP_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+
+
+def _raw(name: str, t: Any):
+    """(name, dtype, shape, little-endian bytes) of a numpy array, a torch tensor (bf16
+    included) or a (bytes, dtype, shape) triple, as safetensors takes them."""
+    if isinstance(t, tuple) and len(t) == 3:
+        data, dtype, shape = t
+        return name, str(dtype).upper(), [int(d) for d in shape], bytes(data)
+    if type(t).__module__.startswith("torch"):
+        import torch
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            return name, "BF16", list(t.shape), t.view(torch.int16).numpy().astype("<i2").tobytes()
+        t = t.numpy()
+    a = np.asarray(t)
+    if a.dtype.newbyteorder("=") not in _NP_DTYPES:
+        raise TypeError(f"tensor {name!r}: expected float32 or float16 (bfloat16 as a torch tensor"
+                        f" or (bytes, 'BF16', shape)), found {a.dtype}")
+    kind = _NP_DTYPES[a.dtype.newbyteorder("=")]
+    return name, kind, list(a.shape), np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+
+
+def create(out: "os.PathLike[str] | str", tensors: Mapping[str, Any], *, arch: Optional[str] = None,
+           quantize: Optional[Sequence[str]] = None, encoding: str = "trit5",
+           granularity: Optional[str] = None, group_size: Optional[int] = None,
+           validation: Optional[Mapping[str, Any]] = None, original_forward: str = "dense",
+           original_top_k: Optional[int] = None, force: bool = False) -> Dict[str, Any]:
+    """`bundle create` from tensors in memory: a chain of layers (`fc1.weight`, ... or
+    `arch`, a JSON architecture file), quantized with the absmean quantizer (granularity
+    "channel" unless given). `tensors` maps names to numpy arrays or torch tensors (F32, F16,
+    BF16: a `state_dict()` as it is). `validation` = {"inputs": [N, D], "labels": [N],
+    "difficulty": [N] (optional)}. Returns `inspect(out)`.
+
+        >>> info = tb.create("my-bundle", model.state_dict(), validation={"inputs": x, "labels": y})
+    """
+    raw = [_raw(n, t) for n, t in tensors.items()]
+    options: Dict[str, Any] = {"encoding": encoding, "force": force,
+                               "quantize": list(quantize or []),
+                               "original_forward": original_forward}
+    for k, v in [("arch", arch), ("granularity", granularity), ("group_size", group_size),
+                 ("original_top_k", original_top_k)]:
+        if v is not None:
+            options[k] = os.fspath(v) if k == "arch" else v
+    val = None
+    if validation is not None:
+        x = np.ascontiguousarray(np.asarray(validation["inputs"]), dtype="<f4")
+        y = np.ascontiguousarray(np.asarray(validation["labels"]), dtype="<i8")
+        d = validation.get("difficulty")
+        val = (list(x.shape), x.tobytes(), y.tobytes(),
+               None if d is None else np.ascontiguousarray(np.asarray(d), dtype=np.uint8).tobytes())
+    return json.loads(_call(_native.create, os.fspath(out), raw, json.dumps(options), val))
 
 
 def verify(path: "os.PathLike[str] | str", *, only: Optional[Sequence[str]] = None,

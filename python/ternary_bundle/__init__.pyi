@@ -1,6 +1,6 @@
 """Type stubs of `ternary_bundle` (see the module docstring for examples)."""
 import os
-from typing import Any, Dict, List, Literal, Optional, Sequence, overload
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,20 @@ class Bundle:
     def scales(self, name: str) -> npt.NDArray[np.float32]: ...
 
 def open(path: _Path, *, mmap: bool = True) -> Bundle: ...
+def create(
+    out: _Path,
+    tensors: Mapping[str, Any],
+    *,
+    arch: Optional[_Path] = None,
+    quantize: Optional[Sequence[str]] = None,
+    encoding: Literal["trit5", "trit2"] = "trit5",
+    granularity: Optional[Literal["tensor", "channel", "group"]] = None,
+    group_size: Optional[int] = None,
+    validation: Optional[Mapping[str, Any]] = None,
+    original_forward: Literal["dense", "ternary"] = "dense",
+    original_top_k: Optional[int] = None,
+    force: bool = False,
+) -> Dict[str, Any]: ...
 def verify(
     path: _Path,
     *,

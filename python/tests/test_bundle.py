@@ -126,11 +126,64 @@ def test_verify_equals_the_cli_on_the_demo_with_options(demo):
     assert got["ok"] == want["ok"]
 
 
-def test_assess_equals_the_cli(demo):
-    got = without_times(tb.assess(demo, batch_size=30))
-    want = without_times(cli_json("assess", str(demo), "--batch-size", "30"))
+@pytest.mark.parametrize("name", ["tiny-validation", "tiny-decoder"])
+def test_assess_equals_the_cli(name):
+    # (Both are outside the 70-80 % zone: a report, not an error, with ok false.)
+    path = FIXTURES / "bundles" / name
+    got = without_times(tb.assess(path, batch_size=4))
+    want = without_times(cli_json("assess", str(path), "--batch-size", "4"))
     assert got == want, first_difference(got, want)
-    assert any(k.startswith("phase5/") for k in json.dumps(got).split('"'))
+    assert got["ok"] is False and "phase5/edge_of_chaos_optimal_level" in json.dumps(got)
+
+
+def bf16_bytes(x):
+    """Round-to-nearest-even bfloat16 of float32 `x`, as little-endian bytes."""
+    u = np.ascontiguousarray(x, dtype="<f4").view("<u4").astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2").tobytes()
+
+
+def save_raw(path, tensors):
+    """A safetensors file of {name: (dtype, shape, bytes)} (BF16 included, which numpy lacks)."""
+    header, offset = {}, 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    Path(path).write_bytes(len(h).to_bytes(8, "little") + h + b"".join(t[2] for t in tensors.values()))
+
+
+def test_create_in_memory_equals_bundle_create_from_the_same_checkpoint(tmp_path):
+    # The Python-written checkpoint fixture (F32) and validation set, handed over in memory:
+    # once as stored (F32 and F16), once with one tensor as bfloat16 bytes, against `bundle create`
+    # from a file holding the same tensors. The data files are byte-identical.
+    weights = load_file(str(FIXTURES / "source" / "tiny.safetensors"))
+    val = load_file(str(FIXTURES / "source" / "validation.safetensors"))
+    raw = {n: ("F16" if a.dtype == np.float16 else "F32", a.shape, a.tobytes()) for n, a in weights.items()}
+    w = weights["net.0.weight"]
+    bf16 = dict(raw, **{"net.0.weight": ("BF16", w.shape, bf16_bytes(w))})
+    for label, tensors in [("f32", raw), ("bf16", bf16)]:
+        out = tmp_path / f"py-{label}"
+        info = tb.create(out, {n: (b, d, s) for n, (d, s, b) in tensors.items()}, validation=val)
+        assert info["tensors"] and info["path"] == str(out)
+        ckpt = tmp_path / f"{label}.safetensors"
+        save_raw(ckpt, tensors)
+        cli = tmp_path / f"cli-{label}"
+        subprocess.run([BIN, "create", "--from", str(ckpt), "--validation",
+                        str(FIXTURES / "source" / "validation.safetensors"), "--out", str(cli)],
+                       check=True, stdout=subprocess.DEVNULL)
+        for f in ("ternary.safetensors", "fp16.safetensors", "validation.safetensors"):
+            assert (out / f).read_bytes() == (cli / f).read_bytes(), (label, f)
+        # (a random model quantized after the fact: the retention and KL gates are off, as in
+        # scripts/test.sh for the same checkpoint; every other check passes)
+        assert tb.verify(out, min_retention=0, max_kl=0)["ok"]
+    # numpy arrays directly give the f32 bundle again.
+    tb.create(tmp_path / "np", weights, validation=val)
+    assert (tmp_path / "np" / "fp16.safetensors").read_bytes() == (tmp_path / "py-f32" / "fp16.safetensors").read_bytes()
+    with pytest.raises(tb.BundleExistsError):
+        tb.create(tmp_path / "py-f32", weights)
+    with pytest.raises(TypeError):
+        tb.create(tmp_path / "ints", {"net.0.weight": np.zeros((2, 2), np.int32)})
 
 
 BROKEN = json.loads((FIXTURES / "broken" / "expected.json").read_text())
