@@ -159,9 +159,43 @@ fn load_token_ids(path: &Path, src: &CheckpointSource, vocab: usize) -> Result<R
     Ok(RunInput::Tokens { ids, tokens: t })
 }
 
+/// Checks inputs that did not come through [`load_inputs`] (the Python package's): rows of
+/// finite values, or token ids in the vocabulary with at least one token per sequence.
+pub fn check_input(bundle: &Bundle, input: &RunInput) -> Result<()> {
+    match input {
+        RunInput::Rows(values) => {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::InvalidArgument(format!(
+                    "inputs: expected finite values, found {} at flat index {i}",
+                    values[i]
+                )));
+            }
+        }
+        RunInput::Tokens { ids, tokens } => {
+            let vocab = bundle.decoder().map_or(0, |d| d.vocab_size) as i64;
+            if *tokens == 0 || ids.is_empty() || ids.len() % tokens != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "input_ids: expected sequences of T >= 1 tokens, found {} ids in rows of {tokens}",
+                    ids.len()
+                )));
+            }
+            if let Some(i) = ids.iter().position(|id| !(0..vocab).contains(id)) {
+                return Err(Error::InvalidArgument(format!(
+                    "input_ids: expected token ids in 0..{vocab} (the vocabulary), found {} at sequence {}, position {}",
+                    ids[i],
+                    i / tokens,
+                    i % tokens
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `bundle`'s model along `path` on `input`, a chunk of rows (or sequences) at a time
 /// (memory: one chunk's activations and one weight, or a block of it per thread).
 pub fn run(bundle: &Bundle, path: WeightPath, input: &RunInput) -> Result<RunOutput> {
+    check_input(bundle, input)?;
     let (inputs, width) = match (input, bundle.decoder()) {
         (RunInput::Rows(values), None) => (values, bundle.manifest().model.input_dim as usize),
         (RunInput::Tokens { ids, tokens }, Some(_)) => return run_decoder(bundle, path, ids, *tokens),

@@ -19,9 +19,12 @@ use serde_json::{json, Value};
 use ternary_bundle::assess::{assess as assess_bundle, AssessOptions};
 use ternary_bundle::create::{CreateInputs, CreateRequest, Settings};
 use ternary_bundle::format::safetensors::Dtype;
+use ternary_bundle::model::reference::WeightPath;
+use ternary_bundle::read::checks::check_all;
 use ternary_bundle::read::inspect::inspect as inspect_bundle;
 use ternary_bundle::read::mmap::Backing;
 use ternary_bundle::read::OpenOptions;
+use ternary_bundle::run::{run as run_model, RunInput};
 use ternary_bundle::source::{to_f32, MemorySource, ValidationSet};
 use ternary_bundle::verify::{verify as verify_bundle, Check, VerifyOptions};
 use ternary_bundle::{Bundle, Encoding, Error, Granularity};
@@ -390,6 +393,53 @@ fn create(
     written.map_err(to_py)
 }
 
+/// `bundle run`: the reference model of the bundle at `path` along `weights` ("fp16" or
+/// "ternary") on `values` (a chain of layers' rows, F32, with `width` values per row) or
+/// `ids` (a decoder's token sequences of `tokens` each). Returns the logits as F32 bytes and
+/// their shape.
+#[pyfunction]
+#[pyo3(signature = (path, weights, values = None, ids = None, tokens = 0))]
+fn run(
+    py: Python<'_>,
+    path: PathBuf,
+    weights: &str,
+    values: Option<Vec<f32>>,
+    ids: Option<Vec<i64>>,
+    tokens: usize,
+) -> PyResult<(Py<PyBytes>, Vec<usize>)> {
+    let weight_path = match weights {
+        "fp16" => WeightPath::Fp16,
+        "ternary" => WeightPath::Ternary,
+        other => {
+            return Err(to_py(Error::InvalidArgument(format!(
+                "path: expected \"fp16\" or \"ternary\", found {other:?}"
+            ))))
+        }
+    };
+    let input = match (values, ids) {
+        (Some(v), None) => RunInput::Rows(v),
+        (None, Some(ids)) => RunInput::Tokens { ids, tokens },
+        _ => {
+            return Err(to_py(Error::InvalidArgument(
+                "run: give rows of inputs or token ids".into(),
+            )))
+        }
+    };
+    let out = py
+        .detach(|| {
+            let bundle = Bundle::open(&path)?;
+            check_all(&bundle)?;
+            run_model(&bundle, weight_path, &input)
+        })
+        .map_err(to_py)?;
+    let shape = match out.tokens {
+        Some(t) => vec![out.rows, t, out.classes],
+        None => vec![out.rows, out.classes],
+    };
+    let bytes: Vec<u8> = out.logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok((PyBytes::new(py, &bytes).unbind(), shape))
+}
+
 /// The module `ternary_bundle._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -399,6 +449,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(assess, m)?)?;
     m.add_function(wrap_pyfunction!(create, m)?)?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -26,7 +26,7 @@ from . import _native
 from .errors import (BundleError, BundleExistsError, BundleNotFoundError, BundlePermissionError,
                      RuleViolation, from_native)
 
-__all__ = ["open", "create", "verify", "assess", "inspect", "Bundle", "BundleError",
+__all__ = ["open", "create", "verify", "assess", "inspect", "run", "Bundle", "BundleError",
            "RuleViolation", "BundleExistsError", "BundleNotFoundError", "BundlePermissionError"]
 __version__ = _native.__version__
 
@@ -219,6 +219,23 @@ def assess(path: "os.PathLike[str] | str", *, target: Optional[float] = None,
     if data is not None:
         options["data"] = os.fspath(data)
     return json.loads(_call(_native.assess, os.fspath(path), json.dumps(options)))
+
+
+def run(path: "os.PathLike[str] | str", inputs: Any, *, weights: str = "fp16") -> np.ndarray:
+    """`bundle run`: the bundle's reference model (spec section 16, f32) along `weights`
+    ("fp16" or "ternary") on `inputs`: rows [N, input_dim] of a chain of layers, or a decoder's
+    token ids [N, T]. Returns the logits, [N, classes] or [N, T, vocab] float32. The bundle is
+    checked first (checksums, encoding, scales, exact dequantization)."""
+    a = np.asarray(inputs)
+    if a.ndim != 2:
+        raise ValueError(f"inputs: expected a matrix [N, D] or [N, T], found shape {a.shape}")
+    if np.issubdtype(a.dtype, np.integer):
+        raw, shape = _call(_native.run, os.fspath(path), weights, None,
+                           a.astype(np.int64).ravel().tolist(), int(a.shape[1]))
+    else:
+        raw, shape = _call(_native.run, os.fspath(path), weights,
+                           np.ascontiguousarray(a, dtype=np.float32).ravel().tolist(), None, 0)
+    return np.frombuffer(raw, dtype="<f4").reshape(shape)
 
 
 def inspect(path: "os.PathLike[str] | str", *, mmap: bool = True) -> Dict[str, Any]:

@@ -186,6 +186,28 @@ def test_create_in_memory_equals_bundle_create_from_the_same_checkpoint(tmp_path
         tb.create(tmp_path / "ints", {"net.0.weight": np.zeros((2, 2), np.int32)})
 
 
+@pytest.mark.parametrize("name", ["tiny-validation", "tiny-decoder"])
+@pytest.mark.parametrize("weights", ["fp16", "ternary"])
+def test_run_equals_bundle_run(name, weights, tmp_path):
+    path = FIXTURES / "bundles" / name
+    v = load_file(str(path / "validation.safetensors"))
+    key = "input_ids" if "input_ids" in v else "inputs"
+    out = tmp_path / "out.safetensors"
+    subprocess.run([BIN, "run", str(path), "--path", weights, "--input",
+                    str(path / "validation.safetensors"), "--out", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
+    want = load_file(str(out))["logits"]
+    got = tb.run(path, v[key], weights=weights)
+    assert got.shape == want.shape and got.tobytes() == want.tobytes()
+    with pytest.raises(tb.BundleError):
+        bad = v[key].copy()
+        if key == "input_ids":
+            bad[0, 0] = 10**6
+        else:
+            bad[0, 0] = np.nan
+        tb.run(path, bad, weights=weights)
+
+
 BROKEN = json.loads((FIXTURES / "broken" / "expected.json").read_text())
 
 
