@@ -400,7 +400,7 @@ fn plan(
             FloatType::F16 => (GGML_F16, elements * 2),
         };
         let (kind, (ggml_type, nbytes)) = match bundle.packed(&name) {
-            Some(p) => match holds_exactly(bundle, &p, options.ternary) {
+            Some(p) => match holds_exactly(&p, options.ternary) {
                 Ok(()) => {
                     let ty = options.ternary.ggml_type();
                     let nbytes = ty
@@ -444,11 +444,9 @@ fn plan(
 /// tensor has. TQ1_0 / TQ2_0: rows of whole blocks of 256, each block under one scale (groups
 /// a multiple of 256). I2_S: rows of whole blocks of 128 and one scale for the tensor.
 fn holds_exactly(
-    bundle: &Bundle,
     p: &crate::read::bundle::PackedTensor<'_>,
     ternary: TernaryType,
 ) -> std::result::Result<(), (String, String)> {
-    let _ = bundle;
     let shape = format!("{} columns (shape [{}, {}])", p.cols, p.rows, p.cols);
     match ternary {
         TernaryType::Tq1_0 | TernaryType::Tq2_0 => {

@@ -418,12 +418,13 @@ impl GgufModel {
             .into()
     }
 
-    /// Rows of the file's order back in transformers' order (`llama` q/k).
+    /// Rows of the file's order back in transformers' order (`llama` q/k): the tensor's
+    /// values, or its scales per row or per group of a row; a single per-tensor scale stays.
     fn unpermute<T: Copy>(&self, e: &Entry, file_rows: Vec<T>) -> Vec<T> {
-        let Some(heads) = e.permuted else {
+        let rows = e.shape[0] as usize;
+        let Some(heads) = e.permuted.filter(|_| file_rows.len() >= rows) else {
             return file_rows;
         };
-        let rows = e.shape[0] as usize;
         let cols = file_rows.len() / rows.max(1);
         let mut out = file_rows.clone();
         for r in 0..rows {
@@ -531,7 +532,7 @@ impl GgufModel {
             }
         }
         let first = live.iter().flatten().next().copied().unwrap_or(1.0);
-        let file_order = |v: Vec<f32>| self.unpermute_scales(e, v);
+        let file_order = |v: Vec<f32>| self.unpermute(e, v);
         if live.iter().flatten().all(|&d| d == first) {
             return Ok(GivenScales::Tensor(first));
         }
@@ -567,14 +568,6 @@ impl GgufModel {
             size: BLOCK as u64,
             scales: file_order(groups),
         })
-    }
-
-    /// Per-row scale lists (in the file's row order) back in transformers' row order.
-    fn unpermute_scales(&self, e: &Entry, v: Vec<f32>) -> Vec<f32> {
-        if e.permuted.is_none() {
-            return v;
-        }
-        self.unpermute(e, v)
     }
 
     /// The exact scales of `e` from its `bundle.scale` key, in the file's row order, checked
@@ -681,7 +674,7 @@ impl GgufModel {
             }
         };
         let trits = self.unpermute(e, trits);
-        let scales = self.unpermute_scales_in(e, g, scales);
+        let scales = self.unpermute(e, scales);
         Ok((
             trits,
             match g {
@@ -690,13 +683,6 @@ impl GgufModel {
                 Granularity::Group(size) => GivenScales::Group { size, scales },
             },
         ))
-    }
-
-    fn unpermute_scales_in(&self, e: &Entry, g: Granularity, scales: Vec<f32>) -> Vec<f32> {
-        match g {
-            Granularity::Tensor => scales,
-            _ => self.unpermute_scales(e, scales),
-        }
     }
 }
 
