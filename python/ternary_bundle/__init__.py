@@ -15,6 +15,7 @@ not an error: `verify` returns the report.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import mmap as _mmap
 import os
@@ -57,30 +58,35 @@ class Bundle:
         self._files = d["files"]
         self._mmap = mmap
 
-    def _buffer(self, role: str):
-        if role not in self._buffers:
+    def _buffer(self, role: str, private: bool = False):
+        """The bytes of file `role` as validated: a read-only map, or with `private` a
+        copy-on-write map (writable; writes stay in this process and never reach the file)."""
+        key = (role, private)
+        if key not in self._buffers:
             ident = self._files[role]
-            with builtins_open(ident["path"], "rb") as f:
+            with builtins.open(ident["path"], "rb") as f:
                 st = os.fstat(f.fileno())
                 if (st.st_size, st.st_dev, st.st_ino) != (ident["size"], ident["dev"], ident["ino"]):
                     raise BundleError(f"{ident['path']}: the file changed after it was validated")
                 if not self._mmap or st.st_size == 0:
-                    buf: Any = f.read()
+                    buf: Any = bytearray(f.read()) if private else f.read()
                 else:
-                    buf = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
-            self._buffers[role] = buf
-        return self._buffers[role]
+                    access = _mmap.ACCESS_COPY if private else _mmap.ACCESS_READ
+                    buf = _mmap.mmap(f.fileno(), 0, access=access)
+            self._buffers[key] = buf
+        return self._buffers[key]
 
-    def _view(self, role: str, name: str) -> np.ndarray:
+    def _view(self, role: str, name: str, private: bool = False) -> np.ndarray:
         try:
             t = self._tensors[role][name]
         except KeyError:
             raise KeyError(f"{self.path}: no tensor {name!r} in {role}.safetensors") from None
         dtype = np.dtype(_DTYPES[t["dtype"]]).newbyteorder("<")
         count = t["nbytes"] // dtype.itemsize
-        a = np.frombuffer(self._buffer(role), dtype=dtype, count=count, offset=t["offset"])
+        a = np.frombuffer(self._buffer(role, private), dtype=dtype, count=count, offset=t["offset"])
         a = a.reshape(t["shape"])
-        a.flags.writeable = False
+        if not private:
+            a.flags.writeable = False
         return a
 
     def names(self) -> List[str]:
@@ -92,18 +98,18 @@ class Bundle:
         return self._view("fp16", name)
 
     def state_dict(self, framework: str = "np") -> Dict[str, Any]:
-        """Every FP16 tensor by name: numpy views (`"np"`), or torch tensors (`"pt"`) over the
-        same bytes (made writable copies only where torch needs aligned data)."""
-        sd = {n: self.fp16(n) for n in self.names()}
+        """Every FP16 tensor by name: read-only numpy views (`"np"`), or torch tensors (`"pt"`)
+        over a copy-on-write map of the same file."""
         if framework == "np":
-            return sd
+            return {n: self.fp16(n) for n in self.names()}
         if framework == "pt":
             import torch
-            import warnings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # read-only buffer: not written
-                return {n: torch.from_numpy(a) if a.flags.aligned else torch.from_numpy(a.copy())
-                        for n, a in sd.items()}
+            # torch tensors are writable: they view a copy-on-write map of the file (no copy
+            # until a page is written, and writes never reach the file); data the spec lets
+            # sit at an odd offset is copied, since torch cannot view it.
+            views = {n: self._view("fp16", n, private=True) for n in self.names()}
+            return {n: torch.from_numpy(a if a.flags.aligned else a.copy())
+                    for n, a in views.items()}
         raise ValueError(f"framework: expected 'np' or 'pt', found {framework!r}")
 
     def trits(self, name: str) -> np.ndarray:
@@ -120,9 +126,6 @@ class Bundle:
 
     def __repr__(self) -> str:
         return f"<ternary_bundle.Bundle {self.path!r}: {len(self.names())} tensors>"
-
-
-builtins_open = open
 
 
 def open(path: "os.PathLike[str] | str", *, mmap: bool = True) -> Bundle:  # noqa: A001
