@@ -348,13 +348,17 @@ fn export_gguf_cmd(a: &args::ExportArgs, bundle: &Bundle) -> Result<bool> {
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
-    let bpw = if summary.ternary_weights == 0 {
-        0.0
-    } else {
-        summary.ternary_bytes as f64 * 8.0 / summary.ternary_weights as f64
+    // Bits per weight only of weights written in the type: with none, there is no figure.
+    let detail = match summary.ternary_weights {
+        0 => "no weights in that type".to_string(),
+        n => format!(
+            "{n} weights in {}, {:.4} bits per weight",
+            print::size(summary.ternary_bytes),
+            summary.ternary_bytes as f64 * 8.0 / n as f64
+        ),
     };
     outln!(
-        "Wrote {} (GGUF v3, arch {}): {} tensors, {} ternary as {}{} ({} weights in {}, {bpw:.4} bits per weight), {} in all",
+        "Wrote {} (GGUF v3, arch {}): {} tensors, {} ternary as {}{} ({detail}), {} in all",
         a.out.display(),
         summary.arch,
         summary.tensors,
@@ -365,8 +369,6 @@ fn export_gguf_cmd(a: &args::ExportArgs, bundle: &Bundle) -> Result<bool> {
         } else {
             String::new()
         },
-        summary.ternary_weights,
-        print::size(summary.ternary_bytes),
         print::size(summary.bytes)
     );
     Ok(true)
