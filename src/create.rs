@@ -20,7 +20,7 @@ use crate::model::original::{bitnet_online_params, OriginalModel};
 use crate::source::hf::{Dtypes, HfModel, CONFIG_FILE};
 use crate::source::quantization_metadata::{QuantizationMetadata, StageHandoff, METADATA_FILE};
 use crate::source::{
-    load_validation_set, AssetFile, CheckpointSource, MemorySource, TensorSource, ValidationSet,
+    load_validation_set, AssetFile, BorrowedSource, CheckpointSource, TensorSource, ValidationSet,
 };
 use crate::write::arch::{infer_arch, load_arch};
 use crate::write::bundle::{write_bundle_from, SourceDigest, WriteOptions, WriteReport};
@@ -65,14 +65,27 @@ pub struct CreateRequest {
     pub original_top_k: Option<u64>,
 }
 
+/// What [`CreateInputs::from_memory`] takes: tensors the caller lends in place.
+pub struct MemoryInputs<'a> {
+    /// The weights: floats, or with `metadata` a state dict of trits.
+    pub weights: BorrowedSource<'a>,
+    /// The quantizing stage's metadata, when `weights` hold its trits (spec section 18.1).
+    pub metadata: Option<QuantizationMetadata>,
+    /// The original (pre-quantization) model, when it is not `weights` run as the request
+    /// says: its float weights, run dense (or through the quantizer with `ternary_original`).
+    pub original: Option<BorrowedSource<'a>>,
+    /// A validation set to embed.
+    pub validation: Option<ValidationSet>,
+}
+
 /// Whose decisions `original_predictions` record.
-enum Original {
+enum Original<'a> {
     /// The weights source itself, run with this forward pass (and these converted tensors for
     /// bitnet-online).
     Source(OriginalForward, BTreeSet<String>),
     /// Another model, with its forward pass, converted tensors and file digest.
     Other(
-        Box<dyn TensorSource>,
+        Box<dyn TensorSource + 'a>,
         OriginalForward,
         BTreeSet<String>,
         Option<String>,
@@ -82,21 +95,21 @@ enum Original {
 }
 
 /// The sources and plan of a `bundle create`, opened and checked.
-pub struct CreateInputs {
-    weights: Box<dyn TensorSource>,
+pub struct CreateInputs<'a> {
+    weights: Box<dyn TensorSource + 'a>,
     plan: BundlePlan,
-    original: Original,
+    original: Original<'a>,
     validation: Option<ValidationSet>,
     assets: Vec<AssetFile>,
     original_top_k: Option<u64>,
     notes: Vec<String>,
 }
 
-impl CreateInputs {
+impl<'a> CreateInputs<'a> {
     /// Opens what `request` names and decides the plan: a model directory by its config.json
     /// (a `quantization_metadata.json` beside it, a packed or online BitNet
     /// `quantization_config`, or plain weights), a file by `--quantization-metadata`.
-    pub fn open(request: &CreateRequest) -> Result<CreateInputs> {
+    pub fn open(request: &CreateRequest) -> Result<CreateInputs<'static>> {
         let from = &request.from;
         let metadata = match (&request.quantization_metadata, from.is_dir()) {
             (Some(m), _) => Some(QuantizationMetadata::read(m)?),
@@ -163,22 +176,46 @@ impl CreateInputs {
         })
     }
 
-    /// Float weights of a chain of layers held in memory (the Python package's `create`), with
-    /// the settings of `request` (its `from` is ignored; `arch`, `quantize`, `settings`,
-    /// `original`, `ternary_original` and `original_top_k` apply) and an optional validation
-    /// set: what `bundle create --from` does with the same tensors in a checkpoint file.
-    pub fn from_memory(
-        weights: MemorySource,
-        request: &CreateRequest,
-        validation: Option<ValidationSet>,
-    ) -> Result<CreateInputs> {
+    /// A chain of layers held in memory (the Python package's `create`), read as `bundle create
+    /// --from` reads the same tensors in a checkpoint file: float weights quantized with the
+    /// request's settings, or with `inputs.metadata` the stage's trits as given (spec section
+    /// 18.1). `request.from` is ignored; `arch`, `quantize`, `settings`, `original`,
+    /// `ternary_original` and `original_top_k` apply, and an original model in memory
+    /// (`inputs.original`) takes the place of `--original`.
+    pub fn from_memory(inputs: MemoryInputs<'a>, request: &CreateRequest) -> Result<Self> {
+        let MemoryInputs {
+            weights,
+            metadata,
+            original,
+            validation,
+        } = inputs;
+        let opened = match metadata {
+            Some(meta) => {
+                let model = chain_model(request, &weights)?;
+                given_plan(request, StageHandoff::new(Box::new(weights), meta)?, model)?
+            }
+            None => open_chain(request, Box::new(weights))?,
+        };
         let Opened {
             weights,
             plan,
             forward,
             converted,
-        } = open_chain(request, Box::new(weights))?;
-        let original = open_original(request, &plan, forward, converted)?;
+        } = opened;
+        let original = match original {
+            Some(_) if request.original.is_some() => {
+                return Err(Error::InvalidArgument(
+                    "an original model in memory and one in a file (--original): give one".into(),
+                ))
+            }
+            Some(o) => Original::Other(
+                Box::new(o),
+                dense_or_ternary(request),
+                BTreeSet::new(),
+                None,
+            ),
+            None => open_original(request, &plan, forward, converted)?,
+        };
         Ok(CreateInputs {
             weights,
             plan,
@@ -188,6 +225,11 @@ impl CreateInputs {
             original_top_k: request.original_top_k,
             notes: Vec::new(),
         })
+    }
+
+    /// Replaces the validation set to embed (the Python package's in-memory one).
+    pub fn set_validation(&mut self, validation: ValidationSet) {
+        self.validation = Some(validation);
     }
 
     /// What the user should know about how the source was read (printed by the CLI).
@@ -265,8 +307,8 @@ fn dense_or_ternary(request: &CreateRequest) -> OriginalForward {
 }
 
 /// A weights source, opened, with its plan and how its own original model runs.
-struct Opened {
-    weights: Box<dyn TensorSource>,
+struct Opened<'a> {
+    weights: Box<dyn TensorSource + 'a>,
     plan: BundlePlan,
     /// The forward pass of the source as its original model (when `--original` is not given).
     forward: OriginalForward,
@@ -280,7 +322,7 @@ struct Opened {
 fn open_directory(
     request: &CreateRequest,
     metadata: Option<QuantizationMetadata>,
-) -> Result<Opened> {
+) -> Result<Opened<'static>> {
     let from = &request.from;
     if request.arch.is_some() {
         return Err(Error::InvalidArgument(format!(
@@ -355,7 +397,10 @@ fn open_directory(
 
 /// A checkpoint file: the stage's trits (with `--quantization-metadata`) or float weights, its
 /// chain of layers inferred or given (`--arch`).
-fn open_file(request: &CreateRequest, metadata: Option<QuantizationMetadata>) -> Result<Opened> {
+fn open_file(
+    request: &CreateRequest,
+    metadata: Option<QuantizationMetadata>,
+) -> Result<Opened<'static>> {
     let ckpt = CheckpointSource::open(&request.from)?;
     if let Some(meta) = metadata {
         let model = chain_model(request, &ckpt)?;
@@ -374,7 +419,10 @@ fn chain_model(request: &CreateRequest, weights: &dyn TensorSource) -> Result<Mo
 
 /// Float weights of a chain of layers (a checkpoint file, or tensors in memory): the plan of
 /// the absmean quantizer with the request's settings.
-fn open_chain(request: &CreateRequest, weights: Box<dyn TensorSource>) -> Result<Opened> {
+fn open_chain<'a>(
+    request: &CreateRequest,
+    weights: Box<dyn TensorSource + 'a>,
+) -> Result<Opened<'a>> {
     let model = chain_model(request, &*weights)?;
     let quantize = select_quantized(&weights.tensors(), &model, &request.quantize)?;
     let plan = BundlePlan {
@@ -393,7 +441,10 @@ fn open_chain(request: &CreateRequest, weights: Box<dyn TensorSource>) -> Result
 
 /// A GGUF file (spec section 18.6): its ternary tensors as given trits and scales, its
 /// tokenizer as a carried asset where it converts.
-fn open_gguf(request: &CreateRequest, notes: &mut Vec<String>) -> Result<(Opened, Vec<AssetFile>)> {
+fn open_gguf(
+    request: &CreateRequest,
+    notes: &mut Vec<String>,
+) -> Result<(Opened<'static>, Vec<AssetFile>)> {
     if request.arch.is_some() {
         return Err(Error::InvalidArgument(format!(
             "{}: --arch describes a chain of layers; a GGUF file's hyperparameters describe its decoder",
@@ -421,7 +472,11 @@ fn open_gguf(request: &CreateRequest, notes: &mut Vec<String>) -> Result<(Opened
 }
 
 /// The plan of given trits from the stage's handoff (spec section 18.1).
-fn given_plan(request: &CreateRequest, stage: StageHandoff, model: ModelSpec) -> Result<Opened> {
+fn given_plan<'a>(
+    request: &CreateRequest,
+    stage: StageHandoff<'a>,
+    model: ModelSpec,
+) -> Result<Opened<'a>> {
     no_quantize_patterns(request)?;
     let plan = BundlePlan {
         model,
@@ -497,7 +552,7 @@ fn open_original(
     plan: &BundlePlan,
     forward: OriginalForward,
     converted: BTreeSet<String>,
-) -> Result<Original> {
+) -> Result<Original<'static>> {
     let Some(path) = &request.original else {
         return Ok(match plan.given {
             Some(_) => Original::None,

@@ -10,6 +10,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use numpy::PyReadonlyArray1;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -17,7 +18,7 @@ use pyo3::types::PyBytes;
 use serde_json::{json, Value};
 
 use ternary_bundle::assess::{assess as assess_bundle, AssessOptions};
-use ternary_bundle::create::{CreateInputs, CreateRequest, Settings};
+use ternary_bundle::create::{CreateInputs, CreateRequest, MemoryInputs, Settings};
 use ternary_bundle::format::safetensors::Dtype;
 use ternary_bundle::model::reference::WeightPath;
 use ternary_bundle::read::checks::check_all;
@@ -25,7 +26,8 @@ use ternary_bundle::read::inspect::inspect as inspect_bundle;
 use ternary_bundle::read::mmap::Backing;
 use ternary_bundle::read::OpenOptions;
 use ternary_bundle::run::{run as run_model, RunInput};
-use ternary_bundle::source::{to_f32, MemorySource, ValidationSet};
+use ternary_bundle::source::quantization_metadata::QuantizationMetadata;
+use ternary_bundle::source::{validation_set, BorrowedSource};
 use ternary_bundle::verify::{verify as verify_bundle, Check, VerifyOptions};
 use ternary_bundle::{Bundle, Encoding, Error, Granularity};
 
@@ -261,136 +263,206 @@ fn assess(py: Python<'_>, path: PathBuf, options: &str) -> PyResult<String> {
         .map_err(|e| to_py(Error::InvalidArgument(format!("report to JSON: {e}"))))
 }
 
-/// The f32 values of raw little-endian `bytes` of `dtype` ("F32", "F16", "BF16"), or an error
-/// naming the tensor.
-fn floats(name: &str, dtype: &str, bytes: &[u8], count: u64) -> Result<Vec<f32>, Error> {
-    let d = match dtype {
-        "F32" => Dtype::F32,
-        "F16" => Dtype::F16,
-        "BF16" => Dtype::BF16,
-        other => {
+/// One tensor lent from Python: name, dtype name (safetensors'), shape, and its bytes as a
+/// contiguous `uint8` view of the caller's array (numpy or torch memory, not copied).
+type LentTensor<'py> = (String, String, Vec<u64>, PyReadonlyArray1<'py, u8>);
+
+/// A [`BorrowedSource`] over the lent tensors' bytes, labelled `label` in errors.
+fn borrowed<'a>(label: &str, tensors: &'a [LentTensor<'_>]) -> Result<BorrowedSource<'a>, Error> {
+    let mut source = BorrowedSource::new(label);
+    for (name, dtype, shape, bytes) in tensors {
+        let d = Dtype::from_name(dtype).ok_or_else(|| {
+            Error::InvalidArgument(format!("{label}: tensor {name:?}: unknown dtype {dtype:?}"))
+        })?;
+        let bytes = bytes
+            .as_slice()
+            .map_err(|e| Error::InvalidArgument(format!("{label}: tensor {name:?}: {e}")))?;
+        source.push(name.clone(), d, shape.clone(), bytes)?;
+    }
+    Ok(source)
+}
+
+/// The `CreateRequest` of a JSON object of options: from, arch, quantize, encoding,
+/// granularity, group_size, epsilon, sparsity_threshold, original, original_forward,
+/// original_top_k, validation (a file), validation_text and seq_len.
+fn create_request(o: &Value) -> Result<CreateRequest, Error> {
+    let text = |k: &str| o.get(k).and_then(Value::as_str).map(String::from);
+    let granularity = match (
+        text("granularity").as_deref(),
+        o.get("group_size").and_then(Value::as_u64),
+    ) {
+        (None, _) => None,
+        (Some("tensor"), _) => Some(Granularity::Tensor),
+        (Some("channel"), _) => Some(Granularity::Channel),
+        (Some("group"), Some(g)) => Some(Granularity::Group(g)),
+        (Some(other), _) => {
             return Err(Error::InvalidArgument(format!(
-                "tensor {name:?}: expected dtype F32, F16 or BF16, found {other}"
+                "granularity: expected \"tensor\", \"channel\" or \"group\" (with group_size), found {other:?}"
             )))
         }
     };
-    let size = if d == Dtype::F32 { 4 } else { 2 };
-    if count.checked_mul(size) != Some(bytes.len() as u64) {
-        return Err(Error::InvalidArgument(format!(
-            "tensor {name:?}: {} bytes for {count} values of {dtype}",
-            bytes.len()
-        )));
-    }
-    to_f32(d, bytes).ok_or_else(|| Error::InvalidArgument(format!("tensor {name:?}: {dtype}")))
+    let encoding = match text("encoding").as_deref() {
+        None | Some("trit5") => Encoding::Trit5,
+        Some("trit2") => Encoding::Trit2,
+        Some(other) => {
+            return Err(Error::InvalidArgument(format!(
+                "encoding: expected \"trit5\" or \"trit2\", found {other:?}"
+            )))
+        }
+    };
+    let ternary_original = match text("original_forward").as_deref() {
+        None | Some("dense") => false,
+        Some("ternary") => true,
+        Some(other) => {
+            return Err(Error::InvalidArgument(format!(
+                "original_forward: expected \"dense\" or \"ternary\", found {other:?}"
+            )))
+        }
+    };
+    let validation_text = match (
+        text("validation_text"),
+        o.get("seq_len").and_then(Value::as_u64),
+    ) {
+        (None, _) => None,
+        (Some(t), Some(n)) => Some((PathBuf::from(t), n as usize)),
+        (Some(_), None) => {
+            return Err(Error::InvalidArgument(
+                "validation_text: give seq_len, the tokens per sequence".into(),
+            ))
+        }
+    };
+    Ok(CreateRequest {
+        from: text("from").map(PathBuf::from).unwrap_or_default(),
+        arch: text("arch").map(PathBuf::from),
+        quantization_metadata: text("quantization_metadata").map(PathBuf::from),
+        quantize: o
+            .get("quantize")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        settings: Settings {
+            encoding,
+            granularity,
+            epsilon: o.get("epsilon").and_then(Value::as_f64).map(|v| v as f32),
+            sparsity_threshold: o
+                .get("sparsity_threshold")
+                .and_then(Value::as_f64)
+                .map(|v| v as f32),
+        },
+        original: text("original").map(PathBuf::from),
+        ternary_original,
+        validation: text("validation").map(PathBuf::from),
+        validation_text,
+        original_top_k: o.get("original_top_k").and_then(Value::as_u64),
+    })
 }
 
-/// One tensor handed over from Python: name, dtype, shape and its raw little-endian bytes.
-type RawTensor = (String, String, Vec<u64>, Vec<u8>);
+/// Writes `inputs` to `out` and returns `bundle inspect --json` of what was written.
+fn write_and_inspect(inputs: &CreateInputs<'_>, out: &Path, o: &Value) -> Result<String, Error> {
+    let force = o.get("force").and_then(Value::as_bool).unwrap_or(false);
+    inputs.write(out, force, None, &|_| {})?;
+    let bundle = Bundle::open(out)?;
+    let mut info = serde_json::to_value(inspect_bundle(&bundle))
+        .map_err(|e| Error::InvalidArgument(format!("inspection to JSON: {e}")))?;
+    if let Some(map) = info.as_object_mut() {
+        map.insert("notes".into(), json!(inputs.notes()));
+    }
+    Ok(info.to_string())
+}
 
-/// A validation set handed over from Python: the shape of `inputs`, its F32 bytes, the I64
-/// bytes of `labels`, the U8 bytes of `difficulty` if any.
-type RawValidation = (Vec<u64>, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
-
-/// `bundle create` from tensors in memory (a chain of layers): `tensors` as (name, dtype,
-/// shape, bytes); `options` a JSON object (arch, quantize, encoding, granularity, group_size,
-/// epsilon, sparsity_threshold, original_forward, original_top_k, force); `validation`
-/// (inputs F32 bytes with its shape, labels I64 bytes, difficulty U8 bytes or None). Returns
-/// `bundle inspect --json` of the bundle written, as JSON text.
+/// `bundle create` from tensors in memory (a chain of layers), lent in place: `tensors` as
+/// (name, dtype, shape, uint8 view); `options` a JSON object ([`create_request`]'s keys,
+/// `force`, and `metadata`: the stage's quantization metadata as JSON text when the tensors
+/// are its trits); `validation` tensors named as in a validation file; `original` the
+/// original model's float tensors. Returns `bundle inspect --json` of the bundle written.
 #[pyfunction]
-#[pyo3(signature = (out, tensors, options, validation = None))]
+#[pyo3(signature = (out, tensors, options, validation = None, original = None))]
 fn create(
     py: Python<'_>,
     out: PathBuf,
-    tensors: Vec<RawTensor>,
+    tensors: Vec<LentTensor<'_>>,
     options: &str,
-    validation: Option<RawValidation>,
+    validation: Option<Vec<LentTensor<'_>>>,
+    original: Option<Vec<LentTensor<'_>>>,
 ) -> PyResult<String> {
     let o: Value = serde_json::from_str(options)
         .map_err(|e| to_py(Error::InvalidArgument(format!("create options: {e}"))))?;
-    let text = |k: &str| o.get(k).and_then(Value::as_str).map(String::from);
-    let written = py.detach(|| -> Result<String, Error> {
-        let mut source = MemorySource::new("<memory>");
-        for (name, dtype, shape, bytes) in &tensors {
-            let count = shape
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .ok_or_else(|| Error::InvalidArgument(format!("tensor {name:?}: shape {shape:?} overflows")))?;
-            source.push(name.clone(), shape.clone(), floats(name, dtype, bytes, count)?)?;
-        }
-        let granularity = match (text("granularity").as_deref(), o.get("group_size").and_then(Value::as_u64)) {
-            (None, _) => None,
-            (Some("tensor"), _) => Some(Granularity::Tensor),
-            (Some("channel"), _) => Some(Granularity::Channel),
-            (Some("group"), Some(g)) => Some(Granularity::Group(g)),
-            (Some(other), _) => {
-                return Err(Error::InvalidArgument(format!(
-                    "granularity: expected \"tensor\", \"channel\" or \"group\" (with group_size), found {other:?}"
-                )))
-            }
+    let weights = borrowed("<memory>", &tensors).map_err(to_py)?;
+    let validation = validation
+        .as_deref()
+        .map(|v| borrowed("<memory validation>", v))
+        .transpose()
+        .map_err(to_py)?;
+    let original = original
+        .as_deref()
+        .map(|v| borrowed("<memory original>", v))
+        .transpose()
+        .map_err(to_py)?;
+    py.detach(|| -> Result<String, Error> {
+        let request = create_request(&o)?;
+        let metadata = match (
+            o.get("metadata").and_then(Value::as_str),
+            &request.quantization_metadata,
+        ) {
+            (Some(text), _) => Some(QuantizationMetadata::from_json(
+                Path::new("<quantization metadata>"),
+                text,
+            )?),
+            (None, Some(path)) => Some(QuantizationMetadata::read(path)?),
+            (None, None) => None,
         };
-        let encoding = match text("encoding").as_deref() {
-            None | Some("trit5") => Encoding::Trit5,
-            Some("trit2") => Encoding::Trit2,
-            Some(other) => {
-                return Err(Error::InvalidArgument(format!(
-                    "encoding: expected \"trit5\" or \"trit2\", found {other:?}"
-                )))
-            }
-        };
-        let request = CreateRequest {
-            arch: text("arch").map(PathBuf::from),
-            quantize: o
-                .get("quantize")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-                .unwrap_or_default(),
-            settings: Settings {
-                encoding,
-                granularity,
-                epsilon: o.get("epsilon").and_then(Value::as_f64).map(|v| v as f32),
-                sparsity_threshold: o
-                    .get("sparsity_threshold")
-                    .and_then(Value::as_f64)
-                    .map(|v| v as f32),
+        let validation = validation.as_ref().map(|v| validation_set(v)).transpose()?;
+        let inputs = CreateInputs::from_memory(
+            MemoryInputs {
+                weights,
+                metadata,
+                original,
+                validation,
             },
-            original: text("original").map(PathBuf::from),
-            ternary_original: text("original_forward").as_deref() == Some("ternary"),
-            original_top_k: o.get("original_top_k").and_then(Value::as_u64),
-            ..CreateRequest::default()
-        };
-        let validation = match &validation {
-            None => None,
-            Some((shape, inputs, labels, difficulty)) => {
-                if labels.len() % 8 != 0 {
-                    return Err(Error::InvalidArgument(format!(
-                        "validation labels: {} bytes, not whole I64 values",
-                        labels.len()
-                    )));
-                }
-                let n = shape
-                    .iter()
-                    .try_fold(1u64, |a, &d| a.checked_mul(d))
-                    .ok_or_else(|| Error::InvalidArgument(format!("validation inputs: shape {shape:?} overflows")))?;
-                Some(ValidationSet {
-                    origin: PathBuf::from("<memory>"),
-                    inputs: floats("inputs", "F32", inputs, n)?,
-                    input_ids: None,
-                    labels: labels
-                        .chunks_exact(8)
-                        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                        .collect(),
-                    difficulty: difficulty.clone(),
-                })
+            &request,
+        )?;
+        write_and_inspect(&inputs, &out, &o)
+    })
+    .map_err(to_py)
+}
+
+/// `bundle create --from` a file or model directory (`options["from"]`) with the same options
+/// as the command's flags ([`create_request`]), and optionally a validation set lent in memory
+/// (tensors named as in a validation file) in place of a file. Returns `bundle inspect --json`
+/// of the bundle written, with `notes` (what the CLI prints about how the source was read).
+#[pyfunction]
+#[pyo3(signature = (out, options, validation = None))]
+fn create_from(
+    py: Python<'_>,
+    out: PathBuf,
+    options: &str,
+    validation: Option<Vec<LentTensor<'_>>>,
+) -> PyResult<String> {
+    let o: Value = serde_json::from_str(options)
+        .map_err(|e| to_py(Error::InvalidArgument(format!("create options: {e}"))))?;
+    let validation = validation
+        .as_deref()
+        .map(|v| borrowed("<memory validation>", v))
+        .transpose()
+        .map_err(to_py)?;
+    py.detach(|| -> Result<String, Error> {
+        let request = create_request(&o)?;
+        let mut inputs = CreateInputs::open(&request)?;
+        if let Some(v) = &validation {
+            if request.validation.is_some() || request.validation_text.is_some() {
+                return Err(Error::InvalidArgument(
+                    "a validation set in memory and one from a file: give one".into(),
+                ));
             }
-        };
-        let inputs = CreateInputs::from_memory(source, &request, validation)?;
-        let force = o.get("force").and_then(Value::as_bool).unwrap_or(false);
-        inputs.write(&out, force, None, &|_| {})?;
-        let bundle = Bundle::open(&out)?;
-        serde_json::to_string(&inspect_bundle(&bundle))
-            .map_err(|e| Error::InvalidArgument(format!("inspection to JSON: {e}")))
-    });
-    written.map_err(to_py)
+            inputs.set_validation(validation_set(v)?);
+        }
+        write_and_inspect(&inputs, &out, &o)
+    })
+    .map_err(to_py)
 }
 
 /// `bundle run`: the reference model of the bundle at `path` along `weights` ("fp16" or
@@ -449,6 +521,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(assess, m)?)?;
     m.add_function(wrap_pyfunction!(create, m)?)?;
+    m.add_function(wrap_pyfunction!(create_from, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -124,6 +124,13 @@ class Bundle:
         """The scales of quantized tensor `name` (float32; one, one per row, or per group)."""
         return self._view("ternary", name + ".scale")
 
+    def validation(self) -> Dict[str, np.ndarray]:
+        """The validation set the bundle carries (`validation.safetensors`, spec section 6):
+        `inputs` [N, D] or `input_ids` [N, T], `labels`, `difficulty` when given, and the
+        original model's `original_predictions` (and distributions), as read-only views. Empty
+        when the bundle has none."""
+        return {n: self._view("validation", n) for n in self._tensors.get("validation", {})}
+
     def __repr__(self) -> str:
         return f"<ternary_bundle.Bundle {self.path!r}: {len(self.names())} tensors>"
 
@@ -134,58 +141,151 @@ def open(path: "os.PathLike[str] | str", *, mmap: bool = True) -> Bundle:  # noq
     return Bundle(path, mmap=mmap)
 
 
-_NP_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
+                      "int8": "I8", "uint8": "U8", "int16": "I16", "uint16": "U16",
+                      "int32": "I32", "uint32": "U32", "int64": "I64", "uint64": "U64",
+                      "bool": "BOOL"}
 
 
-def _raw(name: str, t: Any):
-    """(name, dtype, shape, little-endian bytes) of a numpy array, a torch tensor (bf16
-    included) or a (bytes, dtype, shape) triple, as safetensors takes them."""
+def _lend(name: str, t: Any):
+    """(name, dtype, shape, bytes) of a tensor, its bytes a flat uint8 view of the caller's own
+    memory (nothing is copied unless the array is not C-contiguous little-endian): a numpy array,
+    a CPU torch tensor (bf16 included, as it is), or a (bytes, dtype, shape) triple as
+    safetensors takes them."""
     if isinstance(t, tuple) and len(t) == 3:
         data, dtype, shape = t
-        return name, str(dtype).upper(), [int(d) for d in shape], bytes(data)
+        return name, str(dtype).upper(), [int(d) for d in shape], np.frombuffer(data, np.uint8)
     if type(t).__module__.startswith("torch"):
         import torch
-        t = t.detach().cpu().contiguous()
+        t = t.detach()
+        if t.device.type != "cpu":
+            raise TypeError(f"tensor {name!r}: expected a CPU tensor, found one on {t.device}"
+                            " (move it with .cpu(): the bundle is written from host memory)")
+        t = t.contiguous()
+        shape = list(t.shape)
         if t.dtype == torch.bfloat16:
-            return name, "BF16", list(t.shape), t.view(torch.int16).numpy().astype("<i2").tobytes()
+            return name, "BF16", shape, t.reshape(-1).view(torch.int16).numpy().view(np.uint8)
         t = t.numpy()
     a = np.asarray(t)
-    if a.dtype.newbyteorder("=") not in _NP_DTYPES:
-        raise TypeError(f"tensor {name!r}: expected float32 or float16 (bfloat16 as a torch tensor"
-                        f" or (bytes, 'BF16', shape)), found {a.dtype}")
-    kind = _NP_DTYPES[a.dtype.newbyteorder("=")]
-    return name, kind, list(a.shape), np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+    kind = _SAFETENSORS_DTYPES.get(a.dtype.name)
+    if kind is None:
+        raise TypeError(f"tensor {name!r}: expected a numeric array (F32, F16, BF16 weights; "
+                        f"integer trits), found dtype {a.dtype}")
+    shape = list(a.shape)
+    if a.dtype.itemsize > 1 and a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    a = np.ascontiguousarray(a).reshape(-1)
+    return name, kind, shape, a.view(np.uint8)
 
 
-def create(out: "os.PathLike[str] | str", tensors: Mapping[str, Any], *, arch: Optional[str] = None,
+def _lend_all(label: str, tensors: Mapping[str, Any]) -> List[Any]:
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"{label}: expected a mapping of names to tensors (a state_dict), "
+                        f"found {type(tensors).__name__}")
+    return [_lend(str(n), t) for n, t in tensors.items()]
+
+
+# A validation set's arrays, named and typed as in a validation file (spec rule 6.1).
+_VALIDATION_DTYPES = {"inputs": "<f4", "input_ids": "<i8", "labels": "<i8", "difficulty": "u1"}
+
+
+def _validation(validation: Mapping[str, Any]) -> List[Any]:
+    unknown = set(validation) - set(_VALIDATION_DTYPES)
+    if unknown:
+        raise ValueError(f"validation: unknown keys {sorted(unknown)}; expected "
+                         f"{sorted(_VALIDATION_DTYPES)}")
+    out = []
+    for key, dtype in _VALIDATION_DTYPES.items():
+        v = validation.get(key)
+        if v is None:
+            continue
+        if type(v).__module__.startswith("torch"):
+            v = v.detach().cpu().numpy()
+        a = np.ascontiguousarray(np.asarray(v), dtype=dtype)
+        out.append((key, {"<f4": "F32", "<i8": "I64", "u1": "U8"}[dtype], list(a.shape),
+                    a.reshape(-1).view(np.uint8)))
+    return out
+
+
+def _is_path(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def create(out: "os.PathLike[str] | str", tensors: Optional[Mapping[str, Any]] = None, *,
+           model_dir: "Optional[os.PathLike[str] | str]" = None, arch: Optional[str] = None,
            quantize: Optional[Sequence[str]] = None, encoding: str = "trit5",
            granularity: Optional[str] = None, group_size: Optional[int] = None,
-           validation: Optional[Mapping[str, Any]] = None, original_forward: str = "dense",
+           validation: Any = None, validation_text: "Optional[os.PathLike[str] | str]" = None,
+           seq_len: Optional[int] = None, quantization_metadata: Any = None,
+           original: Any = None, original_forward: str = "dense",
            original_top_k: Optional[int] = None, force: bool = False) -> Dict[str, Any]:
-    """`bundle create` from tensors in memory: a chain of layers (`fc1.weight`, ... or
-    `arch`, a JSON architecture file), quantized with the absmean quantizer (granularity
-    "channel" unless given). `tensors` maps names to numpy arrays or torch tensors (F32, F16,
-    BF16: a `state_dict()` as it is). `validation` = {"inputs": [N, D], "labels": [N],
-    "difficulty": [N] (optional)}. Returns `inspect(out)`.
+    """`bundle create` in-process. Returns `inspect(out)` with `notes` (how the source was read).
 
-        >>> info = tb.create("my-bundle", model.state_dict(), validation={"inputs": x, "labels": y})
+    From tensors in memory, a chain of layers (`fc1.weight`, ... or `arch`, a JSON
+    architecture file): `tensors` maps names to numpy arrays or CPU torch tensors, a
+    `state_dict()` as it is (F32, F16, BF16; bf16 numpy-less as `(bytes, "BF16", shape)`). The
+    arrays are read in place, one at a time, as `bundle create --from` reads a checkpoint: no
+    copy of the model is made.
+
+    - Float weights are quantized by the absmean quantizer (`granularity` "channel" unless
+      given, `encoding`, `quantize` globs).
+    - The quantizing stage's own trits go in as they are: `tensors` holds the trits (int8 in
+      {-1, 0, 1}, or any integer or float dtype holding them) beside the float tensors, and
+      `quantization_metadata` their scales, as the dict of `quantization_metadata.json` (spec
+      section 18.1: `{"scales": {name: number | [per row] | [[per group] per row]}, ...}`) or
+      its path.
+
+    From a file or model directory: `model_dir=PATH` is `bundle create --from PATH` (a Hugging
+    Face directory, a GGUF file, a checkpoint), `validation_text` + `seq_len` its
+    `--validation-text` and `--seq-len`.
+
+    `validation`: a dict `{"inputs": [N, D], "labels": [N], "difficulty": [N]}` (a decoder:
+    `{"input_ids": [N, T]}`, labels derived) or the path of a validation file. `original`: the
+    original (pre-quantization) model, a mapping of float tensors or a path, run dense (or
+    `original_forward="ternary"`: through this bundle's quantizer, for a stage whose model ran
+    its weights ternary). Retention is measured against it.
+
+        >>> info = tb.create("my-bundle", model.state_dict(),
+        ...                  validation={"inputs": x, "labels": y}, original_forward="ternary")
+        >>> info = tb.create("lm-bundle", model_dir="checkpoints/llama", validation_text="val.txt",
+        ...                  seq_len=128)
     """
-    raw = [_raw(n, t) for n, t in tensors.items()]
+    if (tensors is None) == (model_dir is None):
+        raise TypeError("create: give tensors (a state dict in memory) or model_dir (a path), "
+                        "exactly one")
     options: Dict[str, Any] = {"encoding": encoding, "force": force,
                                "quantize": list(quantize or []),
                                "original_forward": original_forward}
     for k, v in [("arch", arch), ("granularity", granularity), ("group_size", group_size),
-                 ("original_top_k", original_top_k)]:
+                 ("original_top_k", original_top_k), ("validation_text", validation_text),
+                 ("seq_len", seq_len)]:
         if v is not None:
-            options[k] = os.fspath(v) if k == "arch" else v
-    val = None
+            options[k] = os.fspath(v) if k in ("arch", "validation_text") else v
+    if quantization_metadata is not None:
+        if _is_path(quantization_metadata):
+            options["quantization_metadata"] = os.fspath(quantization_metadata)
+        else:
+            options["metadata"] = json.dumps(quantization_metadata)
+    lent_validation = lent_original = None
     if validation is not None:
-        x = np.ascontiguousarray(np.asarray(validation["inputs"]), dtype="<f4")
-        y = np.ascontiguousarray(np.asarray(validation["labels"]), dtype="<i8")
-        d = validation.get("difficulty")
-        val = (list(x.shape), x.tobytes(), y.tobytes(),
-               None if d is None else np.ascontiguousarray(np.asarray(d), dtype=np.uint8).tobytes())
-    return json.loads(_call(_native.create, os.fspath(out), raw, json.dumps(options), val))
+        if _is_path(validation):
+            options["validation"] = os.fspath(validation)
+        else:
+            lent_validation = _validation(validation)
+    if original is not None:
+        if _is_path(original):
+            options["original"] = os.fspath(original)
+        else:
+            lent_original = _lend_all("original", original)
+    if model_dir is not None:
+        if lent_original is not None:
+            raise TypeError("create(model_dir=...): give original as a path (a checkpoint or "
+                            "model directory), as bundle create --from takes it")
+        options["from"] = os.fspath(model_dir)
+        return json.loads(_call(_native.create_from, os.fspath(out), json.dumps(options),
+                                lent_validation))
+    return json.loads(_call(_native.create, os.fspath(out), _lend_all("tensors", tensors),
+                            json.dumps(options), lent_validation, lent_original))
 
 
 def verify(path: "os.PathLike[str] | str", *, only: Optional[Sequence[str]] = None,

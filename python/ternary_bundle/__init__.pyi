@@ -1,6 +1,6 @@
 """Type stubs of `ternary_bundle` (see the module docstring for examples)."""
 import os
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, overload
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -24,18 +24,24 @@ class Bundle:
     def state_dict(self, framework: Literal["pt"]) -> Dict[str, Any]: ...
     def trits(self, name: str) -> npt.NDArray[np.int8]: ...
     def scales(self, name: str) -> npt.NDArray[np.float32]: ...
+    def validation(self) -> Dict[str, npt.NDArray[Any]]: ...
 
 def open(path: _Path, *, mmap: bool = True) -> Bundle: ...
 def create(
     out: _Path,
-    tensors: Mapping[str, Any],
+    tensors: Optional[Mapping[str, Any]] = None,
     *,
+    model_dir: Optional[_Path] = None,
     arch: Optional[_Path] = None,
     quantize: Optional[Sequence[str]] = None,
     encoding: Literal["trit5", "trit2"] = "trit5",
     granularity: Optional[Literal["tensor", "channel", "group"]] = None,
     group_size: Optional[int] = None,
-    validation: Optional[Mapping[str, Any]] = None,
+    validation: Union[Mapping[str, Any], _Path, None] = None,
+    validation_text: Optional[_Path] = None,
+    seq_len: Optional[int] = None,
+    quantization_metadata: Union[Mapping[str, Any], _Path, None] = None,
+    original: Union[Mapping[str, Any], _Path, None] = None,
     original_forward: Literal["dense", "ternary"] = "dense",
     original_top_k: Optional[int] = None,
     force: bool = False,

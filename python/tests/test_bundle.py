@@ -198,8 +198,13 @@ def test_create_in_memory_equals_bundle_create_from_the_same_checkpoint(tmp_path
     assert (tmp_path / "np" / "fp16.safetensors").read_bytes() == (tmp_path / "py-f32" / "fp16.safetensors").read_bytes()
     with pytest.raises(tb.BundleExistsError):
         tb.create(tmp_path / "py-f32", weights)
-    with pytest.raises(TypeError):
+    # Integers without quantization metadata are not weights: rule 8.2, naming the tensor.
+    with pytest.raises(tb.RuleViolation) as e:
         tb.create(tmp_path / "ints", {"net.0.weight": np.zeros((2, 2), np.int32)})
+    assert (e.value.rule, e.value.tensor, e.value.found) == ("8.2", "net.0.weight", "I32")
+    assert not (tmp_path / "ints").exists()
+    with pytest.raises(TypeError):
+        tb.create(tmp_path / "strs", {"net.0.weight": np.array([["a"]])})
 
 
 @pytest.mark.parametrize("name", ["tiny-validation", "tiny-decoder"])
@@ -273,3 +278,123 @@ def test_the_gil_is_released_while_verify_runs(demo):
         done.set()
         t.join()
     assert during > 200_000, during
+
+
+DATA_FILES = ("ternary.safetensors", "fp16.safetensors", "validation.safetensors")
+
+
+def same_data_files(a, b):
+    for f in DATA_FILES:
+        if (Path(a) / f).exists() or (Path(b) / f).exists():
+            assert (Path(a) / f).read_bytes() == (Path(b) / f).read_bytes(), f
+
+
+def test_create_given_trits_in_memory_equals_bundle_create_with_quantization_metadata(tmp_path):
+    # The quantizing stage's own trits (int8, a scale per row for one tensor, one per tensor for
+    # the other) and its metadata, handed over in memory with the original model in memory,
+    # against `bundle create --from trits.safetensors --quantization-metadata meta.json
+    # --original tiny.safetensors`: the data files are byte-identical, the trits are taken as
+    # given (method "given"), and retention is measured against the original.
+    from safetensors.numpy import save_file
+    original = load_file(str(FIXTURES / "source" / "tiny.safetensors"))
+    val = load_file(str(FIXTURES / "source" / "validation.safetensors"))
+    trits = dict(original)
+    scales = {}
+    for name in ("net.0.weight", "net.2.weight"):
+        w = original[name].astype(np.float32)
+        trits[name] = ((w > 0.05).astype(np.int8) - (w < -0.05).astype(np.int8))
+        scales[name] = ([0.25 + r / 64 for r in range(w.shape[0])] if name == "net.0.weight"
+                        else 0.375)
+    meta = {"scales": scales, "quantization_scheme": "1.58-bit"}
+    ckpt, meta_path = tmp_path / "trits.safetensors", tmp_path / "meta.json"
+    save_file(trits, str(ckpt))
+    meta_path.write_text(json.dumps(meta))
+    cli = tmp_path / "cli"
+    subprocess.run([BIN, "create", "--from", str(ckpt), "--quantization-metadata", str(meta_path),
+                    "--original", str(FIXTURES / "source" / "tiny.safetensors"), "--validation",
+                    str(FIXTURES / "source" / "validation.safetensors"), "--out", str(cli)],
+                   check=True, stdout=subprocess.DEVNULL)
+    for label, m in [("dict", meta), ("path", meta_path)]:
+        out = tmp_path / f"py-{label}"
+        info = tb.create(out, trits, quantization_metadata=m, original=original, validation=val)
+        assert info["quantization"]["method"] == "given"
+        same_data_files(out, cli)
+        b = tb.open(out)
+        for name in ("net.0.weight", "net.2.weight"):
+            assert np.array_equal(b.trits(name), trits[name])
+        assert np.array_equal(b.scales("net.0.weight"), np.float32(scales["net.0.weight"]))
+        report = tb.verify(out, min_retention=0, max_kl=0)
+        assert report["ok"]
+        cli_report = tb.verify(cli, min_retention=0, max_kl=0) | {"bundle": report["bundle"]}
+        assert without_times(report) == without_times(cli_report)
+    # The original as a path is `--original` itself.
+    tb.create(tmp_path / "py-orig-path", trits, quantization_metadata=meta,
+              original=FIXTURES / "source" / "tiny.safetensors", validation=val)
+    same_data_files(tmp_path / "py-orig-path", cli)
+    # A trit that is not one, and a scale for a tensor that is not there: rule 8.3, named.
+    bad = dict(trits, **{"net.0.weight": trits["net.0.weight"] * 2})
+    with pytest.raises(tb.RuleViolation) as e:
+        tb.create(tmp_path / "bad", bad, quantization_metadata=meta)
+    assert e.value.rule == "8.3" and e.value.tensor == "net.0.weight"
+    with pytest.raises(tb.RuleViolation) as e:
+        tb.create(tmp_path / "bad2", trits, quantization_metadata={"scales": {"nope": 1.0}})
+    assert e.value.rule == "8.3" and e.value.tensor == "nope"
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+
+
+def test_create_from_a_model_directory_equals_bundle_create_from(tmp_path):
+    # A language model: `create(out, model_dir=...)` is `bundle create --from DIR`, with the
+    # validation text tokenized by the carried tokenizer, or the same ids lent in memory.
+    lm = FIXTURES / "lm"
+    text = tmp_path / "validation.txt"  # (a slice of the fixture's text: a few sequences)
+    text.write_text((lm / "validation.txt").read_text()[:1500])
+    cli = tmp_path / "cli"
+    subprocess.run([BIN, "create", "--from", str(lm), "--validation-text", str(text),
+                    "--seq-len", "16", "--out", str(cli)], check=True, stdout=subprocess.DEVNULL)
+    out = tmp_path / "py"
+    info = tb.create(out, model_dir=lm, validation_text=text, seq_len=16)
+    assert info["model"]["decoder"]["vocab_size"] == 63 and info["validation_samples"] > 0
+    same_data_files(out, cli)
+    for f in ("tokenizer.json", "config.json"):
+        if (cli / f).exists():
+            assert (out / f).read_bytes() == (cli / f).read_bytes()
+    ids = load_file(str(cli / "validation.safetensors"))["input_ids"]
+    mem = tmp_path / "py-ids"
+    tb.create(mem, model_dir=lm, validation={"input_ids": ids})
+    same_data_files(mem, cli)
+    with pytest.raises(TypeError):
+        tb.create(tmp_path / "both", {"x": np.zeros(1, np.float32)}, model_dir=lm)
+    with pytest.raises(tb.BundleError):
+        tb.create(tmp_path / "twice", model_dir=lm, validation={"input_ids": ids},
+                  validation_text=text, seq_len=16)
+
+
+def test_create_lends_arrays_in_place_and_refuses_what_it_cannot(tmp_path):
+    # Non-contiguous and big-endian arrays are converted (the same bundle); a shape that does not
+    # match the bytes is refused naming the tensor; a non-mapping is a TypeError.
+    weights = load_file(str(FIXTURES / "source" / "tiny.safetensors"))
+    tb.create(tmp_path / "a", weights)
+    odd = {n: (np.asfortranarray(a) if a.ndim == 2 else a.astype(a.dtype.newbyteorder(">")))
+           for n, a in weights.items()}
+    assert not odd["net.0.weight"].flags.c_contiguous
+    tb.create(tmp_path / "b", odd)
+    same_data_files(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(tb.RuleViolation) as e:
+        tb.create(tmp_path / "c", {"net.0.weight": (b"\0" * 10, "F32", (24, 16))})
+    assert e.value.tensor == "net.0.weight" and "10 bytes" in e.value.found
+    with pytest.raises(TypeError):
+        tb.create(tmp_path / "d", [("net.0.weight", weights["net.0.weight"])])
+    with pytest.raises(ValueError):
+        tb.create(tmp_path / "e", weights, validation={"inputz": np.zeros((1, 16))})
+
+
+@pytest.mark.parametrize("path", BUNDLES, ids=lambda p: p.name)
+def test_validation_views_equal_the_file(path):
+    b = tb.open(path)
+    v = b.validation()
+    f = path / "validation.safetensors"
+    ref = load_file(str(f)) if f.exists() else {}
+    assert sorted(v) == sorted(ref)
+    for name, a in v.items():
+        assert a.dtype == ref[name].dtype and np.array_equal(a, ref[name]), name
+        assert not a.flags.writeable

@@ -4,8 +4,11 @@
 
 pub mod given;
 pub mod hf;
+pub mod memory;
 pub mod quantization_metadata;
 pub mod ternarized;
+
+pub use memory::{BorrowedSource, MemorySource};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use half::bf16;
 use crate::error::{Error, Result, Violation};
 use crate::format::le;
 use crate::format::rules::Rule;
-use crate::format::safetensors::{element_count, read_header, shape_string, Dtype, Header};
+use crate::format::safetensors::{read_header, shape_string, Dtype, Header};
 use crate::read::mmap::{self, Backing, FileBytes};
 
 /// Name and shape of a source tensor.
@@ -199,75 +202,6 @@ impl TensorSource for CheckpointSource {
     }
 }
 
-/// Tensors held in memory (tests, generated models).
-#[derive(Debug, Clone, Default)]
-pub struct MemorySource {
-    label: PathBuf,
-    tensors: Vec<(SourceTensor, Vec<f32>)>,
-}
-
-impl MemorySource {
-    /// An empty source; `label` names it in errors.
-    pub fn new(label: impl Into<PathBuf>) -> Self {
-        MemorySource {
-            label: label.into(),
-            tensors: Vec::new(),
-        }
-    }
-
-    /// Adds an f32 tensor. Fails if the value count does not match the shape.
-    pub fn push(
-        &mut self,
-        name: impl Into<String>,
-        shape: Vec<u64>,
-        values: Vec<f32>,
-    ) -> Result<()> {
-        let name = name.into();
-        if element_count(&shape) != Some(values.len() as u64) {
-            return Err(Error::InvalidArgument(format!(
-                "tensor {name}: {} values for shape {shape:?}",
-                values.len()
-            )));
-        }
-        self.tensors.push((
-            SourceTensor {
-                name,
-                shape,
-                dtype: Dtype::F32,
-            },
-            values,
-        ));
-        Ok(())
-    }
-
-    /// Adds an f32 tensor, builder style; panics if the count does not match the shape.
-    pub fn with(mut self, name: impl Into<String>, shape: Vec<u64>, values: Vec<f32>) -> Self {
-        self.push(name, shape, values)
-            .expect("value count matches shape");
-        self
-    }
-}
-
-impl TensorSource for MemorySource {
-    fn path(&self) -> &Path {
-        &self.label
-    }
-
-    fn tensors(&self) -> Vec<SourceTensor> {
-        self.tensors.iter().map(|(t, _)| t.clone()).collect()
-    }
-
-    fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        self.tensors
-            .iter()
-            .find(|(t, _)| t.name == name)
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("no tensor {name} in {}", self.label.display()))
-            })
-    }
-}
-
 /// A file carried into the bundle unchanged (format 4.0, rule 1.6): a model directory's
 /// tokenizer or generation settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,26 +251,34 @@ impl ValidationSet {
 /// I64 `[N]`, optional `difficulty` U8 `[N]` (rule 6.1; sizes against the model are checked when
 /// the bundle is written).
 pub fn load_validation_set(path: &Path) -> Result<ValidationSet> {
+    validation_set(&CheckpointSource::open(path)?)
+}
+
+/// The labelled data set held by `src` (a checkpoint file, or tensors lent in memory by the
+/// Python package), named as in a validation file: `inputs` F32 `[N, D]` and `labels` I64
+/// `[N]`, or `input_ids` I64 `[N, T]` with `labels` `[N, T - 1]` (derived when absent), and
+/// an optional `difficulty` U8 `[N]` (rule 6.1).
+pub fn validation_set(src: &dyn RawTensors) -> Result<ValidationSet> {
     use crate::format::layout::{
         VALIDATION_DIFFICULTY, VALIDATION_INPUTS, VALIDATION_INPUT_IDS, VALIDATION_LABELS,
     };
-    let src = CheckpointSource::open(path)?;
+    let path = src.path();
     let bad = |tensor: &str, expected: String, found: String| -> Error {
         Violation::new(path, Rule::ValidationTensors, expected, found)
             .tensor(tensor)
             .into()
     };
-    // The tensor's entry and bytes when it is present with the right dtype and rank.
+    // The tensor's shape and bytes when it is present with the right dtype and rank.
     let get = |name: &str, dtype: Dtype, rank: usize| -> Result<Option<(&[u64], &[u8])>> {
-        match src.header().get(name) {
+        match src.raw(name) {
             None => Ok(None),
-            Some(e) if e.dtype == dtype && e.shape.len() == rank => {
-                Ok(src.tensor_bytes(name).map(|b| (e.shape.as_slice(), b)))
+            Some((d, shape, bytes)) if d == dtype && shape.len() == rank => {
+                Ok(Some((shape, bytes)))
             }
-            Some(e) => Err(bad(
+            Some((d, shape, _)) => Err(bad(
                 name,
                 format!("{dtype} of rank {rank}"),
-                format!("{} of shape {}", e.dtype, shape_string(&e.shape)),
+                format!("{d} of shape {}", shape_string(shape)),
             )),
         }
     };

@@ -66,13 +66,28 @@ impl QuantizationMetadata {
             ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
-        let dup: NoDuplicateKeys = serde_json::from_str(&text)
+        QuantizationMetadata::from_json(path, &text)
+    }
+
+    /// Parses and checks the metadata `text` as [`QuantizationMetadata::read`] does a file's;
+    /// `path` names it in errors (the Python package passes a dict as JSON, labelled).
+    pub fn from_json(path: &Path, text: &str) -> Result<QuantizationMetadata> {
+        let bad = |expected: &str, found: String| -> Error {
+            Violation::new(path, Rule::GivenTrits, expected, found).into()
+        };
+        if text.len() as u64 > MAX_METADATA_BYTES {
+            return Err(bad(
+                &format!("at most {MAX_METADATA_BYTES} bytes"),
+                format!("{} bytes", text.len()),
+            ));
+        }
+        let dup: NoDuplicateKeys = serde_json::from_str(text)
             .map_err(|e| bad("a JSON object without duplicate keys", e.to_string()))?;
         if !dup.0 {
             return Err(bad("a JSON object", "another JSON value".into()));
         }
         let top: BTreeMap<String, Box<RawValue>> =
-            serde_json::from_str(&text).map_err(|e| bad("a JSON object", e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| bad("a JSON object", e.to_string()))?;
         let scales_raw = top
             .get("scales")
             .ok_or_else(|| bad("a key \"scales\" {tensor: scale}", "none".into()))?;
@@ -209,18 +224,18 @@ fn scale_value(text: &str) -> std::result::Result<ScaleValue, String> {
 
 /// A state dict of trits with its metadata: a [`TensorSource`] whose quantized tensors are
 /// [`TensorSource::given`] (and, read as f32, their effective weights t × scale).
-pub struct StageHandoff {
-    inner: Box<dyn RawTensors>,
+pub struct StageHandoff<'a> {
+    inner: Box<dyn RawTensors + 'a>,
     scales: BTreeMap<String, GivenScales>,
     metadata: QuantizationMetadata,
 }
 
-impl StageHandoff {
+impl<'a> StageHandoff<'a> {
     /// Matches `metadata` to the tensors of `inner` (rule 8.3): every scale names a tensor of
     /// `inner`; each quantized tensor has rank >= 1 and a scale of a form and count that fits
     /// its rows and columns; every other tensor is F32, F16 or BF16 (an integer tensor without a
     /// scale is refused). Trit values are checked when each tensor is read.
-    pub fn new(inner: Box<dyn RawTensors>, metadata: QuantizationMetadata) -> Result<Self> {
+    pub fn new(inner: Box<dyn RawTensors + 'a>, metadata: QuantizationMetadata) -> Result<Self> {
         let meta_path = metadata.path.clone();
         let tensors: BTreeMap<String, SourceTensor> = inner
             .tensors()
@@ -361,7 +376,7 @@ fn given_scales(
     Ok(scales)
 }
 
-impl TensorSource for StageHandoff {
+impl TensorSource for StageHandoff<'_> {
     fn path(&self) -> &Path {
         self.inner.path()
     }
