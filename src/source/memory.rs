@@ -179,3 +179,92 @@ impl RawTensors for BorrowedSource<'_> {
 
     fn release(&self, _bytes: &[u8]) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::validation_set;
+
+    fn le_bytes<const N: usize>(values: impl IntoIterator<Item = [u8; N]>) -> Vec<u8> {
+        values.into_iter().flatten().collect()
+    }
+
+    #[test]
+    fn borrowed_tensors_read_as_a_checkpoints_do() {
+        let f32s = le_bytes([1.5f32, -2.0, 0.25].map(f32::to_le_bytes));
+        let f16s = le_bytes(
+            [half::f16::from_f32(0.5), half::f16::from_f32(-3.0)].map(|v| v.to_le_bytes()),
+        );
+        let bf16s = le_bytes(
+            [half::bf16::from_f32(1.0), half::bf16::from_f32(-0.125)].map(|v| v.to_le_bytes()),
+        );
+        let trits = [255u8, 0, 1, 1];
+        let mut s = BorrowedSource::new("<memory>");
+        s.push("a", Dtype::F32, vec![3], &f32s).unwrap();
+        s.push("b", Dtype::F16, vec![1, 2], &f16s).unwrap();
+        s.push("c", Dtype::BF16, vec![2, 1], &bf16s).unwrap();
+        s.push("t", Dtype::I8, vec![2, 2], &trits).unwrap();
+        assert_eq!(s.load_f32("a").unwrap(), [1.5, -2.0, 0.25]);
+        assert_eq!(s.load_f32("b").unwrap(), [0.5, -3.0]);
+        assert_eq!(s.load_f32("c").unwrap(), [1.0, -0.125]);
+        let (d, shape, bytes) = s.raw("t").unwrap();
+        assert_eq!((d, shape, bytes), (Dtype::I8, &[2u64, 2][..], &trits[..]));
+        // An integer tensor is not a weight (rule 8.2), named; a missing one is named too.
+        let e = s.load_f32("t").unwrap_err();
+        let v = e.violation().expect("a rule violation");
+        assert_eq!(
+            (v.rule, v.tensor.as_deref()),
+            (Rule::SourceDtype, Some("t"))
+        );
+        assert!(s.load_f32("zz").unwrap_err().to_string().contains("zz"));
+        assert_eq!(s.tensors().len(), 4);
+    }
+
+    #[test]
+    fn push_checks_bytes_against_shape_and_names() {
+        let bytes = [0u8; 12];
+        let mut s = BorrowedSource::new("<memory>");
+        // 3 F32 values are 12 bytes: 2 or 4 are refused, naming the tensor.
+        for shape in [vec![2u64], vec![4], vec![2, 2]] {
+            let e = s.push("w", Dtype::F32, shape, &bytes).unwrap_err();
+            let v = e.violation().expect("a rule violation");
+            assert_eq!(v.tensor.as_deref(), Some("w"));
+            assert_eq!(v.found, "12 bytes");
+        }
+        // A shape whose byte size overflows u64 is refused without wrapping around to 12.
+        let e = s
+            .push("w", Dtype::F32, vec![1 << 62, 1 << 2], &bytes)
+            .unwrap_err();
+        assert!(e.to_string().contains("fits in 64 bits"), "{e}");
+        s.push("w", Dtype::F32, vec![3], &bytes).unwrap();
+        let e = s.push("w", Dtype::F32, vec![3], &bytes).unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn a_validation_set_lent_in_memory_is_read_as_a_files() {
+        let inputs = le_bytes([0.5f32, 1.0, -1.0, 2.0].map(f32::to_le_bytes));
+        let labels = le_bytes([1i64, 0].map(i64::to_le_bytes));
+        let mut s = BorrowedSource::new("<memory validation>");
+        s.push("inputs", Dtype::F32, vec![2, 2], &inputs).unwrap();
+        s.push("labels", Dtype::I64, vec![2], &labels).unwrap();
+        let v = validation_set(&s).unwrap();
+        assert_eq!(v.inputs, [0.5, 1.0, -1.0, 2.0]);
+        assert_eq!(v.labels, [1, 0]);
+        // Token ids [1, 3]: the labels are derived, the next token of each position.
+        let ids = le_bytes([4i64, 5, 6].map(i64::to_le_bytes));
+        let mut s = BorrowedSource::new("<memory validation>");
+        s.push("input_ids", Dtype::I64, vec![1, 3], &ids).unwrap();
+        let v = validation_set(&s).unwrap();
+        assert_eq!(
+            (v.input_ids.unwrap().ids, v.labels),
+            (vec![4, 5, 6], vec![5, 6])
+        );
+        // Labels of the wrong dtype: rule 6.1, named.
+        let mut s = BorrowedSource::new("<memory validation>");
+        s.push("inputs", Dtype::F32, vec![2, 2], &inputs).unwrap();
+        s.push("labels", Dtype::F32, vec![4], &inputs).unwrap();
+        let e = validation_set(&s).unwrap_err();
+        assert_eq!(e.violation().unwrap().tensor.as_deref(), Some("labels"));
+    }
+}
