@@ -98,3 +98,15 @@ def test_fp16_weights_load_strictly_and_gradients_flow(tmp_path):
     for name, p in receiver.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
     assert np.isfinite(loss.item())
+
+
+def test_unaligned_data_is_copied_for_torch(tmp_path):
+    # Data at odd offsets (valid, spec section 3): torch cannot view it, so it gets a copy of the
+    # same values, never a misread.
+    from test_bundle import unaligned_copy
+    src = BUNDLES[0]
+    unaligned_copy(src, tmp_path / "odd")
+    got, want = tb.open(tmp_path / "odd").state_dict("pt"), torch_load_file(str(src / "fp16.safetensors"))
+    assert sorted(got) == sorted(want)
+    for name, t in got.items():
+        assert torch.equal(t.view(torch.int16), want[name].view(torch.int16)), name
