@@ -342,15 +342,20 @@ python3 scripts/check_report.py browse "$work/demo-report.html" "$work/hostile-r
 # distributions; and each still reads the bundles of its own version written now (a writer
 # emits the lowest version whose rules a bundle satisfies; `create --original-top-k 0` stores no
 # distributions, so the bundle keeps the version of its other rules, section 13). Each release
-# is built from this repository's history in a worktree of its own, into a target directory
-# apart from this one (building there would overwrite target/release/bundle with the old
-# binary); the releases share that directory, so their dependencies are compiled once, and
-# each binary is copied out as soon as it is built.
+# is built from this repository's history in a worktree of its own, in this target directory so
+# that it reuses the dependencies already compiled (the old crate itself at opt-level 0: its
+# binaries only read small bundles, and that builds in seconds instead of a minute); a build
+# there puts the old binary at target/release/bundle, so each is copied out as soon as it is
+# built and this commit's binary is put back.
+cp "$bundle" "$work/bundle-now"
 build_release() { # COMMIT NAME
     git worktree add --quiet --detach "$work/release-$2" "$1" ||
         { echo "the release commit $1 is not in this checkout's history" >&2; exit 1; }
-    (cd "$work/release-$2" && CARGO_TARGET_DIR="$work/releases-target" cargo build --release --quiet --bin bundle)
-    cp "$work/releases-target/release/bundle" "$work/bundle-$2"
+    (target_dir="$PWD/target" && cd "$work/release-$2" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --bin bundle \
+        --config 'profile.release.package.ternary-bundle.opt-level=0' \
+        --config 'profile.release.package.ternary-bundle.debug=false')
+    cp target/release/bundle "$work/bundle-$2"
+    rm -f target/release/bundle && cp "$work/bundle-now" target/release/bundle
     git worktree remove --force "$work/release-$2"
 }
 refuses_by_version() { # READER BUNDLE FOUND
