@@ -17,6 +17,7 @@ use crate::gguf::import::{is_gguf, tokenizer_assets, GgufModel};
 use crate::hf::bitnet::{online_converted, BitnetQuantization, PackedBitnet};
 use crate::hf::tokenizer::{carried_assets, validation_from_text};
 use crate::model::original::{bitnet_online_params, OriginalModel};
+use crate::signing::SigningKey;
 use crate::source::hf::{Dtypes, HfModel, CONFIG_FILE};
 use crate::source::quantization_metadata::{QuantizationMetadata, StageHandoff, METADATA_FILE};
 use crate::source::{
@@ -103,6 +104,7 @@ pub struct CreateInputs<'a> {
     assets: Vec<AssetFile>,
     original_top_k: Option<u64>,
     notes: Vec<String>,
+    sign_key: Option<SigningKey>,
 }
 
 impl<'a> CreateInputs<'a> {
@@ -173,6 +175,7 @@ impl<'a> CreateInputs<'a> {
             assets,
             original_top_k: request.original_top_k,
             notes,
+            sign_key: None,
         })
     }
 
@@ -224,7 +227,13 @@ impl<'a> CreateInputs<'a> {
             assets: Vec::new(),
             original_top_k: request.original_top_k,
             notes: Vec::new(),
+            sign_key: None,
         })
+    }
+
+    /// Signs the bundle with `key` when it is written (`create --sign-key`, spec section 10.1).
+    pub fn sign_with(&mut self, key: Option<SigningKey>) {
+        self.sign_key = key;
     }
 
     /// Replaces the validation set to embed (the Python package's in-memory one).
@@ -284,6 +293,7 @@ impl<'a> CreateInputs<'a> {
             original_sha256: sha,
             original_elsewhere: elsewhere,
             original_top_k: self.original_top_k,
+            sign_key: self.sign_key.clone(),
             ..Default::default()
         };
         write_bundle_from(

@@ -48,6 +48,7 @@ pub mod quant;
 pub mod read;
 pub mod report;
 pub mod run;
+pub mod signing;
 pub mod source;
 pub mod verify;
 pub mod write;

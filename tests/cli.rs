@@ -508,7 +508,7 @@ fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
         let stdout = text(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{dir}: {stdout}");
         assert!(
-            stdout.contains("OK: 10 passed, 0 failed, 3 skipped")
+            stdout.contains("OK: 10 passed, 0 failed, 4 skipped")
                 && stdout.contains("retention       SKIP  not run: no original predictions")
                 && stdout.contains(
                     "retention: unknown (the retention check did not run: no original predictions"
@@ -525,7 +525,7 @@ fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains("retention       FAIL  the FP16 model keeps 50.00% of the original model's decisions (minimum 99.50%) on 32 validation inputs")
-            && stdout.contains("FAILED: 10 passed, 1 failed, 2 skipped")
+            && stdout.contains("FAILED: 10 passed, 1 failed, 3 skipped")
             && stdout.contains("fidelity        SKIP  not run: no original distributions: the validation set stores the original model's predictions only (format 2.0")
             && stdout.contains("accuracy on the validation labels: original 15.62%, FP16 18.75%, ternary 18.75%")
             && stdout.contains("retention (decisions of the original model the FP16 model keeps): 50.00%"),
@@ -533,7 +533,7 @@ fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
     );
     let out = run(&["verify", s(&validation), "--min-retention", "0.5"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains("OK: 11 passed, 0 failed, 2 skipped"));
+    assert!(text(&out.stdout).contains("OK: 11 passed, 0 failed, 3 skipped"));
     // The same model with its original distributions (format 5.0): what quantizing it after
     // training did to its distribution fails the KL gate; --max-kl 0 disables it.
     let distributions = fixture("bundles/tiny-distributions");
@@ -543,7 +543,7 @@ fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
     assert!(
         stdout.contains("fidelity        FAIL  KL(original || FP16) mean ")
             && stdout.contains("nats (maximum 0.05)")
-            && stdout.contains("FAILED: 11 passed, 1 failed, 1 skipped"),
+            && stdout.contains("FAILED: 11 passed, 1 failed, 2 skipped"),
         "{stdout}"
     );
     let out = run(&[
@@ -557,7 +557,7 @@ fn verify_passes_good_bundles_and_fails_broken_ones_with_exit_codes() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("(gate disabled)") && stdout.contains("OK: 12 passed, 0 failed, 1 skipped"),
+        stdout.contains("(gate disabled)") && stdout.contains("OK: 12 passed, 0 failed, 2 skipped"),
         "{stdout}"
     );
     let table: Vec<serde_json::Value> =
@@ -628,9 +628,10 @@ fn verify_json_and_junit_reports_are_machine_readable() {
             .map(|c| c.name())
             .collect::<Vec<_>>()
     );
+    // Reference needs --reference; signature a --trusted-key (the fixture is not signed).
     assert!(checks
         .iter()
-        .all(|c| c["status"] == "pass" || c["name"] == "reference"));
+        .all(|c| c["status"] == "pass" || c["name"] == "reference" || c["name"] == "signature"));
     let m = &v["metrics"];
     assert_eq!(m["phase4_to_5/dequantization_accuracy_retention"], 0.5);
     assert_eq!(m["ternary_fp16_agreement"], 1.0);

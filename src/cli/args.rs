@@ -92,6 +92,55 @@ pub enum Command {
     /// encoding, scales, exact dequantization): nothing is computed from a damaged bundle.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
+    /// Sign a bundle: write `model.sig`, an OpenSSF Model Signing signature (the `key` method)
+    /// over every file of the bundle directory, which `bundle verify --trusted-key` and the
+    /// `model_signing` tool both check.
+    ///
+    /// The bundle's checksums are checked first (every file and tensor digest, rules 7.1,
+    /// 7.2, 7.4): nothing damaged is signed. An existing `model.sig` is replaced atomically.
+    #[command(after_help = SIGN_HELP)]
+    Sign(SignArgs),
+    /// Make a new EC P-256 private key (PKCS#8 PEM) and its public key, for `bundle sign`
+    /// and `bundle verify --trusted-key`.
+    Keygen(KeygenArgs),
+}
+
+const SIGN_HELP: &str = "\
+Keys are EC P-256 or P-384: a PEM private key, PKCS#8 (BEGIN PRIVATE KEY) or SEC1 (BEGIN EC
+PRIVATE KEY), e.g. from `bundle keygen --out key.pem` or
+`openssl ecparam -name prime256v1 -genkey -noout -out key.pem`; the public key is its SPKI PEM
+(`openssl ec -in key.pem -pubout -out key.pub.pem`). model.sig names the key by a hint (the
+SHA-256 of the public key's PEM); the signature is deterministic (RFC 6979).
+
+Examples:
+  bundle keygen --out stage4.pem                 # also writes stage4.pub.pem
+  bundle sign my-bundle --key stage4.pem
+  bundle verify my-bundle --trusted-key stage4.pub.pem
+  model_signing verify key my-bundle --signature my-bundle/model.sig --public_key stage4.pub.pem";
+
+/// `bundle sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The bundle directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// The private key (PEM: PKCS#8 or SEC1, EC P-256 or P-384).
+    #[arg(long, value_name = "KEY.pem")]
+    pub key: PathBuf,
+}
+
+/// `bundle keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (PKCS#8 PEM, mode 0600); the public key goes beside
+    /// it as NAME.pub.pem (SPKI PEM).
+    #[arg(long, value_name = "KEY.pem")]
+    pub out: PathBuf,
+
+    /// Replace existing key files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// How the demo model and its validation set are made (`bundle demo --help`, `create --help`).
@@ -273,6 +322,11 @@ pub struct CreateArgs {
     /// Record the creation time in the manifest (makes the output differ between runs).
     #[arg(long)]
     pub timestamp: bool,
+
+    /// Sign the new bundle with this private key (as `bundle sign` does, before it is
+    /// published at --out).
+    #[arg(long, value_name = "KEY.pem")]
+    pub sign_key: Option<PathBuf>,
 }
 
 /// Quantization settings shared by `create`. Unset, they take the defaults below, or for a
@@ -383,6 +437,11 @@ Checks, in order (each PASS, FAIL or SKIP with a one-line detail):
   encoding        every packed byte valid and canonical; zero counts exact (4.3, 4.4, 4.6)
   scales          finite, positive, representable in F16 (4.5, 4.6)
   dequantization  every FP16 value equals f16(t * scale) bit for bit (4.7, 5.2, 5.3)
+  signature       with --trusted-key: model.sig (OpenSSF Model Signing, section 10.1) is a valid
+                  signature by one of the trusted keys over exactly the bundle's files: fails on
+                  a missing signature, an untrusted key, a bad signature, and any changed,
+                  missing or extra file (symlinks too), each named (9.1 to 9.4). Without a key:
+                  skipped with the reason, or failed with --require-signature if unsigned
   agreement       the two forms of the bundle compute the same model: the reference model on the
                   ternary path (trits and scales only) and on the FP16 path agree on
                   >= --min-agreement of the inputs (the validation set, or --samples synthetic inputs)
@@ -424,7 +483,8 @@ Examples:
   bundle verify my-bundle --only checksums,dequantization
   bundle verify my-bundle --min-retention 0.99
   bundle verify my-bundle --max-kl 0.01
-  bundle verify my-bundle --reference original.safetensors";
+  bundle verify my-bundle --reference original.safetensors
+  bundle verify my-bundle --trusted-key stage4.pub.pem";
 
 /// `bundle verify`.
 #[derive(Debug, Args)]
@@ -488,6 +548,16 @@ pub struct VerifyArgs {
     /// predictions from it when the bundle stores none.
     #[arg(long, value_name = "ORIGINAL.safetensors|MODEL_DIR")]
     pub reference: Option<PathBuf>,
+
+    /// A public key (SPKI PEM, EC P-256 or P-384) whose signature the signature check
+    /// accepts; repeat it to accept any of several. With one, an unsigned bundle fails.
+    #[arg(long, value_name = "PUB.pem")]
+    pub trusted_key: Vec<PathBuf>,
+
+    /// Fail the signature check when the bundle has no model.sig, even without
+    /// --trusted-key.
+    #[arg(long)]
+    pub require_signature: bool,
 }
 
 /// `bundle export`.

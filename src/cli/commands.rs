@@ -16,6 +16,7 @@ use ternary_bundle::read::checks;
 use ternary_bundle::read::inspect::inspect;
 use ternary_bundle::report::{write_report, ReportOptions};
 use ternary_bundle::run;
+use ternary_bundle::signing::{sign_bundle, PublicKey, SigningKey};
 use ternary_bundle::source::{CheckpointSource, TensorSource};
 use ternary_bundle::verify::{verify, Check, VerifyOptions};
 use ternary_bundle::write::bundle::SourceDigest;
@@ -94,6 +95,8 @@ fn write_with_progress(
 
 pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
     let created = a.timestamp.then(now_utc);
+    // The key is read first: a bad key fails before any work.
+    let sign_key = a.sign_key.as_deref().map(SigningKey::read).transpose()?;
     let report = if a.demo == Some(DemoModel::Lm) {
         let params = quant_params(&a.quant)?;
         if a.demo_widths.is_some() {
@@ -107,6 +110,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             created,
             validation: Some(lm.validation_set()),
             assets: lm.assets(),
+            sign_key: sign_key.clone(),
             ..Default::default()
         };
         write_with_progress(&a.out, &lm, &lm.plan(params), &options)?
@@ -129,6 +133,7 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             force: a.force,
             created,
             validation,
+            sign_key: sign_key.clone(),
             ..Default::default()
         };
         write_with_progress(&a.out, &demo, &demo.plan(params), &options)?
@@ -145,7 +150,8 @@ pub fn create(a: CreateArgs, open: &OpenOptions) -> Result<bool> {
             validation_text: a.validation_text.zip(a.seq_len),
             original_top_k: a.original_top_k,
         };
-        let inputs = CreateInputs::open(&request)?;
+        let mut inputs = CreateInputs::open(&request)?;
+        inputs.sign_with(sign_key.clone());
         for note in inputs.notes() {
             eprintln!("note: {note}");
         }
@@ -181,6 +187,12 @@ pub fn verify_cmd(a: args::VerifyArgs, open: OpenOptions) -> Result<bool> {
         },
         reference: a.reference,
         open,
+        trusted_keys: a
+            .trusted_key
+            .iter()
+            .map(|p| PublicKey::read(p))
+            .collect::<Result<_>>()?,
+        require_signature: a.require_signature,
     };
     options.check()?;
     let report = verify(&a.dir, &options);
@@ -467,4 +479,34 @@ pub fn report_cmd(a: args::ReportArgs, open: OpenOptions) -> Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// `bundle sign`: checks the bundle's digests, then writes `model.sig`.
+pub fn sign_cmd(a: args::SignArgs) -> Result<bool> {
+    let key = SigningKey::read(&a.key)?;
+    let signed = sign_bundle(&a.dir, &key)?;
+    outln!(
+        "signed {} ({} files) with the {} key {}",
+        a.dir
+            .join(ternary_bundle::signing::SIGNATURE_FILE)
+            .display(),
+        signed.files.len(),
+        signed.curve,
+        signed.hint
+    );
+    Ok(true)
+}
+
+/// `bundle keygen`: a P-256 private key (PKCS#8 PEM, mode 0600) and its public key beside it.
+pub fn keygen_cmd(a: args::KeygenArgs) -> Result<bool> {
+    let key = SigningKey::generate_p256();
+    let public_path = ternary_bundle::signing::keys::public_key_path(&a.out);
+    ternary_bundle::signing::keys::write_key_pair(&key, &a.out, &public_path, a.force)?;
+    outln!(
+        "wrote {} (private: keep it secret) and {} (public: give it to verifiers)\nkey hint {}",
+        a.out.display(),
+        public_path.display(),
+        key.public().hint()
+    );
+    Ok(true)
 }

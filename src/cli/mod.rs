@@ -77,6 +77,8 @@ pub fn run() -> ExitCode {
         Command::Assess(a) => commands::assess_cmd(a, open),
         Command::Report(a) => commands::report_cmd(a, open),
         Command::Run(a) => commands::run_cmd(a, &open),
+        Command::Sign(a) => commands::sign_cmd(a),
+        Command::Keygen(a) => commands::keygen_cmd(a),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -141,6 +141,18 @@ rules! {
     /// 8.6: a GGUF file's architecture, hyperparameters, tensor names and shapes and
     /// `bundle.*` keys describe a decoder of section 16.2.
     GgufModel = "8.6", "GGUF metadata that describes no decoder the reader takes";
+    /// 9.1: `model.sig` is a regular file holding one Sigstore bundle of the OpenSSF Model
+    /// Signing `key` method, exactly of the shape of spec section 10.1.
+    SignatureFile = "9.1", "malformed signature file";
+    /// 9.2: the signed payload is an in-toto statement of the model_signing predicate whose
+    /// resources are relative file names with SHA-256 digests and whose subject digest covers
+    /// them.
+    SignatureStatement = "9.2", "malformed signed statement";
+    /// 9.3: the signature is an ECDSA signature by a trusted key over the DSSE encoding of the
+    /// payload.
+    SignatureKey = "9.3", "signature not made by a trusted key";
+    /// 9.4: the directory's files are exactly the signed resources, with their digests.
+    SignedFiles = "9.4", "files differ from the signed ones";
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub struct Inspection {
     pub validation_extras: Vec<String>,
     /// Undeclared directory entries (rule 1.5).
     pub extras: Vec<String>,
+    /// Whether the bundle carries a signature (`model.sig`, section 10.1) and whose key it
+    /// names; not verified here (`bundle verify --trusted-key` does).
+    pub signature: SignatureSummary,
     /// The manifest's provenance block.
     pub provenance: crate::format::manifest::Provenance,
 }
@@ -174,6 +177,37 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
+/// `model.sig` as read, not verified.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SignatureSummary {
+    /// A `model.sig` is present.
+    pub signed: bool,
+    /// The signer's key hint (hex SHA-256 of its public key's PEM), when it parses.
+    pub hint: Option<String>,
+    /// Why the signature file does not parse (rule 9.1), when it does not.
+    pub error: Option<String>,
+}
+
+fn signature_summary(dir: &std::path::Path) -> SignatureSummary {
+    match crate::signing::read_signature(dir) {
+        Ok(None) => SignatureSummary {
+            signed: false,
+            hint: None,
+            error: None,
+        },
+        Ok(Some(f)) => SignatureSummary {
+            signed: true,
+            hint: Some(f.hint),
+            error: None,
+        },
+        Err(e) => SignatureSummary {
+            signed: true,
+            hint: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
 /// Builds the inspection of an open bundle (manifest and headers only).
 pub fn inspect(bundle: &Bundle) -> Inspection {
     let m = bundle.manifest();
@@ -298,6 +332,7 @@ pub fn inspect(bundle: &Bundle) -> Inspection {
         validation_samples,
         validation_extras,
         extras: bundle.extras().to_vec(),
+        signature: signature_summary(bundle.dir()),
         provenance: m.provenance.clone(),
     }
 }

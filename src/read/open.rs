@@ -478,6 +478,7 @@ fn list_extras(dir: &Path, dirfd: &OwnedFd, assets: &[&str]) -> Result<Vec<Strin
         FileRole::Ternary.file_name(),
         FileRole::Fp16.file_name(),
         FileRole::Validation.file_name(),
+        crate::signing::SIGNATURE_FILE,
     ];
     let entries = rustix::fs::Dir::read_from(dirfd)
         .map_err(|e| Error::io(dir, "read directory", errno_io(e)))?;

@@ -48,6 +48,9 @@ checks! {
     Scales = "scales", [Encoding];
     /// FP16 values exactly the dequantized trits (4.7, 5.2, 5.3).
     Dequantization = "dequantization", [Encoding];
+    /// `model.sig` made by a trusted key over exactly the bundle's files (9.1 to 9.4;
+    /// `--trusted-key`, `--require-signature`).
+    Signature = "signature", [];
     /// The ternary and FP16 paths compute the same model.
     Agreement = "agreement", [Encoding];
     /// The FP16 model keeps the original model's decisions (the handoff's criterion).

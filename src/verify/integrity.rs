@@ -64,6 +64,8 @@ pub(crate) fn run(
     r.run_on(Check::Encoding, b, encoding);
     r.run_on(Check::Scales, b, scales);
     r.run_on(Check::Dequantization, b, dequantization);
+    let digests_checked = r.has_passed(Check::Checksums) && b.is_some();
+    crate::verify::signature::run(r, dir, b, options, digests_checked);
 }
 
 /// Check 1, manifest (rules 2.x, and 1.1 to 1.3 for manifest.json).

@@ -1,7 +1,7 @@
 //! `bundle verify`: the CI gate. Runs the checks of a handoff in order ([`Check`]: manifest,
-//! files, checksums, structure, encoding, scales, dequantization, agreement, retention,
-//! fidelity, gradient_check, gradient_flow, reference), each with a status, a one-line detail and
-//! figures, and computes the handoff metrics the pipeline logs. A check whose prerequisite
+//! files, checksums, structure, encoding, scales, dequantization, signature, agreement,
+//! retention, fidelity, gradient_check, gradient_flow, reference), each with a status, a
+//! one-line detail and figures, and computes the handoff metrics the pipeline logs. A check whose prerequisite
 //! failed is reported as not run, never as passed; a metric that cannot be computed by its
 //! definition is null, with the reason in the report.
 //!
@@ -20,6 +20,7 @@ pub mod report;
 mod runner;
 mod runs;
 pub mod samples;
+mod signature;
 
 use std::path::Path;
 use std::time::Instant;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::model::gradcheck::{GradCheckOptions, DEFAULT_GRAD_TOL};
 use crate::read::OpenOptions;
+use crate::signing::PublicKey;
 use crate::verify::check::Check;
 
 /// Default `--min-agreement`.
@@ -51,6 +52,11 @@ pub struct VerifyOptions {
     pub reference: Option<PathBuf>,
     /// How to open the bundle.
     pub open: OpenOptions,
+    /// Public keys whose signature the `signature` check accepts (`--trusted-key`): any of
+    /// them.
+    pub trusted_keys: Vec<PublicKey>,
+    /// Fail the `signature` check when the bundle is not signed, even without trusted keys.
+    pub require_signature: bool,
 }
 
 impl Default for VerifyOptions {
@@ -70,6 +76,8 @@ impl Default for VerifyOptions {
             },
             reference: None,
             open: OpenOptions::default(),
+            trusted_keys: Vec::new(),
+            require_signature: false,
         }
     }
 }

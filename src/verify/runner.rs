@@ -47,6 +47,11 @@ impl<'o> Runner<'o> {
         })
     }
 
+    /// Whether `check` ran and passed (selected or not).
+    pub fn has_passed(&self, check: Check) -> bool {
+        self.passed.contains(&check)
+    }
+
     /// Records a check that did not run, and why.
     pub fn skip(&mut self, check: Check, detail: impl Into<String>) {
         self.results.push(CheckResult {

@@ -37,6 +37,7 @@ use crate::model::distribution::Stored;
 use crate::model::original::{OriginalModel, OriginalOutputs};
 use crate::quant::dequantize::dequantize_tensor_f16;
 use crate::quant::quantize::{pack_given, quantize, quantize_with_scales, QuantStats};
+use crate::signing::{manifest_digests, sign_dir, SigningKey};
 use crate::source::{AssetFile, TensorSource, ValidationSet};
 use crate::write::plan::BundlePlan;
 use crate::write::safetensors::{create_sized, finish_file, put};
@@ -81,6 +82,9 @@ pub struct WriteOptions {
     /// (format 5.0, rule 6.1): `None` for the writer's choice ([`Form::default_for`]),
     /// `Some(0)` for none (a bundle older readers open), `Some(k)` for the top k.
     pub original_top_k: Option<u64>,
+    /// Sign the bundle with this key (`model.sig`, spec section 10.1) in the staging
+    /// directory, with the digests just written, before it is published.
+    pub sign_key: Option<SigningKey>,
 }
 
 /// What was written, per tensor.
@@ -198,6 +202,13 @@ pub fn write_bundle_from(
     }
     write_assets(&staging.dir, &options.assets)?;
     write_manifest(&staging.dir, &dest.join(MANIFEST_FILE), &mut manifest)?;
+    if let Some(key) = &options.sign_key {
+        let subject = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        sign_dir(&staging.dir, &subject, key, &manifest_digests(&manifest))?;
+    }
     sync_dir(&staging.dir)?;
     staging.commit(dest, options.force)?;
     Ok(WriteReport {
