@@ -10,6 +10,8 @@
 #                    families, TQ1_0, TQ2_0 and I2_S, with and without F16 fallback tensors), one
 #                    without the bundle.* keys (a foreign file: scales from the blocks), and one
 #                    written here with a key of every value type and a tensor of every type
+#   signature/       not written here (committed): model.sig files of the model_signing tool and of
+#                    `bundle sign`, broken variants, raw statements
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p corpus/manifest corpus/bundle corpus/codecs corpus/verify_numeric corpus/gguf

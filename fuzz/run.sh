@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(manifest bundle codecs verify_numeric decoder_config gguf)
+[ ${#targets[@]} -gt 0 ] || targets=(manifest bundle codecs verify_numeric decoder_config gguf signature)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 [ -f fuzz/corpus/verify_numeric/trit5-channel-two-layers ] && [ -d fuzz/corpus/gguf ] || bash fuzz/make_seeds.sh
 failed=0

@@ -316,6 +316,17 @@ $gguf_check foreign "$work/gguf-foreign.gguf" >/dev/null
 "$bundle" create --from "$work/gguf-foreign.gguf" --out "$work/gguf-foreign-bundle" >/dev/null
 $gguf_check check-foreign "$work/gguf-foreign-bundle" "$work/gguf-foreign.gguf" >/dev/null
 echo "ok   create --from a GGUF file written by gguf-py (TQ1_0 and TQ2_0, a scale per row): FP16 weights == gguf.quants.dequantize bit for bit, scales per channel == f32(d)"
+
+# Signatures (spec section 10.1, rules 9.1 to 9.4) with OpenSSF Model Signing's own CLI
+# (model_signing 1.1.1, scripts/requirements.txt), both ways: `bundle sign` and `create
+# --sign-key` checked by `model_signing verify key`, `model_signing sign key` (P-256, P-384 in
+# SEC1 and PKCS#8) by `bundle verify --trusted-key`; tampered copies of a bundle signed by each
+# (a flipped byte, an extra file, a removed file, a re-digested manifest that passes every other
+# check, another key) rejected by both; controls: untampered bundles pass both, the other key
+# passes once trusted, no key skips the check, --require-signature fails an unsigned bundle, and
+# inspect --json gives the key's hint.
+python3 scripts/signing_check.py "$bundle" "$work/signing"
+
 # The 4.0 bundles, read by the independent checker of the spec (digests, assets, FP16), and
 # their inspect and verify reports against the documented schemas.
 "$bundle" inspect "$work/tok-bundle" --json >"$work/tok-inspect.json"

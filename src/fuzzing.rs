@@ -500,3 +500,63 @@ pub fn gguf(data: &[u8]) {
         }
     }
 }
+
+/// `model.sig` (rule 9.1) and the statement it signs (rule 9.2) on arbitrary bytes. A signature
+/// file that parses re-serializes ([`SignatureFile::to_bytes`]) to bytes that parse to the
+/// same value; its payload then goes to the statement parser. The bytes themselves go to the
+/// statement parser too, so that the fuzzer reaches it without having to find valid base64 of
+/// valid JSON first. Every statement that parses is checked: its names are relative paths
+/// inside the directory ([`valid_name`]), listed once, its digests 64 lowercase hex digits, and
+/// it writes ([`Statement::to_payload`]) a payload that parses back to the same statement and
+/// writes the same bytes again.
+///
+/// Returns the statement of the signature file's payload, when both parsed.
+///
+/// [`SignatureFile::to_bytes`]: crate::signing::envelope::SignatureFile::to_bytes
+/// [`valid_name`]: crate::signing::envelope::valid_name
+/// [`Statement::to_payload`]: crate::signing::envelope::Statement::to_payload
+pub fn signature(data: &[u8]) -> Option<crate::signing::envelope::Statement> {
+    use crate::signing::envelope::{SignatureFile, Statement};
+
+    let path = Path::new("fuzz/model.sig");
+    let _ = Statement::parse(path, data).map(|s| check_statement(path, &s));
+    let file = SignatureFile::parse(path, data).ok()?;
+    let bytes = file.to_bytes();
+    let again = SignatureFile::parse(path, &bytes)
+        .unwrap_or_else(|e| panic!("a parsed signature file re-serializes to an invalid one: {e}"));
+    assert_eq!(again, file, "signature file round trip");
+    assert_eq!(again.to_bytes(), bytes, "signature file bytes round trip");
+    let statement = Statement::parse(path, &file.payload).ok()?;
+    check_statement(path, &statement);
+    Some(statement)
+}
+
+/// The properties of a statement that parsed (see [`signature`]).
+fn check_statement(path: &Path, s: &crate::signing::envelope::Statement) {
+    use crate::signing::envelope::{subject_digest, valid_name, Statement, MAX_RESOURCES};
+    use std::collections::BTreeSet;
+
+    assert!(s.resources.len() <= MAX_RESOURCES, "too many resources");
+    for p in &s.ignore_paths {
+        assert!(valid_name(p), "ignore path {p:?} accepted");
+    }
+    let mut names = BTreeSet::new();
+    for r in &s.resources {
+        assert!(valid_name(&r.name), "resource name {:?} accepted", r.name);
+        assert!(names.insert(r.name.as_str()), "{:?} listed twice", r.name);
+        assert!(
+            r.digest.len() == 64
+                && r.digest
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "digest {:?} accepted",
+            r.digest
+        );
+    }
+    assert!(subject_digest(&s.resources).is_some());
+    let payload = s.to_payload();
+    let back = Statement::parse(path, &payload)
+        .unwrap_or_else(|e| panic!("a parsed statement writes an invalid payload: {e}"));
+    assert_eq!(&back, s, "statement round trip");
+    assert_eq!(back.to_payload(), payload, "statement payload round trip");
+}

@@ -659,11 +659,12 @@ fn verify_json_and_junit_reports_are_machine_readable() {
             .count(),
         0
     );
+    // reference (no --reference) and signature (no --trusted-key)
     assert_eq!(
         doc.descendants()
             .filter(|n| n.has_tag_name("skipped"))
             .count(),
-        1
+        2
     );
 
     // A failing run: JSON says which check, JUnit has a <failure>, exit code 1.

@@ -71,6 +71,40 @@ fn gguf_corpus_replays() {
 }
 
 #[test]
+fn signature_corpus_replays() {
+    replay("signature", |d| {
+        fuzzing::signature(d);
+    });
+}
+
+#[test]
+fn signature_seeds_reach_the_statement() {
+    // The real signatures (the model_signing tool's, P-256 and P-384, and one of `bundle sign`)
+    // must parse through to their statement, or the fuzzer would only ever test the first parse
+    // error; the broken ones must not.
+    let seed = |name: &str| std::fs::read(fuzz_dir().join("corpus/signature").join(name)).unwrap();
+    for (name, files) in [
+        ("model-signing-p256", 10),
+        ("model-signing-p384", 10),
+        ("model-signing-p256-canonical-layout", 10),
+        ("bundle-sign-tiny-validation", 4),
+    ] {
+        let s = fuzzing::signature(&seed(name)).unwrap_or_else(|| panic!("seed {name}"));
+        assert_eq!(s.resources.len(), files, "seed {name}");
+    }
+    for name in [
+        "broken-truncated",
+        "broken-two-signatures",
+        "broken-no-signature",
+        "broken-urlsafe-sig",
+        "broken-subject-digest",
+        "statement-model-signing-p256",
+    ] {
+        assert_eq!(fuzzing::signature(&seed(name)), None, "seed {name}");
+    }
+}
+
+#[test]
 fn verify_numeric_corpus_replays() {
     let scratch = tempfile::tempdir().unwrap();
     replay("verify_numeric", |d| {

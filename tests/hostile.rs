@@ -419,7 +419,7 @@ fn verify_memory_is_bounded_on_a_wide_model_with_many_samples() {
     );
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
     for c in &report.checks {
-        let expected = if c.name == "reference" {
+        let expected = if c.name == "reference" || c.name == "signature" {
             Status::Skip
         } else {
             Status::Pass

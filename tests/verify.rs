@@ -1628,6 +1628,7 @@ fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
     let (original, _) = common::tiny_model(7);
     let original_path = tmp.path().join("original.safetensors");
     write_checkpoint(&original, &original_path);
+    let key = ternary_bundle::signing::SigningKey::generate_p256();
     for encoding in [Encoding::Trit5, Encoding::Trit2] {
         for granularity in [
             Granularity::Tensor,
@@ -1643,6 +1644,8 @@ fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
                         o.validation = Some(validation_set());
                     }
                 });
+                // Signed, and verified against the key: the signature check passes too.
+                ternary_bundle::signing::sign_bundle(&dir, &key).unwrap();
                 // The tiny model's weights are not QAT weights: quantization changes some of
                 // its decisions, so the retention gate (tested on its own above) is set to 0,
                 // and moves its distributions beyond the KL gate, which is disabled.
@@ -1651,6 +1654,7 @@ fn valid_bundles_of_every_encoding_and_granularity_pass_every_check() {
                     &VerifyOptions {
                         reference: Some(original_path.clone()),
                         min_retention: 0.0,
+                        trusted_keys: vec![key.public()],
                         ..options()
                     },
                 );
@@ -1808,7 +1812,7 @@ fn unknown_check_names_are_refused() {
 }
 
 #[test]
-fn the_checks_are_the_thirteen_in_their_documented_order() {
+fn the_checks_are_the_fourteen_in_their_documented_order() {
     assert_eq!(
         check_names(),
         [
@@ -1819,6 +1823,7 @@ fn the_checks_are_the_thirteen_in_their_documented_order() {
             "encoding",
             "scales",
             "dequantization",
+            "signature",
             "agreement",
             "retention",
             "fidelity",
@@ -1922,13 +1927,13 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     let xml = run(&good).to_junit();
     assert_eq!(xml.matches("<testcase ").count(), Check::ALL.len(), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), 0, "{xml}");
-    // retention, fidelity, reference
-    assert_eq!(xml.matches("<skipped ").count(), 3, "{xml}");
+    // retention, fidelity, reference, signature
+    assert_eq!(xml.matches("<skipped ").count(), 4, "{xml}");
     for name in check_names() {
         assert!(xml.contains(&format!("name=\"{name}\"")), "{name}: {xml}");
     }
     assert!(
-        xml.contains("tests=\"13\" failures=\"0\" skipped=\"3\""),
+        xml.contains("tests=\"14\" failures=\"0\" skipped=\"4\""),
         "{xml}"
     );
 
@@ -1941,7 +1946,7 @@ fn junit_has_one_testcase_per_check_and_a_failure_for_the_failed_one() {
     assert_eq!(xml.matches("<testcase ").count(), Check::ALL.len(), "{xml}");
     assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
     assert!(
-        xml.contains("tests=\"13\" failures=\"1\" skipped=\"3\""),
+        xml.contains("tests=\"14\" failures=\"1\" skipped=\"4\""),
         "{xml}"
     );
     let case = xml

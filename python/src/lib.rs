@@ -26,6 +26,7 @@ use ternary_bundle::read::inspect::inspect as inspect_bundle;
 use ternary_bundle::read::mmap::Backing;
 use ternary_bundle::read::OpenOptions;
 use ternary_bundle::run::{run as run_model, RunInput};
+use ternary_bundle::signing::{sign_bundle, PublicKey, SigningKey};
 use ternary_bundle::source::quantization_metadata::QuantizationMetadata;
 use ternary_bundle::source::{validation_set, BorrowedSource};
 use ternary_bundle::verify::{verify as verify_bundle, Check, VerifyOptions};
@@ -164,7 +165,7 @@ impl NativeBundle {
 
 /// `bundle verify --json` of the bundle at `path` with `options` (a JSON object of
 /// VerifyOptions' fields: only, skip, strict, min_agreement, min_retention, max_kl, samples,
-/// seed, grad_tol, reference, mmap): the report as JSON text.
+/// seed, grad_tol, reference, mmap, trusted_keys, require_signature): the report as JSON text.
 #[pyfunction]
 fn verify(py: Python<'_>, path: PathBuf, options: &str) -> PyResult<String> {
     let o: Value = serde_json::from_str(options)
@@ -211,6 +212,17 @@ fn verify(py: Python<'_>, path: PathBuf, options: &str) -> PyResult<String> {
     }
     if let Some(v) = o.get("mmap").and_then(Value::as_bool) {
         opts.open = open_options(v);
+    }
+    if let Some(keys) = o.get("trusted_keys").and_then(Value::as_array) {
+        opts.trusted_keys = keys
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|p| PublicKey::read(Path::new(p)))
+            .collect::<Result<_, _>>()
+            .map_err(to_py)?;
+    }
+    if let Some(v) = o.get("require_signature").and_then(Value::as_bool) {
+        opts.require_signature = v;
     }
     opts.check().map_err(to_py)?;
     let report = py.detach(|| verify_bundle(&path, &opts));
@@ -512,6 +524,18 @@ fn run(
     Ok((PyBytes::new(py, &bytes).unbind(), shape))
 }
 
+/// `bundle sign`: checks the bundle's digests, then writes `model.sig` signed with the PEM
+/// private key at `key`. Returns (hint, curve, files signed).
+#[pyfunction]
+fn sign(py: Python<'_>, path: PathBuf, key: PathBuf) -> PyResult<(String, String, Vec<String>)> {
+    py.detach(|| {
+        let k = SigningKey::read(&key)?;
+        sign_bundle(&path, &k)
+    })
+    .map(|s| (s.hint, s.curve.to_string(), s.files))
+    .map_err(to_py)
+}
+
 /// The module `ternary_bundle._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -523,6 +547,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(create, m)?)?;
     m.add_function(wrap_pyfunction!(create_from, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(sign, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

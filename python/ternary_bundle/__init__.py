@@ -27,7 +27,7 @@ from . import _native
 from .errors import (BundleError, BundleExistsError, BundleNotFoundError, BundlePermissionError,
                      RuleViolation, from_native)
 
-__all__ = ["open", "create", "verify", "assess", "inspect", "run", "Bundle", "BundleError",
+__all__ = ["open", "create", "verify", "assess", "inspect", "run", "sign", "Bundle", "BundleError",
            "RuleViolation", "BundleExistsError", "BundleNotFoundError", "BundlePermissionError"]
 __version__ = _native.__version__
 
@@ -293,11 +293,16 @@ def verify(path: "os.PathLike[str] | str", *, only: Optional[Sequence[str]] = No
            min_agreement: Optional[float] = None, min_retention: Optional[float] = None,
            max_kl: Optional[float] = None, samples: Optional[int] = None,
            seed: Optional[int] = None, grad_tol: Optional[float] = None,
-           reference: "Optional[os.PathLike[str] | str]" = None, mmap: bool = True) -> Dict[str, Any]:
+           reference: "Optional[os.PathLike[str] | str]" = None, mmap: bool = True,
+           trusted_keys: "Sequence[os.PathLike[str] | str]" = (),
+           require_signature: bool = False) -> Dict[str, Any]:
     """`bundle verify --json` as a dict (spec/verify.schema.json): `report["ok"]` is the gate.
-    A failed check is in the report, not an exception."""
+    A failed check is in the report, not an exception. `trusted_keys` are public key PEM files
+    (`--trusted-key`): the signature check passes only for a `model.sig` by one of them."""
     options: Dict[str, Any] = {"only": list(only or []), "skip": list(skip or []),
-                               "strict": strict, "mmap": mmap}
+                               "strict": strict, "mmap": mmap,
+                               "trusted_keys": [os.fspath(k) for k in trusted_keys],
+                               "require_signature": require_signature}
     for k, v in [("min_agreement", min_agreement), ("min_retention", min_retention),
                  ("max_kl", max_kl), ("samples", samples), ("seed", seed), ("grad_tol", grad_tol)]:
         if v is not None:
@@ -339,6 +344,14 @@ def run(path: "os.PathLike[str] | str", inputs: Any, *, weights: str = "fp16") -
         raw, shape = _call(_native.run, os.fspath(path), weights,
                            np.ascontiguousarray(a, dtype=np.float32).ravel().tolist(), None, 0)
     return np.frombuffer(raw, dtype="<f4").reshape(shape)
+
+
+def sign(path: "os.PathLike[str] | str", key: "os.PathLike[str] | str") -> Dict[str, Any]:
+    """`bundle sign`: checks the bundle's digests, then writes `model.sig` (OpenSSF Model
+    Signing, spec section 10.1) signed with the PEM private key `key` (EC P-256 or P-384).
+    Returns {"hint", "curve", "files"}."""
+    hint, curve, files = _call(_native.sign, os.fspath(path), os.fspath(key))
+    return {"hint": hint, "curve": curve, "files": files}
 
 
 def inspect(path: "os.PathLike[str] | str", *, mmap: bool = True) -> Dict[str, Any]:

@@ -60,7 +60,10 @@ def verify(
     grad_tol: Optional[float] = None,
     reference: Optional[_Path] = None,
     mmap: bool = True,
+    trusted_keys: Sequence[_Path] = (),
+    require_signature: bool = False,
 ) -> Dict[str, Any]: ...
+def sign(path: _Path, key: _Path) -> Dict[str, Any]: ...
 def assess(
     path: _Path,
     *,

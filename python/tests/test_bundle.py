@@ -436,3 +436,34 @@ def test_unaligned_data_is_read_right(tmp_path):
         [(c["name"], c["status"]) for c in want["checks"]]
     assert {k: v for k, v in got["metrics"].items() if "accuracy" in k} == \
         {k: v for k, v in want["metrics"].items() if "accuracy" in k}
+
+
+def test_sign_and_verify_with_a_trusted_key(tmp_path):
+    # sign() then verify(trusted_keys=...) equals `bundle verify --trusted-key --json`; a
+    # changed file fails the signature check with rule 9.4, another key with 9.3.
+    import shutil
+    out = tmp_path / "b"
+    shutil.copytree(FIXTURES / "bundles" / "tiny-validation", out)
+    subprocess.run([BIN, "keygen", "--out", str(tmp_path / "k.pem")], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([BIN, "keygen", "--out", str(tmp_path / "other.pem")], check=True,
+                   stdout=subprocess.DEVNULL)
+    signed = tb.sign(out, tmp_path / "k.pem")
+    assert "manifest.json" in signed["files"] and signed["curve"] == "P-256"
+    assert tb.inspect(out)["signature"]["hint"] == signed["hint"]
+
+    def signature(**kw):
+        return next(c for c in tb.verify(out, only=["signature"], **kw)["checks"]
+                    if c["name"] == "signature")
+    assert signature(trusted_keys=[tmp_path / "k.pub.pem"])["status"] == "pass"
+    got = tb.verify(out, trusted_keys=[tmp_path / "k.pub.pem"])
+    want = cli_json("verify", str(out), "--trusted-key", str(tmp_path / "k.pub.pem"))
+    assert without_times(got) == without_times(want)
+    s = signature(trusted_keys=[tmp_path / "other.pub.pem"])
+    assert (s["status"], s["figures"]["rule"]) == ("fail", "9.3")
+    assert signature()["status"] == "skip"
+    (out / "extra.txt").write_text("x")
+    s = signature(trusted_keys=[tmp_path / "other.pub.pem", tmp_path / "k.pub.pem"])
+    assert (s["status"], s["figures"]["rule"]) == ("fail", "9.4") and "extra.txt" in s["detail"]
+    with pytest.raises(tb.BundleError):
+        tb.verify(out, trusted_keys=[tmp_path / "k.pem"])  # a private key is not trusted

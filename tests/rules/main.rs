@@ -1,5 +1,5 @@
 //! Every numbered validation rule of the spec has a test that breaks it and checks the error,
-//! one file per rule group (`r1_layout.rs` ... `r8_writer.rs`), sharing the helpers below:
+//! one file per rule group (`r1_layout.rs` ... `r9_signature.rs`), sharing the helpers below:
 //! the rule reported (`Error::rule`) and the message (the file, and the tensor when one is
 //! concerned).
 //!
@@ -21,6 +21,7 @@ mod r6_validation;
 mod r7_checksums;
 mod r8_gguf;
 mod r8_writer;
+mod r9_signature;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -339,6 +340,7 @@ fn every_rule_has_a_test() {
         include_str!("r7_checksums.rs"),
         include_str!("r8_writer.rs"),
         include_str!("r8_gguf.rs"),
+        include_str!("r9_signature.rs"),
     ]
     .concat();
     for rule in Rule::ALL {
