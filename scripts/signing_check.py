@@ -297,7 +297,7 @@ class Checker:
 
             d = self.copy(signed, f"{tag}-byte")
             data = bytearray((d / "fp16.safetensors").read_bytes())
-            data[-1] ^= 0x00  # BROKEN: nothing flipped
+            data[-1] ^= 0x01  # the last byte: tensor data, not the header
             (d / "fp16.safetensors").write_bytes(bytes(data))
             cases.append(lambda d=d, who=who: self.both_reject(
                 f"{who} signature, a byte of fp16.safetensors flipped", d, k1pub, "9.4"))

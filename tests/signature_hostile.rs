@@ -49,7 +49,10 @@ fn sig_path() -> PathBuf {
 #[track_caller]
 fn expect_rule<T: Debug>(result: Result<T>, rule: Rule, parts: &[&str]) -> String {
     let err: Error = match result {
-        Ok(v) => panic!("expected a violation of rule {}, got Ok({v:?})", rule.number()),
+        Ok(v) => panic!(
+            "expected a violation of rule {}, got Ok({v:?})",
+            rule.number()
+        ),
         Err(e) => e,
     };
     let msg = err.to_string();
@@ -59,7 +62,10 @@ fn expect_rule<T: Debug>(result: Result<T>, rule: Rule, parts: &[&str]) -> Strin
         "message lacks the rule number: {msg}"
     );
     if rule != Rule::SignedFiles {
-        assert!(msg.contains(SIGNATURE_FILE), "message lacks model.sig: {msg}");
+        assert!(
+            msg.contains(SIGNATURE_FILE),
+            "message lacks model.sig: {msg}"
+        );
     }
     for p in parts {
         assert!(msg.contains(p), "message lacks {p:?}: {msg}");
@@ -236,7 +242,10 @@ fn every_truncation_of_a_real_signature_is_rule_9_1() {
 fn an_oversized_signature_fails_by_its_size_before_being_read() {
     let limit = MAX_SIGNATURE_BYTES as usize;
     // In memory: refused by the size alone, whatever the bytes.
-    parse_fails(&vec![b' '; limit + 1], &["at most 16777216 bytes", "16777217 bytes"]);
+    parse_fails(
+        &vec![b' '; limit + 1],
+        &["at most 16777216 bytes", "16777217 bytes"],
+    );
     // On disk: sparse files of the limit plus one byte and of 64 GiB (which no reader that
     // read it all would get through): refused from their size.
     let s = Signed2::new();
@@ -271,7 +280,11 @@ fn deeply_nested_json_is_a_violation_not_a_stack_overflow() {
     // Nested inside members the parser takes as arbitrary JSON (tlogEntries) or as strings.
     let text = String::from_utf8(s.good.clone()).unwrap();
     let closed = format!("{}{}", "[".repeat(deep), "]".repeat(deep));
-    let nested = text.replacen("\"tlogEntries\":[]", &format!("\"tlogEntries\":{closed}"), 1);
+    let nested = text.replacen(
+        "\"tlogEntries\":[]",
+        &format!("\"tlogEntries\":{closed}"),
+        1,
+    );
     assert_ne!(nested, text);
     s.file_fails(nested.as_bytes(), &[]);
     let nested = text.replacen("\"hint\":", &format!("\"hint\":{closed},\"x\":"), 1);
@@ -280,7 +293,11 @@ fn deeply_nested_json_is_a_violation_not_a_stack_overflow() {
     s.payload_fails(arrays, &[]);
     s.payload_fails(objects, &[]);
     let text = String::from_utf8(serde_json::to_vec(&s.statement()).unwrap()).unwrap();
-    let nested = text.replacen("\"resources\":", &format!("\"resources\":{closed},\"x\":"), 1);
+    let nested = text.replacen(
+        "\"resources\":",
+        &format!("\"resources\":{closed},\"x\":"),
+        1,
+    );
     s.payload_fails(nested.into_bytes(), &[]);
 }
 
@@ -297,14 +314,19 @@ fn wrong_media_type_and_payload_type_are_rule_9_1() {
         s.file_fails(&bad, &["mediaType"]);
     }
     for payload_type in ["application/json", "application/vnd.in-toto+json ", ""] {
-        let bad = edit(&s.good, |v| v["dsseEnvelope"]["payloadType"] = json!(payload_type));
+        let bad = edit(&s.good, |v| {
+            v["dsseEnvelope"]["payloadType"] = json!(payload_type)
+        });
         s.file_fails(&bad, &["payloadType"]);
     }
     // Members of the wrong type or missing.
     let bad = edit(&s.good, |v| v["mediaType"] = json!(3));
     s.file_fails(&bad, &[]);
     let bad = edit(&s.good, |v| {
-        v["verificationMaterial"].as_object_mut().unwrap().remove("publicKey");
+        v["verificationMaterial"]
+            .as_object_mut()
+            .unwrap()
+            .remove("publicKey");
     });
     s.file_fails(&bad, &["publicKey"]);
     let bad = edit(&s.good, |v| {
@@ -312,12 +334,19 @@ fn wrong_media_type_and_payload_type_are_rule_9_1() {
     });
     s.file_fails(&bad, &["payload"]);
     // A transparency-log entry: not the key method.
-    let bad = edit(&s.good, |v| v["verificationMaterial"]["tlogEntries"] = json!([{}]));
+    let bad = edit(&s.good, |v| {
+        v["verificationMaterial"]["tlogEntries"] = json!([{}])
+    });
     s.file_fails(&bad, &["tlogEntries"]);
     // A certificate instead of the public key hint.
-    let bad = edit(&s.good, |v| {
-        v["verificationMaterial"] = json!({"certificate": {"rawBytes": "AA=="}, "tlogEntries": []})
-    });
+    let bad =
+        edit(
+            &s.good,
+            |v| {
+                v["verificationMaterial"] =
+                    json!({"certificate": {"rawBytes": "AA=="}, "tlogEntries": []})
+            },
+        );
     s.file_fails(&bad, &[]);
 }
 
@@ -388,6 +417,25 @@ fn statement_paths_outside_the_directory_are_rule_9_2() {
         v["predicate"]["serialization"]["ignore_paths"][0] = json!(name);
         s.statement_fails(&v, &["ignore_paths"]);
     }
+    // More resources than the limit (65,536), each well formed.
+    let mut v = s.statement();
+    let resource = v["predicate"]["resources"][0].clone();
+    v["predicate"]["resources"] = (0..=65_536)
+        .map(|i| {
+            let mut r = resource.clone();
+            r["name"] = json!(format!("r{i}"));
+            r
+        })
+        .collect();
+    expect_rule(
+        Statement::parse(&sig_path(), &serde_json::to_vec(&v).unwrap()),
+        Rule::SignatureStatement,
+        &["at most 65536 resources", "65537"],
+    );
+    // A payload that is not UTF-8, or not JSON.
+    s.payload_fails(b"\xff\xfe".to_vec(), &[]);
+    s.payload_fails(b"not json".to_vec(), &[]);
+    s.payload_fails(Vec::new(), &[]);
     // A name longer than the limit.
     let mut v = s.statement();
     v["predicate"]["resources"][0]["name"] = json!("a".repeat(4097));
@@ -404,7 +452,11 @@ fn base64(bytes: &[u8], url_safe: bool) -> String {
     };
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -423,7 +475,10 @@ fn non_canonical_base64_is_rule_9_1() {
     let b64 = |v: &Value, member: &str| -> String {
         match member {
             "payload" => v["dsseEnvelope"]["payload"].as_str().unwrap().into(),
-            _ => v["dsseEnvelope"]["signatures"][0]["sig"].as_str().unwrap().into(),
+            _ => v["dsseEnvelope"]["signatures"][0]["sig"]
+                .as_str()
+                .unwrap()
+                .into(),
         }
     };
     let set = |bytes: &[u8], member: &str, text: String| -> Vec<u8> {
@@ -449,7 +504,10 @@ fn non_canonical_base64_is_rule_9_1() {
             ("missing padding", stem.to_string()),
             ("half the padding", format!("{stem}=")),
             ("extra padding", format!("{good}=")),
-            ("padding in the middle", format!("{}=={}", &good[..8], &good[8..])),
+            (
+                "padding in the middle",
+                format!("{}=={}", &good[..8], &good[8..]),
+            ),
             (
                 "non-zero trailing bits",
                 format!("{}R==", &stem[..stem.len() - 1]),
@@ -458,7 +516,10 @@ fn non_canonical_base64_is_rule_9_1() {
             ("a space", format!("{} {}", &good[..40], &good[40..])),
             ("a leading space", format!(" {good}")),
             ("a trailing CRLF", format!("{good}\r\n")),
-            ("a character outside base64", format!("{}*{}", &good[..4], &good[5..])),
+            (
+                "a character outside base64",
+                format!("{}*{}", &good[..4], &good[5..]),
+            ),
         ];
         for (what, text) in variants {
             assert_ne!(text, good);
@@ -469,7 +530,10 @@ fn non_canonical_base64_is_rule_9_1() {
     }
     // URL-safe alphabet: the tool's sig has '+' and '/'.
     let url_sig = sig.replace('+', "-").replace('/', "_");
-    parse_fails(&set(TOOL_P256, "sig", url_sig), &["sig", "canonical base64"]);
+    parse_fails(
+        &set(TOOL_P256, "sig", url_sig),
+        &["sig", "canonical base64"],
+    );
     // And a payload whose standard encoding has '+' and '/' (0xfb 0xff 0xfe is "+//+").
     let f = SignatureFile {
         hint: s.key.public().hint(),
@@ -483,14 +547,20 @@ fn non_canonical_base64_is_rule_9_1() {
     assert_eq!(standard, base64(&f.payload, false));
     let url = base64(&f.payload, true);
     assert!(standard.starts_with("+//+") && url.starts_with("-__-"));
-    s.file_fails(&set(&bytes, "payload", url), &["payload", "canonical base64"]);
+    s.file_fails(
+        &set(&bytes, "payload", url),
+        &["payload", "canonical base64"],
+    );
 
     // Through the check, on our own signature.
     let v: Value = serde_json::from_slice(&s.good).unwrap();
     let good = b64(&v, "sig");
     let stem = good.trim_end_matches('=');
     if stem.len() != good.len() {
-        s.file_fails(&set(&s.good, "sig", stem.to_string()), &["canonical base64"]);
+        s.file_fails(
+            &set(&s.good, "sig", stem.to_string()),
+            &["canonical base64"],
+        );
     }
     s.file_fails(
         &set(&s.good, "sig", format!("{}\n{}", &good[..10], &good[10..])),
@@ -512,7 +582,10 @@ fn not_exactly_one_signature_is_rule_9_1() {
     let s = Signed2::new();
     let two = edit(&s.good, |v| {
         let sig = v["dsseEnvelope"]["signatures"][0].clone();
-        v["dsseEnvelope"]["signatures"].as_array_mut().unwrap().push(sig);
+        v["dsseEnvelope"]["signatures"]
+            .as_array_mut()
+            .unwrap()
+            .push(sig);
     });
     s.file_fails(&two, &["exactly one signature", "found 2"]);
     let zero = edit(&s.good, |v| v["dsseEnvelope"]["signatures"] = json!([]));
@@ -529,7 +602,9 @@ fn not_exactly_one_signature_is_rule_9_1() {
             .remove("keyid");
     });
     s.check(&no_keyid).unwrap();
-    let keyid = edit(&s.good, |v| v["dsseEnvelope"]["signatures"][0]["keyid"] = json!("k"));
+    let keyid = edit(&s.good, |v| {
+        v["dsseEnvelope"]["signatures"][0]["keyid"] = json!("k")
+    });
     s.check(&keyid).unwrap();
 }
 
@@ -544,17 +619,25 @@ fn uppercase_and_malformed_hex_digests_are_refused() {
         "g".repeat(64),
         String::new(),
     ] {
-        let bad = edit(&s.good, |v| v["verificationMaterial"]["publicKey"]["hint"] = json!(hint));
+        let bad = edit(&s.good, |v| {
+            v["verificationMaterial"]["publicKey"]["hint"] = json!(hint)
+        });
         s.file_fails(&bad, &["publicKey.hint"]);
     }
     // A resource digest in uppercase (the same bytes, so the subject digest still holds).
     let mut v = s.statement();
-    let d = v["predicate"]["resources"][0]["digest"].as_str().unwrap().to_uppercase();
+    let d = v["predicate"]["resources"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_uppercase();
     v["predicate"]["resources"][0]["digest"] = json!(d);
     s.statement_fails(&v, &["64 lowercase hex digits"]);
     // The subject digest in uppercase.
     let mut v = s.statement();
-    let d = v["subject"][0]["digest"]["sha256"].as_str().unwrap().to_uppercase();
+    let d = v["subject"][0]["digest"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_uppercase();
     v["subject"][0]["digest"]["sha256"] = json!(d);
     s.statement_fails(&v, &["subject digest"]);
     // A short digest, another algorithm.
@@ -574,7 +657,10 @@ fn a_subject_digest_that_does_not_cover_the_resources_is_rule_9_2() {
     s.statement_fails(&v, &["subject digest"]);
     // The resources listed in another order: the digest covers the listed order.
     let mut v = s.statement();
-    v["predicate"]["resources"].as_array_mut().unwrap().reverse();
+    v["predicate"]["resources"]
+        .as_array_mut()
+        .unwrap()
+        .reverse();
     s.statement_fails(&v, &["subject digest"]);
     // ... unless recomputed over that order (model_signing accepts it; so do we).
     let resources: Vec<Resource> = v["predicate"]["resources"]
@@ -600,11 +686,26 @@ fn a_subject_digest_that_does_not_cover_the_resources_is_rule_9_2() {
     // Other statement or predicate types, serializations.
     type Edit = fn(&mut Value);
     let others: [(Edit, &str); 6] = [
-        (|v| v["_type"] = json!("https://in-toto.io/Statement/v0.1"), "_type"),
-        (|v| v["predicateType"] = json!("https://model_signing/signature/v1.1"), "predicateType"),
-        (|v| v["predicate"]["serialization"]["method"] = json!("shards"), "serialization"),
-        (|v| v["predicate"]["serialization"]["hash_type"] = json!("blake2"), "serialization"),
-        (|v| v["predicate"]["serialization"]["allow_symlinks"] = json!(true), "serialization"),
+        (
+            |v| v["_type"] = json!("https://in-toto.io/Statement/v0.1"),
+            "_type",
+        ),
+        (
+            |v| v["predicateType"] = json!("https://model_signing/signature/v1.1"),
+            "predicateType",
+        ),
+        (
+            |v| v["predicate"]["serialization"]["method"] = json!("shards"),
+            "serialization",
+        ),
+        (
+            |v| v["predicate"]["serialization"]["hash_type"] = json!("blake2"),
+            "serialization",
+        ),
+        (
+            |v| v["predicate"]["serialization"]["allow_symlinks"] = json!(true),
+            "serialization",
+        ),
         (|v| v["predicate"] = json!(null), "in-toto statement"),
     ];
     for (f, part) in others {
@@ -619,7 +720,10 @@ fn a_resource_listed_twice_is_rule_9_2() {
     let s = Signed2::new();
     let mut v = s.statement();
     let first = v["predicate"]["resources"][0].clone();
-    v["predicate"]["resources"].as_array_mut().unwrap().push(first);
+    v["predicate"]["resources"]
+        .as_array_mut()
+        .unwrap()
+        .push(first);
     // With the subject digest over the list as given, so that only the duplicate is wrong.
     let digests: Vec<Resource> = v["predicate"]["resources"]
         .as_array()
@@ -645,17 +749,24 @@ fn duplicate_json_keys_are_refused_at_every_level() {
         ("\"payloadType\":", "\"payloadType\":\"x\",\"payloadType\":"),
         ("{\"sig\":", "{\"sig\":\"AA==\",\"sig\":"),
         ("\"tlogEntries\":", "\"tlogEntries\":[],\"tlogEntries\":"),
+        // The same key spelled with an escape.
+        (
+            "{\"mediaType\":",
+            "{\"mediaType\":\"x\",\"media\\u0054ype\":",
+        ),
     ] {
         let bad = text.replacen(from, to, 1);
         assert_ne!(bad, text, "{from}");
         s.file_fails(bad.as_bytes(), &["duplicate key"]);
     }
     // In the statement (signed by the trusted key).
-    let payload =
-        String::from_utf8(serde_json::to_vec_pretty(&s.statement()).unwrap()).unwrap();
+    let payload = String::from_utf8(serde_json::to_vec_pretty(&s.statement()).unwrap()).unwrap();
     for (from, to) in [
         ("\"_type\":", "\"_type\": \"x\", \"_type\":"),
-        ("\"name\": \"weights.bin\"", "\"name\": \"x\", \"name\": \"weights.bin\""),
+        (
+            "\"name\": \"weights.bin\"",
+            "\"name\": \"x\", \"name\": \"weights.bin\"",
+        ),
         ("\"sha256\":", "\"sha256\": \"x\", \"sha256\":"),
         ("\"resources\":", "\"resources\": [], \"resources\":"),
     ] {
@@ -681,7 +792,11 @@ fn model_sig_must_be_a_regular_file() {
     );
     // A dangling one.
     std::fs::remove_file(&elsewhere).unwrap();
-    expect_rule(read_signature(&s.dir), Rule::SignatureFile, &["a symbolic link"]);
+    expect_rule(
+        read_signature(&s.dir),
+        Rule::SignatureFile,
+        &["a symbolic link"],
+    );
     std::fs::remove_file(&path).unwrap();
     // A directory.
     std::fs::create_dir(&path).unwrap();
@@ -715,7 +830,8 @@ fn model_sig_must_be_a_regular_file() {
 fn links_and_special_files_in_the_directory_are_rule_9_4() {
     let s = Signed2::new();
     let key = SigningKey::generate_p256();
-    let cases: [(&str, fn(&Path)); 4] = [
+    type Make = fn(&Path);
+    let cases: [(&str, Make); 4] = [
         ("link", |d| {
             std::os::unix::fs::symlink("weights.bin", d.join("link")).unwrap()
         }),
@@ -789,7 +905,13 @@ fn tool_model(dir: &Path) {
 /// Checks the tool's signature `bytes` against `dir` with `key` trusted.
 fn check_tool(dir: &Path, bytes: &[u8], key: &PublicKey) -> Result<Signed> {
     let file = SignatureFile::parse(&dir.join(SIGNATURE_FILE), bytes)?;
-    check_dir(dir, &file, &[key.clone()], &BTreeMap::new(), &BTreeSet::new())
+    check_dir(
+        dir,
+        &file,
+        std::slice::from_ref(key),
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+    )
 }
 
 #[test]
@@ -826,23 +948,43 @@ fn the_model_signing_tools_signatures_parse_verify_and_check() {
         ("canonical_p256", CANONICAL_P256, &p256, "P-256"),
     ] {
         // The envelope parses; its signature verifies over pae(payload) with the tool's key.
-        let file = SignatureFile::parse(&sig_path(), bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let file =
+            SignatureFile::parse(&sig_path(), bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(file.hint, key.hint(), "{name}");
         assert!(key.verifies(&pae(&file.payload), &file.signature), "{name}");
-        assert!(!key.verifies(&pae(&file.payload[1..]), &file.signature), "{name}");
+        assert!(
+            !key.verifies(&pae(&file.payload[1..]), &file.signature),
+            "{name}"
+        );
         // The statement parses, lists the 10 files in the tool's order, and reads back.
         let statement = Statement::parse(&sig_path(), &file.payload).unwrap();
-        let names: Vec<&str> = statement.resources.iter().map(|r| r.name.as_str()).collect();
+        let names: Vec<&str> = statement
+            .resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
         assert_eq!(names, want, "{name}");
         let mut ignored = statement.ignore_paths.clone();
         ignored.sort();
-        assert_eq!(ignored, [".git", ".gitattributes", ".github", ".gitignore", "model.sig"]);
+        assert_eq!(
+            ignored,
+            [
+                ".git",
+                ".gitattributes",
+                ".github",
+                ".gitignore",
+                "model.sig"
+            ]
+        );
         assert_eq!(
             Statement::parse(&sig_path(), &statement.to_payload()).unwrap(),
             statement
         );
         // And the file bytes round-trip (the tool writes the same compact layout).
-        assert_eq!(SignatureFile::parse(&sig_path(), &file.to_bytes()).unwrap(), file);
+        assert_eq!(
+            SignatureFile::parse(&sig_path(), &file.to_bytes()).unwrap(),
+            file
+        );
         // The directory re-created checks, with model.sig in it or not.
         let signed = check_tool(&dir, bytes, key).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(signed.curve, curve);
@@ -850,11 +992,22 @@ fn the_model_signing_tools_signatures_parse_verify_and_check() {
         std::fs::write(dir.join(SIGNATURE_FILE), bytes).unwrap();
         let on_disk = read_signature(&dir).unwrap().unwrap();
         assert_eq!(on_disk, file);
-        check_dir(&dir, &on_disk, &[key.clone()], &BTreeMap::new(), &BTreeSet::new()).unwrap();
+        check_dir(
+            &dir,
+            &on_disk,
+            std::slice::from_ref(key),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        )
+        .unwrap();
         std::fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
         // The other key is not the signer's (9.3); a changed file is named (9.4).
         let other = if key == &p256 { &p384 } else { &p256 };
-        expect_rule(check_tool(&dir, bytes, other), Rule::SignatureKey, &[&file.hint]);
+        expect_rule(
+            check_tool(&dir, bytes, other),
+            Rule::SignatureKey,
+            &[&file.hint],
+        );
         std::fs::write(dir.join("sub/readme.txt"), b"hellO\n").unwrap();
         expect_rule(
             check_tool(&dir, bytes, key),
@@ -864,8 +1017,20 @@ fn the_model_signing_tools_signatures_parse_verify_and_check() {
         std::fs::write(dir.join("sub/readme.txt"), b"hello\n").unwrap();
     }
     // The P-256 and P-384 signatures of the tool carry the same statement (other key orders).
-    let a = Statement::parse(&sig_path(), &SignatureFile::parse(&sig_path(), TOOL_P256).unwrap().payload).unwrap();
-    let b = Statement::parse(&sig_path(), &SignatureFile::parse(&sig_path(), TOOL_P384).unwrap().payload).unwrap();
+    let a = Statement::parse(
+        &sig_path(),
+        &SignatureFile::parse(&sig_path(), TOOL_P256)
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    let b = Statement::parse(
+        &sig_path(),
+        &SignatureFile::parse(&sig_path(), TOOL_P384)
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
     assert_eq!(a.resources, b.resources);
     // A key the hint names that did not sign: the hint of the P-256 key on the P-384 signature.
     let mut forged = SignatureFile::parse(&sig_path(), TOOL_P384).unwrap();
@@ -884,11 +1049,18 @@ fn the_tools_signatures_of_odd_names_and_of_an_empty_directory_check() {
     // Names with a backslash, a newline and a tab, and an emoji (a surrogate pair in JSON).
     let odd = tmp.path().join("oddm");
     std::fs::create_dir(&odd).unwrap();
-    for (name, bytes) in [("back\\slash", b"z"), ("new\nline\ttab", b"x"), ("\u{1f600}.bin", b"y")] {
+    for (name, bytes) in [
+        ("back\\slash", b"z"),
+        ("new\nline\ttab", b"x"),
+        ("\u{1f600}.bin", b"y"),
+    ] {
         std::fs::write(odd.join(name), bytes).unwrap();
     }
     let signed = check_tool(&odd, TOOL_ODD_NAMES, &p256).unwrap();
-    assert_eq!(signed.files, ["back\\slash", "new\nline\ttab", "\u{1f600}.bin"]);
+    assert_eq!(
+        signed.files,
+        ["back\\slash", "new\nline\ttab", "\u{1f600}.bin"]
+    );
     // An empty directory: no resources, the subject digest of nothing.
     let empty = tmp.path().join("emptym");
     std::fs::create_dir(&empty).unwrap();

@@ -112,7 +112,11 @@ fn rule_9_2_subject_digest_does_not_cover_the_resources() {
         .iter()
         .map(|r| r.name.as_str())
         .collect();
-    assert_eq!(names, [FP16, MANIFEST, TERNARY], "sorted, model.sig left out");
+    assert_eq!(
+        names,
+        [FP16, MANIFEST, TERNARY],
+        "sorted, model.sig left out"
+    );
     assert_eq!(passes(&dir, &b, &trusted).files.len(), 3);
 
     // The same statement with another subject digest, signed by the same trusted key: the
@@ -128,7 +132,9 @@ fn rule_9_2_subject_digest_does_not_cover_the_resources() {
         &parts,
     );
     write_signed(&dir, &key, payload);
-    read_signature(&dir).unwrap().expect("the file itself is well formed");
+    read_signature(&dir)
+        .unwrap()
+        .expect("the file itself is well formed");
     expect_violation(check(&dir, &b, &trusted), Rule::SignatureStatement, &parts);
 
     // A resource named outside the directory (its digest and the subject's unchanged).
@@ -155,7 +161,10 @@ fn rule_9_3_signature_by_an_untrusted_key_or_over_other_bytes() {
     // Valid: trusted alone, or among other keys.
     passes(&dir, &b, &[key.public()]);
     let s = passes(&dir, &b, &[other.public(), key.public()]);
-    assert_eq!((s.hint.as_str(), s.curve), (key.public().hint().as_str(), "P-256"));
+    assert_eq!(
+        (s.hint.as_str(), s.curve),
+        (key.public().hint().as_str(), "P-256")
+    );
 
     // Another key trusted: the hint names the signer, who is not trusted.
     expect_violation(
@@ -272,17 +281,16 @@ fn rule_9_4_files_differ_from_the_signed_ones() {
         .as_array_mut()
         .unwrap()
         .push(json!(FP16));
-    let resources: Vec<Resource> = serde_json::from_value::<Vec<Value>>(
-        v["predicate"]["resources"].clone(),
-    )
-    .unwrap()
-    .into_iter()
-    .filter(|r| r["name"] != FP16)
-    .map(|r| Resource {
-        name: r["name"].as_str().unwrap().into(),
-        digest: r["digest"].as_str().unwrap().into(),
-    })
-    .collect();
+    let resources: Vec<Resource> =
+        serde_json::from_value::<Vec<Value>>(v["predicate"]["resources"].clone())
+            .unwrap()
+            .into_iter()
+            .filter(|r| r["name"] != FP16)
+            .map(|r| Resource {
+                name: r["name"].as_str().unwrap().into(),
+                digest: r["digest"].as_str().unwrap().into(),
+            })
+            .collect();
     let statement = Statement {
         subject: "b".into(),
         ignore_paths: serde_json::from_value(
