@@ -441,7 +441,8 @@ Checks, in order (each PASS, FAIL or SKIP with a one-line detail):
                   signature by one of the trusted keys over exactly the bundle's files: fails on
                   a missing signature, an untrusted key, a bad signature, and any changed,
                   missing or extra file (symlinks too), each named (9.1 to 9.4). Without a key:
-                  skipped with the reason, or failed with --require-signature if unsigned
+                  skipped with the signer's hint, or failed with --require-signature if
+                  unsigned; a model.sig that does not parse fails (rule 9.1) with or without one
   agreement       the two forms of the bundle compute the same model: the reference model on the
                   ternary path (trits and scales only) and on the FP16 path agree on
                   >= --min-agreement of the inputs (the validation set, or --samples synthetic inputs)

@@ -78,7 +78,7 @@ fn check(
         );
         return Err((
             e.to_string(),
-            json!({ "signed": false, "trusted_keys": hints }),
+            json!({ "signed": false, "trusted_keys": hints, "rule": Rule::SignatureFile.number() }),
         ));
     };
     let known = match (bundle, digests_checked) {
