@@ -43,17 +43,16 @@ was) may differ legitimately, anything else is a failure (exit 1).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import filecmp
 import json
-import mmap
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+from pagecache import resident_share
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WIDTHS = "4096,8192,8192,8192,8192,1000"
@@ -69,35 +68,6 @@ def proc_status() -> dict:
             if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0]) * 1024
     return out
-
-
-def resident_share(path: str) -> float:
-    """The share of `path`'s pages in the page cache (mincore(2) on a map of it; reads nothing,
-    faults nothing in), or -1 where it cannot be measured."""
-    size = os.path.getsize(path)
-    if size == 0:
-        return 1.0
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr in (None, ctypes.c_void_p(-1).value):
-            return -1.0
-        try:
-            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-            vec = ctypes.create_string_buffer(pages)
-            if libc.mincore(addr, size, vec) != 0:
-                return -1.0
-            return sum(b & 1 for b in vec.raw) / pages
-        finally:
-            libc.munmap(addr, size)
-    finally:
-        os.close(fd)
 
 
 # --- the child: load the checkpoint, then time create ---------------------------------------

@@ -39,16 +39,15 @@ the timed sums of the two cases of one framework must agree too.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import hashlib
 import json
-import mmap
 import os
 import struct
 import subprocess
 import sys
 import time
+
+from pagecache import resident_share
 
 CASES = [
     ("bundle-pt", "ternary_bundle.open(B).state_dict(\"pt\")"),
@@ -78,35 +77,6 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def resident_share(path: str) -> float:
-    """The share of `path`'s pages in the page cache (mincore(2) on a map of it; reads nothing,
-    faults nothing in), or -1 where it cannot be measured."""
-    size = os.path.getsize(path)
-    if size == 0:
-        return 1.0
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr in (None, ctypes.c_void_p(-1).value):
-            return -1.0
-        try:
-            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-            vec = ctypes.create_string_buffer(pages)
-            if libc.mincore(addr, size, vec) != 0:
-                return -1.0
-            return sum(b & 1 for b in vec.raw) / pages
-        finally:
-            libc.munmap(addr, size)
-    finally:
-        os.close(fd)
 
 
 def safetensors_header(path: str):

@@ -189,6 +189,22 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// `bytes` as one JSON object of type `T` (whose unknown members serde refuses), refusing
+/// duplicate keys first, as the manifest's are refused (serde would keep the last silently);
+/// `bad(expected, found)` makes the error of the caller's rule.
+fn strict_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+    bad: &dyn Fn(&str, String) -> Error,
+) -> Result<T> {
+    let dup: NoDuplicateKeys = serde_json::from_slice(bytes)
+        .map_err(|e| bad("a JSON object without duplicate keys", e.to_string()))?;
+    if !dup.0 {
+        return Err(bad("a JSON object", "another JSON value".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| bad(what, e.to_string()))
+}
+
 /// Whether `name` is a relative `/`-separated path of non-empty components, none `.` or
 /// `..`, without NUL and at most [`MAX_NAME_BYTES`] long (rule 9.2).
 pub fn valid_name(name: &str) -> bool {
@@ -238,17 +254,11 @@ impl Statement {
         let bad = |expected: &str, found: String| -> Error {
             Violation::new(path, Rule::SignatureStatement, expected, found).into()
         };
-        let dup: NoDuplicateKeys = serde_json::from_slice(payload)
-            .map_err(|e| bad("a JSON object without duplicate keys", e.to_string()))?;
-        if !dup.0 {
-            return Err(bad("a JSON object", "another JSON value".into()));
-        }
-        let json: StatementJson = serde_json::from_slice(payload).map_err(|e| {
-            bad(
-                "an in-toto statement of the model_signing predicate (JSON, only the members of section 10.1)",
-                e.to_string(),
-            )
-        })?;
+        let json: StatementJson = strict_json(
+            payload,
+            "an in-toto statement of the model_signing predicate (JSON, only the members of section 10.1)",
+            &bad,
+        )?;
         if json.type_ != STATEMENT_TYPE {
             return Err(bad(
                 &format!("_type {STATEMENT_TYPE:?}"),
@@ -363,18 +373,11 @@ impl SignatureFile {
                 format!("{} bytes", bytes.len()),
             ));
         }
-        // Duplicate keys are refused like the manifest's (serde keeps the last silently).
-        let dup: NoDuplicateKeys = serde_json::from_slice(bytes)
-            .map_err(|e| bad("a JSON object without duplicate keys", e.to_string()))?;
-        if !dup.0 {
-            return Err(bad("a JSON object", "another JSON value".into()));
-        }
-        let json: SigstoreBundle = serde_json::from_slice(bytes).map_err(|e| {
-            bad(
-                "a Sigstore bundle of the key method (only the members of section 10.1)",
-                e.to_string(),
-            )
-        })?;
+        let json: SigstoreBundle = strict_json(
+            bytes,
+            "a Sigstore bundle of the key method (only the members of section 10.1)",
+            &bad,
+        )?;
         if json.media_type != MEDIA_TYPE {
             return Err(bad(
                 &format!("mediaType {MEDIA_TYPE:?}"),
