@@ -10,6 +10,10 @@
 //! tensor), I64 or I32 `[N, T]`, every id in the vocabulary; the output holds `logits` F32
 //! `[N, T, vocab]` and `predictions` I64 `[N, T]` (the predicted next token at every position),
 //! a chunk of sequences at a time.
+//!
+//! [`run_to_file`] writes the output file a chunk at a time, so that memory does not grow with
+//! the output, after checking its size against the free space; with `top_k` it writes only the
+//! largest logits of each row or position and their indices. [`run`] returns them in memory.
 
 use std::path::Path;
 
@@ -22,7 +26,7 @@ use crate::model::decoder;
 use crate::model::reference::{argmax_rows, forward_bundle, WeightPath};
 use crate::read::Bundle;
 use crate::source::{to_f32, CheckpointSource};
-use crate::write::safetensors::write_safetensors_file;
+use crate::write::safetensors::{planned_size, write_safetensors_streamed};
 
 /// What `bundle run` runs the model on.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,91 +196,181 @@ pub fn check_input(bundle: &Bundle, input: &RunInput) -> Result<()> {
     Ok(())
 }
 
-/// Runs `bundle`'s model along `path` on `input`, a chunk of rows (or sequences) at a time
-/// (memory: one chunk's activations and one weight, or a block of it per thread).
-pub fn run(bundle: &Bundle, path: WeightPath, input: &RunInput) -> Result<RunOutput> {
+/// The output's shape: rows (inputs, or sequences), tokens per sequence (a decoder), and
+/// logits per row or position. The input is checked first ([`check_input`]).
+pub fn output_shape(bundle: &Bundle, input: &RunInput) -> Result<(usize, Option<usize>, usize)> {
     check_input(bundle, input)?;
-    let (inputs, width) = match (input, bundle.decoder()) {
-        (RunInput::Rows(values), None) => (values, bundle.manifest().model.input_dim as usize),
-        (RunInput::Tokens { ids, tokens }, Some(_)) => return run_decoder(bundle, path, ids, *tokens),
-        _ => {
-            return Err(Error::InvalidArgument(format!(
-                "{}: inputs of the wrong kind for this model (rows for a chain of layers, token ids for a decoder)",
-                bundle.dir().display()
-            )))
+    match (input, bundle.decoder()) {
+        (RunInput::Rows(values), None) => {
+            let width = bundle.manifest().model.input_dim as usize;
+            if width == 0 || values.len() % width != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "{} input values are not rows of {width}",
+                    values.len()
+                )));
+            }
+            Ok((values.len() / width, None, bundle.classes() as usize))
         }
-    };
-    let model = &bundle.manifest().model;
-    let classes = bundle.classes() as usize;
-    if width == 0 || inputs.len() % width != 0 {
-        return Err(Error::InvalidArgument(format!(
-            "{} input values are not rows of {width}",
-            inputs.len()
-        )));
+        (RunInput::Tokens { ids, tokens }, Some(d)) => Ok((
+            ids.len() / (*tokens).max(1),
+            Some(*tokens),
+            d.vocab_size,
+        )),
+        _ => Err(Error::InvalidArgument(format!(
+            "{}: inputs of the wrong kind for this model (rows for a chain of layers, token ids for a decoder)",
+            bundle.dir().display()
+        ))),
     }
-    let rows = inputs.len() / width;
+}
+
+/// Runs `bundle`'s model along `path` on `input`, a chunk of rows (or sequences) at a time,
+/// handing each chunk's logits to `emit` as rows (a decoder: one row per position, sequence
+/// by sequence). Memory: one chunk's activations and one weight, or a block of it per thread.
+fn run_chunks(
+    bundle: &Bundle,
+    path: WeightPath,
+    input: &RunInput,
+    emit: &mut dyn FnMut(ndarray::ArrayView2<'_, f32>) -> Result<()>,
+) -> Result<()> {
+    let (_, tokens, classes) = output_shape(bundle, input)?;
+    match (input, tokens) {
+        (RunInput::Rows(inputs), None) => {
+            let model = &bundle.manifest().model;
+            let width = model.input_dim as usize;
+            for chunk in inputs.chunks(chunk_rows(model).saturating_mul(width).max(1)) {
+                let x = ndarray::ArrayView2::from_shape((chunk.len() / width, width), chunk)
+                    .map_err(|e| Error::InvalidArgument(format!("inputs: {e}")))?;
+                emit(forward_bundle(bundle, path, x)?.view())?;
+            }
+        }
+        (RunInput::Tokens { ids, .. }, Some(tokens)) => {
+            let weights = BundleDecoder::new(bundle, path)?;
+            let spec = weights.spec();
+            let rows = ids.len() / tokens.max(1);
+            let ids = ndarray::ArrayView2::from_shape((rows, tokens), ids)
+                .map_err(|e| Error::InvalidArgument(format!("input_ids: {e}")))?;
+            let chunk = decoder_sequences(spec, tokens);
+            for start in (0..rows).step_by(chunk.max(1)) {
+                let part = ids.slice(ndarray::s![start..(start + chunk).min(rows), ..]);
+                let logits = decoder::forward(spec, &weights, part)?;
+                let flat = logits
+                    .into_shape_with_order((part.nrows() * tokens, classes))
+                    .map_err(|e| Error::InvalidArgument(format!("logits: {e}")))?;
+                emit(flat.view())?;
+            }
+        }
+        _ => unreachable!("output_shape matched the input to the model"),
+    }
+    Ok(())
+}
+
+/// Runs `bundle`'s model along `path` on `input`, a chunk of rows (or sequences) at a time,
+/// and returns every logit in memory ([`run_to_file`] writes them out a chunk at a time
+/// instead).
+pub fn run(bundle: &Bundle, path: WeightPath, input: &RunInput) -> Result<RunOutput> {
+    let (rows, tokens, classes) = output_shape(bundle, input)?;
+    let positions = rows.saturating_mul(tokens.unwrap_or(1));
     let mut out = RunOutput {
-        logits: Vec::with_capacity(rows.saturating_mul(classes)),
-        predictions: Vec::with_capacity(rows),
+        logits: Vec::with_capacity(positions.saturating_mul(classes)),
+        predictions: Vec::with_capacity(positions),
         rows,
-        tokens: None,
+        tokens,
         classes,
     };
-    for chunk in inputs.chunks(chunk_rows(model).saturating_mul(width).max(1)) {
-        let x = ndarray::ArrayView2::from_shape((chunk.len() / width, width), chunk)
-            .map_err(|e| Error::InvalidArgument(format!("inputs: {e}")))?;
-        let logits = forward_bundle(bundle, path, x)?;
+    run_chunks(bundle, path, input, &mut |logits| {
         out.predictions.extend(argmax_rows(&logits));
         out.logits.extend(logits.iter());
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
-/// The decoder of `bundle` along `path` on sequences of `tokens` ids.
-fn run_decoder(bundle: &Bundle, path: WeightPath, ids: &[i64], tokens: usize) -> Result<RunOutput> {
-    let weights = BundleDecoder::new(bundle, path)?;
-    let spec = weights.spec();
-    let rows = ids.len() / tokens.max(1);
-    let ids = ndarray::ArrayView2::from_shape((rows, tokens), ids)
-        .map_err(|e| Error::InvalidArgument(format!("input_ids: {e}")))?;
-    let vocab = spec.vocab_size;
-    let mut out = RunOutput {
-        logits: Vec::with_capacity(rows.saturating_mul(tokens).saturating_mul(vocab)),
-        predictions: Vec::with_capacity(rows.saturating_mul(tokens)),
-        rows,
-        tokens: Some(tokens),
-        classes: vocab,
+/// The `k` largest values of `row` and their indices, largest first (ties: the lower index
+/// first, as the argmax of section 16).
+fn top_k(row: ndarray::ArrayView1<'_, f32>, k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    let order = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, order);
+        idx.truncate(k);
+    }
+    idx.sort_by(order);
+    idx.into_iter().map(|i| (i, row[i])).collect()
+}
+
+/// What [`run_to_file`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunShape {
+    /// Rows (inputs), or sequences.
+    pub rows: usize,
+    /// Tokens per sequence for a decoder.
+    pub tokens: Option<usize>,
+    /// Logits per row or position.
+    pub classes: usize,
+    /// `--top-k`: the logits kept per row or position.
+    pub top_k: Option<usize>,
+    /// The output file's size in bytes.
+    pub bytes: u64,
+}
+
+/// Fails, naming `dest`, when the file system holding it has fewer than `bytes` free for
+/// an unprivileged user.
+fn check_free_space(dest: &Path, bytes: u64) -> Result<()> {
+    let dir = crate::write::staging::parent_of(dest);
+    let st = rustix::fs::statvfs(&dir).map_err(|e| {
+        Error::io(
+            &dir,
+            "statvfs",
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )
+    })?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < bytes {
+        return Err(Error::InvalidArgument(format!(
+            "{}: the output needs {bytes} bytes and its file system has {free} free: choose --out on a larger disk, fewer inputs, or --top-k",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `bundle run`: runs `bundle`'s model along `path` on `input` and writes the output file at
+/// `dest` a chunk at a time, so that memory does not grow with the output (spec section 16;
+/// atomically, an existing file replaced only with `force`): `logits` F32 `[N, classes]` (a
+/// decoder `[N, T, vocab]`) and `predictions` I64 `[N]` (`[N, T]`), or with `top_k` only the
+/// `k` largest logits of each row or position, largest first, as `top_logits` F32 and their
+/// indices `top_ids` I64 (`[N, k]`, `[N, T, k]`). The output's size is checked against the
+/// free space of its file system before any work.
+pub fn run_to_file(
+    bundle: &Bundle,
+    path: WeightPath,
+    input: &RunInput,
+    dest: &Path,
+    force: bool,
+    top_k_of: Option<usize>,
+) -> Result<RunShape> {
+    let (rows, tokens, classes) = output_shape(bundle, input)?;
+    if let Some(k) = top_k_of {
+        if k == 0 || k > classes {
+            return Err(Error::InvalidArgument(format!(
+                "--top-k {k}: expected 1 to {classes} (the logits per row)"
+            )));
+        }
+    }
+    let lead: Vec<u64> = match tokens {
+        Some(t) => vec![rows as u64, t as u64],
+        None => vec![rows as u64],
     };
-    let chunk = decoder_sequences(spec, tokens);
-    for start in (0..rows).step_by(chunk) {
-        let part = ids.slice(ndarray::s![start..(start + chunk).min(rows), ..]);
-        let logits = decoder::forward(spec, &weights, part)?;
-        let flat = logits
-            .into_shape_with_order((part.nrows() * tokens, vocab))
-            .map_err(|e| Error::InvalidArgument(format!("logits: {e}")))?;
-        out.predictions.extend(argmax_rows(&flat));
-        out.logits.extend(flat.iter());
-    }
-    Ok(out)
-}
-
-/// Writes `output` to `dest` (atomically; an existing file is replaced only with `force`):
-/// `logits` F32 `[N, classes]`, `predictions` I64 `[N]` (a decoder: `[N, T, vocab]` and
-/// `[N, T]`), and the weight path in the metadata.
-pub fn write_output(dest: &Path, output: &RunOutput, path: WeightPath, force: bool) -> Result<()> {
-    let (rows, classes) = (output.rows as u64, output.classes as u64);
-    let tensors = match output.tokens {
+    let with = |last: usize| -> Vec<u64> { lead.iter().copied().chain([last as u64]).collect() };
+    let tensors = match top_k_of {
         None => vec![
-            ("logits".to_string(), Dtype::F32, vec![rows, classes]),
-            ("predictions".to_string(), Dtype::I64, vec![rows]),
+            ("logits".to_string(), Dtype::F32, with(classes)),
+            ("predictions".to_string(), Dtype::I64, lead.clone()),
         ],
-        Some(t) => vec![
-            (
-                "logits".to_string(),
-                Dtype::F32,
-                vec![rows, t as u64, classes],
-            ),
-            ("predictions".to_string(), Dtype::I64, vec![rows, t as u64]),
+        Some(k) => vec![
+            ("predictions".to_string(), Dtype::I64, lead.clone()),
+            ("top_ids".to_string(), Dtype::I64, with(k)),
+            ("top_logits".to_string(), Dtype::F32, with(k)),
         ],
     };
     let path_name = match path {
@@ -287,14 +381,47 @@ pub fn write_output(dest: &Path, output: &RunOutput, path: WeightPath, force: bo
         ("format".to_string(), "pt".to_string()),
         ("path".to_string(), path_name.to_string()),
     ];
-    write_safetensors_file(dest, tensors, &metadata, force, |name| {
-        Ok(match name {
-            "logits" => output.logits.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            _ => output
-                .predictions
-                .iter()
-                .flat_map(|&p| (p as i64).to_le_bytes())
-                .collect(),
-        })
+    let bytes = planned_size(tensors.clone(), &metadata)?;
+    check_free_space(dest, bytes)?;
+    write_safetensors_streamed(dest, tensors, &metadata, force, |out| {
+        let mut row = 0u64;
+        let mut predictions: Vec<u8> = Vec::new();
+        run_chunks(bundle, path, input, &mut |logits| {
+            for p in argmax_rows(&logits) {
+                predictions.extend((p as i64).to_le_bytes());
+            }
+            match top_k_of {
+                None => {
+                    // In pieces of about 4 MiB: the chunk's logits are not copied whole.
+                    let piece = (1usize << 20).div_ceil(classes.max(1));
+                    for (i, block) in logits.axis_chunks_iter(ndarray::Axis(0), piece).enumerate() {
+                        let data: Vec<u8> = block.iter().flat_map(|v| v.to_le_bytes()).collect();
+                        let at = (row + (i * piece) as u64) * classes as u64 * 4;
+                        out.write("logits", at, &data)?;
+                    }
+                }
+                Some(k) => {
+                    let (mut ids, mut values) = (Vec::new(), Vec::new());
+                    for r in logits.rows() {
+                        for (i, v) in top_k(r, k) {
+                            ids.extend((i as i64).to_le_bytes());
+                            values.extend(v.to_le_bytes());
+                        }
+                    }
+                    out.write("top_ids", row * k as u64 * 8, &ids)?;
+                    out.write("top_logits", row * k as u64 * 4, &values)?;
+                }
+            }
+            row += logits.nrows() as u64;
+            Ok(())
+        })?;
+        out.write("predictions", 0, &predictions)
+    })?;
+    Ok(RunShape {
+        rows,
+        tokens,
+        classes,
+        top_k: top_k_of,
+        bytes,
     })
 }

@@ -502,3 +502,128 @@ fn many_tensors_are_checked_in_linear_time() {
     let scales = report.checks.iter().find(|c| c.name == "scales").unwrap();
     assert_eq!(scales.status, Status::Fail, "{}", scales.detail);
 }
+
+/// `bundle run` writes its output a chunk at a time: the heap peak of `run_to_file` is the
+/// same for an output four times larger (134 MB, then 537 MB of logits), and stays far below
+/// the output; `--top-k` writes the largest logits of each row, equal to those of the full
+/// output.
+#[test]
+fn run_memory_does_not_grow_with_the_output() {
+    use ternary_bundle::model::reference::WeightPath;
+    use ternary_bundle::run::{run_to_file, RunInput};
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    let (input, hidden, classes) = (8u64, 32u64, 8192u64);
+    let src = ternary_bundle::source::MemorySource::new("wide-out.safetensors")
+        .with(
+            "fc1.weight",
+            vec![hidden, input],
+            common::values(1, (hidden * input) as usize),
+        )
+        .with("fc1.bias", vec![hidden], common::values(2, hidden as usize))
+        .with(
+            "fc2.weight",
+            vec![classes, hidden],
+            common::values(3, (classes * hidden) as usize),
+        )
+        .with("fc2.norm.weight", vec![hidden], vec![1.0; hidden as usize]);
+    let plan = common::two_layer_plan(input, hidden, classes);
+    write_bundle(&dir, &src, &plan, &WriteOptions::default()).unwrap();
+    let bundle = Bundle::open(&dir).unwrap();
+    let mut peaks = Vec::new();
+    for rows in [4096usize, 16384] {
+        let x = RunInput::Rows(common::values(4, rows * input as usize));
+        let out = tmp.path().join(format!("y{rows}.safetensors"));
+        let base = CURRENT.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let shape = run_to_file(&bundle, WeightPath::Fp16, &x, &out, false, None).unwrap();
+        let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        let size = std::fs::metadata(&out).unwrap().len();
+        assert_eq!(size, shape.bytes);
+        assert!(size as usize > rows * classes as usize * 4);
+        eprintln!("run of {rows} rows: output {size} bytes, heap peak {peak} bytes");
+        peaks.push((peak, size));
+    }
+    let ((small, _), (large, large_size)) = (peaks[0], peaks[1]);
+    assert!(
+        large < small + small / 4,
+        "the heap grew with the output: {small} then {large} bytes"
+    );
+    assert!(
+        (large as u64) < large_size / 3,
+        "heap peak {large} bytes for an output of {large_size}"
+    );
+
+    // --top-k 5: the five largest logits of each row, largest first, and their indices,
+    // equal to the full output's.
+    let rows = 64usize;
+    let x = RunInput::Rows(common::values(5, rows * input as usize));
+    let full = ternary_bundle::run::run(&bundle, WeightPath::Ternary, &x).unwrap();
+    let out = tmp.path().join("top.safetensors");
+    run_to_file(&bundle, WeightPath::Ternary, &x, &out, false, Some(5)).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<i64> = st
+        .tensor("top_ids")
+        .unwrap()
+        .data()
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let values: Vec<f32> = st
+        .tensor("top_logits")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(st.tensor("top_ids").unwrap().shape(), [rows, 5]);
+    for r in 0..rows {
+        let row = &full.logits[r * classes as usize..(r + 1) * classes as usize];
+        let mut order: Vec<usize> = (0..classes as usize).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        for j in 0..5 {
+            assert_eq!(ids[r * 5 + j], order[j] as i64, "row {r}");
+            assert_eq!(
+                values[r * 5 + j].to_bits(),
+                row[order[j]].to_bits(),
+                "row {r}"
+            );
+        }
+        assert_eq!(
+            full.predictions[r], order[0],
+            "row {r}: the prediction is the top logit"
+        );
+    }
+    let e = run_to_file(
+        &bundle,
+        WeightPath::Ternary,
+        &x,
+        &tmp.path().join("k0.safetensors"),
+        false,
+        Some(0),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("--top-k 0"), "{e}");
+
+    // An output larger than the free space of its file system: refused before any work, naming
+    // the file and both sizes, and nothing is written.
+    let st = rustix::fs::statvfs(tmp.path()).unwrap();
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let rows = (free / (classes * 4) + 1) as usize;
+    let x = RunInput::Rows(vec![0.5; rows * input as usize]);
+    let out = tmp.path().join("too-big.safetensors");
+    let started = std::time::Instant::now();
+    let e = run_to_file(&bundle, WeightPath::Fp16, &x, &out, false, None).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("too-big.safetensors") && msg.contains("free") && msg.contains("bytes"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+    eprintln!(
+        "an output of {rows} rows refused in {:.3} s: {msg}",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -739,6 +739,12 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = PathArg::Fp16)]
     pub path: PathArg,
 
+    /// Write only the K largest logits of each row (or position) and their indices, largest
+    /// first: `top_logits` F32 [N, K] and `top_ids` I64 [N, K] (a language model: [N, T, K]),
+    /// beside `predictions`: for comparing decisions without the whole vocabulary on disk.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,

@@ -395,19 +395,27 @@ pub fn run_cmd(a: args::RunArgs, open: &OpenOptions) -> Result<bool> {
         args::PathArg::Ternary => (WeightPath::Ternary, "ternary"),
     };
     let inputs = run::load_inputs(&a.input, &bundle)?;
-    let output = run::run(&bundle, path, &inputs)?;
-    run::write_output(&a.out, &output, path, a.force)?;
-    let (rows, classes) = (output.rows, output.classes);
-    match output.tokens {
-        None => outln!(
-            "Wrote {}: logits F32 [{rows}, {classes}] and predictions I64 [{rows}] of the {name} weights",
-            a.out.display()
+    let shape = run::run_to_file(&bundle, path, &inputs, &a.out, a.force, a.top_k)?;
+    let (rows, classes) = (shape.rows, shape.classes);
+    let lead = match shape.tokens {
+        None => format!("{rows}"),
+        Some(t) => format!("{rows}, {t}"),
+    };
+    let what = match (shape.top_k, shape.tokens) {
+        (None, _) => format!("logits F32 [{lead}, {classes}]"),
+        (Some(k), _) => format!(
+            "the {k} largest logits of {classes}: top_logits F32 [{lead}, {k}] and top_ids I64 [{lead}, {k}]"
         ),
-        Some(t) => outln!(
-            "Wrote {}: logits F32 [{rows}, {t}, {classes}] and next-token predictions I64 [{rows}, {t}] of the {name} weights",
-            a.out.display()
-        ),
-    }
+    };
+    let predictions = match shape.tokens {
+        None => "predictions",
+        Some(_) => "next-token predictions",
+    };
+    outln!(
+        "Wrote {} ({} bytes): {what} and {predictions} I64 [{lead}] of the {name} weights",
+        a.out.display(),
+        shape.bytes
+    );
     Ok(true)
 }
 

@@ -90,22 +90,96 @@ pub fn write_safetensors_file(
     force: bool,
     mut data: impl FnMut(&str) -> Result<Vec<u8>>,
 ) -> Result<()> {
+    write_safetensors_streamed(dest, tensors, metadata, force, |out| {
+        let names: Vec<String> = out.header.entries.iter().map(|e| e.name.clone()).collect();
+        for name in names {
+            let bytes = data(&name)?;
+            let need = out.byte_len(&name)?;
+            if bytes.len() as u64 != need {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor {}: {} bytes where {need} are needed",
+                    escape_name(&name),
+                    bytes.len(),
+                )));
+            }
+            out.write(&name, 0, &bytes)?;
+        }
+        Ok(())
+    })
+}
+
+/// A safetensors file being written, its layout planned: tensors are filled in pieces, at
+/// any offset inside their planned range ([`write_safetensors_streamed`]).
+pub struct TensorFile<'a> {
+    file: &'a File,
+    path: &'a Path,
+    header: &'a Header,
+}
+
+impl TensorFile<'_> {
+    /// The planned byte length of tensor `name`.
+    pub fn byte_len(&self, name: &str) -> Result<u64> {
+        self.header.get(name).map(|e| e.byte_len()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: no tensor {} planned",
+                self.path.display(),
+                escape_name(name)
+            ))
+        })
+    }
+
+    /// Writes `bytes` at byte `offset` of tensor `name`'s data; the range must lie inside it.
+    pub fn write(&self, name: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+        let e = self.header.get(name).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: no tensor {} planned",
+                self.path.display(),
+                escape_name(name)
+            ))
+        })?;
+        let end = offset.checked_add(bytes.len() as u64);
+        if end.is_none_or(|end| end > e.byte_len()) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: tensor {}: {} bytes at offset {offset} overrun its {} bytes",
+                self.path.display(),
+                escape_name(name),
+                bytes.len(),
+                e.byte_len()
+            )));
+        }
+        self.file
+            .write_all_at(bytes, self.header.data_start() + e.start + offset)
+            .map_err(|err| Error::io(self.path, "write", err))
+    }
+}
+
+/// The size of the safetensors file of `tensors` and `metadata` in the canonical layout.
+pub fn planned_size(
+    tensors: Vec<(String, Dtype, Vec<u64>)>,
+    metadata: &[(String, String)],
+) -> Result<u64> {
+    Ok(plan_layout(tensors, metadata)?.1.file_size())
+}
+
+/// Writes one safetensors file atomically in the canonical layout, its tensors filled in
+/// pieces by `fill` (so that no tensor need be held whole in memory); every byte of the
+/// planned data must be written by `fill` (the file is created at its final size, zeros
+/// elsewhere). On any error nothing is left at `dest`.
+pub fn write_safetensors_streamed(
+    dest: &Path,
+    tensors: Vec<(String, Dtype, Vec<u64>)>,
+    metadata: &[(String, String)],
+    force: bool,
+    fill: impl FnOnce(&TensorFile<'_>) -> Result<()>,
+) -> Result<()> {
     let (prefix, header) = plan_layout(tensors, metadata)?;
     write_file_atomic(dest, force, |tmp| {
         let file = create_sized(tmp, &prefix, &header)?;
-        for e in &header.entries {
-            let bytes = data(&e.name)?;
-            if bytes.len() as u64 != e.byte_len() {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor {}: {} bytes where {} are needed",
-                    escape_name(&e.name),
-                    bytes.len(),
-                    e.byte_len()
-                )));
-            }
-            file.write_all_at(&bytes, header.data_start() + e.start)
-                .map_err(|err| Error::io(tmp, "write", err))?;
-        }
+        fill(&TensorFile {
+            file: &file,
+            path: tmp,
+            header: &header,
+        })?;
         Ok(file)
     })
 }
