@@ -21,7 +21,8 @@ use crate::signing::SigningKey;
 use crate::source::hf::{Dtypes, HfModel, CONFIG_FILE};
 use crate::source::quantization_metadata::{QuantizationMetadata, StageHandoff, METADATA_FILE};
 use crate::source::{
-    load_validation_set, AssetFile, BorrowedSource, CheckpointSource, TensorSource, ValidationSet,
+    load_validation_set, AssetFile, BorrowedSource, CheckpointSource, RawTensors, TensorSource,
+    ValidationSet,
 };
 use crate::write::arch::{infer_arch, load_arch};
 use crate::write::bundle::{write_bundle_from, SourceDigest, WriteOptions, WriteReport};
@@ -192,19 +193,12 @@ impl<'a> CreateInputs<'a> {
             original,
             validation,
         } = inputs;
-        let opened = match metadata {
-            Some(meta) => {
-                let model = chain_model(request, &weights)?;
-                given_plan(request, StageHandoff::new(Box::new(weights), meta)?, model)?
-            }
-            None => open_chain(request, Box::new(weights))?,
-        };
         let Opened {
             weights,
             plan,
             forward,
             converted,
-        } = opened;
+        } = open_tensors(request, weights, metadata)?;
         let original = match original {
             Some(_) if request.original.is_some() => {
                 return Err(Error::InvalidArgument(
@@ -411,12 +405,21 @@ fn open_file(
     request: &CreateRequest,
     metadata: Option<QuantizationMetadata>,
 ) -> Result<Opened<'static>> {
-    let ckpt = CheckpointSource::open(&request.from)?;
+    open_tensors(request, CheckpointSource::open(&request.from)?, metadata)
+}
+
+/// The tensors of a chain of layers (a checkpoint file, or tensors lent in memory): the stage's
+/// trits with `metadata`, float weights without.
+fn open_tensors<'a>(
+    request: &CreateRequest,
+    tensors: impl RawTensors + 'a,
+    metadata: Option<QuantizationMetadata>,
+) -> Result<Opened<'a>> {
     if let Some(meta) = metadata {
-        let model = chain_model(request, &ckpt)?;
-        return given_plan(request, StageHandoff::new(Box::new(ckpt), meta)?, model);
+        let model = chain_model(request, &tensors)?;
+        return given_plan(request, StageHandoff::new(Box::new(tensors), meta)?, model);
     }
-    open_chain(request, Box::new(ckpt))
+    open_chain(request, Box::new(tensors))
 }
 
 /// The chain of layers of `weights`: `--arch`, or inferred from the tensor names.

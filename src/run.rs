@@ -225,14 +225,15 @@ pub fn output_shape(bundle: &Bundle, input: &RunInput) -> Result<(usize, Option<
 
 /// Runs `bundle`'s model along `path` on `input`, a chunk of rows (or sequences) at a time,
 /// handing each chunk's logits to `emit` as rows (a decoder: one row per position, sequence
-/// by sequence). Memory: one chunk's activations and one weight, or a block of it per thread.
+/// by sequence). `shape` is [`output_shape`]'s, the input already checked. Memory: one
+/// chunk's activations and one weight, or a block of it per thread.
 fn run_chunks(
     bundle: &Bundle,
     path: WeightPath,
     input: &RunInput,
+    (_, tokens, classes): (usize, Option<usize>, usize),
     emit: &mut dyn FnMut(ndarray::ArrayView2<'_, f32>) -> Result<()>,
 ) -> Result<()> {
-    let (_, tokens, classes) = output_shape(bundle, input)?;
     match (input, tokens) {
         (RunInput::Rows(inputs), None) => {
             let model = &bundle.manifest().model;
@@ -277,11 +278,17 @@ pub fn run(bundle: &Bundle, path: WeightPath, input: &RunInput) -> Result<RunOut
         tokens,
         classes,
     };
-    run_chunks(bundle, path, input, &mut |logits| {
-        out.predictions.extend(argmax_rows(&logits));
-        out.logits.extend(logits.iter());
-        Ok(())
-    })?;
+    run_chunks(
+        bundle,
+        path,
+        input,
+        (rows, tokens, classes),
+        &mut |logits| {
+            out.predictions.extend(argmax_rows(&logits));
+            out.logits.extend(logits.iter());
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -386,35 +393,44 @@ pub fn run_to_file(
     write_safetensors_streamed(dest, tensors, &metadata, force, |out| {
         let mut row = 0u64;
         let mut predictions: Vec<u8> = Vec::new();
-        run_chunks(bundle, path, input, &mut |logits| {
-            for p in argmax_rows(&logits) {
-                predictions.extend((p as i64).to_le_bytes());
-            }
-            match top_k_of {
-                None => {
-                    // In pieces of about 4 MiB: the chunk's logits are not copied whole.
-                    let piece = (1usize << 20).div_ceil(classes.max(1));
-                    for (i, block) in logits.axis_chunks_iter(ndarray::Axis(0), piece).enumerate() {
-                        let data: Vec<u8> = block.iter().flat_map(|v| v.to_le_bytes()).collect();
-                        let at = (row + (i * piece) as u64) * classes as u64 * 4;
-                        out.write("logits", at, &data)?;
-                    }
+        run_chunks(
+            bundle,
+            path,
+            input,
+            (rows, tokens, classes),
+            &mut |logits| {
+                for p in argmax_rows(&logits) {
+                    predictions.extend((p as i64).to_le_bytes());
                 }
-                Some(k) => {
-                    let (mut ids, mut values) = (Vec::new(), Vec::new());
-                    for r in logits.rows() {
-                        for (i, v) in top_k(r, k) {
-                            ids.extend((i as i64).to_le_bytes());
-                            values.extend(v.to_le_bytes());
+                match top_k_of {
+                    None => {
+                        // In pieces of about 4 MiB: the chunk's logits are not copied whole.
+                        let piece = (1usize << 20).div_ceil(classes.max(1));
+                        for (i, block) in
+                            logits.axis_chunks_iter(ndarray::Axis(0), piece).enumerate()
+                        {
+                            let data: Vec<u8> =
+                                block.iter().flat_map(|v| v.to_le_bytes()).collect();
+                            let at = (row + (i * piece) as u64) * classes as u64 * 4;
+                            out.write("logits", at, &data)?;
                         }
                     }
-                    out.write("top_ids", row * k as u64 * 8, &ids)?;
-                    out.write("top_logits", row * k as u64 * 4, &values)?;
+                    Some(k) => {
+                        let (mut ids, mut values) = (Vec::new(), Vec::new());
+                        for r in logits.rows() {
+                            for (i, v) in top_k(r, k) {
+                                ids.extend((i as i64).to_le_bytes());
+                                values.extend(v.to_le_bytes());
+                            }
+                        }
+                        out.write("top_ids", row * k as u64 * 8, &ids)?;
+                        out.write("top_logits", row * k as u64 * 4, &values)?;
+                    }
                 }
-            }
-            row += logits.nrows() as u64;
-            Ok(())
-        })?;
+                row += logits.nrows() as u64;
+                Ok(())
+            },
+        )?;
         out.write("predictions", 0, &predictions)
     })?;
     Ok(RunShape {

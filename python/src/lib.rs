@@ -168,8 +168,7 @@ impl NativeBundle {
 /// seed, grad_tol, reference, mmap, trusted_keys, require_signature): the report as JSON text.
 #[pyfunction]
 fn verify(py: Python<'_>, path: PathBuf, options: &str) -> PyResult<String> {
-    let o: Value = serde_json::from_str(options)
-        .map_err(|e| to_py(Error::InvalidArgument(format!("verify options: {e}"))))?;
+    let o = parse_options("verify", options)?;
     let mut opts = VerifyOptions::default();
     let list = |key: &str| -> PyResult<Vec<Check>> {
         let names: Vec<String> = o
@@ -245,8 +244,7 @@ fn inspect(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<String> {
 /// [lo, hi], batch_size, data, mmap): the report as JSON text.
 #[pyfunction]
 fn assess(py: Python<'_>, path: PathBuf, options: &str) -> PyResult<String> {
-    let o: Value = serde_json::from_str(options)
-        .map_err(|e| to_py(Error::InvalidArgument(format!("assess options: {e}"))))?;
+    let o = parse_options("assess", options)?;
     let mut opts = AssessOptions::default();
     if let Some(v) = o.get("target").and_then(Value::as_f64) {
         opts.target = v;
@@ -292,6 +290,24 @@ fn borrowed<'a>(label: &str, tensors: &'a [LentTensor<'_>]) -> Result<BorrowedSo
         source.push(name.clone(), d, shape.clone(), bytes)?;
     }
     Ok(source)
+}
+
+/// [`borrowed`] of tensors that may not be given.
+fn borrowed_opt<'a>(
+    label: &str,
+    tensors: Option<&'a [LentTensor<'_>]>,
+) -> PyResult<Option<BorrowedSource<'a>>> {
+    tensors
+        .map(|t| borrowed(label, t))
+        .transpose()
+        .map_err(to_py)
+}
+
+/// The options of a call (`what`: verify, assess, create) passed as JSON text by the Python
+/// layer.
+fn parse_options(what: &str, options: &str) -> PyResult<Value> {
+    serde_json::from_str(options)
+        .map_err(|e| to_py(Error::InvalidArgument(format!("{what} options: {e}"))))
 }
 
 /// The `CreateRequest` of a JSON object of options: from, arch, quantize, encoding,
@@ -401,19 +417,10 @@ fn create(
     validation: Option<Vec<LentTensor<'_>>>,
     original: Option<Vec<LentTensor<'_>>>,
 ) -> PyResult<String> {
-    let o: Value = serde_json::from_str(options)
-        .map_err(|e| to_py(Error::InvalidArgument(format!("create options: {e}"))))?;
+    let o = parse_options("create", options)?;
     let weights = borrowed("<memory>", &tensors).map_err(to_py)?;
-    let validation = validation
-        .as_deref()
-        .map(|v| borrowed("<memory validation>", v))
-        .transpose()
-        .map_err(to_py)?;
-    let original = original
-        .as_deref()
-        .map(|v| borrowed("<memory original>", v))
-        .transpose()
-        .map_err(to_py)?;
+    let validation = borrowed_opt("<memory validation>", validation.as_deref())?;
+    let original = borrowed_opt("<memory original>", original.as_deref())?;
     py.detach(|| -> Result<String, Error> {
         let request = create_request(&o)?;
         let metadata = match (
@@ -454,13 +461,8 @@ fn create_from(
     options: &str,
     validation: Option<Vec<LentTensor<'_>>>,
 ) -> PyResult<String> {
-    let o: Value = serde_json::from_str(options)
-        .map_err(|e| to_py(Error::InvalidArgument(format!("create options: {e}"))))?;
-    let validation = validation
-        .as_deref()
-        .map(|v| borrowed("<memory validation>", v))
-        .transpose()
-        .map_err(to_py)?;
+    let o = parse_options("create", options)?;
+    let validation = borrowed_opt("<memory validation>", validation.as_deref())?;
     py.detach(|| -> Result<String, Error> {
         let request = create_request(&o)?;
         let mut inputs = CreateInputs::open(&request)?;

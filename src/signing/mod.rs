@@ -177,14 +177,6 @@ pub fn checked_digests(bundle: &Bundle) -> BTreeMap<String, String> {
     manifest_digests(bundle.manifest())
 }
 
-/// The names a bundle cannot do without: its manifest, data files and assets. A signature
-/// that leaves one out signs no bundle (rule 9.4).
-fn bundle_files(bundle: &Bundle) -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = checked_digests(bundle).into_keys().collect();
-    names.insert("manifest.json".into());
-    names
-}
-
 /// Signs the directory `dir` with `key`: lists its files (rule 9.4), takes their digests
 /// (`known`, or read now), and writes `model.sig` atomically (replacing one). `subject` is the
 /// statement's subject name (the directory's name). Returns what was signed.
@@ -399,9 +391,31 @@ pub fn check_dir(
     })
 }
 
-/// Checks the signature of the bundle `bundle` in `dir` against `trusted` keys ([`check_dir`]);
-/// `digests_checked` tells that the bundle's file digests were verified against its files, so
-/// the manifest's digests stand for them. `Ok(None)` when the bundle is not signed.
+/// Checks `file`, the `model.sig` of the bundle in `dir`, against `trusted` keys
+/// ([`check_dir`]). `bundle` is the bundle when it opened: its manifest and every file the
+/// manifest lists must be signed (rule 9.4), and with `digests_checked` (its file digests were
+/// just verified against its files, rules 7.1 and 7.4) the manifest's digests stand for the
+/// files instead of reading them again.
+pub fn check_bundle_signature(
+    dir: &Path,
+    file: &SignatureFile,
+    bundle: Option<&Bundle>,
+    trusted: &[PublicKey],
+    digests_checked: bool,
+) -> Result<Signed> {
+    let listed = bundle.map(checked_digests).unwrap_or_default();
+    let mut required: BTreeSet<String> = listed.keys().cloned().collect();
+    required.insert("manifest.json".into());
+    let known = if digests_checked {
+        listed
+    } else {
+        BTreeMap::new()
+    };
+    check_dir(dir, file, trusted, &known, &required)
+}
+
+/// Reads and checks the signature of the open `bundle` in `dir` ([`check_bundle_signature`]).
+/// `Ok(None)` when the bundle is not signed.
 pub fn check_signature(
     dir: &Path,
     bundle: &Bundle,
@@ -411,10 +425,5 @@ pub fn check_signature(
     let Some(file) = read_signature(dir)? else {
         return Ok(None);
     };
-    let known = if digests_checked {
-        checked_digests(bundle)
-    } else {
-        BTreeMap::new()
-    };
-    check_dir(dir, &file, trusted, &known, &bundle_files(bundle)).map(Some)
+    check_bundle_signature(dir, &file, Some(bundle), trusted, digests_checked).map(Some)
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result, Violation};
 use crate::format::rules::Rule;
 use crate::format::safetensors::{element_count, shape_string, Dtype};
-use crate::source::{to_f32, RawTensors, SourceTensor, TensorSource};
+use crate::source::{missing_tensor, weights_f32, RawTensors, SourceTensor, TensorSource};
 
 /// Tensors held in memory (tests, generated models).
 #[derive(Debug, Clone, Default)]
@@ -151,23 +151,10 @@ impl TensorSource for BorrowedSource<'_> {
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let (t, bytes) = self.find(name).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{}: tensor {}: missing (the model needs it)",
-                self.label.display(),
-                crate::error::escape_name(name)
-            ))
-        })?;
-        to_f32(t.dtype, bytes).ok_or_else(|| {
-            Violation::new(
-                &self.label,
-                Rule::SourceDtype,
-                "dtype F32, F16 or BF16",
-                t.dtype.name(),
-            )
-            .tensor(name)
-            .into()
-        })
+        let (t, bytes) = self
+            .find(name)
+            .ok_or_else(|| missing_tensor(&self.label, name))?;
+        weights_f32(&self.label, name, t.dtype, bytes)
     }
 }
 

@@ -149,6 +149,30 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(out)
 }
 
+/// The error of a tensor the model needs that `path` does not hold.
+pub(crate) fn missing_tensor(path: &Path, name: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{}: tensor {}: missing (the model needs it)",
+        path.display(),
+        crate::error::escape_name(name)
+    ))
+}
+
+/// Weights `name` of `path` as f32: F32, F16 or BF16 bytes converted exactly ([`to_f32`]),
+/// any other dtype refused (rule 8.2).
+pub(crate) fn weights_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    to_f32(dtype, bytes).ok_or_else(|| {
+        Violation::new(
+            path,
+            Rule::SourceDtype,
+            "dtype F32, F16 or BF16",
+            dtype.name(),
+        )
+        .tensor(name)
+        .into()
+    })
+}
+
 impl TensorSource for CheckpointSource {
     fn path(&self) -> &Path {
         &self.path
@@ -167,13 +191,10 @@ impl TensorSource for CheckpointSource {
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let e = self.header.get(name).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{}: tensor {}: missing (the model needs it)",
-                self.path.display(),
-                crate::error::escape_name(name)
-            ))
-        })?;
+        let e = self
+            .header
+            .get(name)
+            .ok_or_else(|| missing_tensor(&self.path, name))?;
         let bytes = self.tensor_bytes(name).ok_or_else(|| {
             Violation::new(
                 &self.path,
@@ -183,15 +204,7 @@ impl TensorSource for CheckpointSource {
             )
             .tensor(name)
         })?;
-        let values = to_f32(e.dtype, bytes).ok_or_else(|| {
-            Violation::new(
-                &self.path,
-                Rule::SourceDtype,
-                "dtype F32, F16 or BF16",
-                e.dtype.name(),
-            )
-            .tensor(name)
-        })?;
+        let values = weights_f32(&self.path, name, e.dtype, bytes)?;
         // The values are copied: the mapped pages can leave the resident set.
         self.bytes.release(bytes);
         Ok(values)
