@@ -409,8 +409,10 @@ pub fn run_to_file(
                         for (i, block) in
                             logits.axis_chunks_iter(ndarray::Axis(0), piece).enumerate()
                         {
-                            let data: Vec<u8> =
-                                block.iter().flat_map(|v| v.to_le_bytes()).collect();
+                            let data = match block.as_slice() {
+                                Some(b) => crate::format::le::to_le(b, f32::to_le_bytes),
+                                None => block.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                            };
                             let at = (row + (i * piece) as u64) * classes as u64 * 4;
                             out.write("logits", at, &data)?;
                         }

@@ -59,6 +59,43 @@ pub fn f16s_into<T: Send>(bytes: &[u8], out: &mut [T], convert: impl Fn(&[f16], 
         });
 }
 
+/// The little-endian bytes of `values` (`N` bytes each, by `bytes_of`), in one allocation of
+/// the exact size (a `flat_map` collect grows its vector a value at a time).
+pub fn to_le<T: Copy, const N: usize>(values: &[T], bytes_of: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    let mut out = vec![0u8; values.len() * N];
+    for (dst, &v) in out.chunks_exact_mut(N).zip(values) {
+        dst.copy_from_slice(&bytes_of(v));
+    }
+    out
+}
+
+/// The little-endian bytes of `values`: borrowed as they are in memory on a little-endian
+/// machine, converted ([`to_le`]) on a big-endian one.
+pub fn bytes_of<'a, T: bytemuck::Pod, const N: usize>(
+    values: &'a [T],
+    to_le_bytes: impl Fn(T) -> [u8; N],
+) -> std::borrow::Cow<'a, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        std::borrow::Cow::Owned(to_le(values, to_le_bytes))
+    }
+}
+
+/// BF16 little-endian bytes to f32 (exact), blocks of 256 Ki values on all threads.
+pub fn bf16s_to_f32(bytes: &[u8]) -> Vec<f32> {
+    const BLOCK: usize = 1 << 18;
+    let mut out = vec![0f32; bytes.len() / 2];
+    out.par_chunks_mut(BLOCK)
+        .zip(bytes.par_chunks(2 * BLOCK))
+        .for_each(|(out, bytes)| {
+            for (v, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *v = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        });
+    out
+}
+
 /// `bf16` values.
 pub fn bf16s(bytes: &[u8]) -> impl ExactSizeIterator<Item = bf16> + '_ {
     u16s(bytes).map(bf16::from_bits)
@@ -84,6 +121,17 @@ mod tests {
             [f16::ONE, f16::from_f32(-2.0)]
         );
         assert_eq!(bf16s(&[0x80, 0x3F]).collect::<Vec<_>>(), [bf16::ONE]);
+        assert_eq!(bf16s_to_f32(&[0x80, 0x3F, 0x00, 0xC0, 9]), [1.0, -2.0]);
+        assert_eq!(
+            to_le(&[1.0f32, -2.0], f32::to_le_bytes),
+            [0x00, 0x00, 0x80, 0x3F, 0x00, 0x00, 0x00, 0xC0]
+        );
+        assert_eq!(to_le(&[f16::ONE], f16::to_le_bytes), [0x00, 0x3C]);
+        assert_eq!(&*bytes_of(&[f16::ONE], f16::to_le_bytes), [0x00, 0x3C]);
+        assert_eq!(
+            &*bytes_of(&[-2.0f32], f32::to_le_bytes),
+            [0x00, 0x00, 0x00, 0xC0]
+        );
         assert_eq!(u16s(&[0x34, 0x12]).collect::<Vec<_>>(), [0x1234]);
         let mut b = (-3i64).to_le_bytes().to_vec();
         b.extend_from_slice(&7i64.to_le_bytes());

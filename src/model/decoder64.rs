@@ -313,7 +313,7 @@ fn rms<W: Weights64 + ?Sized>(
     Ok((y, NormCache { x: x.clone(), inv }))
 }
 
-fn rope(spec: &DecoderSpec, x: &mut Array2<f64>, inverse: bool) {
+pub(crate) fn rope(spec: &DecoderSpec, x: &mut Array2<f64>, inverse: bool) {
     let hd = spec.head_dim;
     let half = hd / 2;
     let theta = spec.rope_theta;
@@ -333,6 +333,34 @@ fn rope(spec: &DecoderSpec, x: &mut Array2<f64>, inverse: bool) {
     }
 }
 
+/// Causal grouped-query attention of one sequence on its projections (RoPE applied to `q` and
+/// `k`): the heads' outputs side by side, and each head's probabilities.
+pub(crate) fn attention(
+    sp: &DecoderSpec,
+    q: &Array2<f64>,
+    k: &Array2<f64>,
+    v: &Array2<f64>,
+) -> (Array2<f64>, Vec<Array2<f64>>) {
+    let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
+    let group = heads / sp.num_key_value_heads;
+    let mut a = Array2::<f64>::zeros((q.nrows(), heads * hd));
+    let mut probs = Vec::with_capacity(heads);
+    for h in 0..heads {
+        let g = h / group;
+        let qh = q.slice(s![.., h * hd..(h + 1) * hd]);
+        let kh = k.slice(s![.., g * hd..(g + 1) * hd]);
+        let mut sc = product(qh, kh.t()) / (hd as f64).sqrt();
+        for (i, mut row) in sc.axis_iter_mut(Axis(0)).enumerate() {
+            row.slice_mut(s![i + 1..]).fill(f64::NEG_INFINITY);
+        }
+        let pr = softmax_rows(&sc);
+        let ah = product(pr.view(), v.slice(s![.., g * hd..(g + 1) * hd]));
+        a.slice_mut(s![.., h * hd..(h + 1) * hd]).assign(&ah);
+        probs.push(pr);
+    }
+    (a, probs)
+}
+
 /// The head's name: `lm_head.weight`, or the embedding when tied.
 pub(crate) fn head_name(spec: &DecoderSpec) -> &'static str {
     if spec.tie_word_embeddings {
@@ -350,9 +378,6 @@ pub(crate) fn forward_sequence<W: Weights64 + ?Sized>(
     seq: &[usize],
     start: Option<(usize, Array2<f64>)>,
 ) -> Result<SequencePass> {
-    let (hd, heads) = (sp.head_dim, sp.num_attention_heads);
-    let group = heads / sp.num_key_value_heads;
-    let t = seq.len();
     let (first, mut x) = match start {
         Some(s) => s,
         None => (0, w.rows("model.embed_tokens.weight", seq)?),
@@ -368,21 +393,7 @@ pub(crate) fn forward_sequence<W: Weights64 + ?Sized>(
         let v = w.linear(&p("self_attn.v_proj.weight"), &n1)?;
         rope(sp, &mut q, false);
         rope(sp, &mut k, false);
-        let mut a = Array2::<f64>::zeros((t, heads * hd));
-        let mut probs = Vec::with_capacity(heads);
-        for h in 0..heads {
-            let g = h / group;
-            let qh = q.slice(s![.., h * hd..(h + 1) * hd]);
-            let kh = k.slice(s![.., g * hd..(g + 1) * hd]);
-            let mut sc = product(qh, kh.t()) / (hd as f64).sqrt();
-            for (i, mut row) in sc.axis_iter_mut(Axis(0)).enumerate() {
-                row.slice_mut(s![i + 1..]).fill(f64::NEG_INFINITY);
-            }
-            let pr = softmax_rows(&sc);
-            let ah = product(pr.view(), v.slice(s![.., g * hd..(g + 1) * hd]));
-            a.slice_mut(s![.., h * hd..(h + 1) * hd]).assign(&ah);
-            probs.push(pr);
-        }
+        let (a, probs) = attention(sp, &q, &k, &v);
         let (a_in, sub) = if sp.family == Family::Bitnet {
             let (y, c) = rms(sp, w, &a, &p("self_attn.attn_sub_norm.weight"))?;
             (y, Some(c))
@@ -570,7 +581,7 @@ pub(crate) fn backward_sequence<W: Weights64 + ?Sized>(
 }
 
 /// The gated MLP's activation: SiLU (Llama) or ReLU² (BitNet).
-fn activation(family: Family, z: f64) -> f64 {
+pub(crate) fn activation(family: Family, z: f64) -> f64 {
     match family {
         Family::Llama => z / (1.0 + (-z).exp()),
         Family::Bitnet => z.max(0.0).powi(2),

@@ -20,19 +20,22 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use ndarray::{s, Array2, ArrayView2, CowArray, Ix2};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::decoder::DecoderSpec;
 use crate::format::manifest::FileRole;
 use crate::model::decoder::token_ids;
+use crate::model::decoder::Family;
 use crate::model::decoder64::{
-    backward_sequence, forward_sequence, head_name, lcg, DecoderGradCheckOptions,
-    DecoderGradCheckReport, GradSink, Weights64,
+    activation, attention, backward_sequence, forward_sequence, head_name, lcg, rope,
+    DecoderGradCheckOptions, DecoderGradCheckReport, GradSink, Weights64,
 };
 use crate::model::matmul::{dot_t_blocks, product};
-use crate::model::model64::{cross_entropy, f16_table, mean_cross_entropy, Acc, TensorGradient};
+use crate::model::model64::{
+    cross_entropy, dot_lanes, mean_cross_entropy, Acc, Model64, TensorGradient,
+};
 use crate::read::Bundle;
 
 /// A random direction's part in one tensor (viewed as `[rows, cols]`; a vector is one row).
@@ -66,17 +69,22 @@ impl Part {
                 .rows()
                 .into_iter()
                 .enumerate()
-                .map(|(r, row)| a[first + r] * row.iter().zip(b).map(|(x, y)| x * y).sum::<f64>())
+                .map(|(r, row)| {
+                    a[first + r]
+                        * match row.as_slice() {
+                            Some(row) => dot_lanes(row, b),
+                            None => row.iter().zip(b).map(|(x, y)| x * y).sum::<f64>(),
+                        }
+                })
                 .sum(),
             Part::Vector(v) => g.iter().zip(v).map(|(x, y)| x * y).sum(),
         }
     }
 }
 
-/// What a pass adds to the weights as it reads them.
+/// What a perturbed copy of the model adds to the weights.
 #[derive(Clone, Copy)]
 enum Perturbation<'a> {
-    None,
     /// `delta` added to flat entry `index` of tensor `name`.
     Entry {
         name: &'a str,
@@ -90,15 +98,14 @@ enum Perturbation<'a> {
     },
 }
 
-/// A bundle's FP16 decoder in f64, each tensor converted when read, with a perturbation.
+/// A bundle's FP16 decoder in f64, each tensor converted when read.
 struct Streamed<'a> {
     bundle: &'a Bundle,
     shapes: &'a HashMap<String, (usize, usize)>,
-    perturbation: Perturbation<'a>,
 }
 
 impl Streamed<'_> {
-    /// Rows `rows` of tensor `name` (viewed as `[rows, cols]`) in f64, perturbed.
+    /// Rows `rows` of tensor `name` (viewed as `[rows, cols]`) in f64.
     fn load(&self, name: &str, rows: std::ops::Range<usize>) -> Result<Array2<f64>> {
         let &(_, cols) = self.shapes.get(name).ok_or_else(|| {
             Error::InvalidArgument(format!("{}: no tensor {name}", self.bundle.dir().display()))
@@ -109,34 +116,13 @@ impl Streamed<'_> {
             .ok_or_else(|| self.bundle.missing_tensor(FileRole::Fp16, name))?;
         let part = &bytes[2 * rows.start * cols..2 * rows.end * cols];
         let mut out = Array2::<f64>::zeros((rows.len(), cols));
-        // Serial: blocks are converted on all threads by the products that ask for them.
-        let table = f16_table();
-        for (v, h) in out.iter_mut().zip(part.chunks_exact(2)) {
-            *v = table[u16::from_le_bytes([h[0], h[1]]) as usize];
-        }
+        // Half's slice conversion (F16C, 8 values an instruction, then to f64: exact).
+        crate::format::le::f16s_into(
+            part,
+            out.as_slice_mut().expect("standard layout"),
+            half::slice::HalfFloatSliceExt::convert_to_f64_slice,
+        );
         self.bundle.release(part);
-        match self.perturbation {
-            Perturbation::Entry {
-                name: n,
-                index,
-                delta,
-            } if n == name => {
-                let (r, c) = (index / cols, index % cols);
-                if rows.contains(&r) {
-                    out[[r - rows.start, c]] += delta;
-                }
-            }
-            Perturbation::Direction { parts, scale } => {
-                if let Some(p) = parts.get(name) {
-                    for (i, mut row) in out.rows_mut().into_iter().enumerate() {
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(c, v)| *v += scale * p.at(rows.start + i, c));
-                    }
-                }
-            }
-            _ => {}
-        }
         Ok(out)
     }
 
@@ -410,16 +396,13 @@ pub fn streamed_gradient_check(
                 .collect()
         })
         .collect();
-    let weights = |perturbation| Streamed {
-        bundle,
-        shapes: &shapes,
-        perturbation,
-    };
     let targets = &seq[1..];
-    let loss_of = |logits: &Array2<f64>| mean_cross_entropy(logits.slice(s![..t - 1, ..]), targets);
 
     // The pass every check starts from: loss, and the gradient reduced as it is produced.
-    let base = weights(Perturbation::None);
+    let base = Streamed {
+        bundle,
+        shapes: &shapes,
+    };
     let pass = forward_sequence(spec, &base, &seq, None)?;
     let (loss, g) = cross_entropy(&pass.logits.slice(s![..t - 1, ..]).to_owned(), targets);
     let mut dlogits = Array2::<f64>::zeros(pass.logits.raw_dim());
@@ -451,25 +434,42 @@ pub fn streamed_gradient_check(
     let mut report = DecoderGradCheckReport::new(spec, t, loss);
     let h = options.step;
     let layers = spec.num_hidden_layers;
-    for (k, (name, index)) in coordinates.iter().enumerate() {
-        // The pass reruns from the layer the entry belongs to (the final norm and the head:
-        // after the last layer; the embedding: from the start).
+    // Every perturbed loss at once (see `perturbed_losses`): each probed entry at +h and -h,
+    // from the layer it belongs to (the final norm and the head: after the last layer; the
+    // embedding: from the start), then each direction at +step and -step, from the start.
+    let steps: Vec<f64> = directions
+        .iter()
+        .map(|parts| h / parts.values().map(Part::norm_sq).sum::<f64>().sqrt())
+        .collect();
+    let mut streams = Vec::with_capacity(2 * (coordinates.len() + directions.len()));
+    for (name, index) in &coordinates {
         let start = match layer_of(name) {
-            Some(l) => Some((l, pass.inputs[l].clone())),
-            None if name == EMBEDDING => None,
-            None => Some((layers, pass.inputs[layers].clone())),
+            Some(l) => l,
+            None if name == EMBEDDING => 0,
+            None => layers,
         };
-        let at = |delta: f64| -> Result<f64> {
-            let w = weights(Perturbation::Entry {
-                name,
-                index: *index,
-                delta,
+        for delta in [h, -h] {
+            streams.push(Stream {
+                start,
+                perturbation: Perturbation::Entry {
+                    name,
+                    index: *index,
+                    delta,
+                },
             });
-            Ok(loss_of(
-                &forward_sequence(spec, &w, &seq, start.clone())?.logits,
-            ))
-        };
-        let numeric = (at(h)? - at(-h)?) / (2.0 * h);
+        }
+    }
+    for (parts, &step) in directions.iter().zip(&steps) {
+        for scale in [step, -step] {
+            streams.push(Stream {
+                start: 0,
+                perturbation: Perturbation::Direction { parts, scale },
+            });
+        }
+    }
+    let losses = perturbed_losses(spec, &base, &seq, &pass.inputs, &streams)?;
+    for (k, (name, index)) in coordinates.iter().enumerate() {
+        let numeric = (losses[2 * k] - losses[2 * k + 1]) / (2.0 * h);
         report.consider(
             options.tolerance,
             reducer.values[k],
@@ -479,14 +479,9 @@ pub fn streamed_gradient_check(
         );
         report.coordinates += 1;
     }
-    for (d, parts) in directions.iter().enumerate() {
-        let norm = parts.values().map(Part::norm_sq).sum::<f64>().sqrt();
-        let step = h / norm;
-        let at = |scale: f64| -> Result<f64> {
-            let w = weights(Perturbation::Direction { parts, scale });
-            Ok(loss_of(&forward_sequence(spec, &w, &seq, None)?.logits))
-        };
-        let numeric = (at(step)? - at(-step)?) / (2.0 * step);
+    let first = 2 * coordinates.len();
+    for (d, &step) in steps.iter().enumerate() {
+        let numeric = (losses[first + 2 * d] - losses[first + 2 * d + 1]) / (2.0 * step);
         report.consider(
             options.tolerance,
             reducer.dots[d],
@@ -545,4 +540,226 @@ fn probed_entries(
         }
     }
     out
+}
+
+/// One perturbed copy of the model in [`perturbed_losses`]: where its pass begins (layer
+/// `start`; the number of layers: at the final norm) and what it adds to the weights.
+struct Stream<'a> {
+    start: usize,
+    perturbation: Perturbation<'a>,
+}
+
+impl Stream<'_> {
+    /// The perturbed vector `name`: `base` plus this stream's part of it.
+    fn vector(&self, name: &str, base: &[f64]) -> Vec<f64> {
+        let mut w = base.to_vec();
+        match self.perturbation {
+            Perturbation::Entry {
+                name: n,
+                index,
+                delta,
+            } if n == name && index < w.len() => w[index] += delta,
+            Perturbation::Direction { parts, scale } => {
+                if let Some(p) = parts.get(name) {
+                    w.iter_mut()
+                        .enumerate()
+                        .for_each(|(c, v)| *v += scale * p.at(0, c));
+                }
+            }
+            _ => {}
+        }
+        w
+    }
+
+    /// Adds what this stream's perturbation of matrix `name` (`cols` columns) adds to
+    /// `y = x Wᵀ`: an entry (r, c) moved by δ adds δ x[:, c] to column r; a direction s a bᵀ
+    /// adds s (x b) aᵀ. The same sums as `x (W + P)ᵀ`, without a perturbed copy of W.
+    fn correct(&self, name: &str, cols: usize, x: ArrayView2<f64>, mut y: ArrayViewMut2<f64>) {
+        match self.perturbation {
+            Perturbation::Entry {
+                name: n,
+                index,
+                delta,
+            } if n == name => {
+                let (r, c) = (index / cols.max(1), index % cols.max(1));
+                let mut col = y.column_mut(r);
+                col.zip_mut_with(&x.column(c), |v, &xc| *v += delta * xc);
+            }
+            Perturbation::Direction { parts, scale } => match parts.get(name) {
+                Some(Part::Rank1 { a, b }) => {
+                    for (mut yrow, xrow) in y.rows_mut().into_iter().zip(x.rows()) {
+                        let u = scale * xrow.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+                        yrow.iter_mut().zip(a).for_each(|(v, ai)| *v += u * ai);
+                    }
+                }
+                Some(Part::Vector(_)) | None => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Adds this stream's perturbation of the embedding to the rows `seq` looks up.
+    fn correct_lookup(&self, seq: &[usize], cols: usize, mut x: ArrayViewMut2<f64>) {
+        match self.perturbation {
+            Perturbation::Entry { name, index, delta } if name == EMBEDDING => {
+                let (r, c) = (index / cols.max(1), index % cols.max(1));
+                for (p, &id) in seq.iter().enumerate() {
+                    if id == r {
+                        x[[p, c]] += delta;
+                    }
+                }
+            }
+            Perturbation::Direction { parts, scale } => {
+                if let Some(Part::Rank1 { a, b }) = parts.get(EMBEDDING) {
+                    for (mut row, &id) in x.rows_mut().into_iter().zip(seq) {
+                        row.iter_mut()
+                            .zip(b)
+                            .for_each(|(v, bc)| *v += scale * a[id] * bc);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Most rows of logits computed at once by [`perturbed_losses`] (2^25 f64: 256 MB).
+const MAX_LOGIT_VALUES: usize = 1 << 25;
+
+/// The loss of every stream (a copy of the sequence through the model with its own
+/// perturbation), all in one pass over the weights: the streams' rows side by side, so each
+/// matrix is read and converted once for all of them; each stream's perturbation added to the
+/// products as a correction ([`Stream::correct`]), its norms and lookups perturbed directly,
+/// its attention its own. A stream that starts at layer `l` enters there with the unperturbed
+/// pass's residual stream `inputs[l]` (the layers before it are not perturbed).
+fn perturbed_losses(
+    sp: &DecoderSpec,
+    w: &Streamed<'_>,
+    seq: &[usize],
+    inputs: &[Array2<f64>],
+    streams: &[Stream<'_>],
+) -> Result<Vec<f64>> {
+    let t = seq.len();
+    let hidden = sp.hidden_size;
+    let layers = sp.num_hidden_layers;
+    let eps = f64::from(sp.rms_norm_eps);
+    let cols_of = |name: &str| w.shapes.get(name).map_or(1, |s| s.1);
+    // The streams in the order they enter, and the residual stream of those entered.
+    let mut order: Vec<usize> = (0..streams.len()).collect();
+    order.sort_by_key(|&i| streams[i].start);
+    let mut active: Vec<usize> = Vec::new();
+    let mut x = Array2::<f64>::zeros((0, hidden));
+    let lookup = if streams.iter().any(|s| s.start == 0) {
+        Some(w.rows(EMBEDDING, seq)?)
+    } else {
+        None
+    };
+    let enter = |l: usize, active: &mut Vec<usize>, x: &mut Array2<f64>| -> Result<()> {
+        for &i in order.iter().filter(|&&i| streams[i].start == l) {
+            let mut xi = match (&lookup, l) {
+                (Some(rows), 0) => rows.clone(),
+                _ => inputs.get(l).cloned().ok_or_else(|| {
+                    Error::InvalidArgument(format!("no residual stream at layer {l}"))
+                })?,
+            };
+            if l == 0 {
+                streams[i].correct_lookup(seq, hidden, xi.view_mut());
+            }
+            x.append(Axis(0), xi.view())
+                .map_err(|e| Error::InvalidArgument(format!("residual streams: {e}")))?;
+            active.push(i);
+        }
+        Ok(())
+    };
+    // Each active stream's block of `rows` (t rows each), with its stream.
+    fn blocks<'s, 'p>(
+        active: &'s [usize],
+        streams: &'s [Stream<'p>],
+        t: usize,
+    ) -> impl Iterator<Item = (std::ops::Range<usize>, &'s Stream<'p>)> {
+        active
+            .iter()
+            .enumerate()
+            .map(move |(j, &i)| (j * t..(j + 1) * t, &streams[i]))
+    }
+    let norm = |x: &Array2<f64>, active: &[usize], name: &str| -> Result<Array2<f64>> {
+        let base = w.vector(name)?;
+        let mut y = Array2::<f64>::zeros(x.raw_dim());
+        for (rows, stream) in blocks(active, streams, t) {
+            let (n, _) = Model64::rms_norm(
+                &x.slice(s![rows.clone(), ..]).to_owned(),
+                &stream.vector(name, &base),
+                eps,
+            );
+            y.slice_mut(s![rows, ..]).assign(&n);
+        }
+        Ok(y)
+    };
+    let linear = |x: &Array2<f64>, active: &[usize], name: &str| -> Result<Array2<f64>> {
+        let mut y = w.linear(name, x)?;
+        let cols = cols_of(name);
+        for (rows, stream) in blocks(active, streams, t) {
+            stream.correct(
+                name,
+                cols,
+                x.slice(s![rows.clone(), ..]),
+                y.slice_mut(s![rows, ..]),
+            );
+        }
+        Ok(y)
+    };
+    for l in 0..layers {
+        enter(l, &mut active, &mut x)?;
+        if active.is_empty() {
+            continue;
+        }
+        let p = |name: &str| format!("model.layers.{l}.{name}");
+        let n1 = norm(&x, &active, &p("input_layernorm.weight"))?;
+        let q = linear(&n1, &active, &p("self_attn.q_proj.weight"))?;
+        let k = linear(&n1, &active, &p("self_attn.k_proj.weight"))?;
+        let v = linear(&n1, &active, &p("self_attn.v_proj.weight"))?;
+        let mut a = Array2::<f64>::zeros((x.nrows(), sp.num_attention_heads * sp.head_dim));
+        for (rows, _) in blocks(&active, streams, t) {
+            let mut qs = q.slice(s![rows.clone(), ..]).to_owned();
+            let mut ks = k.slice(s![rows.clone(), ..]).to_owned();
+            rope(sp, &mut qs, false);
+            rope(sp, &mut ks, false);
+            let vs = v.slice(s![rows.clone(), ..]).to_owned();
+            a.slice_mut(s![rows, ..])
+                .assign(&attention(sp, &qs, &ks, &vs).0);
+        }
+        if sp.family == Family::Bitnet {
+            a = norm(&a, &active, &p("self_attn.attn_sub_norm.weight"))?;
+        }
+        x = x + linear(&a, &active, &p("self_attn.o_proj.weight"))?;
+        let n2 = norm(&x, &active, &p("post_attention_layernorm.weight"))?;
+        let gate = linear(&n2, &active, &p("mlp.gate_proj.weight"))?;
+        let up = linear(&n2, &active, &p("mlp.up_proj.weight"))?;
+        let mut m = gate.mapv(|z| activation(sp.family, z)) * &up;
+        if sp.family == Family::Bitnet {
+            m = norm(&m, &active, &p("mlp.ffn_sub_norm.weight"))?;
+        }
+        x = x + linear(&m, &active, &p("mlp.down_proj.weight"))?;
+    }
+    enter(layers, &mut active, &mut x)?;
+    let nf = norm(&x, &active, "model.norm.weight")?;
+    // The head a group of streams at a time, so that the logits held stay bounded.
+    let vocab = w.rows_of(head_name(sp)).max(1);
+    let per_group = (MAX_LOGIT_VALUES / (t * vocab).max(1)).max(1);
+    let targets = &seq[1..];
+    let mut losses = vec![f64::NAN; streams.len()];
+    for group in (0..active.len()).collect::<Vec<_>>().chunks(per_group) {
+        let (j0, j1) = (group[0], group[group.len() - 1] + 1);
+        let ids = &active[j0..j1];
+        let logits = linear(
+            &nf.slice(s![j0 * t..j1 * t, ..]).to_owned(),
+            ids,
+            head_name(sp),
+        )?;
+        for (j, &i) in ids.iter().enumerate() {
+            let rows = j * t..(j + 1) * t - 1;
+            losses[i] = mean_cross_entropy(logits.slice(s![rows, ..]), targets);
+        }
+    }
+    Ok(losses)
 }

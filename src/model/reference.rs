@@ -446,11 +446,113 @@ fn rows_per_block(inp: usize) -> usize {
 enum Stored<'b> {
     /// F16 values (the FP16 path).
     Fp16(&'b [u8]),
+    /// F32 values (a passthrough tensor on the ternary path).
+    F32(&'b [u8]),
     /// Packed trits with per-tensor or per-channel scales (the ternary path).
     Packed(PackedTensor<'b>),
 }
 
-/// Layer `i` of the bundle along `path` on `x`, its weight converted block by block.
+/// `x W^T` for the matrix `name` (`[out, inp]`) of the bundle along `path`, W converted to f32 a
+/// block of rows at a time inside the product, on all threads, each block's pages released
+/// after: memory is a few blocks per thread, not the matrix. On the ternary path a packed matrix
+/// is multiplied as trits and its scales applied after the product. `None` when the weight has
+/// per-group scales (the caller converts it whole, [`bundle_weight`]).
+pub fn bundle_linear(
+    bundle: &Bundle,
+    name: &str,
+    (out, inp): (usize, usize),
+    path: WeightPath,
+    x: ArrayView2<f32>,
+) -> Result<Option<Array2<f32>>> {
+    let stored = match (path, bundle.packed(name)) {
+        (WeightPath::Fp16, _) => Stored::Fp16(
+            bundle
+                .fp16_bytes(name)
+                .ok_or_else(|| bundle.missing_tensor(FileRole::Fp16, name))?,
+        ),
+        (WeightPath::Ternary, Some(p)) if matches!(p.granularity, Granularity::Group(_)) => {
+            return Ok(None)
+        }
+        (WeightPath::Ternary, Some(p)) => Stored::Packed(p),
+        (WeightPath::Ternary, None) => Stored::F32(
+            bundle
+                .passthrough_bytes(name)
+                .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, name))?,
+        ),
+    };
+    // The bundle's shapes were validated at open (rules 2.7, 2.14, 4.1): the bytes hold
+    // out x inp values.
+    let width = match &stored {
+        Stored::Fp16(_) => 2,
+        Stored::F32(_) => 4,
+        Stored::Packed(p) => p.bytes_per_row(),
+    };
+    let per_row = if matches!(stored, Stored::Packed(_)) {
+        width
+    } else {
+        width * inp
+    };
+    let held = match &stored {
+        Stored::Fp16(b) | Stored::F32(b) => b.len(),
+        Stored::Packed(p) => p.packed.len(),
+    };
+    if out.checked_mul(per_row) != Some(held) {
+        return Err(Violation::new(
+            bundle.dir(),
+            Rule::Model,
+            format!("{out} x {inp} values"),
+            format!("{held} bytes"),
+        )
+        .tensor(name)
+        .into());
+    }
+    // A row that fails to decode is kept and returned once the product is done.
+    let failed = std::sync::Mutex::new(None);
+    let mut y = dot_t_blocks(x, out, rows_per_block(inp), |r0, r1| {
+        let mut block = Array2::<f32>::zeros((r1 - r0, inp));
+        let values = block.as_slice_mut().expect("standard layout");
+        match &stored {
+            Stored::Fp16(bytes) => {
+                let b = &bytes[r0 * per_row..r1 * per_row];
+                crate::format::le::f16s_into(b, values, |h, dst| h.convert_to_f32_slice(dst));
+                bundle.release(b);
+            }
+            Stored::F32(bytes) => {
+                let b = &bytes[r0 * per_row..r1 * per_row];
+                values
+                    .iter_mut()
+                    .zip(crate::format::le::f32s(b))
+                    .for_each(|(v, f)| *v = f);
+                bundle.release(b);
+            }
+            Stored::Packed(p) => {
+                for (r, row) in (r0..r1).zip(values.chunks_exact_mut(inp.max(1))) {
+                    if let Err(e) = p.encoding.unpack_row_f32(p.row(r), row) {
+                        let mut first = failed.lock().unwrap_or_else(|e| e.into_inner());
+                        first.get_or_insert(bundle.row_error(name, r, e));
+                    }
+                }
+                bundle.release(&p.packed[r0 * per_row..r1 * per_row]);
+            }
+        }
+        CowArray::from(block)
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    if let Stored::Packed(p) = &stored {
+        // Scales after the product: one per output channel, or one for the tensor.
+        let scales = p.scales();
+        match p.granularity {
+            Granularity::Channel => y *= &ArrayView1::from(&scales[..]),
+            _ => y *= scales.first().copied().unwrap_or(1.0),
+        }
+    }
+    Ok(Some(y))
+}
+
+/// Layer `i` of the bundle along `path` on `x`, its weight converted block by block
+/// ([`bundle_linear`]).
 fn bundle_layer_forward(
     bundle: &Bundle,
     i: usize,
@@ -459,57 +561,37 @@ fn bundle_layer_forward(
 ) -> Result<Array2<f32>> {
     let spec = &bundle.manifest().model.layers[i];
     let (out, inp) = (spec.out_features as usize, spec.in_features as usize);
-    let stored = match path {
-        WeightPath::Fp16 => bundle.fp16_bytes(&spec.weight).map(Stored::Fp16),
+    let streamed = match path {
+        WeightPath::Fp16 => true,
         WeightPath::Ternary => bundle
             .packed(&spec.weight)
-            .filter(|p| !matches!(p.granularity, Granularity::Group(_)))
-            .map(Stored::Packed),
+            .is_some_and(|p| !matches!(p.granularity, Granularity::Group(_))),
     };
-    let Some(stored) = stored else {
+    if !streamed {
         return Ok(layer_forward(&bundle_layer(bundle, i, path)?, x));
-    };
+    }
     // The bundle's shapes were validated at open: every tensor has the length the spec needs.
     let (bias, rmsnorm) = layer_vectors(spec, &mut |name: &str, _len: usize| {
         tensor_f32(bundle, name, path)
     })?;
-    // A row that fails to decode is kept and returned once the product is done.
-    let failed = std::sync::Mutex::new(None);
     let activation = bundle.facts().activations[i];
-    let y = affine_forward(rmsnorm.as_ref(), bias.as_ref(), activation, x, |input| {
-        let mut y = dot_t_blocks(input, out, rows_per_block(inp), |r0, r1| {
-            let mut block = Array2::<f32>::zeros((r1 - r0, inp));
-            let values = block.as_slice_mut().expect("standard layout");
-            match &stored {
-                Stored::Fp16(bytes) => {
-                    let b = &bytes[r0 * inp * 2..r1 * inp * 2];
-                    crate::format::le::f16s_into(b, values, |h, dst| h.convert_to_f32_slice(dst));
-                    bundle.release(b);
+    let mut failed = None;
+    let y =
+        affine_forward(
+            rmsnorm.as_ref(),
+            bias.as_ref(),
+            activation,
+            x,
+            |input| match bundle_linear(bundle, &spec.weight, (out, inp), path, input) {
+                Ok(Some(y)) => y,
+                Ok(None) => unreachable!("group scales are converted whole above"),
+                Err(e) => {
+                    failed = Some(e);
+                    Array2::zeros((input.nrows(), out))
                 }
-                Stored::Packed(p) => {
-                    for (r, row) in (r0..r1).zip(values.chunks_exact_mut(inp.max(1))) {
-                        if let Err(e) = p.encoding.unpack_row_f32(p.row(r), row) {
-                            let mut first = failed.lock().unwrap_or_else(|e| e.into_inner());
-                            first.get_or_insert(bundle.row_error(&spec.weight, r, e));
-                        }
-                    }
-                    let per_row = p.bytes_per_row();
-                    bundle.release(&p.packed[r0 * per_row..r1 * per_row]);
-                }
-            }
-            CowArray::from(block)
-        });
-        if let Stored::Packed(p) = &stored {
-            // Scales after the product: one per output channel, or one for the tensor.
-            let scales = p.scales();
-            match p.granularity {
-                Granularity::Channel => y *= &ArrayView1::from(&scales[..]),
-                _ => y *= scales.first().copied().unwrap_or(1.0),
-            }
-        }
-        y
-    });
-    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            },
+        );
+    match failed {
         Some(e) => Err(e),
         None => Ok(y),
     }

@@ -13,8 +13,6 @@ pub use memory::{BorrowedSource, MemorySource};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use half::bf16;
-
 use crate::error::{Error, Result, Violation};
 use crate::format::le;
 use crate::format::rules::Rule;
@@ -143,7 +141,7 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let out = match dtype {
         Dtype::F32 => le::f32s(bytes).collect(),
         Dtype::F16 => le::f16s_to_f32(bytes),
-        Dtype::BF16 => le::bf16s(bytes).map(bf16::to_f32).collect(),
+        Dtype::BF16 => le::bf16s_to_f32(bytes),
         _ => return None,
     };
     Some(out)
