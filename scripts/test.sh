@@ -5,7 +5,10 @@
 # binary with an independent Python reading of the spec.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where the time goes: each step's start, in seconds since the suite began.
+step() { echo "== [$SECONDS s] $*"; }
 
+step "Python packages of the interop checks"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r scripts/requirements.txt
 
 # Headless Chromium for the browser test of `bundle report` (Debian's chromium package).
@@ -17,8 +20,11 @@ if ! command -v chromium >/dev/null; then
         { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }
 fi
 
+step "cargo test --release --all-targets"
 cargo test --release --all-targets
+step "cargo test --release --doc"
 cargo test --release --doc
+step "checks of the CLI's bundles"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"; git worktree prune' EXIT
@@ -39,7 +45,10 @@ bundle=target/release/bundle
 "$bundle" inspect --json "$work/demo" >"$work/demo-inspect.json"
 # The Python package (python/: PyO3, built by maturin): installed the README's way, then its
 # tests (views, verify/inspect equal to the CLI's JSON, broken fixtures, exceptions, the GIL).
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./python
+# (Built in this checkout's target directory, so that maturin reuses the crates `cargo test`
+# compiled instead of building them all again in a temporary one.)
+step "the Python package"
+CARGO_TARGET_DIR="$PWD/target" python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./python
 BUNDLE_BIN="$bundle" DEMO_DIR="$work/demo" python3 -m pytest -q -p no:cacheprovider python/tests
 echo "ok   the Python package: pip install ./python, pytest python/tests"
 "$bundle" inspect --json fixtures/versions/newer-minor >"$work/newer-inspect.json"
@@ -81,6 +90,7 @@ for p in fp16 ternary; do
     "$bundle" run "$work/from-python-trit2" --input "$work/x-tiny.safetensors" --out "$work/run-tiny-$p.safetensors" --path $p >/dev/null
 done
 
+step "decoder reference model against numpy"
 # The decoder reference model (Llama, BitNet) on model directories written by Python in
 # transformers' layout, single-file and sharded, tied and untied: numpy recomputes the logits of
 # the original weights and of both quantized paths.
@@ -174,6 +184,7 @@ python3 scripts/check_interop.py "$work/from-python" "$work/from-python-trit2" "
     --run "$work/from-python-trit2" "$work/x-tiny.safetensors" "$work/run-tiny-fp16.safetensors" \
     --run "$work/from-python-trit2" "$work/x-tiny.safetensors" "$work/run-tiny-ternary.safetensors"
 
+step "format 4.0 conversions"
 # Format 4.0: ternary models as they already exist (spec sections 7.1, 18), each bundle read back
 # and checked by an independent numpy implementation of the spec (scripts/conversions_numpy.py);
 # those with an original model and a validation set store its distributions (format 5.0), and
@@ -268,6 +279,7 @@ for f in ternary.safetensors fp16.safetensors; do
 done
 echo "ok   export --format hf --dtype f32, then create from it: ternary.safetensors and fp16.safetensors byte-identical"
 
+step "GGUF both ways (gguf-py)"
 # GGUF for llama.cpp (--format gguf), both ways: models whose rows are multiples of 256 columns,
 # both families, both ternary block types; gguf-py 0.19.0 (llama.cpp's own package) reads each
 # file, its dequantize gives the FP16 weights bit for bit, its quantize of those weights gives
@@ -322,6 +334,7 @@ $gguf_check foreign "$work/gguf-foreign.gguf" >/dev/null
 $gguf_check check-foreign "$work/gguf-foreign-bundle" "$work/gguf-foreign.gguf" >/dev/null
 echo "ok   create --from a GGUF file written by gguf-py (TQ1_0 and TQ2_0, a scale per row): FP16 weights == gguf.quants.dequantize bit for bit, scales per channel == f32(d)"
 
+step "signatures (model_signing)"
 # Signatures (spec section 10.1, rules 9.1 to 9.4) with OpenSSF Model Signing's own CLI
 # (model_signing 1.1.1, scripts/requirements.txt), both ways: `bundle sign` and `create
 # --sign-key` checked by `model_signing verify key`, `model_signing sign key` (P-256, P-384 in
@@ -340,6 +353,7 @@ python3 scripts/check_interop.py "$work/stage-bundle" "$work/stage-group-bundle"
     --inspect-json "$work/tok-inspect.json" --inspect-json "$work/packed-inspect.json" \
     --verify-json "$work/online-verify.json" --verify-json "$work/stage-no-original.json"
 
+step "the browser test"
 # The browser test: headless Chromium renders the reports of the demo and of a bundle whose
 # tensor names are markup; no console message, no script, every chart, names shown as text.
 python3 scripts/check_report.py hostile-checkpoint "$work/hostile-source"
@@ -351,6 +365,7 @@ python3 scripts/check_report.py browse "$work/demo-report.html" "$work/hostile-r
     --shots "$work/screenshots" --chosen "$work/demo-report.html" 7 \
     --names "$work/hostile-report.html" "$work/hostile-source/names.json"
 
+step "previous releases"
 # The previous releases refuse the bundles of the next format for their version (rule 2.4), not
 # as damaged files: the 2.0 release (the commit before format 3.0) a decoder bundle, the 3.0
 # release (the commit before format 4.0) bundles of given trits and of carried tokenizers, the
@@ -416,3 +431,4 @@ refuses_by_version 4.0 "$work/stage-bundle" 5.0
 "$work/bundle-4.0" verify "$work/stage-v4" --reference "$work/stage/original.safetensors" >/dev/null
 "$work/bundle-4.0" inspect "$work/tok-v4" >/dev/null
 echo "ok   the 4.0 release still reads and verifies 4.0 bundles written now (given trits; a carried tokenizer)"
+step "done"

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::format::layout::{VALIDATION_INPUTS, VALIDATION_INPUT_IDS};
 use crate::format::safetensors::{shape_string, Dtype};
 use crate::model::bundle_decoder::BundleDecoder;
-use crate::model::chunks::{chunk_rows, decoder_sequences};
+use crate::model::chunks::{chunk_rows, decoder_layer_sequences, head_rows};
 use crate::model::decoder;
 use crate::model::reference::{argmax_rows, forward_bundle, WeightPath};
 use crate::read::Bundle;
@@ -250,14 +250,24 @@ fn run_chunks(
             let rows = ids.len() / tokens.max(1);
             let ids = ndarray::ArrayView2::from_shape((rows, tokens), ids)
                 .map_err(|e| Error::InvalidArgument(format!("input_ids: {e}")))?;
-            let chunk = decoder_sequences(spec, tokens);
+            // As many sequences through the layers as their activations allow, then the head
+            // a piece of positions at a time: the logits held are one piece, however many
+            // sequences share the pass over the layers' weights.
+            let chunk = decoder_layer_sequences(spec, tokens);
+            let piece = head_rows(spec);
             for start in (0..rows).step_by(chunk.max(1)) {
                 let part = ids.slice(ndarray::s![start..(start + chunk).min(rows), ..]);
-                let logits = decoder::forward(spec, &weights, part)?;
-                let flat = logits
-                    .into_shape_with_order((part.nrows() * tokens, classes))
-                    .map_err(|e| Error::InvalidArgument(format!("logits: {e}")))?;
-                emit(flat.view())?;
+                let h = decoder::hidden(spec, &weights, part)?;
+                for rows in h.axis_chunks_iter(ndarray::Axis(0), piece.max(1)) {
+                    let logits = decoder::head(spec, &weights, rows)?;
+                    if logits.ncols() != classes {
+                        return Err(Error::InvalidArgument(format!(
+                            "logits: expected {classes} per position, found {}",
+                            logits.ncols()
+                        )));
+                    }
+                    emit(logits.view())?;
+                }
             }
         }
         _ => unreachable!("output_shape matched the input to the model"),
@@ -404,13 +414,13 @@ pub fn run_to_file(
                 }
                 match top_k_of {
                     None => {
-                        // In pieces of about 4 MiB: the chunk's logits are not copied whole.
+                        // In pieces of about 4 MiB (borrowed as bytes where the machine is little-endian).
                         let piece = (1usize << 20).div_ceil(classes.max(1));
                         for (i, block) in
                             logits.axis_chunks_iter(ndarray::Axis(0), piece).enumerate()
                         {
                             let data = match block.as_slice() {
-                                Some(b) => crate::format::le::to_le(b, f32::to_le_bytes),
+                                Some(b) => crate::format::le::bytes_of(b, f32::to_le_bytes),
                                 None => block.iter().flat_map(|v| v.to_le_bytes()).collect(),
                             };
                             let at = (row + (i * piece) as u64) * classes as u64 * 4;

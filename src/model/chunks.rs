@@ -36,16 +36,38 @@ pub fn gradient_rows(model: &ModelSpec, limit: usize) -> usize {
     ((MAX_BATCH_ELEMENTS / widths).max(1) as usize).min(limit)
 }
 
+/// Most logits of one forward pass of a decoder (`[sequences × T, vocab]`): 2^27, 512 MiB of
+/// f32. The head's output is the widest matrix of a language model by far (a vocabulary of
+/// 128,256 against an MLP of 6,912), and under [`MAX_BATCH_ELEMENTS`] it would cut a pass to
+/// one sequence of 128 tokens, so that every weight is read and converted once per sequence.
+pub const MAX_LOGITS: u64 = 1 << 27;
+
 /// Sequences of `tokens` tokens per forward pass of a decoder, so that no activation matrix
-/// (the logits `[T, vocab]` of a sequence, the MLP's `[T, intermediate]`) exceeds
-/// [`MAX_BATCH_ELEMENTS`] values in a chunk; at least 1.
+/// inside the layers (the MLP's `[T, intermediate]`, the residual stream) exceeds
+/// [`MAX_BATCH_ELEMENTS`] values and the logits `[T, vocab]` of the chunk [`MAX_LOGITS`]; at
+/// least 1.
 pub fn decoder_sequences(spec: &DecoderSpec, tokens: usize) -> usize {
-    let widest = spec
-        .vocab_size
-        .max(spec.intermediate_size)
-        .max(spec.hidden_size)
-        .max(1) as u64;
+    let logits = MAX_LOGITS / (tokens.max(1) as u64).saturating_mul(spec.vocab_size.max(1) as u64);
+    decoder_layer_sequences(spec, tokens).min(logits.max(1) as usize)
+}
+
+/// Sequences of `tokens` tokens per pass through the layers of a decoder when the head runs
+/// a piece of rows at a time ([`head_rows`]): no activation matrix inside the layers exceeds
+/// [`MAX_BATCH_ELEMENTS`] values; at least 1.
+pub fn decoder_layer_sequences(spec: &DecoderSpec, tokens: usize) -> usize {
+    let widest = spec.intermediate_size.max(spec.hidden_size).max(1) as u64;
     (MAX_BATCH_ELEMENTS / (tokens.max(1) as u64).saturating_mul(widest)).max(1) as usize
+}
+
+/// Most logits of one piece when the head runs a piece of positions at a time: 2^26, 256 MiB
+/// of f32 (each piece reads the head's weights once: a vocabulary of 128,256 gives 523
+/// positions a piece).
+pub const MAX_HEAD_PIECE: u64 = 1 << 26;
+
+/// Rows of logits per piece when the head runs a piece at a time: [`MAX_HEAD_PIECE`] logits;
+/// at least 1.
+pub fn head_rows(spec: &DecoderSpec) -> usize {
+    (MAX_HEAD_PIECE / spec.vocab_size.max(1) as u64).max(1) as usize
 }
 
 #[cfg(test)]

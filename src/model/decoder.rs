@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::quantization::QuantParams;
@@ -49,12 +50,55 @@ pub trait DecoderWeights {
 }
 
 /// The logits `[N, T, vocab_size]` of `spec`'s model with `weights` on the token ids
-/// `input_ids` (`[N, T]`, every id < `vocab_size`, T >= 1).
+/// `input_ids` (`[N, T]`, every id < `vocab_size`, T >= 1): [`hidden`], then [`head`].
 pub fn forward(
     spec: &DecoderSpec,
     weights: &dyn DecoderWeights,
     input_ids: ArrayView2<i64>,
 ) -> Result<Array3<f32>> {
+    let (n, t) = input_ids.dim();
+    let logits = head(spec, weights, hidden(spec, weights, input_ids)?.view())?;
+    logits
+        .into_shape_with_order((n, t, spec.vocab_size))
+        .map_err(|e| Error::InvalidArgument(format!("logits of {}: {e}", head_name(spec))))
+}
+
+/// The head's tensor: `lm_head.weight`, or the embedding when tied.
+fn head_name(spec: &DecoderSpec) -> &'static str {
+    if spec.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    }
+}
+
+/// The logits `[rows, vocab_size]` of final hidden states `h` (`[rows, hidden_size]`, from
+/// [`hidden`]): any rows of them, so that a caller can run the head a piece at a time.
+pub fn head(
+    spec: &DecoderSpec,
+    weights: &dyn DecoderWeights,
+    h: ArrayView2<f32>,
+) -> Result<Array2<f32>> {
+    let name = head_name(spec);
+    let logits = weights.linear(name, h)?;
+    if logits.dim() != (h.nrows(), spec.vocab_size) {
+        return Err(Error::InvalidArgument(format!(
+            "tensor {name}: expected a product of shape [{}, {}], found {:?}",
+            h.nrows(),
+            spec.vocab_size,
+            logits.dim()
+        )));
+    }
+    Ok(logits)
+}
+
+/// The final hidden states `[N * T, hidden_size]` (after the final norm, before the head) of
+/// `spec`'s model with `weights` on `input_ids` (`[N, T]`), sequence by sequence.
+pub fn hidden(
+    spec: &DecoderSpec,
+    weights: &dyn DecoderWeights,
+    input_ids: ArrayView2<i64>,
+) -> Result<Array2<f32>> {
     spec.check().map_err(Error::InvalidArgument)?;
     let (n, t) = input_ids.dim();
     let ids = token_ids(spec, input_ids)?;
@@ -128,16 +172,7 @@ pub fn forward(
         }
         h += &linear(&p("mlp.down_proj.weight"), gate.view(), hid)?;
     }
-    let h = norm(&h, "model.norm.weight")?;
-    let head = if spec.tie_word_embeddings {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
-    let logits = linear(head, h.view(), spec.vocab_size)?;
-    logits
-        .into_shape_with_order((n, t, spec.vocab_size))
-        .map_err(|e| Error::InvalidArgument(format!("logits of {head}: {e}")))
+    norm(&h, "model.norm.weight")
 }
 
 /// The predicted next token at every position but the last (the argmax of its logits, lowest
@@ -279,10 +314,13 @@ fn attention(
     let hd = spec.head_dim;
     let group = spec.num_attention_heads / spec.num_key_value_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = Array2::<f32>::zeros((n * t, spec.num_attention_heads * hd));
-    for seq in 0..n {
-        let rows = seq * t..(seq + 1) * t;
-        for head in 0..spec.num_attention_heads {
+    let heads = spec.num_attention_heads;
+    // Every (sequence, head) on the pool: each is small (T x T), there are N x heads of them.
+    let parts: Vec<Array2<f32>> = (0..n * heads)
+        .into_par_iter()
+        .map(|job| {
+            let (seq, head) = (job / heads, job % heads);
+            let rows = seq * t..(seq + 1) * t;
             let kv = head / group;
             let qh = q.slice(s![rows.clone(), head * hd..(head + 1) * hd]);
             let kh = k.slice(s![rows.clone(), kv * hd..(kv + 1) * hd]);
@@ -301,10 +339,14 @@ fn attention(
                 }
                 row.mapv_inplace(|x| x / sum);
             }
-            let ah = product(scores.view(), vh);
-            out.slice_mut(s![rows.clone(), head * hd..(head + 1) * hd])
-                .assign(&ah);
-        }
+            product(scores.view(), vh)
+        })
+        .collect();
+    let mut out = Array2::<f32>::zeros((n * t, heads * hd));
+    for (job, ah) in parts.iter().enumerate() {
+        let (seq, head) = (job / heads, job % heads);
+        out.slice_mut(s![seq * t..(seq + 1) * t, head * hd..(head + 1) * hd])
+            .assign(ah);
     }
     out
 }

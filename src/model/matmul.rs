@@ -95,15 +95,17 @@ where
         .min(max_block)
         .clamp(1, out.max(1));
     let starts: Vec<usize> = (0..out).step_by(block).collect();
-    let parts: Vec<Array2<A>> = starts
-        .par_iter()
-        .map(|&r0| product(x, weight(r0, (r0 + block).min(out)).t()))
-        .collect();
-    let mut y = Array2::<A>::zeros((n, out));
-    for (&r0, part) in starts.iter().zip(&parts) {
-        y.slice_mut(s![.., r0..r0 + part.ncols()]).assign(part);
-    }
-    y
+    // Each block's product goes into its columns of y as soon as it is done: memory is y and a
+    // block per thread, not y twice (the logits of a language model are the largest matrix).
+    let y = std::sync::Mutex::new(Array2::<A>::zeros((n, out)));
+    starts.par_iter().for_each(|&r0| {
+        let part = product(x, weight(r0, (r0 + block).min(out)).t());
+        y.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .slice_mut(s![.., r0..r0 + part.ncols()])
+            .assign(&part);
+    });
+    y.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `x W^T` for a W in memory.
