@@ -2,7 +2,7 @@
 //! `cargo run --release --example make_fixtures [OUT_DIR]` (default `fixtures`).
 //!
 //! Weights come from integer formulas, not a random generator, so the bytes are the same on
-//! every machine. `tests/fixtures.rs` regenerates into a temporary directory and compares.
+//! every machine. `tests/suite/fixtures.rs` regenerates into a temporary directory and compares.
 
 #[allow(dead_code)]
 #[path = "../tests/common/surgery.rs"]

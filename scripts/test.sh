@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Where the time goes: each step's start, in seconds since the suite began.
 step() { echo "== [$SECONDS s] $*"; }
+# No debug info in this suite's release builds (the tests, the Python package maturin builds,
+# the previous releases): linking the test binaries is most of a fresh build; every build of the
+# suite sees the same setting, so they share their compiled dependencies.
+export CARGO_PROFILE_RELEASE_DEBUG=false
 
 step "Python packages of the interop checks"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r scripts/requirements.txt
@@ -383,8 +387,7 @@ build_release() { # COMMIT NAME
     git worktree add --quiet --detach "$work/release-$2" "$1" ||
         { echo "the release commit $1 is not in this checkout's history" >&2; exit 1; }
     (target_dir="$PWD/target" && cd "$work/release-$2" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet --bin bundle \
-        --config 'profile.release.package.ternary-bundle.opt-level=0' \
-        --config 'profile.release.package.ternary-bundle.debug=false')
+        --config 'profile.release.package.ternary-bundle.opt-level=0')
     cp target/release/bundle "$work/bundle-$2"
     rm -f target/release/bundle && cp "$work/bundle-now" target/release/bundle
     git worktree remove --force "$work/release-$2"

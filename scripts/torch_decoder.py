@@ -6,7 +6,7 @@ computes on random token ids. Not in CI: torch's wheels are several GB.
 
     pip install torch transformers safetensors
     python3 scripts/torch_decoder.py OUT_DIR
-    DECODER_ORACLE=OUT_DIR cargo test --release --test decoder -- --ignored
+    DECODER_ORACLE=OUT_DIR cargo test --release --test suite decoder:: -- --ignored
 
 Writes OUT_DIR/{llama,bitnet}/ (the model), OUT_DIR/{llama,bitnet}-sharded/ (the same in
 shards of 100 KB with model.safetensors.index.json), OUT_DIR/{llama,bitnet}-bf16/ (its weights

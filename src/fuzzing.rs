@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets (`fuzz/fuzz_targets/`), shared with the corpus replay test
-//! (`tests/fuzz_replay.rs`) so that every input found by the fuzzer is replayed on stable Rust.
+//! (`tests/suite/fuzz_replay.rs`) so that every input found by the fuzzer is replayed on stable Rust.
 //!
 //! Each takes arbitrary bytes and must return normally: a typed error is fine, a panic, an
 //! out-of-bounds read or an over-allocation is a bug.

@@ -82,6 +82,11 @@ pub fn bytes_of<'a, T: bytemuck::Pod, const N: usize>(
     }
 }
 
+/// The little-endian bytes of F16 `values` (their bits, [`bytes_of`]).
+pub fn f16_bytes(values: &[f16]) -> std::borrow::Cow<'_, [u8]> {
+    bytes_of(values.reinterpret_cast(), u16::to_le_bytes)
+}
+
 /// BF16 little-endian bytes to f32 (exact), blocks of 256 Ki values on all threads.
 pub fn bf16s_to_f32(bytes: &[u8]) -> Vec<f32> {
     const BLOCK: usize = 1 << 18;
@@ -127,7 +132,7 @@ mod tests {
             [0x00, 0x00, 0x80, 0x3F, 0x00, 0x00, 0x00, 0xC0]
         );
         assert_eq!(to_le(&[f16::ONE], f16::to_le_bytes), [0x00, 0x3C]);
-        assert_eq!(&*bytes_of(&[f16::ONE], f16::to_le_bytes), [0x00, 0x3C]);
+        assert_eq!(&*f16_bytes(&[f16::ONE]), [0x00, 0x3C]);
         assert_eq!(
             &*bytes_of(&[-2.0f32], f32::to_le_bytes),
             [0x00, 0x00, 0x00, 0xC0]

@@ -532,7 +532,7 @@ fn write_tensor(
         put(tfile, tpath, theader, &spec.name, &bytes, &mut tdig)?;
         (h, None)
     };
-    let bytes = le::bytes_of(&f16_values, f16::to_le_bytes);
+    let bytes = le::f16_bytes(&f16_values);
     put(ffile, fpath, fheader, &spec.name, &bytes, &mut fdig)?;
     Ok((
         tdig,

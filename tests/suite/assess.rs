@@ -3,8 +3,6 @@
 //! zone, too easy, too hard, a gap), a missing level, a level of one example, batches, data from
 //! a file, and the missing-data errors (exit code 2 on the command line).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! documented: every bundle opens and passes all data checks; the version fixtures show the
 //! forward-compatibility rules of spec section 13.
 
-#[path = "../examples/make_fixtures.rs"]
+#[path = "../../examples/make_fixtures.rs"]
 mod make_fixtures;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `bundle run`: the reference model on a file of inputs, logits and predictions written out;
 //! inputs that do not fit the model are refused naming the file, the tensor and the shape.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

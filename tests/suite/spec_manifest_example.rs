@@ -2,7 +2,7 @@
 //! an independent Python implementation of the spec. Building the same model with this crate
 //! must reproduce its sizes, statistics and every digest, and the manifest must parse.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

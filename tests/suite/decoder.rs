@@ -2,7 +2,7 @@
 //! scripts/torch_decoder.py) and against a naive f64 implementation written here from the same
 //! math (in CI); configs and token ids that do not make a model are refused naming the key.
 
-mod common;
+use crate::common;
 
 use common::decoder::{model_with, random_model, spec};
 
@@ -275,7 +275,7 @@ fn token_ids_and_configs_that_make_no_model_are_refused_naming_the_key() {
 }
 
 /// By hand: `python3 scripts/torch_decoder.py DIR` with torch and transformers, then
-/// `DECODER_ORACLE=DIR cargo test --release --test decoder -- --ignored`.
+/// `DECODER_ORACLE=DIR cargo test --release --test suite decoder:: -- --ignored`.
 #[test]
 #[ignore = "needs the transformers oracle of scripts/torch_decoder.py (torch is several GB)"]
 fn decoder_logits_match_transformers() {

@@ -25,19 +25,19 @@ use ternary_bundle::{Error, Result, Rule};
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/model_signing");
 
 /// `model_signing sign key` (P-256) over the 10 files of [`tool_model`].
-const TOOL_P256: &[u8] = include_bytes!("data/model_signing/example_p256_model.sig");
+const TOOL_P256: &[u8] = include_bytes!("../data/model_signing/example_p256_model.sig");
 /// The same with a P-384 key.
-const TOOL_P384: &[u8] = include_bytes!("data/model_signing/example_p384_model.sig");
+const TOOL_P384: &[u8] = include_bytes!("../data/model_signing/example_p384_model.sig");
 /// The same files in the layout `bundle sign` writes (sorted `ignore_paths`), which the tool
 /// verifies.
-const CANONICAL_P256: &[u8] = include_bytes!("data/model_signing/canonical_p256_model.sig");
+const CANONICAL_P256: &[u8] = include_bytes!("../data/model_signing/canonical_p256_model.sig");
 /// The tool's signature of a directory of odd names (backslash, newline and tab, an emoji).
-const TOOL_ODD_NAMES: &[u8] = include_bytes!("data/model_signing/odd_names_p256_model.sig");
+const TOOL_ODD_NAMES: &[u8] = include_bytes!("../data/model_signing/odd_names_p256_model.sig");
 /// The tool's signature of an empty directory.
-const TOOL_EMPTY_DIR: &[u8] = include_bytes!("data/model_signing/empty_dir_p256_model.sig");
+const TOOL_EMPTY_DIR: &[u8] = include_bytes!("../data/model_signing/empty_dir_p256_model.sig");
 /// The tool's public keys.
-const PUB_P256: &str = include_str!("data/model_signing/pub.pem");
-const PUB_P384: &str = include_str!("data/model_signing/pub384.pem");
+const PUB_P256: &str = include_str!("../data/model_signing/pub.pem");
+const PUB_P384: &str = include_str!("../data/model_signing/pub384.pem");
 
 /// The path errors name.
 fn sig_path() -> PathBuf {

@@ -2,7 +2,7 @@
 //! does a task, retention fails on one quantization breaks, the gradient check catches a wrong
 //! backward pass in attention, RMSNorm and the gated MLP separately), run and assess.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -9,7 +9,7 @@
 //! Every expectation is computed here from the files the test wrote (trits, scales, f16
 //! rounding, WeightQuant, a dense f64 forward pass), not taken from the writer.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

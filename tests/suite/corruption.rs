@@ -1,7 +1,7 @@
 //! Exhaustive corruption detection on the smallest fixture: every byte of every file (the
 //! manifest included, through its own digest, rule 7.3) is damaged in turn, and `verify` must
 //! fail naming the damaged file. The full sweep over every bit is an ignored test
-//! (`cargo test --release --test corruption -- --ignored`).
+//! (`cargo test --release --test suite corruption:: -- --ignored`).
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! Writing a bundle and reading it back: round trips, determinism, every data check passing.
 
-mod common;
+use crate::common;
 
 use ternary_bundle::read::checks::check_all;
 use ternary_bundle::read::mmap::Backing;

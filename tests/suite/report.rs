@@ -4,7 +4,7 @@
 //! forced. The browser test (scripts/check_report.py, run by scripts/test.sh) loads the pages in
 //! headless Chromium.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

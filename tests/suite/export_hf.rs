@@ -4,7 +4,7 @@
 //! packed trits and their scale), sharding and its index, config.json, carried assets, the
 //! refusals, and the round trip bundle -> hf-bitnet -> bundle, byte for byte.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

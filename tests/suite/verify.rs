@@ -5,7 +5,7 @@
 //! pass. Then: valid bundles of every encoding and granularity pass every check, `only`/`skip`
 //! selection, the handoff metrics and the JUnit rendering.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -259,7 +259,7 @@ fn assert_checks(report: &VerifyReport, overrides: &[(&str, Expect)]) {
 
 /// Verifies `dir` with the default options, except the KL gate: the tiny test models are
 /// quantized after training, which moves their distributions far more than the gate allows
-/// (`--max-kl 0` disables it; tests/fidelity.rs tests the gate).
+/// (`--max-kl 0` disables it; tests/suite/fidelity.rs tests the gate).
 fn run(dir: &Path) -> VerifyReport {
     verify(dir, &options())
 }

@@ -7,7 +7,7 @@
 //! gguf-py's own reader, dequantizer and quantizer check the same files in
 //! `scripts/gguf_check.py` (scripts/test.sh).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@
 //! swapped 1.66 nats, and on these 48 within 6 % of that), and copied for each mutation. Run
 //! with `--nocapture` to see each figure.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::ops::Range;

@@ -2,7 +2,7 @@
 //! inside the matrix product) against the whole-layer one, on both paths and every scale
 //! layout.
 
-mod common;
+use crate::common;
 
 use ndarray::Array2;
 use ternary_bundle::model::reference::{bundle_layer, forward, forward_bundle, WeightPath};

@@ -4,7 +4,7 @@
 //! keys (a foreign file) is read from its blocks' d; the manifest records the source.
 //! gguf-py's own writer makes the foreign files of `scripts/gguf_check.py` (scripts/test.sh).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
