@@ -4,6 +4,9 @@
 //! (`tests/hostile.rs`, `tests/gguf_hostile.rs`: a counting global allocator) and the rule
 //! tests (`tests/rules/`) stay binaries of their own.
 
+// (The helpers are shared with tests/hostile.rs and tests/gguf_hostile.rs, other crates; clippy
+// sees the same file reached by two paths and calls it a duplicate.)
+#[allow(clippy::duplicate_mod)]
 #[path = "../common/mod.rs"]
 mod common;
 
