@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use ndarray::{s, Array2, ArrayView2, Axis, CowArray, Ix2};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::decoder::{load_tensor, token_ids, DecoderSpec, Family};
@@ -750,23 +751,50 @@ pub fn gradient_check(
         Ok(m.loss_and_gradient(ids, false, &BackwardHooks::default())?
             .0)
     };
-    for (p, grad) in grads.iter().enumerate() {
-        for _ in 0..options.per_tensor {
-            let i = (next() % grad.len() as u64) as usize;
-            work.nudge(p, i, h);
-            let plus = loss_at(&work)?;
-            work.nudge(p, i, -2.0 * h);
-            let minus = loss_at(&work)?;
-            work.nudge(p, i, h);
-            report.consider(
-                tolerance,
-                grad[i],
-                (plus - minus) / (2.0 * h),
-                h,
-                format!("{} [{i}]", model.names[p]),
-            );
-            report.coordinates += 1;
-        }
+    let coordinates: Vec<(usize, usize)> = grads
+        .iter()
+        .enumerate()
+        .flat_map(|(p, grad)| {
+            (0..options.per_tensor)
+                .map(|_| (p, (next() % grad.len() as u64) as usize))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // The entries' central differences on the pool, a copy of the model per part (as many
+    // parts as threads while the copies stay within 1 GiB; each entry is set to w + h and
+    // w - h from its own value, then restored exactly, so the figures do not depend on the
+    // split).
+    let bytes = model.values.iter().map(Vec::len).sum::<usize>() * 8;
+    let parts = rayon::current_num_threads()
+        .min((1usize << 30) / bytes.max(1))
+        .max(1);
+    let numeric: Vec<Result<f64>> = coordinates
+        .par_chunks(coordinates.len().div_ceil(parts).max(1))
+        .flat_map_iter(|chunk| {
+            let mut work = model.clone();
+            chunk
+                .iter()
+                .map(|&(p, i)| {
+                    let w = work.values[p][i];
+                    work.values[p][i] = w + h;
+                    let plus = loss_at(&work);
+                    work.values[p][i] = w - h;
+                    let minus = loss_at(&work);
+                    work.values[p][i] = w;
+                    Ok((plus? - minus?) / (2.0 * h))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (&(p, i), numeric) in coordinates.iter().zip(numeric) {
+        report.consider(
+            tolerance,
+            grads[p][i],
+            numeric?,
+            h,
+            format!("{} [{i}]", model.names[p]),
+        );
+        report.coordinates += 1;
     }
     for d in 0..options.directions {
         let dir: Vec<Vec<f64>> = grads
