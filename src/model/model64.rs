@@ -376,25 +376,22 @@ impl Acc {
         const LANES: usize = 8;
         let (mut sum, mut sum_sq) = ([0f64; LANES], [0f64; LANES]);
         let (mut non_finite, mut non_zero) = ([0u64; LANES], [0u64; LANES]);
-        let mut chunks = g.chunks_exact(LANES);
-        for chunk in &mut chunks {
-            for i in 0..LANES {
-                let x = chunk[i];
-                let finite = x.is_finite();
-                let v = if finite { x } else { 0.0 };
-                sum[i] += v;
-                sum_sq[i] += v * v;
-                non_finite[i] += u64::from(!finite);
-                non_zero[i] += u64::from(x != 0.0);
-            }
-        }
-        for (i, &x) in chunks.remainder().iter().enumerate() {
+        let mut add = |i: usize, x: f64| {
             let finite = x.is_finite();
             let v = if finite { x } else { 0.0 };
             sum[i] += v;
             sum_sq[i] += v * v;
             non_finite[i] += u64::from(!finite);
             non_zero[i] += u64::from(x != 0.0);
+        };
+        let mut chunks = g.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (i, &x) in chunk.iter().enumerate() {
+                add(i, x);
+            }
+        }
+        for (i, &x) in chunks.remainder().iter().enumerate() {
+            add(i, x);
         }
         Acc {
             sum: sum.iter().sum(),
