@@ -11,7 +11,7 @@ use ndarray::{Array2, ArrayView2};
 use crate::error::{Error, Result};
 use crate::format::safetensors::Dtype;
 use crate::model::decoder::{select_rows, DecoderSpec, DecoderWeights};
-use crate::model::reference::{self, bundle_weight, tensor_f32, WeightPath};
+use crate::model::reference::{self, tensor_f32, Stored, WeightPath};
 use crate::read::Bundle;
 use crate::source::{SourceTensor, TensorSource};
 
@@ -63,79 +63,45 @@ impl<'b> BundleDecoder<'b> {
 }
 
 impl DecoderWeights for BundleDecoder<'_> {
-    /// Streamed a block of rows at a time ([`reference::bundle_linear`]); a weight with
-    /// per-group scales is converted whole.
+    /// Streamed a block of rows at a time ([`reference::bundle_linear`]).
     fn linear(&self, name: &str, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let shape = self.matrix_shape(name)?;
-        if let Some(y) = reference::bundle_linear(self.bundle, name, shape, self.path, x)? {
-            return Ok(y);
-        }
-        let w = bundle_weight(self.bundle, name, shape, self.path)?;
-        Ok(reference::linear(x, &w))
+        reference::bundle_linear(self.bundle, name, shape, self.path, x)
     }
 
     fn vector(&self, name: &str) -> Result<Vec<f32>> {
         tensor_f32(self.bundle, name, self.path)
     }
 
-    /// Only the rows looked up are converted (an unquantized table: F16 or F32 bytes).
+    /// Only the rows looked up are converted, when the table is stored as values (F16, or F32
+    /// on the ternary path); a quantized table is converted whole (its scales applied).
     fn rows(&self, name: &str, ids: &[usize]) -> Result<Array2<f32>> {
         let shape = self.matrix_shape(name)?;
-        let stored = match self.path {
-            WeightPath::Fp16 => self.bundle.fp16_bytes(name).map(|b| (b, 2)),
-            WeightPath::Ternary if self.bundle.packed(name).is_none() => {
-                self.bundle.passthrough_bytes(name).map(|b| (b, 4))
+        match Stored::of(self.bundle, name, self.path)? {
+            Some(stored @ (Stored::Fp16(_) | Stored::F32(_))) => {
+                stored.check(self.bundle, name, shape)?;
+                let mut out = Array2::<f32>::zeros((ids.len(), shape.1));
+                for (mut row, &id) in out.rows_mut().into_iter().zip(ids) {
+                    if id >= shape.0 {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: tensor {name}: token id {id} beyond its {} rows",
+                            self.bundle.dir().display(),
+                            shape.0
+                        )));
+                    }
+                    let dst = row.as_slice_mut().expect("standard layout");
+                    stored.rows_into(self.bundle, name, (id, id + 1), shape.1, dst)?;
+                }
+                Ok(out)
             }
-            WeightPath::Ternary => None,
-        };
-        if let Some((bytes, width)) = stored {
-            return select_stored_rows(self.bundle, name, shape, bytes, width, ids);
-        }
-        let table = Array2::from_shape_vec(shape, tensor_f32(self.bundle, name, self.path)?)
-            .map_err(|e| Error::InvalidArgument(format!("tensor {name}: {e}")))?;
-        select_rows(self.bundle.dir(), name, table.view(), ids)
-    }
-}
-
-/// Rows `ids` of the `[rows, cols]` table `name` stored as `bytes` of F16 (`width` 2) or F32
-/// (4) values, each id checked against the table.
-fn select_stored_rows(
-    bundle: &Bundle,
-    name: &str,
-    (rows, cols): (usize, usize),
-    bytes: &[u8],
-    width: usize,
-    ids: &[usize],
-) -> Result<Array2<f32>> {
-    let row_bytes = cols * width;
-    if rows.checked_mul(row_bytes) != Some(bytes.len()) {
-        return Err(Error::InvalidArgument(format!(
-            "{}: tensor {name}: expected {rows} x {cols} values, found {} bytes",
-            bundle.dir().display(),
-            bytes.len()
-        )));
-    }
-    let mut out = Array2::<f32>::zeros((ids.len(), cols));
-    for (mut row, &id) in out.rows_mut().into_iter().zip(ids) {
-        if id >= rows {
-            return Err(Error::InvalidArgument(format!(
-                "{}: tensor {name}: token id {id} beyond its {rows} rows",
-                bundle.dir().display()
-            )));
-        }
-        let b = &bytes[id * row_bytes..(id + 1) * row_bytes];
-        let dst = row.as_slice_mut().expect("standard layout");
-        if width == 2 {
-            crate::format::le::f16s_into(b, dst, |h, d| {
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(h, d)
-            });
-        } else {
-            dst.iter_mut()
-                .zip(crate::format::le::f32s(b))
-                .for_each(|(v, f)| *v = f);
+            _ => {
+                let table =
+                    Array2::from_shape_vec(shape, tensor_f32(self.bundle, name, self.path)?)
+                        .map_err(|e| Error::InvalidArgument(format!("tensor {name}: {e}")))?;
+                select_rows(self.bundle.dir(), name, table.view(), ids)
+            }
         }
     }
-    Ok(out)
 }
 
 impl TensorSource for BundleDecoder<'_> {

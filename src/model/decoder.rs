@@ -64,7 +64,7 @@ pub fn forward(
 }
 
 /// The head's tensor: `lm_head.weight`, or the embedding when tied.
-fn head_name(spec: &DecoderSpec) -> &'static str {
+pub(crate) fn head_name(spec: &DecoderSpec) -> &'static str {
     if spec.tie_word_embeddings {
         "model.embed_tokens.weight"
     } else {

@@ -16,7 +16,7 @@ use ndarray::{s, Array2, ArrayView2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::decoder::{load_tensor, token_ids, DecoderSpec, Family};
+use crate::model::decoder::{head_name, load_tensor, token_ids, DecoderSpec, Family};
 use crate::model::matmul::product;
 use crate::model::model64::{
     cross_entropy, mean_cross_entropy, rms_norm_backward, Model64, TensorGradient,
@@ -360,15 +360,6 @@ pub(crate) fn attention(
         probs.push(pr);
     }
     (a, probs)
-}
-
-/// The head's name: `lm_head.weight`, or the embedding when tied.
-pub(crate) fn head_name(spec: &DecoderSpec) -> &'static str {
-    if spec.tie_word_embeddings {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    }
 }
 
 /// One sequence through the decoder. With `start` = (l, x), the pass begins at layer l with
@@ -751,15 +742,12 @@ pub fn gradient_check(
         Ok(m.loss_and_gradient(ids, false, &BackwardHooks::default())?
             .0)
     };
-    let coordinates: Vec<(usize, usize)> = grads
-        .iter()
-        .enumerate()
-        .flat_map(|(p, grad)| {
-            (0..options.per_tensor)
-                .map(|_| (p, (next() % grad.len() as u64) as usize))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut coordinates = Vec::with_capacity(grads.len() * options.per_tensor);
+    for (p, grad) in grads.iter().enumerate() {
+        for _ in 0..options.per_tensor {
+            coordinates.push((p, (next() % grad.len() as u64) as usize));
+        }
+    }
     // The entries' central differences on the pool, a copy of the model per part (as many
     // parts as threads while the copies stay within 1 GiB; each entry is set to w + h and
     // w - h from its own value, then restored exactly, so the figures do not depend on the

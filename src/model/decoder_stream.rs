@@ -26,11 +26,10 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::decoder::DecoderSpec;
 use crate::format::manifest::FileRole;
-use crate::model::decoder::token_ids;
-use crate::model::decoder::Family;
+use crate::model::decoder::{head_name, token_ids, Family};
 use crate::model::decoder64::{
-    activation, attention, backward_sequence, forward_sequence, head_name, lcg, rope,
-    DecoderGradCheckOptions, DecoderGradCheckReport, GradSink, Weights64,
+    activation, attention, backward_sequence, forward_sequence, lcg, rope, DecoderGradCheckOptions,
+    DecoderGradCheckReport, GradSink, Weights64,
 };
 use crate::model::matmul::{dot_t_blocks, product};
 use crate::model::model64::{
@@ -644,9 +643,7 @@ fn perturbed_losses(
     let layers = sp.num_hidden_layers;
     let eps = f64::from(sp.rms_norm_eps);
     let cols_of = |name: &str| w.shapes.get(name).map_or(1, |s| s.1);
-    // The streams in the order they enter, and the residual stream of those entered.
-    let mut order: Vec<usize> = (0..streams.len()).collect();
-    order.sort_by_key(|&i| streams[i].start);
+    // The streams entered so far (in the order they entered), and their residual streams.
     let mut active: Vec<usize> = Vec::new();
     let mut x = Array2::<f64>::zeros((0, hidden));
     let lookup = if streams.iter().any(|s| s.start == 0) {
@@ -655,7 +652,7 @@ fn perturbed_losses(
         None
     };
     let enter = |l: usize, active: &mut Vec<usize>, x: &mut Array2<f64>| -> Result<()> {
-        for &i in order.iter().filter(|&&i| streams[i].start == l) {
+        for i in (0..streams.len()).filter(|&i| streams[i].start == l) {
             let mut xi = match (&lookup, l) {
                 (Some(rows), 0) => rows.clone(),
                 _ => inputs.get(l).cloned().ok_or_else(|| {
@@ -748,8 +745,8 @@ fn perturbed_losses(
     let per_group = (MAX_LOGIT_VALUES / (t * vocab).max(1)).max(1);
     let targets = &seq[1..];
     let mut losses = vec![f64::NAN; streams.len()];
-    for group in (0..active.len()).collect::<Vec<_>>().chunks(per_group) {
-        let (j0, j1) = (group[0], group[group.len() - 1] + 1);
+    for j0 in (0..active.len()).step_by(per_group) {
+        let j1 = (j0 + per_group).min(active.len());
         let ids = &active[j0..j1];
         let logits = linear(
             &nf.slice(s![j0 * t..j1 * t, ..]).to_owned(),

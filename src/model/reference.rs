@@ -442,8 +442,8 @@ fn rows_per_block(inp: usize) -> usize {
     ((1 << 22) / inp.max(1)).max(1)
 }
 
-/// A weight as the bundle stores it, converted to f32 block by block.
-enum Stored<'b> {
+/// A weight as the bundle stores it, converted to f32 a block of rows at a time.
+pub(crate) enum Stored<'b> {
     /// F16 values (the FP16 path).
     Fp16(&'b [u8]),
     /// F32 values (a passthrough tensor on the ternary path).
@@ -452,88 +452,117 @@ enum Stored<'b> {
     Packed(PackedTensor<'b>),
 }
 
+impl<'b> Stored<'b> {
+    /// Matrix `name` of the bundle along `path`, as stored; `None` for trits with per-group
+    /// scales (converted whole instead, [`bundle_weight`]).
+    pub(crate) fn of(bundle: &'b Bundle, name: &str, path: WeightPath) -> Result<Option<Self>> {
+        Ok(Some(match (path, bundle.packed(name)) {
+            (WeightPath::Fp16, _) => Stored::Fp16(
+                bundle
+                    .fp16_bytes(name)
+                    .ok_or_else(|| bundle.missing_tensor(FileRole::Fp16, name))?,
+            ),
+            (WeightPath::Ternary, Some(p)) if matches!(p.granularity, Granularity::Group(_)) => {
+                return Ok(None)
+            }
+            (WeightPath::Ternary, Some(p)) => Stored::Packed(p),
+            (WeightPath::Ternary, None) => Stored::F32(
+                bundle
+                    .passthrough_bytes(name)
+                    .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, name))?,
+            ),
+        }))
+    }
+
+    /// Checks that the stored bytes hold `rows` rows of `cols` values (the bundle's shapes
+    /// were validated at open, rules 2.7, 2.14, 4.1; this keeps every later slice in bounds).
+    pub(crate) fn check(
+        &self,
+        bundle: &Bundle,
+        name: &str,
+        (rows, cols): (usize, usize),
+    ) -> Result<()> {
+        let (per_row, held) = match self {
+            Stored::Fp16(b) => (cols.checked_mul(2), b.len()),
+            Stored::F32(b) => (cols.checked_mul(4), b.len()),
+            Stored::Packed(p) => (Some(p.bytes_per_row()), p.packed.len()),
+        };
+        if per_row.and_then(|r| r.checked_mul(rows)) != Some(held) {
+            return Err(Violation::new(
+                bundle.dir(),
+                Rule::Model,
+                format!("{rows} x {cols} values"),
+                format!("{held} bytes"),
+            )
+            .tensor(name)
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Rows `r0..r1` (of `cols` values, [`Stored::check`]ed) into `out` as f32 (trits as
+    /// -1, 0, +1: the scales are applied after the product), their pages released after.
+    pub(crate) fn rows_into(
+        &self,
+        bundle: &Bundle,
+        name: &str,
+        (r0, r1): (usize, usize),
+        cols: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            Stored::Fp16(bytes) => {
+                let b = &bytes[r0 * cols * 2..r1 * cols * 2];
+                crate::format::le::f16s_into(b, out, |h, dst| h.convert_to_f32_slice(dst));
+                bundle.release(b);
+            }
+            Stored::F32(bytes) => {
+                let b = &bytes[r0 * cols * 4..r1 * cols * 4];
+                out.iter_mut()
+                    .zip(crate::format::le::f32s(b))
+                    .for_each(|(v, f)| *v = f);
+                bundle.release(b);
+            }
+            Stored::Packed(p) => {
+                for (r, row) in (r0..r1).zip(out.chunks_exact_mut(cols.max(1))) {
+                    p.encoding
+                        .unpack_row_f32(p.row(r), row)
+                        .map_err(|e| bundle.row_error(name, r, e))?;
+                }
+                let per_row = p.bytes_per_row();
+                bundle.release(&p.packed[r0 * per_row..r1 * per_row]);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `x W^T` for the matrix `name` (`[out, inp]`) of the bundle along `path`, W converted to f32 a
 /// block of rows at a time inside the product, on all threads, each block's pages released
 /// after: memory is a few blocks per thread, not the matrix. On the ternary path a packed matrix
-/// is multiplied as trits and its scales applied after the product. `None` when the weight has
-/// per-group scales (the caller converts it whole, [`bundle_weight`]).
+/// is multiplied as trits and its scales applied after the product; trits with per-group
+/// scales are converted whole ([`bundle_weight`]).
 pub fn bundle_linear(
     bundle: &Bundle,
     name: &str,
     (out, inp): (usize, usize),
     path: WeightPath,
     x: ArrayView2<f32>,
-) -> Result<Option<Array2<f32>>> {
-    let stored = match (path, bundle.packed(name)) {
-        (WeightPath::Fp16, _) => Stored::Fp16(
-            bundle
-                .fp16_bytes(name)
-                .ok_or_else(|| bundle.missing_tensor(FileRole::Fp16, name))?,
-        ),
-        (WeightPath::Ternary, Some(p)) if matches!(p.granularity, Granularity::Group(_)) => {
-            return Ok(None)
-        }
-        (WeightPath::Ternary, Some(p)) => Stored::Packed(p),
-        (WeightPath::Ternary, None) => Stored::F32(
-            bundle
-                .passthrough_bytes(name)
-                .ok_or_else(|| bundle.missing_tensor(FileRole::Ternary, name))?,
-        ),
+) -> Result<Array2<f32>> {
+    let Some(stored) = Stored::of(bundle, name, path)? else {
+        return Ok(linear(x, &bundle_weight(bundle, name, (out, inp), path)?));
     };
-    // The bundle's shapes were validated at open (rules 2.7, 2.14, 4.1): the bytes hold
-    // out x inp values.
-    let width = match &stored {
-        Stored::Fp16(_) => 2,
-        Stored::F32(_) => 4,
-        Stored::Packed(p) => p.bytes_per_row(),
-    };
-    let per_row = if matches!(stored, Stored::Packed(_)) {
-        width
-    } else {
-        width * inp
-    };
-    let held = match &stored {
-        Stored::Fp16(b) | Stored::F32(b) => b.len(),
-        Stored::Packed(p) => p.packed.len(),
-    };
-    if out.checked_mul(per_row) != Some(held) {
-        return Err(Violation::new(
-            bundle.dir(),
-            Rule::Model,
-            format!("{out} x {inp} values"),
-            format!("{held} bytes"),
-        )
-        .tensor(name)
-        .into());
-    }
+    stored.check(bundle, name, (out, inp))?;
     // A row that fails to decode is kept and returned once the product is done.
     let failed = std::sync::Mutex::new(None);
     let mut y = dot_t_blocks(x, out, rows_per_block(inp), |r0, r1| {
         let mut block = Array2::<f32>::zeros((r1 - r0, inp));
         let values = block.as_slice_mut().expect("standard layout");
-        match &stored {
-            Stored::Fp16(bytes) => {
-                let b = &bytes[r0 * per_row..r1 * per_row];
-                crate::format::le::f16s_into(b, values, |h, dst| h.convert_to_f32_slice(dst));
-                bundle.release(b);
-            }
-            Stored::F32(bytes) => {
-                let b = &bytes[r0 * per_row..r1 * per_row];
-                values
-                    .iter_mut()
-                    .zip(crate::format::le::f32s(b))
-                    .for_each(|(v, f)| *v = f);
-                bundle.release(b);
-            }
-            Stored::Packed(p) => {
-                for (r, row) in (r0..r1).zip(values.chunks_exact_mut(inp.max(1))) {
-                    if let Err(e) = p.encoding.unpack_row_f32(p.row(r), row) {
-                        let mut first = failed.lock().unwrap_or_else(|e| e.into_inner());
-                        first.get_or_insert(bundle.row_error(name, r, e));
-                    }
-                }
-                bundle.release(&p.packed[r0 * per_row..r1 * per_row]);
-            }
+        if let Err(e) = stored.rows_into(bundle, name, (r0, r1), inp, values) {
+            failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(e);
         }
         CowArray::from(block)
     });
@@ -548,11 +577,12 @@ pub fn bundle_linear(
             _ => y *= scales.first().copied().unwrap_or(1.0),
         }
     }
-    Ok(Some(y))
+    Ok(y)
 }
 
 /// Layer `i` of the bundle along `path` on `x`, its weight converted block by block
-/// ([`bundle_linear`]).
+/// ([`bundle_linear`]); a weight with per-group scales, or a passthrough weight on the ternary
+/// path, is converted whole ([`bundle_layer`]).
 fn bundle_layer_forward(
     bundle: &Bundle,
     i: usize,
@@ -576,21 +606,12 @@ fn bundle_layer_forward(
     })?;
     let activation = bundle.facts().activations[i];
     let mut failed = None;
-    let y =
-        affine_forward(
-            rmsnorm.as_ref(),
-            bias.as_ref(),
-            activation,
-            x,
-            |input| match bundle_linear(bundle, &spec.weight, (out, inp), path, input) {
-                Ok(Some(y)) => y,
-                Ok(None) => unreachable!("group scales are converted whole above"),
-                Err(e) => {
-                    failed = Some(e);
-                    Array2::zeros((input.nrows(), out))
-                }
-            },
-        );
+    let y = affine_forward(rmsnorm.as_ref(), bias.as_ref(), activation, x, |input| {
+        bundle_linear(bundle, &spec.weight, (out, inp), path, input).unwrap_or_else(|e| {
+            failed = Some(e);
+            Array2::zeros((input.nrows(), out))
+        })
+    });
     match failed {
         Some(e) => Err(e),
         None => Ok(y),
